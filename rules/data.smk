@@ -1,0 +1,28 @@
+# Datasets: synthetic COCO-format sets made here; seeded subsets of COCO; VOC converted to COCO JSON.
+
+
+rule prepare_data:
+    output:
+        P.dataset("{data}"),
+    log:
+        P.log("data", "{data}"),
+    params:
+        spec=lambda wc: spec_json(P.data_spec(wc.data)),
+    resources:
+        runtime=60,
+        mem_mb=8000,
+    shell:
+        "{PY} workflow_scripts/prepare_data.py --spec {params.spec:q} > {log} 2>&1"
+
+
+rule prepare_pretrain_data:
+    output:
+        P.pretrain_dataset("{init}"),
+    log:
+        P.log("data", "pretrain-{init}"),
+    params:
+        spec=lambda wc: spec_json(P.pretrain_data_spec(wc.init)),
+    resources:
+        runtime=30,
+    shell:
+        "{PY} workflow_scripts/prepare_data.py --spec {params.spec:q} > {log} 2>&1"

@@ -1,0 +1,18 @@
+# One job per milestone: COCO evaluation (pycocotools) of the checkpoint at that iteration on the
+# val set, written as one metrics JSON (schema: workflow_scripts/rethink/metrics.py). Its own job,
+# so the next training segment does not wait for it.
+
+
+rule evaluate:
+    input:
+        unpack(lambda wc: P.eval_input(PLAN.milestone(wc.family, wc.line, int(wc.iter)))),
+    output:
+        P.metrics("{family}", "{line}", "{iter}"),
+    log:
+        P.log("evaluate", "{family}", "{line}", "iter_{iter}"),
+    params:
+        spec=lambda wc: spec_json(P.eval_spec(PLAN.milestone(wc.family, wc.line, int(wc.iter)))),
+    resources:
+        **P.eval_resources(),
+    shell:
+        "{PY} workflow_scripts/evaluate.py --spec {params.spec:q} > {log} 2>&1"

@@ -1,0 +1,36 @@
+# The imagenet init: staged ImageNet weights on the cluster; a real pre-training on a synthetic
+# classification set in the embedded default. Both record what the pre-training saw (Figure 2).
+
+
+rule pretrain:
+    input:
+        P.pretrain_dataset("{init}"),
+    output:
+        weights=P.init_weights_pattern("pretrain"),
+        cost=P.init_cost_pattern(),
+    log:
+        P.log("pretrain", "{init}-{backbone}-{norm}"),
+    params:
+        spec=lambda wc, input, output: spec_json(P.pretrain_spec(wc.init, wc.backbone, wc.norm)),
+    wildcard_constraints:
+        init=P.init_names_regex("pretrain"),
+    resources:
+        runtime=60,
+    shell:
+        "{PY} workflow_scripts/pretrain.py --spec {params.spec:q} > {log} 2>&1"
+
+
+rule stage_weights:
+    output:
+        weights=P.init_weights_pattern("staged"),
+        cost=P.init_cost_pattern(),
+    log:
+        P.log("pretrain", "{init}-{backbone}-{norm}"),
+    params:
+        spec=lambda wc: spec_json(P.stage_spec(wc.init, wc.backbone, wc.norm)),
+    wildcard_constraints:
+        init=P.init_names_regex("staged"),
+    resources:
+        runtime=30,
+    shell:
+        "{PY} workflow_scripts/stage_weights.py --spec {params.spec:q} > {log} 2>&1"

@@ -1,0 +1,19 @@
+# One job per training segment (see workflow_scripts/rethink/plan.py): from the checkpoint at
+# its start (or the init) to the checkpoint at its end. Periodic resume checkpoints go to
+# P.resume_dir, outside the declared output, so a killed or timed-out job resumes there.
+
+
+rule train_segment:
+    input:
+        unpack(lambda wc: P.segment_input(PLAN.segment(wc.family, wc.line, int(wc.iter)))),
+    output:
+        temp(P.checkpoint("{family}", "{line}", "{iter}")),
+    log:
+        P.log("train", "{family}", "{line}", "iter_{iter}"),
+    params:
+        spec=lambda wc: spec_json(P.train_spec(PLAN.segment(wc.family, wc.line, int(wc.iter)))),
+        launcher=lambda wc: P.launcher(PLAN.segment(wc.family, wc.line, int(wc.iter))),
+    resources:
+        **P.train_resources(),
+    shell:
+        "{params.launcher} workflow_scripts/train.py --spec {params.spec:q} > {log} 2>&1"

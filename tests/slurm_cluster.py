@@ -1,0 +1,410 @@
+"""A real, private, single-node SLURM cluster for tests.
+
+``SlurmCluster`` starts munged, slurmctld and slurmd on this machine, with every
+port, key, socket, state directory, pid file and log file inside one temporary
+directory, and stops exactly the processes it started (by PID) again.
+
+Nothing system-wide is changed: munged runs on a private socket with a private
+key (``AuthInfo=socket=...`` in slurm.conf points every SLURM command at it), and
+the controller listens on free private ports, so two test sessions, or a real
+SLURM installation, can coexist on one machine.
+
+Fake GPUs: the node advertises ``Gres=gpu:2`` backed by two dummy device files,
+so ``--gres=gpu:1`` / ``--gpus=1`` requests are really scheduled and accounted.
+
+Usage in tests (the session-scoped fixture)::
+
+    from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
+
+    def test_x(slurm_cluster):
+        subprocess.run(["sbatch", "--wrap", "true"], env=slurm_cluster.env)
+
+or, outside pytest::
+
+    with SlurmCluster() as cluster:
+        print(cluster.env["SLURM_CONF"], cluster.logs)
+
+If SLURM or munge are missing (and cannot be installed with .ci/slurm.sh), or the
+process is not root, ``skip_reason()`` says why and the fixture calls
+``pytest.skip`` with that message.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL_SCRIPT = REPO / ".ci" / "slurm.sh"
+SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
+CLUSTER_NAME = "rethink-test"
+PARTITION = "debug"
+CLIENTS = ("srun", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "sacct",
+           "sstat", "salloc", "sacctmgr", "sshare")
+N_GPUS = 2
+
+
+def _which(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in SBIN:
+        p = Path(d) / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return str(p)
+    return None
+
+
+def _missing() -> list[str]:
+    return [b for b in NEEDED if _which(b) is None]
+
+
+def skip_reason(install: bool = True) -> str | None:
+    """Why a real cluster cannot be started here (None when it can).
+
+    With ``install=True`` and root, missing packages are installed first with
+    .ci/slurm.sh (apt-get); set RETHINK_SLURM_NO_INSTALL=1 to forbid that.
+    """
+    if os.name != "posix":
+        return "SLURM tests need Linux"
+    if os.geteuid() != 0:
+        return ("SLURM tests need root (they start munged as the munge user and "
+                "slurmd as root); run pytest as root or in the CI container")
+    if _missing() and install and not os.environ.get("RETHINK_SLURM_NO_INSTALL"):
+        try:
+            subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True, timeout=900,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        except (subprocess.SubprocessError, OSError) as e:
+            out = getattr(e, "stdout", "") or ""
+            return f"SLURM packages missing and {INSTALL_SCRIPT} failed: {e}\n{out[-2000:]}"
+    missing = _missing()
+    if missing:
+        return (f"SLURM/munge binaries not found: {', '.join(missing)} "
+                f"(install with: sudo bash .ci/slurm.sh)")
+    try:
+        pwd.getpwnam("munge")
+    except KeyError:
+        return "no 'munge' user on this machine (the munge package creates it)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_line(real_memory_fraction: float = 0.8) -> tuple[str, str, int]:
+    """(node name, NodeName=... line, RealMemory) from ``slurmd -C``."""
+    out = subprocess.run([_which("slurmd"), "-C"], check=True, capture_output=True,
+                         text=True, timeout=30).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("NodeName="))
+    name = line.split()[0].split("=", 1)[1]
+    m = re.search(r"RealMemory=(\d+)", line)
+    detected = int(m.group(1)) if m else 2048
+    mem = max(256, int(detected * real_memory_fraction))
+    line = re.sub(r"RealMemory=\d+", f"RealMemory={mem}", line)
+    if "RealMemory=" not in line:
+        line += f" RealMemory={mem}"
+    return name, line, mem
+
+
+class SlurmCluster:
+    """Start/stop a private single-node SLURM cluster (root only).
+
+    Attributes after ``start()``:
+      root       temp dir holding everything
+      conf       path of slurm.conf
+      env        os.environ copy with SLURM_CONF set (pass to subprocesses)
+      logs       dict name -> log path (munged, slurmctld, slurmd)
+      node, partition, n_gpus
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, *, min_job_age: int = 600,
+                 def_mem_per_cpu: int = 512, start_timeout: float = 60.0):
+        self._own_root = root is None
+        self.root = Path(root or tempfile.mkdtemp(prefix="rethink-slurm-"))
+        self.min_job_age = min_job_age
+        self.def_mem_per_cpu = def_mem_per_cpu
+        self.start_timeout = start_timeout
+        self.partition = PARTITION
+        self.n_gpus = N_GPUS
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._log_handles = []
+        self.conf = self.root / "etc" / "slurm.conf"
+        self.logs = {
+            "munged": self.root / "log" / "munged.log",
+            "slurmctld": self.root / "log" / "slurmctld.log",
+            "slurmd": self.root / "log" / "slurmd.log",
+        }
+        self.env = dict(os.environ)
+
+    # ----------------------------------------------------------------- config
+    def _write_files(self):
+        r = self.root
+        for d in ("etc", "log", "state", "spool", "run", "dev"):
+            (r / d).mkdir(parents=True, exist_ok=True)
+        os.chmod(r, 0o755)  # munge user must traverse it
+        # munge: private key, socket, pid, seed, log; all owned by munge
+        munge = pwd.getpwnam("munge")
+        mdir = r / "munge"
+        mdir.mkdir(exist_ok=True)
+        key = mdir / "munge.key"
+        if not key.exists():
+            key.write_bytes(os.urandom(1024))
+        for p in (mdir, key):
+            os.chown(p, munge.pw_uid, munge.pw_gid)
+        os.chmod(mdir, 0o755)
+        os.chmod(key, 0o600)
+        self.munge_socket = mdir / "munge.socket.2"
+
+                # Fake GPU devices for gres.conf (AutoDetect=off): character devices with
+        # /dev/null's numbers, so slurmd accepts them as devices and sets
+        # CUDA_VISIBLE_DEVICES; plain files where mknod is not allowed (then GPUs
+        # are still scheduled, only the env variable stays empty).
+        for i in range(self.n_gpus):
+            f = r / "dev" / f"fakegpu{i}"
+            if not f.exists():
+                try:
+                    os.mknod(f, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+                except OSError:
+                    f.touch()
+
+        self.node, node_line, self.real_memory = _node_line()
+        (r / "spool" / self.node).mkdir(exist_ok=True)
+        self.ctld_port, self.slurmd_port = _free_port(), _free_port()
+        while self.slurmd_port == self.ctld_port:
+            self.slurmd_port = _free_port()
+        gres_range = f"{r}/dev/fakegpu[0-{self.n_gpus - 1}]"
+        conf = f"""\
+# Generated by tests/slurm_cluster.py: private single-node test cluster.
+ClusterName={CLUSTER_NAME}
+SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldPort={self.ctld_port}
+SlurmdPort={self.slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={self.munge_socket}
+StateSaveLocation={r}/state
+SlurmdSpoolDir={r}/spool/%n
+SlurmctldPidFile={r}/run/slurmctld.pid
+SlurmdPidFile={r}/run/slurmd.pid
+SlurmctldLogFile={self.logs['slurmctld']}
+SlurmdLogFile={self.logs['slurmd']}
+SlurmctldDebug=info
+SlurmdDebug=info
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU={self.def_mem_per_cpu}
+GresTypes=gpu
+MailProg=/bin/true
+# squeue must still list finished jobs: the snakemake plugin polls with squeue.
+MinJobAge={self.min_job_age}
+ReturnToService=2
+KillWait=5
+InactiveLimit=0
+Waittime=0
+MessageTimeout=30
+SchedulerParameters=sched_interval=2,bf_interval=2
+{node_line} Gres=gpu:{self.n_gpus} State=UNKNOWN
+PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+"""
+        self.conf.write_text(conf)
+        (self.conf.parent / "gres.conf").write_text(
+            f"AutoDetect=off\nNodeName={self.node} Name=gpu File={gres_range}\n")
+        # an empty cgroup.conf silences warnings on some builds
+        (self.conf.parent / "cgroup.conf").write_text("")
+        # Client wrappers that pin SLURM_CONF. Needed because the slurm-jobstep
+        # executor strips SLURM_* variables (SLURM_CONF included) before its
+        # inner `srun`; on a real cluster srun finds /etc/slurm/slurm.conf, here
+        # it finds this wrapper first on PATH (PATH is exported into jobs).
+        bindir = r / "bin"
+        bindir.mkdir(exist_ok=True)
+        for tool in CLIENTS:
+            real = _which(tool)
+            if real is None:
+                continue
+            w = bindir / tool
+            w.write_text(f'#!/bin/sh\nSLURM_CONF="{self.conf}" exec {real} "$@"\n')
+            w.chmod(0o755)
+        self.bindir = bindir
+        self.env = dict(os.environ)
+        self.env["SLURM_CONF"] = str(self.conf)
+        self.env["PATH"] = f"{bindir}{os.pathsep}{self.env.get('PATH', '')}"
+        # client commands must not inherit settings of an enclosing job
+        for k in list(self.env):
+            if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SQUEUE_")) and k != "SLURM_CONF":
+                del self.env[k]
+
+    # ------------------------------------------------------------ processes
+    def _spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
+        out = open(self.root / "log" / f"{name}.stdout", "ab")
+        self._log_handles.append(out)
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=self.env,
+                             start_new_session=True, **kw)
+        self.procs[name] = p
+        return p
+
+    def _wait(self, what: str, check, timeout: float | None = None):
+        deadline = time.monotonic() + (timeout or self.start_timeout)
+        while time.monotonic() < deadline:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {p.returncode} while waiting "
+                                       f"for {what}\n{self.debug_info()}")
+            if check():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out waiting for {what}\n{self.debug_info()}")
+
+    def _ok(self, argv: list[str]) -> bool:
+        try:
+            return subprocess.run(argv, env=self.env, capture_output=True,
+                                  timeout=10).returncode == 0
+        except subprocess.SubprocessError:
+            return False
+
+    def run(self, *argv, check=True, timeout=30) -> subprocess.CompletedProcess:
+        """Run a SLURM client command against this cluster; returns CompletedProcess."""
+        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
+                              check=check, timeout=timeout)
+
+    def start(self) -> "SlurmCluster":
+        """Start munged, slurmctld, slurmd; on any failure stop what was started."""
+        reason = skip_reason()
+        if reason:
+            raise RuntimeError(reason)
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> "SlurmCluster":
+        self._write_files()
+        munge = pwd.getpwnam("munge")
+        mdir = self.root / "munge"
+        self._spawn("munged", [
+            _which("munged"), "-F", "--force",
+            f"--socket={self.munge_socket}", f"--key-file={mdir / 'munge.key'}",
+            f"--pid-file={mdir / 'munged.pid'}", f"--seed-file={mdir / 'munged.seed'}",
+            f"--log-file={self.logs['munged']}",
+        ], user=munge.pw_uid, group=munge.pw_gid, extra_groups=[])
+        self._wait("munged socket", self.munge_socket.exists)
+        self._spawn("slurmctld", [_which("slurmctld"), "-D", "-c", "-f", str(self.conf)])
+        self._wait("slurmctld (scontrol ping)",
+                   lambda: "UP" in self.run("scontrol", "ping", check=False).stdout)
+        self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf)])
+        self._wait("node idle", self._node_ready)
+        return self
+
+    def _node_ready(self) -> bool:
+        r = self.run("sinfo", "-h", "-N", "-o", "%T", check=False)
+        return r.returncode == 0 and r.stdout.strip().rstrip("*") in ("idle", "mixed")
+
+    def stop(self):
+        """Cancel all jobs of this cluster, then stop the daemons we started (by PID)."""
+        if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
+            self.run("scancel", "--full", f"--partition={self.partition}", check=False)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                r = self.run("squeue", "-h", "-t", "PD,R,CG,S", "-o", "%i", check=False)
+                if r.returncode != 0 or not r.stdout.strip():
+                    break
+                time.sleep(0.5)
+        for name in ("slurmd", "slurmctld", "munged"):
+            p = self.procs.get(name)
+            if p is None or p.poll() is not None:
+                continue
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        for h in self._log_handles:
+            h.close()
+        self._log_handles.clear()
+
+    def cleanup(self):
+        if self._own_root and not os.environ.get("RETHINK_SLURM_KEEP"):
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        self.cleanup()
+
+    # -------------------------------------------------------------- helpers
+    def debug_info(self, tail: int = 40) -> str:
+        parts = [f"SLURM test cluster in {self.root} (SLURM_CONF={self.conf})"]
+        for name, path in self.logs.items():
+            for p in (path, self.root / "log" / f"{name}.stdout"):
+                if p.exists():
+                    lines = p.read_text(errors="replace").splitlines()[-tail:]
+                    parts.append(f"--- {p} (last {len(lines)} lines)\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    def job_info(self, job_id: str | int) -> dict[str, str]:
+        """``scontrol show job -o`` as a dict (key=value pairs)."""
+        out = self.run("scontrol", "show", "job", "-o", "-d", str(job_id)).stdout
+        info = {}
+        for tok in re.findall(r"(\S+?)=(\S*)", out):
+            info.setdefault(tok[0], tok[1])
+        info["_raw"] = out
+        return info
+
+    def wait_job(self, job_id: str | int, timeout: float = 60) -> str:
+        """Wait until a job leaves PENDING/RUNNING/COMPLETING; return its final state."""
+        deadline = time.monotonic() + timeout
+        state = "?"
+        while time.monotonic() < deadline:
+            state = self.job_info(job_id).get("JobState", "?")
+            if state not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED"):
+                return state
+            time.sleep(0.3)
+        raise TimeoutError(f"job {job_id} still {state} after {timeout}s\n{self.debug_info()}")
+
+
+try:  # the pytest fixture; the module also works without pytest
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def slurm_cluster(tmp_path_factory):
+        """Session-wide private SLURM cluster; skips (with the reason) where impossible."""
+        reason = skip_reason()
+        if reason:
+            pytest.skip(f"no SLURM test cluster: {reason}")
+        cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+        try:
+            cluster.start()
+        except Exception as e:  # a broken setup is a failure, not a skip
+            pytest.fail(f"could not start SLURM test cluster: {e}", pytrace=False)
+        print(f"\nSLURM test cluster up: SLURM_CONF={cluster.conf}; logs: "
+              + ", ".join(str(p) for p in cluster.logs.values()))
+        yield cluster
+        cluster.stop()
+except ImportError:  # pragma: no cover
+    pass

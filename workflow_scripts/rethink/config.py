@@ -1,0 +1,139 @@
+"""Load and check the experiment configuration.
+
+One place for the config's rules: the JSON schema (schemas/config.schema.yaml) checks
+types, names and ranges and supplies defaults; :mod:`rethink.grid` checks what a schema
+cannot (LR drops inside the schedule, axis values that exist, run ids that collide).
+Every error names the config file, the field and the value.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = ROOT / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that must not start the workflow."""
+
+
+def field_path(parts) -> str:
+    """('experiments', 'x', 'seed', 0) -> 'experiments.x.seed[0]'."""
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "<top level>"
+
+
+_schema_cache: dict | None = None
+
+
+def load_schema() -> dict:
+    global _schema_cache
+    if _schema_cache is None:
+        with open(SCHEMA_PATH) as f:
+            _schema_cache = yaml.safe_load(f)
+    return _schema_cache
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        assert ref.startswith("#/"), ref
+        node = root
+        for part in ref[2:].split("/"):
+            node = node[part]
+        merged = {k: v for k, v in schema.items() if k != "$ref"}
+        schema = {**node, **merged}
+    return schema
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict, path: tuple) -> None:
+    """Fill schema defaults in place. An experiment's recipe holds overrides only, so it
+    gets no defaults (they would mask the top-level recipe)."""
+    schema = _resolve(schema, root)
+    if not isinstance(instance, dict):
+        return
+    props = schema.get("properties", {})
+    for key, sub in props.items():
+        if len(path) == 2 and path[0] == "experiments" and key == "recipe":
+            continue
+        sub_r = _resolve(sub, root)
+        if key not in instance and "default" in sub_r:
+            instance[key] = copy.deepcopy(sub_r["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub_r, root, path + (key,))
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key, value in instance.items():
+            if key not in props:
+                _fill_defaults(value, extra, root, path + (key,))
+
+
+def _describe(error) -> str:
+    import jsonschema  # noqa: F401
+
+    where = field_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"{where}: {error.message}{hint}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "propertyNames":
+        return f"{where}: key {error.instance!r} is not a valid name ({error.message})"
+    return f"{where}: value {error.instance!r}: {error.message}"
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Check `config` against the schema and return a copy with defaults filled in.
+
+    Raises ConfigError naming `source`, the field and the value."""
+    import jsonschema
+
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        # the deepest error of the first failing field is the most specific one
+        best = jsonschema.exceptions.best_match(errors)
+        lines = [f"{source}: {_describe(best)}"]
+        others = [e for e in errors if e is not best][:4]
+        lines += [f"{source}: {_describe(e)}" for e in others]
+        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
+    filled = copy.deepcopy(config)
+    _fill_defaults(filled, schema, schema, ())
+    return filled
+
+
+def recipe_defaults() -> dict:
+    """Every recipe field at its schema default (the base of every run's recipe)."""
+    schema = load_schema()
+    recipe = _resolve(schema["$defs"]["recipe"], schema)
+    out = {}
+    for key, sub in recipe["properties"].items():
+        sub = _resolve(sub, schema)
+        out[key] = copy.deepcopy(sub.get("default"))
+    return out
+
+
+def load(path: str | Path) -> dict:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file")
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return validate(data, str(path))

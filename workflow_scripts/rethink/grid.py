@@ -1,0 +1,260 @@
+"""The experiment grid: a validated config -> the runs it asks for.
+
+A run is one training of one model: (backbone, norm, init, data, schedule, seed[, variant]),
+with a full recipe. Its id (e.g. ``R50-GN-random-coco_full-6x-s0``) is its folder name, its
+wildcard and its label in every table. Runs that differ only in their schedule form a
+family, which shares its constant-LR trunk (see :mod:`rethink.plan`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Iterable
+
+from .config import ConfigError, recipe_defaults
+from .schedule import Schedule
+
+# ids become paths, wildcards and shell arguments: nothing outside this pattern is accepted
+RUN_ID_RE = re.compile(
+    r"(?P<backbone>[A-Za-z0-9]+)-(?P<norm>[A-Za-z0-9]+)-(?P<init>[a-z][a-z0-9_]*)-(?P<data>[a-z][a-z0-9_]*)"
+    r"-(?P<schedule>[0-9a-z][0-9a-z_.]*)-s(?P<seed>[0-9]+)(?:-(?P<variant>[a-z][a-z0-9_]*))?"
+)
+FAMILY_ID_RE = re.compile(
+    r"[A-Za-z0-9]+-[A-Za-z0-9]+-[a-z][a-z0-9_]*-[a-z][a-z0-9_]*(?:-[0-9a-z][0-9a-z_.]*)?-s[0-9]+(?:-[a-z][a-z0-9_]*)?"
+)
+LINE_RE = re.compile(r"trunk|[0-9a-z][0-9a-z_.]*")
+
+# the wildcard constraints Snakemake uses (strings, no anchors)
+WILDCARD_CONSTRAINTS = {
+    "run": RUN_ID_RE.pattern,
+    "family": FAMILY_ID_RE.pattern,
+    "line": LINE_RE.pattern,
+    "iter": r"[0-9]{7}",
+    "backbone": r"[A-Za-z0-9]+",
+    "norm": r"[A-Za-z0-9]+",
+    "init": r"[a-z][a-z0-9_]*",
+    "data": r"[a-z][a-z0-9_]*",
+}
+
+AXES = ("backbone", "norm", "init", "data", "schedule", "seed")
+
+
+def make_run_id(backbone, norm, init, data, schedule, seed, variant=None) -> str:
+    rid = f"{backbone}-{norm}-{init}-{data}-{schedule}-s{seed}" + (f"-{variant}" if variant else "")
+    if not RUN_ID_RE.fullmatch(rid):
+        raise ConfigError(f"run id {rid!r} does not match the run id pattern {RUN_ID_RE.pattern}")
+    return rid
+
+
+def parse_run_id(rid: str) -> dict:
+    m = RUN_ID_RE.fullmatch(rid)
+    if not m:
+        raise ValueError(f"not a run id: {rid!r} (pattern {RUN_ID_RE.pattern})")
+    d = m.groupdict()
+    d["seed"] = int(d["seed"])
+    return d
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    family: str
+    experiments: tuple[str, ...]
+    backbone: str
+    norm: str
+    init: str
+    data: str
+    schedule_name: str
+    seed: int
+    variant: str | None
+    share_trunk: bool
+    recipe_json: str = field(repr=False)  # the full recipe, frozen as sorted JSON
+    iterations: int = 0
+
+    @cached_property
+    def recipe(self) -> dict:
+        return json.loads(self.recipe_json)
+
+    @cached_property
+    def schedule(self) -> Schedule:
+        return Schedule.from_recipe(self.recipe, self.iterations)
+
+    @property
+    def task(self) -> str:
+        return self.recipe["task"]
+
+    def settings(self) -> dict:
+        """Everything that decides what this run trains (its identity, besides the id)."""
+        return {
+            "backbone": self.backbone, "norm": self.norm, "init": self.init, "data": self.data,
+            "schedule": self.schedule_name, "iterations": self.iterations, "seed": self.seed,
+            "variant": self.variant, "share_trunk": self.share_trunk, "recipe": self.recipe,
+        }
+
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "family": self.family, "experiments": list(self.experiments), **self.settings()}
+
+
+@dataclass
+class Grid:
+    config: dict
+    source: str
+    runs: dict[str, Run]
+
+    @cached_property
+    def families(self) -> dict[str, list[Run]]:
+        fams: dict[str, list[Run]] = {}
+        for run in self.runs.values():
+            fams.setdefault(run.family, []).append(run)
+        for members in fams.values():
+            members.sort(key=lambda r: (r.iterations, r.schedule_name))
+        return fams
+
+    def experiments_of(self, name: str) -> list[Run]:
+        return [r for r in self.runs.values() if name in r.experiments]
+
+    def seconds_per_iter(self, run: Run) -> float | None:
+        gpus = run.recipe["gpus"]
+        for entry in self.config.get("seconds_per_iter", []):
+            if entry["backbone"] == run.backbone and entry["norm"] == run.norm and entry["gpus"] == gpus:
+                return float(entry["seconds"])
+        return None
+
+
+def _check_axis_values(exp_name: str, exp: dict, config: dict, source: str) -> None:
+    axes = config["axes"]
+    for axis in AXES:
+        allowed = list(axes[axis]) if axis != "schedule" else list(axes["schedule"])
+        for i, value in enumerate(exp.get(axis, [])):
+            if value not in allowed:
+                raise ConfigError(
+                    f"{source}: experiments.{exp_name}.{axis}[{i}]: {value!r} is not a value of axes.{axis} "
+                    f"(allowed: {', '.join(map(str, allowed))})"
+                )
+    for i, name in enumerate(axes["data"]):
+        if name not in config["datasets"]:
+            raise ConfigError(f"{source}: axes.data[{i}]: dataset {name!r} is not defined under datasets")
+    for i, name in enumerate(axes["init"]):
+        if name not in config["inits"]:
+            raise ConfigError(f"{source}: axes.init[{i}]: init {name!r} is not defined under inits")
+
+
+def _iterations(schedule_spec: dict, recipe: dict) -> int:
+    if "iterations" in schedule_spec:
+        return int(schedule_spec["iterations"])
+    return int(round(schedule_spec["x"] * recipe["iters_per_x"]))
+
+
+def _check_recipe(where: str, recipe: dict, iterations: int, schedule_name: str) -> None:
+    for d in recipe["lr_drops_from_end"]:
+        at = iterations - d
+        if at <= 0 or at >= iterations:
+            raise ConfigError(
+                f"{where}.recipe.lr_drops_from_end: a drop {d} iterations before the end of schedule "
+                f"{schedule_name!r} ({iterations} iterations) lies at iteration {at}, outside (0, {iterations})"
+            )
+    if len(set(recipe["lr_drops_from_end"])) != len(recipe["lr_drops_from_end"]):
+        raise ConfigError(f"{where}.recipe.lr_drops_from_end: {recipe['lr_drops_from_end']} repeats a value")
+    if recipe["warmup_iters"] >= iterations:
+        raise ConfigError(
+            f"{where}.recipe.warmup_iters: {recipe['warmup_iters']} is not shorter than schedule "
+            f"{schedule_name!r} ({iterations} iterations)"
+        )
+    if recipe["scale_aug"] and len(recipe["min_size_train"]) != 2:
+        raise ConfigError(f"{where}.recipe.min_size_train: scale_aug needs [lo, hi], got {recipe['min_size_train']}")
+    if recipe["cascade_from_iter"] is not None:
+        if recipe["task"] != "cascade_mask_rcnn":
+            raise ConfigError(f"{where}.recipe.cascade_from_iter: set, but task is {recipe['task']!r}")
+        if recipe["cascade_from_iter"] >= iterations:
+            raise ConfigError(
+                f"{where}.recipe.cascade_from_iter: {recipe['cascade_from_iter']} is not inside schedule "
+                f"{schedule_name!r} ({iterations} iterations)"
+            )
+
+
+def _check_inits(config: dict, source: str, runs: Iterable[Run]) -> None:
+    for run in runs:
+        init = config["inits"][run.init]
+        if init["kind"] == "staged":
+            key = f"{run.backbone}-{run.norm}"
+            if key not in init.get("weights", {}):
+                raise ConfigError(
+                    f"{source}: inits.{run.init}.weights: no weights for {key!r}, needed by run {run.run_id}"
+                )
+
+
+def build(config: dict, source: str = "config") -> Grid:
+    """Validated config (defaults filled) -> Grid. Raises ConfigError naming file, field and value."""
+    base_recipe = {**recipe_defaults(), **config.get("recipe", {})}
+    runs: dict[str, Run] = {}
+    origin: dict[str, str] = {}
+    for exp_name, exp in config["experiments"].items():
+        where = f"{source}: experiments.{exp_name}"
+        _check_axis_values(exp_name, exp, config, source)
+        recipe = {**base_recipe, **(exp.get("recipe") or {})}
+        variant = exp.get("variant")
+        share = exp.get("share_trunk", True)
+        values = {axis: exp.get(axis) or (list(config["axes"][axis]) if axis != "schedule" else list(config["axes"]["schedule"]))
+                  for axis in AXES}
+        for backbone in values["backbone"]:
+            for norm in values["norm"]:
+                for init in values["init"]:
+                    for data in values["data"]:
+                        for seed in values["seed"]:
+                            for sched in values["schedule"]:
+                                iterations = _iterations(config["axes"]["schedule"][sched], recipe)
+                                _check_recipe(where, recipe, iterations, sched)
+                                rid = make_run_id(backbone, norm, init, data, sched, seed, variant)
+                                fam = (make_run_id(backbone, norm, init, data, sched, seed, variant) if not share
+                                       else f"{backbone}-{norm}-{init}-{data}-s{seed}" + (f"-{variant}" if variant else ""))
+                                run = Run(
+                                    run_id=rid, family=fam, experiments=(exp_name,), backbone=backbone, norm=norm,
+                                    init=init, data=data, schedule_name=sched, seed=seed, variant=variant,
+                                    share_trunk=share, recipe_json=json.dumps(recipe, sort_keys=True),
+                                    iterations=iterations,
+                                )
+                                if rid in runs:
+                                    old = runs[rid]
+                                    if old.settings() != run.settings():
+                                        diff = sorted(
+                                            k for k in set(old.recipe) | set(run.recipe)
+                                            if old.recipe.get(k) != run.recipe.get(k)
+                                        ) or [k for k in run.settings() if old.settings()[k] != run.settings()[k]]
+                                        raise ConfigError(
+                                            f"{where}: run id {rid} is also made by experiment {origin[rid]} with "
+                                            f"different settings ({', '.join(diff)}); give one of them a variant"
+                                        )
+                                    runs[rid] = _merge_exps(old, exp_name)
+                                else:
+                                    runs[rid] = run
+                                    origin[rid] = exp_name
+    grid = Grid(config=config, source=source, runs=runs)
+    # members of a family must agree on everything but their length
+    for fam, members in grid.families.items():
+        first = members[0]
+        for other in members[1:]:
+            a = {k: v for k, v in first.recipe.items()}
+            b = {k: v for k, v in other.recipe.items()}
+            if a != b:
+                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                raise ConfigError(
+                    f"{source}: runs {first.run_id} (experiment {origin[first.run_id]}) and {other.run_id} "
+                    f"(experiment {origin[other.run_id]}) share family {fam} but differ in recipe "
+                    f"{', '.join(diff)}; give one experiment a variant or share_trunk: false"
+                )
+    _check_inits(config, source, runs.values())
+    for run in runs.values():
+        if grid.seconds_per_iter(run) is None and config.get("seconds_per_iter"):
+            raise ConfigError(
+                f"{source}: seconds_per_iter: no entry for backbone {run.backbone}, norm {run.norm}, "
+                f"gpus {run.recipe['gpus']} (needed by run {run.run_id})"
+            )
+    return grid
+
+
+def _merge_exps(old: Run, exp_name: str) -> Run:
+    d = {k: getattr(old, k) for k in Run.__dataclass_fields__}
+    d["experiments"] = old.experiments + (exp_name,)
+    return Run(**d)

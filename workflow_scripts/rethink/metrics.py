@@ -1,0 +1,126 @@
+"""The metrics schema: one JSON per evaluated checkpoint (milestone).
+
+Written by the evaluate rule (any engine), read by collect; nothing else reads or writes
+metrics files. A milestone on a shared trunk belongs to every run whose curve passes
+through it (``runs``); collect turns each file into one row per such run.
+
+Fields (all required unless marked optional):
+
+    schema          "rethink-metrics/1"
+    family, line    where the checkpoint lies in the plan ("trunk" or a schedule name)
+    iteration       training iterations done by this checkpoint
+    runs            run ids whose curve passes through this checkpoint
+    owner           the run whose recipe trained this line
+    task, backbone, norm, init, data, seed, variant    the family's settings
+    lr              learning rate of the last iteration trained
+    samples_seen    {"images", "instances", "pixels"} seen by the fine-tuning/scratch training
+    pretrain_samples {"iterations", "images", "instances", "pixels"} of the init's pre-training, or null
+    wall_seconds    training wall time to this checkpoint, summed over segments
+    device_seconds  accelerator-seconds (GPUs x wall; on CPU: process CPU seconds)
+    gpus            GPUs per training job
+    eval_seconds    wall time of this evaluation
+    diverged        true if training stopped on a non-finite loss (then stats is {})
+    stats           {"bbox": {...}, "segm": {...}, "keypoints": {...}, "voc": {...}}: COCOeval's
+                    12 stats per type (10 for keypoints), in percent, under the names below
+    engine          "torchvision" or "detectron2"
+    created         ISO time of writing
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+SCHEMA = "rethink-metrics/1"
+BOX_STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+KEYPOINT_STATS = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
+STAT_NAMES = {"bbox": BOX_STATS, "segm": BOX_STATS, "keypoints": KEYPOINT_STATS, "voc": ["AP50"]}
+REQUIRED = [
+    "schema", "family", "line", "iteration", "runs", "owner", "task", "backbone", "norm", "init", "data",
+    "seed", "variant", "lr", "samples_seen", "pretrain_samples", "wall_seconds", "device_seconds", "gpus",
+    "eval_seconds", "diverged", "stats", "engine", "created",
+]
+COUNTERS = ["images", "instances", "pixels"]
+
+
+class MetricsError(ValueError):
+    pass
+
+
+def stats_from_cocoeval(iou_type: str, stats) -> dict:
+    """COCOeval.stats (fractions, -1 = undefined) -> named stats in percent (NaN = undefined)."""
+    names = STAT_NAMES[iou_type]
+    if len(stats) != len(names):
+        raise MetricsError(f"{iou_type}: expected {len(names)} COCOeval stats, got {len(stats)}")
+    return {n: (float(v) * 100.0 if v >= 0 else float("nan")) for n, v in zip(names, stats)}
+
+
+def check(record: dict, source: str = "metrics") -> dict:
+    """Raise MetricsError naming `source` and the field if `record` breaks the schema."""
+    if not isinstance(record, dict):
+        raise MetricsError(f"{source}: not a JSON object")
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise MetricsError(f"{source}: missing field(s) {', '.join(missing)}")
+    if record["schema"] != SCHEMA:
+        raise MetricsError(f"{source}: schema is {record['schema']!r}, expected {SCHEMA!r}")
+    if not isinstance(record["iteration"], int) or record["iteration"] < 0:
+        raise MetricsError(f"{source}: iteration {record['iteration']!r} is not a non-negative integer")
+    if not record["runs"] or not all(isinstance(r, str) for r in record["runs"]):
+        raise MetricsError(f"{source}: runs must be a non-empty list of run ids")
+    for key in COUNTERS:
+        if key not in record["samples_seen"]:
+            raise MetricsError(f"{source}: samples_seen.{key} missing")
+    if not record["diverged"]:
+        if not record["stats"]:
+            raise MetricsError(f"{source}: stats is empty but the run is not marked diverged")
+        for iou_type, stats in record["stats"].items():
+            if iou_type not in STAT_NAMES:
+                raise MetricsError(f"{source}: stats.{iou_type}: unknown evaluation type")
+            missing = [n for n in STAT_NAMES[iou_type] if n not in stats]
+            if missing:
+                raise MetricsError(f"{source}: stats.{iou_type} lacks {', '.join(missing)}")
+    return record
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def write(record: dict, path: str | os.PathLike) -> None:
+    """Check and write atomically (temp file + rename): a reader never sees half a file."""
+    record = dict(record)
+    record.setdefault("schema", SCHEMA)
+    record.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    check(record, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(_nan_to_none(record), f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read(path: str | os.PathLike) -> dict:
+    """Read and check one metrics file; undefined stats come back as NaN."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except json.JSONDecodeError as e:
+        raise MetricsError(f"{path}: not valid JSON (truncated or corrupt?): {e}") from None
+    check(record, str(path))
+    for stats in record["stats"].values():
+        for k, v in stats.items():
+            if v is None:
+                stats[k] = float("nan")
+    return record

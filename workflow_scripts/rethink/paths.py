@@ -1,0 +1,223 @@
+"""Every file the workflow reads or writes, and the job specs its rules pass to scripts.
+
+The rules (rules/*.smk) ask this module for paths and specs; the scripts receive a spec
+(one JSON argument) and never re-derive the plan. Large files live under `workdir`
+(data, weights, checkpoints, resume state, logs), small ones under `results` (metrics,
+tables, figures), so copying `results/` off a cluster is enough to rebuild the report.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .grid import Run
+from .plan import Milestone, Plan, Segment
+
+
+def it7(iteration: int) -> str:
+    return f"{int(iteration):07d}"
+
+
+def _it(iteration) -> str:
+    return iteration if isinstance(iteration, str) and iteration.startswith("{") else it7(iteration)
+
+
+class Paths:
+    def __init__(self, cfg: dict, plan: Plan):
+        self.cfg = cfg
+        self.plan = plan
+        self.work = cfg["workdir"].rstrip("/")
+        self.results = cfg["results"].rstrip("/")
+
+    # ------------------------------------------------------------------ files
+    def dataset(self, data: str) -> str:
+        return f"{self.work}/data/{data}/dataset.json"
+
+    def pretrain_dataset(self, init: str) -> str:
+        return f"{self.work}/data/pretrain-{init}/dataset.json"
+
+    def init_kind(self, init: str) -> str:
+        return self.cfg["inits"][init]["kind"]
+
+    def init_weights(self, init: str, backbone: str, norm: str) -> str | None:
+        kind = self.init_kind(init)
+        if kind == "random":
+            return None
+        ext = "pkl" if kind == "staged" else "pth"
+        return f"{self.work}/init/{init}/{backbone}-{norm}.{ext}"
+
+    def init_weights_pattern(self, kind: str) -> str:
+        return f"{self.work}/init/{{init}}/{{backbone}}-{{norm}}." + ("pkl" if kind == "staged" else "pth")
+
+    def init_cost_pattern(self) -> str:
+        return f"{self.results}/init/{{init}}/{{backbone}}-{{norm}}.json"
+
+    def init_names_regex(self, kind: str) -> str:
+        names = [n for n, spec in self.cfg["inits"].items() if spec["kind"] == kind]
+        return "|".join(names) if names else "(?!x)x"  # a regex that matches nothing
+
+    def init_cost(self, init: str, backbone: str, norm: str) -> str | None:
+        if self.init_kind(init) == "random":
+            return None
+        return f"{self.results}/init/{init}/{backbone}-{norm}.json"
+
+    def checkpoint(self, family: str, line: str, iteration) -> str:
+        """With iteration "{iter}" (and "{family}", "{line}") this is the rule's output pattern."""
+        return f"{self.work}/checkpoints/{family}/{line}/iter_{_it(iteration)}.pth"
+
+    def resume_dir(self, family: str, line: str, end: int) -> str:
+        # outside every declared output: Snakemake's clean-up of a failed job never touches it
+        return f"{self.work}/resume/{family}/{line}/to_{it7(end)}"
+
+    def metrics(self, family: str, line: str, iteration) -> str:
+        return f"{self.results}/metrics/{family}/{line}/iter_{_it(iteration)}.json"
+
+    def log(self, kind: str, *parts: str) -> str:
+        return f"{self.work}/logs/{kind}/" + "/".join(parts) + ".log"
+
+    @property
+    def metrics_table(self) -> str:
+        return f"{self.results}/metrics.csv"
+
+    @property
+    def grid_csv(self) -> str:
+        return f"{self.results}/grid.csv"
+
+    def all_metrics(self) -> list[str]:
+        return [self.metrics(m.family, m.line, m.iteration) for m in self.plan.milestones.values()]
+
+    def final_targets(self) -> list[str]:
+        from . import report_targets
+
+        return [self.metrics_table, *report_targets.targets(self.results)]
+
+    def report_outputs(self) -> list[str]:
+        from . import report_targets
+
+        return report_targets.targets(self.results)
+
+    # ------------------------------------------------------------------ specs
+    def data_spec(self, data: str) -> dict:
+        return {"name": data, **self.cfg["datasets"][data], "output": self.dataset(data)}
+
+    def pretrain_data_spec(self, init: str) -> dict:
+        return {"name": f"pretrain-{init}", "kind": "classification", **self.cfg["inits"][init],
+                "output": self.pretrain_dataset(init)}
+
+    def pretrain_spec(self, init: str, backbone: str, norm: str) -> dict:
+        return {"init": init, "backbone": backbone, "norm": norm, **self.cfg["inits"][init],
+                "dataset": self.pretrain_dataset(init),
+                "output": self.init_weights(init, backbone, norm), "cost": self.init_cost(init, backbone, norm)}
+
+    def stage_spec(self, init: str, backbone: str, norm: str) -> dict:
+        spec = self.cfg["inits"][init]
+        return {"init": init, "backbone": backbone, "norm": norm,
+                "source": spec["weights"][f"{backbone}-{norm}"], "cost_record": spec.get("cost", {}),
+                "output": self.init_weights(init, backbone, norm), "cost": self.init_cost(init, backbone, norm)}
+
+    def _run_settings(self, run: Run) -> dict:
+        return run.to_dict()
+
+    def segment_input(self, seg: Segment) -> dict:
+        run = self.plan.run(seg.owner)
+        inputs = {"dataset": self.dataset(run.data)}
+        if seg.start_from is not None:
+            inputs["start"] = self.checkpoint(seg.family, seg.start_from[0], seg.start_from[1])
+        else:
+            weights = self.init_weights(run.init, run.backbone, run.norm)
+            if weights:
+                inputs["weights"] = weights
+        return inputs
+
+    def train_spec(self, seg: Segment) -> dict:
+        run = self.plan.run(seg.owner)
+        inputs = self.segment_input(seg)
+        sched = run.schedule
+        return {
+            "engine": self.cfg["engine"],
+            "run": self._run_settings(run),
+            "family": seg.family,
+            "line": seg.line,
+            "start": seg.start,
+            "end": seg.end,
+            "schedule": {
+                "iterations": sched.iterations, "base_lr": sched.base_lr, "lr_drops": list(sched.lr_drops),
+                "drop_factor": sched.drop_factor, "warmup_iters": sched.warmup_iters,
+                "warmup_factor": sched.warmup_factor,
+            },
+            "init_kind": self.init_kind(run.init),
+            "start_checkpoint": inputs.get("start"),
+            "init_weights": inputs.get("weights"),
+            "dataset": inputs["dataset"],
+            "output": self.checkpoint(seg.family, seg.line, seg.end),
+            "resume_dir": self.resume_dir(seg.family, seg.line, seg.end),
+        }
+
+    def eval_input(self, ms: Milestone) -> dict:
+        run = self.plan.run(self.plan.lines[(ms.family, ms.line)].owner)
+        inputs = {"checkpoint": self.checkpoint(ms.family, ms.line, ms.iteration), "dataset": self.dataset(run.data)}
+        cost = self.init_cost(run.init, run.backbone, run.norm)
+        if cost:
+            inputs["init_cost"] = cost
+        return inputs
+
+    def eval_spec(self, ms: Milestone) -> dict:
+        owner = self.plan.lines[(ms.family, ms.line)].owner
+        run = self.plan.run(owner)
+        inputs = self.eval_input(ms)
+        return {
+            "engine": self.cfg["engine"],
+            "run": self._run_settings(run),
+            "family": ms.family,
+            "line": ms.line,
+            "iteration": ms.iteration,
+            "runs": list(ms.runs),
+            "lr": run.schedule.lr(max(ms.iteration - 1, 0)),
+            "checkpoint": inputs["checkpoint"],
+            "dataset": inputs["dataset"],
+            "init_cost": inputs.get("init_cost"),
+            "output": self.metrics(ms.family, ms.line, ms.iteration),
+        }
+
+    # ------------------------------------------------------------------ resources
+    def _seg(self, wc) -> Segment:
+        return self.plan.segment(wc.family, wc.line, int(wc.iter))
+
+    def _line_run(self, wc) -> Run:
+        return self.plan.run(self.plan.lines[(wc.family, wc.line)].owner)
+
+    def launcher(self, seg: Segment) -> str:
+        """One process per GPU (torchrun) for multi-GPU segments; the plain interpreter otherwise."""
+        import sys
+
+        gpus = self.plan.run(seg.owner).recipe["gpus"]
+        if gpus > 1:
+            return f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
+        return sys.executable
+
+    def train_resources(self) -> dict:
+        """Per-job resources of a training segment (Snakemake resource callables)."""
+        gpus = lambda wc: self.plan.run(self._seg(wc).owner).recipe["gpus"]  # noqa: E731
+        return {
+            "gpu": gpus,
+            "cpus_per_task": lambda wc: max(2, 4 * gpus(wc)),
+            "mem_mb": lambda wc: max(8000, 16000 * gpus(wc)),
+            "runtime": lambda wc, attempt: self.train_runtime_min(self._seg(wc), attempt),
+        }
+
+    def eval_resources(self) -> dict:
+        gpus = lambda wc: self._line_run(wc).recipe["eval_gpus"]  # noqa: E731
+        return {
+            "gpu": gpus,
+            "cpus_per_task": lambda wc: max(2, 4 * gpus(wc)),
+            "mem_mb": lambda wc: max(8000, 16000 * gpus(wc)),
+            "runtime": lambda wc, attempt: 60 * attempt,
+        }
+
+    def seconds_per_iter(self, run: Run) -> float:
+        s = self.plan.grid.seconds_per_iter(run)
+        return s if s is not None else 1.0
+
+    def train_runtime_min(self, seg: Segment, attempt: int) -> int:
+        run = self.plan.run(seg.owner)
+        secs = seg.iterations * self.seconds_per_iter(run) * float(self.cfg["runtime_margin"]) * attempt
+        return max(10, int(secs / 60) + 10)  # + start-up, data loading, checkpointing
