@@ -1,9 +1,11 @@
 # The one place that turns the config into the grid and plan, and holds every input function,
 # path and wildcard constraint. Rules stay thin; logic lives in workflow_scripts/rethink.
 import json
+import os
 import sys
 
-sys.path.insert(0, str(workflow.basedir / "workflow_scripts") if hasattr(workflow.basedir, "__truediv__") else workflow.basedir + "/workflow_scripts")
+SCRIPTS = os.path.join(str(workflow.basedir), "workflow_scripts")
+sys.path.insert(0, SCRIPTS)
 
 from rethink import config as rconfig
 from rethink import grid as rgrid

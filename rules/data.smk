@@ -12,7 +12,7 @@ rule prepare_data:
         runtime=60,
         mem_mb=8000,
     shell:
-        "{PY} workflow_scripts/prepare_data.py --spec {params.spec:q} > {log} 2>&1"
+        "{PY} {SCRIPTS}/prepare_data.py --spec {params.spec:q} > {log} 2>&1"
 
 
 rule prepare_pretrain_data:
@@ -25,4 +25,4 @@ rule prepare_pretrain_data:
     resources:
         runtime=30,
     shell:
-        "{PY} workflow_scripts/prepare_data.py --spec {params.spec:q} > {log} 2>&1"
+        "{PY} {SCRIPTS}/prepare_data.py --spec {params.spec:q} > {log} 2>&1"

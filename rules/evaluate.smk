@@ -15,4 +15,4 @@ rule evaluate:
     resources:
         **P.eval_resources(),
     shell:
-        "{PY} workflow_scripts/evaluate.py --spec {params.spec:q} > {log} 2>&1"
+        "{PY} {SCRIPTS}/evaluate.py --spec {params.spec:q} > {log} 2>&1"

@@ -17,7 +17,7 @@ rule pretrain:
     resources:
         runtime=60,
     shell:
-        "{PY} workflow_scripts/pretrain.py --spec {params.spec:q} > {log} 2>&1"
+        "{PY} {SCRIPTS}/pretrain.py --spec {params.spec:q} > {log} 2>&1"
 
 
 rule stage_weights:
@@ -33,4 +33,4 @@ rule stage_weights:
     resources:
         runtime=30,
     shell:
-        "{PY} workflow_scripts/stage_weights.py --spec {params.spec:q} > {log} 2>&1"
+        "{PY} {SCRIPTS}/stage_weights.py --spec {params.spec:q} > {log} 2>&1"

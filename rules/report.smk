@@ -16,7 +16,7 @@ rule collect:
     params:
         results=P.results,
     shell:
-        "{PY} workflow_scripts/collect.py --results {params.results} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/collect.py --results {params.results} --out {output} > {log} 2>&1"
 
 
 rule report:
@@ -29,7 +29,7 @@ rule report:
     params:
         results=P.results,
     shell:
-        "{PY} workflow_scripts/report.py --metrics {input} --results {params.results} > {log} 2>&1"
+        "{PY} {SCRIPTS}/report.py --metrics {input} --results {params.results} > {log} 2>&1"
 
 
 rule grid:
@@ -38,4 +38,4 @@ rule grid:
         cfg=spec_json(CFG),
         source=CONFIG_SOURCE,
     shell:
-        "{PY} workflow_scripts/grid_summary.py --config-json {params.cfg:q} --source {params.source:q}"
+        "{PY} {SCRIPTS}/grid_summary.py --config-json {params.cfg:q} --source {params.source:q}"

@@ -16,4 +16,4 @@ rule train_segment:
     resources:
         **P.train_resources(),
     shell:
-        "{params.launcher} workflow_scripts/train.py --spec {params.spec:q} > {log} 2>&1"
+        "{params.launcher} {SCRIPTS}/train.py --spec {params.spec:q} > {log} 2>&1"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .grid import Run
-from .plan import Milestone, Plan, Segment
+from .plan import TRUNK, Milestone, Plan, Segment
 
 
 def it7(iteration: int) -> str:
@@ -100,7 +100,7 @@ class Paths:
         return {"name": data, **self.cfg["datasets"][data], "output": self.dataset(data)}
 
     def pretrain_data_spec(self, init: str) -> dict:
-        return {"name": f"pretrain-{init}", "kind": "classification", **self.cfg["inits"][init],
+        return {**self.cfg["inits"][init], "name": f"pretrain-{init}", "kind": "classification",
                 "output": self.pretrain_dataset(init)}
 
     def pretrain_spec(self, init: str, backbone: str, norm: str) -> dict:
@@ -115,7 +115,11 @@ class Paths:
                 "output": self.init_weights(init, backbone, norm), "cost": self.init_cost(init, backbone, norm)}
 
     def _run_settings(self, run: Run) -> dict:
-        return run.to_dict()
+        # which experiments name a run does not change what it trains: keep it out of the
+        # job's params, or adding an experiment would make Snakemake retrain the run
+        d = run.to_dict()
+        d.pop("experiments")
+        return d
 
     def segment_input(self, seg: Segment) -> dict:
         run = self.plan.run(seg.owner)
@@ -132,15 +136,22 @@ class Paths:
         run = self.plan.run(seg.owner)
         inputs = self.segment_input(seg)
         sched = run.schedule
+        settings = self._run_settings(run)
+        iterations, drops = sched.iterations, list(sched.lr_drops)
+        if seg.line == TRUNK:
+            # the trunk is every member's schedule before its first drop: describe it without
+            # naming one member, so adding a schedule to the family leaves its jobs unchanged
+            settings.update(run_id=f"{seg.family}-trunk", schedule=TRUNK, iterations=None)
+            iterations, drops = self.plan.lines[(seg.family, TRUNK)].end, []
         return {
             "engine": self.cfg["engine"],
-            "run": self._run_settings(run),
+            "run": settings,
             "family": seg.family,
             "line": seg.line,
             "start": seg.start,
             "end": seg.end,
             "schedule": {
-                "iterations": sched.iterations, "base_lr": sched.base_lr, "lr_drops": list(sched.lr_drops),
+                "iterations": iterations, "base_lr": sched.base_lr, "lr_drops": drops,
                 "drop_factor": sched.drop_factor, "warmup_iters": sched.warmup_iters,
                 "warmup_factor": sched.warmup_factor,
             },

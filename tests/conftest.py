@@ -1,0 +1,51 @@
+"""Shared test set-up: the package on sys.path, the repo root, and a helper that runs the
+real Snakemake on a config in a scratch copy of the workflow."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow_scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+PY = sys.executable
+SNAKEMAKE = [PY, "-m", "snakemake"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slurm: needs a real SLURM controller (started by the test)")
+    config.addinivalue_line("markers", "slow: end-to-end runs of the workflow")
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT
+
+
+def load_yaml(path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def write_yaml(path, data) -> Path:
+    path = Path(path)
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    return path
+
+
+def snakemake(args, cwd=ROOT, timeout=600, check=False, env=None) -> subprocess.CompletedProcess:
+    """Run the real Snakemake on the project's Snakefile; returns the completed process."""
+    cmd = ["timeout", "-k", "10", str(timeout), *SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(cwd), *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc

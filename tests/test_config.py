@@ -1,0 +1,120 @@
+"""Bad configurations stop the real `snakemake -n` before any job, with a message that names
+the config file, the field and the value."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+from conftest import ROOT, load_yaml, snakemake, write_yaml
+
+TINY = load_yaml(ROOT / "configs" / "tiny.yaml")
+
+
+def mutate(fn):
+    cfg = copy.deepcopy(TINY)
+    fn(cfg)
+    return cfg
+
+
+def _set(path, value):
+    def fn(cfg):
+        node = cfg
+        for p in path[:-1]:
+            node = node[p]
+        node[path[-1]] = value
+    return fn
+
+
+def _del(path):
+    def fn(cfg):
+        node = cfg
+        for p in path[:-1]:
+            node = node[p]
+        del node[path[-1]]
+    return fn
+
+
+def _two_experiments_same_id(cfg):
+    cfg["experiments"]["other"] = {"recipe": {"base_lr": 0.01}}
+
+
+def _family_mixed_recipe(cfg):
+    cfg["experiments"] = {
+        "a": {"schedule": ["2x"], "recipe": {"base_lr": 0.01}},
+        "b": {"schedule": ["3x"]},
+    }
+
+
+# (name, mutation, words that must all appear in the error)
+BAD = [
+    ("unknown backbone", _set(["axes", "backbone"], ["R99"]), ["axes.backbone[0]", "'R99'"]),
+    ("unknown norm", _set(["axes", "norm"], ["LayerNorm"]), ["axes.norm[0]", "'LayerNorm'"]),
+    ("zero iterations per 1x", _set(["recipe", "iters_per_x"], 0), ["recipe.iters_per_x", "0"]),
+    ("negative iterations", _set(["axes", "schedule"], {"2x": {"iterations": -5}}), ["axes.schedule.2x.iterations", "-5"]),
+    ("zero schedule multiple", _set(["axes", "schedule"], {"0x": {"x": 0}}), ["axes.schedule.0x.x", "0"]),
+    ("LR drop before iteration 0", _set(["recipe", "lr_drops_from_end"], [100]), ["lr_drops_from_end", "100", "outside"]),
+    ("LR drop at the end", _set(["recipe", "lr_drops_from_end"], [0]), ["recipe.lr_drops_from_end[0]", "0"]),
+    ("misspelt top-level key", _set(["eval_perod"], 10), ["eval_perod"]),
+    ("misspelt recipe key", _set(["recipe", "base_lrr"], 0.1), ["recipe", "base_lrr"]),
+    ("misspelt experiment key", _set(["experiments", "table1_tiny", "schedules"], ["2x"]), ["experiments.table1_tiny", "schedules"]),
+    ("same run id, different settings", _two_experiments_same_id, ["R18-GN-random-synthetic-2x-s0", "table1_tiny", "base_lr"]),
+    ("family members with different recipes", _family_mixed_recipe, ["family", "base_lr"]),
+    ("experiment names a missing axis value", _set(["experiments", "table1_tiny", "backbone"], ["R50"]), ["experiments.table1_tiny.backbone[0]", "'R50'", "axes.backbone"]),
+    ("experiment names a missing schedule", _set(["experiments", "table1_tiny", "schedule"], ["9x"]), ["experiments.table1_tiny.schedule[0]", "'9x'"]),
+    ("wrong type: batch as string", _set(["recipe", "batch"], "two"), ["recipe.batch", "'two'"]),
+    ("wrong type: seed list of str", _set(["axes", "seed"], ["zero"]), ["axes.seed[0]", "'zero'"]),
+    ("wrong type: eval_period float", _set(["eval_period"], 2.5), ["eval_period", "2.5"]),
+    ("unknown engine", _set(["engine"], "mmdet"), ["engine", "'mmdet'"]),
+    ("undefined dataset", _set(["axes", "data"], ["coco_full"]), ["axes.data[0]", "coco_full", "datasets"]),
+    ("undefined init", _set(["axes", "init"], ["random", "moco"]), ["axes.init[1]", "moco", "inits"]),
+    ("bad dataset kind", _set(["datasets", "synthetic", "kind"], "imagenet"), ["datasets.synthetic.kind", "'imagenet'"]),
+    ("bad experiment name", lambda c: c["experiments"].update({"Bad-Name": {}}), ["experiments", "Bad-Name"]),
+    ("bad variant", _set(["experiments", "table1_tiny", "variant"], "x-y"), ["experiments.table1_tiny.variant", "'x-y'"]),
+    ("warm-up longer than the schedule", _set(["recipe", "warmup_iters"], 1000), ["warmup_iters", "1000"]),
+    ("missing axes", _del(["axes"]), ["axes"]),
+    ("negative momentum", _set(["recipe", "momentum"], -0.9), ["recipe.momentum", "-0.9"]),
+    ("staged weights missing for a run", lambda c: c["inits"].update({"imagenet": {"kind": "staged", "weights": {}}}),
+     ["inits.imagenet.weights", "R18-GN"]),
+    ("scale_aug with one size", lambda c: c["recipe"].update({"scale_aug": True}), ["min_size_train", "scale_aug"]),
+    ("seconds_per_iter missing a combination", _set(["seconds_per_iter"], [{"backbone": "R50", "norm": "GN", "gpus": 8, "seconds": 0.3}]),
+     ["seconds_per_iter", "R18"]),
+]
+
+
+@pytest.mark.parametrize("name,fn,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_stops_dry_run(tmp_path, name, fn, words):
+    cfg_file = write_yaml(tmp_path / "bad.yaml", mutate(fn))
+    proc = snakemake(["-n", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"{name}: snakemake accepted a bad config:\n{out[-2000:]}"
+    assert str(cfg_file) in out, f"{name}: error does not name the config file:\n{out[-2000:]}"
+    for w in words:
+        assert w in out, f"{name}: error lacks {w!r}:\n{out[-3000:]}"
+    assert "Job stats" not in out  # stopped before planning any job
+    assert not (tmp_path / "work").exists()
+
+
+def test_good_tiny_config_dry_runs(tmp_path):
+    proc = snakemake(["-n", "--configfile", str(ROOT / "configs" / "tiny.yaml")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train_segment" in proc.stdout
+
+
+def test_defaults_filled():
+    from rethink import config
+
+    cfg = config.validate(copy.deepcopy(TINY), "tiny")
+    assert cfg["max_segment_iters"] == TINY["max_segment_iters"]
+    assert cfg["runtime_margin"] == TINY["runtime_margin"]
+    assert cfg["recipe"]["momentum"] == 0.9  # schema default
+    assert "recipe" not in cfg["experiments"]["table1_tiny"]  # overrides only, never defaults
+
+
+def test_experiment_recipe_overrides_top_level():
+    from rethink import config, grid
+
+    raw = copy.deepcopy(TINY)
+    raw["experiments"]["table1_tiny"]["recipe"] = {"base_lr": 0.001}
+    g = grid.build(config.validate(raw, "tiny"), "tiny")
+    assert {r.recipe["base_lr"] for r in g.runs.values()} == {0.001}
+    assert {r.recipe["batch"] for r in g.runs.values()} == {TINY["recipe"]["batch"]}
