@@ -1,0 +1,94 @@
+"""Benchmark: `snakemake -n` on config.yaml vs a bare Snakefile that plans the same number of
+jobs (same DAG shape: chains of segments, one evaluation per segment, one collect), measured
+in the same run. Also prints planned training iterations / naive sum of stand-alone runs.
+
+    .venv/bin/python bench/bench_dryrun.py [--repeat 3]
+
+Goals (issue: grid and plan): ratio <= 1.5, absolute < 3 s on a 2-core machine; iterations ratio <= 0.5.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow_scripts"))
+
+from rethink import config, grid, plan  # noqa: E402
+
+BARE = '''
+N_CHAINS = {chains}
+LENGTHS = {lengths}
+
+rule all:
+    input: "collect.txt"
+
+rule collect:
+    input: [f"m/{{c}}/{{i}}.json" for c in range(N_CHAINS) for i in range(1, LENGTHS[c] + 1)]
+    output: "collect.txt"
+    shell: "touch {{output}}"
+
+rule evaluate:
+    input: "ck/{{c}}/{{i}}.pth"
+    output: "m/{{c}}/{{i}}.json"
+    shell: "touch {{output}}"
+
+def prev(wc):
+    i = int(wc.i)
+    return [] if i == 1 else [f"ck/{{wc.c}}/{{i - 1}}.pth"]
+
+rule segment:
+    input: prev
+    output: "ck/{{c}}/{{i}}.pth"
+    shell: "touch {{output}}"
+'''
+
+
+def time_dryrun(args, cwd, repeat):
+    best = float("inf")
+    jobs = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args], cwd=cwd,
+                              capture_output=True, text=True)
+        best = min(best, time.perf_counter() - t)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr[-3000:])
+        for line in proc.stdout.splitlines():
+            if line.startswith("total"):
+                jobs = int(line.split()[1])
+    return best, jobs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    cfg = config.load(ROOT / "config.yaml")
+    p = plan.Plan(grid.build(cfg, "config.yaml"))
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, ours_jobs = time_dryrun(["--snakefile", str(ROOT / "Snakefile"), "--configfile", str(ROOT / "config.yaml")],
+                                      tmp, args.repeat)
+        # the same number of train and eval jobs, as chains of the same lengths
+        lines = {}
+        for s in p.segments.values():
+            lines[(s.family, s.line)] = lines.get((s.family, s.line), 0) + 1
+        bare_dir = Path(tmp) / "bare"
+        bare_dir.mkdir()
+        (bare_dir / "Snakefile").write_text(BARE.format(chains=len(lines), lengths=list(lines.values())))
+        bare, bare_jobs = time_dryrun([], bare_dir, args.repeat)
+    print(f"snakemake -n, config.yaml: {ours:.2f} s for {ours_jobs} jobs")
+    print(f"snakemake -n, bare Snakefile: {bare:.2f} s for {bare_jobs} jobs")
+    print(f"ratio (ours / bare): {ours / bare:.2f}   goal <= 1.5;  absolute goal < 3 s: {'met' if ours < 3 else 'NOT met'}")
+    ratio = p.total_iterations / p.standalone_iterations
+    print(f"planned training iterations / stand-alone sum: {p.total_iterations:,} / {p.standalone_iterations:,} = {ratio:.3f}"
+          "   goal <= 0.5")
+
+
+if __name__ == "__main__":
+    main()
