@@ -20,7 +20,28 @@ except rconfig.ConfigError as e:
     raise WorkflowError(str(e)) from None
 PLAN = Plan(GRID)
 P = rpaths.Paths(CFG, PLAN)
-PY = sys.executable  # the interpreter running Snakemake runs the workflow's scripts too
+
+
+def check_data_on_disk(jobs):
+    """COCO/VOC inputs must exist before any job of a real run starts (a dry run, the grid
+    summary and a rebuild from cached metrics never need them)."""
+    todo = sorted({j.wildcards.data for j in jobs if j.rule.name == "prepare_data"})
+    todo = [d for d in todo if CFG["datasets"][d]["kind"] != "synthetic"]
+    if not todo:
+        return
+    from rethink.data import check_dataset_paths
+
+    problems = [p for d in todo for p in check_dataset_paths(d, CFG["datasets"][d])]
+    if problems:
+        raise WorkflowError(f"{CONFIG_SOURCE}: datasets not found\n  " + "\n  ".join(problems))
+
+
+onstart:
+    check_data_on_disk(workflow.dag.needrun_jobs())
+# The workflow's scripts run under the interpreter that runs Snakemake, or, with
+# `--sdm conda`, under the rule's environment (envs/*.yaml).
+_CONDA = "conda" in {str(getattr(m, "name", m)).lower() for m in workflow.deployment_settings.deployment_method}
+PY = "python" if _CONDA else sys.executable
 
 
 wildcard_constraints:

@@ -11,6 +11,8 @@ rule prepare_data:
     resources:
         runtime=60,
         mem_mb=8000,
+    conda:
+        "../envs/train.yaml"
     shell:
         "{PY} {SCRIPTS}/prepare_data.py --spec {params.spec:q} > {log} 2>&1"
 
@@ -24,5 +26,7 @@ rule prepare_pretrain_data:
         spec=lambda wc: spec_json(P.pretrain_data_spec(wc.init)),
     resources:
         runtime=30,
+    conda:
+        "../envs/train.yaml"
     shell:
         "{PY} {SCRIPTS}/prepare_data.py --spec {params.spec:q} > {log} 2>&1"

@@ -14,5 +14,7 @@ rule evaluate:
         spec=lambda wc: spec_json(P.eval_spec(PLAN.milestone(wc.family, wc.line, int(wc.iter)))),
     resources:
         **P.eval_resources(),
+    conda:
+        "../envs/train.yaml"
     shell:
         "{PY} {SCRIPTS}/evaluate.py --spec {params.spec:q} > {log} 2>&1"

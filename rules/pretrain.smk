@@ -16,6 +16,8 @@ rule pretrain:
         init=P.init_names_regex("pretrain"),
     resources:
         runtime=60,
+    conda:
+        "../envs/train.yaml"
     shell:
         "{PY} {SCRIPTS}/pretrain.py --spec {params.spec:q} > {log} 2>&1"
 
@@ -32,5 +34,7 @@ rule stage_weights:
         init=P.init_names_regex("staged"),
     resources:
         runtime=30,
+    conda:
+        "../envs/train.yaml"
     shell:
         "{PY} {SCRIPTS}/stage_weights.py --spec {params.spec:q} > {log} 2>&1"

@@ -15,6 +15,8 @@ rule collect:
         P.log("report", "collect"),
     params:
         results=P.results,
+    conda:
+        "../envs/report.yaml"
     shell:
         "{PY} {SCRIPTS}/collect.py --results {params.results} --out {output} > {log} 2>&1"
 
@@ -28,6 +30,8 @@ rule report:
         P.log("report", "report"),
     params:
         results=P.results,
+    conda:
+        "../envs/report.yaml"
     shell:
         "{PY} {SCRIPTS}/report.py --metrics {input} --results {params.results} > {log} 2>&1"
 

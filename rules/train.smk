@@ -15,5 +15,7 @@ rule train_segment:
         launcher=lambda wc: P.launcher(PLAN.segment(wc.family, wc.line, int(wc.iter))),
     resources:
         **P.train_resources(),
+    conda:
+        "../envs/train.yaml"
     shell:
         "{params.launcher} {SCRIPTS}/train.py --spec {params.spec:q} > {log} 2>&1"

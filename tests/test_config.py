@@ -118,3 +118,18 @@ def test_experiment_recipe_overrides_top_level():
     g = grid.build(config.validate(raw, "tiny"), "tiny")
     assert {r.recipe["base_lr"] for r in g.runs.values()} == {0.001}
     assert {r.recipe["batch"] for r in g.runs.values()} == {TINY["recipe"]["batch"]}
+
+
+def test_missing_coco_root_stops_a_real_run_before_any_job(tmp_path):
+    cfg = load_yaml(ROOT / "config.yaml")
+    cfg["datasets"]["coco_full"]["root"] = str(tmp_path / "no-coco-here")
+    cfg_file = write_yaml(tmp_path / "paper.yaml", cfg)
+    proc = snakemake(["--cores", "1", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "datasets.coco_full.root" in out and str(tmp_path / "no-coco-here") in out, out[-3000:]
+    assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
+    # planning needs no data: the dry run and the grid summary still work
+    assert snakemake(["-n", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120).returncode == 0
+    grid = snakemake(["grid", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120)
+    assert grid.returncode == 0 and "trunk sharing saves" in grid.stdout, grid.stderr[-2000:]

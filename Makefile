@@ -1,0 +1,26 @@
+# The README's two commands:  make tiny  (install + the embedded default)  and  make test.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: install tiny test bench
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# the whole pipeline on synthetic data, CPU: data -> pre-training -> training -> COCO evaluation -> tables, figures
+tiny: install
+	$(VENV)/bin/snakemake --profile profiles/tiny
+
+# SLURM packages for the tests that start a real controller (needs root; they skip with a reason otherwise)
+test: install
+	@if [ "$$(id -u)" = 0 ]; then bash .ci/slurm.sh; else echo "not root: SLURM tests will be skipped"; fi
+	$(PY) -m pytest tests -ra
+
+bench: install
+	$(PY) bench/bench_dryrun.py

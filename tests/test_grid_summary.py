@@ -1,0 +1,52 @@
+"""`snakemake grid`: the plan of the configured grid as a table and results/grid.csv."""
+from __future__ import annotations
+
+import pandas as pd
+from conftest import ROOT, snakemake
+
+from rethink import config, grid, metrics, plan
+from rethink.paths import Paths
+
+
+def _record(ms, owner, device_seconds):
+    return {
+        "family": ms.family, "line": ms.line, "iteration": ms.iteration, "runs": list(ms.runs), "owner": owner,
+        "task": "mask_rcnn", "backbone": "R50", "norm": "GN", "init": "random", "data": "coco_full", "seed": 0,
+        "variant": None, "lr": 0.02, "samples_seen": {"images": 1, "instances": 1, "pixels": 1},
+        "pretrain_samples": None, "wall_seconds": 1.0, "device_seconds": device_seconds, "gpus": 8,
+        "eval_seconds": 1.0, "diverged": False, "stats": {"bbox": {n: 1.0 for n in metrics.BOX_STATS}},
+        "engine": "detectron2",
+    }
+
+
+def test_grid_summary_lists_every_run_with_status(tmp_path):
+    cfg_path = ROOT / "config.yaml"
+    cfg = config.load(cfg_path)
+    p = plan.Plan(grid.build(cfg, "config.yaml"))
+    paths = Paths(cfg, p)
+    # one run done, one partial (a checkpoint on its path), the rest to do
+    done, partial = "R50-GN-random-coco_full-2x-s0", "R101-GN-imagenet-coco_full-6x-s0"
+    final = p.final_milestone(done)
+    metrics.write(_record(final, done, 8 * 3600.0 * 50), tmp_path / paths.metrics(final.family, final.line, final.iteration))
+    seg = p.segments_of_run(partial)[0]
+    ck = tmp_path / paths.checkpoint(seg.family, seg.line, seg.end)
+    ck.parent.mkdir(parents=True)
+    ck.write_bytes(b"x")
+
+    proc = snakemake(["grid"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trunk sharing saves 8,160,000" in proc.stdout
+    df = pd.read_csv(tmp_path / "results" / "grid.csv")
+    assert {"run_id", "family", "schedule", "iterations", "trained_iterations", "gpu_hours", "status"} <= set(df.columns)
+    assert len(df) == len(p.grid.runs) == 40
+    assert df["trained_iterations"].sum() == p.total_iterations == 6_240_000
+    status = dict(zip(df["run_id"], df["status"]))
+    assert status[done] == "done"
+    # the checkpoint lies on the shared trunk: every run of that family has started
+    family = p.grid.runs[partial].family
+    assert {status[r.run_id] for r in p.grid.families[family]} == {"partial"}
+    assert sum(s == "to do" for s in status.values()) == 40 - 1 - 5
+    # GPU-hours: planned from seconds_per_iter, spent from the metrics' device seconds
+    row = df.set_index("run_id").loc[done]
+    assert abs(row["gpu_hours"] - 180_000 * 0.338 * 8 / 3600) < 0.01
+    assert abs(row["gpu_hours_spent"] - 400.0) < 0.01
