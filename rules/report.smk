@@ -4,6 +4,7 @@ localrules:
     grid,
     collect,
     report,
+    figures,
 
 
 rule collect:
@@ -15,25 +16,47 @@ rule collect:
         P.log("report", "collect"),
     params:
         results=P.results,
+        cfg=spec_json(CFG),
     conda:
         "../envs/report.yaml"
     shell:
-        "{PY} {SCRIPTS}/collect.py --results {params.results} --out {output} > {log} 2>&1"
+        "{PY} {SCRIPTS}/collect.py --results {params.results} --out {output} --config-json {params.cfg:q} > {log} 2>&1"
 
 
 rule report:
     input:
         P.metrics_table,
     output:
-        P.report_outputs(),
+        [
+            report(e["path"], caption=f"../{e['caption']}" if e["caption"] else None,
+                   category=e["category"], subcategory=e["subcategory"])
+            for e in P.report_entries()
+        ],
     log:
         P.log("report", "report"),
     params:
         results=P.results,
+        cfg=spec_json(CFG),
     conda:
         "../envs/report.yaml"
     shell:
-        "{PY} {SCRIPTS}/report.py --metrics {input} --results {params.results} > {log} 2>&1"
+        "{PY} {SCRIPTS}/report.py --metrics {input} --results {params.results} --config-json {params.cfg:q} > {log} 2>&1"
+
+
+rule figures:
+    # no output: `snakemake figures` rebuilds metrics.csv, tables and figures from whatever
+    # metrics JSONs exist under results/ (a partial grid, or results/ copied off a cluster);
+    # it schedules no training or evaluation
+    params:
+        results=P.results,
+        cfg=spec_json(CFG),
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "{PY} {SCRIPTS}/collect.py --results {params.results} --out {params.results}/metrics.csv"
+        " --config-json {params.cfg:q} && "
+        "{PY} {SCRIPTS}/report.py --metrics {params.results}/metrics.csv --results {params.results}"
+        " --config-json {params.cfg:q}"
 
 
 rule grid:

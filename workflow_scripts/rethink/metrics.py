@@ -1,16 +1,19 @@
 """The metrics schema: one JSON per evaluated checkpoint (milestone).
 
 Written by the evaluate rule (any engine), read by collect; nothing else reads or writes
-metrics files. A milestone on a shared trunk belongs to every run whose curve passes
-through it (``runs``); collect turns each file into one row per such run.
+metrics files. A file describes one checkpoint; which runs pass through it (a trunk
+checkpoint is shared by every schedule of its family) is the plan's business: collect asks
+:meth:`rethink.plan.Plan.runs_through` and writes one row per such run. Keeping that out of
+the file keeps the evaluate job's params fixed when the grid grows, so Snakemake never
+re-runs an evaluation (whose checkpoint may be long deleted) because a schedule was added.
 
 Fields (all required unless marked optional):
 
     schema          "rethink-metrics/1"
     family, line    where the checkpoint lies in the plan ("trunk" or a schedule name)
     iteration       training iterations done by this checkpoint
-    runs            run ids whose curve passes through this checkpoint
-    owner           the run whose recipe trained this line
+    runs            (optional) run ids through this checkpoint, for files read without a config
+    owner           the run whose recipe trained this line ("<family>-trunk" on a shared trunk)
     task, backbone, norm, init, data, seed, variant    the family's settings
     lr              learning rate of the last iteration trained
     samples_seen    {"images", "instances", "pixels"} seen by the fine-tuning/scratch training
@@ -39,7 +42,7 @@ BOX_STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", 
 KEYPOINT_STATS = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
 STAT_NAMES = {"bbox": BOX_STATS, "segm": BOX_STATS, "keypoints": KEYPOINT_STATS, "voc": ["AP50"]}
 REQUIRED = [
-    "schema", "family", "line", "iteration", "runs", "owner", "task", "backbone", "norm", "init", "data",
+    "schema", "family", "line", "iteration", "owner", "task", "backbone", "norm", "init", "data",
     "seed", "variant", "lr", "samples_seen", "pretrain_samples", "wall_seconds", "device_seconds", "gpus",
     "eval_seconds", "diverged", "stats", "engine", "created",
 ]
@@ -69,7 +72,7 @@ def check(record: dict, source: str = "metrics") -> dict:
         raise MetricsError(f"{source}: schema is {record['schema']!r}, expected {SCHEMA!r}")
     if not isinstance(record["iteration"], int) or record["iteration"] < 0:
         raise MetricsError(f"{source}: iteration {record['iteration']!r} is not a non-negative integer")
-    if not record["runs"] or not all(isinstance(r, str) for r in record["runs"]):
+    if "runs" in record and (not record["runs"] or not all(isinstance(r, str) for r in record["runs"])):
         raise MetricsError(f"{source}: runs must be a non-empty list of run ids")
     for key in COUNTERS:
         if key not in record["samples_seen"]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .grid import Run
 from .plan import TRUNK, Milestone, Plan, Segment
+from .schedule import Schedule
 
 
 def it7(iteration: int) -> str:
@@ -95,6 +96,11 @@ class Paths:
 
         return report_targets.targets(self.results)
 
+    def report_entries(self) -> list[dict]:
+        from . import report_targets
+
+        return report_targets.entries(self.results)
+
     # ------------------------------------------------------------------ specs
     def data_spec(self, data: str) -> dict:
         return {"name": data, **self.cfg["datasets"][data], "output": self.dataset(data)}
@@ -132,17 +138,29 @@ class Paths:
                 inputs["weights"] = weights
         return inputs
 
+    def line_settings(self, family: str, line: str) -> tuple[dict, dict]:
+        """(run settings, LR schedule) that a job on this line trains or evaluates with.
+
+        The trunk is every member's schedule before its first drop: it is described without
+        naming one member, so adding a schedule to a family changes none of its jobs' params
+        (which would make Snakemake retrain them)."""
+        ln = self.plan.lines[(family, line)]
+        run = self.plan.run(ln.owner)
+        sched = run.schedule
+        settings = self._run_settings(run)
+        schedule = {
+            "iterations": sched.iterations, "base_lr": sched.base_lr, "lr_drops": list(sched.lr_drops),
+            "drop_factor": sched.drop_factor, "warmup_iters": sched.warmup_iters, "warmup_factor": sched.warmup_factor,
+        }
+        if line == TRUNK:
+            settings.update(run_id=f"{family}-trunk", schedule=TRUNK, iterations=None)
+            schedule.update(iterations=ln.end, lr_drops=[])
+        return settings, schedule
+
     def train_spec(self, seg: Segment) -> dict:
         run = self.plan.run(seg.owner)
         inputs = self.segment_input(seg)
-        sched = run.schedule
-        settings = self._run_settings(run)
-        iterations, drops = sched.iterations, list(sched.lr_drops)
-        if seg.line == TRUNK:
-            # the trunk is every member's schedule before its first drop: describe it without
-            # naming one member, so adding a schedule to the family leaves its jobs unchanged
-            settings.update(run_id=f"{seg.family}-trunk", schedule=TRUNK, iterations=None)
-            iterations, drops = self.plan.lines[(seg.family, TRUNK)].end, []
+        settings, schedule = self.line_settings(seg.family, seg.line)
         return {
             "engine": self.cfg["engine"],
             "run": settings,
@@ -150,11 +168,7 @@ class Paths:
             "line": seg.line,
             "start": seg.start,
             "end": seg.end,
-            "schedule": {
-                "iterations": iterations, "base_lr": sched.base_lr, "lr_drops": drops,
-                "drop_factor": sched.drop_factor, "warmup_iters": sched.warmup_iters,
-                "warmup_factor": sched.warmup_factor,
-            },
+            "schedule": schedule,
             "init_kind": self.init_kind(run.init),
             "start_checkpoint": inputs.get("start"),
             "init_weights": inputs.get("weights"),
@@ -172,17 +186,17 @@ class Paths:
         return inputs
 
     def eval_spec(self, ms: Milestone) -> dict:
-        owner = self.plan.lines[(ms.family, ms.line)].owner
-        run = self.plan.run(owner)
+        """Describes the checkpoint only; which runs pass through it is the plan's business
+        (collect asks it), so growing the grid never re-runs an evaluation."""
+        settings, schedule = self.line_settings(ms.family, ms.line)
         inputs = self.eval_input(ms)
         return {
             "engine": self.cfg["engine"],
-            "run": self._run_settings(run),
+            "run": settings,
             "family": ms.family,
             "line": ms.line,
             "iteration": ms.iteration,
-            "runs": list(ms.runs),
-            "lr": run.schedule.lr(max(ms.iteration - 1, 0)),
+            "lr": Schedule(**schedule).lr(max(ms.iteration - 1, 0)),
             "checkpoint": inputs["checkpoint"],
             "dataset": inputs["dataset"],
             "init_cost": inputs.get("init_cost"),

@@ -73,21 +73,21 @@ class Plan:
             line = Line(family, run.schedule_name, 0, run.iterations, run.run_id, None)
             self._add_line(line, branch_points=[])
             self.run_lines[run.run_id] = [(line.name, 0, run.iterations)]
-            self._add_milestones(line, [], {run.run_id: (0, run.iterations)})
+            self._add_milestones(line, [])
             return
         branch = {r.run_id: r.schedule.first_drop for r in members}
         trunk_end = max(branch.values())
         owner = max(members, key=lambda r: (branch[r.run_id], r.iterations)).run_id
         trunk = Line(family, TRUNK, 0, trunk_end, owner, None)
         self._add_line(trunk, branch_points=sorted(set(branch.values())))
-        self._add_milestones(trunk, sorted(set(branch.values())), {r.run_id: (0, branch[r.run_id]) for r in members})
+        self._add_milestones(trunk, sorted(set(branch.values())))
         for run in members:
             b = branch[run.run_id]
             self.run_lines[run.run_id] = [(TRUNK, 0, b)]
             if run.iterations > b:
                 tail = Line(family, run.schedule_name, b, run.iterations, run.run_id, (TRUNK, b))
                 self._add_line(tail, branch_points=[])
-                self._add_milestones(tail, [], {run.run_id: (b, run.iterations)})
+                self._add_milestones(tail, [])
                 self.run_lines[run.run_id].append((tail.name, b, run.iterations))
 
     def _eval_points(self, line: Line, extra: list[int]) -> list[int]:
@@ -108,10 +108,10 @@ class Plan:
                 self.segments[(line.family, line.name, e)] = seg
                 prev_from = (line.name, e)
 
-    def _add_milestones(self, line: Line, branch_points: list[int], spans: dict[str, tuple[int, int]]) -> None:
+    def _add_milestones(self, line: Line, branch_points: list[int]) -> None:
         for it in self._eval_points(line, branch_points):
-            runs = tuple(sorted(r for r, (a, b) in spans.items() if a < it <= b))
-            self.milestones[(line.family, line.name, it)] = Milestone(line.family, line.name, it, runs)
+            self.milestones[(line.family, line.name, it)] = Milestone(
+                line.family, line.name, it, self.runs_through(line.family, line.name, it))
 
     # ----------------------------------------------------------------- queries
     def run(self, run_id: str) -> Run:
@@ -128,6 +128,14 @@ class Plan:
             return self.milestones[(family, line, int(iteration))]
         except KeyError:
             raise KeyError(f"no milestone of family {family}, line {line} at iteration {iteration}") from None
+
+    def runs_through(self, family: str, line: str, iteration: int) -> tuple[str, ...]:
+        """The runs whose curve passes through the checkpoint at (family, line, iteration): on the
+        trunk, every member not yet past its branch point; on any other line, its own run."""
+        members = self.grid.families.get(family, [])
+        if line == TRUNK:
+            return tuple(sorted(r.run_id for r in members if 0 < iteration <= r.schedule.first_drop))
+        return tuple(sorted(r.run_id for r in members if r.schedule_name == line and 0 < iteration <= r.iterations))
 
     def segments_of_run(self, run_id: str) -> list[Segment]:
         """The segments that, in order, train this run from iteration 0 to its end."""

@@ -1,0 +1,259 @@
+"""Results: metrics JSONs -> metrics.csv -> the paper's tables and figures.
+
+Hand-made metrics files (written with rethink.metrics.write) with known values; the tables,
+the published join and the figures' drawn data are checked against them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow_scripts"))
+
+from rethink import collect as C  # noqa: E402
+from rethink import figures as F  # noqa: E402
+from rethink import metrics as M  # noqa: E402
+from rethink import published as P  # noqa: E402
+from rethink import report_targets as R  # noqa: E402
+from rethink import tables as T  # noqa: E402
+
+PY = sys.executable
+FAMILY = {"random": "R50-GN-random-coco_full-s0", "imagenet": "R50-GN-imagenet-coco_full-s0"}
+PRETRAIN = {"iterations": 450000, "images": 128116500, "instances": 128116500, "pixels": 6.42e12}
+
+
+def record(init, line, iteration, runs, ap, *, diverged=False, mask=None, lr=0.02, schedules=None):
+    box = {s: float("nan") for s in M.BOX_STATS}
+    box.update(AP=ap, AP50=ap + 20, AP75=ap + 4)
+    stats = {} if diverged else {"bbox": box, "segm": {**box, "AP": mask if mask is not None else ap - 4}}
+    rec = {
+        "family": FAMILY[init], "line": line, "iteration": iteration, "runs": runs, "owner": runs[-1],
+        "task": "mask_rcnn", "backbone": "R50", "norm": "GN", "init": init, "data": "coco_full", "seed": 0,
+        "variant": None, "lr": lr, "samples_seen": {"images": iteration * 16, "instances": iteration * 16 * 7,
+                                                     "pixels": iteration * 16 * 1e6},
+        "pretrain_samples": PRETRAIN if init != "random" else None, "wall_seconds": 1.0, "device_seconds": 8.0,
+        "gpus": 8, "eval_seconds": 1.0, "diverged": diverged, "stats": stats, "engine": "detectron2",
+    }
+    if schedules:
+        rec["schedules"] = schedules
+    return rec
+
+
+def rid(init, sched):
+    return f"R50-GN-{init}-coco_full-{sched}-s0"
+
+
+SCHED = {"2x": {"iterations": 180000, "lr_drops": [120000, 160000]},
+         "3x": {"iterations": 270000, "lr_drops": [210000, 250000]}}
+
+
+def write_family(results: Path, init: str, trunk_ap: dict, tails: dict, diverged_tail: str | None = None):
+    """A 2x/3x family: trunk milestones (shared) and each schedule's tail milestones."""
+    runs = [rid(init, "2x"), rid(init, "3x")]
+    schedules = {rid(init, s): SCHED[s] for s in SCHED}
+    for it, ap in trunk_ap.items():
+        through = [r for r, s in zip(runs, ("2x", "3x")) if it <= SCHED[s]["lr_drops"][0]]
+        M.write(record(init, "trunk", it, through, ap, schedules=schedules),
+                results / "metrics" / FAMILY[init] / "trunk" / f"iter_{it:07d}.json")
+    for sched, pts in tails.items():
+        for it, ap in pts.items():
+            M.write(record(init, sched, it, [rid(init, sched)], ap, diverged=(sched == diverged_tail),
+                           lr=0.002, schedules=schedules),
+                    results / "metrics" / FAMILY[init] / sched / f"iter_{it:07d}.json")
+
+
+@pytest.fixture
+def results(tmp_path):
+    r = tmp_path / "results"
+    write_family(r, "random", {60000: 20.0, 120000: 30.0, 210000: 33.0},
+                 {"2x": {160000: 36.0, 180000: 37.5}, "3x": {250000: 39.0, 270000: 40.1}})
+    write_family(r, "imagenet", {60000: 33.0, 120000: 35.0, 210000: 36.0},
+                 {"2x": {160000: 39.5, 180000: 40.0}, "3x": {250000: 40.5, 270000: 41.2}})
+    return r
+
+
+def test_collect_rows_per_run(results):
+    df = C.collect(results)
+    # trunk 60k/120k pass through both runs, 210k only through 3x: 2+2+1 trunk rows + 2+2 tail rows per init
+    assert len(df) == 2 * (2 + 2 + 1 + 2 + 2)
+    assert list(df.columns) == C.COLUMNS
+    row = df[(df.run_id == rid("random", "3x")) & (df.iteration == 270000)].iloc[0]
+    assert row.bbox_AP == 40.1 and row.final and row.iterations == 270000 and row.lr_drops == "210000;250000"
+    assert row.schedule == "3x" and row.line == "3x" and math.isnan(row.pretrain_iterations)
+    pre = df[df.init == "imagenet"].iloc[0]
+    assert pre.pretrain_iterations == 450000 and pre.pretrain_images == 128116500
+    assert math.isnan(row.bbox_APs)  # NaN = undefined stays NaN
+    out = results / "metrics.csv"
+    C.write_csv(df, out)
+    back = C.read_csv(out)
+    assert back.shape == df.shape and back.final.dtype == bool and back.variant.eq("").all()
+
+
+def test_table_cells_and_delta(results):
+    df = C.collect(results)
+    pub = P.load()
+    tabs = T.build_all(df, pub)
+    t1 = tabs["table1"]
+    cell = t1.cell(["R50 GN coco_full", "random"], "3x")
+    assert cell.ours == pytest.approx(40.1) and cell.paper == pytest.approx(39.5)
+    assert cell.text() == "40.1 (39.5, +0.6)"
+    assert t1.cell(["R50 GN coco_full", "imagenet"], "2x").text() == "40.0 (40.3, \u22120.3)"
+    assert t1.cell(["R50 GN coco_full", "random"], "6x").text() == "\u2014 (41.3)"  # paper only
+    t2 = tabs["table2"]
+    rnd = t2.cell(["R50 GN coco_full", "random", "3x"], "AP bbox")  # the longest schedule present: 3x
+    pre = t2.cell(["R50 GN coco_full", "imagenet", "3x"], "AP bbox")
+    delta = t2.cell(["R50 GN coco_full", "\u0394 random \u2212 imagenet", ""], "AP bbox")
+    assert rnd.ours == pytest.approx(40.1) and pre.ours == pytest.approx(41.2)
+    assert delta.ours == pytest.approx(40.1 - 41.2) and delta.paper == pytest.approx(41.3 - 41.1)
+    assert t2.cell(["R50 GN coco_full", "random", "3x"], "AP mask").ours == pytest.approx(36.1)
+    md = (T.write(t1, results / "tables")[0]).read_text()
+    assert "40.1 (39.5, +0.6)" in md
+    tidy = T.to_frame(t2)
+    assert {"ours", "paper", "diff", "status"} <= set(tidy.columns)
+
+
+def test_published_join_picks_the_right_number():
+    pub = P.load()
+    assert P.lookup(pub, task="mask_rcnn", backbone="R101", norm="GN", init="imagenet", data="coco_full",
+                    metric="bbox_AP", schedule="4x") == 42.3
+    assert P.lookup(pub, task="mask_rcnn", backbone="R101", norm="GN", init="random", data="coco_full",
+                    metric="segm_AP75", best=True) == 39.7
+    assert P.lookup(pub, task="mask_rcnn", backbone="R50", norm="GN", init="random", data="coco_3_5k",
+                    metric="bbox_AP", schedule="6x") == 9.3  # paper gives no schedule: any matches
+    assert math.isnan(P.lookup(pub, task="mask_rcnn", backbone="R18", norm="GN", init="random",
+                               data="synthetic", metric="bbox_AP", schedule="2x"))
+    # the shared (un-normalised) copy loads to the same names
+    raw = P.load("/work/shared/paper/published.csv") if Path("/work/shared/paper/published.csv").exists() else pub
+    assert "coco_3_5k" in set(raw.data) and "voc_AP50" in set(raw.metric)
+
+
+def test_truncated_json_names_the_file(results):
+    bad = results / "metrics" / FAMILY["random"] / "3x" / "iter_0270000.json"
+    bad.write_text(bad.read_text()[:100])
+    with pytest.raises(M.MetricsError, match="iter_0270000.json"):
+        C.collect(results)
+    proc = subprocess.run([PY, str(ROOT / "workflow_scripts" / "collect.py"), "--results", str(results),
+                           "--out", str(results / "metrics.csv")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "iter_0270000.json" in proc.stderr
+    assert not (results / "metrics.csv").exists()
+
+
+def test_duplicate_milestone_is_an_error(results):
+    src = results / "metrics" / FAMILY["random"] / "2x" / "iter_0180000.json"
+    dup = results / "metrics" / "copy" / "2x" / "iter_0180000.json"
+    dup.parent.mkdir(parents=True)
+    dup.write_text(src.read_text())
+    with pytest.raises(C.CollectError, match="several metrics files"):
+        C.collect(results)
+
+
+def test_diverged_run_is_marked_and_not_plotted(tmp_path):
+    r = tmp_path / "results"
+    write_family(r, "random", {60000: 20.0, 120000: 30.0, 210000: 33.0},
+                 {"2x": {160000: 36.0, 180000: 37.5}, "3x": {250000: float("nan")}}, diverged_tail="3x")
+    df = C.collect(r)
+    bad = df[df.run_id == rid("random", "3x")]
+    assert bad.run_diverged.all() and bad[bad.iteration == 250000].diverged.all()
+    assert not df[df.run_id == rid("random", "2x")].run_diverged.any()
+    pub = P.load()
+    t1 = T.build_all(df, pub)["table1"]
+    assert t1.cell(["R50 GN coco_full", "random"], "3x").text().startswith("diverged")
+    assert t1.cell(["R50 GN coco_full", "random"], "2x").ours == pytest.approx(37.5)
+    drawn = F.build_all(df, pub, r / "figures")
+    panel = drawn["convergence"]["R50 GN coco_full"]
+    assert panel["diverged"] == [rid("random", "3x")]
+    assert all(c.get("run_id") != rid("random", "3x") for c in panel["curves"])
+    assert any(c.get("run_id") == rid("random", "2x") for c in panel["curves"])
+    # the trunk is drawn once and still reaches the 2x branch point
+    trunks = [c for c in panel["curves"] if c["line"] == "trunk"]
+    assert len(trunks) == 1 and 120000 in trunks[0]["x"]
+
+
+def test_report_cli_writes_every_target(results):
+    out = results / "metrics.csv"
+    C.write_csv(C.collect(results), out)
+    proc = subprocess.run([PY, str(ROOT / "workflow_scripts" / "report.py"), "--metrics", str(out),
+                           "--results", str(results)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for p in R.targets(str(results)):
+        assert Path(p).exists() and Path(p).stat().st_size > 0, p
+    for f in R.FIGURES:
+        png = results / "figures" / f"{f}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000, png
+    for e in R.entries(str(results)):
+        if e["caption"]:
+            assert (ROOT / e["caption"]).exists(), e["caption"]
+
+
+def test_figure_draws_branches_and_paper_markers(results):
+    df = C.collect(results)
+    fig, drawn = F.convergence(df, P.load(), {"main"}, "t")
+    panel = drawn["R50 GN coco_full"]
+    tails = {c["run_id"]: c for c in panel["curves"] if c["line"] != "trunk"}
+    # every tail starts at its branch point on the trunk (the first LR drop)
+    assert tails[rid("random", "2x")]["x"][0] == 120000 and tails[rid("random", "3x")]["x"][0] == 210000
+    assert tails[rid("random", "3x")]["y"][0] == 33.0
+    stars = {(p["init"], p["schedule"]): (p["x"], p["y"]) for p in panel["paper"]}
+    assert stars[("random", "3x")] == (270000, 39.5) and stars[("imagenet", "2x")] == (180000, 40.3)
+
+
+def test_partial_grid_note_and_planned_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "bench_report.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from rethink import config as rconfig
+
+    cfg = rconfig.load(ROOT / "configs" / "tiny.yaml")
+    r = tmp_path / "results"
+    n = bench.write_grid_metrics(cfg, r, only=lambda ms: ms.line == "trunk" or ms.line == "2x")
+    assert n > 0
+    planned = C.planned_runs(cfg)
+    df = C.collect(r, planned)
+    assert df.iterations.notna().all()
+    done, total, note = F.progress(df, planned)
+    assert (done, total) == (2, 4) and note == "partial: 2 of 4 runs done"
+    tabs = T.build_all(df, P.load())
+    # tiny data: our own row, no paper number
+    c = tabs["table1"].cell(["R18 GN synthetic", "random"], "2x")
+    assert math.isfinite(c.ours) and math.isnan(c.paper)
+    # 3x has not finished: its latest milestone, marked partial
+    assert tabs["table1"].cell(["R18 GN synthetic", "random"], "3x").status == "partial"
+
+
+def test_empty_results_still_build_every_target(tmp_path):
+    r = tmp_path / "results"
+    df = C.collect(r)
+    assert df.empty and list(df.columns) == C.COLUMNS
+    C.write_csv(df, r / "metrics.csv")
+    sys.path.insert(0, str(ROOT / "workflow_scripts"))
+    import report as report_cli
+
+    report_cli.build(str(r / "metrics.csv"), str(r))
+    assert all(Path(p).exists() for p in R.targets(str(r)))
+    assert "\u2014 (41.3)" in (r / "tables" / "table1.md").read_text()
+
+
+def test_less_data_table_and_figure(tmp_path):
+    r = tmp_path / "results"
+    for init, ap in (("random", 24.0), ("imagenet", 26.5)):
+        fam = f"R50-GN-{init}-coco_10k-s0"
+        rec = record(init, "2x", 180000, [f"R50-GN-{init}-coco_10k-2x-s0"], ap)
+        rec.update(family=fam, data="coco_10k", owner=f"R50-GN-{init}-coco_10k-2x-s0")
+        M.write(rec, r / "metrics" / fam / "2x" / "iter_0180000.json")
+    df = C.collect(r)
+    pub = P.load()
+    t = T.build_all(df, pub)["less_data"]
+    cell = t.cell(["R50 GN coco_10k", "random", "2x", "220k"], "bbox_AP")
+    assert (cell.ours, cell.paper) == (24.0, 25.9)
+    assert "coco_10k" not in T.to_markdown(T.build_all(df, pub)["table1"])
+    drawn = F.build_all(df, pub, r / "figures", pretrain="shift")
+    assert "R50 GN coco_10k" in drawn["less_data"] and not drawn["convergence"]
+    # a family of one run is a single line named after its schedule, drawn from its own points
+    pre = [c for c in drawn["less_data"]["R50 GN coco_10k"]["curves"] if c["init"] == "imagenet"]
+    assert [c["x"] for c in pre] == [[180000.0]] and [c["y"] for c in pre] == [[26.5]]

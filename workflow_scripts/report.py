@@ -1,0 +1,64 @@
+"""CLI: the metrics table -> the paper's tables (md/csv/tex) and figures (png/pdf).
+
+    report.py --metrics results/metrics.csv --results results [--config-json '{...}' | --config FILE]
+              [--published results/paper/published.csv] [--pretrain band|shift]
+
+Writes every file of rethink.report_targets.targets(results) (a fixed list: tables and figures
+with no runs are still written). The config (optional) gives the planned runs for the
+"partial: N of M runs done" note; without it, M counts the runs that have metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rethink import collect as C  # noqa: E402
+from rethink import figures as F  # noqa: E402
+from rethink import published as P  # noqa: E402
+from rethink import report_targets as R  # noqa: E402
+from rethink import tables as T  # noqa: E402
+from rethink.config import ConfigError  # noqa: E402
+
+
+def build(metrics: str, results: str, planned=None, published: str | None = None, pretrain: str = "band") -> dict:
+    """Tables and figures from the metrics table; returns what the figures drew."""
+    df = C.read_csv(metrics)
+    pub = P.load(published or P.DEFAULT_PATH)
+    for table in T.build_all(df, pub).values():
+        T.write(table, Path(results) / "tables")
+    drawn = F.build_all(df, pub, Path(results) / "figures", planned, pretrain)
+    missing = [p for p in R.targets(results) if not Path(p).exists()]
+    if missing:
+        raise RuntimeError(f"report targets not written: {', '.join(missing)}")
+    return drawn
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--metrics", required=True, help="metrics table written by collect.py")
+    ap.add_argument("--results", required=True, help="results folder: writes tables/ and figures/ there")
+    ap.add_argument("--config", help="config YAML (planned runs, for the partial-grid note)")
+    ap.add_argument("--config-json", help="the same config as one JSON argument")
+    ap.add_argument("--published", help="the paper's numbers (default results/paper/published.csv)")
+    ap.add_argument("--pretrain", choices=["band", "shift"], default="band",
+                    help="pre-training in the convergence plots: a band (default) or shift the curves")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        cfg, source = C.load_config_arg(a.config, a.config_json)
+        planned = C.planned_runs(cfg, source) if cfg is not None else None
+        build(a.metrics, a.results, planned, a.published, a.pretrain)
+    except (C.CollectError, P.PublishedError, ConfigError, OSError, ValueError, RuntimeError) as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 1
+    print(f"report: {len(R.targets(a.results))} files under {a.results}/tables and {a.results}/figures "
+          f"({time.perf_counter() - t0:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

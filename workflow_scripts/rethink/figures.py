@@ -1,0 +1,315 @@
+"""The paper's figures from the metrics table: PNG (150 dpi) and PDF under <results>/figures/.
+
+    convergence   AP vs iterations (k), random init vs pre-trained, one panel per (task, backbone,
+                  norm, data, variant) of ours (paper Figures 1, 3, 4; keypoint runs: Figure 6).
+                  Each family's constant-LR trunk is drawn once; every schedule is a tail that
+                  branches off it at its first LR drop; dotted vertical lines mark LR drops;
+                  filled dots mark schedule ends, hollow stars the paper's number at that end.
+                  Pre-training is shown as a band from 0 to the init's pre-training iterations
+                  (``pretrain="band"``, default) or by shifting the pre-trained curves right by
+                  them (``pretrain="shift"``, x = pre-training + fine-tuning iterations).
+    samples_seen  images, instances and pixels seen: pre-training + fine-tuning vs from scratch,
+                  grouped bars per schedule (paper Figure 2).
+    less_data     convergence panels for COCO subsets and VOC (paper Figures 7, 8).
+
+Figures build from whatever metrics exist; a partial grid says "partial: N of M runs done".
+A figure with nothing to draw still gets written (it says so and lists the paper's numbers).
+Runs marked diverged are never drawn as curves; the panel names them instead.
+Each plot function returns what it drew (panel -> curves), so tests can check the data.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import published as pubmod  # noqa: E402
+from .tables import GROUP, RANDOM, _inits, _setting_label, group_order, kind_of  # noqa: E402
+
+PRETRAINED_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]
+RANDOM_COLOR = "#d62728"
+RC = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
+      "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.dpi": 150}
+
+
+def primary_metric(task: str, data: str) -> str:
+    if task == "keypoint_rcnn":
+        return "keypoints_AP"
+    if data.startswith("voc"):
+        return "voc_AP50"
+    return "bbox_AP"
+
+
+def _label(metric: str) -> str:
+    t, s = metric.split("_", 1)
+    return {"bbox": "bbox", "segm": "mask", "keypoints": "keypoint", "voc": "VOC"}[t] + " " + s
+
+
+def _colors(inits) -> dict[str, str]:
+    out, k = {}, 0
+    for i in _inits(inits):
+        if i == RANDOM:
+            out[i] = RANDOM_COLOR
+        else:
+            out[i] = PRETRAINED_COLORS[k % len(PRETRAINED_COLORS)]
+            k += 1
+    return out
+
+
+def human(n: float) -> str:
+    """450000 -> '450k', 128116500 -> '128M', 6.42e12 -> '6.42T', 60 -> '60'."""
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suffix}"
+    return f"{n:.3g}"
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def progress(df: pd.DataFrame, planned: pd.DataFrame | None = None) -> tuple[int, int, str]:
+    """(runs done, runs planned, a one-line note; "" when the grid is complete)."""
+    runs = set(df.run_id) if not df.empty else set()
+    total = len(set(planned.run_id) | runs) if planned is not None and not planned.empty else len(runs)
+    done = int(df[df.final & ~df.run_diverged].run_id.nunique()) if not df.empty else 0
+    if not df.empty and df.iterations.isna().all() and (planned is None or planned.empty):
+        return len(runs), total, f"{len(runs)} runs with metrics (run lengths unknown)"
+    note = "" if done == total and total else f"partial: {done} of {total} runs done"
+    return done, total, note
+
+
+def _groups(df: pd.DataFrame, kinds: set[str]) -> list[tuple]:
+    if df.empty:
+        return []
+    keys = [tuple(k) for k in df[GROUP].drop_duplicates().itertuples(index=False)]
+    keys = [k for k in keys if kind_of(k[0], k[3]) in kinds]
+    return sorted(keys, key=group_order)
+
+
+def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: str = "band",
+               unit: float = 1e3) -> dict:
+    """One convergence panel (x in iterations / `unit`); returns {"curves", "diverged", "paper"}."""
+    task, backbone, norm, data, variant = group
+    metric = primary_metric(task, data)
+    colors = _colors(g.init.unique())
+    drawn = {"curves": [], "diverged": sorted(g[g.run_diverged].run_id.unique()), "paper": []}
+    ok = g[~g.run_diverged & ~g.diverged]
+    drops: set[float] = set()
+    xmax = float(g.iteration.max()) if not g.empty else 1.0
+    pre_iters: dict[str, float] = {}
+    for init in _inits(g.init.unique()):
+        c = colors[init]
+        gi = ok[ok.init == init]
+        p_it = g[g.init == init].pretrain_iterations.max()
+        shift = float(p_it) if (pretrain == "shift" and _finite(p_it)) else 0.0
+        if _finite(p_it):
+            pre_iters[init] = float(p_it)
+        for (family, seed), gf in gi.groupby(["family", "seed"], sort=True):
+            trunk = gf[gf.line == "trunk"].drop_duplicates("iteration").sort_values("iteration")
+            if not trunk.empty:
+                x, y = trunk.iteration.to_numpy(float), trunk[metric].to_numpy(float)
+                ax.plot((x + shift) / unit, y, "-", color=c, lw=1.2, alpha=0.9)
+                drawn["curves"].append({"init": init, "line": "trunk", "family": family, "x": list(x), "y": list(y)})
+            for rid, gr in gf.groupby("run_id", sort=True):
+                tail = gr[gr.line != "trunk"].sort_values("iteration")
+                branch = gr[gr.line == "trunk"].sort_values("iteration").tail(1)
+                pts = pd.concat([branch, tail]) if not tail.empty else tail
+                if not pts.empty:
+                    x, y = pts.iteration.to_numpy(float), pts[metric].to_numpy(float)
+                    ax.plot((x + shift) / unit, y, "-", color=c, lw=1.2, alpha=0.9)
+                    drawn["curves"].append({"init": init, "line": str(tail.line.iloc[0]), "run_id": rid,
+                                            "x": list(x), "y": list(y)})
+                last = gr.sort_values("iteration").iloc[-1]
+                end_it = float(last.iterations) if _finite(last.iterations) else float(last.iteration)
+                xmax = max(xmax, end_it + shift)
+                if bool(last.final):
+                    ax.plot((last.iteration + shift) / unit, last[metric], "o", color=c, ms=3.5, zorder=3)
+                    ax.annotate(str(last.schedule), ((last.iteration + shift) / unit, last[metric]),
+                                textcoords="offset points", xytext=(2, 3 if init == RANDOM else -8),
+                                fontsize=6, color=c)
+                for d in str(last.lr_drops).split(";"):
+                    if d.strip():
+                        drops.add(float(d) + shift)
+                if not str(last.lr_drops).strip():  # LR drops unknown: where the recorded LR fell
+                    seq = gr.sort_values("iteration")
+                    fell = seq.lr.to_numpy(float)
+                    for a, b, it in zip(fell, fell[1:], seq.iteration.to_numpy(float)[1:]):
+                        if b < a * 0.999:
+                            drops.add(it + shift)
+                paper = pubmod.lookup(pub, task=task, backbone=backbone, norm=norm, init=init, data=data,
+                                      metric=metric, schedule=str(last.schedule)) if not variant else math.nan
+                if _finite(paper):
+                    px = end_it if _finite(last.iterations) else pubmod.iterations_of(
+                        pub, task=task, backbone=backbone, norm=norm, init=init, data=data,
+                        schedule=str(last.schedule), metric=metric)
+                    if _finite(px):
+                        ax.plot((px + shift) / unit, paper, "*", mfc="none", mec=c, ms=7, mew=0.9, zorder=4)
+                        drawn["paper"].append({"init": init, "schedule": str(last.schedule), "x": px, "y": paper})
+    for d in sorted(drops):
+        ax.axvline(d / unit, color="0.6", ls=":", lw=0.7, zorder=0)
+    if pretrain == "band" and pre_iters:
+        for k, (init, p) in enumerate(sorted(pre_iters.items())):
+            pre = g[g.init == init].iloc[0]
+            frac_end = min(p, xmax)
+            ax.fill_between([0, frac_end / unit], 0, 0.035, transform=ax.get_xaxis_transform(),
+                            color=colors[init], alpha=0.25, lw=0)
+            txt = f"{init} pre-training: {human(p)} iter"
+            if _finite(pre.pretrain_images):
+                txt += f", {human(pre.pretrain_images)} images"
+            if p > xmax:
+                txt += " (beyond axis)"
+            ax.text(0.01, 0.045 + 0.05 * k, txt, transform=ax.transAxes, fontsize=6, color=colors[init])
+    if drawn["diverged"]:
+        ax.text(0.01, 0.97, "diverged: " + ", ".join(drawn["diverged"]), transform=ax.transAxes, fontsize=6,
+                va="top", color="0.3")
+    ax.set_xlim(left=min(0, ax.get_xlim()[0]))
+    ax.set_xlabel(("iterations (k)" if unit == 1e3 else "iterations") + (" incl. pre-training" if pretrain == "shift" and pre_iters else ""))
+    ax.set_ylabel(_label(metric))
+    ax.set_title(_setting_label(*group))
+    ax.grid(alpha=0.25, lw=0.5)
+    return drawn
+
+
+def _legend(fig, inits, ncol: int = 5) -> None:
+    from matplotlib.lines import Line2D
+
+    colors = _colors(inits)
+    handles = [Line2D([], [], color=c, lw=1.5, label="random init" if i == RANDOM else f"pre-trained ({i})")
+               for i, c in colors.items()]
+    handles += [Line2D([], [], marker="o", ls="", color="0.3", ms=4, label="schedule end (ours)"),
+                Line2D([], [], marker="*", ls="", mfc="none", mec="0.3", ms=7, label="paper"),
+                Line2D([], [], color="0.6", ls=":", label="LR drop")]
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+
+
+def _placeholder(title: str, lines: list[str]):
+    fig, ax = plt.subplots(figsize=(6.5, 2.8))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.02, 0.9, "\n".join(lines), va="top", ha="left", fontsize=7, family="monospace",
+            transform=ax.transAxes)
+    return fig
+
+
+def _paper_lines(pub: pd.DataFrame, sources: list[str]) -> list[str]:
+    p = pub[pub.source.isin(sources)]
+    return [f"{r.source}: {r.task} {r.backbone} {r.norm} {r.init} {r.data} {r.schedule or ''} {r.metric} = {r.value:g}"
+            for r in p.itertuples(index=False)][:20]
+
+
+def convergence(df, pub, kinds, title, pretrain="band", note="", empty_sources=()) -> tuple[plt.Figure, dict]:
+    groups = _groups(df, kinds)
+    if not groups:
+        fig = _placeholder(title, ["no metrics of ours for this figure yet", "paper:"]
+                           + _paper_lines(pub, list(empty_sources)))
+        return fig, {}
+    with plt.rc_context(RC):
+        ncol = min(2, len(groups))
+        nrow = math.ceil(len(groups) / ncol)
+        unit = 1e3 if df.iteration.max() >= 10_000 else 1.0
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol if ncol > 1 else 5.0, 2.7 * nrow + 0.8),
+                                 squeeze=False)
+        drawn = {}
+        for ax, group in zip(axes.flat, groups):
+            sel = df
+            for col, v in zip(GROUP, group):
+                sel = sel[sel[col] == v]
+            drawn[_setting_label(*group)] = draw_panel(ax, sel, group, pub, pretrain, unit)
+        for ax in list(axes.flat)[len(groups):]:
+            ax.axis("off")
+        _legend(fig, df.init.unique(), ncol=3 if ncol == 1 else 5)
+        fig.suptitle(title + (f"\n[{note}]" if note else ""), fontsize=9)
+        fig.tight_layout(rect=(0, (0.14 if ncol == 1 else 0.08) / nrow, 1, 0.97))
+    return fig, drawn
+
+
+def samples_seen(df, pub, note="") -> tuple[plt.Figure, dict]:
+    """Figure 2: images/instances/pixels seen per schedule, pre-training stacked under fine-tuning."""
+    groups = _groups(df, {"main"})
+    title = "Samples seen: pre-training + fine-tuning vs random init (paper Figure 2)"
+    if not groups:
+        return _placeholder(title, ["no metrics of ours yet"]), {}
+    counters = ["images", "instances", "pixels"]
+    drawn = {}
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(len(groups), 3, figsize=(7.2, 2.3 * len(groups) + 0.6), squeeze=False)
+        for row, group in zip(axes, groups):
+            sel = df[~df.run_diverged]
+            for col, v in zip(GROUP, group):
+                sel = sel[sel[col] == v]
+            last = sel.sort_values("iteration").groupby("run_id").tail(1)
+            scheds = pubmod.sort_schedules(last.schedule)
+            inits = _inits(last.init.unique())
+            colors = _colors(inits)
+            width = 0.8 / max(1, len(inits))
+            label = _setting_label(*group)
+            drawn[label] = []
+            for ax, counter in zip(row, counters):
+                for k, init in enumerate(inits):
+                    for j, s in enumerate(scheds):
+                        r = last[(last.init == init) & (last.schedule == s)]
+                        if r.empty:
+                            continue
+                        r = r.iloc[0]
+                        pre = float(r[f"pretrain_{counter}"]) if _finite(r[f"pretrain_{counter}"]) else 0.0
+                        fine = float(r[counter])
+                        x = j + (k - (len(inits) - 1) / 2) * width
+                        ax.bar(x, pre, width * 0.95, color=colors[init], alpha=0.35, hatch="///", lw=0)
+                        ax.bar(x, fine, width * 0.95, bottom=pre, color=colors[init])
+                        drawn[label].append({"init": init, "schedule": s, "counter": counter,
+                                             "pretrain": pre, "finetune": fine, "partial": not bool(r.final)})
+                ax.set_xticks(range(len(scheds)))
+                ax.set_xticklabels(scheds)
+                ax.set_title(counter, pad=12)
+                if counter == "images":
+                    ax.set_ylabel(label)
+                ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=c, label=("random init" if i == RANDOM else f"fine-tuning ({i})")) for i, c in
+                   _colors(df.init.unique()).items()]
+        handles.append(Patch(facecolor="0.8", hatch="///", label="pre-training"))
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+        fig.suptitle(title + (f"\n[{note}]" if note else ""), fontsize=9)
+        fig.tight_layout(rect=(0, 0.25 / (2.3 * len(groups) + 0.6), 1, 0.96))
+    return fig, drawn
+
+
+def save(fig, folder: str | os.PathLike, name: str) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in ("png", "pdf"):
+        p = folder / f"{name}.{ext}"
+        fig.savefig(p, dpi=150 if ext == "png" else None)
+        out.append(p)
+    plt.close(fig)
+    return out
+
+
+def build_all(df: pd.DataFrame, pub: pd.DataFrame, folder, planned=None, pretrain="band") -> dict[str, dict]:
+    """Write every figure; returns {figure name: what it drew}."""
+    _, _, note = progress(df, planned)
+    drawn = {}
+    fig, drawn["convergence"] = convergence(
+        df, pub, {"main", "keypoints"}, "Convergence: random init vs pre-trained (paper Figures 1, 3, 4, 6)",
+        pretrain, note, empty_sources=["table1"])
+    save(fig, folder, "convergence")
+    fig, drawn["samples_seen"] = samples_seen(df, pub, note)
+    save(fig, folder, "samples_seen")
+    fig, drawn["less_data"] = convergence(
+        df, pub, {"less_data", "voc"}, "Less data and VOC (paper Figures 7, 8)", pretrain, note,
+        empty_sources=["figure7", "figure8"])
+    save(fig, folder, "less_data")
+    return drawn

@@ -1,0 +1,373 @@
+"""The paper's tables, rebuilt from the metrics table, each cell beside the paper's number.
+
+Every table is written as <results>/tables/<name>.md (readable), .tex (booktabs tabular) and
+.csv (tidy: one line per cell with ours, paper, diff, status). A cell reads
+``ours (paper, ours − paper)``, e.g. ``41.0 (41.3, −0.3)``; ``—`` marks a missing number.
+``†`` marks a run that has not finished (its latest milestone is shown); ``diverged`` a run
+whose training stopped on a non-finite loss (never shown as a result).
+
+Tables (always built, whatever the config: a table with no runs of ours shows the paper's
+numbers with ours ``—``; rows come from the union of the paper's settings and whatever
+(task, backbone, norm, data, variant) the metrics contain, so the tiny config's R18/synthetic
+runs get rows of their own):
+
+    table1     bbox AP by schedule (2x..6x), rows = setting x init        (paper Table 1)
+    table2     bbox/mask AP, AP50, AP75 of the longest schedule per setting, random vs each
+               pre-trained init, with a Δ row (random − pre-trained)      (paper Table 2)
+    keypoints  keypoint AP by schedule (task keypoint_rcnn)                (paper Figure 6)
+    less_data  bbox AP with fewer COCO images (data coco_<subset>)         (paper Figures 7, 8)
+    voc        VOC AP50 (data voc_*)                                       (paper Figure 8)
+
+Which table a setting belongs to: task keypoint_rcnn -> keypoints; data voc_* -> voc;
+data coco_* other than coco_full -> less_data; everything else -> table1 and table2.
+Runs with several seeds: the mean over seeds that did not diverge.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import published as pubmod
+from .collect import STAT_COLUMNS
+
+MINUS = "\u2212"
+DASH = "\u2014"
+RANDOM = "random"
+GROUP = ["task", "backbone", "norm", "data", "variant"]
+SETTING = GROUP + ["init", "schedule"]
+
+
+@dataclass
+class Cell:
+    ours: float = math.nan
+    paper: float = math.nan
+    status: str = ""  # "", "partial", "diverged"
+    signed: bool = False  # a difference (Δ row): shown with its sign
+
+    @property
+    def diff(self) -> float:
+        return self.ours - self.paper
+
+    def text(self, minus: str = MINUS) -> str:
+        def num(v, signed=self.signed):
+            s = f"{v:+.1f}" if signed else f"{v:.1f}"
+            return s.replace("-", minus)
+
+        have_o, have_p = _finite(self.ours), _finite(self.paper)
+        if self.status == "diverged":
+            return "diverged" + (f" ({num(self.paper)})" if have_p else "")
+        if not have_o and not have_p:
+            return DASH
+        mark = "\u2020" if self.status == "partial" else ""
+        if not have_o:
+            return f"{DASH} ({num(self.paper)})"
+        if not have_p:
+            return num(self.ours) + mark
+        shown = round(float(self.ours), 1) - round(float(self.paper), 1)  # the difference of what is shown
+        return f"{num(self.ours)}{mark} ({num(self.paper)}, {num(shown + 0.0, True)})"
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    label_header: list[str]
+    header: list[str]
+    rows: list[tuple[list[str], list[Cell]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def cell(self, labels: list[str], column: str) -> Cell:
+        """The cell at a row (its labels) and column; KeyError if absent."""
+        j = self.header.index(column)
+        for lab, cells in self.rows:
+            if list(lab) == list(labels):
+                return cells[j]
+        raise KeyError(f"{self.name}: no row {labels}")
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- data
+def kind_of(task: str, data: str) -> str:
+    if task == "keypoint_rcnn":
+        return "keypoints"
+    if data.startswith("voc"):
+        return "voc"
+    if data.startswith("coco_") and data != "coco_full":
+        return "less_data"
+    return "main"
+
+
+def finals(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting (task, backbone, norm, data, variant, init, schedule): the runs' latest
+    non-diverged milestone, averaged over seeds. status: diverged (every seed diverged), partial
+    (a seed has not reached its last iteration), else ""."""
+    if df.empty:
+        return pd.DataFrame(columns=SETTING + ["iteration", "status", "seeds"] + STAT_COLUMNS)
+    per_run = []
+    for rid, g in df.groupby("run_id", sort=True):
+        ok = g[~g.diverged]
+        last = (ok if not ok.empty else g).sort_values("iteration").iloc[-1]
+        row = last.to_dict()
+        if bool(g.run_diverged.any()):
+            row["status"] = "diverged"
+        elif _finite(last["iterations"]) and last["iteration"] < last["iterations"]:
+            row["status"] = "partial"
+        else:
+            row["status"] = ""
+        per_run.append(row)
+    runs = pd.DataFrame(per_run)
+    out = []
+    for key, g in runs.groupby(SETTING, sort=True, dropna=False):
+        good = g[g.status != "diverged"]
+        row = dict(zip(SETTING, key))
+        row["seeds"] = len(g)
+        if good.empty:
+            row.update({c: math.nan for c in STAT_COLUMNS}, status="diverged", iteration=int(g.iteration.max()))
+        else:
+            row.update(good[STAT_COLUMNS].mean().to_dict())
+            row["status"] = "partial" if (good.status == "partial").any() else ""
+            row["iteration"] = int(good.iteration.max())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _setting_label(task, backbone, norm, data, variant) -> str:
+    parts = [backbone, norm, data]
+    if task not in ("mask_rcnn",):
+        parts.insert(0, task)
+    if variant:
+        parts.append(variant)
+    return " ".join(parts)
+
+
+def _natural(s: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s)))
+
+
+def group_order(key: tuple) -> tuple:
+    """(task, backbone, norm, data, variant) in the paper's order: Mask R-CNN first, then by data,
+    norm (GN before SyncBN), backbone (R50 before R101), variant."""
+    task, backbone, norm, data, variant = key
+    return (task != "mask_rcnn", task, _data_order(data), _natural(norm), _natural(backbone), variant)
+
+
+def _data_order(data: str) -> tuple:
+    """coco_full first, then COCO subsets from the largest (coco_35k, coco_10k, coco_3_5k, coco_1k)."""
+    if data == "coco_full":
+        return (0, 0.0, "")
+    m = re.fullmatch(r"coco_(\d+)(?:_(\d+))?k", data)
+    if m:
+        return (1, -float(f"{m.group(1)}.{m.group(2) or 0}"), data)
+    return (2, 0.0, _natural(data))
+
+
+def _inits(names) -> list[str]:
+    names = set(names)
+    return ([RANDOM] if RANDOM in names else []) + sorted(names - {RANDOM})
+
+
+def _groups(fin: pd.DataFrame, pub: pd.DataFrame, kind: str, tasks: set[str] | None, pub_sources: list[str]):
+    """(task, backbone, norm, data, variant) groups of `kind`: ours, then the paper's."""
+    keys = []
+    if not fin.empty:
+        for key in fin[GROUP].drop_duplicates().itertuples(index=False):
+            if kind_of(key.task, key.data) == kind and (tasks is None or key.task in tasks):
+                keys.append(tuple(key))
+    p = pub[pub.source.isin(pub_sources)]
+    for r in p.itertuples(index=False):
+        if kind_of(r.task, r.data) != kind or (tasks is not None and r.task not in tasks):
+            continue
+        key = (r.task, r.backbone, r.norm, r.data, "")
+        if key not in keys:
+            keys.append(key)
+    return sorted(keys, key=group_order)
+
+
+def _select(fin: pd.DataFrame, group: tuple, init: str) -> pd.DataFrame:
+    if fin.empty:
+        return fin
+    m = fin
+    for col, v in zip(GROUP, group):
+        m = m[m[col] == v]
+    return m[m.init == init]
+
+
+def _cell(row, pub, group, init, metric, schedule=None, best=False, any_schedule=False) -> Cell:
+    task, backbone, norm, data, variant = group
+    paper = math.nan
+    if not variant:  # a variant is a recipe the paper's row does not describe
+        if any_schedule:
+            m = pub[(pub.task == task) & (pub.backbone == backbone) & (pub.norm == norm) & (pub.init == init)
+                    & (pub.data == data) & (pub.metric == metric)]
+            paper = float(m.value.iloc[0]) if not m.empty else math.nan
+        else:
+            paper = pubmod.lookup(pub, task=task, backbone=backbone, norm=norm, init=init, data=data,
+                                  metric=metric, schedule=schedule, best=best)
+    if row is None:
+        return Cell(paper=paper)
+    return Cell(ours=float(row[metric]), paper=paper, status=row["status"])
+
+
+def _longest(sel: pd.DataFrame):
+    """The longest schedule that finished (else the longest present); None if none."""
+    if sel.empty:
+        return None
+    done = sel[sel.status == ""]
+    pool = done if not done.empty else sel
+    order = pool.schedule.map(pubmod.schedule_length)
+    return pool.loc[order.idxmax()] if order.notna().any() else pool.iloc[-1]
+
+
+# --------------------------------------------------------------------------- tables
+NOTE_CELLS = (f"Cells: ours (paper, ours {MINUS} paper); {DASH} = no number; \u2020 = run not finished "
+              "(latest milestone shown); diverged = training stopped on a non-finite loss.")
+
+
+def by_schedule(fin, pub, name, title, kind, metric, pub_sources, tasks=None) -> Table:
+    groups = _groups(fin, pub, kind, tasks, pub_sources)
+    scheds = set(pub[pub.source.isin(pub_sources) & (pub.metric == metric)].schedule) - {"", "best"}
+    if not fin.empty:
+        scheds |= {s for s, t, d in zip(fin.schedule, fin.task, fin.data)
+                   if kind_of(t, d) == kind and (tasks is None or t in tasks)}
+    scheds = pubmod.sort_schedules(scheds)
+    t = Table(name, title, ["setting", "init"], scheds, notes=[NOTE_CELLS])
+    for group in groups:
+        inits = set(fin[(fin[GROUP] == pd.Series(group, index=GROUP)).all(axis=1)].init) if not fin.empty else set()
+        inits |= set(pub[(pub.task == group[0]) & (pub.backbone == group[1]) & (pub.norm == group[2])
+                         & (pub.data == group[3]) & pub.source.isin(pub_sources)].init)
+        for init in _inits(inits):
+            sel = _select(fin, group, init)
+            cells = []
+            for s in scheds:
+                hit = sel[sel.schedule == s] if not sel.empty else sel
+                cells.append(_cell(hit.iloc[0] if not hit.empty else None, pub, group, init, metric, schedule=s))
+            t.rows.append(([_setting_label(*group), init], cells))
+    return t
+
+
+def table2(fin, pub) -> Table:
+    metrics = ["bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75"]
+    header = ["AP bbox", "AP50 bbox", "AP75 bbox", "AP mask", "AP50 mask", "AP75 mask"]
+    t = Table("table2", "Table 2: longest schedule per setting, random init vs pre-trained",
+              ["setting", "init", "schedule"], header,
+              notes=[NOTE_CELLS, f"schedule = the longest finished schedule of ours (paper: its 'best', "
+                                 f"the longest it shows); {chr(0x394)} = random {MINUS} pre-trained."])
+    groups = _groups(fin, pub, "main", {"mask_rcnn", "cascade_mask_rcnn"}, ["table2"])
+    for group in groups:
+        inits = set(fin[(fin[GROUP] == pd.Series(group, index=GROUP)).all(axis=1)].init) if not fin.empty else set()
+        inits |= set(pub[(pub.source == "table2") & (pub.task == group[0]) & (pub.backbone == group[1])
+                         & (pub.norm == group[2]) & (pub.data == group[3])].init)
+        by_init = {}
+        for init in _inits(inits):
+            row = _longest(_select(fin, group, init))
+            cells = [_cell(row, pub, group, init, m, best=True) for m in metrics]
+            by_init[init] = cells
+            t.rows.append(([_setting_label(*group), init, row["schedule"] if row is not None else DASH], cells))
+        if RANDOM in by_init:
+            for init, cells in by_init.items():
+                if init == RANDOM:
+                    continue
+                delta = []
+                for r, p in zip(by_init[RANDOM], cells):
+                    st = "diverged" if "diverged" in (r.status, p.status) else (
+                        "partial" if "partial" in (r.status, p.status) else "")
+                    delta.append(Cell(ours=r.ours - p.ours, paper=r.paper - p.paper, status=st, signed=True))
+                t.rows.append(([_setting_label(*group), f"{chr(0x394)} {RANDOM} {MINUS} {init}", ""], delta))
+    return t
+
+
+def single_metric(fin, pub, name, title, kind, metric, pub_sources) -> Table:
+    """One row per (setting, init): our longest schedule and its number (less data, VOC)."""
+    t = Table(name, title, ["setting", "init", "schedule", "paper iterations"], [metric],
+              notes=[NOTE_CELLS, "schedule = our longest finished schedule; the paper gives iterations, not "
+                                 "schedules, for these experiments."])
+    for group in _groups(fin, pub, kind, None, pub_sources):
+        inits = set(fin[(fin[GROUP] == pd.Series(group, index=GROUP)).all(axis=1)].init) if not fin.empty else set()
+        p = pub[(pub.task == group[0]) & (pub.backbone == group[1]) & (pub.norm == group[2])
+                & (pub.data == group[3]) & pub.source.isin(pub_sources)]
+        inits |= set(p.init)
+        for init in _inits(inits):
+            row = _longest(_select(fin, group, init))
+            cell = _cell(row, pub, group, init, metric, any_schedule=True)
+            its = p[(p.init == init) & (p.metric == metric)].iterations
+            its = f"{int(its.iloc[0]) // 1000}k" if not its.empty and _finite(its.iloc[0]) else DASH
+            t.rows.append(([_setting_label(*group), init, row["schedule"] if row is not None else DASH, its], [cell]))
+    return t
+
+
+def build_all(df: pd.DataFrame, pub: pd.DataFrame) -> dict[str, Table]:
+    fin = finals(df)
+    return {
+        "table1": by_schedule(fin, pub, "table1", "Table 1: bbox AP by schedule, random init vs pre-trained",
+                              "main", "bbox_AP", ["table1"], tasks={"mask_rcnn", "cascade_mask_rcnn", "faster_rcnn"}),
+        "table2": table2(fin, pub),
+        "keypoints": by_schedule(fin, pub, "keypoints", "Keypoint AP by schedule (paper Figure 6)",
+                                 "keypoints", "keypoints_AP", ["figure6"]),
+        "less_data": single_metric(fin, pub, "less_data", "Less data: bbox AP with 35k/10k/3.5k/1k COCO images "
+                                   "(paper Figures 7, 8)", "less_data", "bbox_AP", ["figure7", "figure8"]),
+        "voc": single_metric(fin, pub, "voc", "PASCAL VOC: AP50 (paper Figure 8)", "voc", "voc_AP50", ["figure8"]),
+    }
+
+
+# --------------------------------------------------------------------------- rendering
+def to_markdown(t: Table) -> str:
+    head = t.label_header + t.header
+    lines = [f"# {t.title}", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for labels, cells in t.rows:
+        lines.append("| " + " | ".join(list(labels) + [c.text() for c in cells]) + " |")
+    if not t.rows:
+        lines.append("| " + " | ".join([DASH] * len(head)) + " |")
+    lines += [""] + t.notes
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    for a, b in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 (MINUS, "$-$"), (DASH, "---"), ("\u2020", r"$^\dagger$"), (chr(0x394), r"$\Delta$")]:
+        s = s.replace(a, b)
+    return s
+
+
+def to_latex(t: Table) -> str:
+    head = t.label_header + t.header
+    out = [f"% {t.title}", r"\begin{tabular}{" + "l" * len(t.label_header) + "c" * len(t.header) + "}",
+           r"\toprule", " & ".join(_tex_escape(h) for h in head) + r" \\", r"\midrule"]
+    for labels, cells in t.rows:
+        out.append(" & ".join(_tex_escape(x) for x in list(labels) + [c.text() for c in cells]) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"] + [f"% {_tex_escape(n)}" for n in t.notes]
+    return "\n".join(out) + "\n"
+
+
+def to_frame(t: Table) -> pd.DataFrame:
+    """Tidy: one line per cell."""
+    recs = []
+    for labels, cells in t.rows:
+        for col, c in zip(t.header, cells):
+            recs.append({**dict(zip(t.label_header, labels)), "column": col, "ours": c.ours, "paper": c.paper,
+                         "diff": c.diff, "status": c.status, "cell": c.text(minus="-")})
+    return pd.DataFrame(recs, columns=t.label_header + ["column", "ours", "paper", "diff", "status", "cell"])
+
+
+def write(t: Table, folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext, text in (("md", to_markdown(t)), ("tex", to_latex(t))):
+        p = folder / f"{t.name}.{ext}"
+        p.write_text(text)
+        paths.append(p)
+    p = folder / f"{t.name}.csv"
+    to_frame(t).to_csv(p, index=False)
+    paths.append(p)
+    return paths
