@@ -6,7 +6,8 @@ counters and the COCO evaluation are the project's own and exist once.
 Interface (duck-typed; see engines/torchvision_engine.py and engines/detectron2_engine.py):
 
     engine = get_engine(name)
-    model = engine.build_model(run: dict, device: torch.device, distributed: bool) -> torch.nn.Module
+    model = engine.build_model(run: dict, device: torch.device, distributed: bool, dataset: dict | None = None)
+        -> torch.nn.Module  (`dataset`: the manifest, for the number of categories)
         `run` is Run.to_dict() (backbone, norm, init, data, seed, recipe, ...). Random init as
         detectron2 does it (MSRA fill, nothing frozen); norm "SyncBN" gives torch's SyncBatchNorm
         on GPU and the all_reduce-based rethink.norms.NaiveSyncBatchNorm on CPU.

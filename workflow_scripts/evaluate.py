@@ -1,0 +1,27 @@
+"""evaluate rule: COCO evaluation of one milestone checkpoint -> one metrics JSON (rethink.evaluate)."""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from rethink import evaluate  # noqa: E402
+from rethink.checkpoint import CheckpointError  # noqa: E402
+from rethink.data import DatasetError  # noqa: E402
+from rethink.metrics import MetricsError  # noqa: E402
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--spec", required=True, help="JSON spec (rethink.paths.Paths.eval_spec)")
+    args = ap.parse_args()
+    try:
+        spec = json.loads(args.spec)
+        record = evaluate.evaluate(spec)
+    except (evaluate.EvaluationError, CheckpointError, DatasetError, MetricsError, json.JSONDecodeError) as e:
+        sys.exit(f"evaluate: error: {e}")
+    except KeyError as e:
+        sys.exit(f"evaluate: error: the spec lacks field {e}")
+    ap_ = {t: round(s.get("AP", float("nan")), 2) for t, s in record["stats"].items()}
+    print(f"evaluate: {spec['family']}/{spec['line']} iter {spec['iteration']}: AP {ap_} "
+          f"({record['eval_seconds']:.1f} s) -> {spec['output']}")

@@ -1,0 +1,657 @@
+"""Datasets: what the prepare_data and prepare_pretrain_data rules make, and how others read it.
+
+Every instance dataset (the detection/segmentation sets that runs train and evaluate on) ends
+as COCO-format JSON plus a *manifest*, ``<workdir>/data/<name>/dataset.json``::
+
+    {"schema": "rethink-dataset/1",
+     "name": "synthetic", "kind": "coco", "source_kind": "synthetic" | "coco" | "voc",
+     "train": {"images": "/abs/dir", "annotations": "/abs/file.json"},
+     "val":   {"images": "/abs/dir", "annotations": "/abs/file.json"},
+     "categories": [{"id": 1, "name": "circle"}, ...],   # + "keypoints", "skeleton" for person
+     "num_train_images": 64, "num_val_images": 16,
+     "keypoints": false,      # annotations carry 17 COCO keypoints (person only)
+     "masks": true}           # annotations carry segmentation polygons/RLE (false for VOC)
+
+Paths in the manifest are absolute (resolved when the dataset is prepared). An image's file is
+``<split.images>/<image.file_name>``. The manifest is written last and atomically, so a dataset
+whose manifest exists is complete.
+
+Kinds (config ``datasets.<name>.kind``):
+
+synthetic
+    Made here, seeded by ``seed``: ``train_size``/``val_size`` PNG images whose sides are drawn
+    from ``image_size`` [min, max], each with 1..``max_objects`` non-overlapping objects. Category
+    k has one shape and one colour (SHAPES, PALETTE: 1 circle/red, 2 rectangle/green,
+    3 triangle/blue, 4 pentagon, 5 star, 6 hexagon, 7 ellipse, 8 diamond; more categories
+    reuse shapes with further colours), drawn with per-object colour jitter and pixel noise on a
+    smooth noisy background. Objects span 10%-60% of the shorter image side (COCO "small" and
+    "medium", a few "large"). Segmentation is polygons; ``area`` is the pixel area of the
+    rasterised polygon (COCO's convention) and the image pixels are painted from exactly that
+    mask; ``bbox`` is the polygon's extent. Image i of a split depends only on (seed, split, i).
+    With ``keypoints: true`` the set is a person-keypoint set instead: one category "person" with
+    COCO's 17 keypoints and skeleton (KEYPOINT_NAMES, SKELETON); each person is a stick figure
+    (head disc, torso, two-segment limbs) whose keypoints are the joints, all visible (v=2), and
+    ``categories`` is ignored. This is the format of COCO's person_keypoints_*.json, so keypoint
+    models and pycocotools' default OKS sigmas apply unchanged.
+
+coco
+    COCO on disk: ``root`` + ``train_images``, ``train_annotations``, ``val_images``,
+    ``val_annotations`` (relative to root, or absolute). ``num_images`` takes a seeded subset of
+    the train images (``subset_seed``): the train image ids, sorted, are permuted by
+    ``numpy.random.default_rng(subset_seed)`` and the first ``num_images`` are kept, with their
+    annotations; categories and val are unchanged. Because the permutation depends only on the
+    seed and the id list, subsets of one seed are nested (the 1k subset lies inside the 3.5k
+    one). Images without annotations can be drawn (as in the full set; training loaders drop
+    them). Without ``num_images`` the manifest points at the original JSON.
+
+voc
+    PASCAL VOC XML converted to COCO JSON (boxes only, the 20 VOC classes in VOC_CLASSES order,
+    ids 1..20). ``train_annotations`` / ``val_annotations`` name image-set lists as
+    ``"<year dir>/<list>"`` (a string or a list of them), e.g. ``["VOC2007/trainval",
+    "VOC2012/train"]`` reads ``root/VOC2007/ImageSets/Main/trainval.txt``; ``train_images`` /
+    ``val_images`` are not used (images are ``<year dir>/JPEGImages/<id>.jpg`` under root, which
+    is the manifest's image dir). Boxes follow detectron2's VOC loader: [xmin - 1, ymin - 1,
+    xmax, ymax] as [x, y, w, h]. Image ids are 1..N in list order; the VOC id is kept as
+    ``voc_id``. Difficult objects are kept for training (as detectron2 does) with
+    ``iscrowd: 0`` and ``difficult: 1``; the evaluation (rethink.evaluate) ignores them, as the
+    VOC protocol does.
+
+classification (pre-training set, prepare_pretrain_data)
+    ``train_size`` square RGB images of side ``image_size``, one object each from the same
+    vocabulary (class c = category c + 1's shape and colour, on the same background), label
+    ``i % classes``. Stored as one ``images.npz`` (``images`` uint8 N x 3 x H x W, ``labels``
+    int64) beside the manifest ``{"schema", "name", "kind": "classification", "images_file",
+    "num_images", "classes", "class_names", "image_size", "seed"}``; read it with
+    :func:`load_classification`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = "rethink-dataset/1"
+
+SHAPES = ["circle", "rectangle", "triangle", "pentagon", "star", "hexagon", "ellipse", "diamond"]
+PALETTE = [  # RGB, one per category id (1-based: PALETTE[k - 1]); categories beyond cycle hues
+    (220, 40, 40), (40, 190, 60), (40, 80, 230), (230, 200, 30), (200, 50, 210), (30, 200, 210),
+    (240, 130, 20), (140, 90, 40), (120, 120, 255), (255, 120, 170), (100, 100, 100), (170, 230, 120),
+]
+
+KEYPOINT_NAMES = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle",
+]
+# COCO's person skeleton (1-based keypoint indices), as in person_keypoints_*.json
+SKELETON = [
+    [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],
+    [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7],
+]
+PERSON_COLOR = (210, 150, 110)
+
+VOC_CLASSES = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+]
+
+_SPLITS = {"train": 0, "val": 1}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be prepared or read; the message names the field or file."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def write_json_atomic(path, obj, **kw) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, **kw)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def category_name(cat_id: int) -> str:
+    shape = SHAPES[(cat_id - 1) % len(SHAPES)]
+    rnd = (cat_id - 1) // len(SHAPES)
+    return shape if rnd == 0 else f"{shape}_{rnd + 1}"
+
+
+def category_color(cat_id: int) -> tuple[int, int, int]:
+    if cat_id - 1 < len(PALETTE):
+        return PALETTE[cat_id - 1]
+    import colorsys
+
+    hue = ((cat_id - 1) * 0.618034) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.8, 0.9)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _shape_outline(shape: str, size: float, rng: np.random.Generator) -> np.ndarray:
+    """Vertices (n x 2) of a shape centred at 0 whose larger extent is about `size`."""
+    r = size / 2.0
+    rot = rng.uniform(0, 2 * math.pi)
+
+    def ngon(n, radius, start):
+        t = start + np.arange(n) * 2 * math.pi / n
+        return np.stack([radius * np.cos(t), radius * np.sin(t)], 1)
+
+    if shape == "circle":
+        pts = ngon(32, r, 0.0)
+    elif shape == "rectangle":
+        w, h = size, size * rng.uniform(0.45, 0.9)
+        pts = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [w / 2, h / 2], [-w / 2, h / 2]])
+        rot = rng.uniform(-0.3, 0.3)
+    elif shape == "triangle":
+        pts = ngon(3, r, rot)
+        rot = 0.0
+    elif shape == "pentagon":
+        pts = ngon(5, r, 0.0)
+    elif shape == "hexagon":
+        pts = ngon(6, r, 0.0)
+    elif shape == "star":
+        outer, inner = ngon(5, r, 0.0), ngon(5, r * 0.45, math.pi / 5)
+        pts = np.stack([outer, inner], 1).reshape(-1, 2)
+    elif shape == "ellipse":
+        t = np.arange(32) * 2 * math.pi / 32
+        pts = np.stack([r * np.cos(t), r * rng.uniform(0.4, 0.65) * np.sin(t)], 1)
+    elif shape == "diamond":
+        pts = np.array([[0, -r], [r * 0.6, 0], [0, r], [-r * 0.6, 0]])
+        rot = rng.uniform(-0.3, 0.3)
+    else:  # pragma: no cover - SHAPES is closed
+        raise ValueError(shape)
+    c, s = math.cos(rot), math.sin(rot)
+    return pts @ np.array([[c, s], [-s, c]])
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Smooth random colour field plus pixel noise (float32 H x W x 3)."""
+    from PIL import Image
+
+    coarse = rng.integers(70, 186, size=(h // 24 + 2, w // 24 + 2, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR), dtype=np.float32)
+    return smooth + rng.normal(0.0, 10.0, size=(h, w, 3)).astype(np.float32)
+
+
+def _rasterise(polys: list[list[float]], h: int, w: int):
+    """Polygons -> (RLE of their union, H x W bool mask)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+    return rle, mask_utils.decode(rle).astype(bool)
+
+
+def _paint(img: np.ndarray, mask: np.ndarray, color, rng: np.random.Generator) -> None:
+    jitter = rng.integers(-25, 26, size=3)
+    base = np.clip(np.array(color, dtype=np.float32) + jitter, 0, 255)
+    n = int(mask.sum())
+    img[mask] = base + rng.normal(0.0, 12.0, size=(n, 3)).astype(np.float32)
+
+
+def _overlaps(box, boxes, margin=2.0) -> bool:
+    x0, y0, x1, y1 = box
+    return any(x0 < b[2] + margin and b[0] < x1 + margin and y0 < b[3] + margin and b[1] < y1 + margin
+               for b in boxes)
+
+
+def _place(rel: np.ndarray, h: int, w: int, rng, taken, tries=25):
+    """Translate relative vertices to a spot inside the image not overlapping `taken` boxes."""
+    lo, hi = rel.min(0), rel.max(0)
+    ext = hi - lo
+    if ext[0] > w - 2 or ext[1] > h - 2:
+        return None
+    for _ in range(tries):
+        ox = rng.uniform(1 - lo[0], w - 1 - hi[0])
+        oy = rng.uniform(1 - lo[1], h - 1 - hi[1])
+        box = (ox + lo[0], oy + lo[1], ox + hi[0], oy + hi[1])
+        if not _overlaps(box, taken):
+            return np.array([ox, oy])
+    return None
+
+
+def _poly_list(pts: np.ndarray, h: int, w: int) -> list[float]:
+    pts = np.clip(np.round(pts, 2), [0, 0], [w, h])
+    return [float(v) for v in pts.reshape(-1)]
+
+
+def _bbox_of(polys: list[list[float]]) -> list[float]:
+    xy = np.concatenate([np.asarray(p).reshape(-1, 2) for p in polys])
+    x0, y0 = xy.min(0)
+    x1, y1 = xy.max(0)
+    return [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)]
+
+
+# ----------------------------------------------------------------------------- synthetic instances
+def _person(rng: np.random.Generator, height: float):
+    """A stick figure: (relative polygons, relative keypoints 17 x 2), origin at the top centre."""
+    hh = height
+    kp = {}
+    head = np.array([0.0, 0.09 * hh])
+    kp["nose"] = head + [0, 0.015 * hh]
+    kp["left_eye"], kp["right_eye"] = head + [0.025 * hh, -0.01 * hh], head + [-0.025 * hh, -0.01 * hh]
+    kp["left_ear"], kp["right_ear"] = head + [0.06 * hh, 0.0], head + [-0.06 * hh, 0.0]
+    sw, hw = 0.12 * hh, 0.08 * hh
+    kp["left_shoulder"], kp["right_shoulder"] = np.array([sw, 0.22 * hh]), np.array([-sw, 0.22 * hh])
+    kp["left_hip"], kp["right_hip"] = np.array([hw, 0.55 * hh]), np.array([-hw, 0.55 * hh])
+
+    def limb(start, angle, length):
+        return start + length * np.array([math.sin(angle), math.cos(angle)])
+
+    for side, sgn in (("left", 1), ("right", -1)):
+        a1 = sgn * rng.uniform(0.2, 1.6)
+        kp[f"{side}_elbow"] = limb(kp[f"{side}_shoulder"], a1, 0.16 * hh)
+        kp[f"{side}_wrist"] = limb(kp[f"{side}_elbow"], a1 + sgn * rng.uniform(-0.6, 0.9), 0.15 * hh)
+        a2 = sgn * rng.uniform(0.0, 0.45)
+        kp[f"{side}_knee"] = limb(kp[f"{side}_hip"], a2, 0.21 * hh)
+        kp[f"{side}_ankle"] = limb(kp[f"{side}_knee"], a2 * rng.uniform(-0.5, 0.5), 0.21 * hh)
+
+    def bar(p, q, width):
+        d = q - p
+        n = np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-9) * width / 2
+        return np.stack([p + n, q + n, q - n, p - n])
+
+    t = np.arange(16) * 2 * math.pi / 16
+    polys = [head + 0.07 * hh * np.stack([np.cos(t), np.sin(t)], 1)]
+    polys.append(np.stack([kp["left_shoulder"], kp["right_shoulder"], kp["right_hip"], kp["left_hip"]]))
+    polys.append(bar(head, (kp["left_shoulder"] + kp["right_shoulder"]) / 2, 0.05 * hh))
+    lw = max(0.055 * hh, 2.5)
+    for side in ("left", "right"):
+        polys.append(bar(kp[f"{side}_shoulder"], kp[f"{side}_elbow"], lw))
+        polys.append(bar(kp[f"{side}_elbow"], kp[f"{side}_wrist"], lw))
+        polys.append(bar(kp[f"{side}_hip"], kp[f"{side}_knee"], lw * 1.2))
+        polys.append(bar(kp[f"{side}_knee"], kp[f"{side}_ankle"], lw * 1.2))
+    return polys, np.stack([kp[n] for n in KEYPOINT_NAMES])
+
+
+def _synthetic_image(seed: int, split: str, index: int, spec: dict):
+    """One image (H x W x 3 uint8) and its annotations (without ids), from (seed, split, index)."""
+    rng = np.random.default_rng([int(seed), _SPLITS[split], int(index)])
+    lo, hi = sorted(int(v) for v in spec["image_size"])
+    w, h = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+    img = _background(rng, h, w)
+    keypoints = bool(spec.get("keypoints", False))
+    n_obj = int(rng.integers(1, int(spec["max_objects"]) + 1))
+    short = min(h, w)
+    taken, anns = [], []
+    for _ in range(n_obj):
+        if keypoints:
+            rel_polys, rel_kp = _person(rng, rng.uniform(0.35, 0.9) * h)
+            cat = 1
+        else:
+            cat = int(rng.integers(1, int(spec["categories"]) + 1))
+            rel_polys = [_shape_outline(SHAPES[(cat - 1) % len(SHAPES)], rng.uniform(0.1, 0.6) * short, rng)]
+        off = _place(np.concatenate(rel_polys), h, w, rng, taken)
+        shrink = 0
+        while off is None and not anns and shrink < 4:  # every image gets at least one object
+            rel_polys = [p * 0.7 for p in rel_polys]
+            if keypoints:
+                rel_kp = rel_kp * 0.7
+            off = _place(np.concatenate(rel_polys), h, w, rng, taken)
+            shrink += 1
+        if off is None:
+            continue
+        polys = [_poly_list(p + off, h, w) for p in rel_polys]
+        rle, mask = _rasterise(polys, h, w)
+        area = int(mask.sum())
+        if area < 4:
+            continue
+        bbox = _bbox_of(polys)
+        taken.append((bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]))
+        _paint(img, mask, PERSON_COLOR if keypoints else category_color(cat), rng)
+        ann = {"category_id": cat, "segmentation": polys, "area": float(area), "bbox": bbox, "iscrowd": 0}
+        if keypoints:
+            kps = np.clip(np.round(rel_kp + off, 2), [0, 0], [w - 0.01, h - 0.01])
+            ann["keypoints"] = [v for x, y in kps for v in (float(x), float(y), 2)]
+            ann["num_keypoints"] = len(KEYPOINT_NAMES)
+        anns.append(ann)
+    return np.clip(img, 0, 255).astype(np.uint8), anns
+
+
+def _instance_categories(spec: dict) -> list[dict]:
+    if spec.get("keypoints"):
+        return [{"id": 1, "name": "person", "supercategory": "person", "keypoints": list(KEYPOINT_NAMES),
+                 "skeleton": [list(s) for s in SKELETON]}]
+    return [{"id": k, "name": category_name(k), "supercategory": "shape"} for k in range(1, int(spec["categories"]) + 1)]
+
+
+def make_synthetic_split(spec: dict, split: str, out_dir: Path) -> tuple[Path, Path, int]:
+    """Write <out_dir>/<split>/ (PNGs) and <out_dir>/<split>.json; returns (images, json, n)."""
+    from PIL import Image
+
+    n = int(spec[f"{split}_size"])
+    seed = int(spec.get("seed", 0))
+    final = out_dir / split
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{split}."))
+    images, anns = [], []
+    for i in range(n):
+        img, objs = _synthetic_image(seed, split, i, spec)
+        name = f"{i:06d}.png"
+        Image.fromarray(img).save(tmp / name, optimize=False, compress_level=6)
+        image_id = i + 1
+        images.append({"id": image_id, "file_name": name, "height": int(img.shape[0]), "width": int(img.shape[1])})
+        for a in objs:
+            anns.append({"id": len(anns) + 1, "image_id": image_id, **a})
+    coco = {
+        "info": {"description": f"rethink synthetic {'person keypoints' if spec.get('keypoints') else 'shapes'}, "
+                                f"{split}", "seed": seed, "version": SCHEMA},
+        "licenses": [],
+        "images": images,
+        "annotations": anns,
+        "categories": _instance_categories(spec),
+    }
+    _replace_dir(tmp, final)
+    ann_path = out_dir / f"{split}.json"
+    write_json_atomic(ann_path, coco, sort_keys=True, separators=(",", ":"))
+    return final, ann_path, n
+
+
+def prepare_synthetic(spec: dict, out_dir: Path) -> dict:
+    lo_hi = spec.get("image_size", [128, 192])
+    if len(lo_hi) != 2 or min(lo_hi) < 16:
+        raise DatasetError(f"datasets.{spec['name']}.image_size: {lo_hi!r} must be [min, max], each >= 16 pixels")
+    spec = {"train_size": 64, "val_size": 16, "categories": 3, "max_objects": 4, "seed": 0, **spec,
+            "image_size": lo_hi}
+    splits = {}
+    for split in ("train", "val"):
+        images, ann, n = make_synthetic_split(spec, split, out_dir)
+        splits[split] = {"images": str(images.resolve()), "annotations": str(ann.resolve()), "n": n}
+    return _manifest(spec, splits, _instance_categories(spec), "synthetic", masks=True)
+
+
+def _manifest(spec, splits, categories, source_kind, masks) -> dict:
+    return {
+        "schema": SCHEMA,
+        "name": spec["name"],
+        "kind": "coco",
+        "source_kind": source_kind,
+        "train": {"images": splits["train"]["images"], "annotations": splits["train"]["annotations"]},
+        "val": {"images": splits["val"]["images"], "annotations": splits["val"]["annotations"]},
+        "categories": [{k: c[k] for k in ("id", "name", "keypoints", "skeleton") if k in c} for c in categories],
+        "num_train_images": int(splits["train"]["n"]),
+        "num_val_images": int(splits["val"]["n"]),
+        "keypoints": bool(spec.get("keypoints", False)),
+        "masks": bool(masks),
+    }
+
+
+# ----------------------------------------------------------------------------- classification
+def classification_image(seed: int, index: int, classes: int, size: int) -> tuple[np.ndarray, int]:
+    """Image i of the pre-training set: (3 x S x S uint8, label), from (seed, i) only."""
+    rng = np.random.default_rng([int(seed), 2, int(index)])
+    label = index % classes
+    cat = label + 1
+    img = _background(rng, size, size)
+    rel = _shape_outline(SHAPES[(cat - 1) % len(SHAPES)], rng.uniform(0.3, 0.8) * size, rng)
+    off = _place(rel, size, size, rng, [])
+    if off is None:  # too large after rotation: centre it, scaled down
+        rel = rel * (0.8 * size / max(np.ptp(rel, 0).max(), 1e-6))
+        off = np.array([size / 2, size / 2]) - (rel.min(0) + rel.max(0)) / 2
+    _, mask = _rasterise([_poly_list(rel + off, size, size)], size, size)
+    _paint(img, mask, category_color(cat), rng)
+    return np.clip(img, 0, 255).astype(np.uint8).transpose(2, 0, 1), label
+
+
+def prepare_classification(spec: dict, out_dir: Path) -> dict:
+    n, classes, size = int(spec.get("train_size", 1000)), int(spec.get("classes", 10)), int(spec.get("image_size", 64))
+    seed = int(spec.get("seed", 0))
+    if size < 16:
+        raise DatasetError(f"inits.{spec['name'].removeprefix('pretrain-')}.image_size: {size} is below 16 pixels")
+    images = np.empty((n, 3, size, size), dtype=np.uint8)
+    labels = np.empty((n,), dtype=np.int64)
+    for i in range(n):
+        images[i], labels[i] = classification_image(seed, i, classes, size)
+    path = out_dir / "images.npz"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix="images.", suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, images=images, labels=labels)
+    os.replace(tmp, path)
+    return {
+        "schema": SCHEMA, "name": spec["name"], "kind": "classification", "images_file": str(path.resolve()),
+        "num_images": n, "classes": classes, "class_names": [category_name(k) for k in range(1, classes + 1)],
+        "image_size": size, "seed": seed,
+    }
+
+
+def load_classification(manifest):
+    """(images uint8 tensor N x 3 x H x W, labels int64 tensor N) of a classification manifest
+    (a dict, or the path of its dataset.json)."""
+    import torch
+
+    if not isinstance(manifest, dict):
+        manifest = load_manifest(manifest)
+    if manifest.get("kind") != "classification":
+        raise DatasetError(f"dataset {manifest.get('name')!r}: kind is {manifest.get('kind')!r}, not classification")
+    path = manifest["images_file"]
+    try:
+        with np.load(path) as z:
+            images, labels = z["images"], z["labels"]
+    except (OSError, KeyError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read the classification images ({e})") from None
+    if len(images) != manifest["num_images"]:
+        raise DatasetError(f"{path}: holds {len(images)} images, the manifest says num_images {manifest['num_images']}")
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+# ----------------------------------------------------------------------------- COCO
+def _resolve(root: str | None, rel: str) -> Path:
+    p = Path(rel)
+    return p if p.is_absolute() or root is None else Path(root) / p
+
+
+def check_dataset_paths(name: str, spec: dict) -> list[str]:
+    """Problems with the on-disk inputs of dataset `name` (config entry `spec`), one line each,
+    naming the config field and the path; [] when it can be prepared (synthetic: always)."""
+    kind = spec.get("kind")
+    field = f"datasets.{name}"
+    problems: list[str] = []
+    if kind == "synthetic":
+        return problems
+    root = spec.get("root")
+    if not root:
+        return [f"{field}.root: required for kind {kind}"]
+    if not Path(root).is_dir():
+        return [f"{field}.root: folder {root} does not exist (cwd {os.getcwd()})"]
+    if kind == "coco":
+        for key, want_dir in (("train_images", True), ("train_annotations", False), ("val_images", True),
+                              ("val_annotations", False)):
+            rel = spec.get(key)
+            if not rel:
+                problems.append(f"{field}.{key}: required for kind coco")
+                continue
+            if not isinstance(rel, str):
+                problems.append(f"{field}.{key}: must be one path for kind coco, got {rel!r}")
+                continue
+            p = _resolve(root, rel)
+            if want_dir and not p.is_dir():
+                problems.append(f"{field}.{key}: folder {p} does not exist")
+            elif not want_dir and not p.is_file():
+                problems.append(f"{field}.{key}: file {p} does not exist")
+    elif kind == "voc":
+        for key in ("train_annotations", "val_annotations"):
+            lists = spec.get(key)
+            if not lists:
+                problems.append(f"{field}.{key}: required for kind voc (e.g. VOC2007/trainval)")
+                continue
+            for entry in [lists] if isinstance(lists, str) else lists:
+                try:
+                    year, lst = _voc_entry(entry)
+                except DatasetError as e:
+                    problems.append(f"{field}.{key}: {e}")
+                    continue
+                p = Path(root) / year / "ImageSets" / "Main" / f"{lst}.txt"
+                if not p.is_file():
+                    problems.append(f"{field}.{key}: image-set list {p} (from {entry!r}) does not exist")
+    else:
+        problems.append(f"{field}.kind: unknown kind {kind!r}")
+    return problems
+
+
+def subset_image_ids(image_ids, num_images: int, seed: int) -> list[int]:
+    """The seeded subset: sorted ids permuted by default_rng(seed), first `num_images`, sorted."""
+    ids = np.array(sorted(int(i) for i in image_ids), dtype=np.int64)
+    perm = np.random.default_rng(int(seed)).permutation(len(ids))
+    return sorted(int(i) for i in ids[perm[:num_images]])
+
+
+def _load_json(path: Path, what: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{what}: {path} is not valid JSON ({e})") from None
+
+
+def prepare_coco(spec: dict, out_dir: Path) -> dict:
+    name = spec["name"]
+    problems = check_dataset_paths(name, spec)
+    if problems:
+        raise DatasetError("; ".join(problems))
+    root = spec["root"]
+    train_ann = _resolve(root, spec["train_annotations"]).resolve()
+    val_ann = _resolve(root, spec["val_annotations"]).resolve()
+    data = _load_json(train_ann, f"datasets.{name}.train_annotations")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DatasetError(f"datasets.{name}.train_annotations: {train_ann} lacks the COCO field {key!r}")
+    num = spec.get("num_images")
+    n_train = len(data["images"])
+    if num is not None:
+        if num > n_train:
+            raise DatasetError(f"datasets.{name}.num_images: {num} is more than the {n_train} images of {train_ann}")
+        keep = set(subset_image_ids([im["id"] for im in data["images"]], num, spec.get("subset_seed", 0)))
+        sub = {**{k: v for k, v in data.items() if k not in ("images", "annotations")},
+               "images": [im for im in data["images"] if im["id"] in keep],
+               "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+        sub.setdefault("info", {})
+        sub["info"] = {**sub["info"], "rethink_subset": {"source": str(train_ann), "num_images": num,
+                                                          "subset_seed": spec.get("subset_seed", 0)}}
+        train_ann = out_dir / f"train_n{num}_s{spec.get('subset_seed', 0)}.json"
+        write_json_atomic(train_ann, sub, separators=(",", ":"))
+        n_train = num
+    with open(val_ann) as f:  # only count; cheap relative to train
+        n_val = len(json.load(f).get("images", []))
+    splits = {
+        "train": {"images": str(_resolve(root, spec["train_images"]).resolve()), "annotations": str(train_ann.resolve()), "n": n_train},
+        "val": {"images": str(_resolve(root, spec["val_images"]).resolve()), "annotations": str(val_ann), "n": n_val},
+    }
+    return _manifest(spec, splits, data["categories"], "coco", masks=True)
+
+
+# ----------------------------------------------------------------------------- VOC
+def _voc_entry(entry: str) -> tuple[str, str]:
+    parts = str(entry).strip("/").split("/")
+    if len(parts) != 2 or not all(parts):
+        raise DatasetError(f"{entry!r} is not '<year dir>/<image-set list>' (e.g. VOC2007/trainval)")
+    return parts[0], parts[1]
+
+
+def _voc_split(root: Path, entries, field: str) -> dict:
+    images, anns = [], []
+    for entry in [entries] if isinstance(entries, str) else entries:
+        year, lst = _voc_entry(entry)
+        list_path = root / year / "ImageSets" / "Main" / f"{lst}.txt"
+        ids = [line.split()[0] for line in list_path.read_text().splitlines() if line.strip()]
+        for vid in ids:
+            xml_path = root / year / "Annotations" / f"{vid}.xml"
+            try:
+                tree = ET.parse(xml_path).getroot()
+            except (OSError, ET.ParseError) as e:
+                raise DatasetError(f"{field}: {xml_path} (listed in {list_path}): {e}") from None
+            size = tree.find("size")
+            if size is None:
+                raise DatasetError(f"{field}: {xml_path}: no <size>")
+            image_id = len(images) + 1
+            images.append({"id": image_id, "file_name": f"{year}/JPEGImages/{vid}.jpg", "voc_id": f"{year}/{vid}",
+                           "width": int(size.findtext("width")), "height": int(size.findtext("height"))})
+            for obj in tree.findall("object"):
+                cls = (obj.findtext("name") or "").strip()
+                if cls not in VOC_CLASSES:
+                    raise DatasetError(f"{field}: {xml_path}: unknown VOC class {cls!r}")
+                bb = obj.find("bndbox")
+                x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                x0, y0 = x0 - 1.0, y0 - 1.0  # detectron2's VOC loader: 1-based inclusive -> 0-based
+                w, h = x1 - x0, y1 - y0
+                difficult = int(obj.findtext("difficult") or 0)
+                anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": VOC_CLASSES.index(cls) + 1,
+                             "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0, "difficult": difficult})
+    cats = [{"id": i + 1, "name": c, "supercategory": "voc"} for i, c in enumerate(VOC_CLASSES)]
+    return {"info": {"description": f"PASCAL VOC {entries} as COCO (boxes only)", "version": SCHEMA},
+            "licenses": [], "images": images, "annotations": anns, "categories": cats}
+
+
+def prepare_voc(spec: dict, out_dir: Path) -> dict:
+    name = spec["name"]
+    problems = check_dataset_paths(name, spec)
+    if problems:
+        raise DatasetError("; ".join(problems))
+    root = Path(spec["root"]).resolve()
+    splits = {}
+    for split in ("train", "val"):
+        coco = _voc_split(root, spec[f"{split}_annotations"], f"datasets.{name}.{split}_annotations")
+        path = out_dir / f"{split}.json"
+        write_json_atomic(path, coco, sort_keys=True, separators=(",", ":"))
+        splits[split] = {"images": str(root), "annotations": str(path.resolve()), "n": len(coco["images"])}
+    cats = [{"id": i + 1, "name": c} for i, c in enumerate(VOC_CLASSES)]
+    return _manifest(spec, splits, cats, "voc", masks=False)
+
+
+# ----------------------------------------------------------------------------- entry points
+def prepare(spec: dict) -> dict:
+    """Make the dataset of a prepare_data / prepare_pretrain_data spec; write its manifest
+    (spec["output"]) last, atomically. Returns the manifest."""
+    out = Path(spec["output"])
+    out_dir = out.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kind = spec.get("kind")
+    if kind == "synthetic":
+        manifest = prepare_synthetic(spec, out_dir)
+    elif kind in ("classification", "pretrain"):
+        manifest = prepare_classification(spec, out_dir)
+    elif kind == "coco":
+        manifest = prepare_coco(spec, out_dir)
+    elif kind == "voc":
+        manifest = prepare_voc(spec, out_dir)
+    else:
+        raise DatasetError(f"datasets.{spec.get('name')}.kind: unknown kind {kind!r}")
+    write_json_atomic(out, manifest, indent=1, sort_keys=True)
+    return manifest
+
+
+def load_manifest(path) -> dict:
+    """Read a dataset.json written by :func:`prepare`; errors name the file and the field."""
+    path = Path(path)
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no dataset manifest (run the prepare_data rule)") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(m, dict) or "kind" not in m:
+        raise DatasetError(f"{path}: not a dataset manifest (no 'kind')")
+    need = ["images_file", "num_images", "classes"] if m["kind"] == "classification" else \
+        ["train", "val", "categories", "source_kind"]
+    missing = [k for k in need if k not in m]
+    if missing:
+        raise DatasetError(f"{path}: manifest lacks {', '.join(missing)}")
+    return m
