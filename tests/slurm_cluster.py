@@ -31,6 +31,7 @@ process is not root, ``skip_reason()`` says why and the fixture calls
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import re
@@ -39,6 +40,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -125,7 +127,9 @@ class SlurmCluster:
     Attributes after ``start()``:
       root       temp dir holding everything
       conf       path of slurm.conf
-      env        os.environ copy with SLURM_CONF set (pass to subprocesses)
+      env        os.environ copy with SLURM_CONF set and client wrappers on PATH
+                 (pass to subprocesses); job_env() adds this venv to PATH
+      bindir     folder of the client wrappers (sbatch, squeue, srun, ...)
       logs       dict name -> log path (munged, slurmctld, slurmd)
       node, partition, n_gpus
     """
@@ -140,10 +144,11 @@ class SlurmCluster:
         self.partition = PARTITION
         self.n_gpus = N_GPUS
         self.procs: dict[str, subprocess.Popen] = {}
+        self.munge_dir: Path | None = None
         self._log_handles = []
         self.conf = self.root / "etc" / "slurm.conf"
         self.logs = {
-            "munged": self.root / "log" / "munged.log",
+            "munged": self.root / "log" / "munged.stdout",
             "slurmctld": self.root / "log" / "slurmctld.log",
             "slurmd": self.root / "log" / "slurmd.log",
         }
@@ -154,11 +159,11 @@ class SlurmCluster:
         r = self.root
         for d in ("etc", "log", "state", "spool", "run", "dev"):
             (r / d).mkdir(parents=True, exist_ok=True)
-        os.chmod(r, 0o755)  # munge user must traverse it
         # munge: private key, socket, pid, seed, log; all owned by munge
         munge = pwd.getpwnam("munge")
-        mdir = r / "munge"
-        mdir.mkdir(exist_ok=True)
+        # munged (running as user munge) must reach its folder; pytest's tmp dirs are
+        # 0700 root, so it gets its own folder in the system temp dir.
+        mdir = self.munge_dir = Path(tempfile.mkdtemp(prefix="rethink-munge-"))
         key = mdir / "munge.key"
         if not key.exists():
             key.write_bytes(os.urandom(1024))
@@ -284,6 +289,17 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         except subprocess.SubprocessError:
             return False
 
+    def job_env(self, **extra) -> dict:
+        """Environment for snakemake/sbatch against this cluster: ``env`` plus this
+        Python's bin folder first on PATH. The slurm plugin submits with
+        ``--export=ALL``, so jobs, and the ``python``/``snakemake`` their rules call,
+        see the same virtualenv as the test."""
+        env = dict(self.env)
+        env["PATH"] = os.pathsep.join(
+            [str(self.bindir), str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
     def run(self, *argv, check=True, timeout=30) -> subprocess.CompletedProcess:
         """Run a SLURM client command against this cluster; returns CompletedProcess."""
         return subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
@@ -294,6 +310,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         reason = skip_reason()
         if reason:
             raise RuntimeError(reason)
+        atexit.register(self.stop)  # daemons run in their own session: never orphan them
         try:
             return self._start()
         except BaseException:
@@ -303,12 +320,12 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
     def _start(self) -> "SlurmCluster":
         self._write_files()
         munge = pwd.getpwnam("munge")
-        mdir = self.root / "munge"
+        mdir = self.munge_dir
         self._spawn("munged", [
             _which("munged"), "-F", "--force",
             f"--socket={self.munge_socket}", f"--key-file={mdir / 'munge.key'}",
             f"--pid-file={mdir / 'munged.pid'}", f"--seed-file={mdir / 'munged.seed'}",
-            f"--log-file={self.logs['munged']}",
+            f"--log-file={mdir / 'munged.log'}",  # also copied to stdout -> logs['munged']
         ], user=munge.pw_uid, group=munge.pw_gid, extra_groups=[])
         self._wait("munged socket", self.munge_socket.exists)
         self._spawn("slurmctld", [_which("slurmctld"), "-D", "-c", "-f", str(self.conf)])
@@ -345,6 +362,9 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         for h in self._log_handles:
             h.close()
         self._log_handles.clear()
+        if self.munge_dir is not None:  # key and socket: never left behind
+            shutil.rmtree(self.munge_dir, ignore_errors=True)
+            self.munge_dir = None
 
     def cleanup(self):
         if self._own_root and not os.environ.get("RETHINK_SLURM_KEEP"):
@@ -361,7 +381,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
     def debug_info(self, tail: int = 40) -> str:
         parts = [f"SLURM test cluster in {self.root} (SLURM_CONF={self.conf})"]
         for name, path in self.logs.items():
-            for p in (path, self.root / "log" / f"{name}.stdout"):
+            for p in dict.fromkeys((path, self.root / "log" / f"{name}.stdout")):
                 if p.exists():
                     lines = p.read_text(errors="replace").splitlines()[-tail:]
                     parts.append(f"--- {p} (last {len(lines)} lines)\n" + "\n".join(lines))

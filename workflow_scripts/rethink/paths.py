@@ -14,6 +14,9 @@ from .plan import TRUNK, Milestone, Plan, Segment
 from .schedule import Schedule
 
 
+SIGNAL_GRACE_S = 300
+
+
 def it7(iteration: int) -> str:
     return f"{int(iteration):07d}"
 
@@ -227,6 +230,9 @@ class Paths:
             "cpus_per_task": lambda wc: max(2, 4 * gpus(wc)),
             "mem_mb": lambda wc: max(8000, 16000 * gpus(wc)),
             "runtime": lambda wc, attempt: self.train_runtime_min(self._seg(wc), attempt),
+            # SLURM sends SIGTERM this long before the walltime: the loop checkpoints and exits
+            # non-zero, Snakemake resubmits the job (retries) and it resumes from that checkpoint
+            "slurm_extra": f"--signal=TERM@{SIGNAL_GRACE_S}",
         }
 
     def eval_resources(self) -> dict:
