@@ -128,6 +128,7 @@ class Paths:
         # job's params, or adding an experiment would make Snakemake retrain the run
         d = run.to_dict()
         d.pop("experiments")
+        d["init_kind"] = self.init_kind(run.init)  # engines tell random init by kind, not by name
         return d
 
     def segment_input(self, seg: Segment) -> dict:
@@ -181,8 +182,13 @@ class Paths:
         }
 
     def eval_input(self, ms: Milestone) -> dict:
+        """The checkpoint (temporary: once evaluated and consumed it is gone, and a missing temp
+        file makes Snakemake re-run nothing) and the init's cost record (small, under results/).
+        The dataset is not an input: its manifest lies under workdir, which a laptop that holds
+        only results/ lacks, and a missing non-temp input would re-run the evaluation; it exists
+        whenever the checkpoint does, since training needed it."""
         run = self.plan.run(self.plan.lines[(ms.family, ms.line)].owner)
-        inputs = {"checkpoint": self.checkpoint(ms.family, ms.line, ms.iteration), "dataset": self.dataset(run.data)}
+        inputs = {"checkpoint": self.checkpoint(ms.family, ms.line, ms.iteration)}
         cost = self.init_cost(run.init, run.backbone, run.norm)
         if cost:
             inputs["init_cost"] = cost
@@ -201,7 +207,7 @@ class Paths:
             "iteration": ms.iteration,
             "lr": Schedule(**schedule).lr(max(ms.iteration - 1, 0)),
             "checkpoint": inputs["checkpoint"],
-            "dataset": inputs["dataset"],
+            "dataset": self.dataset(self.plan.run(self.plan.lines[(ms.family, ms.line)].owner).data),
             "init_cost": inputs.get("init_cost"),
             "output": self.metrics(ms.family, ms.line, ms.iteration),
         }

@@ -1,0 +1,308 @@
+"""A run -> the detectron2 config that trains it (no detectron2 needed to import this module).
+
+detectron2's own configs for the paper (configs/Misc/*_gn.yaml, *_syncbn.yaml, scratch_*.yaml)
+are the starting point; a run changes only what the paper or the run's recipe says:
+
+* INPUT.MIN_SIZE_TRAIN: the recipe's ``min_size_train`` ((800,) in the paper: no scale
+  augmentation; detectron2's configs use (640..800)). With ``scale_aug`` the two values are a
+  range (MIN_SIZE_TRAIN_SAMPLING "range").
+* SOLVER.STEPS / MAX_ITER: the run's schedule (absolute LR drops: 60k and 20k iterations before
+  the end; a trunk segment has no drops). SOLVER.* else from the recipe.
+* MODEL.WEIGHTS: the run's init (a staged local .pkl, or "" for random init).
+* TEST.EVAL_PERIOD 0: the plan decides when to evaluate (milestones), not detectron2.
+* The recipe's RPN / RoI / detections-per-image / test sizes (the paper's values by default,
+  which are detectron2's defaults too) and the dataset names registered for the run's data.
+
+Random init mirrors detectron2's scratch configs: weights "", FREEZE_AT 0; GN as in
+scratch_mask_rcnn_R_50_FPN_3x_gn (PIXEL_STD 1), SyncBN/BN as in scratch_mask_rcnn_R_50_FPN_9x_syncbn
+(STRIDE_IN_1X1 False, PIXEL_STD of torchvision). Pre-trained runs follow detectron2's ImageNet
+models (see weights_style): MSRA .pkl (ResNet with BN) = caffe BGR mean, std 1, STRIDE_IN_1X1
+True; FAIR .pkl (GN ResNets, ResNeXt) = same mean and std, STRIDE_IN_1X1 False.
+
+The project's loop, not detectron2's trainer, trains: it reads the model, data and test fields;
+of SOLVER it follows the same recipe values through rethink.schedule. TEST.PRECISE_BN.ENABLED
+stays as detectron2 has it (True for the SyncBN configs) for agreement, but no PreciseBN pass runs.
+
+:func:`resolved` gives the values of the key fields as a flat dict (the base values transcribed
+from detectron2 commit 02b5c4e, updated by :func:`overrides`), so the translation is checkable
+without detectron2; the detectron2 engine builds the real CfgNode from the same overrides.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+# the detectron2 commit whose configs BASE_CONFIGS transcribes (and that the engine was checked with)
+DETECTRON2_COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
+
+GN_PRETRAINED = "Misc/mask_rcnn_R_50_FPN_3x_gn.yaml"
+GN_SCRATCH = "Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml"
+SYNCBN = "Misc/mask_rcnn_R_50_FPN_3x_syncbn.yaml"
+
+CAFFE_MEAN = [103.53, 116.28, 123.675]  # BGR
+UNIT_STD = [1.0, 1.0, 1.0]
+TORCHVISION_STD = [57.375, 57.12, 58.395]  # BGR order, x255
+
+_COMMON = {
+    "MODEL.BACKBONE.FREEZE_AT": 2,
+    "MODEL.RESNETS.DEPTH": 50,
+    "MODEL.ROI_BOX_HEAD.NAME": "FastRCNNConvFCHead",
+    "MODEL.ROI_BOX_HEAD.NUM_CONV": 4,
+    "MODEL.ROI_BOX_HEAD.NUM_FC": 1,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 512,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 1000,
+    "SOLVER.IMS_PER_BATCH": 16,
+    "SOLVER.BASE_LR": 0.02,
+    "SOLVER.MOMENTUM": 0.9,
+    "SOLVER.WEIGHT_DECAY": 0.0001,
+    "SOLVER.STEPS": [210000, 250000],
+    "SOLVER.MAX_ITER": 270000,
+    "SOLVER.GAMMA": 0.1,
+    "SOLVER.WARMUP_ITERS": 1000,
+    "SOLVER.WARMUP_FACTOR": 0.001,
+    "SOLVER.WARMUP_METHOD": "linear",
+    "INPUT.MIN_SIZE_TRAIN": [640, 672, 704, 736, 768, 800],
+    "INPUT.MAX_SIZE_TRAIN": 1333,
+    "INPUT.MIN_SIZE_TEST": 800,
+    "INPUT.RANDOM_FLIP": "horizontal",
+    "TEST.EVAL_PERIOD": 0,
+    "DATASETS.TRAIN": ["coco_2017_train"],
+    "DATASETS.TEST": ["coco_2017_val"],
+    "MODEL.PIXEL_MEAN": CAFFE_MEAN,
+    "MODEL.PIXEL_STD": UNIT_STD,
+}
+
+
+def _norm_fields(norm: str) -> dict:
+    return {"MODEL.RESNETS.NORM": norm, "MODEL.FPN.NORM": norm, "MODEL.ROI_BOX_HEAD.NORM": norm,
+            "MODEL.ROI_MASK_HEAD.NORM": norm}
+
+
+# Key fields of the base configs, as get_cfg() + merge_from_file() resolves them at DETECTRON2_COMMIT
+# (transcribed from paper/detectron2_configs.json; tests/test_detectron2_config.py compares them).
+# Fields this module sets beyond these keep detectron2's defaults (listed in DEFAULTS).
+BASE_CONFIGS: dict[str, dict] = {
+    GN_PRETRAINED: {
+        **_COMMON, **_norm_fields("GN"),
+        "MODEL.WEIGHTS": "catalog://ImageNetPretrained/FAIR/R-50-GN",
+        "MODEL.RESNETS.STRIDE_IN_1X1": False,
+        "TEST.PRECISE_BN.ENABLED": False,
+    },
+    GN_SCRATCH: {
+        **_COMMON, **_norm_fields("GN"),
+        "MODEL.WEIGHTS": "",
+        "MODEL.BACKBONE.FREEZE_AT": 0,
+        "MODEL.RESNETS.STRIDE_IN_1X1": False,
+        "TEST.PRECISE_BN.ENABLED": False,
+    },
+    SYNCBN: {
+        **_COMMON, **_norm_fields("SyncBN"),
+        "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+        "MODEL.RESNETS.STRIDE_IN_1X1": True,
+        "TEST.PRECISE_BN.ENABLED": True,
+    },
+}
+
+# detectron2 defaults (config/defaults.py at DETECTRON2_COMMIT) of the other fields overrides() sets
+DEFAULTS = {
+    "MODEL.MASK_ON": True,  # all three base configs set it
+    "MODEL.KEYPOINT_ON": False,
+    "MODEL.RESNETS.NUM_GROUPS": 1,
+    "MODEL.RESNETS.WIDTH_PER_GROUP": 64,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS": 256,
+    "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
+    "MODEL.ROI_HEADS.NUM_CLASSES": 80,
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": False,
+    "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS": 17,
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 2000,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 1000,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": 1000,
+    "INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice",
+    "INPUT.MAX_SIZE_TEST": 1333,
+    "TEST.AUG.ENABLED": False,
+    "TEST.DETECTIONS_PER_IMAGE": 100,
+    "SOLVER.CHECKPOINT_PERIOD": 5000,
+    "DATALOADER.NUM_WORKERS": 4,
+    "SEED": -1,
+}
+
+# the paper's backbones in detectron2's ResNet(-Xt) terms
+BACKBONES = {
+    "R18": {"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 64},
+    "R50": {"MODEL.RESNETS.DEPTH": 50},
+    "R101": {"MODEL.RESNETS.DEPTH": 101},
+    # ResNeXt-152 32x8d (a C2 model: stride in the 3x3 conv)
+    "X152": {"MODEL.RESNETS.DEPTH": 152, "MODEL.RESNETS.NUM_GROUPS": 32, "MODEL.RESNETS.WIDTH_PER_GROUP": 8,
+             "MODEL.RESNETS.STRIDE_IN_1X1": False},
+}
+
+# the project's norm names -> detectron2's get_norm() names
+NORMS = {"GN": "GN", "SyncBN": "SyncBN", "BN": "BN", "none": ""}
+
+
+class D2ConfigError(ValueError):
+    """A run that detectron2 cannot train as asked."""
+
+
+def _check(run: dict) -> None:
+    where = f"run {run.get('run_id', '?')}"
+    if run["backbone"] not in BACKBONES:
+        raise D2ConfigError(
+            f"{where}: backbone {run['backbone']!r} has no detectron2 model (detectron2 backbones here: "
+            f"{', '.join(BACKBONES)}); use engine: torchvision for it"
+        )
+    if run["norm"] not in NORMS:
+        raise D2ConfigError(f"{where}: norm {run['norm']!r} is not one of {', '.join(NORMS)}")
+
+
+def is_random_init(run: dict) -> bool:
+    """Random init: the run's "init_kind" if it carries one (a train spec's init_kind), else
+    the init's name ("random", as in config.yaml)."""
+    kind = run.get("init_kind")
+    return kind == "random" if kind else run["init"] == "random"
+
+
+def base_config_name(run: dict) -> str:
+    """Which model-zoo yaml under detectron2's configs/ a run starts from."""
+    _check(run)
+    if run["norm"] == "GN":
+        return GN_SCRATCH if is_random_init(run) else GN_PRETRAINED
+    # SyncBN, BN, none: the SyncBN config (for random init changed as scratch_..._9x_syncbn does)
+    return SYNCBN
+
+
+def weights_style(run: dict) -> str | None:
+    """Which ImageNet models a pre-trained run starts from, as detectron2's catalogue has them:
+    "fair" (the GN ResNets and the ResNeXts: STRIDE_IN_1X1 False) or "msra" (the BN ResNets:
+    STRIDE_IN_1X1 True); None for random init. Both use the caffe BGR mean and std 1. Decided
+    by the run (not by the weights' file name), so the model that build_model makes before the
+    weights are loaded is the one they fit."""
+    if is_random_init(run):
+        return None
+    return "fair" if run["norm"] == "GN" or run["backbone"].startswith("X") else "msra"
+
+
+def _schedule_fields(schedule) -> dict:
+    if schedule is None:
+        return {}
+    if not isinstance(schedule, dict):  # rethink.schedule.Schedule
+        schedule = {k: getattr(schedule, k) for k in
+                    ("iterations", "base_lr", "lr_drops", "drop_factor", "warmup_iters", "warmup_factor")}
+    return {
+        "SOLVER.BASE_LR": float(schedule["base_lr"]),
+        "SOLVER.STEPS": [int(s) for s in schedule["lr_drops"]],
+        "SOLVER.MAX_ITER": int(schedule["iterations"]),
+        "SOLVER.GAMMA": float(schedule["drop_factor"]),
+        "SOLVER.WARMUP_ITERS": int(schedule["warmup_iters"]),
+        "SOLVER.WARMUP_FACTOR": float(schedule["warmup_factor"]),
+    }
+
+
+def dataset_names(run: dict, dataset: dict | None = None) -> tuple[str, str]:
+    """The names the engine registers the run's train and val sets under in detectron2's catalogs."""
+    name = (dataset or {}).get("name") or run["data"]
+    return f"rethink_{name}_train", f"rethink_{name}_val"
+
+
+def num_classes(dataset: dict | None) -> int | None:
+    """Number of categories of a dataset manifest ("categories": list or count, or "num_classes")."""
+    if not dataset:
+        return None
+    for key in ("num_classes", "categories"):
+        v = dataset.get(key)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, list):
+            return len(v)
+    return None
+
+
+def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dict | None = None) -> dict:
+    """Dotted detectron2 config keys -> values that turn the base config into this run's.
+
+    `schedule`: the segment's schedule (a train spec's "schedule" dict or a Schedule; None
+    leaves SOLVER's schedule fields at the recipe's/base's). `weights`: path of the init
+    weights (MODEL.WEIGHTS; None = not known here: the architecture still follows the run's
+    init). `dataset`: the run's dataset manifest (for the number of classes)."""
+    _check(run)
+    recipe = run["recipe"]
+    norm = NORMS[run["norm"]]
+    base = base_config_name(run)
+    random_init = is_random_init(run)
+    if random_init and weights:
+        raise D2ConfigError(f"run {run.get('run_id', '?')}: init {run['init']!r} is random, but weights {weights!r} were given")
+    out: dict = {}
+    out.update(_norm_fields(norm))
+    # init ------------------------------------------------------------------------------
+    out["MODEL.WEIGHTS"] = weights or ""
+    out["MODEL.PIXEL_MEAN"] = list(CAFFE_MEAN)
+    if random_init:
+        out["MODEL.BACKBONE.FREEZE_AT"] = 0
+        out["MODEL.RESNETS.STRIDE_IN_1X1"] = False
+        # GN: as scratch_mask_rcnn_R_50_FPN_3x_gn; the others as scratch_mask_rcnn_R_50_FPN_9x_syncbn
+        out["MODEL.PIXEL_STD"] = list(UNIT_STD if base == GN_SCRATCH else TORCHVISION_STD)
+    else:
+        out["MODEL.RESNETS.STRIDE_IN_1X1"] = weights_style(run) == "msra"
+        out["MODEL.PIXEL_STD"] = list(UNIT_STD)
+    # backbone (after the init: ResNeXt fixes its own stride placement)
+    out.update(BACKBONES[run["backbone"]])
+    # task ------------------------------------------------------------------------------
+    task = recipe.get("task", "mask_rcnn")
+    out["MODEL.MASK_ON"] = task in ("mask_rcnn", "cascade_mask_rcnn")
+    out["MODEL.KEYPOINT_ON"] = task == "keypoint_rcnn"
+    if task == "cascade_mask_rcnn":
+        out["MODEL.ROI_HEADS.NAME"] = "CascadeROIHeads"
+        out["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"] = True
+    n = num_classes(dataset)
+    if task == "keypoint_rcnn":
+        out["MODEL.ROI_HEADS.NUM_CLASSES"] = 1
+    elif n is not None:
+        out["MODEL.ROI_HEADS.NUM_CLASSES"] = n
+    # solver -----------------------------------------------------------------------------
+    out["SOLVER.IMS_PER_BATCH"] = int(recipe["batch"])
+    out["SOLVER.BASE_LR"] = float(recipe["base_lr"])
+    out["SOLVER.MOMENTUM"] = float(recipe["momentum"])
+    out["SOLVER.WEIGHT_DECAY"] = float(recipe["weight_decay"])
+    out["SOLVER.GAMMA"] = float(recipe["drop_factor"])
+    out["SOLVER.WARMUP_ITERS"] = int(recipe["warmup_iters"])
+    out["SOLVER.WARMUP_FACTOR"] = float(recipe["warmup_factor"])
+    out["SOLVER.WARMUP_METHOD"] = "linear"
+    out["SOLVER.CHECKPOINT_PERIOD"] = int(recipe["checkpoint_period"])
+    out.update(_schedule_fields(schedule))
+    # input ------------------------------------------------------------------------------
+    out["INPUT.MIN_SIZE_TRAIN"] = [int(s) for s in recipe["min_size_train"]]
+    out["INPUT.MIN_SIZE_TRAIN_SAMPLING"] = "range" if recipe.get("scale_aug") else "choice"
+    out["INPUT.MAX_SIZE_TRAIN"] = int(recipe["max_size_train"])
+    out["INPUT.MIN_SIZE_TEST"] = int(recipe["min_size_test"])
+    out["INPUT.MAX_SIZE_TEST"] = int(recipe["max_size_test"])
+    # model sizes ------------------------------------------------------------------------
+    out["MODEL.RPN.PRE_NMS_TOPK_TRAIN"] = int(recipe["rpn_pre_nms_train"])
+    out["MODEL.RPN.POST_NMS_TOPK_TRAIN"] = int(recipe["rpn_post_nms_train"])
+    out["MODEL.RPN.PRE_NMS_TOPK_TEST"] = int(recipe["rpn_pre_nms_test"])
+    out["MODEL.RPN.POST_NMS_TOPK_TEST"] = int(recipe["rpn_post_nms_test"])
+    out["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] = int(recipe["roi_batch_per_image"])
+    out["TEST.DETECTIONS_PER_IMAGE"] = int(recipe["detections_per_image"])
+    # test, data, seed -------------------------------------------------------------------
+    out["TEST.AUG.ENABLED"] = bool(recipe.get("tta", False))
+    out["TEST.EVAL_PERIOD"] = 0
+    train_name, val_name = dataset_names(run, dataset)
+    out["DATASETS.TRAIN"] = [train_name]
+    out["DATASETS.TEST"] = [val_name]
+    out["DATALOADER.NUM_WORKERS"] = int(recipe["num_workers"])
+    out["SEED"] = int(run["seed"])
+    return out
+
+
+def resolved(run: dict, schedule=None, weights: str | None = None, dataset: dict | None = None) -> dict:
+    """The key fields of the run's detectron2 config: base values (BASE_CONFIGS, DEFAULTS)
+    updated by overrides(). Lists stay lists (detectron2 keeps some as tuples)."""
+    out = copy.deepcopy({**DEFAULTS, **BASE_CONFIGS[base_config_name(run)]})
+    out.update(copy.deepcopy(overrides(run, schedule, weights, dataset)))
+    return out
+
+
+def load_reference(path: str | Path) -> dict:
+    """paper/detectron2_configs.json: config name (no .yaml, no Misc/) -> key fields."""
+    with open(path) as f:
+        return json.load(f)

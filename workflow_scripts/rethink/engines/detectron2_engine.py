@@ -1,0 +1,377 @@
+"""The detectron2 engine (cluster path): detectron2's Mask R-CNN, data pipeline and weights,
+driven by the project's own training loop (rethink.loop) and COCO evaluation (rethink.evaluate).
+
+detectron2 is imported lazily, so this module imports (and the workflow dry-runs) without it;
+using the engine without detectron2 raises RuntimeError with INSTALL_HINT.
+
+What each interface method does (see rethink/engines/__init__.py):
+
+* config(run, schedule, weights, dataset) -> CfgNode: get_cfg() + the model-zoo yaml of
+  rethink.d2config.base_config_name + rethink.d2config.overrides (the translation lives there
+  and is tested without detectron2).
+* build_model(run, device, distributed, dataset=None): detectron2.modeling.build_model(cfg),
+  built on the CPU under a fork of the RNG seeded with the run's seed (detectron2's own init:
+  MSRA fill, nothing frozen for scratch; ImageNet runs freeze stem + res2, FREEZE_AT 2, as
+  detectron2's configs), then moved to `device`. `dataset` (the manifest) gives the number of
+  classes (COCO's 80 without it). The CfgNode rides along as model.rethink_cfg. Norm "SyncBN" is torch's SyncBatchNorm (detectron2's "SyncBN") on
+  GPU and detectron2's NaiveSyncBatchNorm ("naiveSyncBN_N": works with gloo, allows different
+  batch sizes per process, as the RoI heads have) on CPU.
+* load_init_weights: DetectionCheckpointer(model).load(path): ImageNet .pkl files in Caffe2
+  (MSRA/FAIR) names are renamed by detectron2's matching heuristics; a file that changes no
+  backbone weight is an error.
+* train_stream: batches of detectron2 dataset dicts, mapped by DatasetMapper(cfg, True)
+  (ResizeShortestEdge + horizontal flip, masks as polygons). Image j of global batch i is
+  image perm_e[(i*B + j) mod N] (perm_e a permutation of the train set seeded by (seed, epoch
+  e = (i*B + j) div N)); its augmentation draws from numpy seeded by (seed, i, j). So batch i
+  depends only on (seed, i): a run resumed at iteration i reads the same images, at the same
+  scales and flips, as one that never stopped, at no cost (no skipping). The price: no
+  aspect-ratio grouping (a batch may pad a portrait and a landscape image to one size; same
+  results, some wasted compute at 2 images per GPU).
+* optimizer_param_groups(model, run) (optional for the loop): detectron2's parameter groups,
+  no weight decay on norm layers, frozen parameters left out.
+* losses: model(batch) in train mode inside a detectron2 EventStorage (its RPN and RoI heads
+  log to the current storage and fail without one), so the loop needs nothing detectron2-specific.
+* predict: eval mode over build_detection_test_loader(cfg, val set); outputs become COCO result
+  dicts with detectron2's instances_to_coco_json (category ids mapped back to the dataset's);
+  with several processes each predicts its share and all get the whole list.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import d2config
+from ..d2config import D2ConfigError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "the detectron2 engine needs detectron2, which is not on PyPI: install it from source against the "
+    "pinned torch (requirements.txt), e.g.\n"
+    "  pip install -U pip && pip install -r requirements.txt\n"
+    f"  pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git@{d2config.DETECTRON2_COMMIT}'\n"
+    "or from a local clone: pip install --no-build-isolation /path/to/detectron2 "
+    "(a C++/CUDA compiler and torch must already be installed; ~2 min). "
+    "For CPU runs and CI use engine: torchvision."
+)
+
+
+def require_detectron2():
+    """Import detectron2 or raise RuntimeError saying how to install it."""
+    try:
+        import detectron2  # noqa: F401
+        from detectron2 import _C  # noqa: F401  (the compiled ops: a broken build fails here, not mid-run)
+    except ImportError as e:
+        raise RuntimeError(f"detectron2 is not importable ({e}); {INSTALL_HINT}") from None
+    return detectron2
+
+
+def config_file(name: str) -> str:
+    """Path of a model-zoo yaml (e.g. "Misc/mask_rcnn_R_50_FPN_3x_gn.yaml") in the installed
+    detectron2. Looked up beside the package rather than with model_zoo.get_config_file, which
+    needs pkg_resources (gone from setuptools >= 81)."""
+    d2 = require_detectron2()
+    path = Path(d2.__file__).parent / "model_zoo" / "configs" / name
+    if not path.is_file():
+        raise RuntimeError(f"detectron2 at {Path(d2.__file__).parent} has no model-zoo config {name} ({path})")
+    return str(path)
+
+
+def _set(cfg, key: str, value) -> None:
+    node = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if p not in node:
+            raise D2ConfigError(f"detectron2 config has no key {key} (detectron2 version?)")
+        node = node[p]
+    if parts[-1] not in node:
+        raise D2ConfigError(f"detectron2 config has no key {key} (detectron2 version?)")
+    old = node[parts[-1]]
+    if isinstance(old, tuple):
+        value = tuple(value)
+    elif isinstance(old, list):
+        value = list(value)
+    node[parts[-1]] = value
+
+
+def _get(cfg, key: str):
+    node = cfg
+    for p in key.split("."):
+        node = node[p]
+    return node
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _split(dataset: dict, split: str) -> tuple[str, str]:
+    """(image dir, annotation json) of a manifest's split, checked."""
+    entry = dataset.get(split)
+    name = dataset.get("name", "?")
+    if not isinstance(entry, dict) or "images" not in entry or "annotations" not in entry:
+        raise D2ConfigError(f"dataset manifest {name!r}: field {split!r} must be {{images, annotations}}, got {entry!r}")
+    if not os.path.isfile(entry["annotations"]):
+        raise D2ConfigError(f"dataset manifest {name!r}: {split}.annotations {entry['annotations']} does not exist")
+    if not os.path.isdir(entry["images"]):
+        raise D2ConfigError(f"dataset manifest {name!r}: {split}.images {entry['images']} is not a folder")
+    return entry["images"], entry["annotations"]
+
+
+_registered: dict[str, tuple[str, str]] = {}
+
+
+def register(run: dict, dataset: dict) -> tuple[str, str]:
+    """Register the manifest's train and val sets in detectron2's catalogs (under
+    d2config.dataset_names); re-registers a name whose files changed. Returns the names."""
+    require_detectron2()
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    names = d2config.dataset_names(run, dataset)
+    for name, split in zip(names, ("train", "val")):
+        image_root, json_file = _split(dataset, split)
+        key = (os.path.abspath(image_root), os.path.abspath(json_file))
+        if _registered.get(name) == key and name in DatasetCatalog.list():
+            continue
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {}, json_file, image_root)
+        if dataset.get("keypoints"):
+            from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_FLIP_MAP, COCO_PERSON_KEYPOINT_NAMES
+
+            MetadataCatalog.get(name).set(keypoint_names=COCO_PERSON_KEYPOINT_NAMES,
+                                          keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP)
+        _registered[name] = key
+    return names
+
+
+def _mix(*ints: int) -> int:
+    """A 32-bit seed from integers (numpy's SeedSequence hash)."""
+    return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1)[0])
+
+
+class SeededBatches(torch.utils.data.Dataset):
+    """Item i = this process's part of global batch i: a list of mapped dataset dicts.
+
+    Global sample p = i * batch + j (j < batch) is image perm_e[p mod N], e = p div N, where
+    perm_e is torch.randperm(N) under a generator seeded by (seed, e); process `rank` of
+    `world` takes j in [rank * b, (rank + 1) * b), b = batch / world. The mapper's random
+    augmentation (numpy's global RNG in detectron2) is seeded by (seed, i, j) around each call."""
+
+    def __init__(self, dicts, mapper, seed: int, batch: int, rank: int, world: int):
+        if batch % world:
+            raise D2ConfigError(f"batch {batch} is not divisible by the {world} processes")
+        self.dicts, self.mapper, self.seed = dicts, mapper, int(seed)
+        self.batch, self.per_rank, self.rank = int(batch), int(batch) // world, int(rank)
+        self._perm: tuple[int, list[int]] | None = None
+
+    def __len__(self) -> int:  # iterations are indexed without bound; the sampler decides
+        return 2**62
+
+    def image_index(self, p: int) -> int:
+        n = len(self.dicts)
+        epoch, pos = divmod(p, n)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            self._perm = (epoch, torch.randperm(n, generator=g).tolist())
+        return self._perm[1][pos]
+
+    def __getitem__(self, i: int) -> list[dict]:
+        out = []
+        for j in range(self.rank * self.per_rank, (self.rank + 1) * self.per_rank):
+            d = self.dicts[self.image_index(i * self.batch + j)]
+            state = np.random.get_state()
+            np.random.seed(_mix(self.seed, i, j))
+            try:
+                mapped = self.mapper(d)
+            finally:
+                np.random.set_state(state)
+            mapped["iteration"] = i
+            out.append(mapped)
+        return out
+
+
+class _From:
+    """Sampler yielding start, start + 1, ... (for ever)."""
+
+    def __init__(self, start: int):
+        self.start = int(start)
+
+    def __iter__(self):
+        i = self.start
+        while True:
+            yield i
+            i += 1
+
+
+def _identity(x):
+    return x
+
+
+class Detectron2Engine:
+    name = "detectron2"
+
+    # ------------------------------------------------------------------ config
+    def config(self, run: dict, schedule=None, weights: str | None = None, dataset: dict | None = None,
+               device: torch.device | str | None = None):
+        """The run's detectron2 CfgNode (frozen). `device` (cuda/cpu) only picks MODEL.DEVICE and,
+        for SyncBN on CPU, the CPU-capable sync BN; the dict of d2config.resolved() is the rest."""
+        require_detectron2()
+        from detectron2.config import get_cfg
+
+        cfg = get_cfg()
+        cfg.merge_from_file(config_file(d2config.base_config_name(run)))
+        for key, value in d2config.overrides(run, schedule, weights, dataset).items():
+            _set(cfg, key, value)
+        if device is not None:
+            dev = torch.device(device)
+            cfg.MODEL.DEVICE = dev.type
+            if dev.type != "cuda":
+                for key in ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
+                            "MODEL.ROI_MASK_HEAD.NORM"):
+                    if _get(cfg, key) == "SyncBN":
+                        _set(cfg, key, "naiveSyncBN_N")
+        cfg.freeze()
+        return cfg
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, run: dict, device, distributed: bool = False, dataset: dict | None = None):
+        """detectron2's model for the run, initialised from the run's seed, on `device`.
+        `dataset` (the manifest) sets the number of classes; without it COCO's 80."""
+        require_detectron2()
+        from detectron2.modeling import build_model
+
+        device = torch.device(device)
+        cfg = self.config(run, None, None, dataset, device=device)
+        cpu_cfg = cfg.clone()
+        cpu_cfg.defrost()
+        cpu_cfg.MODEL.DEVICE = "cpu"
+        cpu_cfg.freeze()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(run["seed"]))
+            model = build_model(cpu_cfg)  # initialised on the CPU: the same weights on any device
+        model.to(device)
+        model.rethink_cfg = cfg  # what predict() and the loaders use
+        return model
+
+    def load_init_weights(self, model, path: str, run: dict) -> None:
+        require_detectron2()
+        from detectron2.checkpoint import DetectionCheckpointer
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"init weights {path} (run {run.get('run_id', '?')}) do not exist")
+        m = _unwrap(model)
+        before = {k: v.detach().clone() for k, v in m.backbone.bottom_up.state_dict().items()
+                  if k.endswith("weight")}
+        DetectionCheckpointer(m).load(path)
+        after = m.backbone.bottom_up.state_dict()
+        changed = [k for k, v in before.items() if not torch.equal(v, after[k].to(v.device))]
+        if not changed:
+            raise RuntimeError(
+                f"{path}: no backbone weight of run {run.get('run_id', '?')} was loaded from it (not detectron2/"
+                f"Caffe2-named ResNet weights for {run['backbone']}-{run['norm']}?)"
+            )
+        log.info("loaded %d of %d backbone weight tensors from %s", len(changed), len(before), path)
+
+    def optimizer_param_groups(self, model, run: dict) -> list[dict]:
+        """Parameter groups as detectron2's build_optimizer makes them: no weight decay on norm
+        layers (SOLVER.WEIGHT_DECAY_NORM 0.0, as Detectron's WEIGHT_DECAY_GN), the recipe's on
+        the rest. (Optional hook for the loop: with plain SGD over model.parameters() norm
+        weights would be decayed too.)"""
+        require_detectron2()
+        from detectron2.solver.build import get_default_optimizer_params
+
+        return get_default_optimizer_params(_unwrap(model), base_lr=run["recipe"]["base_lr"],
+                                            weight_decay=run["recipe"]["weight_decay"], weight_decay_norm=0.0)
+
+    # ------------------------------------------------------------------ data
+    def train_stream(self, run: dict, dataset: dict, start_iter: int, rank: int = 0, world: int = 1):
+        require_detectron2()
+        from detectron2.data import DatasetFromList, DatasetMapper, get_detection_dataset_dicts
+
+        cfg = self.config(run, None, None, dataset)
+        register(run, dataset)
+        min_kp = cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
+        dicts = get_detection_dataset_dicts(list(cfg.DATASETS.TRAIN), filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                                            min_keypoints=min_kp)
+        if not dicts:
+            raise D2ConfigError(f"dataset {dataset.get('name')!r}: no training image with annotations")
+        # serialised into one buffer, as detectron2's loaders do: forked workers share it instead
+        # of copying 118k Python dicts each
+        dicts = DatasetFromList(dicts, copy=False, serialize=True)
+        ds = SeededBatches(dicts, DatasetMapper(cfg, is_train=True), run["seed"], cfg.SOLVER.IMS_PER_BATCH, rank, world)
+        workers = int(cfg.DATALOADER.NUM_WORKERS)
+        # its own generator: a DataLoader draws its workers' base seed from the global torch RNG
+        # otherwise, which would shift the RNG (RoI sampling) of a resumed run against an unbroken one
+        loader = torch.utils.data.DataLoader(
+            ds, sampler=_From(start_iter), batch_size=None, collate_fn=_identity, num_workers=workers,
+            persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+            generator=torch.Generator().manual_seed(_mix(run["seed"], start_iter, rank)),
+        )
+        return iter(loader)
+
+    @staticmethod
+    def count(batch: list[dict]) -> dict:
+        return {
+            "images": len(batch),
+            "instances": sum(len(d["instances"]) for d in batch if "instances" in d),
+            "pixels": sum(int(d["image"].shape[-2]) * int(d["image"].shape[-1]) for d in batch),
+        }
+
+    # ------------------------------------------------------------------ training step
+    @staticmethod
+    def losses(model, batch: list[dict]) -> dict:
+        from detectron2.utils.events import EventStorage
+
+        it = batch[0].get("iteration", 0) if batch else 0
+        with EventStorage(it):  # detectron2's heads log to the current storage
+            return dict(model(batch))
+
+    # ------------------------------------------------------------------ evaluation
+    def predict(self, model, run: dict, dataset: dict, device=None) -> list[dict]:
+        require_detectron2()
+        from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader
+        from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+        from detectron2.utils import comm
+
+        m = _unwrap(model)
+        cfg = getattr(m, "rethink_cfg", None) or self.config(run, None, None, dataset, device=device)
+        _, val_name = register(run, dataset)
+        loader = build_detection_test_loader(cfg, val_name, mapper=DatasetMapper(cfg, is_train=False))
+        meta = MetadataCatalog.get(val_name)
+        to_dataset_id = {v: k for k, v in getattr(meta, "thing_dataset_id_to_contiguous_id", {}).items()}
+        if not to_dataset_id:
+            raise RuntimeError(f"detectron2 metadata of {val_name} has no category id map ({dataset['val']['annotations']})")
+        net = m
+        if cfg.TEST.AUG.ENABLED:
+            from detectron2.modeling import GeneralizedRCNNWithTTA
+
+            net = GeneralizedRCNNWithTTA(cfg, m)
+        was_training = m.training
+        m.eval()
+        results: list[dict] = []
+        try:
+            with torch.no_grad():
+                for inputs in loader:
+                    for inp, out in zip(inputs, net(inputs)):
+                        if "instances" not in out:
+                            continue
+                        results += instances_to_coco_json(out["instances"].to("cpu"), inp["image_id"])
+        finally:
+            m.train(was_training)
+        for r in results:
+            r["category_id"] = to_dataset_id[r["category_id"]]
+        if comm.get_world_size() > 1:
+            # the default group (detectron2's comm.all_gather makes a gloo group of its own that
+            # aborts the process at exit after destroy_process_group)
+            parts: list = [None] * comm.get_world_size()
+            torch.distributed.all_gather_object(parts, results)
+            results = [r for part in parts for r in part]
+        return results
+
