@@ -1,0 +1,104 @@
+"""Overhead of the training loop (rethink.loop) over a plain PyTorch loop, same model, data and process.
+
+    .venv/bin/python bench/bench_loop.py [--iters 20] [--repeats 2] [--period N]
+
+Both loops drive the torchvision engine on the embedded default's model (configs/tiny.yaml: R18 GN
+Mask R-CNN, batch 2, its image sizes) on a synthetic set made in a temp folder. The time of an
+iteration is measured between consecutive engine.losses() calls, from the 2nd iteration's to the
+last one's (model build, start-up and the final output checkpoint excluded), so the loop's
+per-iteration work (LR from the schedule, loss check, counters, logging, periodic resume checkpoints)
+is inside it. Runs alternate plain / loop and the median s/iter of each is compared.
+--period sets recipe.checkpoint_period for the loop (default: larger than --iters, i.e. no resume
+checkpoint; pass the recipe's value to include its checkpoint cost). Prints the ratio loop / plain;
+the target is <= 1.03. Not a test: timings on a shared machine are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow_scripts"))
+
+import torch  # noqa: E402
+
+from rethink import config, data, grid, loop, plan  # noqa: E402
+from rethink.engines import get_engine  # noqa: E402
+from rethink.paths import Paths  # noqa: E402
+
+
+class Timed:
+    """An engine whose losses() records when it is called."""
+
+    def __init__(self, engine):
+        self.engine, self.stamps = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def losses(self, model, batch):
+        self.stamps.append(time.perf_counter())
+        return self.engine.losses(model, batch)
+
+    def s_per_iter(self) -> float:
+        st = self.stamps[1:]  # from the start of the 2nd iteration (the 1st warms up) to that of the last
+        return (st[-1] - st[0]) / (len(st) - 1)
+
+
+def plain(engine: Timed, spec: dict, dataset: dict, iters: int) -> float:
+    run = spec["run"]
+    torch.manual_seed(run["seed"])
+    model = engine.build_model(run, torch.device("cpu"), dataset=dataset)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=run["recipe"]["base_lr"], momentum=0.9, weight_decay=1e-4)
+    stream = engine.train_stream(run, dataset, 0, 0, 1)
+    for _ in range(iters + 2):
+        batch = next(stream)
+        loss = sum(engine.losses(model, batch).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return engine.s_per_iter()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--period", type=int, default=None)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        cfg = config.load(ROOT / "configs" / "tiny.yaml")
+        cfg["workdir"], cfg["results"] = str(tmp / "work"), str(tmp / "results")
+        p = Paths(cfg, plan.Plan(grid.build(cfg, "tiny")))
+        seg = min(p.plan.segments.values(), key=lambda s: (s.start, s.family))
+        spec = copy.deepcopy(p.train_spec(seg))
+        spec["init_weights"] = None
+        spec["run"]["recipe"]["checkpoint_period"] = args.period or (args.iters + 10)
+        spec["schedule"]["iterations"] = max(spec["schedule"]["iterations"], args.iters + 2)
+        data.prepare(p.data_spec(spec["run"]["data"]))
+        dataset = data.load_manifest(spec["dataset"])
+        engine = get_engine(spec["engine"])
+        times = {"plain": [], "loop": []}
+        for k in range(args.repeats):
+            t = Timed(engine)
+            times["plain"].append(plain(t, spec, dataset, args.iters))
+            t = Timed(engine)
+            s = {**spec, "end": args.iters + 2, "output": str(tmp / f"out{k}.pth"), "resume_dir": str(tmp / f"r{k}"),
+                 "log_period": 20}
+            loop.train(t, s, dataset)
+            times["loop"].append(t.s_per_iter())
+            print(f"repeat {k}: plain {times['plain'][-1]:.3f} s/iter, loop {times['loop'][-1]:.3f} s/iter", flush=True)
+        a, b = statistics.median(times["plain"]), statistics.median(times["loop"])
+        print(f"plain loop: {a:.3f} s/iter; rethink.loop: {b:.3f} s/iter "
+              f"(checkpoint_period {spec['run']['recipe']['checkpoint_period']}); ratio {b / a:.3f} (target <= 1.03)")
+
+
+if __name__ == "__main__":
+    main()

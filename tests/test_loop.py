@@ -1,0 +1,350 @@
+"""The one training loop (rethink.loop) with the real torchvision engine on a tiny synthetic set:
+resume after SIGKILL and SIGTERM, branch points, corrupt checkpoints, NaN, DDP with SyncBN."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PY, ROOT, load_yaml
+
+from rethink import checkpoint, config, data, grid, loop, plan
+from rethink.paths import Paths
+from rethink.schedule import Schedule
+
+TRAIN = str(ROOT / "workflow_scripts" / "train.py")
+
+
+# ------------------------------------------------------------------------------ set-up helpers
+def tiny_paths(tmp: Path, recipe: dict | None = None, schedules: dict | None = None, **top) -> Paths:
+    """configs/tiny.yaml shrunk to seconds: 8 train images of 64-80 px, R18 GN, 2x = 8 / 3x = 12
+    iterations (LR drops 4 and 2 iterations before the end), checkpoints every 2; data prepared."""
+    cfg = load_yaml(ROOT / "configs" / "tiny.yaml")
+    cfg["workdir"], cfg["results"] = str(tmp / "work"), str(tmp / "results")
+    cfg["axes"]["init"] = ["random"]
+    if schedules:
+        cfg["axes"]["schedule"] = schedules
+    cfg["datasets"]["synthetic"].update(train_size=8, val_size=4, image_size=[64, 80], categories=2, max_objects=2)
+    cfg["recipe"].update(iters_per_x=4, lr_drops_from_end=[4, 2], warmup_iters=2, min_size_train=[64],
+                         max_size_train=96, min_size_test=64, max_size_test=96, rpn_pre_nms_train=200,
+                         rpn_post_nms_train=100, rpn_pre_nms_test=100, rpn_post_nms_test=50,
+                         roi_batch_per_image=32, detections_per_image=20, checkpoint_period=2, **(recipe or {}))
+    cfg.update(eval_period=100, max_segment_iters=100, **top)
+    cfg = config.validate(cfg, "tiny-test")
+    p = Paths(cfg, plan.Plan(grid.build(cfg, "tiny-test")))
+    if not Path(p.dataset("synthetic")).exists():
+        data.prepare(p.data_spec("synthetic"))
+    return p
+
+
+def first_segment(p: Paths, line: str | None = None):
+    segs = sorted(p.plan.segments.values(), key=lambda s: (s.line != (line or s.line), s.start, s.line))
+    return segs[0]
+
+
+def spec_of(p: Paths, seg, **extra) -> dict:
+    return {**p.train_spec(seg), "log_period": 1, "deterministic": True, **extra}
+
+
+def run_cli(spec: dict, timeout: int = 300, **kw) -> subprocess.Popen:
+    return subprocess.Popen([PY, TRAIN, "--spec", json.dumps(spec)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def wait_for(pred, proc: subprocess.Popen, timeout: float = 120.0, what: str = "") -> None:
+    t0 = time.time()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def history(path: Path) -> dict[int, dict]:
+    """iteration -> the last record of it (a resumed run re-trains iterations after its checkpoint)."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["iteration"]] = rec
+    return out
+
+
+def weights(path) -> dict:
+    return checkpoint.load(path)["model"]
+
+
+def assert_same_weights(a: dict, b: dict, atol=1e-6) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst <= atol, f"weights differ by {worst}"
+
+
+# ------------------------------------------------------------------------------ pure helpers
+def test_batch_indices_cover_epochs_and_split_across_ranks():
+    n, batch = 10, 4
+    seq = [i for it in range(5) for i in loop.batch_indices(7, it, batch, n)]
+    assert sorted(seq[:10]) == list(range(10)) and sorted(seq[10:20]) == list(range(10))  # epochs without replacement
+    assert seq[:10] != seq[10:20]  # reshuffled each epoch
+    for it in range(5):
+        joint = loop.batch_indices(7, it, batch, n)
+        assert loop.batch_indices(7, it, batch, n, 0, 2) + loop.batch_indices(7, it, batch, n, 1, 2) == joint
+    assert loop.batch_indices(8, 0, batch, n) != loop.batch_indices(7, 0, batch, n)
+    with pytest.raises(ValueError, match="not divisible"):
+        loop.batch_indices(0, 0, 3, n, 0, 2)
+
+
+def test_checkpoint_truncated_is_a_clear_error_and_skipped(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rdir = tmp_path / "resume"
+
+    def state(it):
+        return {"format": checkpoint.FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "iteration": it, "counters": {"images": it, "instances": it, "pixels": it}, "wall_seconds": 1.0,
+                "device_seconds": 1.0, "gpus": 0, "run_id": "r", "family": "f", "line": "trunk", "engine": "x",
+                "rng": [checkpoint.rng_state()]}
+
+    for it in (2, 4, 6):
+        checkpoint.save(checkpoint.resume_path(rdir, it), state(it))
+    checkpoint.prune(rdir, keep=2)
+    assert [i for i, _ in checkpoint.resume_candidates(rdir)] == [6, 4]
+    bad = checkpoint.resume_path(rdir, 6)
+    blob = bad.read_bytes()
+    bad.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match=str(bad)):
+        checkpoint.load(bad)
+    logs = []
+    got = checkpoint.latest_valid(rdir, 0, 10, log=logs.append)
+    assert got["iteration"] == 4
+    assert any(str(bad) in m and "skipping" in m for m in logs)
+    # outside the segment: ignored
+    assert checkpoint.latest_valid(rdir, 5, 10, log=logs.append) is None
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="garbage.pth"):
+        checkpoint.load(tmp_path / "garbage.pth")
+
+
+# ------------------------------------------------------------------------------ resume: SIGKILL, SIGTERM
+@pytest.fixture(scope="module")
+def resume_scenario(tmp_path_factory):
+    """One segment 0 -> 6 trained (a) straight through in this process, and (b) as a subprocess killed
+    with SIGKILL after its first resume checkpoint, resumed in a subprocess stopped by SIGTERM,
+    then resumed to the end."""
+    tmp = tmp_path_factory.mktemp("resume")
+    p = tiny_paths(tmp)
+    seg = first_segment(p)
+    base = spec_of(p, seg, end=6)
+    straight = {**base, "output": str(tmp / "straight.pth"), "resume_dir": str(tmp / "straight_resume"),
+                "history": str(tmp / "straight.jsonl")}
+    loop.train_segment(straight)
+
+    hist = tmp / "stopped.jsonl"
+    spec = {**base, "output": str(tmp / "stopped.pth"), "resume_dir": str(tmp / "resume"), "history": str(hist),
+            "debug": {"iter_sleep": 0.4}}
+    rdir = Path(spec["resume_dir"])
+    out = {"tmp": tmp, "straight": straight, "spec": spec}
+    proc = run_cli(spec)
+    wait_for(lambda: checkpoint.resume_candidates(rdir), proc, what="the first resume checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    out["kill_rc"] = proc.returncode
+    out["after_kill"] = [i for i, _ in checkpoint.resume_candidates(rdir)]
+
+    proc = run_cli(spec)
+    n_before = len(hist.read_text().splitlines())
+    wait_for(lambda: len(hist.read_text().splitlines()) > n_before, proc, what="an iteration after resuming")
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    out["term_rc"], out["term_log"] = proc.returncode, log
+    out["after_term"] = checkpoint.latest_valid(rdir, 0, 6)
+    out["output_after_term"] = Path(spec["output"]).exists()
+
+    final = {**spec, "debug": {}}
+    out["summary"] = loop.train_segment(final)
+    return out
+
+
+def test_sigkill_then_resume_matches_straight_run(resume_scenario):
+    s = resume_scenario
+    assert s["kill_rc"] == -signal.SIGKILL and s["after_kill"], "killed run left no resume checkpoint"
+    straight, resumed = s["straight"], s["spec"]
+    assert Path(resumed["output"]).exists() and not Path(resumed["resume_dir"]).exists()
+    a, b = checkpoint.load(straight["output"]), checkpoint.load(resumed["output"])
+    assert a["iteration"] == b["iteration"] == 6
+    assert a["counters"] == b["counters"] and a["counters"]["images"] == 6 * 2
+    ha, hb = history(straight["history"]), history(resumed["history"])
+    assert sorted(ha) == sorted(hb) == list(range(6))
+    sched = Schedule(**straight["schedule"])
+    assert [ha[i]["lr"] for i in range(6)] == [hb[i]["lr"] for i in range(6)] == [sched.lr(i) for i in range(6)]
+    assert [ha[i]["loss"] for i in range(6)] == pytest.approx([hb[i]["loss"] for i in range(6)], rel=1e-5)
+    assert_same_weights(a["model"], b["model"], atol=1e-5)
+    assert b["wall_seconds"] > 0 and b["device_seconds"] > 0
+
+
+def test_sigterm_writes_resume_checkpoint_and_exits_nonzero(resume_scenario):
+    s = resume_scenario
+    assert s["term_rc"] == 128 + signal.SIGTERM, s["term_log"][-2000:]
+    assert "stopped by SIGTERM" in s["term_log"]
+    ck = s["after_term"]
+    assert ck is not None and 0 < ck["iteration"] <= 6 and ck["iteration"] > min(s["after_kill"])
+    assert not s["output_after_term"]  # a stopped segment has no output
+    assert s["summary"]["iteration"] == 6
+
+
+def test_sigusr1_in_process_stops_with_its_exit_code_and_resumes(tmp_path):
+    import threading
+
+    p = tiny_paths(tmp_path)
+    spec = spec_of(p, first_segment(p), end=4, deterministic=False, history=str(tmp_path / "h.jsonl"),
+                   debug={"iter_sleep": 0.3})
+    hist = Path(spec["history"])
+
+    def send_when_training():
+        while not (hist.exists() and hist.read_text()):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    threading.Thread(target=send_when_training, daemon=True).start()
+    with pytest.raises(loop.Preempted) as e:
+        loop.train_segment(spec)
+    assert e.value.exit_code == 128 + signal.SIGUSR1
+    ck = checkpoint.latest_valid(spec["resume_dir"], 0, 4)
+    assert ck is not None and 1 <= ck["iteration"] < 4
+    assert signal.getsignal(signal.SIGUSR1) is not None  # the loop put the old handler back
+    summary = loop.train_segment({**spec, "debug": {}})
+    assert summary["history"][0]["iteration"] == ck["iteration"] and summary["iteration"] == 4
+
+
+# ------------------------------------------------------------------------------ branch: trunk + tail
+def test_trunk_then_tail_gives_the_standalone_lr_schedule(tmp_path):
+    p = tiny_paths(tmp_path)  # 2x = 8 (first drop at 4), 3x = 12 (first drop at 8): trunk 0 -> 8
+    run2x = next(r for r in p.plan.grid.runs.values() if r.schedule_name == "2x")
+    segs = p.plan.segments_of_run(run2x.run_id)
+    assert [(s.line, s.start, s.end) for s in segs] == [("trunk", 0, 4), ("2x", 4, 8)]
+    lrs = {}
+    for seg in segs:
+        summary = loop.train_segment(spec_of(p, seg, deterministic=False))
+        lrs.update({h["iteration"]: h["lr"] for h in summary["history"]})
+    standalone = Schedule.from_recipe(run2x.recipe, run2x.iterations)
+    assert [lrs[i] for i in range(8)] == [standalone.lr(i) for i in range(8)]
+    assert lrs[3] != lrs[4]  # the tail really starts at its first drop
+    tail = checkpoint.load(p.checkpoint(run2x.family, "2x", 8))
+    assert tail["iteration"] == 8 and tail["counters"]["images"] == 8 * 2
+    # a start checkpoint at the wrong iteration is refused, naming the file
+    bad = {**spec_of(p, segs[1]), "start": 5, "resume_dir": str(tmp_path / "none")}
+    with pytest.raises(checkpoint.CheckpointError, match="holds iteration 4"):
+        loop.train_segment(bad)
+
+
+# ------------------------------------------------------------------------------ NaN, then a corrupt resume checkpoint
+def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, capsys):
+    p = tiny_paths(tmp_path)
+    seg = first_segment(p)
+    spec = spec_of(p, seg, end=6, deterministic=False, debug={"nan_at": 5})
+    with pytest.raises(loop.Diverged) as e:
+        loop.train_segment(spec)
+    msg = str(e.value)
+    assert spec["run"]["run_id"] in msg and f"{seg.family}/{seg.line}" in msg and "iteration 5" in msg
+    assert not Path(spec["output"]).exists()
+    rdir = Path(spec["resume_dir"])
+    assert [i for i, _ in checkpoint.resume_candidates(rdir)] == [4, 2]
+    # the newest resume checkpoint is truncated: reported, and training resumes from the previous one
+    bad = checkpoint.resume_path(rdir, 4)
+    bad.write_bytes(bad.read_bytes()[:1000])
+    capsys.readouterr()
+    summary = loop.train_segment({**spec, "debug": {}})
+    out = capsys.readouterr().out
+    assert str(bad) in out and "skipping" in out
+    assert "resuming from" in out and "iter_0000002.pth" in out
+    assert [h["iteration"] for h in summary["history"]] == [2, 3, 4, 5]
+    assert checkpoint.load(spec["output"])["iteration"] == 6
+
+
+def test_nan_via_cli_exits_with_clear_message(tmp_path):
+    p = tiny_paths(tmp_path)
+    seg = first_segment(p)
+    spec = spec_of(p, seg, end=2, deterministic=False)
+    proc = subprocess.run([PY, TRAIN, "--spec", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "RETHINK_NAN_AT": "1"}, timeout=300)
+    assert proc.returncode == loop.EXIT_DIVERGED, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("diverged:") and spec["run"]["run_id"] in last and "iteration 1" in last
+    assert not Path(spec["output"]).exists()
+
+
+# ------------------------------------------------------------------------------ DDP
+def _syncbn_worker(rank: int, world: int, init_file: str, x: torch.Tensor, g: torch.Tensor, q):
+    import torch.distributed as dist
+
+    from rethink.norms import NaiveSyncBatchNorm
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    bn = NaiveSyncBatchNorm(x.shape[1])
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    per = x.shape[0] // world
+    xs = x[rank * per:(rank + 1) * per].clone().requires_grad_(True)
+    (bn(xs) * g[rank * per:(rank + 1) * per]).sum().backward()
+    wg, bg = bn.weight.grad.clone(), bn.bias.grad.clone()
+    dist.all_reduce(wg)
+    dist.all_reduce(bg)
+    q.put((rank, *(t.numpy() for t in (xs.grad, wg, bg, bn.running_mean, bn.running_var))))
+    dist.destroy_process_group()
+
+
+def test_naive_sync_bn_gradients_equal_bn_on_the_joint_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(1)
+    x = torch.randn(4, 8, 5, 6) * 2 + 0.5
+    g = torch.randn(4, 8, 5, 6)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_syncbn_worker, args=(r, 2, str(tmp_path / "pg"), x, g, q)) for r in range(2)]
+    for pr in procs:
+        pr.start()
+    res = sorted([q.get(timeout=120) for _ in procs], key=lambda t: t[0])
+    for pr in procs:
+        pr.join(60)
+        assert pr.exitcode == 0
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    xj = x.clone().requires_grad_(True)
+    (bn(xj) * g).sum().backward()
+    res = [[torch.from_numpy(a) if not isinstance(a, int) else a for a in r] for r in res]
+    xgrad = torch.cat([r[1] for r in res])
+    assert (xgrad - xj.grad).abs().max() < 4e-6
+    assert (res[0][2] - bn.weight.grad).abs().max() < 4e-6
+    assert (res[0][3] - bn.bias.grad).abs().max() < 4e-6
+    assert xj.grad.abs().max() > 1e-2  # not trivially equal
+    assert torch.allclose(res[0][4], bn.running_mean, atol=1e-6) and torch.allclose(res[0][5], bn.running_var, atol=1e-5)
+
+
+def test_ddp_two_processes_gloo_syncbn_via_torchrun(tmp_path):
+    p = tiny_paths(tmp_path)
+    spec = spec_of(p, first_segment(p), end=2, deterministic=False)
+    spec["run"] = {**spec["run"], "norm": "SyncBN"}
+    spec["history"] = str(tmp_path / "ddp.jsonl")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TRAIN,
+                           "--spec", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ck = checkpoint.load(spec["output"])
+    assert ck["iteration"] == 2
+    assert ck["counters"]["images"] == 2 * spec["run"]["recipe"]["batch"]  # both processes counted
+    assert len(ck["rng"]) == 2
+    assert any(k.endswith("running_mean") for k in ck["model"])  # a BN-type norm (NaiveSyncBatchNorm on CPU)
+    assert sorted(history(spec["history"])) == [0, 1]  # only rank 0 writes

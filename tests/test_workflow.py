@@ -1,0 +1,141 @@
+"""The whole pipeline through the real Snakemake on a shrunk copy of the embedded default:
+synthetic data -> pre-training -> training segments (trunk + tails) -> COCO evaluation ->
+metrics table -> tables and figures; then the rebuild from cached results."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT, load_yaml, snakemake, write_yaml
+
+from rethink import config, grid, metrics, plan, report_targets
+from rethink.paths import Paths
+
+
+def small_tiny_config() -> dict:
+    """configs/tiny.yaml with fewer images and iterations: the same DAG shape (2 inits x 2
+    schedules sharing a trunk, pre-training, several segments per line) in about a minute."""
+    cfg = copy.deepcopy(load_yaml(ROOT / "configs" / "tiny.yaml"))
+    cfg["workdir"], cfg["results"] = "work", "results"
+    cfg["eval_period"], cfg["max_segment_iters"] = 6, 4
+    cfg["datasets"]["synthetic"].update(train_size=12, val_size=6, image_size=[96, 128])
+    cfg["inits"]["imagenet"].update(iterations=12, train_size=96, batch=8)
+    cfg["recipe"].update(iters_per_x=6, lr_drops_from_end=[4, 2], warmup_iters=2, min_size_train=[96],
+                         max_size_train=128, min_size_test=96, max_size_test=128, checkpoint_period=2)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tiny")
+    cfg = small_tiny_config()
+    cfg_file = write_yaml(work / "tiny.yaml", cfg)
+    proc = snakemake(["--cores", "2", "--configfile", str(cfg_file)], cwd=work, timeout=900)
+    if proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "work" / "logs").rglob("*.log")))
+        pytest.fail(f"tiny pipeline failed:\n{proc.stderr[-5000:]}\n{logs[-8000:]}")
+    validated = config.validate(cfg, str(cfg_file))
+    p = plan.Plan(grid.build(validated, str(cfg_file)))
+    return work, cfg_file, p, Paths(validated, p)
+
+
+def test_every_milestone_has_valid_metrics(tiny_run):
+    work, _, p, paths = tiny_run
+    assert len(p.grid.runs) == 4 and len(p.grid.families) == 2
+    for ms in p.milestones.values():
+        rec = metrics.read(work / paths.metrics(ms.family, ms.line, ms.iteration))
+        assert rec["iteration"] == ms.iteration
+        assert set(rec["stats"]) == {"bbox", "segm"}
+        assert rec["samples_seen"]["images"] == ms.iteration * p.grid.runs[ms.runs[0]].recipe["batch"]
+        assert rec["samples_seen"]["instances"] >= rec["samples_seen"]["images"]
+        assert all(0.0 <= v <= 100.0 for v in rec["stats"]["bbox"].values() if v == v)
+        if rec["init"] == "imagenet":
+            assert rec["pretrain_samples"]["images"] == 12 * 8
+
+
+def test_metrics_table_has_every_run_and_its_final_point(tiny_run):
+    work, _, p, _ = tiny_run
+    df = pd.read_csv(work / "results" / "metrics.csv")
+    assert set(df.run_id) == set(p.grid.runs)
+    finals = df[df.final.astype(str).str.lower() == "true"]
+    assert sorted(finals.run_id) == sorted(p.grid.runs)
+    for run_id, run in p.grid.runs.items():
+        assert finals.set_index("run_id").loc[run_id, "iteration"] == run.iterations
+    # a trunk milestone is one evaluation shared by the runs that pass through it
+    trunk = df[df.line == "trunk"]
+    assert (trunk.groupby(["family", "iteration"]).bbox_AP.nunique(dropna=False) == 1).all()
+
+
+def test_tables_and_figures_exist(tiny_run):
+    work, *_ = tiny_run
+    for target in report_targets.targets("results"):
+        f = work / target
+        assert f.exists() and f.stat().st_size > 100, target
+    table1 = (work / "results" / "tables" / "table1.md").read_text()
+    assert "R18" in table1 and "synthetic" in table1
+
+
+def test_checkpoints_are_temporary_and_resume_state_is_cleaned(tiny_run):
+    work, *_ = tiny_run
+    assert not list((work / "work" / "checkpoints").rglob("*.pth"))
+    assert not list((work / "work" / "resume").rglob("*.pth")) if (work / "work" / "resume").exists() else True
+
+
+def test_rebuild_from_cached_metrics_schedules_no_training(tiny_run, tmp_path):
+    work, cfg_file, p, _ = tiny_run
+    # a laptop: only the metrics JSONs (and the init cost records) of results/ were copied
+    laptop = tmp_path / "laptop"
+    shutil.copytree(work / "results" / "metrics", laptop / "results" / "metrics")
+    shutil.copytree(work / "results" / "init", laptop / "results" / "init")
+    shutil.copy(cfg_file, laptop / "tiny.yaml")
+    dry = snakemake(["-n", "--configfile", "tiny.yaml"], cwd=laptop, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    stats = _job_stats(dry.stdout)
+    assert set(stats) == {"collect", "report", "all"}, dry.stdout[-3000:]
+    real = snakemake(["--cores", "1", "--configfile", "tiny.yaml"], cwd=laptop, timeout=300)
+    assert real.returncode == 0, real.stderr[-3000:]
+    assert not (laptop / "work" / "checkpoints").exists()
+    for target in report_targets.targets("results"):
+        assert (laptop / target).exists(), target
+    same = pd.read_csv(laptop / "results" / "metrics.csv").drop(columns=["source"])
+    orig = pd.read_csv(work / "results" / "metrics.csv").drop(columns=["source"])
+    pd.testing.assert_frame_equal(same, orig)
+
+
+def test_figures_target_builds_a_partial_grid(tiny_run, tmp_path):
+    work, cfg_file, p, paths = tiny_run
+    partial = tmp_path / "partial"
+    shutil.copytree(work / "results" / "metrics", partial / "results" / "metrics")
+    shutil.copytree(work / "results" / "init", partial / "results" / "init")
+    # the 3x runs have not finished: drop their tails' metrics
+    for f in (partial / "results" / "metrics").rglob("*.json"):
+        if f.parent.name == "3x":
+            f.unlink()
+    proc = snakemake(["figures", "--configfile", str(cfg_file)], cwd=partial, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_csv(partial / "results" / "metrics.csv")
+    finals = df[df.final.astype(str).str.lower() == "true"]
+    assert set(finals.run_id) == {r for r in p.grid.runs if "-2x-" in r}
+    for target in report_targets.targets("results"):
+        assert (partial / target).exists(), target
+    assert not (partial / "work").exists()  # nothing trained, nothing evaluated
+
+
+def _job_stats(stdout: str) -> dict:
+    stats, on = {}, False
+    for line in stdout.splitlines():
+        if line.startswith("job ") and "count" in line:
+            on = True
+            continue
+        if on:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                break
+            if parts[0].startswith("-"):
+                continue
+            stats[parts[0]] = int(parts[1])
+    return stats

@@ -1,0 +1,195 @@
+"""Training checkpoints: save, load and validate, in one place.
+
+A checkpoint is one ``torch.save`` file (loadable with ``weights_only=True``) holding:
+
+    format          "rethink-checkpoint/1"
+    model           the model's state_dict (unwrapped from DDP)
+    optimizer       the optimizer's state_dict
+    iteration       iterations trained (the next iteration to run)
+    counters        {"images", "instances", "pixels"} seen since iteration 0 (all processes)
+    wall_seconds    training wall time since iteration 0, summed over segments
+    device_seconds  accelerator-seconds since iteration 0 (GPUs x wall; on CPU: process CPU seconds)
+    gpus            GPUs of the job that wrote it (0 = CPU)
+    run_id, family, line, engine
+    rng             {"python", "numpy", "torch", "cuda"} states of the process that wrote it (rank 0)
+
+Writes are atomic (a temp file in the same folder, fsync, os.replace), so a reader sees a whole
+checkpoint or none. Segment outputs are written by the loop; resume checkpoints live in a segment's
+resume folder as ``iter_<7 digits>.pth``. Anything unreadable raises :class:`CheckpointError` naming
+the file.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "rethink-checkpoint/1"
+REQUIRED = ("format", "model", "optimizer", "iteration", "counters", "wall_seconds", "device_seconds",
+            "run_id", "family", "line", "rng")
+COUNTERS = ("images", "instances", "pixels")
+RESUME_RE = re.compile(r"iter_(\d{7})\.pth")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """torch.save to a temp file next to `path`, fsync, then os.replace (all or nothing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal file's mode
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def rng_state() -> dict:
+    st = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": st[0], "keys": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
+                  "has_gauss": int(st[3]), "cached_gaussian": float(st[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save(path: str | Path, state: dict) -> None:
+    """Write a checkpoint (see the module docstring for its fields) atomically."""
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint for {path} lacks field(s) {', '.join(missing)}")
+    atomic_torch_save(state, path)
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    """Read and validate a checkpoint; CheckpointError (naming the file) if it is missing,
+    truncated, corrupt or not a rethink checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, wrong magic ...
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    validate(state, path)
+    return state
+
+
+def validate(state, path: str | Path = "checkpoint") -> None:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a rethink checkpoint (a {type(state).__name__}, not a dict)")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a rethink checkpoint: missing field(s) {', '.join(missing)}")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"{path}: format {state['format']!r}, expected {FORMAT!r}")
+    if not isinstance(state["iteration"], int) or state["iteration"] < 0:
+        raise CheckpointError(f"{path}: iteration {state['iteration']!r} is not a non-negative integer")
+    for key in COUNTERS:
+        if key not in state["counters"]:
+            raise CheckpointError(f"{path}: counters.{key} missing")
+
+
+def metadata(state: dict) -> dict:
+    """Everything but the tensors: what evaluation records next to its metrics."""
+    return {k: v for k, v in state.items() if k not in ("model", "optimizer", "rng")}
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path) -> dict:
+    """Load a checkpoint's weights into `model` (strict) and return its metadata (iteration,
+    counters, wall_seconds, device_seconds, gpus, run_id, ...)."""
+    state = load(path)
+    target = model.module if hasattr(model, "module") else model
+    try:
+        target.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model: {str(e).splitlines()[0]}") from None
+    return metadata(state)
+
+
+# ---------------------------------------------------------------------------- resume folders
+def resume_path(resume_dir: str | Path, iteration: int) -> Path:
+    return Path(resume_dir) / f"iter_{int(iteration):07d}.pth"
+
+
+def resume_candidates(resume_dir: str | Path) -> list[tuple[int, Path]]:
+    """(iteration, path) of the resume checkpoints in `resume_dir`, newest first."""
+    d = Path(resume_dir)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = RESUME_RE.fullmatch(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def latest_valid(resume_dir: str | Path, start: int, end: int, log=print) -> dict | None:
+    """The newest readable resume checkpoint with start <= iteration < end, or None. Unreadable
+    ones are reported through `log` and skipped in favour of the previous good one."""
+    for it, p in resume_candidates(resume_dir):
+        if not start <= it < end:
+            log(f"ignoring resume checkpoint {p}: iteration {it} is outside this segment [{start}, {end})")
+            continue
+        try:
+            state = load(p)
+        except CheckpointError as e:
+            log(f"WARNING: skipping resume checkpoint: {e}")
+            continue
+        if state["iteration"] != it:
+            log(f"WARNING: skipping resume checkpoint {p}: it holds iteration {state['iteration']}, not {it}")
+            continue
+        state["_path"] = str(p)
+        return state
+    return None
+
+
+def prune(resume_dir: str | Path, keep: int = 2) -> None:
+    """Delete all but the `keep` newest resume checkpoints (and stale temp files)."""
+    d = Path(resume_dir)
+    for _, p in resume_candidates(d)[keep:]:
+        p.unlink(missing_ok=True)
+    for p in d.glob(".iter_*.tmp"):  # left by a process killed while writing (one writer per folder)
+        p.unlink(missing_ok=True)
