@@ -2,6 +2,7 @@
 real Snakemake on a config in a scratch copy of the workflow."""
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -49,3 +50,16 @@ def snakemake(args, cwd=ROOT, timeout=600, check=False, env=None) -> subprocess.
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def small_tiny_config() -> dict:
+    """configs/tiny.yaml with fewer images and iterations: the same DAG shape (2 inits x 2
+    schedules sharing a trunk, pre-training, several segments per line) in about a minute."""
+    cfg = copy.deepcopy(load_yaml(ROOT / "configs" / "tiny.yaml"))
+    cfg["workdir"], cfg["results"] = "work", "results"
+    cfg["eval_period"], cfg["max_segment_iters"] = 6, 4
+    cfg["datasets"]["synthetic"].update(train_size=12, val_size=6, image_size=[96, 128])
+    cfg["inits"]["imagenet"].update(iterations=12, train_size=96, batch=8)
+    cfg["recipe"].update(iters_per_x=6, lr_drops_from_end=[4, 2], warmup_iters=2, min_size_train=[96],
+                         max_size_train=128, min_size_test=96, max_size_test=128, checkpoint_period=2)
+    return cfg

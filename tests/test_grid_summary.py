@@ -5,7 +5,7 @@ import pandas as pd
 from conftest import ROOT, snakemake
 
 from rethink import config, grid, metrics, plan
-from rethink.paths import Paths
+from rethink.paths import DIVERGED_MARKER, Paths
 
 
 def _record(ms, owner, device_seconds):
@@ -33,6 +33,13 @@ def test_grid_summary_lists_every_run_with_status(tmp_path):
     ck.parent.mkdir(parents=True)
     ck.write_bytes(b"x")
 
+    # a run whose tail hit a non-finite loss (the loop leaves a marker in the segment's resume folder)
+    diverged = "R50-SyncBN-random-coco_full-4x-s0"
+    tail = p.segments_of_run(diverged)[-1]
+    marker = tmp_path / paths.resume_dir(tail.family, tail.line, tail.end) / DIVERGED_MARKER
+    marker.parent.mkdir(parents=True)
+    marker.write_text('{"iteration": 350000}')
+
     proc = snakemake(["grid"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trunk sharing saves 8,160,000" in proc.stdout
@@ -45,7 +52,8 @@ def test_grid_summary_lists_every_run_with_status(tmp_path):
     # the checkpoint lies on the shared trunk: every run of that family has started
     family = p.grid.runs[partial].family
     assert {status[r.run_id] for r in p.grid.families[family]} == {"partial"}
-    assert sum(s == "to do" for s in status.values()) == 40 - 1 - 5
+    assert status[diverged] == "diverged"
+    assert sum(s == "to do" for s in status.values()) == 40 - 1 - 5 - 1
     # GPU-hours: planned from seconds_per_iter, spent from the metrics' device seconds
     row = df.set_index("run_id").loc[done]
     assert abs(row["gpu_hours"] - 180_000 * 0.338 * 8 / 3600) < 0.01

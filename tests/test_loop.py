@@ -255,6 +255,12 @@ def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, c
     assert not Path(spec["output"]).exists()
     rdir = Path(spec["resume_dir"])
     assert [i for i, _ in checkpoint.resume_candidates(rdir)] == [4, 2]
+    # the divergence is recorded; a resubmitted job refuses at once instead of diverging again
+    marker = rdir / loop.DIVERGED_MARKER
+    assert json.loads(marker.read_text())["iteration"] == 5
+    with pytest.raises(loop.Diverged, match="diverged before"):
+        loop.train_segment({**spec, "debug": {}})
+    marker.unlink()  # the user's way to try again
     # the newest resume checkpoint is truncated: reported, and training resumes from the previous one
     bad = checkpoint.resume_path(rdir, 4)
     bad.write_bytes(bad.read_bytes()[:1000])

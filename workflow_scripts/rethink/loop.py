@@ -27,7 +27,8 @@ Spec keys besides those of train_spec (all optional):
     deterministic   true: torch.use_deterministic_algorithms (warn only), no cudnn benchmark
                     (also env RETHINK_DETERMINISTIC=1)
     debug           {"nan_at": k}   make the loss of iteration k NaN (tests; also env RETHINK_NAN_AT=k)
-                    {"iter_sleep": s}  sleep s seconds per iteration (tests that must catch a run mid-way)
+                    {"iter_sleep": s}  sleep s seconds per iteration (tests that must catch a run mid-way;
+                    also env RETHINK_ITER_SLEEP=s)
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ import torch.distributed as dist
 
 from . import checkpoint
 from .norms import is_norm
+from .paths import DIVERGED_MARKER
 from .schedule import Schedule
 
 EXIT_DIVERGED = 3
@@ -189,6 +191,8 @@ def train(engine, spec: dict, dataset: dict) -> dict:
     if os.environ.get("RETHINK_NAN_AT"):
         debug["nan_at"] = int(os.environ["RETHINK_NAN_AT"])
     nan_at = debug.get("nan_at")
+    if os.environ.get("RETHINK_ITER_SLEEP"):
+        debug["iter_sleep"] = float(os.environ["RETHINK_ITER_SLEEP"])
     iter_sleep = float(debug.get("iter_sleep", 0.0))
     log_period = int(spec.get("log_period", 20))
     period = int(recipe["checkpoint_period"])
@@ -196,6 +200,11 @@ def train(engine, spec: dict, dataset: dict) -> dict:
     who = f"run {run['run_id']} ({family}/{line})"
     t0, cpu0 = time.perf_counter(), time.process_time()
 
+    marker = Path(resume_dir) / DIVERGED_MARKER if resume_dir else None
+    if marker is not None and marker.exists():
+        # the same data and weights would diverge again: do not spend the (re)submitted job on it
+        raise Diverged(f"{who}: diverged before ({marker.read_text().strip()}); "
+                       f"change the recipe, or delete {marker} to train this segment again")
     d = _Dist(int(recipe.get("gpus", 0)))
     deterministic = bool(spec.get("deterministic")) or os.environ.get("RETHINK_DETERMINISTIC") == "1"
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -333,6 +342,10 @@ def train(engine, spec: dict, dataset: dict) -> dict:
                 loss_value = loss.item()
             if not math.isfinite(loss_value):
                 parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                if marker is not None and d.main:  # the grid summary reports the run as diverged
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.write_text(json.dumps({"run": run["run_id"], "family": family, "line": line,
+                                                  "iteration": it, "loss": str(loss_value)}) + "\n")
                 raise Diverged(f"{who}: non-finite loss {loss_value} at iteration {it} ({parts}); "
                                f"training stopped, no output checkpoint written")
             optimizer.zero_grad(set_to_none=True)

@@ -15,6 +15,7 @@ from .schedule import Schedule
 
 
 SIGNAL_GRACE_S = 300
+DIVERGED_MARKER = "DIVERGED.json"  # the loop leaves it in a segment's resume folder on a non-finite loss
 
 
 def it7(iteration: int) -> str:

@@ -8,7 +8,7 @@ import os
 import pandas as pd
 
 from .grid import Grid
-from .paths import Paths
+from .paths import DIVERGED_MARKER, Paths
 from .plan import Plan
 
 COLUMNS = ["run_id", "family", "experiments", "schedule", "iterations", "trained_iterations", "segments",
@@ -36,7 +36,9 @@ def summarize(grid: Grid, plan: Plan, paths: Paths) -> pd.DataFrame:
         milestones = plan.milestones_of_run(run_id)
         done_metrics = [m for m in milestones if os.path.exists(paths.metrics(m.family, m.line, m.iteration))]
         final = plan.final_milestone(run_id)
-        if os.path.exists(paths.metrics(final.family, final.line, final.iteration)):
+        if any(os.path.exists(os.path.join(paths.resume_dir(s.family, s.line, s.end), DIVERGED_MARKER)) for s in segs):
+            status = "diverged"
+        elif os.path.exists(paths.metrics(final.family, final.line, final.iteration)):
             status = "done"
         elif done_metrics or any(
             os.path.exists(paths.checkpoint(s.family, s.line, s.end)) or os.path.isdir(paths.resume_dir(s.family, s.line, s.end))
@@ -68,7 +70,7 @@ def render(df: pd.DataFrame, grid: Grid, plan: Plan) -> str:
                  f"(trunk sharing saves {standalone - total:,}, ratio {total / max(standalone, 1):.3f})")
     lines.append(f"GPU-hours: {df['gpu_hours'].sum():,.1f} planned, {df['gpu_hours_spent'].sum():,.1f} spent")
     counts = df["status"].value_counts()
-    lines.append("status: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ["done", "partial", "to do"]))
+    lines.append("status: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ["done", "partial", "to do", "diverged"]))
     lines.append("")
     lines.append("GPU-hours per experiment (a run in several experiments counts in each):")
     for exp in grid.config["experiments"]:
