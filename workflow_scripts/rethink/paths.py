@@ -229,13 +229,18 @@ class Paths:
             return f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
         return sys.executable
 
-    def train_resources(self) -> dict:
-        """Per-job resources of a training segment (Snakemake resource callables)."""
-        gpus = lambda wc: self.plan.run(self._seg(wc).owner).recipe["gpus"]  # noqa: E731
+    def _sized(self, gpus) -> dict:
+        res = self.cfg["resources"]
         return {
             "gpu": gpus,
-            "cpus_per_task": lambda wc: max(2, 4 * gpus(wc)),
-            "mem_mb": lambda wc: max(8000, 16000 * gpus(wc)),
+            "cpus_per_task": lambda wc: max(res["min_cpus"], res["cpus_per_gpu"] * gpus(wc)),
+            "mem_mb": lambda wc: max(res["min_mem_mb"], res["mem_mb_per_gpu"] * gpus(wc)),
+        }
+
+    def train_resources(self) -> dict:
+        """Per-job resources of a training segment (Snakemake resource callables)."""
+        return {
+            **self._sized(lambda wc: self.plan.run(self._seg(wc).owner).recipe["gpus"]),
             "runtime": lambda wc, attempt: self.train_runtime_min(self._seg(wc), attempt),
             # SLURM sends SIGTERM this long before the walltime: the loop checkpoints and exits
             # non-zero, Snakemake resubmits the job (retries) and it resumes from that checkpoint
@@ -243,11 +248,8 @@ class Paths:
         }
 
     def eval_resources(self) -> dict:
-        gpus = lambda wc: self._line_run(wc).recipe["eval_gpus"]  # noqa: E731
         return {
-            "gpu": gpus,
-            "cpus_per_task": lambda wc: max(2, 4 * gpus(wc)),
-            "mem_mb": lambda wc: max(8000, 16000 * gpus(wc)),
+            **self._sized(lambda wc: self._line_run(wc).recipe["eval_gpus"]),
             "runtime": lambda wc, attempt: 60 * attempt,
         }
 
