@@ -17,9 +17,11 @@ install: $(VENV)/.installed
 tiny: install
 	$(VENV)/bin/snakemake --profile profiles/tiny
 
-# SLURM packages for the tests that start a real controller (needs root; they skip with a reason otherwise)
+# SLURM packages for the tests that start a real controller, graphviz for the rule graph (needs root;
+# those tests skip with a reason otherwise)
 test: install
-	@if [ "$$(id -u)" = 0 ]; then bash .ci/slurm.sh; else echo "not root: SLURM tests will be skipped"; fi
+	@if [ "$$(id -u)" = 0 ]; then bash .ci/slurm.sh && bash .ci/graphviz.sh; \
+	 else echo "not root: SLURM tests and the rule-graph rendering will be skipped"; fi
 	$(PY) -m pytest tests -ra
 
 bench: install

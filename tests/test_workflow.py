@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -125,3 +126,23 @@ def _job_stats(stdout: str) -> dict:
                 continue
             stats[parts[0]] = int(parts[1])
     return stats
+
+
+def test_report_embeds_every_table_and_figure(tiny_run):
+    work, cfg_file, *_ = tiny_run
+    proc = snakemake(["--report", "report.html", "--configfile", str(cfg_file)], cwd=work, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    html = (work / "report.html").read_text(errors="replace")
+    for target in report_targets.targets("results"):
+        assert Path(target).name in html, target
+
+
+def test_rulegraph_renders(tmp_path):
+    proc = snakemake(["--rulegraph", "--configfile", str(ROOT / "configs" / "tiny.yaml")], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for rule in ["prepare_data", "pretrain", "train_segment", "evaluate", "collect", "report", "all"]:
+        assert f'label = "{rule}"' in proc.stdout, rule
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz `dot` is not installed (make test installs it as root): rule graph not rendered")
+    svg = subprocess.run(["dot", "-Tsvg"], input=proc.stdout, capture_output=True, text=True, check=True).stdout
+    assert "<svg" in svg and "train_segment" in svg
