@@ -1,6 +1,4 @@
 """evaluate rule: COCO evaluation of one milestone checkpoint -> one metrics JSON (rethink.evaluate)."""
-import argparse
-import json
 import os
 import sys
 
@@ -8,17 +6,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from rethink import evaluate  # noqa: E402
 from rethink.checkpoint import CheckpointError  # noqa: E402
+from rethink.cli import read_spec  # noqa: E402
 from rethink.data import DatasetError  # noqa: E402
 from rethink.metrics import MetricsError  # noqa: E402
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--spec", required=True, help="JSON spec (rethink.paths.Paths.eval_spec)")
-    args = ap.parse_args()
+    spec = read_spec("evaluate", __doc__)
     try:
-        spec = json.loads(args.spec)
         record = evaluate.evaluate(spec)
-    except (evaluate.EvaluationError, CheckpointError, DatasetError, MetricsError, json.JSONDecodeError) as e:
+    except (evaluate.EvaluationError, CheckpointError, DatasetError, MetricsError) as e:
         sys.exit(f"evaluate: error: {e}")
     except KeyError as e:
         sys.exit(f"evaluate: error: the spec lacks field {e}")

@@ -1,6 +1,4 @@
 """prepare_data / prepare_pretrain_data rules: make a dataset and write its manifest (rethink.data)."""
-import argparse
-import json
 import os
 import sys
 import time
@@ -8,16 +6,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from rethink import data  # noqa: E402
+from rethink.cli import read_spec  # noqa: E402
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--spec", required=True, help="JSON spec (rethink.paths.Paths.data_spec / pretrain_data_spec)")
-    args = ap.parse_args()
+    spec = read_spec("prepare_data", __doc__)
     t0 = time.time()
     try:
-        spec = json.loads(args.spec)
         manifest = data.prepare(spec)
-    except (data.DatasetError, json.JSONDecodeError) as e:
+    except data.DatasetError as e:
         sys.exit(f"prepare_data: error: {e}")
     except KeyError as e:
         sys.exit(f"prepare_data: error: the spec lacks field {e}")

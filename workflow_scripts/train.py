@@ -6,25 +6,14 @@
 Exit status: 0 done; 143 / 138 stopped by SIGTERM / SIGUSR1 after writing a resume checkpoint
 (rerun to resume); 3 non-finite loss (no output checkpoint); 1 any other error (one line on stderr).
 """
-import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from rethink import loop  # noqa: E402
+from rethink.cli import read_spec  # noqa: E402
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", required=True, help="JSON spec (rethink.paths.Paths.train_spec)")
-    args = ap.parse_args()
-    try:
-        spec = json.loads(args.spec)
-    except json.JSONDecodeError as e:
-        sys.exit(f"train: error: --spec is not valid JSON: {e}")
-    missing = [k for k in ("engine", "run", "family", "line", "start", "end", "schedule", "dataset", "output")
-               if k not in spec]
-    if missing:
-        sys.exit(f"train: error: the spec lacks field(s) {', '.join(missing)}")
+    spec = read_spec("train", __doc__, ("engine", "run", "family", "line", "start", "end", "schedule", "dataset", "output"))
     sys.exit(loop.main_cli(spec, loop.train_segment))
