@@ -4,8 +4,8 @@ R50-FPN GN Mask R-CNN trains two iterations through engine.losses + SGD, the tra
 a function of (seed, iteration), predict() gives COCO results that pycocotools accepts, and
 ImageNet .pkl weights in Caffe2 names load.
 
-detectron2 is not on PyPI: without it every test here is skipped (see the engine's INSTALL_HINT).
-Run with an environment that has it, e.g.  /work/d2venv/bin/python -m pytest tests/test_detectron2_engine.py"""
+detectron2 is on no package index: without it every test here is skipped (see the engine's INSTALL_HINT).
+Run with an environment that has it built from source:  python -m pytest tests/test_detectron2_engine.py"""
 from __future__ import annotations
 
 import copy

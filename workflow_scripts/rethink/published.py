@@ -1,6 +1,6 @@
 """The paper's published numbers (results/paper/published.csv) and their join to ours.
 
-results/paper/published.csv is a copy of /work/shared/paper/published.csv (every number the
+results/paper/published.csv is a copy of the paper's published numbers (every number the
 paper states, one row each: source, task, backbone, norm, init, data, schedule, iterations,
 metric, value, note) with two names normalised so they match the workflow's names:
 

@@ -50,7 +50,7 @@ from ..d2config import D2ConfigError
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "the detectron2 engine needs detectron2, which is not on PyPI: install it from source against the "
+    "the detectron2 engine needs detectron2, which is on no package index: install it from source against the "
     "pinned torch (requirements.txt), e.g.\n"
     "  pip install -U pip && pip install -r requirements.txt\n"
     f"  pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git@{d2config.DETECTRON2_COMMIT}'\n"
