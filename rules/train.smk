@@ -12,7 +12,7 @@ rule train_segment:
         P.log("train", "{family}", "{line}", "iter_{iter}"),
     params:
         spec=lambda wc: spec_json(P.train_spec(PLAN.segment(wc.family, wc.line, int(wc.iter)))),
-        launcher=lambda wc: P.launcher(PLAN.segment(wc.family, wc.line, int(wc.iter))),
+        launcher=lambda wc: P.launcher(PLAN.segment(wc.family, wc.line, int(wc.iter)), PY),
     resources:
         **P.train_resources(),
     conda:

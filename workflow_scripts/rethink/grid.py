@@ -245,6 +245,12 @@ def build(config: dict, source: str = "config") -> Grid:
                     f"{', '.join(diff)}; give one experiment a variant or share_trunk: false"
                 )
     _check_inits(config, source, runs.values())
+    nodes = int(config.get("resources", {}).get("nodes", 1))
+    for run in runs.values():
+        gpus = run.recipe["gpus"]
+        if nodes > 1 and gpus > 1 and gpus % nodes:
+            raise ConfigError(f"{source}: resources.nodes: {nodes} nodes cannot share the {gpus} GPUs of run "
+                              f"{run.run_id} evenly (recipe.gpus)")
     for run in runs.values():
         if grid.seconds_per_iter(run) is None and config.get("seconds_per_iter"):
             raise ConfigError(

@@ -220,27 +220,53 @@ class Paths:
     def _line_run(self, wc) -> Run:
         return self.plan.run(self.plan.lines[(wc.family, wc.line)].owner)
 
-    def launcher(self, seg: Segment) -> str:
-        """One process per GPU (torchrun) for multi-GPU segments; the plain interpreter otherwise."""
-        import sys
-
+    def launcher(self, seg: Segment, python: str) -> str:
+        """How the training script starts: the interpreter for one GPU or the CPU; one process per
+        GPU (torch.distributed.run) for several; with `resources.nodes` > 1, one such launcher per
+        node through srun, meeting at the job's first node (c10d rendezvous)."""
         gpus = self.plan.run(seg.owner).recipe["gpus"]
+        nodes = self._nodes(gpus)
+        if nodes > 1:
+            return (f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {python} -m torch.distributed.run "
+                    f"--nnodes={nodes} --nproc_per_node={gpus // nodes} --rdzv_backend=c10d "
+                    '--rdzv_id="$SLURM_JOB_ID" '
+                    '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500"')
         if gpus > 1:
-            return f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
-        return sys.executable
+            return f"{python} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
+        return python
 
-    def _sized(self, gpus) -> dict:
+    def _nodes(self, gpus: int) -> int:
+        nodes = int(self.cfg["resources"]["nodes"])
+        if nodes == 1 or gpus <= 1:
+            return 1
+        if gpus % nodes:
+            raise ValueError(f"resources.nodes: {nodes} nodes cannot share {gpus} GPUs evenly (recipe.gpus)")
+        return nodes
+
+    def _sized(self, gpus, multi_node: bool = False) -> dict:
+        """GPUs, CPUs and memory of one job; on several nodes (training only), per node (gres,
+        --mem) and per task."""
         res = self.cfg["resources"]
-        return {
-            "gpu": gpus,
-            "cpus_per_task": lambda wc: max(res["min_cpus"], res["cpus_per_gpu"] * gpus(wc)),
-            "mem_mb": lambda wc: max(res["min_mem_mb"], res["mem_mb_per_gpu"] * gpus(wc)),
+        multi_node = multi_node and int(res["nodes"]) > 1
+
+        def per_node(wc):
+            return gpus(wc) // self._nodes(gpus(wc)) if multi_node else gpus(wc)
+
+        out = {
+            "cpus_per_task": lambda wc: max(res["min_cpus"], res["cpus_per_gpu"] * per_node(wc)),
+            "mem_mb": lambda wc: max(res["min_mem_mb"], res["mem_mb_per_gpu"] * per_node(wc)),
         }
+        if multi_node:
+            out.update(nodes=lambda wc: self._nodes(gpus(wc)), tasks=lambda wc: self._nodes(gpus(wc)),
+                       gres=lambda wc: f"gpu:{per_node(wc)}" if gpus(wc) else "")
+        else:
+            out["gpu"] = gpus
+        return out
 
     def train_resources(self) -> dict:
         """Per-job resources of a training segment (Snakemake resource callables)."""
         return {
-            **self._sized(lambda wc: self.plan.run(self._seg(wc).owner).recipe["gpus"]),
+            **self._sized(lambda wc: self.plan.run(self._seg(wc).owner).recipe["gpus"], multi_node=True),
             "runtime": lambda wc, attempt: self.train_runtime_min(self._seg(wc), attempt),
             # SLURM sends SIGTERM this long before the walltime: the loop checkpoints and exits
             # non-zero, Snakemake resubmits the job (retries) and it resumes from that checkpoint

@@ -1,0 +1,76 @@
+"""How rules start their scripts and what they ask the scheduler for (rethink.paths)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+from conftest import ROOT, load_yaml
+
+from rethink import config, grid, plan
+from rethink.config import ConfigError
+from rethink.paths import SIGNAL_GRACE_S, Paths
+
+
+class WC:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def paths_for(**resources) -> Paths:
+    raw = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
+    raw["resources"] = resources
+    cfg = config.validate(raw, "config.yaml")
+    p = plan.Plan(grid.build(cfg, "config.yaml"))
+    return Paths(cfg, p)
+
+
+def first_trunk_segment(paths: Paths):
+    return min((s for s in paths.plan.segments.values() if s.line == "trunk"), key=lambda s: (s.family, s.end))
+
+
+def test_single_node_training_job():
+    paths = paths_for()
+    seg = first_trunk_segment(paths)
+    wc = WC(family=seg.family, line=seg.line, iter=f"{seg.end:07d}")
+    assert paths.launcher(seg, "python") == "python -m torch.distributed.run --standalone --nproc_per_node=8"
+    res = paths.train_resources()
+    assert res["gpu"](wc) == 8 and res["cpus_per_task"](wc) == 32 and res["mem_mb"](wc) == 128_000
+    # iterations x seconds/iteration (config table) x margin 1.5 x attempt, in minutes, plus start-up
+    spi = paths.plan.grid.seconds_per_iter(paths.plan.run(seg.owner))
+    assert spi in (0.338, 0.44, 0.30, 0.40)
+    assert res["runtime"](wc, 1) == int(seg.iterations * spi * 1.5 / 60) + 10
+    assert res["runtime"](wc, 2) > res["runtime"](wc, 1)
+    assert res["slurm_extra"] == f"--signal=TERM@{SIGNAL_GRACE_S}"
+    ev = paths.eval_resources()
+    ms = next(iter(paths.plan.milestones.values()))
+    ewc = WC(family=ms.family, line=ms.line, iter=f"{ms.iteration:07d}")
+    assert ev["gpu"](ewc) == 1 and ev["cpus_per_task"](ewc) == 4
+
+
+def test_multi_node_training_job():
+    paths = paths_for(nodes=2)
+    seg = first_trunk_segment(paths)
+    wc = WC(family=seg.family, line=seg.line, iter=f"{seg.end:07d}")
+    launcher = paths.launcher(seg, "python")
+    assert launcher.startswith("srun --ntasks-per-node=1 ")
+    assert "--nnodes=2 --nproc_per_node=4" in launcher and "--rdzv_backend=c10d" in launcher
+    res = paths.train_resources()
+    assert "gpu" not in res  # per node instead: --gres=gpu:4 on each of 2 nodes
+    assert res["nodes"](wc) == 2 and res["tasks"](wc) == 2 and res["gres"](wc) == "gpu:4"
+    assert res["cpus_per_task"](wc) == 16 and res["mem_mb"](wc) == 64_000
+    # evaluations stay on one node
+    ev = paths.eval_resources()
+    assert "nodes" not in ev and "gpu" in ev
+
+
+def test_nodes_must_share_gpus_evenly():
+    with pytest.raises(ConfigError, match="resources.nodes: 3 nodes cannot share the 8 GPUs"):
+        paths_for(nodes=3)
+
+
+def test_cpu_runs_use_the_plain_interpreter():
+    raw = load_yaml(ROOT / "configs" / "tiny.yaml")
+    cfg = config.validate(raw, "tiny.yaml")
+    paths = Paths(cfg, plan.Plan(grid.build(cfg, "tiny.yaml")))
+    seg = first_trunk_segment(paths)
+    assert paths.launcher(seg, "/x/python") == "/x/python"
