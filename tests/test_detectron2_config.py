@@ -59,10 +59,17 @@ PAPER = {"INPUT.MIN_SIZE_TRAIN": [800],
 
 
 def test_transcribed_base_table_is_detectron2s(reference):
+    # the paper's Misc configs are in the reference; the VGG16 runs' C4 base is not (it is checked
+    # against the installed detectron2 in test_detectron2_engine.py::test_c4_base_table_is_detectron2s)
+    checked = []
     for base, fields in d2config.BASE_CONFIGS.items():
         name = base.removeprefix("Misc/").removesuffix(".yaml")
+        if base == d2config.C4_DETECTION:
+            continue
         table = {**d2config.DEFAULTS, **fields}
         assert diff(table, reference[name]) == {}, name
+        checked.append(base)
+    assert set(d2config.BASE_CONFIGS) - set(checked) == {d2config.C4_DETECTION}
 
 
 @pytest.mark.parametrize("run_id, base, ref_name", [
@@ -178,9 +185,101 @@ def test_tasks_and_classes(paper):
 
 
 def test_unsupported_backbone_is_a_clear_error(paper):
-    run = _variant(paper, "R50-GN-random-coco_full-3x-s0", backbone="VGG16")
-    with pytest.raises(d2config.D2ConfigError, match=r"R50-GN-random-coco_full-3x-s0.*VGG16.*torchvision"):
+    run = _variant(paper, "R50-GN-random-coco_full-3x-s0", backbone="R34")
+    with pytest.raises(d2config.D2ConfigError, match=r"R50-GN-random-coco_full-3x-s0.*R34.*VGG16.*torchvision"):
         d2config.overrides(run)
+
+
+# ---------------------------------------------------------------- VGG16 (the paper's section 5.1)
+
+@pytest.fixture(scope="module")
+def vgg(tmp_path_factory):
+    """The paper's section 5.1 as a config: Faster R-CNN VGG16 without normalisation, 9x from
+    ImageNet and 11x from random init (config.yaml's datasets; staged caffe VGG16 weights)."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["axes"].update(init=["random", "imagenet"], norm=["none"], backbone=["VGG16"],
+                       schedule={"9x": {"x": 9}, "11x": {"x": 11}})
+    cfg["inits"]["imagenet"]["weights"] = {"VGG16-none": "/somewhere/VGG16.pkl"}
+    cfg["recipe"]["task"] = "faster_rcnn"
+    cfg["axes"]["data"] = ["coco_full"]
+    cfg["experiments"] = {"sec5_1_imagenet": {"init": ["imagenet"], "schedule": ["9x"], "data": ["coco_full"]},
+                          "sec5_1_random": {"init": ["random"], "schedule": ["11x"], "data": ["coco_full"]}}
+    cfg["seconds_per_iter"] = []
+    path = tmp_path_factory.mktemp("vggcfg") / "vgg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    loaded = rconfig.load(path)
+    plan = Plan(rgrid.build(loaded, str(path)))
+    return loaded, plan, Paths(loaded, plan)
+
+
+# every field in which a VGG16 run differs from the C4 base (faster_rcnn_R_50_C4_1x), with its value;
+# the rest of the C4 base's table stays detectron2's
+VGG_FROM_C4 = {
+    "MODEL.BACKBONE.NAME": "build_vgg16_backbone",
+    "MODEL.RPN.IN_FEATURES": ["vgg_conv5"], "MODEL.ROI_HEADS.IN_FEATURES": ["vgg_conv5"],
+    "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
+    "MODEL.ROI_BOX_HEAD.NAME": "FastRCNNConvFCHead", "MODEL.ROI_BOX_HEAD.NUM_FC": 2,
+    "MODEL.ROI_BOX_HEAD.FC_DIM": 4096, "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": 7,
+    "MODEL.PIXEL_MEAN": [102.9801, 115.9465, 122.7717],
+    # the recipe's (the paper's) sizes, as for every run
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 2000, "MODEL.RPN.PRE_NMS_TOPK_TEST": 1000,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 1000, "INPUT.MIN_SIZE_TRAIN": [800],
+    "DATASETS.TRAIN": ["rethink_coco_full_train"], "DATASETS.TEST": ["rethink_coco_full_val"],
+}
+
+
+@pytest.mark.parametrize("run_id, iters, steps, init_fields", [
+    ("VGG16-none-imagenet-coco_full-9x-s0", 810000, [750000, 790000],
+     {"MODEL.BACKBONE.FREEZE_AT": 2, "MODEL.PIXEL_STD": [1.0, 1.0, 1.0]}),
+    ("VGG16-none-random-coco_full-11x-s0", 990000, [930000, 970000],
+     {"MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.PIXEL_STD": [57.375, 57.12, 58.395], "MODEL.WEIGHTS": ""}),
+])
+def test_vgg16_faster_rcnn(vgg, run_id, iters, steps, init_fields):
+    _, plan, paths = vgg
+    assert set(plan.grid.runs) == {"VGG16-none-imagenet-coco_full-9x-s0", "VGG16-none-random-coco_full-11x-s0"}
+    spec = paths.train_spec(plan.segments_of_run(run_id)[-1])
+    run = spec["run"]
+    assert d2config.base_config_name(run) == d2config.C4_DETECTION
+    weights = paths.init_weights(run["init"], run["backbone"], run["norm"])
+    got = d2config.resolved(run, spec["schedule"], weights)
+    base = {**d2config.DEFAULTS, **d2config.BASE_CONFIGS[d2config.C4_DETECTION]}
+    want_changes = {**VGG_FROM_C4, **init_fields, "SOLVER.STEPS": steps, "SOLVER.MAX_ITER": iters,
+                    "SEED": 0}
+    if weights:
+        assert weights.endswith("/VGG16-none.pkl")
+        want_changes["MODEL.WEIGHTS"] = weights
+    # every VGG field has its value ...
+    assert diff(got, want_changes) == {}
+    # ... and nothing else differs from the C4 base
+    changed = {k for k in base if got[k] != base[k]}
+    assert changed == {k for k in want_changes if want_changes[k] != base.get(k)}
+    assert got["MODEL.MASK_ON"] is False and got["MODEL.KEYPOINT_ON"] is False
+    assert got["MODEL.ROI_BOX_HEAD.NORM"] == "" and got["MODEL.ROI_BOX_HEAD.NUM_CONV"] == 0
+    assert got["MODEL.ANCHOR_GENERATOR.SIZES"] == [[32, 64, 128, 256, 512]]
+    assert got["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"] == [[0.5, 1.0, 2.0]]
+    assert "MODEL.RESNETS.STRIDE_IN_1X1" not in got and "MODEL.RESNETS.DEPTH" not in got
+    # the paper's drops: 60k and 20k iterations before the end
+    assert [iters - s for s in got["SOLVER.STEPS"]] == [60000, 20000]
+    assert d2config.weights_style(run) == (None if run["init"] == "random" else "vgg-caffe")
+
+
+def test_vgg16_needs_no_norm_and_faster_rcnn(vgg, paper):
+    _, plan, _ = vgg
+    run = copy.deepcopy(plan.run("VGG16-none-random-coco_full-11x-s0").to_dict())
+    gn = {**run, "norm": "GN"}
+    with pytest.raises(d2config.D2ConfigError, match=r"VGG16-none-random-coco_full-11x-s0.*norm 'none'.*'GN'"):
+        d2config.overrides(gn)
+    mask = {**run, "recipe": {**run["recipe"], "task": "mask_rcnn"}}
+    with pytest.raises(d2config.D2ConfigError, match=r"faster_rcnn.*'mask_rcnn'"):
+        d2config.resolved(mask)
+    # and the ResNet runs are untouched by the VGG16 fields
+    r50 = final_segment_spec(paper, "R50-GN-imagenet-coco_full-3x-s0")["run"]
+    got = d2config.resolved(r50, None, "w.pkl")
+    same = {k for k, v in d2config.VGG16.items() if got.get(k) == v}
+    assert same == {"MODEL.ROI_HEADS.NAME", "MODEL.ROI_BOX_HEAD.NAME"}  # the FPN configs' too
+    assert got["MODEL.PIXEL_MEAN"] == d2config.CAFFE_MEAN and got["MODEL.BACKBONE.FREEZE_AT"] == 2
 
 
 def test_random_init_with_weights_is_an_error(paper):

@@ -2,7 +2,8 @@
 d2config.resolved() (hence detectron2's own configs, see test_detectron2_config.py), a tiny
 R50-FPN GN Mask R-CNN trains two iterations through engine.losses + SGD, the train stream is
 a function of (seed, iteration), predict() gives COCO results that pycocotools accepts, and
-ImageNet .pkl weights in Caffe2 names load.
+ImageNet .pkl weights in Caffe2 names load. The section 5.1 VGG16 Faster R-CNN (no norm) builds,
+freezes conv1_x/conv2_x only when pre-trained, trains two iterations, predicts, loads caffe VGG16 blobs.
 
 detectron2 is on no package index: without it every test here is skipped (see the engine's INSTALL_HINT).
 Run with an environment that has it built from source:  python -m pytest tests/test_detectron2_engine.py"""
@@ -348,3 +349,150 @@ def test_project_loop_resumes_bit_exact(tmp_path):
     b = torch.load(tmp_path / "second.pth", weights_only=False)["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- VGG16 (the paper's section 5.1)
+
+def vgg_run(paper, init="random", seed=0) -> dict:
+    """Section 5.1's Faster R-CNN VGG16 without normalisation, at laptop scale."""
+    run = tiny_run(paper, init=init, seed=seed)
+    run.update(backbone="VGG16", norm="none", run_id=f"VGG16-none-{init}-tiny")
+    run["recipe"].update(task="faster_rcnn", min_size_train=[64], max_size_train=96, min_size_test=64,
+                         max_size_test=96)
+    return run
+
+
+def test_c4_base_table_is_detectron2s(engine):
+    """d2config's transcription of COCO-Detection/faster_rcnn_R_50_C4_1x.yaml (the VGG16 runs'
+    base, not in paper/detectron2_configs.json) = the installed detectron2's get_cfg + merge_from_file."""
+    from detectron2.config import get_cfg
+
+    from rethink.engines.detectron2_engine import config_file
+
+    cfg = get_cfg()
+    cfg.merge_from_file(config_file(d2config.C4_DETECTION))
+    want = {**d2config.DEFAULTS, **d2config.BASE_CONFIGS[d2config.C4_DETECTION]}
+    got = {k: cfg_value(cfg, k) for k in want}
+    assert {k: (got[k], v) for k, v in want.items() if got[k] != v} == {}
+
+
+@pytest.mark.parametrize("init", ["random", "imagenet"])
+def test_vgg16_cfgnode_equals_resolved(engine, paper, init):
+    run = vgg_run(paper, init)
+    weights = None if init == "random" else "/x/VGG16-none.pkl"
+    cfg = engine.config(run, None, weights)
+    want = d2config.resolved(run, None, weights)
+    got = {k: cfg_value(cfg, k) for k in want}
+    assert {k: (got[k], v) for k, v in want.items() if got[k] != v} == {}
+    assert cfg.MODEL.BACKBONE.NAME == "build_vgg16_backbone" and cfg.MODEL.MASK_ON is False
+    engine.config(run, None, weights)  # the backbone is registered once, a second config is fine
+
+
+def _frozen_blocks(backbone) -> list[bool]:
+    return [all(not p.requires_grad for n in names for p in getattr(backbone, n).parameters())
+            for names in backbone.blocks]
+
+
+def test_vgg16_builds_trains_and_predicts(engine, paper, tmp_path):
+    ds = rdata.prepare({"name": "tiny_vgg", "kind": "synthetic", "train_size": 4, "val_size": 2,
+                        "image_size": [64, 96], "categories": 3, "max_objects": 3, "seed": 0,
+                        "output": str(tmp_path / "dataset.json")})
+    run = vgg_run(paper)
+    t0 = time.perf_counter()
+    model = engine.build_model(run, CPU, False, dataset=ds)
+    t_build = time.perf_counter() - t0
+    bb = model.backbone
+    assert [n for n, _ in bb.named_children()] == [f"conv{b}_{i}" for b, k in enumerate((2, 2, 3, 3, 3), 1)
+                                                   for i in range(1, k + 1)]
+    shape = bb.output_shape()["vgg_conv5"]
+    assert (shape.channels, shape.stride) == (512, 16)
+    assert not any(isinstance(m, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm)) for m in model.modules())
+    out = bb(torch.zeros(1, 3, 64, 96))
+    assert list(out) == ["vgg_conv5"] and tuple(out["vgg_conv5"].shape) == (1, 512, 4, 6)
+    # MSRA fill: std sqrt(2 / fan_out), zero bias
+    w = bb.conv4_1.weight
+    assert abs(w.std().item() / (2.0 / (512 * 9)) ** 0.5 - 1) < 0.05 and not bb.conv4_1.bias.any()
+    head = model.roi_heads.box_head
+    assert (head.fc1.in_features, head.fc1.out_features, head.fc2.out_features) == (512 * 7 * 7, 4096, 4096)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3 + 1
+    assert not hasattr(model.roi_heads, "mask_head") or model.roi_heads.mask_on is False
+    # random init: nothing frozen; pre-trained: conv1_x and conv2_x (FREEZE_AT 2), as Faster R-CNN
+    assert _frozen_blocks(bb) == [False] * 5
+    assert all(p.requires_grad for p in model.parameters())
+    pre = engine.build_model(vgg_run(paper, "imagenet"), CPU, False, dataset=ds)
+    assert _frozen_blocks(pre.backbone) == [True, True, False, False, False]
+    assert pre.backbone.conv3_1.weight.requires_grad and not pre.backbone.conv2_2.bias.requires_grad
+
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
+    stream = engine.train_stream(run, ds, 0, 0, 1)
+    conv1 = bb.conv1_1.weight.detach().clone()
+    t_iters = []
+    for _ in range(2):
+        t = time.perf_counter()
+        batch = next(stream)
+        assert all(min(d["image"].shape[1:]) == 64 for d in batch)
+        losses = engine.losses(model, batch)
+        assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
+        total = sum(losses.values())
+        assert torch.isfinite(total)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        t_iters.append(time.perf_counter() - t)
+    assert not torch.equal(conv1, bb.conv1_1.weight)  # random init trains conv1 too
+
+    model.roi_heads.box_predictor.test_score_thresh = 0.0
+    t = time.perf_counter()
+    results = engine.predict(model, run, ds, CPU)
+    t_pred = time.perf_counter() - t
+    print(f"\nVGG16 Faster R-CNN, CPU, 64px: build {t_build:.2f}s, iterations "
+          f"{', '.join(f'{x:.2f}s' for x in t_iters)}, predict 2 images {t_pred:.2f}s, {len(results)} detections")
+    assert 0 < len(results) <= 2 * 20
+    val = rdata_json(ds["val"]["annotations"])
+    ids, cats = {im["id"] for im in val["images"]}, {c["id"] for c in val["categories"]}
+    for r in results:
+        assert r["image_id"] in ids and r["category_id"] in cats and "segmentation" not in r
+        assert len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0 and 0.0 <= r["score"] <= 1.0
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(ds["val"]["annotations"])
+    ev = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert len(ev.stats) == 12
+
+
+def test_vgg16_loads_caffe_pkl(engine, paper, tmp_path):
+    """The caffe VGG16 in Caffe2 blob names: convs into the backbone, fc7 into the box head's fc2;
+    the classifier (fc8) is ignored; a wrong shape or a file without convs is an error."""
+    run = vgg_run(paper, "imagenet")
+    model = engine.build_model(run, CPU, False)
+    rng = np.random.default_rng(0)
+    blobs = {"conv1_1_w": rng.normal(size=(64, 3, 3, 3)).astype(np.float32),
+             "conv1_1_b": rng.normal(size=64).astype(np.float32),
+             "conv5_3_w": rng.normal(size=(512, 512, 3, 3)).astype(np.float32),
+             "fc7_b": rng.normal(size=4096).astype(np.float32),
+             "fc8_w": rng.normal(size=(1000, 4096)).astype(np.float32)}
+    path = tmp_path / "VGG16-none.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": blobs}, f)
+    conv2 = model.backbone.conv2_1.weight.detach().clone()
+    engine.load_init_weights(model, str(path), run)
+    assert np.array_equal(model.backbone.conv1_1.weight.detach().numpy(), blobs["conv1_1_w"])
+    assert np.array_equal(model.backbone.conv1_1.bias.detach().numpy(), blobs["conv1_1_b"])
+    assert np.array_equal(model.backbone.conv5_3.weight.detach().numpy(), blobs["conv5_3_w"])
+    assert np.array_equal(model.roi_heads.box_head.fc2.bias.detach().numpy(), blobs["fc7_b"])
+    assert torch.equal(conv2, model.backbone.conv2_1.weight)  # not in the file: left as it was
+    bad = tmp_path / "bad_shape.pkl"
+    with open(bad, "wb") as f:
+        pickle.dump({"conv1_1_w": np.zeros((64, 3, 7, 7), np.float32)}, f)
+    with pytest.raises(RuntimeError, match=r"bad_shape.pkl: conv1_1_w has shape \(64, 3, 7, 7\)"):
+        engine.load_init_weights(model, str(bad), run)
+    resnet = tmp_path / "R-50.pkl"
+    with open(resnet, "wb") as f:
+        pickle.dump({"res2_0_branch2a_w": np.zeros((64, 64, 1, 1), np.float32)}, f)
+    with pytest.raises(RuntimeError, match="no backbone weight"):
+        engine.load_init_weights(model, str(resnet), run)

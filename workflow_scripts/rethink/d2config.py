@@ -19,6 +19,14 @@ scratch_mask_rcnn_R_50_FPN_3x_gn (PIXEL_STD 1), SyncBN/BN as in scratch_mask_rcn
 models (see weights_style): MSRA .pkl (ResNet with BN) = caffe BGR mean, std 1, STRIDE_IN_1X1
 True; FAIR .pkl (GN ResNets, ResNeXt) = same mean and std, STRIDE_IN_1X1 False.
 
+VGG16 (the paper's section 5.1: Faster R-CNN as originally published, no FPN, no BN/GN) starts
+from COCO-Detection/faster_rcnn_R_50_C4_1x.yaml, detectron2's single-feature (stride 16) Faster
+R-CNN, and replaces its ResNet with the project's VGG16 backbone (registered by the engine as
+"build_vgg16_backbone": conv1_1..conv5_3, 4 max-pools, feature "vgg_conv5", stride 16, 512
+channels) and its Res5 RoI head with the original two-fc head (StandardROIHeads +
+FastRCNNConvFCHead, 2 x fc 4096 on 7x7 RoI features, the shape of VGG16's fc6/fc7, which a
+pre-trained run loads from the ImageNet .pkl). Only norm "none" and task faster_rcnn. See VGG16.
+
 The project's loop, not detectron2's trainer, trains: it reads the model, data and test fields;
 of SOLVER it follows the same recipe values through rethink.schedule. TEST.PRECISE_BN.ENABLED
 stays as detectron2 has it (True for the SyncBN configs) for agreement, but no PreciseBN pass runs.
@@ -40,7 +48,12 @@ GN_PRETRAINED = "Misc/mask_rcnn_R_50_FPN_3x_gn.yaml"
 GN_SCRATCH = "Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml"
 SYNCBN = "Misc/mask_rcnn_R_50_FPN_3x_syncbn.yaml"
 
+C4_DETECTION = "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml"  # the VGG16 runs' base (single feature map)
+
 CAFFE_MEAN = [103.53, 116.28, 123.675]  # BGR
+# BGR mean of the caffe VGG16 ImageNet model as py-faster-rcnn and Detectron subtract it
+# (their PIXEL_MEANS); the caffe model takes 0-255 BGR pixels, std 1
+VGG_CAFFE_MEAN = [102.9801, 115.9465, 122.7717]
 UNIT_STD = [1.0, 1.0, 1.0]
 TORCHVISION_STD = [57.375, 57.12, 58.395]  # BGR order, x255
 
@@ -102,7 +115,71 @@ BASE_CONFIGS: dict[str, dict] = {
         "MODEL.RESNETS.STRIDE_IN_1X1": True,
         "TEST.PRECISE_BN.ENABLED": True,
     },
+    # Base-RCNN-C4.yaml + faster_rcnn_R_50_C4_1x.yaml (get_cfg + merge_from_file at DETECTRON2_COMMIT;
+    # not in paper/detectron2_configs.json: tests/test_detectron2_engine.py checks this table
+    # against the installed detectron2). Only the fields the VGG16 runs read or change.
+    C4_DETECTION: {
+        "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+        "MODEL.MASK_ON": False,
+        "MODEL.BACKBONE.NAME": "build_resnet_backbone",
+        "MODEL.BACKBONE.FREEZE_AT": 2,
+        "MODEL.RPN.IN_FEATURES": ["res4"],
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 12000,
+        "MODEL.RPN.PRE_NMS_TOPK_TEST": 6000,
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN": 2000,
+        "MODEL.RPN.POST_NMS_TOPK_TEST": 1000,
+        "MODEL.ANCHOR_GENERATOR.SIZES": [[32, 64, 128, 256, 512]],
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [[0.5, 1.0, 2.0]],
+        "MODEL.ROI_HEADS.NAME": "Res5ROIHeads",
+        "MODEL.ROI_HEADS.IN_FEATURES": ["res4"],
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 512,
+        "MODEL.ROI_BOX_HEAD.NAME": "",
+        "MODEL.ROI_BOX_HEAD.NUM_CONV": 0,
+        "MODEL.ROI_BOX_HEAD.NUM_FC": 0,
+        "MODEL.ROI_BOX_HEAD.FC_DIM": 1024,
+        "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": 14,
+        "MODEL.ROI_BOX_HEAD.POOLER_TYPE": "ROIAlignV2",
+        "MODEL.ROI_BOX_HEAD.NORM": "",
+        "MODEL.PIXEL_MEAN": CAFFE_MEAN,
+        "MODEL.PIXEL_STD": UNIT_STD,
+        "SOLVER.IMS_PER_BATCH": 16,
+        "SOLVER.BASE_LR": 0.02,
+        "SOLVER.MOMENTUM": 0.9,
+        "SOLVER.WEIGHT_DECAY": 0.0001,
+        "SOLVER.STEPS": [60000, 80000],
+        "SOLVER.MAX_ITER": 90000,
+        "SOLVER.GAMMA": 0.1,
+        "SOLVER.WARMUP_ITERS": 1000,
+        "SOLVER.WARMUP_FACTOR": 0.001,
+        "SOLVER.WARMUP_METHOD": "linear",
+        "INPUT.MIN_SIZE_TRAIN": [640, 672, 704, 736, 768, 800],
+        "INPUT.MAX_SIZE_TRAIN": 1333,
+        "INPUT.MIN_SIZE_TEST": 800,
+        "INPUT.RANDOM_FLIP": "horizontal",
+        "TEST.EVAL_PERIOD": 0,
+        "TEST.PRECISE_BN.ENABLED": False,
+        "DATASETS.TRAIN": ["coco_2017_train"],
+        "DATASETS.TEST": ["coco_2017_val"],
+    },
 }
+
+# The VGG16 Faster R-CNN over C4_DETECTION: the project's choices, not detectron2 config values
+# (detectron2 has no VGG model). Anchors (5 sizes x 3 ratios), ROIAlignV2 pooling, the RPN
+# and everything else stay C4_DETECTION's / the recipe's.
+VGG16 = {
+    "MODEL.BACKBONE.NAME": "build_vgg16_backbone",  # registered by engines/detectron2_engine.py
+    "MODEL.RPN.IN_FEATURES": ["vgg_conv5"],  # conv5_3, stride 16, as the original Faster R-CNN
+    "MODEL.ROI_HEADS.IN_FEATURES": ["vgg_conv5"],
+    "MODEL.ROI_HEADS.NAME": "StandardROIHeads",  # a separate box head (not the ResNet's res5)
+    "MODEL.ROI_BOX_HEAD.NAME": "FastRCNNConvFCHead",
+    "MODEL.ROI_BOX_HEAD.NUM_CONV": 0,
+    "MODEL.ROI_BOX_HEAD.NUM_FC": 2,  # VGG16's fc6, fc7
+    "MODEL.ROI_BOX_HEAD.FC_DIM": 4096,
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": 7,  # 512 x 7 x 7 = fc6's 25088 inputs
+}
+# the first conv blocks a pre-trained VGG16 run freezes (conv1_x, conv2_x: as Faster R-CNN and
+# Detectron's VGG16 body, which stops the gradient at conv2_2); random init freezes nothing
+VGG16_FREEZE_AT_PRETRAINED = 2
 
 # detectron2 defaults (config/defaults.py at DETECTRON2_COMMIT) of the other fields overrides() sets
 DEFAULTS = {
@@ -145,15 +222,27 @@ class D2ConfigError(ValueError):
     """A run that detectron2 cannot train as asked."""
 
 
+def is_vgg(run: dict) -> bool:
+    return run["backbone"] == "VGG16"
+
+
 def _check(run: dict) -> None:
     where = f"run {run.get('run_id', '?')}"
-    if run["backbone"] not in BACKBONES:
+    if run["backbone"] not in BACKBONES and not is_vgg(run):
         raise D2ConfigError(
             f"{where}: backbone {run['backbone']!r} has no detectron2 model (detectron2 backbones here: "
-            f"{', '.join(BACKBONES)}); use engine: torchvision for it"
+            f"{', '.join([*BACKBONES, 'VGG16'])}); use engine: torchvision for it"
         )
     if run["norm"] not in NORMS:
         raise D2ConfigError(f"{where}: norm {run['norm']!r} is not one of {', '.join(NORMS)}")
+    if is_vgg(run):
+        task = run["recipe"].get("task", "mask_rcnn")
+        if run["norm"] != "none" or task != "faster_rcnn":
+            raise D2ConfigError(
+                f"{where}: VGG16 in detectron2 is the paper's section 5.1 model, Faster R-CNN without "
+                f"normalisation: it needs norm 'none' and recipe.task 'faster_rcnn' (got norm {run['norm']!r}, "
+                f"task {task!r})"
+            )
 
 
 def is_random_init(run: dict) -> bool:
@@ -166,6 +255,8 @@ def is_random_init(run: dict) -> bool:
 def base_config_name(run: dict) -> str:
     """Which model-zoo yaml under detectron2's configs/ a run starts from."""
     _check(run)
+    if is_vgg(run):
+        return C4_DETECTION
     if run["norm"] == "GN":
         return GN_SCRATCH if is_random_init(run) else GN_PRETRAINED
     # SyncBN, BN, none: the SyncBN config (for random init changed as scratch_..._9x_syncbn does)
@@ -175,11 +266,13 @@ def base_config_name(run: dict) -> str:
 def weights_style(run: dict) -> str | None:
     """Which ImageNet models a pre-trained run starts from, as detectron2's catalogue has them:
     "fair" (the GN ResNets and the ResNeXts: STRIDE_IN_1X1 False) or "msra" (the BN ResNets:
-    STRIDE_IN_1X1 True); None for random init. Both use the caffe BGR mean and std 1. Decided
+    STRIDE_IN_1X1 True), or "vgg-caffe" for VGG16; None for random init. Both use the caffe BGR mean and std 1. Decided
     by the run (not by the weights' file name), so the model that build_model makes before the
     weights are loaded is the one they fit."""
     if is_random_init(run):
         return None
+    if is_vgg(run):
+        return "vgg-caffe"  # the caffe VGG16 (conv1_1_w ... fc7_b): BGR 0-255 minus VGG_CAFFE_MEAN
     return "fair" if run["norm"] == "GN" or run["backbone"].startswith("X") else "msra"
 
 
@@ -245,8 +338,16 @@ def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dic
     else:
         out["MODEL.RESNETS.STRIDE_IN_1X1"] = weights_style(run) == "msra"
         out["MODEL.PIXEL_STD"] = list(UNIT_STD)
-    # backbone (after the init: ResNeXt fixes its own stride placement)
-    out.update(BACKBONES[run["backbone"]])
+    if is_vgg(run):
+        del out["MODEL.RESNETS.STRIDE_IN_1X1"]  # no ResNet in the model
+        out.update(copy.deepcopy(VGG16))
+        out["MODEL.BACKBONE.FREEZE_AT"] = 0 if random_init else VGG16_FREEZE_AT_PRETRAINED
+        # pre-trained: the caffe VGG16's input; random init: that mean and torchvision's std (unit
+        # variance into an MSRA-initialised net without normalisation, as the scratch SyncBN config)
+        out["MODEL.PIXEL_MEAN"] = list(VGG_CAFFE_MEAN)
+    else:
+        # backbone (after the init: ResNeXt fixes its own stride placement)
+        out.update(BACKBONES[run["backbone"]])
     # task ------------------------------------------------------------------------------
     task = recipe.get("task", "mask_rcnn")
     out["MODEL.MASK_ON"] = task in ("mask_rcnn", "cascade_mask_rcnn")
