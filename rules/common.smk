@@ -1,5 +1,6 @@
 # The one place that turns the config into the grid and plan, and holds every input function,
 # path and wildcard constraint. Rules stay thin; logic lives in workflow_scripts/rethink.
+import functools
 import json
 import os
 import sys
@@ -54,3 +55,14 @@ def final_targets():
 
 def spec_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+# Snakemake evaluates a job's params more than once while it builds the DAG: build each spec once.
+@functools.lru_cache(maxsize=None)
+def train_spec_json(family, line, it):
+    return spec_json(P.train_spec(PLAN.segment(family, line, int(it))))
+
+
+@functools.lru_cache(maxsize=None)
+def eval_spec_json(family, line, it):
+    return spec_json(P.eval_spec(PLAN.milestone(family, line, int(it))))

@@ -11,7 +11,7 @@ rule evaluate:
     log:
         P.log("evaluate", "{family}", "{line}", "iter_{iter}"),
     params:
-        spec=lambda wc: spec_json(P.eval_spec(PLAN.milestone(wc.family, wc.line, int(wc.iter)))),
+        spec=lambda wc: eval_spec_json(wc.family, wc.line, wc.iter),
     resources:
         **P.eval_resources(),
     conda:

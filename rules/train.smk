@@ -11,7 +11,7 @@ rule train_segment:
     log:
         P.log("train", "{family}", "{line}", "iter_{iter}"),
     params:
-        spec=lambda wc: spec_json(P.train_spec(PLAN.segment(wc.family, wc.line, int(wc.iter)))),
+        spec=lambda wc: train_spec_json(wc.family, wc.line, wc.iter),
         launcher=lambda wc: P.launcher(PLAN.segment(wc.family, wc.line, int(wc.iter)), PY),
     resources:
         **P.train_resources(),

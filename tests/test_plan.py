@@ -84,7 +84,8 @@ def test_trunk_milestones_belong_to_runs_before_their_branch():
 
 def test_single_schedule_family_is_a_plain_run():
     cfg = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
-    cfg["experiments"] = {"one": {"backbone": ["R50"], "norm": ["GN"], "init": ["random"], "schedule": ["3x"]}}
+    cfg["experiments"] = {"one": {"backbone": ["R50"], "norm": ["GN"], "init": ["random"], "data": ["coco_full"],
+                                  "schedule": ["3x"]}}
     p = build(cfg)
     (run,) = p.grid.runs.values()
     assert list(p.lines) == [(run.family, "3x")]
@@ -94,7 +95,8 @@ def test_single_schedule_family_is_a_plain_run():
 
 def test_sharing_can_be_switched_off():
     cfg = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
-    cfg["experiments"] = {"unshared": {"backbone": ["R50"], "norm": ["GN"], "init": ["random"], "share_trunk": False}}
+    cfg["experiments"] = {"unshared": {"backbone": ["R50"], "norm": ["GN"], "init": ["random"], "data": ["coco_full"],
+                                       "schedule": ["2x", "3x", "4x", "5x", "6x"], "share_trunk": False}}
     p = build(cfg)
     assert len(p.grid.families) == 5
     assert p.total_iterations == p.standalone_iterations == 1_800_000
