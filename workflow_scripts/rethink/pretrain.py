@@ -63,7 +63,7 @@ class ClassificationTask:
 
     def build_model(self, run: dict, device, distributed: bool = False, dataset: dict | None = None):
         device = torch.device(device)
-        return models.resnet(run["backbone"], run["norm"], device.type, num_classes=int(dataset["classes"])).to(device)
+        return models.classifier(run["backbone"], run["norm"], device.type, num_classes=int(dataset["classes"])).to(device)
 
     def load_init_weights(self, model, path, run):  # pragma: no cover - pre-training starts from scratch
         raise NotImplementedError("the pre-training starts from random init")

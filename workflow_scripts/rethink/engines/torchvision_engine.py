@@ -1,10 +1,25 @@
-"""The torchvision engine: Mask R-CNN / Faster R-CNN + FPN from torchvision.models.detection with
-GN, SyncBN or BN (rethink.models), a COCO-format train stream and COCO-format predictions.
-Runs on CPU; the embedded default and CI use it. The interface is documented in engines/__init__.py.
+"""The torchvision engine: Mask R-CNN / Faster R-CNN / Keypoint R-CNN + FPN from
+torchvision.models.detection with GN, SyncBN or BN, and Faster R-CNN on VGG16 without FPN
+(rethink.models), a COCO-format train stream and COCO-format predictions. Runs on CPU; the embedded
+default and CI use it. The interface is documented in engines/__init__.py.
 
-Recipe fields honoured: task (mask_rcnn, faster_rcnn), min_size_train (+ scale_aug: a size drawn
-from [lo, hi] per batch), max_size_train, min_size_test, max_size_test, rpn_pre/post_nms_train/test,
+Recipe fields honoured: task (mask_rcnn, faster_rcnn, keypoint_rcnn; cascade_mask_rcnn is the
+detectron2 engine's), min_size_train (+ scale_aug: a size drawn from [lo, hi] per batch),
+max_size_train, min_size_test, max_size_test, tta, rpn_pre/post_nms_train/test,
 roi_batch_per_image, detections_per_image, batch.
+
+Keypoints: the number of keypoints is the length of the ``keypoints`` names of the manifest's
+keypoint category; train targets carry ``keypoints`` [N, K, 3] (x, y, v; v = 0 not labelled), a
+horizontal flip mirrors x and swaps left_*/right_* keypoints. Predicted keypoints are written as
+COCO results [x1, y1, v1, ...] with v = 1 (torchvision's output; COCOeval reads only x and y).
+
+Test-time augmentation (recipe tta: true): detectron2's TEST.AUG (shorter sides 400..1200 step 100,
+longer side at most 4000, and the horizontal flip of each) scaled by min_size_test / 800, so
+min_size_test 800 gives detectron2's sizes exactly. Every pass gives detections in the original
+image's coordinates (flipped ones mirrored back); they are merged per class by NMS at the box head's
+threshold (torchvision.ops.batched_nms) and the best detections_per_image kept. A surviving detection
+keeps its own mask (and keypoints) from the pass that produced it; detectron2 instead re-runs the
+mask head on the merged boxes at every augmentation and averages.
 """
 from __future__ import annotations
 
@@ -20,10 +35,46 @@ from .. import models
 from ..loop import batch_indices
 
 _CACHE_LIMIT = 4096  # decoded images kept in memory per split (the tiny sets fit entirely)
+TTA_MIN_SIZES = tuple(range(400, 1201, 100))  # detectron2's TEST.AUG.MIN_SIZES, for min_size_test 800
+TTA_MAX_SIZE = 4000  # detectron2's TEST.AUG.MAX_SIZE, for max_size_test 1333
+TTA_REFERENCE = (800, 1333)
 
 
 def _unwrap(model):
     return model.module if hasattr(model, "module") else model
+
+
+def keypoint_flip_indices(names: list[str]) -> list[int]:
+    """Index of each keypoint's mirror image (left_* <-> right_*; others map to themselves)."""
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for n in names:
+        if n.startswith("left_"):
+            m = "right_" + n[5:]
+        elif n.startswith("right_"):
+            m = "left_" + n[6:]
+        else:
+            m = n
+        out.append(index.get(m, index[n]))
+    return out
+
+
+def keypoint_names(manifest: dict) -> list[str]:
+    """The keypoint names of the manifest's keypoint category ([] if it has none)."""
+    for c in manifest.get("categories") or []:
+        if c.get("keypoints"):
+            return list(c["keypoints"])
+    return []
+
+
+def inference_passes(recipe: dict) -> list[tuple[int, int, bool]]:
+    """(min_size, max_size, flip) of every test pass: one without tta, detectron2's TEST.AUG with it."""
+    lo, hi = int(recipe["min_size_test"]), int(recipe["max_size_test"])
+    if not recipe.get("tta"):
+        return [(lo, hi, False)]
+    max_size = max(hi, round(hi * TTA_MAX_SIZE / TTA_REFERENCE[1]))
+    sizes = sorted({max(1, round(lo * s / TTA_REFERENCE[0])) for s in TTA_MIN_SIZES})
+    return [(s, max_size, flip) for s in sizes for flip in (False, True)]
 
 
 def resized_hw(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
@@ -63,6 +114,8 @@ class CocoSplit:
             if a["image_id"] in self.anns and a["category_id"] in self.label_of:
                 self.anns[a["image_id"]].append(a)
         self.ann_path = ann_path
+        self.keypoint_names = keypoint_names({"categories": cats})
+        self.flip_indices = keypoint_flip_indices(self.keypoint_names)
         self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -84,12 +137,15 @@ class CocoSplit:
                 self._cache[idx] = t
         return t
 
-    def target(self, idx: int, with_masks: bool) -> dict:
+    def target(self, idx: int, with_masks: bool, with_keypoints: bool = False) -> dict:
         from pycocotools import mask as mask_util
 
         info = self.images[idx]
         h, w = int(info["height"]), int(info["width"])
-        boxes, labels, masks = [], [], []
+        k = len(self.keypoint_names)
+        if with_keypoints and not k:
+            raise ValueError(f"{self.ann_path}: task keypoint_rcnn needs a keypoint category (with 'keypoints' names)")
+        boxes, labels, masks, kps = [], [], [], []
         for a in self.anns[info["id"]]:
             if a.get("iscrowd", 0):
                 continue
@@ -98,6 +154,12 @@ class CocoSplit:
                 continue
             boxes.append([x, y, x + bw, y + bh])
             labels.append(self.label_of[a["category_id"]])
+            if with_keypoints:
+                kp = a.get("keypoints") or [0.0] * (3 * k)
+                if len(kp) != 3 * k:
+                    raise ValueError(f"{self.ann_path}: annotation {a.get('id')}: {len(kp) // 3} keypoints, "
+                                     f"the category has {k}")
+                kps.append(kp)
             if with_masks:
                 seg = a["segmentation"]
                 if isinstance(seg, list):
@@ -112,7 +174,18 @@ class CocoSplit:
         if with_masks:
             t["masks"] = (torch.from_numpy(np.stack(masks)) if masks
                           else torch.zeros((0, h, w), dtype=torch.uint8))
+        if with_keypoints:
+            t["keypoints"] = torch.tensor(kps, dtype=torch.float32).reshape(-1, k, 3)
         return t
+
+
+def flip_keypoints(kps: torch.Tensor, width: int, flip_indices: list[int]) -> torch.Tensor:
+    """Keypoints [N, K, 3] of an image mirrored horizontally: x -> width - x, left/right swapped;
+    unlabelled ones (v = 0) stay (0, 0, 0)."""
+    out = kps[:, flip_indices].clone()
+    out[..., 0] = width - out[..., 0]
+    out[out[..., 2] <= 0] = 0
+    return out
 
 
 class TrainStream:
@@ -130,6 +203,7 @@ class TrainStream:
         self.scale_aug = bool(recipe.get("scale_aug"))
         self.max_size = int(recipe["max_size_train"])
         self.masks = recipe["task"] in ("mask_rcnn", "cascade_mask_rcnn")
+        self.keypoints = recipe["task"] == "keypoint_rcnn"
         if len(split) == 0:
             raise ValueError(f"{split.ann_path}: the train split has no images")
 
@@ -148,7 +222,7 @@ class TrainStream:
         images, targets = [], []
         for j, idx in enumerate(idxs):
             img = self.split.image(idx).float().div_(255.0)
-            tgt = self.split.target(idx, self.masks)
+            tgt = self.split.target(idx, self.masks, self.keypoints)
             if flips[self.rank * self.per_rank + j]:
                 w = img.shape[-1]
                 img = img.flip(-1)
@@ -156,6 +230,8 @@ class TrainStream:
                 tgt["boxes"] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], dim=1)
                 if "masks" in tgt:
                     tgt["masks"] = tgt["masks"].flip(-1)
+                if "keypoints" in tgt:
+                    tgt["keypoints"] = flip_keypoints(tgt["keypoints"], w, self.split.flip_indices)
             images.append(img)
             targets.append(tgt)
         self.iteration += 1
@@ -167,16 +243,24 @@ class TorchvisionEngine:
     name = "torchvision"
 
     def build_model(self, run: dict, device, distributed: bool = False, dataset: dict | None = None):
-        """`dataset` (the manifest) gives the number of categories; without it run["num_classes"]."""
+        """`dataset` (the manifest) gives the number of categories (and keypoints); without it
+        run["num_classes"] (and run["num_keypoints"])."""
+        num_keypoints = run.get("num_keypoints")
         if dataset is not None:
-            num_classes = len(dataset.get("categories") or CocoSplit(dataset, "train").cat_ids)
+            cats = dataset.get("categories") or None
+            num_classes = len(cats) if cats else len(CocoSplit(dataset, "train").cat_ids)
+            num_keypoints = len(keypoint_names(dataset)) or None
         elif "num_classes" in run:
             num_classes = int(run["num_classes"])
         else:
             raise ValueError(f"run {run.get('run_id')}: build_model needs the dataset manifest (dataset=...) "
                              f"to know the number of categories")
+        if run["recipe"]["task"] == "keypoint_rcnn" and not num_keypoints:
+            where = f"dataset {dataset.get('name')!r}" if dataset is not None else f"run {run.get('run_id')}"
+            raise ValueError(f"{where}: task keypoint_rcnn needs a keypoint dataset (a category with 'keypoints' "
+                             f"names, e.g. datasets.<name>.keypoints: true)")
         device = torch.device(device)
-        return models.detector(run, num_classes, device.type).to(device)
+        return models.detector(run, num_classes, device.type, num_keypoints=num_keypoints).to(device)
 
     def load_init_weights(self, model, path: str, run: dict) -> None:
         """Backbone weights written by the pretrain rule (rethink.pretrain) -> model.backbone.body."""
@@ -207,40 +291,93 @@ class TorchvisionEngine:
 
     @torch.no_grad()
     def predict(self, model, run: dict, dataset: dict, device, batch_size: int = 2) -> list[dict]:
-        from pycocotools import mask as mask_util
-
+        """COCO results of the val set; with recipe tta, merged over inference_passes(recipe)."""
         recipe = run["recipe"]
         split = CocoSplit(dataset, "val")
         m = _unwrap(model)
         was_training = m.training
         m.eval()
-        m.transform.min_size = (int(recipe["min_size_test"]),)
-        m.transform.max_size = int(recipe["max_size_test"])
-        m.roi_heads.detections_per_img = int(recipe["detections_per_image"])
+        limit = int(recipe["detections_per_image"])
+        m.roi_heads.detections_per_img = limit
+        passes = inference_passes(recipe)
         device = torch.device(device)
         results = []
         try:
             for lo in range(0, len(split), batch_size):
                 idxs = list(range(lo, min(lo + batch_size, len(split))))
-                outs = m([split.image(i).float().div_(255.0).to(device) for i in idxs])
-                for i, out in zip(idxs, outs):
-                    image_id = split.images[i]["id"]
-                    boxes = out["boxes"].cpu()
-                    scores = out["scores"].cpu().tolist()
-                    labels = out["labels"].cpu().tolist()
-                    rles = None
-                    if "masks" in out:
-                        masks = (out["masks"][:, 0] > 0.5).cpu().numpy().astype(np.uint8)
-                        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
-                    for k in range(min(len(scores), int(recipe["detections_per_image"]))):
-                        x1, y1, x2, y2 = boxes[k].tolist()
-                        r = {"image_id": image_id, "category_id": split.cat_ids[labels[k] - 1],
-                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[k])}
-                        if rles is not None:
-                            rle = rles[k]
-                            r["segmentation"] = {"size": [int(s) for s in rle["size"]],
-                                                 "counts": rle["counts"].decode("ascii")}
-                        results.append(r)
+                images = [split.image(i).float().div_(255.0).to(device) for i in idxs]
+                per_image: list[list[dict]] = [[] for _ in idxs]
+                for min_size, max_size, flip in passes:
+                    m.transform.min_size = (int(min_size),)
+                    m.transform.max_size = int(max_size)
+                    outs = m([im.flip(-1) if flip else im for im in images])
+                    for j, out in enumerate(outs):
+                        per_image[j].append(_detections(out, images[j].shape[-1], flip, split.flip_indices))
+                for i, dets in zip(idxs, per_image):
+                    merged = dets[0] if len(dets) == 1 else _merge(dets, float(m.roi_heads.nms_thresh), limit)
+                    results.extend(_coco_results(split, split.images[i]["id"], merged, limit))
         finally:
+            m.transform.min_size = tuple(int(s) for s in recipe["min_size_train"])
+            m.transform.max_size = int(recipe["max_size_train"])
             m.train(was_training)
         return results
+
+
+def _detections(out: dict, width: int, flip: bool, flip_indices: list[int]) -> dict:
+    """One pass's output for one image -> CPU tensors in the original image's coordinates
+    (mirrored back if the pass saw the flipped image); masks as RLEs (compact across many passes)."""
+    from pycocotools import mask as mask_util
+
+    boxes = out["boxes"].detach().float().cpu()
+    if flip:
+        boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+    det = {"boxes": boxes, "scores": out["scores"].detach().float().cpu(), "labels": out["labels"].detach().cpu()}
+    if "masks" in out:
+        masks = out["masks"][:, 0] > 0.5
+        if flip:
+            masks = masks.flip(-1)
+        masks = masks.cpu().numpy().astype(np.uint8)
+        det["rles"] = (list(mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))) if len(masks) else [])
+    if "keypoints" in out:
+        kps = out["keypoints"].detach().float().cpu()
+        if flip:
+            kps = kps[:, flip_indices].clone()
+            kps[..., 0] = width - kps[..., 0]
+        det["keypoints"] = kps
+    return det
+
+
+def _merge(dets: list[dict], nms_thresh: float, limit: int) -> dict:
+    """The detections of several passes merged per class by NMS; the best `limit` by score."""
+    from torchvision.ops import batched_nms
+
+    boxes = torch.cat([d["boxes"] for d in dets])
+    scores = torch.cat([d["scores"] for d in dets])
+    labels = torch.cat([d["labels"] for d in dets])
+    keep = batched_nms(boxes, scores, labels, nms_thresh)[:limit]  # sorted by decreasing score
+    out = {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+    if "rles" in dets[0]:
+        rles = [r for d in dets for r in d["rles"]]
+        out["rles"] = [rles[k] for k in keep.tolist()]
+    if "keypoints" in dets[0]:
+        out["keypoints"] = torch.cat([d["keypoints"] for d in dets])[keep]
+    return out
+
+
+def _coco_results(split: CocoSplit, image_id: int, det: dict, limit: int) -> list[dict]:
+    out = []
+    scores = det["scores"].tolist()
+    labels = det["labels"].tolist()
+    for k in range(min(len(scores), limit)):
+        x1, y1, x2, y2 = det["boxes"][k].tolist()
+        r = {"image_id": image_id, "category_id": split.cat_ids[labels[k] - 1],
+             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[k])}
+        if "rles" in det:
+            rle = det["rles"][k]
+            r["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        if "keypoints" in det:
+            kp = det["keypoints"][k].clone()
+            kp[:, 2] = 1.0  # COCO results: v is not read by COCOeval (OKS uses x, y)
+            r["keypoints"] = [float(v) for v in kp.reshape(-1).tolist()]
+        out.append(r)
+    return out
