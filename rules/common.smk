@@ -45,6 +45,12 @@ _CONDA = "conda" in {str(getattr(m, "name", m)).lower() for m in workflow.deploy
 PY = "python" if _CONDA else sys.executable
 
 
+def env(name):
+    """A rule's conda environment under --sdm conda; none otherwise (Snakemake then skips
+    resolving an environment per job while it builds the DAG)."""
+    return f"../envs/{name}.yaml" if _CONDA else None
+
+
 wildcard_constraints:
     **rgrid.WILDCARD_CONSTRAINTS,
 

@@ -12,7 +12,7 @@ rule prepare_data:
         runtime=60,
         mem_mb=8000,
     conda:
-        "../envs/train.yaml"
+        env("train")
     shell:
         "{PY} {SCRIPTS}/prepare_data.py --spec {params.spec:q} > {log} 2>&1"
 
@@ -27,6 +27,6 @@ rule prepare_pretrain_data:
     resources:
         runtime=30,
     conda:
-        "../envs/train.yaml"
+        env("train")
     shell:
         "{PY} {SCRIPTS}/prepare_data.py --spec {params.spec:q} > {log} 2>&1"

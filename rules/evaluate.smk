@@ -15,6 +15,6 @@ rule evaluate:
     resources:
         **P.eval_resources(),
     conda:
-        "../envs/train.yaml"
+        env("train")
     shell:
         "{PY} {SCRIPTS}/evaluate.py --spec {params.spec:q} > {log} 2>&1"

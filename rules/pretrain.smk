@@ -17,7 +17,7 @@ rule pretrain:
     resources:
         runtime=60,
     conda:
-        "../envs/train.yaml"
+        env("train")
     shell:
         "{PY} {SCRIPTS}/pretrain.py --spec {params.spec:q} > {log} 2>&1"
 
@@ -35,6 +35,6 @@ rule stage_weights:
     resources:
         runtime=30,
     conda:
-        "../envs/train.yaml"
+        env("train")
     shell:
         "{PY} {SCRIPTS}/stage_weights.py --spec {params.spec:q} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule collect:
         results=P.results,
         cfg=spec_json(CFG),
     conda:
-        "../envs/report.yaml"
+        env("report")
     shell:
         "{PY} {SCRIPTS}/collect.py --results {params.results} --out {output} --config-json {params.cfg:q} > {log} 2>&1"
 
@@ -38,7 +38,7 @@ rule report:
         results=P.results,
         cfg=spec_json(CFG),
     conda:
-        "../envs/report.yaml"
+        env("report")
     shell:
         "{PY} {SCRIPTS}/report.py --metrics {input} --results {params.results} --config-json {params.cfg:q} > {log} 2>&1"
 
@@ -51,7 +51,7 @@ rule figures:
         results=P.results,
         cfg=spec_json(CFG),
     conda:
-        "../envs/report.yaml"
+        env("report")
     shell:
         "{PY} {SCRIPTS}/collect.py --results {params.results} --out {params.results}/metrics.csv"
         " --config-json {params.cfg:q} && "

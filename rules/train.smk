@@ -16,6 +16,6 @@ rule train_segment:
     resources:
         **P.train_resources(),
     conda:
-        "../envs/train.yaml"
+        env("train")
     shell:
         "{params.launcher} {SCRIPTS}/train.py --spec {params.spec:q} > {log} 2>&1"
