@@ -7,6 +7,7 @@ family, which shares its constant-LR trunk (see :mod:`rethink.plan`).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -123,22 +124,26 @@ class Grid:
         return None
 
 
+def _check_axes_defined(config: dict, source: str) -> None:
+    for axis, section, what in (("data", "datasets", "dataset"), ("init", "inits", "init")):
+        for i, name in enumerate(config["axes"][axis]):
+            if name not in config[section]:
+                raise ConfigError(f"{source}: axes.{axis}[{i}]: {what} {name!r} is not defined under {section}")
+
+
 def _check_axis_values(exp_name: str, exp: dict, config: dict, source: str) -> None:
-    axes = config["axes"]
     for axis in AXES:
-        allowed = list(axes[axis]) if axis != "schedule" else list(axes["schedule"])
+        allowed = list(config["axes"][axis])
         for i, value in enumerate(exp.get(axis, [])):
             if value not in allowed:
                 raise ConfigError(
                     f"{source}: experiments.{exp_name}.{axis}[{i}]: {value!r} is not a value of axes.{axis} "
                     f"(allowed: {', '.join(map(str, allowed))})"
                 )
-    for i, name in enumerate(axes["data"]):
-        if name not in config["datasets"]:
-            raise ConfigError(f"{source}: axes.data[{i}]: dataset {name!r} is not defined under datasets")
-    for i, name in enumerate(axes["init"]):
-        if name not in config["inits"]:
-            raise ConfigError(f"{source}: axes.init[{i}]: init {name!r} is not defined under inits")
+
+
+def _recipe_diff(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def _iterations(schedule_spec: dict, recipe: dict) -> int:
@@ -190,55 +195,45 @@ def build(config: dict, source: str = "config") -> Grid:
     base_recipe = {**recipe_defaults(), **config.get("recipe", {})}
     runs: dict[str, Run] = {}
     origin: dict[str, str] = {}
+    _check_axes_defined(config, source)
     for exp_name, exp in config["experiments"].items():
         where = f"{source}: experiments.{exp_name}"
         _check_axis_values(exp_name, exp, config, source)
         recipe = {**base_recipe, **(exp.get("recipe") or {})}
+        recipe_json = json.dumps(recipe, sort_keys=True)
         variant = exp.get("variant")
         share = exp.get("share_trunk", True)
-        values = {axis: exp.get(axis) or (list(config["axes"][axis]) if axis != "schedule" else list(config["axes"]["schedule"]))
-                  for axis in AXES}
-        for backbone in values["backbone"]:
-            for norm in values["norm"]:
-                for init in values["init"]:
-                    for data in values["data"]:
-                        for seed in values["seed"]:
-                            for sched in values["schedule"]:
-                                iterations = _iterations(config["axes"]["schedule"][sched], recipe)
-                                _check_recipe(where, recipe, iterations, sched)
-                                rid = make_run_id(backbone, norm, init, data, sched, seed, variant)
-                                fam = (make_run_id(backbone, norm, init, data, sched, seed, variant) if not share
-                                       else f"{backbone}-{norm}-{init}-{data}-s{seed}" + (f"-{variant}" if variant else ""))
-                                run = Run(
-                                    run_id=rid, family=fam, experiments=(exp_name,), backbone=backbone, norm=norm,
-                                    init=init, data=data, schedule_name=sched, seed=seed, variant=variant,
-                                    share_trunk=share, recipe_json=json.dumps(recipe, sort_keys=True),
-                                    iterations=iterations,
-                                )
-                                if rid in runs:
-                                    old = runs[rid]
-                                    if old.settings() != run.settings():
-                                        diff = sorted(
-                                            k for k in set(old.recipe) | set(run.recipe)
-                                            if old.recipe.get(k) != run.recipe.get(k)
-                                        ) or [k for k in run.settings() if old.settings()[k] != run.settings()[k]]
-                                        raise ConfigError(
-                                            f"{where}: run id {rid} is also made by experiment {origin[rid]} with "
-                                            f"different settings ({', '.join(diff)}); give one of them a variant"
-                                        )
-                                    runs[rid] = _merge_exps(old, exp_name)
-                                else:
-                                    runs[rid] = run
-                                    origin[rid] = exp_name
+        values = [exp.get(axis) or list(config["axes"][axis]) for axis in AXES]
+        for backbone, norm, init, data, sched, seed in itertools.product(*values):
+            iterations = _iterations(config["axes"]["schedule"][sched], recipe)
+            _check_recipe(where, recipe, iterations, sched)
+            rid = make_run_id(backbone, norm, init, data, sched, seed, variant)
+            fam = f"{backbone}-{norm}-{init}-{data}-s{seed}" + (f"-{variant}" if variant else "") if share else rid
+            run = Run(
+                run_id=rid, family=fam, experiments=(exp_name,), backbone=backbone, norm=norm, init=init,
+                data=data, schedule_name=sched, seed=seed, variant=variant, share_trunk=share,
+                recipe_json=recipe_json, iterations=iterations,
+            )
+            if rid not in runs:
+                runs[rid] = run
+                origin[rid] = exp_name
+                continue
+            old = runs[rid]
+            if old.settings() != run.settings():
+                diff = _recipe_diff(old.recipe, run.recipe) or [
+                    k for k in run.settings() if old.settings()[k] != run.settings()[k]]
+                raise ConfigError(
+                    f"{where}: run id {rid} is also made by experiment {origin[rid]} with "
+                    f"different settings ({', '.join(diff)}); give one of them a variant"
+                )
+            runs[rid] = _merge_exps(old, exp_name)
     grid = Grid(config=config, source=source, runs=runs)
     # members of a family must agree on everything but their length
     for fam, members in grid.families.items():
         first = members[0]
         for other in members[1:]:
-            a = {k: v for k, v in first.recipe.items()}
-            b = {k: v for k, v in other.recipe.items()}
-            if a != b:
-                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            diff = _recipe_diff(first.recipe, other.recipe)
+            if diff:
                 raise ConfigError(
                     f"{source}: runs {first.run_id} (experiment {origin[first.run_id]}) and {other.run_id} "
                     f"(experiment {origin[other.run_id]}) share family {fam} but differ in recipe "

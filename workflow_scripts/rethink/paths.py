@@ -95,11 +95,6 @@ class Paths:
 
         return [self.metrics_table, *report_targets.targets(self.results)]
 
-    def report_outputs(self) -> list[str]:
-        from . import report_targets
-
-        return report_targets.targets(self.results)
-
     def report_entries(self) -> list[dict]:
         from . import report_targets
 
