@@ -42,6 +42,23 @@ WILDCARD_CONSTRAINTS = {
 AXES = ("backbone", "norm", "init", "data", "schedule", "seed")
 
 
+def task_at(recipe: dict, iteration: int) -> str:
+    """The architecture that trains iteration `iteration` (0-based) of a run: its recipe's task,
+    except that a cascade_mask_rcnn run with `cascade_from_iter` N trains iterations < N as
+    Mask R-CNN and switches to cascade at N (the paper's Table 3 from scratch). A checkpoint after
+    k iterations holds the architecture of iteration k - 1."""
+    switch = recipe.get("cascade_from_iter")
+    if recipe["task"] == "cascade_mask_rcnn" and switch is not None and iteration < switch:
+        return "mask_rcnn"
+    return recipe["task"]
+
+
+def recipe_at(recipe: dict, iteration: int) -> dict:
+    """`recipe` as it trains iteration `iteration`: `task` is task_at(recipe, iteration)."""
+    task = task_at(recipe, iteration)
+    return recipe if task == recipe["task"] else {**recipe, "task": task}
+
+
 def make_run_id(backbone, norm, init, data, schedule, seed, variant=None) -> str:
     rid = f"{backbone}-{norm}-{init}-{data}-{schedule}-s{seed}" + (f"-{variant}" if variant else "")
     if not RUN_ID_RE.fullmatch(rid):

@@ -9,6 +9,9 @@
 * Start: the newest valid resume checkpoint in ``resume_dir`` inside [start, end); else
   ``start_checkpoint`` (the trunk's branch point or the previous segment; its iteration must be
   ``start``); else (start 0) a fresh random init plus ``engine.load_init_weights`` if ``init_weights``.
+  With ``start_task`` (the start checkpoint's architecture differs from this segment's: the switch
+  to cascade) ``engine.load_converted(model, state_dict, start_task, run)`` maps the weights and
+  the optimizer starts afresh; a resume checkpoint inside the segment loads as usual.
 * Every ``recipe.checkpoint_period`` iterations an atomic resume checkpoint (the last 2 kept); at
   ``end`` the output checkpoint (atomic), then the resume folder is deleted.
 * SIGTERM / SIGUSR1: the current iteration finishes, a resume checkpoint is written and the process
@@ -234,6 +237,7 @@ def train(engine, spec: dict, dataset: dict) -> dict:
             optimizer = build_optimizer(model, recipe)
         base = {"counters": {k: 0 for k in checkpoint.COUNTERS}, "wall_seconds": 0.0, "device_seconds": 0.0}
         state = checkpoint.latest_valid(resume_dir, start, end, log) if resume_dir else None
+        from_start = False  # state is the start checkpoint (not a resume checkpoint of this segment)
         if state is not None:
             log(f"resuming from {state['_path']} at iteration {state['iteration']}")
         elif spec.get("start_checkpoint"):
@@ -246,6 +250,7 @@ def train(engine, spec: dict, dataset: dict) -> dict:
                 raise checkpoint.CheckpointError(
                     f"{spec['start_checkpoint']}: belongs to family {state['family']}, not {family}")
             log(f"starting from {spec['start_checkpoint']} (iteration {start})")
+            from_start = True
         elif start != 0:
             raise ValueError(f"{who}: segment starts at iteration {start} but the spec names no start_checkpoint")
         elif spec.get("init_weights"):
@@ -253,7 +258,13 @@ def train(engine, spec: dict, dataset: dict) -> dict:
             log(f"random init + pre-trained backbone from {spec['init_weights']}")
         else:
             log("random init (MSRA fill)")
-        if state is not None:
+        switch_from = spec.get("start_task") if from_start else None
+        if state is not None and switch_from:
+            # the start checkpoint holds another architecture (Mask R-CNN before the switch to
+            # cascade): the engine maps its weights; the optimizer starts afresh (other parameters)
+            report = engine.load_converted(model, state["model"], switch_from, run)
+            log(f"architecture switch {switch_from} -> {recipe['task']}: {report}")
+        elif state is not None:
             try:
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
@@ -261,6 +272,7 @@ def train(engine, spec: dict, dataset: dict) -> dict:
                 raise checkpoint.CheckpointError(
                     f"{state.get('_path', spec.get('start_checkpoint'))}: does not fit the model/optimizer of "
                     f"{who}: {str(e).splitlines()[0]}") from None
+        if state is not None:
             rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
             if len(rngs) == d.world:
                 checkpoint.set_rng_state(rngs[d.rank])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .grid import Run
+from .grid import Run, recipe_at, task_at
 from .plan import TRUNK, Milestone, Plan, Segment
 from .schedule import Schedule
 
@@ -161,7 +161,8 @@ class Paths:
         run = self.plan.run(seg.owner)
         inputs = self.segment_input(seg)
         settings, schedule = self.line_settings(seg.family, seg.line)
-        return {
+        settings["recipe"] = recipe_at(run.recipe, seg.start)  # the architecture this segment trains
+        spec = {
             "engine": self.cfg["engine"],
             "run": settings,
             "family": seg.family,
@@ -176,6 +177,11 @@ class Paths:
             "output": self.checkpoint(seg.family, seg.line, seg.end),
             "resume_dir": self.resume_dir(seg.family, seg.line, seg.end),
         }
+        if seg.start_from is not None and task_at(run.recipe, seg.start - 1) != settings["recipe"]["task"]:
+            # the start checkpoint holds another architecture (the switch to cascade): only this
+            # segment's spec says so, every other job's params stay as they were
+            spec["start_task"] = task_at(run.recipe, seg.start - 1)
+        return spec
 
     def eval_input(self, ms: Milestone) -> dict:
         """The checkpoint (temporary: once evaluated and consumed it is gone, and a missing temp
@@ -194,6 +200,7 @@ class Paths:
         """Describes the checkpoint only; which runs pass through it is the plan's business
         (collect asks it), so growing the grid never re-runs an evaluation."""
         settings, schedule = self.line_settings(ms.family, ms.line)
+        settings["recipe"] = recipe_at(settings["recipe"], ms.iteration - 1)  # the checkpoint's architecture
         inputs = self.eval_input(ms)
         return {
             "engine": self.cfg["engine"],

@@ -7,8 +7,9 @@ checkpoint at its own first drop (its **branch point**). A family of one run (or
 sharing switched off) is a single line named after its schedule: a plain run.
 
 Every line is cut into **segments** (one training job each) at branch points, at
-milestones (evaluation points: multiples of `eval_period`, branch points and line ends) and
-so that no segment is longer than `max_segment_iters`. A segment's output is the
+milestones (evaluation points: multiples of `eval_period`, branch points and line ends), at
+an architecture switch (`cascade_from_iter`) and so that no segment is longer than
+`max_segment_iters`. A segment's output is the
 checkpoint at its end; a milestone's output is a metrics JSON.
 """
 from __future__ import annotations
@@ -98,7 +99,10 @@ class Plan:
 
     def _add_line(self, line: Line, branch_points: list[int]) -> None:
         self.lines[(line.family, line.name)] = line
-        cuts = sorted({line.start, line.end, *self._eval_points(line, branch_points)})
+        # an architecture switch (cascade_from_iter) starts a segment: one job trains one model
+        switch = self.grid.runs[line.owner].recipe.get("cascade_from_iter")
+        switches = [switch] if switch is not None and line.start < switch < line.end else []
+        cuts = sorted({line.start, line.end, *self._eval_points(line, branch_points), *switches})
         prev_from = line.parent
         for a, b in zip(cuts, cuts[1:]):
             n = math.ceil((b - a) / self.max_segment)
