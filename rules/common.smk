@@ -70,5 +70,6 @@ def train_spec_json(family, line, it):
 
 
 @functools.lru_cache(maxsize=None)
-def eval_spec_json(family, line, it):
-    return spec_json(P.eval_spec(PLAN.milestone(family, line, int(it))))
+def eval_spec_json(family, line, it, tta=False):
+    ms = PLAN.tta_milestone(family, line, int(it)) if tta else PLAN.milestone(family, line, int(it))
+    return spec_json(P.eval_spec(ms, tta))

@@ -18,3 +18,16 @@ rule evaluate:
         env("train")
     shell:
         "{PY} {SCRIPTS}/evaluate.py --spec {params.spec:q} > {log} 2>&1"
+
+
+# The final checkpoint of a run whose experiment sets test_aug, evaluated a second time with
+# multi-scale + flip test-time augmentation (paper Table 3). Evaluation only: nothing retrains.
+use rule evaluate as evaluate_tta with:
+    input:
+        unpack(lambda wc: P.eval_input(PLAN.tta_milestone(wc.family, wc.line, int(wc.iter)))),
+    output:
+        P.metrics("{family}", "{line}", "{iter}", tta=True),
+    log:
+        P.log("evaluate", "{family}", "{line}", "iter_{iter}-tta"),
+    params:
+        spec=lambda wc: eval_spec_json(wc.family, wc.line, wc.iter, True),

@@ -55,13 +55,12 @@ EXPECTED = {
         for b in ("R101", "X152")
     },
     "table3_cascade": {"X152-GN-random-coco_full-9x-s0-cascade": (810_000, (750_000, 790_000), CASCADE)},
-    "table3_cascade_tta": {
-        "X152-GN-random-coco_full-9x-s0-cascade_tta": (810_000, (750_000, 790_000), {**CASCADE, "tta": True}),
-    },
+    # the same run as table3_cascade: test-time augmentation is an evaluation, not a training
+    "table3_cascade_tta": {"X152-GN-random-coco_full-9x-s0-cascade": (810_000, (750_000, 790_000), CASCADE)},
     "table3_pretrained": {
-        "X152-GN-imagenet-coco_full-6x-s0-cascade_tta": (
+        "X152-GN-imagenet-coco_full-6x-s0-cascade": (
             540_000, (480_000, 520_000),
-            {**TRAIN_AUG, "task": "cascade_mask_rcnn", "cascade_from_iter": None, "tta": True}),
+            {**TRAIN_AUG, "task": "cascade_mask_rcnn", "cascade_from_iter": None, "tta": False}),
     },
 }
 NEW = sorted(EXPECTED)
@@ -120,6 +119,36 @@ def test_every_run_has_speed_and_weights():
 def test_cascade_switches_for_the_final_270k():
     run = GRID.runs["X152-GN-random-coco_full-9x-s0-cascade"]
     assert run.iterations - run.recipe["cascade_from_iter"] == 270_000
+    paths = Paths(PAPER, PLAN)
+    segs = PLAN.segments_of_run(run.run_id)
+    switch = [s for s in segs if s.start == 540_000]
+    assert len(switch) == 1  # a segment starts exactly at the switch
+    tasks = {s.end: paths.train_spec(s)["run"]["recipe"]["task"] for s in segs}
+    assert {t for end, t in tasks.items() if end <= 540_000} == {"mask_rcnn"}
+    assert {t for end, t in tasks.items() if end > 540_000} == {"cascade_mask_rcnn"}
+    starts = {s.start: paths.train_spec(s).get("start_task") for s in segs}
+    assert starts[540_000] == "mask_rcnn" and [k for k, v in starts.items() if v] == [540_000]
+    # evaluations: the checkpoint at 540k is still Mask R-CNN, the next one is cascade
+    fam = run.family
+    assert paths.eval_spec(PLAN.milestone(fam, "9x", 540_000))["run"]["recipe"]["task"] == "mask_rcnn"
+    assert paths.eval_spec(PLAN.milestone(fam, "9x", 560_000))["run"]["recipe"]["task"] == "cascade_mask_rcnn"
+
+
+def test_test_time_augmentation_is_one_more_evaluation_not_a_run():
+    tta_runs = sorted(r.run_id for r in GRID.runs.values() if r.test_aug)
+    assert tta_runs == ["X152-GN-imagenet-coco_full-6x-s0-cascade", "X152-GN-random-coco_full-9x-s0-cascade"]
+    assert set(GRID.runs["X152-GN-random-coco_full-9x-s0-cascade"].experiments) == {
+        "table3_cascade", "table3_cascade_tta"}
+    paths = Paths(PAPER, PLAN)
+    for rid in tta_runs:
+        ms = PLAN.final_milestone(rid)
+        assert (ms.family, ms.line, ms.iteration) in PLAN.tta_milestones
+        plain, tta = paths.eval_spec(ms), paths.eval_spec(ms, tta=True)
+        assert "tta" not in plain and tta["tta"] is True
+        assert tta["output"].endswith("-tta.json") and tta["checkpoint"] == plain["checkpoint"]
+        assert {k: v for k, v in tta.items() if k not in ("tta", "output")} == \
+            {k: v for k, v in plain.items() if k != "output"}
+    assert len(PLAN.tta_milestones) == 2
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
@@ -132,6 +161,7 @@ def test_dry_run_plans_the_new_experiments(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = _job_counts(proc.stdout)
     assert counts["train_segment"] == counts["evaluate"] == len(PLAN.segments)
+    assert counts["evaluate_tta"] == 2
     new_families = {GRID.runs[r].family for r in NEW_RUNS}
     new_segments = [s for s in PLAN.segments.values() if s.family in new_families]
     assert counts["train_segment"] - len(new_segments) == 344  # Tables 1/2 and Figure 4 as before

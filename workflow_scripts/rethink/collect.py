@@ -3,7 +3,7 @@
 A metrics JSON belongs to one checkpoint (milestone). The runs whose curve passes through it
 come from the plan of the config (:meth:`rethink.plan.Plan.runs_through`; a trunk milestone
 is shared by all schedules of its family), or, without a config, from the record's optional
-``runs``. Collect writes **one row per (run_id, iteration)**; a trunk milestone shared by five
+``runs``. Collect writes **one row per (run_id, iteration, test_aug)**; a trunk milestone shared by five
 schedules gives five rows with equal stats. Tables and figures read only this table (and the paper's numbers).
 
 Columns (one line each; NaN / empty = unknown or undefined):
@@ -12,6 +12,9 @@ Columns (one line each; NaN / empty = unknown or undefined):
     family, line      where the checkpoint lies in the plan: "trunk" or the schedule's tail
     iteration         training iterations done at this checkpoint
     task, backbone, norm, init, data, seed, variant   the run's settings (variant "" = none)
+    train_aug         the run trained with scale augmentation (recipe scale_aug)
+    test_aug          this row's evaluation used test-time augmentation (a second row of the
+                      run's final checkpoint; curves use the rows without it)
     schedule          schedule name, from the run id (2x ... 6x)
     iterations        the run's total iterations (from the record's optional ``schedules``
                       field, else from the config passed with --config/--config-json, else NaN)
@@ -31,7 +34,7 @@ Columns (one line each; NaN / empty = unknown or undefined):
                       keypoints_APm, keypoints_APl, keypoints_AR, keypoints_AR50,
                       keypoints_AR75, keypoints_ARm, keypoints_ARl; voc_AP50
 
-Rows are sorted by (run_id, iteration). Every stat column is always present, so the CSV
+Rows are sorted by (run_id, iteration, test_aug). Every stat column is always present, so the CSV
 header does not depend on which evaluations ran.
 """
 from __future__ import annotations
@@ -48,7 +51,7 @@ from .grid import parse_run_id
 
 STAT_COLUMNS = [f"{t}_{s}" for t, names in M.STAT_NAMES.items() for s in names]
 ID_COLUMNS = ["run_id", "family", "line", "iteration", "task", "backbone", "norm", "init", "data",
-              "schedule", "seed", "variant"]
+              "schedule", "seed", "variant", "train_aug", "test_aug"]
 RUN_COLUMNS = ["iterations", "lr_drops", "final"]
 COST_COLUMNS = ["lr", "images", "instances", "pixels", "pretrain_iterations", "pretrain_images",
                 "pretrain_instances", "pretrain_pixels", "wall_seconds", "device_seconds", "gpus",
@@ -129,6 +132,7 @@ def rows_of(record: dict, source: str, plan=None) -> list[dict]:
             "task": record["task"], "backbone": record["backbone"], "norm": record["norm"], "init": record["init"],
             "data": record["data"], "schedule": ids["schedule"], "seed": int(record["seed"]),
             "variant": record["variant"] or "",
+            "train_aug": bool(record.get("train_aug", False)), "test_aug": bool(record.get("test_aug", False)),
             "iterations": _num(sch.get("iterations")),
             "lr_drops": ";".join(str(int(d)) for d in sch["lr_drops"]) if "lr_drops" in sch else "",
             "lr": _num(record["lr"]),
@@ -161,11 +165,13 @@ def collect(results: str | os.PathLike, planned: pd.DataFrame | None = None,
         rows += rows_of(record, rel, planned.attrs.get("plan") if planned is not None else None)
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("final", "run_diverged")])
     if df.empty:
-        df = df.astype({"iteration": "int64", "seed": "int64", "diverged": "bool"})
-    dup = df[df.duplicated(["run_id", "iteration"], keep=False)]
+        df = df.astype({"iteration": "int64", "seed": "int64", "diverged": "bool", "train_aug": "bool",
+                        "test_aug": "bool"})
+    dup = df[df.duplicated(["run_id", "iteration", "test_aug"], keep=False)]
     if not dup.empty:
         first = dup.iloc[0]
-        others = dup[(dup.run_id == first.run_id) & (dup.iteration == first.iteration)].source.tolist()
+        others = dup[(dup.run_id == first.run_id) & (dup.iteration == first.iteration)
+                     & (dup.test_aug == first.test_aug)].source.tolist()
         raise CollectError(f"run {first.run_id} iteration {first.iteration} appears in several metrics files: "
                            + ", ".join(others))
     if planned is not None and not planned.empty and not df.empty:
@@ -176,7 +182,7 @@ def collect(results: str | os.PathLike, planned: pd.DataFrame | None = None,
         df["lr_drops"] = df["lr_drops"].where(df["lr_drops"] != "", drops.fillna(""))
     df["final"] = df["iteration"].astype(float) == df["iterations"]
     df["run_diverged"] = df.groupby("run_id")["diverged"].transform("any").astype(bool) if not df.empty else False
-    df = df[COLUMNS].sort_values(["run_id", "iteration"], kind="stable").reset_index(drop=True)
+    df = df[COLUMNS].sort_values(["run_id", "iteration", "test_aug"], kind="stable").reset_index(drop=True)
     return df
 
 
@@ -205,7 +211,7 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     for c in ("variant", "lr_drops", "engine", "source", "line", "family"):
         df[c] = df[c].fillna("").astype(str)
     df["schedule"] = df["schedule"].astype(str)
-    for c in ("diverged", "run_diverged", "final"):
+    for c in ("diverged", "run_diverged", "final", "train_aug", "test_aug"):
         df[c] = df[c].astype(str).str.lower().isin(["true", "1"])
     return df
 

@@ -92,12 +92,31 @@ def _describe(error) -> str:
     return f"{where}: value {error.instance!r}: {error.message}"
 
 
+def _check_moved_fields(config: dict, source: str) -> None:
+    """Fields that moved get a message saying where to, not just "not allowed"."""
+    if not isinstance(config, dict):
+        return
+    places = [("recipe", config.get("recipe"), None)]
+    experiments = config.get("experiments")
+    if isinstance(experiments, dict):
+        places += [(f"experiments.{name}.recipe", (exp or {}).get("recipe"), name)
+                   for name, exp in experiments.items() if isinstance(exp, dict)]
+    for where, recipe, exp in places:
+        if isinstance(recipe, dict) and recipe.get("tta"):  # false: harmless (a validated config has it)
+            target = f"experiments.{exp}.test_aug" if exp else "experiments.<name>.test_aug"
+            raise ConfigError(
+                f"{source}: {where}.tta: test-time augmentation is evaluation-only, not part of how a run "
+                f"trains; set {target}: true instead (the run trains once and its final checkpoint is "
+                f"evaluated with and without it)")
+
+
 def validate(config: dict, source: str = "config") -> dict:
     """Check `config` against the schema and return a copy with defaults filled in.
 
     Raises ConfigError naming `source`, the field and the value."""
     import jsonschema
 
+    _check_moved_fields(config, source)
     schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))

@@ -246,6 +246,9 @@ def build_record(spec: dict, meta: dict, stats: dict, eval_seconds: float, diver
         "stats": {} if diverged else stats,
         "engine": spec["engine"],
     }
+    # optional in the schema (older files lack them): how the run trained and was tested
+    record["train_aug"] = bool(run["recipe"].get("scale_aug", False))
+    record["test_aug"] = bool(spec.get("tta", False))
     if spec.get("runs"):  # optional in the schema: collect asks the plan which runs pass through
         record["runs"] = list(spec["runs"])
     return record
@@ -263,6 +266,8 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
     t0 = time.time()
     manifest = rdata.load_manifest(spec["dataset"])
     run = spec["run"]
+    if spec.get("tta"):  # the engines read test-time augmentation from the recipe they predict with
+        run = {**run, "recipe": {**run["recipe"], "tta": True}}
     engine = get_engine(spec["engine"])
     use_gpu = torch.cuda.is_available() and int(run["recipe"].get("eval_gpus", 1)) > 0
     device = torch.device("cuda" if use_gpu else "cpu")

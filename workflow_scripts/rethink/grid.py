@@ -90,6 +90,9 @@ class Run:
     share_trunk: bool
     recipe_json: str = field(repr=False)  # the full recipe, frozen as sorted JSON
     iterations: int = 0
+    # evaluation only (not in settings(): it changes no training): the final checkpoint is also
+    # evaluated with test-time augmentation
+    test_aug: bool = False
 
     @cached_property
     def recipe(self) -> dict:
@@ -229,7 +232,7 @@ def build(config: dict, source: str = "config") -> Grid:
             run = Run(
                 run_id=rid, family=fam, experiments=(exp_name,), backbone=backbone, norm=norm, init=init,
                 data=data, schedule_name=sched, seed=seed, variant=variant, share_trunk=share,
-                recipe_json=recipe_json, iterations=iterations,
+                recipe_json=recipe_json, iterations=iterations, test_aug=bool(exp.get("test_aug", False)),
             )
             if rid not in runs:
                 runs[rid] = run
@@ -243,7 +246,7 @@ def build(config: dict, source: str = "config") -> Grid:
                     f"{where}: run id {rid} is also made by experiment {origin[rid]} with "
                     f"different settings ({', '.join(diff)}); give one of them a variant"
                 )
-            runs[rid] = _merge_exps(old, exp_name)
+            runs[rid] = _merge_exps(old, exp_name, run.test_aug)
     grid = Grid(config=config, source=source, runs=runs)
     # members of a family must agree on everything but their length
     for fam, members in grid.families.items():
@@ -272,7 +275,9 @@ def build(config: dict, source: str = "config") -> Grid:
     return grid
 
 
-def _merge_exps(old: Run, exp_name: str) -> Run:
+def _merge_exps(old: Run, exp_name: str, test_aug: bool) -> Run:
+    """The same run asked for by another experiment (which may add the TTA evaluation)."""
     d = {k: getattr(old, k) for k in Run.__dataclass_fields__}
     d["experiments"] = old.experiments + (exp_name,)
+    d["test_aug"] = old.test_aug or test_aug
     return Run(**d)

@@ -25,6 +25,9 @@ Fields (all required unless marked optional):
     diverged        true if training stopped on a non-finite loss (then stats is {})
     stats           {"bbox": {...}, "segm": {...}, "keypoints": {...}, "voc": {...}}: COCOeval's
                     12 stats per type (10 for keypoints), in percent, under the names below
+    train_aug       (optional, default false) the run trained with scale augmentation (recipe scale_aug)
+    test_aug        (optional, default false) evaluated with test-time augmentation (its own file,
+                    iter_<N>-tta.json, beside the plain evaluation of the same checkpoint)
     engine          "torchvision" or "detectron2"
     created         ISO time of writing
 """
@@ -74,6 +77,9 @@ def check(record: dict, source: str = "metrics") -> dict:
         raise MetricsError(f"{source}: iteration {record['iteration']!r} is not a non-negative integer")
     if "runs" in record and (not record["runs"] or not all(isinstance(r, str) for r in record["runs"])):
         raise MetricsError(f"{source}: runs must be a non-empty list of run ids")
+    for key in ("train_aug", "test_aug"):
+        if key in record and not isinstance(record[key], bool):
+            raise MetricsError(f"{source}: {key} {record[key]!r} is not true or false")
     for key in COUNTERS:
         if key not in record["samples_seen"]:
             raise MetricsError(f"{source}: samples_seen.{key} missing")

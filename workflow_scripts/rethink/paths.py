@@ -73,8 +73,9 @@ class Paths:
         # outside every declared output: Snakemake's clean-up of a failed job never touches it
         return f"{self.work}/resume/{family}/{line}/to_{it7(end)}"
 
-    def metrics(self, family: str, line: str, iteration) -> str:
-        return f"{self.results}/metrics/{family}/{line}/iter_{_it(iteration)}.json"
+    def metrics(self, family: str, line: str, iteration, tta: bool = False) -> str:
+        """The metrics JSON of a checkpoint; tta: its evaluation with test-time augmentation."""
+        return f"{self.results}/metrics/{family}/{line}/iter_{_it(iteration)}" + ("-tta" if tta else "") + ".json"
 
     def log(self, kind: str, *parts: str) -> str:
         return f"{self.work}/logs/{kind}/" + "/".join(parts) + ".log"
@@ -88,7 +89,8 @@ class Paths:
         return f"{self.results}/grid.csv"
 
     def all_metrics(self) -> list[str]:
-        return [self.metrics(m.family, m.line, m.iteration) for m in self.plan.milestones.values()]
+        return ([self.metrics(m.family, m.line, m.iteration) for m in self.plan.milestones.values()]
+                + [self.metrics(m.family, m.line, m.iteration, tta=True) for m in self.plan.tta_milestones.values()])
 
     def final_targets(self) -> list[str]:
         from . import report_targets
@@ -196,13 +198,14 @@ class Paths:
             inputs["init_cost"] = cost
         return inputs
 
-    def eval_spec(self, ms: Milestone) -> dict:
+    def eval_spec(self, ms: Milestone, tta: bool = False) -> dict:
         """Describes the checkpoint only; which runs pass through it is the plan's business
-        (collect asks it), so growing the grid never re-runs an evaluation."""
+        (collect asks it), so growing the grid never re-runs an evaluation. tta: the evaluation
+        with test-time augmentation (its own output; the plain spec has no `tta` key)."""
         settings, schedule = self.line_settings(ms.family, ms.line)
         settings["recipe"] = recipe_at(settings["recipe"], ms.iteration - 1)  # the checkpoint's architecture
         inputs = self.eval_input(ms)
-        return {
+        spec = {
             "engine": self.cfg["engine"],
             "run": settings,
             "family": ms.family,
@@ -212,8 +215,11 @@ class Paths:
             "checkpoint": inputs["checkpoint"],
             "dataset": self.dataset(self.plan.run(self.plan.lines[(ms.family, ms.line)].owner).data),
             "init_cost": inputs.get("init_cost"),
-            "output": self.metrics(ms.family, ms.line, ms.iteration),
+            "output": self.metrics(ms.family, ms.line, ms.iteration, tta),
         }
+        if tta:
+            spec["tta"] = True
+        return spec
 
     # ------------------------------------------------------------------ resources
     def _seg(self, wc) -> Segment:

@@ -10,7 +10,8 @@ Every line is cut into **segments** (one training job each) at branch points, at
 milestones (evaluation points: multiples of `eval_period`, branch points and line ends), at
 an architecture switch (`cascade_from_iter`) and so that no segment is longer than
 `max_segment_iters`. A segment's output is the
-checkpoint at its end; a milestone's output is a metrics JSON.
+checkpoint at its end; a milestone's output is a metrics JSON. The final milestone of a run
+whose experiment sets `test_aug` is evaluated a second time, with test-time augmentation.
 """
 from __future__ import annotations
 
@@ -66,6 +67,12 @@ class Plan:
         self.run_lines: dict[str, list[tuple[str, int, int]]] = {}  # run -> [(line, from, to)]
         for family, members in grid.families.items():
             self._plan_family(family, members)
+        # final checkpoints also evaluated with test-time augmentation (experiments' test_aug)
+        self.tta_milestones: dict[tuple[str, str, int], Milestone] = {}
+        for run in grid.runs.values():
+            if run.test_aug:
+                ms = self.final_milestone(run.run_id)
+                self.tta_milestones[(ms.family, ms.line, ms.iteration)] = ms
 
     # ----------------------------------------------------------------- building
     def _plan_family(self, family: str, members: list[Run]) -> None:
@@ -132,6 +139,13 @@ class Plan:
             return self.milestones[(family, line, int(iteration))]
         except KeyError:
             raise KeyError(f"no milestone of family {family}, line {line} at iteration {iteration}") from None
+
+    def tta_milestone(self, family: str, line: str, iteration: int) -> Milestone:
+        try:
+            return self.tta_milestones[(family, line, int(iteration))]
+        except KeyError:
+            raise KeyError(f"no evaluation with test-time augmentation of family {family}, line {line} at "
+                           f"iteration {iteration} (only final checkpoints of runs with test_aug)") from None
 
     def runs_through(self, family: str, line: str, iteration: int) -> tuple[str, ...]:
         """The runs whose curve passes through the checkpoint at (family, line, iteration): on the

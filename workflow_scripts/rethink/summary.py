@@ -38,7 +38,8 @@ def summarize(grid: Grid, plan: Plan, paths: Paths) -> pd.DataFrame:
         final = plan.final_milestone(run_id)
         if any(os.path.exists(os.path.join(paths.resume_dir(s.family, s.line, s.end), DIVERGED_MARKER)) for s in segs):
             status = "diverged"
-        elif os.path.exists(paths.metrics(final.family, final.line, final.iteration)):
+        elif os.path.exists(paths.metrics(final.family, final.line, final.iteration)) and (
+                not run.test_aug or os.path.exists(paths.metrics(final.family, final.line, final.iteration, tta=True))):
             status = "done"
         elif done_metrics or any(
             os.path.exists(paths.checkpoint(s.family, s.line, s.end)) or os.path.isdir(paths.resume_dir(s.family, s.line, s.end))
@@ -65,7 +66,8 @@ def render(df: pd.DataFrame, grid: Grid, plan: Plan) -> str:
     standalone = plan.standalone_iterations
     total = plan.total_iterations
     lines.append(f"runs: {len(df)}   families: {len(grid.families)}   training jobs: {len(plan.segments)}   "
-                 f"evaluations: {len(plan.milestones)}")
+                 f"evaluations: {len(plan.milestones) + len(plan.tta_milestones)}"
+                 + (f" ({len(plan.tta_milestones)} with test-time augmentation)" if plan.tta_milestones else ""))
     lines.append(f"iterations: {total:,} planned vs {standalone:,} stand-alone "
                  f"(trunk sharing saves {standalone - total:,}, ratio {total / max(standalone, 1):.3f})")
     lines.append(f"GPU-hours: {df['gpu_hours'].sum():,.1f} planned, {df['gpu_hours_spent'].sum():,.1f} spent")
