@@ -75,10 +75,17 @@ def write_grid_metrics(cfg: dict, results: str | Path, seed: int = 0, only=None,
                              "pixels": ms.iteration * batch * 800 * 1200},
             "pretrain_samples": pre, "wall_seconds": ms.iteration * 0.34, "device_seconds": ms.iteration * 0.34 * 8,
             "gpus": run.recipe["gpus"], "eval_seconds": 300.0, "diverged": False,
-            "stats": {"bbox": box, "segm": seg}, "engine": cfg["engine"],
+            "stats": ({"bbox": box} if run.task == "faster_rcnn" else {"bbox": box, "segm": seg})
+                     | ({"voc": {"AP50": box["AP50"]}} if run.data.startswith("voc") else {}),
+            "engine": cfg["engine"],
+            "train_aug": bool(run.recipe["scale_aug"]),
         }
         M.write(record, paths.metrics(ms.family, ms.line, ms.iteration))
         n += 1
+        if (ms.family, ms.line, ms.iteration) in plan.tta_milestones:  # + the evaluation with test-time aug
+            tta = {"bbox": {k: v + 2.0 for k, v in box.items()}, "segm": {k: v + 1.5 for k, v in seg.items()}}
+            M.write({**record, "stats": tta, "test_aug": True}, paths.metrics(ms.family, ms.line, ms.iteration, tta=True))
+            n += 1
     return n
 
 

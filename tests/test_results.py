@@ -131,9 +131,10 @@ def test_published_join_picks_the_right_number(tmp_path):
     # a copy with the paper's own spelling (coco_3.5k, voc_mAP50) loads to the same names
     original = tmp_path / "published.csv"
     text = P.DEFAULT_PATH.read_text()
-    original.write_text(text.replace("coco_3_5k", "coco_3.5k").replace("voc_AP50", "voc_mAP50"))
+    original.write_text(text.replace("coco_3_5k", "coco_3.5k").replace("voc_AP50", "voc_mAP50")
+                        .replace(",voc,", ",voc_07trainval_12train,"))
     raw = P.load(original)
-    assert "coco_3_5k" in set(raw.data) and "voc_AP50" in set(raw.metric)
+    assert "coco_3_5k" in set(raw.data) and "voc_AP50" in set(raw.metric) and "voc" in set(raw.data)
     assert "coco_3.5k" not in set(raw.data)
 
 
@@ -261,3 +262,73 @@ def test_less_data_table_and_figure(tmp_path):
     # a family of one run is a single line named after its schedule, drawn from its own points
     pre = [c for c in drawn["less_data"]["R50 GN coco_10k"]["curves"] if c["init"] == "imagenet"]
     assert [c["x"] for c in pre] == [[180000.0]] and [c["y"] for c in pre] == [[26.5]]
+
+
+def test_published_rows_without_schedule_match_by_iterations():
+    pub = P.load()
+    ten_k = dict(task="mask_rcnn", backbone="R50", norm="GN", data="coco_10k", metric="bbox_AP", schedule="60k")
+    assert P.lookup(pub, init="imagenet", iterations=60000, **ten_k) == 26.0
+    assert P.lookup(pub, init="random", iterations=220000, **{**ten_k, "schedule": "220k"}) == 25.9
+    # a run of another length is not the paper's experiment
+    assert math.isnan(P.lookup(pub, init="imagenet", iterations=90000, **ten_k))
+    voc = dict(task="faster_rcnn", backbone="R101", norm="GN", data="voc", metric="voc_AP50")
+    assert P.lookup(pub, init="random", iterations=144000, schedule="144k", **voc) == 77.6
+    assert math.isnan(P.lookup(pub, init="random", iterations=18000, schedule="18k", **voc))
+    # Table 3: the augmentation, not a schedule length, names the row; a TTA number matches only TTA
+    x152 = dict(task="cascade_mask_rcnn", backbone="X152", norm="GN", data="coco_full", metric="bbox_AP")
+    assert P.lookup(pub, init="random", schedule="9x", train_aug=True, **x152) == 48.6
+    assert P.lookup(pub, init="random", schedule="9x", train_aug=True, test_aug=True, **x152) == 50.9
+    assert P.lookup(pub, init="imagenet", schedule="6x", train_aug=True, test_aug=True, **x152) == 50.3
+    assert math.isnan(P.lookup(pub, init="imagenet", schedule="6x", train_aug=True, **x152))
+    # a Table 1 run is not matched to Table 3 (no augmentation) and vice versa
+    r101 = dict(task="mask_rcnn", backbone="R101", norm="GN", init="random", data="coco_full", metric="bbox_AP")
+    assert P.lookup(pub, schedule="6x", **r101) == 42.7
+    assert P.lookup(pub, schedule="9x", train_aug=True, **r101) == 45.0
+
+
+def test_table3_from_the_paper_grid(tmp_path):
+    """Every Table 3 row of the paper gets our run: R101/X152 with train aug, X152 cascade, and
+    the cascade model's evaluation with test-time augmentation (a second file of the same
+    checkpoint), from scratch and pre-trained. No Table 3 run leaks into Tables 1 and 2."""
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "bench_report.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from rethink import config as rconfig
+
+    cfg = rconfig.load(ROOT / "config.yaml")
+    r = tmp_path / "results"
+    n = bench.write_grid_metrics(cfg, r, only=lambda ms: ms.family.startswith(("X152", "R101-GN-random-coco_full-s0-")))
+    assert n > 0 and len(list((r / "metrics").rglob("iter_*-tta.json"))) == 2
+    df = C.collect(r, C.planned_runs(cfg, "config.yaml"))
+    assert df.test_aug.sum() == 2 and df[df.test_aug].final.all()
+    t = T.build_all(df, P.load())["table3"]
+    rows = {tuple(lab): cells for lab, cells in t.rows}
+    expect = {  # (model, init, schedule, train aug, test aug) -> paper bbox AP
+        ("R101 GN coco_full train_aug", "random", "9x", "yes", "no"): 45.0,
+        ("X152 GN coco_full train_aug", "random", "9x", "yes", "no"): 46.4,
+        ("cascade_mask_rcnn X152 GN coco_full cascade", "random", "9x", "yes", "no"): 48.6,
+        ("cascade_mask_rcnn X152 GN coco_full cascade", "random", "9x", "yes", "yes"): 50.9,
+        ("cascade_mask_rcnn X152 GN coco_full cascade", "imagenet", "6x", "yes", "yes"): 50.3,
+    }
+    assert list(rows)[:5] == list(expect)  # the paper's order
+    for labels, paper in expect.items():
+        box, mask = rows[labels]
+        assert box.paper == paper and math.isfinite(box.ours) and math.isfinite(mask.paper), labels
+    # ours: the final evaluation of the run, plain or with TTA, as collected
+    fin = df[df.final & (df.run_id == "X152-GN-random-coco_full-9x-s0-cascade")].set_index("test_aug")
+    cascade, tta = rows[list(expect)[2]], rows[list(expect)[3]]
+    assert cascade[0].ours == pytest.approx(fin.loc[False, "bbox_AP"])
+    assert tta[0].ours == pytest.approx(fin.loc[True, "bbox_AP"]) and tta[1].ours == pytest.approx(fin.loc[True, "segm_AP"])
+    assert tta[0].ours != cascade[0].ours
+    # the pre-trained cascade model was evaluated with TTA only in the paper: its plain row is ours alone
+    extra = rows[("cascade_mask_rcnn X152 GN coco_full cascade", "imagenet", "6x", "yes", "no")]
+    assert math.isnan(extra[0].paper) and math.isfinite(extra[0].ours)
+    tabs = T.build_all(df, P.load())
+    for name in ("table1", "table2"):
+        assert "X152" not in T.to_markdown(tabs[name]) and "train_aug" not in T.to_markdown(tabs[name]), name
+    # curves: the Table 3 runs get panels, the TTA evaluations are not points on them
+    drawn = F.build_all(df, P.load(), r / "figures")
+    panel = drawn["convergence"]["cascade_mask_rcnn X152 GN coco_full cascade"]
+    for c in panel["curves"]:
+        assert len(c["x"]) == len(set(c["x"])), c["init"]
+    assert sum(len(c["x"]) for c in panel["curves"]) == int((~df.test_aug & df.family.str.endswith("cascade")).sum())

@@ -1,7 +1,8 @@
 """The paper's figures from the metrics table: PNG (150 dpi) and PDF under <results>/figures/.
 
     convergence   AP vs iterations (k), random init vs pre-trained, one panel per (task, backbone,
-                  norm, data, variant) of ours (paper Figures 1, 3, 4; keypoint runs: Figure 6).
+                  norm, data, variant) of ours (paper Figures 1, 3, 4; keypoint runs: Figure 6;
+                  the Table 3 runs). Evaluations with test-time augmentation are not drawn.
                   Each family's constant-LR trunk is drawn once; every schedule is a tail that
                   branches off it at its first LR drop; dotted vertical lines mark LR drops;
                   filled dots mark schedule ends, hollow stars the paper's number at that end.
@@ -91,8 +92,11 @@ def progress(df: pd.DataFrame, planned: pd.DataFrame | None = None) -> tuple[int
 def _groups(df: pd.DataFrame, kinds: set[str]) -> list[tuple]:
     if df.empty:
         return []
-    keys = [tuple(k) for k in df[GROUP].drop_duplicates().itertuples(index=False)]
-    keys = [k for k in keys if kind_of(k[0], k[3]) in kinds]
+    keys = []
+    for k in df[GROUP + ["train_aug"]].drop_duplicates().itertuples(index=False):
+        key = tuple(k)[:len(GROUP)]
+        if kind_of(k.task, k.data, k.train_aug) in kinds and key not in keys:
+            keys.append(key)
     return sorted(keys, key=group_order)
 
 
@@ -301,9 +305,11 @@ def save(fig, folder: str | os.PathLike, name: str) -> list[Path]:
 def build_all(df: pd.DataFrame, pub: pd.DataFrame, folder, planned=None, pretrain="band") -> dict[str, dict]:
     """Write every figure; returns {figure name: what it drew}."""
     _, _, note = progress(df, planned)
+    df = df[~df.test_aug]  # curves and counts: the plain evaluations (a TTA row is one more point)
     drawn = {}
     fig, drawn["convergence"] = convergence(
-        df, pub, {"main", "keypoints"}, "Convergence: random init vs pre-trained (paper Figures 1, 3, 4, 6)",
+        df, pub, {"main", "keypoints", "enhanced"},
+        "Convergence: random init vs pre-trained (paper Figures 1, 3, 4, 6; Table 3 runs)",
         pretrain, note, empty_sources=["table1"])
     save(fig, folder, "convergence")
     fig, drawn["samples_seen"] = samples_seen(df, pub, note)

@@ -5,14 +5,18 @@ paper states, one row each: source, task, backbone, norm, init, data, schedule, 
 metric, value, note) with two names normalised so they match the workflow's names:
 
 * data ``coco_3.5k`` -> ``coco_3_5k`` (data names must match ``^[a-z][a-z0-9_]*$``);
+* data ``voc_07trainval_12train`` -> ``voc`` (config.yaml's name for VOC 2007 trainval + 2012 train);
 * metric ``voc_mAP50`` -> ``voc_AP50`` (the metrics table's column for VOC AP at IoU 0.5).
 
 :func:`load` applies the same aliases, so the original file loads too.
 
 Joining: a paper number matches our cell by (task, backbone, norm, init, data, schedule,
 metric). Paper schedule ``best`` (Table 2) = the longest schedule of that (backbone, norm,
-init, data) present in ours; an empty paper schedule (Figures 7, 8: no length given) matches
-any of our schedules of that setting.
+init, data) present in ours; ``train_aug`` / ``train_aug+test_aug`` (Table 3) = a run trained
+with scale augmentation, evaluated without / with test-time augmentation; an empty paper
+schedule (Figures 7, 8: no length given) matches our run of the paper's iterations where the
+paper gives them (10k images: 60k / 220k; VOC: 18k / 144k), any run of that setting otherwise
+(1k, 3.5k images).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = ROOT / "results" / "paper" / "published.csv"
 COLUMNS = ["source", "task", "backbone", "norm", "init", "data", "schedule", "iterations", "metric", "value", "note"]
-DATA_ALIASES = {"coco_3.5k": "coco_3_5k"}
+DATA_ALIASES = {"coco_3.5k": "coco_3_5k", "voc_07trainval_12train": "voc"}
 METRIC_ALIASES = {"voc_mAP50": "voc_AP50"}
 KEY = ["task", "backbone", "norm", "init", "data", "schedule", "metric"]
 
@@ -69,9 +73,17 @@ def sort_schedules(names) -> list[str]:
 
 
 def lookup(pub: pd.DataFrame, *, task: str, backbone: str, norm: str, init: str, data: str, metric: str,
-           schedule: str | None = None, best: bool = False) -> float:
-    """The paper's number for one cell, or NaN. `best=True` asks for Table 2's 'best' row;
-    otherwise the exact schedule, falling back to a paper row with no schedule given."""
+           schedule: str | None = None, best: bool = False, iterations: float | None = None,
+           train_aug: bool = False, test_aug: bool = False) -> float:
+    """The paper's number for one cell, or NaN.
+
+    best=True asks for Table 2's 'best' row. Otherwise, in this order:
+    * a run with train/test augmentation matches Table 3's row of the same augmentation (the paper's
+      schedule field 'train_aug' or 'train_aug+test_aug'); an evaluation with test-time augmentation
+      matches nothing else;
+    * the exact schedule;
+    * a paper row with no schedule (Figures 7, 8): where the paper gives its iterations, only a
+      run of that many `iterations` matches (unknown iterations: any)."""
     m = pub[(pub.task == task) & (pub.backbone == backbone) & (pub.norm == norm) & (pub.init == init)
             & (pub.data == data) & (pub.metric == metric)]
     if m.empty:
@@ -84,10 +96,26 @@ def lookup(pub: pd.DataFrame, *, task: str, backbone: str, norm: str, init: str,
                 return float("nan")
             hit = numbered.loc[[numbered.schedule.map(schedule_length).idxmax()]]
         return float(hit.value.iloc[0])
+    if train_aug or test_aug:
+        tag = "+".join(t for t, on in (("train_aug", train_aug), ("test_aug", test_aug)) if on)
+        hit = m[m.schedule == tag]
+        if not hit.empty:
+            return float(hit.value.iloc[0])
+        if test_aug:
+            return float("nan")
     hit = m[m.schedule == schedule] if schedule is not None else m.iloc[0:0]
     if hit.empty:
         hit = m[m.schedule == ""]
+        if iterations is not None and _finite(iterations):
+            hit = hit[hit.iterations.isna() | (hit.iterations == float(iterations))]
     return float(hit.value.iloc[0]) if not hit.empty else float("nan")
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def iterations_of(pub: pd.DataFrame, **key) -> float:

@@ -14,12 +14,16 @@ runs get rows of their own):
     table1     bbox AP by schedule (2x..6x), rows = setting x init        (paper Table 1)
     table2     bbox/mask AP, AP50, AP75 of the longest schedule per setting, random vs each
                pre-trained init, with a Δ row (random − pre-trained)      (paper Table 2)
+    table3     bbox/mask AP of the enhanced baselines: train-time scale augmentation, X152,
+               cascade, test-time augmentation                            (paper Table 3)
     keypoints  keypoint AP by schedule (task keypoint_rcnn)                (paper Figure 6)
     less_data  bbox AP with fewer COCO images (data coco_<subset>)         (paper Figures 7, 8)
     voc        VOC AP50 (data voc_*)                                       (paper Figure 8)
 
 Which table a setting belongs to: task keypoint_rcnn -> keypoints; data voc_* -> voc;
-data coco_* other than coco_full -> less_data; everything else -> table1 and table2.
+data coco_* other than coco_full -> less_data; Mask R-CNN / cascade trained with scale
+augmentation, and every evaluation with test-time augmentation -> table3; everything else ->
+table1 and table2.
 Runs with several seeds: the mean over seeds that did not diverge.
 """
 from __future__ import annotations
@@ -40,6 +44,7 @@ DASH = "\u2014"
 RANDOM = "random"
 GROUP = ["task", "backbone", "norm", "data", "variant"]
 SETTING = GROUP + ["init", "schedule"]
+AUG = ["train_aug", "test_aug"]
 
 
 @dataclass
@@ -98,14 +103,24 @@ def _finite(v) -> bool:
 
 
 # --------------------------------------------------------------------------- data
-def kind_of(task: str, data: str) -> str:
+def kind_of(task: str, data: str, train_aug: bool = False, test_aug: bool = False) -> str:
+    """Which table a setting belongs to. "enhanced" (Table 3): Mask R-CNN / cascade on full COCO
+    with train-time scale augmentation, and every evaluation with test-time augmentation."""
     if task == "keypoint_rcnn":
         return "keypoints"
     if data.startswith("voc"):
         return "voc"
     if data.startswith("coco_") and data != "coco_full":
         return "less_data"
+    if test_aug or (train_aug and task in ("mask_rcnn", "cascade_mask_rcnn")):
+        return "enhanced"
     return "main"
+
+
+def _aug_flags(tag: str) -> tuple[bool, bool]:
+    """A paper row's schedule field 'train_aug' / 'train_aug+test_aug' (Table 3) -> (train, test)."""
+    parts = set(str(tag).split("+"))
+    return "train_aug" in parts, "test_aug" in parts
 
 
 def finals(df: pd.DataFrame) -> pd.DataFrame:
@@ -113,9 +128,9 @@ def finals(df: pd.DataFrame) -> pd.DataFrame:
     non-diverged milestone, averaged over seeds. status: diverged (every seed diverged), partial
     (a seed has not reached its last iteration), else ""."""
     if df.empty:
-        return pd.DataFrame(columns=SETTING + ["iteration", "status", "seeds"] + STAT_COLUMNS)
+        return pd.DataFrame(columns=SETTING + AUG + ["iteration", "iterations", "status", "seeds"] + STAT_COLUMNS)
     per_run = []
-    for rid, g in df.groupby("run_id", sort=True):
+    for _, g in df.groupby(["run_id", "test_aug"], sort=True):  # a TTA evaluation is a result of its own
         ok = g[~g.diverged]
         last = (ok if not ok.empty else g).sort_values("iteration").iloc[-1]
         row = last.to_dict()
@@ -128,10 +143,11 @@ def finals(df: pd.DataFrame) -> pd.DataFrame:
         per_run.append(row)
     runs = pd.DataFrame(per_run)
     out = []
-    for key, g in runs.groupby(SETTING, sort=True, dropna=False):
+    for key, g in runs.groupby(SETTING + AUG, sort=True, dropna=False):
         good = g[g.status != "diverged"]
-        row = dict(zip(SETTING, key))
+        row = dict(zip(SETTING + AUG, key))
         row["seeds"] = len(g)
+        row["iterations"] = float(g.iterations.max())
         if good.empty:
             row.update({c: math.nan for c in STAT_COLUMNS}, status="diverged", iteration=int(g.iteration.max()))
         else:
@@ -181,12 +197,13 @@ def _groups(fin: pd.DataFrame, pub: pd.DataFrame, kind: str, tasks: set[str] | N
     """(task, backbone, norm, data, variant) groups of `kind`: ours, then the paper's."""
     keys = []
     if not fin.empty:
-        for key in fin[GROUP].drop_duplicates().itertuples(index=False):
-            if kind_of(key.task, key.data) == kind and (tasks is None or key.task in tasks):
-                keys.append(tuple(key))
+        for key in fin[GROUP + AUG].drop_duplicates().itertuples(index=False):
+            if kind_of(key.task, key.data, key.train_aug, key.test_aug) == kind and (tasks is None or key.task in tasks):
+                if tuple(key)[:len(GROUP)] not in keys:
+                    keys.append(tuple(key)[:len(GROUP)])
     p = pub[pub.source.isin(pub_sources)]
     for r in p.itertuples(index=False):
-        if kind_of(r.task, r.data) != kind or (tasks is not None and r.task not in tasks):
+        if kind_of(r.task, r.data, *_aug_flags(r.schedule)) != kind or (tasks is not None and r.task not in tasks):
             continue
         key = (r.task, r.backbone, r.norm, r.data, "")
         if key not in keys:
@@ -197,23 +214,27 @@ def _groups(fin: pd.DataFrame, pub: pd.DataFrame, kind: str, tasks: set[str] | N
 def _select(fin: pd.DataFrame, group: tuple, init: str) -> pd.DataFrame:
     if fin.empty:
         return fin
-    m = fin
+    m = fin[~fin.test_aug]  # the plain evaluations (Table 3 picks the TTA ones itself)
     for col, v in zip(GROUP, group):
         m = m[m[col] == v]
     return m[m.init == init]
 
 
 def _cell(row, pub, group, init, metric, schedule=None, best=False, any_schedule=False) -> Cell:
+    """Our number (row; None = no run) beside the paper's. any_schedule: the paper gives
+    iterations, not schedules (less data, VOC): a run of ours matches by its iterations, the
+    paper's number is shown alone where we have no run."""
     task, backbone, norm, data, variant = group
     paper = math.nan
     if not variant:  # a variant is a recipe the paper's row does not describe
-        if any_schedule:
+        if any_schedule and row is None:
             m = pub[(pub.task == task) & (pub.backbone == backbone) & (pub.norm == norm) & (pub.init == init)
                     & (pub.data == data) & (pub.metric == metric)]
             paper = float(m.value.iloc[0]) if not m.empty else math.nan
         else:
             paper = pubmod.lookup(pub, task=task, backbone=backbone, norm=norm, init=init, data=data,
-                                  metric=metric, schedule=schedule, best=best)
+                                  metric=metric, schedule=row["schedule"] if any_schedule else schedule, best=best,
+                                  iterations=row["iterations"] if any_schedule else None)
     if row is None:
         return Cell(paper=paper)
     return Cell(ours=float(row[metric]), paper=paper, status=row["status"])
@@ -306,12 +327,63 @@ def single_metric(fin, pub, name, title, kind, metric, pub_sources) -> Table:
     return t
 
 
+def table3(fin, pub) -> Table:
+    """Paper Table 3: the enhanced baselines (train-time scale augmentation, ResNeXt-152, cascade,
+    test-time augmentation). One row per paper row, in the paper's order, matched to our run of
+    the same task, backbone, norm, init and data that trained with scale augmentation and was
+    evaluated with (or without) test-time augmentation, longest schedule first; then our
+    enhanced runs the paper has no row for."""
+    metrics = ["bbox_AP", "segm_AP"]
+    t = Table("table3", "Table 3: enhanced baselines (train/test augmentation, ResNeXt-152, cascade)",
+              ["model", "init", "schedule", "train aug", "test aug"], ["AP bbox", "AP mask"],
+              notes=[NOTE_CELLS, "train aug = shorter side sampled from [640, 800] in training; test aug = "
+                                 "multi-scale + flip at test time (an evaluation of the same checkpoint)."])
+    mine = fin[[kind_of(r.task, r.data, r.train_aug, r.test_aug) == "enhanced"
+                for r in fin.itertuples(index=False)]] if not fin.empty else fin
+    used: set = set()
+
+    def add(task, backbone, norm, data, variant, init, train_aug, test_aug, sel):
+        row = _longest(sel)
+        cells = []
+        for m in metrics:
+            paper = pubmod.lookup(pub, task=task, backbone=backbone, norm=norm, init=init, data=data, metric=m,
+                                  schedule=None if row is None else row["schedule"],
+                                  train_aug=train_aug, test_aug=test_aug)
+            cells.append(Cell(paper=paper) if row is None else
+                         Cell(ours=float(row[m]), paper=paper, status=row["status"]))
+        if row is not None:
+            used.add(row.name)
+            variant = row["variant"]
+        yes = {True: "yes", False: "no"}
+        t.rows.append(([_setting_label(task, backbone, norm, data, variant), init,
+                        row["schedule"] if row is not None else DASH, yes[bool(train_aug)], yes[bool(test_aug)]],
+                       cells))
+
+    p = pub[pub.source == "table3"]
+    for key, _ in p.groupby(["task", "backbone", "norm", "init", "data", "schedule"], sort=False):
+        task, backbone, norm, init, data, tag = key
+        train_aug, test_aug = _aug_flags(tag)
+        sel = mine
+        if not sel.empty:
+            sel = sel[(sel.task == task) & (sel.backbone == backbone) & (sel.norm == norm) & (sel.init == init)
+                      & (sel.data == data) & (sel.train_aug == train_aug) & (sel.test_aug == test_aug)
+                      & ~sel.index.isin(used)]
+        add(task, backbone, norm, data, "", init, train_aug, test_aug, sel)
+    if not mine.empty:
+        rest = mine[~mine.index.isin(used)]
+        for key, sel in rest.groupby(GROUP + ["init"] + AUG, sort=False):
+            task, backbone, norm, data, variant, init, train_aug, test_aug = key
+            add(task, backbone, norm, data, variant, init, train_aug, test_aug, sel)
+    return t
+
+
 def build_all(df: pd.DataFrame, pub: pd.DataFrame) -> dict[str, Table]:
     fin = finals(df)
     return {
         "table1": by_schedule(fin, pub, "table1", "Table 1: bbox AP by schedule, random init vs pre-trained",
                               "main", "bbox_AP", ["table1"], tasks={"mask_rcnn", "cascade_mask_rcnn", "faster_rcnn"}),
         "table2": table2(fin, pub),
+        "table3": table3(fin, pub),
         "keypoints": by_schedule(fin, pub, "keypoints", "Keypoint AP by schedule (paper Figure 6)",
                                  "keypoints", "keypoints_AP", ["figure6"]),
         "less_data": single_metric(fin, pub, "less_data", "Less data: bbox AP with 35k/10k/3.5k/1k COCO images "
