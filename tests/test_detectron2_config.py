@@ -182,6 +182,20 @@ def test_tasks_and_classes(paper):
     assert kp["MODEL.KEYPOINT_ON"] is True and kp["MODEL.MASK_ON"] is False and kp["MODEL.ROI_HEADS.NUM_CLASSES"] == 1
     cas = d2config.resolved(_variant(paper, "R50-GN-random-coco_full-3x-s0", task="cascade_mask_rcnn"), None, None)
     assert cas["MODEL.ROI_HEADS.NAME"] == "CascadeROIHeads" and cas["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"]
+    assert cas["MODEL.ROI_BOX_CASCADE_HEAD.IOUS"] == [0.5, 0.6, 0.7] and len(cas["MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS"]) == 3
+
+
+def test_test_aug_sizes_are_detectron2s_scaled_and_shared_with_torchvision(paper):
+    from rethink.engines.torchvision_engine import inference_passes
+
+    run = _variant(paper, "R50-GN-random-coco_full-3x-s0", tta=True)
+    full = d2config.resolved(run, None, None)
+    assert full["TEST.AUG.ENABLED"] is True
+    assert full["TEST.AUG.MIN_SIZES"] == list(range(400, 1201, 100)) and full["TEST.AUG.MAX_SIZE"] == 4000
+    small = {**run["recipe"], "min_size_test": 128, "max_size_test": 192}
+    sizes, cap = d2config.test_aug_sizes(small)
+    assert sizes == [64, 80, 96, 112, 128, 144, 160, 176, 192] and cap == 576
+    assert sorted({(s, m) for s, m, _ in inference_passes(small)}) == [(s, cap) for s in sizes]
 
 
 def test_unsupported_backbone_is_a_clear_error(paper):

@@ -4,6 +4,9 @@ R50-FPN GN Mask R-CNN trains two iterations through engine.losses + SGD, the tra
 a function of (seed, iteration), predict() gives COCO results that pycocotools accepts, and
 ImageNet .pkl weights in Caffe2 names load. The section 5.1 VGG16 Faster R-CNN (no norm) builds,
 freezes conv1_x/conv2_x only when pre-trained, trains two iterations, predicts, loads caffe VGG16 blobs.
+Table 3's Cascade Mask R-CNN: its config has detectron2's own cascade fields, the project's loop
+switches a run from Mask R-CNN to cascade at cascade_from_iter (engine.load_converted), and a
+cascade with test-time augmentation (GeneralizedRCNNWithTTA) predicts COCO results.
 
 detectron2 is on no package index: without it every test here is skipped (see the engine's INSTALL_HINT).
 Run with an environment that has it built from source:  python -m pytest tests/test_detectron2_engine.py"""
@@ -68,11 +71,16 @@ def tiny_run(paper, norm="GN", init="random", seed=0) -> dict:
     return run
 
 
+def _nested(value):
+    """Tuples (of tuples) as lists, as d2config.resolved() writes them."""
+    return [_nested(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def cfg_value(cfg, key):
     node = cfg
     for p in key.split("."):
         node = node[p]
-    return list(node) if isinstance(node, (tuple, list)) else node
+    return _nested(node)
 
 
 @pytest.mark.parametrize("run_id", [
@@ -496,3 +504,244 @@ def test_vgg16_loads_caffe_pkl(engine, paper, tmp_path):
         pickle.dump({"res2_0_branch2a_w": np.zeros((64, 64, 1, 1), np.float32)}, f)
     with pytest.raises(RuntimeError, match="no backbone weight"):
         engine.load_init_weights(model, str(resnet), run)
+
+
+# ---------------------------------------------------------------- Cascade Mask R-CNN (the paper's Table 3)
+# "we train Mask R-CNN from scratch without cascade, and switch to cascade in the final 270k
+# iterations": a run with recipe cascade_from_iter N trains iterations < N as mask_rcnn; the plan
+# cuts a segment at N whose spec carries start_task mask_rcnn, and the loop maps the checkpoint
+# through engine.load_converted. Built from configs/tiny.yaml (R18-GN, synthetic data, CPU).
+
+CASCADE_RUN = "R18-GN-random-synthetic-2x-s0-cascade"
+CASCADE_YAML = "Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml"  # detectron2's own Cascade Mask R-CNN
+CASCADE_X152_YAML = "Misc/cascade_mask_rcnn_X_152_32x8d_FPN_IN5k_gn_dconv.yaml"  # its X152 GN cascade
+
+
+def cascade_plan(tmp_path, cascade_from_iter=2):
+    """configs/tiny.yaml with one experiment: R18-GN from scratch, 4 iterations (2x at 2 per x),
+    Mask R-CNN for iterations 0-1, cascade from `cascade_from_iter` on; the detectron2 engine."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    raw.update(engine="detectron2", workdir=str(tmp_path / "work"), results=str(tmp_path / "results"),
+               eval_period=100, max_segment_iters=100)
+    raw["recipe"].update(iters_per_x=2, warmup_iters=1, lr_drops_from_end=[2, 1], min_size_train=[64],
+                         max_size_train=96, min_size_test=64, max_size_test=96, rpn_pre_nms_train=100,
+                         rpn_post_nms_train=50, rpn_pre_nms_test=100, rpn_post_nms_test=50,
+                         roi_batch_per_image=32, detections_per_image=20)
+    raw["experiments"] = {"cascade_tiny": {
+        "description": "Table 3 at laptop scale: Mask R-CNN, then cascade", "backbone": ["R18"], "norm": ["GN"],
+        "init": ["random"], "data": ["synthetic"], "schedule": ["2x"], "seed": [0], "variant": "cascade",
+        "recipe": {"task": "cascade_mask_rcnn", "cascade_from_iter": cascade_from_iter}}}
+    cfg = rconfig.validate(raw, "tiny cascade config")
+    plan = Plan(rgrid.build(cfg, "tiny cascade config"))
+    return plan, Paths(cfg, plan)
+
+
+def cascade_run(tmp_path, backbone="R18", tta=False) -> dict:
+    """The cascade run as it trains after the switch (recipe task cascade_mask_rcnn)."""
+    plan, _ = cascade_plan(tmp_path)
+    run = plan.run(CASCADE_RUN).to_dict()
+    run["recipe"] = rgrid.recipe_at(run["recipe"], run["recipe"]["cascade_from_iter"])
+    run["recipe"]["tta"] = tta
+    if backbone != "R18":
+        run.update(backbone=backbone, run_id=CASCADE_RUN.replace("R18", backbone))
+    return run
+
+
+CASCADE_FIELDS = ["MODEL.META_ARCHITECTURE", "MODEL.MASK_ON", "MODEL.ROI_HEADS.NAME", "MODEL.ROI_HEADS.IOU_THRESHOLDS",
+                  "MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS",
+                  "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS",
+                  "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
+                  "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"]
+
+
+@pytest.mark.parametrize("backbone", ["R18", "R50", "X152"])
+def test_cascade_config_is_detectron2s(engine, tmp_path, backbone):
+    """The cascade run's CfgNode has detectron2's own Cascade Mask R-CNN fields (its configs/Misc
+    cascade yaml read with get_cfg + merge_from_file), the paper's 3 stages at IoU 0.5/0.6/0.7 with
+    class-agnostic box regression, the box head of detectron2's X152 GN cascade (4 conv + 1 fc,
+    GN), and equals d2config.resolved() key by key."""
+    from detectron2.config import get_cfg
+
+    from rethink.engines.detectron2_engine import config_file
+
+    run = cascade_run(tmp_path, backbone)
+    cfg = engine.config(run)
+    ref = get_cfg()
+    ref.merge_from_file(config_file(CASCADE_YAML))
+    assert {k: (cfg_value(cfg, k), cfg_value(ref, k)) for k in CASCADE_FIELDS if cfg_value(cfg, k) != cfg_value(ref, k)} == {}
+    assert cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads" and cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG is True
+    assert cfg_value(cfg, "MODEL.ROI_BOX_CASCADE_HEAD.IOUS") == [0.5, 0.6, 0.7]
+    assert cfg_value(cfg, "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS") == [[10, 10, 5, 5], [20, 20, 10, 10], [30, 30, 15, 15]]
+    assert cfg.MODEL.MASK_ON is True and cfg.MODEL.KEYPOINT_ON is False and cfg.TEST.AUG.ENABLED is False
+    x152 = get_cfg()
+    x152.merge_from_file(config_file(CASCADE_X152_YAML))
+    for key in ("MODEL.ROI_BOX_HEAD.NAME", "MODEL.ROI_BOX_HEAD.NUM_CONV", "MODEL.ROI_BOX_HEAD.NUM_FC",
+                "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_HEADS.NAME", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"):
+        assert cfg_value(cfg, key) == cfg_value(x152, key), key
+    if backbone == "X152":  # the ResNeXt of detectron2's X152 cascade (without its deformable convs)
+        for key in ("MODEL.RESNETS.DEPTH", "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.WIDTH_PER_GROUP",
+                    "MODEL.RESNETS.STRIDE_IN_1X1"):
+            assert cfg_value(cfg, key) == cfg_value(x152, key), key
+    want = d2config.resolved(run)
+    got = {k: cfg_value(cfg, k) for k in want}
+    assert {k: (got[k], v) for k, v in want.items() if got[k] != v} == {}
+    # before the switch the same run is a plain Mask R-CNN
+    before = dict(run, recipe=rgrid.recipe_at(run["recipe"], run["recipe"]["cascade_from_iter"] - 1))
+    assert engine.config(before).MODEL.ROI_HEADS.NAME == "StandardROIHeads"
+    assert engine.config(dict(run, recipe={**run["recipe"], "tta": True})).TEST.AUG.ENABLED is True
+
+
+def _read_history(path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_switch_to_cascade_through_the_loop(tmp_path, capsys):
+    """Segment 0->2 trains Mask R-CNN, segment 2->4 (start_task mask_rcnn) the cascade: the loop
+    maps the iteration-2 checkpoint through load_converted: same-name tensors copied, the box
+    head and classifier into each of the 3 stages, the class-agnostic regressors fresh; all 3
+    stages' losses are finite in the history; the output checkpoint is the cascade at iteration 4."""
+    from rethink import loop
+    from rethink.engines.detectron2_engine import Detectron2Engine
+
+    plan, paths = cascade_plan(tmp_path)
+    specs = [paths.train_spec(s) for s in plan.segments_of_run(CASCADE_RUN)]
+    assert [(s["start"], s["end"]) for s in specs] == [(0, 2), (2, 4)]
+    assert [s["run"]["recipe"]["task"] for s in specs] == ["mask_rcnn", "cascade_mask_rcnn"]
+    assert "start_task" not in specs[0] and specs[1]["start_task"] == "mask_rcnn"
+    assert specs[1]["start_checkpoint"] == specs[0]["output"]
+    manifest = rdata.prepare({**paths.data_spec("synthetic"), "train_size": 4, "val_size": 2,
+                              "image_size": [64, 96], "output": specs[0]["dataset"]})
+    for i, s in enumerate(specs):
+        s.update(history=str(tmp_path / f"history{i}.jsonl"), log_period=1)
+
+    class Recording(Detectron2Engine):
+        """The real engine; keeps the model's weights right after the conversion."""
+
+        def load_converted(self, model, state_dict, from_task, run):
+            self.report = super().load_converted(model, state_dict, from_task, run)
+            self.converted = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return self.report
+
+    eng = Recording()
+    t0 = time.perf_counter()
+    loop.train(eng, specs[0], manifest)
+    t_mask = time.perf_counter() - t0
+    mask = torch.load(specs[0]["output"], weights_only=False)
+    assert mask["iteration"] == 2 and "roi_heads.box_predictor.bbox_pred.weight" in mask["model"]
+    capsys.readouterr()
+    t0 = time.perf_counter()
+    loop.train(eng, specs[1], manifest)
+    t_cascade = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert f"architecture switch mask_rcnn -> cascade_mask_rcnn: {eng.report}" in out
+
+    src, got = mask["model"], eng.converted
+    fresh = eng.build_model(specs[1]["run"], CPU, False, dataset=manifest).state_dict()  # the loop's init (same seed)
+    box_head = [k for k in src if k.startswith("roi_heads.box_head.")]
+    assert box_head and "roi_heads.box_head.fc1.weight" in box_head
+    same = [k for k in src if k in got]
+    assert len(same) == len(src) - len(box_head) - 4  # all but box head, classifier, class-specific regressor
+    for k in same:
+        assert torch.equal(got[k], src[k]), k
+    for stage in range(3):
+        for k in box_head:
+            assert torch.equal(got[k.replace("box_head.", f"box_head.{stage}.")], src[k]), (stage, k)
+        for p in ("weight", "bias"):
+            assert torch.equal(got[f"roi_heads.box_predictor.{stage}.cls_score.{p}"],
+                               src[f"roi_heads.box_predictor.cls_score.{p}"])
+            reg = got[f"roi_heads.box_predictor.{stage}.bbox_pred.{p}"]
+            assert reg.shape[0] == 4 and torch.equal(reg, fresh[f"roi_heads.box_predictor.{stage}.bbox_pred.{p}"])
+    assert set(got) == set(fresh)
+    assert eng.report == (f"{len(same)} tensors copied by name, "
+                          f"{3 * (len(box_head) + 2)} mapped into 3 cascade stages (box head + classifier), 6 fresh "
+                          f"(class-agnostic box regressors), 2 dropped (class-specific box regressor)")
+
+    hist0, hist1 = _read_history(specs[0]["history"]), _read_history(specs[1]["history"])
+    assert [h["iteration"] for h in hist0 + hist1] == [0, 1, 2, 3]
+    assert all({"loss_cls", "loss_box_reg", "loss_mask"} <= set(h["losses"]) for h in hist0)
+    stages = {f"loss_{n}_stage{k}" for n in ("cls", "box_reg") for k in range(3)}
+    for h in hist1:
+        assert stages | {"loss_mask", "loss_rpn_cls", "loss_rpn_loc"} == set(h["losses"])
+        assert all(np.isfinite(v) for v in h["losses"].values()) and np.isfinite(h["loss"])
+    final = torch.load(specs[1]["output"], weights_only=False)
+    assert final["iteration"] == 4 and final["counters"]["images"] == 4 * 2
+    assert set(final["model"]) == set(fresh)
+    assert not torch.equal(final["model"]["roi_heads.box_predictor.2.bbox_pred.weight"],
+                           got["roi_heads.box_predictor.2.bbox_pred.weight"])  # the cascade trained
+    print(f"\nR18-FPN GN, CPU, 64px: mask_rcnn segment 0->2 {t_mask:.1f}s, cascade segment 2->4 {t_cascade:.1f}s")
+
+
+def test_load_converted_refuses_what_does_not_fit(engine, tmp_path):
+    """Another task pair, another backbone, another number of classes: ValueError naming the run
+    and the tasks, and the model is left untouched."""
+    run = cascade_run(tmp_path)
+    model = engine.build_model(run, CPU, False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mask_run = dict(run, recipe={**run["recipe"], "task": "mask_rcnn"})
+    src = engine.build_model(mask_run, CPU, False).state_dict()
+    with pytest.raises(ValueError, match=rf"run {run['run_id']}: .*'faster_rcnn' checkpoint into a 'cascade_mask_rcnn'"):
+        engine.load_converted(model, src, "faster_rcnn", run)
+    with pytest.raises(ValueError, match=r"'mask_rcnn' checkpoint into a 'mask_rcnn' model"):
+        engine.load_converted(model, src, "mask_rcnn", mask_run)
+    # an R50 checkpoint (res2 of 256 channels, bottlenecks) into the R18 cascade
+    r50 = {k: torch.zeros(v.shape[0] * 4, *v.shape[1:]) if k.startswith("backbone.bottom_up.res2.") else v
+           for k, v in src.items()}
+    r50["backbone.bottom_up.res2.0.conv3.weight"] = torch.zeros(256, 64, 1, 1)
+    with pytest.raises(ValueError, match=rf"run {run['run_id']}: the mask_rcnn checkpoint does not fit its "
+                                         rf"cascade_mask_rcnn model \(R18-GN\): backbone.bottom_up.res2"):
+        engine.load_converted(model, r50, "mask_rcnn", run)
+    classes = dict(src)
+    classes["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(4, src["roi_heads.box_predictor.cls_score.weight"].shape[1])
+    with pytest.raises(ValueError, match=r"cls_score.weight \(-> roi_heads.box_predictor.0.cls_score.weight\): shape \(4, "):
+        engine.load_converted(model, classes, "mask_rcnn", run)
+    missing = {k: v for k, v in src.items() if not k.startswith("roi_heads.mask_head.")}
+    with pytest.raises(ValueError, match=r"roi_heads.mask_head.* not in the checkpoint"):
+        engine.load_converted(model, missing, "mask_rcnn", run)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cascade_tta_predicts_coco_results(engine, tmp_path):
+    """A Cascade Mask R-CNN (3 stages, IoU 0.5/0.6/0.7 matchers, class-agnostic regression) with
+    recipe tta: predict() runs detectron2's GeneralizedRCNNWithTTA (every image at each test
+    scale, flipped and not) and returns bbox + segm results that rethink.evaluate scores."""
+    from rethink.evaluate import evaluate_results
+
+    ds = rdata.prepare({"name": "tiny_cascade", "kind": "synthetic", "train_size": 2, "val_size": 2,
+                        "image_size": [64, 96], "categories": 3, "max_objects": 3, "seed": 0,
+                        "output": str(tmp_path / "data" / "dataset.json")})
+    run = cascade_run(tmp_path, tta=True)
+    model = engine.build_model(run, CPU, False, dataset=ds)
+    heads = model.roi_heads
+    assert type(heads).__name__ == "CascadeROIHeads" and heads.num_cascade_stages == 3
+    assert [m.thresholds[1] for m in heads.proposal_matchers] == [0.5, 0.6, 0.7]
+    assert [p.box2box_transform.weights for p in heads.box_predictor] == [(10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)]
+    assert all(p.bbox_pred.out_features == 4 and p.cls_score.out_features == 3 + 1 for p in heads.box_predictor)
+    assert model.rethink_cfg.TEST.AUG.ENABLED is True
+    # detectron2's test scales (400 ... 1200 px) take minutes on a CPU even for 2 images: two tiny ones
+    cfg = model.rethink_cfg.clone()
+    cfg.defrost()
+    cfg.TEST.AUG.MIN_SIZES, cfg.TEST.AUG.MAX_SIZE = (64, 96), 160
+    cfg.freeze()
+    model.rethink_cfg = cfg
+    heads.box_predictor[-1].test_score_thresh = 0.0  # untrained: keep every detection (the last stage's)
+    seen: list[int] = []
+    model.backbone.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].shape[0]))
+    t = time.perf_counter()
+    results = engine.predict(model, run, ds, CPU)
+    t_pred = time.perf_counter() - t
+    print(f"\nR18-FPN GN cascade + TTA (2 scales x flip), CPU: predict 2 images {t_pred:.2f}s, {len(results)} detections")
+    assert sum(seen) >= 2 * 2 * 2  # every val image at each of the 2 scales, flipped and not
+    assert 0 < len(results) <= 2 * 20
+    val = rdata_json(ds["val"]["annotations"])
+    ids, cats = {im["id"] for im in val["images"]}, {c["id"] for c in val["categories"]}
+    for r in results:
+        assert r["image_id"] in ids and r["category_id"] in cats
+        assert len(r["bbox"]) == 4 and 0.0 <= r["score"] <= 1.0 and isinstance(r["segmentation"]["counts"], str)
+    stats = evaluate_results(ds, copy.deepcopy(results), "cascade_mask_rcnn")
+    assert set(stats) == {"bbox", "segm"} and all(len(stats[t]) == 12 for t in stats)
+    assert all(0.0 <= stats[t]["AP"] <= 100.0 for t in stats)  # defined: there are detections and ground truth

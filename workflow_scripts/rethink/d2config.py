@@ -190,7 +190,14 @@ DEFAULTS = {
     "MODEL.RESNETS.RES2_OUT_CHANNELS": 256,
     "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
     "MODEL.ROI_HEADS.NUM_CLASSES": 80,
+    "MODEL.ROI_HEADS.IOU_THRESHOLDS": [0.5],
     "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": False,
+    # CascadeROIHeads (task cascade_mask_rcnn; detectron2's cascade configs keep these defaults):
+    # 3 stages matching at IoU 0.5 / 0.6 / 0.7 (the first must equal IOU_THRESHOLDS[0]), each
+    # stage's box deltas scaled by its weights (Cai & Vasconcelos)
+    "MODEL.ROI_BOX_CASCADE_HEAD.IOUS": [0.5, 0.6, 0.7],
+    "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS": [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0],
+                                                    [30.0, 30.0, 15.0, 15.0]],
     "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS": 17,
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 2000,
     "MODEL.RPN.PRE_NMS_TOPK_TEST": 1000,
@@ -198,6 +205,12 @@ DEFAULTS = {
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice",
     "INPUT.MAX_SIZE_TEST": 1333,
     "TEST.AUG.ENABLED": False,
+    # test-time augmentation (recipe tta, GeneralizedRCNNWithTTA): every image at these shorter
+    # sides (longer side at most MAX_SIZE), flipped and not; Detectron's X152 TTA used the same
+    # scales with MAX_SIZE 2000
+    "TEST.AUG.MIN_SIZES": [400, 500, 600, 700, 800, 900, 1000, 1100, 1200],
+    "TEST.AUG.MAX_SIZE": 4000,
+    "TEST.AUG.FLIP": True,
     "TEST.DETECTIONS_PER_IMAGE": 100,
     "SOLVER.CHECKPOINT_PERIOD": 5000,
     "DATALOADER.NUM_WORKERS": 4,
@@ -311,6 +324,15 @@ def num_classes(dataset: dict | None) -> int | None:
     return None
 
 
+def test_aug_sizes(recipe: dict) -> tuple[list[int], int]:
+    """(shorter sides, longer-side cap) of test-time augmentation: detectron2's TEST.AUG
+    (DEFAULTS) scaled by min_size_test / 800 and max_size_test / 1333, so the paper's test size
+    gives detectron2's exactly and a tiny config a proportionally tiny set. Both engines use it."""
+    lo, hi = int(recipe["min_size_test"]), int(recipe["max_size_test"])
+    sizes = sorted({max(1, round(lo * s / 800)) for s in DEFAULTS["TEST.AUG.MIN_SIZES"]})
+    return sizes, max(hi, round(hi * DEFAULTS["TEST.AUG.MAX_SIZE"] / 1333))
+
+
 def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dict | None = None) -> dict:
     """Dotted detectron2 config keys -> values that turn the base config into this run's.
 
@@ -386,6 +408,7 @@ def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dic
     out["TEST.DETECTIONS_PER_IMAGE"] = int(recipe["detections_per_image"])
     # test, data, seed -------------------------------------------------------------------
     out["TEST.AUG.ENABLED"] = bool(recipe.get("tta", False))
+    out["TEST.AUG.MIN_SIZES"], out["TEST.AUG.MAX_SIZE"] = test_aug_sizes(recipe)
     out["TEST.EVAL_PERIOD"] = 0
     train_name, val_name = dataset_names(run, dataset)
     out["DATASETS.TRAIN"] = [train_name]
