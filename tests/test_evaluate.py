@@ -78,11 +78,23 @@ def test_wrong_category_scores_zero(synthetic):
     assert stats["bbox"]["AP"] == pytest.approx(0.0) and stats["segm"]["AP"] == pytest.approx(0.0)
 
 
-def test_empty_results_are_undefined_not_a_crash(synthetic):
-    stats = evaluate.coco_evaluate(synthetic["val"]["annotations"], [], ["bbox", "segm"])
-    assert set(stats) == {"bbox", "segm"}
-    assert all(math.isnan(v) for s in stats.values() for v in s.values())
-    assert set(stats["segm"]) == set(metrics.BOX_STATS)
+def test_empty_results_score_zero_where_there_are_objects(synthetic):
+    """No detections is AP 0, not a crash and not a hole in the curve; a stat stays undefined
+    (NaN) only where the ground truth has no object of that size."""
+    from pycocotools.coco import COCO
+
+    ann = synthetic["val"]["annotations"]
+    stats = evaluate.coco_evaluate(ann, [], ["bbox", "segm"])
+    assert set(stats) == {"bbox", "segm"} and set(stats["segm"]) == set(metrics.BOX_STATS)
+    gt = COCO(ann)
+    areas = {"s": 0, "m": 0, "l": 0}
+    for a in gt.dataset["annotations"]:
+        areas["s" if a["area"] < 32 ** 2 else "m" if a["area"] < 96 ** 2 else "l"] += 1
+    for t in ("bbox", "segm"):
+        for k in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100"):
+            assert stats[t][k] == 0.0, (t, k)
+        for size, n in areas.items():
+            assert (stats[t][f"AP{size}"] == 0.0) if n else math.isnan(stats[t][f"AP{size}"]), (t, size, n)
 
 
 def test_iou_types_follow_the_task():
@@ -178,7 +190,7 @@ def test_voc_ap50_and_difficult(tmp_path):
     assert per_class["area"] == pytest.approx(100.0 - 50.0 / n_classes)
     assert per_class["07"] == pytest.approx(100.0 - 50.0 / n_classes, abs=1e-6)
     # a 2007 val set uses the 11-point metric
-    assert evaluate._voc_07(gt) and math.isnan(evaluate.voc_ap50(gt_path, []))
+    assert evaluate._voc_07(gt) and evaluate.voc_ap50(gt_path, []) == 0.0
 
 
 # ----------------------------------------------------------------------------- the metrics record
@@ -219,11 +231,12 @@ def test_record_passes_metrics_read(tmp_path, synthetic):
     assert back["stats"]["segm"]["AP"] == pytest.approx(100.0) and back["task"] == "mask_rcnn"
     assert back["lr"] == spec["lr"] and back["engine"] == "torchvision" and back["diverged"] is False
     # undefined stats survive the round trip as NaN
-    empty = evaluate.build_record({**spec, "init_cost": None}, _fake_meta(spec["iteration"]),
-                                  evaluate.coco_evaluate(gt, [], ["bbox", "segm"]), 0.1)
+    undefined = {t: {k: float("nan") for k in metrics.BOX_STATS} for t in ("bbox", "segm")}
+    empty = evaluate.build_record({**spec, "init_cost": None}, _fake_meta(spec["iteration"]), undefined, 0.1)
     metrics.write(empty, tmp_path / "empty.json")
     again = metrics.read(tmp_path / "empty.json")
     assert again["pretrain_samples"] is None and math.isnan(again["stats"]["bbox"]["AP"])
+    assert again["train_aug"] is False and again["test_aug"] is False
 
 
 def test_evaluate_job_with_torchvision_engine(tmp_path):

@@ -8,8 +8,11 @@ COCOEvaluator does the same):
 * segm: the "bbox" field of each result is dropped before COCOeval, otherwise pycocotools'
   loadRes takes the box area as the detection's area and the small/medium/large split of
   unmatched detections differs from the mask area's.
-* no detections at all: every stat is undefined (NaN), as detectron2 reports it; pycocotools
-  cannot load an empty result list.
+* no detections at all: the stats COCOeval gives an empty detection set (pycocotools' loadRes
+  cannot load an empty list, so the set is built directly): AP and AR are 0 wherever the
+  ground truth has objects, undefined (NaN) only where it has none (e.g. no large objects).
+  detectron2's COCOEvaluator reports NaN for everything instead; an early milestone of a model
+  that detects nothing yet has AP 0, and curves and tables show it as such.
 * keypoints: COCO's 17 keypoints and pycocotools' default OKS sigmas; other keypoint counts
   are refused (the synthetic keypoint sets use COCO's 17).
 * VOC data (manifest source_kind "voc"): objects marked ``difficult`` are ignored (turned into
@@ -86,8 +89,16 @@ def load_gt(gt, ignore_difficult: bool = False):
     return coco
 
 
-def _nan_stats(iou_type: str) -> dict:
-    return {n: float("nan") for n in metrics.STAT_NAMES[iou_type]}
+def _empty_results(coco_gt):
+    """A pycocotools result set with no detection (what loadRes([]) would be if it could)."""
+    from pycocotools.coco import COCO
+
+    dt = COCO()
+    dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+                  "annotations": []}
+    with _quiet():
+        dt.createIndex()
+    return dt
 
 
 def coco_evaluate(gt, results: list[dict], iou_types, ignore_difficult: bool = False,
@@ -101,21 +112,21 @@ def coco_evaluate(gt, results: list[dict], iou_types, ignore_difficult: bool = F
     for iou_type in iou_types:
         if iou_type not in RESULT_FIELDS:
             raise EvaluationError(f"unknown iou type {iou_type!r} (known: {', '.join(RESULT_FIELDS)})")
-        if not results:
-            print(f"{iou_type}: no detections; every stat is undefined (NaN)", file=log)
-            out[iou_type] = _nan_stats(iou_type)
-            continue
         fields = RESULT_FIELDS[iou_type]
-        missing = [f for f in fields if f not in results[0]]
+        missing = [f for f in fields if results and f not in results[0]]
         if missing:
             raise EvaluationError(f"{iou_type}: results lack {', '.join(missing)} (first result: {sorted(results[0])})")
         if iou_type == "segm" and not all("segmentation" in a for a in coco_gt.dataset["annotations"]):
             raise EvaluationError("segm: the ground truth has annotations without segmentation (a boxes-only set?)")
-        dts = [{k: r[k] for k in fields} for r in results]  # loadRes mutates its input
-        with _quiet():
-            coco_dt = coco_gt.loadRes(dts)
+        if results:
+            dts = [{k: r[k] for k in fields} for r in results]  # loadRes mutates its input
+            with _quiet():
+                coco_dt = coco_gt.loadRes(dts)
+        else:
+            print(f"{iou_type}: no detections (AP 0 where the ground truth has objects)", file=log)
+            coco_dt = _empty_results(coco_gt)
         ev = COCOeval(coco_gt, coco_dt, iou_type)
-        if iou_type == "keypoints":
+        if iou_type == "keypoints" and results:
             k = len(results[0]["keypoints"]) // 3
             if k != COCO_NUM_KEYPOINTS:
                 raise EvaluationError(f"keypoints: {k} keypoints per result; only COCO's {COCO_NUM_KEYPOINTS} have OKS sigmas")
@@ -139,12 +150,10 @@ def _voc_ap(rec: np.ndarray, prec: np.ndarray, use_07_metric: bool) -> float:
 
 
 def voc_ap50(gt, results: list[dict], use_07_metric: bool = False) -> float:
-    """PASCAL VOC mAP at IoU > 0.5 in percent (NaN without detections or ground truth).
+    """PASCAL VOC mAP at IoU > 0.5 in percent (0 without detections, NaN without ground truth).
     Boxes are COCO [x, y, w, h] as the VOC converter writes them ([xmin-1, ymin-1, xmax, ymax]),
     so the continuous IoU here equals VOC's +1-pixel IoU on the original boxes."""
     data = (gt if hasattr(gt, "dataset") else load_gt(gt)).dataset
-    if not results:
-        return float("nan")
     gts: dict = {}
     for a in data["annotations"]:
         gts.setdefault(a["category_id"], {}).setdefault(a["image_id"], []).append(a)
