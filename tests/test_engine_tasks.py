@@ -253,10 +253,3 @@ def test_tta_predict_gives_valid_coco_results(trained_mask_rcnn):
     assert all(math.isfinite(stats[t]["AP"]) for t in stats)
     assert model.transform.min_size == tuple(run["recipe"]["min_size_train"])  # predict leaves training sizes
 
-
-def test_cascade_is_a_pointer_to_detectron2(trained_mask_rcnn):
-    engine, _, manifest, run = trained_mask_rcnn
-    bad = copy.deepcopy(run)
-    bad["recipe"]["task"] = "cascade_mask_rcnn"
-    with pytest.raises(NotImplementedError, match="cascade_mask_rcnn.*detectron2"):
-        engine.build_model(bad, "cpu", dataset=manifest)

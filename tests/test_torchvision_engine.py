@@ -58,8 +58,8 @@ def test_bn_norms(setup, norm, kind):
 def test_unsupported_task_and_backbone_are_clear_errors(setup):
     engine, run, manifest = setup
     bad = copy.deepcopy(run)
-    bad["recipe"]["task"] = "cascade_mask_rcnn"
-    with pytest.raises(NotImplementedError, match="cascade_mask_rcnn.*detectron2"):
+    bad["recipe"]["task"] = "retinanet"
+    with pytest.raises(NotImplementedError, match="retinanet.*detectron2"):
         engine.build_model(bad, "cpu", dataset=manifest)
     with pytest.raises(NotImplementedError, match="X152"):
         engine.build_model({**run, "backbone": "X152"}, "cpu", dataset=manifest)

@@ -7,7 +7,8 @@ One ResNet builder serves both: the pre-training trains ``resnet(backbone, norm,
 
 Tasks: mask_rcnn, faster_rcnn, keypoint_rcnn on a ResNet + FPN (heads with the run's norm: box head
 4conv1fc, mask head 4conv, keypoint head 8 x conv3x3-512 as detectron2's KRCNNConvDeconvUpsampleHead,
-with the run's norm after every conv, which detectron2's head does not have), and faster_rcnn on
+with the run's norm after every conv, which detectron2's head does not have); cascade_mask_rcnn =
+that Mask R-CNN with rethink.cascade's 3-stage RoI heads; and faster_rcnn on
 VGG16 (section 5.1 of the paper): no FPN, conv5_3 (stride 16, 512 channels), one anchor level
 (sizes 32-512, ratios 0.5/1/2), RoIAlign 7x7, box head fc6 + fc7 of VGG_FC_DIM (4096, as VGG16's),
 no normalisation (norm "none"; another norm goes after every conv). VGG16's body has the layer
@@ -35,7 +36,7 @@ from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 from .norms import norm_layer
 
 RESNETS = {"R18": tv_resnet.resnet18, "R50": tv_resnet.resnet50, "R101": tv_resnet.resnet101}
-TASKS = ("mask_rcnn", "faster_rcnn", "keypoint_rcnn")
+TASKS = ("mask_rcnn", "faster_rcnn", "keypoint_rcnn", "cascade_mask_rcnn")
 BACKBONES = (*RESNETS, "VGG16")
 FPN_CHANNELS = 256
 FPN_STRIDES = (4, 8, 16, 32)  # feature maps '0'..'3' (ResNet stages 2-5) that the RoI poolers read
@@ -176,17 +177,16 @@ def backbone_with_fpn(backbone: str, norm: str, device_type: str = "cpu") -> Bac
 def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoints: int | None = None) -> nn.Module:
     """The detector of `run` (Run.to_dict()); `num_classes` without background; `num_keypoints` for
     keypoint_rcnn. ResNets: Mask R-CNN / Faster R-CNN / Keypoint R-CNN + FPN, heads as in the paper
-    (box head 4conv1fc, mask head 4conv, keypoint head 8conv, all with the run's norm).
+    (box head 4conv1fc, mask head 4conv, keypoint head 8conv, all with the run's norm); Cascade Mask
+    R-CNN: Mask R-CNN with rethink.cascade's RoI heads (3 stages, each its own 4conv1fc box head).
     VGG16: Faster R-CNN on conv5_3 without FPN (see the module doc)."""
     recipe = run["recipe"]
     task = recipe["task"]
     where = f"run {run.get('run_id', '?')}"
     if task not in TASKS:
-        hint = (" (cascade R-CNN is not in torchvision: use engine detectron2, whose CascadeROIHeads it translates to)"
-                if task == "cascade_mask_rcnn" else "")
         raise NotImplementedError(
             f"{where}: task {task!r} is not implemented in the torchvision engine "
-            f"(available: {', '.join(TASKS)}); use the detectron2 engine for it{hint}"
+            f"(available: {', '.join(TASKS)}); use the detectron2 engine for it"
         )
     norm = run["norm"]
     nl = None if norm == "none" else norm_layer(norm, device_type)
@@ -207,9 +207,13 @@ def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoint
                                       f"(the paper's section 5.1), not {task!r}")
         return vgg16_faster_rcnn(norm, device_type, **kwargs)
     backbone = backbone_with_fpn(run["backbone"], norm, device_type)
-    box_head = FastRCNNConvFCHead((FPN_CHANNELS, 7, 7), [256, 256, 256, 256], [1024], norm_layer=nl)
-    _msra_fill(box_head)
-    kwargs["box_head"] = box_head
+
+    def conv_fc_head():
+        head = FastRCNNConvFCHead((FPN_CHANNELS, 7, 7), [256, 256, 256, 256], [1024], norm_layer=nl)
+        _msra_fill(head)
+        return head
+
+    kwargs["box_head"] = conv_fc_head()
     if task == "faster_rcnn":
         model = FasterRCNN(backbone, **kwargs)
     elif task == "keypoint_rcnn":
@@ -221,6 +225,10 @@ def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoint
         mask_head = MaskRCNNHeads(FPN_CHANNELS, [256, 256, 256, 256], 1, norm_layer=nl)
         _msra_fill(mask_head)
         model = MaskRCNN(backbone, mask_head=mask_head, **kwargs)
+        if task == "cascade_mask_rcnn":
+            from .cascade import STAGE_IOUS, CascadeRoIHeads
+
+            model.roi_heads = CascadeRoIHeads.from_roi_heads(model.roi_heads, [conv_fc_head() for _ in STAGE_IOUS])
     for pooler in model.roi_heads.modules():
         if isinstance(pooler, MultiScaleRoIAlign):
             fix_pooler_scales(pooler)

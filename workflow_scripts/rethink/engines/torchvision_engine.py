@@ -1,12 +1,13 @@
 """The torchvision engine: Mask R-CNN / Faster R-CNN / Keypoint R-CNN + FPN from
-torchvision.models.detection with GN, SyncBN or BN, and Faster R-CNN on VGG16 without FPN
-(rethink.models), a COCO-format train stream and COCO-format predictions. Runs on CPU; the embedded
-default and CI use it. The interface is documented in engines/__init__.py.
+torchvision.models.detection with GN, SyncBN or BN, Cascade Mask R-CNN (torchvision's Mask R-CNN
+with rethink.cascade's RoI heads, detectron2's CascadeROIHeads), and Faster R-CNN on VGG16 without
+FPN (rethink.models), a COCO-format train stream and COCO-format predictions. Runs on CPU; the
+embedded default and CI use it. The interface is documented in engines/__init__.py.
 
-Recipe fields honoured: task (mask_rcnn, faster_rcnn, keypoint_rcnn; cascade_mask_rcnn is the
-detectron2 engine's), min_size_train (+ scale_aug: a size drawn from [lo, hi] per batch),
-max_size_train, min_size_test, max_size_test, tta, rpn_pre/post_nms_train/test,
-roi_batch_per_image, detections_per_image, batch.
+Recipe fields honoured: task (mask_rcnn, faster_rcnn, keypoint_rcnn, cascade_mask_rcnn; the switch
+mask_rcnn -> cascade_mask_rcnn of recipe cascade_from_iter through load_converted), min_size_train
+(+ scale_aug: a size drawn from [lo, hi] per batch), max_size_train, min_size_test, max_size_test,
+tta, rpn_pre/post_nms_train/test, roi_batch_per_image, detections_per_image, batch.
 
 Keypoints: the number of keypoints is the length of the ``keypoints`` names of the manifest's
 keypoint category; train targets carry ``keypoints`` [N, K, 3] (x, y, v; v = 0 not labelled), a
@@ -32,12 +33,10 @@ import torch
 from PIL import Image
 
 from .. import models
+from ..d2config import test_aug_sizes
 from ..loop import batch_indices
 
 _CACHE_LIMIT = 4096  # decoded images kept in memory per split (the tiny sets fit entirely)
-TTA_MIN_SIZES = tuple(range(400, 1201, 100))  # detectron2's TEST.AUG.MIN_SIZES, for min_size_test 800
-TTA_MAX_SIZE = 4000  # detectron2's TEST.AUG.MAX_SIZE, for max_size_test 1333
-TTA_REFERENCE = (800, 1333)
 
 
 def _unwrap(model):
@@ -68,12 +67,12 @@ def keypoint_names(manifest: dict) -> list[str]:
 
 
 def inference_passes(recipe: dict) -> list[tuple[int, int, bool]]:
-    """(min_size, max_size, flip) of every test pass: one without tta, detectron2's TEST.AUG with it."""
+    """(min_size, max_size, flip) of every test pass: one without tta, detectron2's TEST.AUG with
+    it (rethink.d2config.test_aug_sizes: the same sizes the detectron2 engine uses)."""
     lo, hi = int(recipe["min_size_test"]), int(recipe["max_size_test"])
     if not recipe.get("tta"):
         return [(lo, hi, False)]
-    max_size = max(hi, round(hi * TTA_MAX_SIZE / TTA_REFERENCE[1]))
-    sizes = sorted({max(1, round(lo * s / TTA_REFERENCE[0])) for s in TTA_MIN_SIZES})
+    sizes, max_size = test_aug_sizes(recipe)
     return [(s, max_size, flip) for s in sizes for flip in (False, True)]
 
 
@@ -267,6 +266,23 @@ class TorchvisionEngine:
         from ..pretrain import load_backbone_weights
 
         load_backbone_weights(_unwrap(model).backbone.body, path, run)
+
+    def load_converted(self, model, state_dict: dict, from_task: str, run: dict) -> str:
+        """A Mask R-CNN state dict into the cascade_mask_rcnn model of `run` (the switch of
+        recipe cascade_from_iter): rethink.cascade.convert_mask_rcnn_state, loaded strictly."""
+        from ..cascade import convert_mask_rcnn_state
+
+        to_task = run["recipe"]["task"]
+        where = f"run {run.get('run_id', '?')}: architecture switch {from_task} -> {to_task}"
+        if (from_task, to_task) != ("mask_rcnn", "cascade_mask_rcnn"):
+            raise ValueError(f"{where}: the torchvision engine converts mask_rcnn -> cascade_mask_rcnn only")
+        m = _unwrap(model)
+        try:
+            state, report = convert_mask_rcnn_state(m.state_dict(), state_dict)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        m.load_state_dict(state)
+        return report
 
     def train_stream(self, run: dict, dataset: dict, start_iter: int, rank: int = 0, world: int = 1):
         return TrainStream(CocoSplit(dataset, "train"), run, start_iter, rank, world)
