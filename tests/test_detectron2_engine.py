@@ -745,3 +745,57 @@ def test_cascade_tta_predicts_coco_results(engine, tmp_path):
     stats = evaluate_results(ds, copy.deepcopy(results), "cascade_mask_rcnn")
     assert set(stats) == {"bbox", "segm"} and all(len(stats[t]) == 12 for t in stats)
     assert all(0.0 <= stats[t]["AP"] <= 100.0 for t in stats)  # defined: there are detections and ground truth
+
+
+# ---------------------------------------------------------------- VGG16 from torchvision (rethink.stage)
+
+def test_vgg16_loads_staged_torchvision_weights(engine, paper, tmp_path):
+    """torchvision's VGG16 (no BN) as the stage_weights rule converts it (rethink.stage, source a
+    .pth as torchvision://vgg16 downloads it) loads into the section 5.1 Faster R-CNN: every conv
+    into the backbone, classifier.0/.3 into the box head's fc1/fc2; and the real model's input
+    (preprocess_image with the pre-trained VGG16 config's FORMAT, PIXEL_MEAN, PIXEL_STD) through
+    its conv1_1 gives torchvision's conv1_1 output on torchvision's normalisation of the image."""
+    import torchvision
+
+    from rethink import stage
+
+    torch.manual_seed(0)
+    tv = torchvision.models.vgg16(weights=None).eval()
+    pth = tmp_path / "vgg16-seeded.pth"
+    torch.save(tv.state_dict(), pth)
+    spec = {"init": "imagenet", "backbone": "VGG16", "norm": "none", "source": pth.as_uri(), "cost_record": {},
+            "output": str(tmp_path / "init" / "VGG16-none.pkl"), "cost": str(tmp_path / "cost.json")}
+    t = time.perf_counter()
+    stage.stage(spec)
+    t_stage = time.perf_counter() - t
+    run = vgg_run(paper, "imagenet")
+    model = engine.build_model(run, CPU, False)
+    cfg = model.rethink_cfg
+    assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)) == (
+        "BGR", d2config.VGG_CAFFE_MEAN, d2config.UNIT_STD)  # what the conversion assumes
+    t = time.perf_counter()
+    engine.load_init_weights(model, spec["output"], run)
+    t_load = time.perf_counter() - t
+    print(f"\ntorchvision VGG16 -> staged .pkl {t_stage:.1f}s, into the Faster R-CNN {t_load:.1f}s")
+    sd, bb, head = tv.state_dict(), model.backbone, model.roi_heads.box_head
+    convs = [k for k in sd if k.startswith("features.") and k.endswith(".weight")]
+    names = [n for n, _ in bb.named_children()]
+    assert len(convs) == len(names) == 13
+    for tvk, name in zip(convs[1:], names[1:]):
+        assert torch.equal(getattr(bb, name).weight, sd[tvk]), name
+        assert torch.equal(getattr(bb, name).bias, sd[tvk[:-len("weight")] + "bias"]), name
+    assert torch.equal(head.fc1.weight, sd["classifier.0.weight"]) and torch.equal(head.fc1.bias, sd["classifier.0.bias"])
+    assert torch.equal(head.fc2.weight, sd["classifier.3.weight"]) and torch.equal(head.fc2.bias, sd["classifier.3.bias"])
+    assert model.roi_heads.box_predictor.cls_score.out_features == 80 + 1  # not ImageNet's 1000 (fc8 dropped)
+    # conv1_1: torchvision's, transformed for detectron2's input
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 256, (3, 40, 52), generator=g, dtype=torch.uint8)
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": rgb.flip(0)}])  # the mapper hands the model BGR (INPUT.FORMAT)
+        y_d = bb.conv1_1(images.tensor[:, :, :40, :52])
+        tv_tf = torchvision.models.VGG16_Weights.IMAGENET1K_V1.transforms()  # its Normalize; no resize here
+        mean, std = torch.tensor(tv_tf.mean)[:, None, None], torch.tensor(tv_tf.std)[:, None, None]
+        y_t = tv.features[0](((rgb.float() / 255 - mean) / std)[None])
+    scale = y_t.abs().max().item()
+    assert torch.allclose(y_d[..., 1:-1, 1:-1], y_t[..., 1:-1, 1:-1], rtol=0, atol=1e-4 * scale)
+    assert (y_d - y_t).abs().max().item() < 0.05 * scale  # the border: the caffe mean colour as padding
