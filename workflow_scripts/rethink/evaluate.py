@@ -276,7 +276,12 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
     manifest = rdata.load_manifest(spec["dataset"])
     run = spec["run"]
     if spec.get("tta"):  # the engines read test-time augmentation from the recipe they predict with
+        from .d2config import test_aug_sizes
+
         run = {**run, "recipe": {**run["recipe"], "tta": True}}
+        sizes, cap = test_aug_sizes(run["recipe"])
+        print(f"test-time augmentation: shorter sides {sizes}, longer side at most {cap}, each also flipped",
+              file=log)
     engine = get_engine(spec["engine"])
     use_gpu = torch.cuda.is_available() and int(run["recipe"].get("eval_gpus", 1)) > 0
     device = torch.device("cuda" if use_gpu else "cpu")
