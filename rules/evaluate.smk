@@ -31,3 +31,5 @@ use rule evaluate as evaluate_tta with:
         P.log("evaluate", "{family}", "{line}", "iter_{iter}-tta"),
     params:
         spec=lambda wc: eval_spec_json(wc.family, wc.line, wc.iter, True),
+    resources:
+        **P.eval_resources(tta=True),

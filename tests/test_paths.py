@@ -45,6 +45,10 @@ def test_single_node_training_job():
     ms = next(iter(paths.plan.milestones.values()))
     ewc = WC(family=ms.family, line=ms.line, iter=f"{ms.iteration:07d}")
     assert ev["gpu"](ewc) == 1 and ev["cpus_per_task"](ewc) == 4
+    assert ev["runtime"](ewc, 1) == 60 and ev["runtime"](ewc, 2) == 120
+    # test-time augmentation: 18 passes over the val set at the paper's sizes -> 5 hours per attempt
+    tta = paths.eval_resources(tta=True)
+    assert tta["runtime"](ewc, 1) == 300 and tta["runtime"](ewc, 2) == 600 and tta["gpu"](ewc) == 1
 
 
 def test_multi_node_training_job():

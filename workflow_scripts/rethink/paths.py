@@ -281,11 +281,18 @@ class Paths:
             "slurm_extra": f"--signal=TERM@{SIGNAL_GRACE_S}",
         }
 
-    def eval_resources(self) -> dict:
-        return {
-            **self._sized(lambda wc: self._line_run(wc).recipe["eval_gpus"]),
-            "runtime": lambda wc, attempt: 60 * attempt,
-        }
+    def eval_resources(self, tta: bool = False) -> dict:
+        """An hour per attempt; with test-time augmentation an hour per 4 inference passes (18 at
+        the paper's sizes: each val image at 9 sizes, flipped and not), i.e. 5 hours per attempt."""
+        def runtime(wc, attempt):
+            if not tta:
+                return 60 * attempt
+            from .d2config import test_aug_sizes
+
+            passes = 2 * len(test_aug_sizes(self._line_run(wc).recipe)[0])
+            return 60 * attempt * -(-passes // 4)
+
+        return {**self._sized(lambda wc: self._line_run(wc).recipe["eval_gpus"]), "runtime": runtime}
 
     def seconds_per_iter(self, run: Run) -> float:
         s = self.plan.grid.seconds_per_iter(run)
