@@ -78,9 +78,10 @@ def test_keypoint_flip_indices_and_stream_targets(keypoint_paths):
     split = CocoSplit(manifest, "train")
     flipped_seen = 0
     for it in range(4):
-        batch = next(engine.train_stream(spec["run"], manifest, it))
+        stream = engine.train_stream(spec["run"], manifest, it)
+        batch = next(stream)
         for j, (img, t) in enumerate(zip(batch["images"], batch["targets"])):
-            idx = loop.batch_indices(int(spec["run"]["seed"]), it, 2, len(split))[j]
+            idx = stream.indices(it)[j]
             raw = split.target(idx, False, True)
             assert t["keypoints"].shape == (len(t["boxes"]), 17, 3) and "masks" not in t
             w = img.shape[-1]

@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import PY, ROOT, load_yaml
@@ -98,6 +99,32 @@ def test_batch_indices_cover_epochs_and_split_across_ranks():
     assert loop.batch_indices(8, 0, batch, n) != loop.batch_indices(7, 0, batch, n)
     with pytest.raises(ValueError, match="not divisible"):
         loop.batch_indices(0, 0, 3, n, 0, 2)
+
+
+def test_grouped_batches_hold_one_aspect_and_depend_only_on_seed_and_iteration():
+    groups = list(np.random.default_rng(3).permutation([0] * 14 + [1] * 7))
+    gb = loop.GroupedBatches(5, 4, groups)
+    assert gb.per_epoch == 14 // 4 + 7 // 4 + (14 % 4 + 7 % 4) // 4 == 5
+    epochs = [[gb.indices(e * 5 + k) for k in range(5)] for e in range(30)]
+    for batches in epochs:
+        flat = [i for b in batches for i in b]
+        assert len(flat) == len(set(flat)) == 20  # no image twice in an epoch, < one batch left out
+        mixed = [b for b in batches if len({groups[i] for i in b}) > 1]
+        assert len(mixed) <= 1  # only the leftovers of the two groups share a batch
+    assert epochs[0] != epochs[1]
+    assert {i for batches in epochs for b in batches for i in b} == set(range(21))  # everything is drawn
+    # a batch depends only on (seed, iteration): a fresh sampler, asked out of order, agrees
+    again = loop.GroupedBatches(5, 4, groups)
+    assert [again.indices(i) for i in (37, 3, 90)] == [epochs[7][2], epochs[0][3], epochs[18][0]]
+    assert loop.GroupedBatches(6, 4, groups).indices(0) != gb.indices(0) or \
+        loop.GroupedBatches(6, 4, groups).indices(1) != gb.indices(1)
+    for i in range(10):  # two processes take the halves of the same batch
+        assert gb.indices(i, 0, 2) + gb.indices(i, 1, 2) == gb.indices(i)
+    assert loop.aspect_groups([(640, 480), (480, 640), (500, 500)]) == [0, 1, 1]
+    with pytest.raises(ValueError, match="do not fill one batch"):
+        loop.GroupedBatches(0, 8, [0, 1, 0])
+    with pytest.raises(ValueError, match="not divisible"):
+        gb.indices(0, 0, 3)
 
 
 def test_checkpoint_truncated_is_a_clear_error_and_skipped(tmp_path):

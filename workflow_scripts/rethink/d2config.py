@@ -205,6 +205,8 @@ DEFAULTS = {
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice",
     "INPUT.MAX_SIZE_TEST": 1333,
     "TEST.AUG.ENABLED": False,
+    # batches of wide or of tall images only (the project's GroupedBatches, seeded by iteration)
+    "DATALOADER.ASPECT_RATIO_GROUPING": True,
     # test-time augmentation (recipe tta, GeneralizedRCNNWithTTA): every image at these shorter
     # sides (longer side at most MAX_SIZE), flipped and not; Detectron's X152 TTA used the same
     # scales with MAX_SIZE 2000

@@ -60,6 +60,7 @@ import torch
 
 from .. import d2config
 from ..d2config import D2ConfigError
+from ..loop import GroupedBatches, aspect_groups, batch_indices
 
 log = logging.getLogger(__name__)
 
@@ -334,33 +335,33 @@ def _mix(*ints: int) -> int:
 class SeededBatches(torch.utils.data.Dataset):
     """Item i = this process's part of global batch i: a list of mapped dataset dicts.
 
-    Global sample p = i * batch + j (j < batch) is image perm_e[p mod N], e = p div N, where
-    perm_e is torch.randperm(N) under a generator seeded by (seed, e); process `rank` of
-    `world` takes j in [rank * b, (rank + 1) * b), b = batch / world. The mapper's random
+    The images of batch i are the project's (rethink.loop): with aspect-ratio grouping
+    (DATALOADER.ASPECT_RATIO_GROUPING, detectron2's default) GroupedBatches over the dicts'
+    width > height groups, else batch_indices' seeded epochs; both depend on (seed, i) only.
+    Process `rank` of `world` takes its b = batch / world images. The mapper's random
     augmentation (numpy's global RNG in detectron2) is seeded by (seed, i, j) around each call."""
 
-    def __init__(self, dicts, mapper, seed: int, batch: int, rank: int, world: int):
+    def __init__(self, dicts, mapper, seed: int, batch: int, rank: int, world: int, groups=None):
+        """`groups`: each dict's aspect group (rethink.loop.aspect_groups), or None: no grouping."""
         if batch % world:
             raise D2ConfigError(f"batch {batch} is not divisible by the {world} processes")
         self.dicts, self.mapper, self.seed = dicts, mapper, int(seed)
-        self.batch, self.per_rank, self.rank = int(batch), int(batch) // world, int(rank)
-        self._perm: tuple[int, list[int]] | None = None
+        self.batch, self.per_rank, self.rank, self.world = int(batch), int(batch) // world, int(rank), int(world)
+        self.sampler = GroupedBatches(self.seed, self.batch, groups) if groups is not None else None
 
     def __len__(self) -> int:  # iterations are indexed without bound; the sampler decides
         return 2**62
 
-    def image_index(self, p: int) -> int:
-        n = len(self.dicts)
-        epoch, pos = divmod(p, n)
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(_mix(self.seed, epoch))
-            self._perm = (epoch, torch.randperm(n, generator=g).tolist())
-        return self._perm[1][pos]
+    def indices(self, i: int) -> list[int]:
+        """Indices into the dicts of this process's share of batch i."""
+        if self.sampler is not None:
+            return self.sampler.indices(i, self.rank, self.world)
+        return batch_indices(self.seed, i, self.batch, len(self.dicts), self.rank, self.world)
 
     def __getitem__(self, i: int) -> list[dict]:
         out = []
-        for j in range(self.rank * self.per_rank, (self.rank + 1) * self.per_rank):
-            d = self.dicts[self.image_index(i * self.batch + j)]
+        for j, idx in zip(range(self.rank * self.per_rank, (self.rank + 1) * self.per_rank), self.indices(i)):
+            d = self.dicts[idx]
             state = np.random.get_state()
             np.random.seed(_mix(self.seed, i, j))
             try:
@@ -513,10 +514,12 @@ class Detectron2Engine:
                                             min_keypoints=min_kp)
         if not dicts:
             raise D2ConfigError(f"dataset {dataset.get('name')!r}: no training image with annotations")
+        groups = aspect_groups((d["width"], d["height"]) for d in dicts) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
         # serialised into one buffer, as detectron2's loaders do: forked workers share it instead
         # of copying 118k Python dicts each
         dicts = DatasetFromList(dicts, copy=False, serialize=True)
-        ds = SeededBatches(dicts, DatasetMapper(cfg, is_train=True), run["seed"], cfg.SOLVER.IMS_PER_BATCH, rank, world)
+        ds = SeededBatches(dicts, DatasetMapper(cfg, is_train=True), run["seed"], cfg.SOLVER.IMS_PER_BATCH, rank, world,
+                           groups=groups)
         workers = int(cfg.DATALOADER.NUM_WORKERS)
         # its own generator: a DataLoader draws its workers' base seed from the global torch RNG
         # otherwise, which would shift the RNG (RoI sampling) of a resumed run against an unbroken one

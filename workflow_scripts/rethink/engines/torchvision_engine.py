@@ -34,7 +34,7 @@ from PIL import Image
 
 from .. import models
 from ..d2config import test_aug_sizes
-from ..loop import batch_indices
+from ..loop import GroupedBatches, aspect_groups
 
 _CACHE_LIMIT = 4096  # decoded images kept in memory per split (the tiny sets fit entirely)
 
@@ -188,7 +188,8 @@ def flip_keypoints(kps: torch.Tensor, width: int, flip_indices: list[int]) -> to
 
 
 class TrainStream:
-    """Batch i: the images rethink.loop.batch_indices gives for (seed, i) (this process's share);
+    """Batch i: the images rethink.loop.GroupedBatches gives for (seed, i) (this process's share:
+    wide or tall images only, as detectron2's aspect-ratio grouping, so a batch is padded little);
     flips and the scale-aug size are drawn from (seed, i) too."""
 
     def __init__(self, split: CocoSplit, run: dict, start_iter: int, rank: int, world: int):
@@ -205,6 +206,12 @@ class TrainStream:
         self.keypoints = recipe["task"] == "keypoint_rcnn"
         if len(split) == 0:
             raise ValueError(f"{split.ann_path}: the train split has no images")
+        self.sampler = GroupedBatches(self.seed, self.batch, aspect_groups((im["width"], im["height"])
+                                                                            for im in split.images))
+
+    def indices(self, iteration: int) -> list[int]:
+        """Train-split indices of this process's share of batch `iteration`."""
+        return self.sampler.indices(iteration, self.rank, self.world)
 
     def __iter__(self):
         return self
@@ -217,7 +224,7 @@ class TrainStream:
             min_size = int(rng.integers(min(self.sizes), max(self.sizes) + 1))
         else:
             min_size = int(self.sizes[int(rng.integers(len(self.sizes)))])
-        idxs = batch_indices(self.seed, i, self.batch, len(self.split), self.rank, self.world)
+        idxs = self.indices(i)
         images, targets = [], []
         for j, idx in enumerate(idxs):
             img = self.split.image(idx).float().div_(255.0)
