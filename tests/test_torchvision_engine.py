@@ -152,3 +152,20 @@ def test_training_steps_lower_the_loss_and_predict_gives_coco_results(setup):
         ev.accumulate()
         ev.summarize()
         assert len(ev.stats) == 12 and np.all(np.isfinite(ev.stats))
+
+
+def test_loader_processes_give_the_same_batches(setup):
+    """recipe num_workers: batches prepared by loader processes, identical to the in-process
+    stream, each of one aspect (wide or tall images only) where the set allows."""
+    engine, run, manifest = setup
+    plain = engine.train_stream(run, manifest, 2)
+    loaded = engine.train_stream({**run, "recipe": {**run["recipe"], "num_workers": 2}}, manifest, 2)
+    assert not isinstance(loaded, type(plain))
+    for _ in range(4):
+        a, b = next(plain), next(loaded)
+        assert a["iteration"] == b["iteration"] and a["min_size"] == b["min_size"]
+        assert all(torch.equal(x, y) for x, y in zip(a["images"], b["images"]))
+        assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(a["targets"], b["targets"]))
+    epoch = engine.train_stream(run, manifest, 0)  # the first epoch's batches
+    shapes = [[im.shape[-1] > im.shape[-2] for im in next(epoch)["images"]] for _ in range(epoch.sampler.per_epoch)]
+    assert sum(len(set(s)) > 1 for s in shapes) <= 1  # one mixed batch of leftovers per epoch at most

@@ -110,6 +110,41 @@ def build_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=0.0, momentum=recipe["momentum"])
 
 
+def seed_mix(*ints: int) -> int:
+    """A 32-bit seed from integers (numpy's SeedSequence hash)."""
+    return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1)[0])
+
+
+class IterationSampler:
+    """Sampler yielding start, start + 1, ... (for ever): item i of a stream dataset is batch i."""
+
+    def __init__(self, start: int):
+        self.start = int(start)
+
+    def __iter__(self):
+        i = self.start
+        while True:
+            yield i
+            i += 1
+
+
+def _identity(x):
+    return x
+
+
+def iteration_loader(ds, start_iter: int, workers: int, seed: int, rank: int = 0):
+    """Batches start_iter, start_iter + 1, ... of `ds` (a Dataset whose item i is batch i, a function
+    of (seed, i)), prepared by `workers` processes ahead of the loop (0: in this process)."""
+    # its own generator: a DataLoader draws its workers' base seed from the global torch RNG
+    # otherwise, which would shift the RNG (RoI sampling) of a resumed run against an unbroken one
+    loader = torch.utils.data.DataLoader(
+        ds, sampler=IterationSampler(start_iter), batch_size=None, collate_fn=_identity, num_workers=workers,
+        persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed_mix(seed, start_iter, rank)),
+    )
+    return iter(loader)
+
+
 def aspect_groups(sizes) -> list[int]:
     """Group of each image for aspect-ratio grouping, from (width, height): 0 wide (w > h), 1 tall
     or square, as detectron2's AspectRatioGroupedDataset buckets them."""

@@ -60,7 +60,7 @@ import torch
 
 from .. import d2config
 from ..d2config import D2ConfigError
-from ..loop import GroupedBatches, aspect_groups, batch_indices
+from ..loop import GroupedBatches, aspect_groups, batch_indices, iteration_loader, seed_mix
 
 log = logging.getLogger(__name__)
 
@@ -327,11 +327,6 @@ def register(run: dict, dataset: dict) -> tuple[str, str]:
     return names
 
 
-def _mix(*ints: int) -> int:
-    """A 32-bit seed from integers (numpy's SeedSequence hash)."""
-    return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1)[0])
-
-
 class SeededBatches(torch.utils.data.Dataset):
     """Item i = this process's part of global batch i: a list of mapped dataset dicts.
 
@@ -363,7 +358,7 @@ class SeededBatches(torch.utils.data.Dataset):
         for j, idx in zip(range(self.rank * self.per_rank, (self.rank + 1) * self.per_rank), self.indices(i)):
             d = self.dicts[idx]
             state = np.random.get_state()
-            np.random.seed(_mix(self.seed, i, j))
+            np.random.seed(seed_mix(self.seed, i, j))
             try:
                 mapped = self.mapper(d)
             finally:
@@ -371,23 +366,6 @@ class SeededBatches(torch.utils.data.Dataset):
             mapped["iteration"] = i
             out.append(mapped)
         return out
-
-
-class _From:
-    """Sampler yielding start, start + 1, ... (for ever)."""
-
-    def __init__(self, start: int):
-        self.start = int(start)
-
-    def __iter__(self):
-        i = self.start
-        while True:
-            yield i
-            i += 1
-
-
-def _identity(x):
-    return x
 
 
 class Detectron2Engine:
@@ -520,15 +498,7 @@ class Detectron2Engine:
         dicts = DatasetFromList(dicts, copy=False, serialize=True)
         ds = SeededBatches(dicts, DatasetMapper(cfg, is_train=True), run["seed"], cfg.SOLVER.IMS_PER_BATCH, rank, world,
                            groups=groups)
-        workers = int(cfg.DATALOADER.NUM_WORKERS)
-        # its own generator: a DataLoader draws its workers' base seed from the global torch RNG
-        # otherwise, which would shift the RNG (RoI sampling) of a resumed run against an unbroken one
-        loader = torch.utils.data.DataLoader(
-            ds, sampler=_From(start_iter), batch_size=None, collate_fn=_identity, num_workers=workers,
-            persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
-            generator=torch.Generator().manual_seed(_mix(run["seed"], start_iter, rank)),
-        )
-        return iter(loader)
+        return iteration_loader(ds, start_iter, int(cfg.DATALOADER.NUM_WORKERS), run["seed"], rank)
 
     @staticmethod
     def count(batch: list[dict]) -> dict:

@@ -7,7 +7,8 @@ embedded default and CI use it. The interface is documented in engines/__init__.
 Recipe fields honoured: task (mask_rcnn, faster_rcnn, keypoint_rcnn, cascade_mask_rcnn; the switch
 mask_rcnn -> cascade_mask_rcnn of recipe cascade_from_iter through load_converted), min_size_train
 (+ scale_aug: a size drawn from [lo, hi] per batch), max_size_train, min_size_test, max_size_test,
-tta, rpn_pre/post_nms_train/test, roi_batch_per_image, detections_per_image, batch.
+tta, rpn_pre/post_nms_train/test, roi_batch_per_image, detections_per_image, batch, num_workers
+(loader processes that prepare the batches ahead of the loop).
 
 Keypoints: the number of keypoints is the length of the ``keypoints`` names of the manifest's
 keypoint category; train targets carry ``keypoints`` [N, K, 3] (x, y, v; v = 0 not labelled), a
@@ -34,7 +35,7 @@ from PIL import Image
 
 from .. import models
 from ..d2config import test_aug_sizes
-from ..loop import GroupedBatches, aspect_groups
+from ..loop import GroupedBatches, aspect_groups, iteration_loader
 
 _CACHE_LIMIT = 4096  # decoded images kept in memory per split (the tiny sets fit entirely)
 
@@ -217,7 +218,15 @@ class TrainStream:
         return self
 
     def __next__(self) -> dict:
-        i = self.iteration
+        out = self[self.iteration]
+        self.iteration += 1
+        return out
+
+    def __len__(self) -> int:  # iterations are indexed without bound (a Dataset for iteration_loader)
+        return 2**62
+
+    def __getitem__(self, i: int) -> dict:
+        """Batch i (this process's share), a function of (seed, i) only."""
         rng = np.random.default_rng([self.seed, i, 1])
         flips = rng.random(self.batch) < 0.5
         if self.scale_aug:
@@ -240,7 +249,6 @@ class TrainStream:
                     tgt["keypoints"] = flip_keypoints(tgt["keypoints"], w, self.split.flip_indices)
             images.append(img)
             targets.append(tgt)
-        self.iteration += 1
         return {"iteration": i, "images": images, "targets": targets, "min_size": min_size,
                 "max_size": self.max_size}
 
@@ -292,7 +300,11 @@ class TorchvisionEngine:
         return report
 
     def train_stream(self, run: dict, dataset: dict, start_iter: int, rank: int = 0, world: int = 1):
-        return TrainStream(CocoSplit(dataset, "train"), run, start_iter, rank, world)
+        """The TrainStream itself (recipe num_workers 0), or its batches prepared by that many
+        loader processes (the same batches: each is a function of seed and iteration)."""
+        stream = TrainStream(CocoSplit(dataset, "train"), run, start_iter, rank, world)
+        workers = int(run["recipe"].get("num_workers", 0))
+        return stream if workers == 0 else iteration_loader(stream, start_iter, workers, run["seed"], rank)
 
     def losses(self, model, batch: dict) -> dict:
         m = _unwrap(model)
