@@ -40,7 +40,6 @@ header does not depend on which evaluations ran.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -226,10 +225,3 @@ def load_config_arg(config: str | None, config_json: str | None) -> tuple[dict |
         with open(config) as f:
             return yaml.safe_load(f), config
     return None, ""
-
-
-def is_finite(v) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False

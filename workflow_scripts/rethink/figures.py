@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import published as pubmod  # noqa: E402
+from .metrics import is_finite  # noqa: E402
 from .tables import GROUP, RANDOM, _inits, _setting_label, group_order, kind_of  # noqa: E402
 
 PRETRAINED_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]
@@ -71,13 +72,6 @@ def human(n: float) -> str:
     return f"{n:.3g}"
 
 
-def _finite(v) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
 def progress(df: pd.DataFrame, planned: pd.DataFrame | None = None) -> tuple[int, int, str]:
     """(runs done, runs planned, a one-line note; "" when the grid is complete)."""
     runs = set(df.run_id) if not df.empty else set()
@@ -115,8 +109,8 @@ def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: s
         c = colors[init]
         gi = ok[ok.init == init]
         p_it = g[g.init == init].pretrain_iterations.max()
-        shift = float(p_it) if (pretrain == "shift" and _finite(p_it)) else 0.0
-        if _finite(p_it):
+        shift = float(p_it) if (pretrain == "shift" and is_finite(p_it)) else 0.0
+        if is_finite(p_it):
             pre_iters[init] = float(p_it)
         for (family, seed), gf in gi.groupby(["family", "seed"], sort=True):
             trunk = gf[gf.line == "trunk"].drop_duplicates("iteration").sort_values("iteration")
@@ -134,7 +128,7 @@ def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: s
                     drawn["curves"].append({"init": init, "line": str(tail.line.iloc[0]), "run_id": rid,
                                             "x": list(x), "y": list(y)})
                 last = gr.sort_values("iteration").iloc[-1]
-                end_it = float(last.iterations) if _finite(last.iterations) else float(last.iteration)
+                end_it = float(last.iterations) if is_finite(last.iterations) else float(last.iteration)
                 xmax = max(xmax, end_it + shift)
                 if bool(last.final):
                     ax.plot((last.iteration + shift) / unit, last[metric], "o", color=c, ms=3.5, zorder=3)
@@ -152,11 +146,11 @@ def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: s
                             drops.add(it + shift)
                 paper = pubmod.lookup(pub, task=task, backbone=backbone, norm=norm, init=init, data=data,
                                       metric=metric, schedule=str(last.schedule)) if not variant else math.nan
-                if _finite(paper):
-                    px = end_it if _finite(last.iterations) else pubmod.iterations_of(
+                if is_finite(paper):
+                    px = end_it if is_finite(last.iterations) else pubmod.iterations_of(
                         pub, task=task, backbone=backbone, norm=norm, init=init, data=data,
                         schedule=str(last.schedule), metric=metric)
-                    if _finite(px):
+                    if is_finite(px):
                         ax.plot((px + shift) / unit, paper, "*", mfc="none", mec=c, ms=7, mew=0.9, zorder=4)
                         drawn["paper"].append({"init": init, "schedule": str(last.schedule), "x": px, "y": paper})
     for d in sorted(drops):
@@ -168,7 +162,7 @@ def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: s
             ax.fill_between([0, frac_end / unit], 0, 0.035, transform=ax.get_xaxis_transform(),
                             color=colors[init], alpha=0.25, lw=0)
             txt = f"{init} pre-training: {human(p)} iter"
-            if _finite(pre.pretrain_images):
+            if is_finite(pre.pretrain_images):
                 txt += f", {human(pre.pretrain_images)} images"
             if p > xmax:
                 txt += " (beyond axis)"
@@ -266,7 +260,7 @@ def samples_seen(df, pub, note="") -> tuple[plt.Figure, dict]:
                         if r.empty:
                             continue
                         r = r.iloc[0]
-                        pre = float(r[f"pretrain_{counter}"]) if _finite(r[f"pretrain_{counter}"]) else 0.0
+                        pre = float(r[f"pretrain_{counter}"]) if is_finite(r[f"pretrain_{counter}"]) else 0.0
                         fine = float(r[counter])
                         x = j + (k - (len(inits) - 1) / 2) * width
                         ax.bar(x, pre, width * 0.95, color=colors[init], alpha=0.35, hatch="///", lw=0)

@@ -52,6 +52,14 @@ REQUIRED = [
 COUNTERS = ["images", "instances", "pixels"]
 
 
+def is_finite(v) -> bool:
+    """A number that is not NaN or infinite (a stat that is defined); False for None or text."""
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
 class MetricsError(ValueError):
     pass
 

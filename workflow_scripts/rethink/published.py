@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .metrics import is_finite
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = ROOT / "results" / "paper" / "published.csv"
 COLUMNS = ["source", "task", "backbone", "norm", "init", "data", "schedule", "iterations", "metric", "value", "note"]
@@ -72,6 +74,21 @@ def sort_schedules(names) -> list[str]:
     return sorted(set(map(str, names)), key=lambda s: (schedule_length(s), s))
 
 
+AUG_TAGS = ("train_aug", "test_aug")  # Table 3's schedule field: "train_aug" or "train_aug+test_aug"
+
+
+def aug_tag(train_aug: bool, test_aug: bool) -> str:
+    """(train, test augmentation) -> Table 3's schedule field ("" for neither)."""
+    return "+".join(t for t, on in zip(AUG_TAGS, (train_aug, test_aug)) if on)
+
+
+def aug_flags(tag: str) -> tuple[bool, bool]:
+    """A paper row's schedule field -> (train augmentation, test augmentation); (False, False)
+    for a schedule length."""
+    parts = set(str(tag).split("+"))
+    return AUG_TAGS[0] in parts, AUG_TAGS[1] in parts
+
+
 def lookup(pub: pd.DataFrame, *, task: str, backbone: str, norm: str, init: str, data: str, metric: str,
            schedule: str | None = None, best: bool = False, iterations: float | None = None,
            train_aug: bool = False, test_aug: bool = False) -> float:
@@ -97,8 +114,7 @@ def lookup(pub: pd.DataFrame, *, task: str, backbone: str, norm: str, init: str,
             hit = numbered.loc[[numbered.schedule.map(schedule_length).idxmax()]]
         return float(hit.value.iloc[0])
     if train_aug or test_aug:
-        tag = "+".join(t for t, on in (("train_aug", train_aug), ("test_aug", test_aug)) if on)
-        hit = m[m.schedule == tag]
+        hit = m[m.schedule == aug_tag(train_aug, test_aug)]
         if not hit.empty:
             return float(hit.value.iloc[0])
         if test_aug:
@@ -106,16 +122,9 @@ def lookup(pub: pd.DataFrame, *, task: str, backbone: str, norm: str, init: str,
     hit = m[m.schedule == schedule] if schedule is not None else m.iloc[0:0]
     if hit.empty:
         hit = m[m.schedule == ""]
-        if iterations is not None and _finite(iterations):
+        if is_finite(iterations):
             hit = hit[hit.iterations.isna() | (hit.iterations == float(iterations))]
     return float(hit.value.iloc[0]) if not hit.empty else float("nan")
-
-
-def _finite(v) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def iterations_of(pub: pd.DataFrame, **key) -> float:

@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import published as pubmod
+from .metrics import is_finite
 from .collect import STAT_COLUMNS
 
 MINUS = "\u2212"
@@ -63,7 +64,7 @@ class Cell:
             s = f"{v:+.1f}" if signed else f"{v:.1f}"
             return s.replace("-", minus)
 
-        have_o, have_p = _finite(self.ours), _finite(self.paper)
+        have_o, have_p = is_finite(self.ours), is_finite(self.paper)
         if self.status == "diverged":
             return "diverged" + (f" ({num(self.paper)})" if have_p else "")
         if not have_o and not have_p:
@@ -95,13 +96,6 @@ class Table:
         raise KeyError(f"{self.name}: no row {labels}")
 
 
-def _finite(v) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
 # --------------------------------------------------------------------------- data
 def kind_of(task: str, data: str, train_aug: bool = False, test_aug: bool = False) -> str:
     """Which table a setting belongs to. "enhanced" (Table 3): Mask R-CNN / cascade on full COCO
@@ -117,12 +111,6 @@ def kind_of(task: str, data: str, train_aug: bool = False, test_aug: bool = Fals
     return "main"
 
 
-def _aug_flags(tag: str) -> tuple[bool, bool]:
-    """A paper row's schedule field 'train_aug' / 'train_aug+test_aug' (Table 3) -> (train, test)."""
-    parts = set(str(tag).split("+"))
-    return "train_aug" in parts, "test_aug" in parts
-
-
 def finals(df: pd.DataFrame) -> pd.DataFrame:
     """One row per setting (task, backbone, norm, data, variant, init, schedule): the runs' latest
     non-diverged milestone, averaged over seeds. status: diverged (every seed diverged), partial
@@ -136,7 +124,7 @@ def finals(df: pd.DataFrame) -> pd.DataFrame:
         row = last.to_dict()
         if bool(g.run_diverged.any()):
             row["status"] = "diverged"
-        elif _finite(last["iterations"]) and last["iteration"] < last["iterations"]:
+        elif is_finite(last["iterations"]) and last["iteration"] < last["iterations"]:
             row["status"] = "partial"
         else:
             row["status"] = ""
@@ -203,7 +191,7 @@ def _groups(fin: pd.DataFrame, pub: pd.DataFrame, kind: str, tasks: set[str] | N
                     keys.append(tuple(key)[:len(GROUP)])
     p = pub[pub.source.isin(pub_sources)]
     for r in p.itertuples(index=False):
-        if kind_of(r.task, r.data, *_aug_flags(r.schedule)) != kind or (tasks is not None and r.task not in tasks):
+        if kind_of(r.task, r.data, *pubmod.aug_flags(r.schedule)) != kind or (tasks is not None and r.task not in tasks):
             continue
         key = (r.task, r.backbone, r.norm, r.data, "")
         if key not in keys:
@@ -322,7 +310,7 @@ def single_metric(fin, pub, name, title, kind, metric, pub_sources) -> Table:
             row = _longest(_select(fin, group, init))
             cell = _cell(row, pub, group, init, metric, any_schedule=True)
             its = p[(p.init == init) & (p.metric == metric)].iterations
-            its = f"{int(its.iloc[0]) // 1000}k" if not its.empty and _finite(its.iloc[0]) else DASH
+            its = f"{int(its.iloc[0]) // 1000}k" if not its.empty and is_finite(its.iloc[0]) else DASH
             t.rows.append(([_setting_label(*group), init, row["schedule"] if row is not None else DASH, its], [cell]))
     return t
 
@@ -362,7 +350,7 @@ def table3(fin, pub) -> Table:
     p = pub[pub.source == "table3"]
     for key, _ in p.groupby(["task", "backbone", "norm", "init", "data", "schedule"], sort=False):
         task, backbone, norm, init, data, tag = key
-        train_aug, test_aug = _aug_flags(tag)
+        train_aug, test_aug = pubmod.aug_flags(tag)
         sel = mine
         if not sel.empty:
             sel = sel[(sel.task == task) & (sel.backbone == backbone) & (sel.norm == norm) & (sel.init == init)
