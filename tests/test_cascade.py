@@ -175,10 +175,11 @@ def test_load_converted_refuses_what_does_not_fit(setup):
             assert torch.equal(v, untouched[k]), k
 
     other_classes = engine.build_model({**mask_run, "num_classes": 5}, "cpu").state_dict()  # 5 categories, not 2
-    refused(other_classes, match=r"cls_score.weight: shape \(6, 1024\)")
+    refused(other_classes, match=r"roi_heads.box_predictor.cls_score.weight \(-> roi_heads.box_predictors.0.cls_score"
+                                 r".weight\): shape \(6, 1024\)")
     faster = engine.build_model({**mask_run, "recipe": {**mask_run["recipe"], "task": "faster_rcnn"}}, "cpu",
                                 dataset=manifest).state_dict()
-    refused(faster, match="roi_heads.mask_head.*nothing in the state dict")
+    refused(faster, match="roi_heads.mask_head.*: not in the checkpoint")
     refused({**good, "roi_heads.extra.weight": torch.zeros(1)}, match="roi_heads.extra.weight: not in the cascade")
     refused(model.state_dict(), match="not a Mask R-CNN")
     refused(good, from_task="keypoint_rcnn", match="converts mask_rcnn -> cascade_mask_rcnn only")

@@ -37,7 +37,6 @@ architecture inside a run, engines.load_converted).
 from __future__ import annotations
 
 import contextlib
-import re
 
 import torch
 import torch.nn.functional as F
@@ -48,15 +47,13 @@ from torchvision.models.detection.roi_heads import (RoIHeads, fastrcnn_loss, mas
                                                     maskrcnn_loss)
 from torchvision.ops import boxes as box_ops
 
+from .checkpoint import STANDARD_BBOX_PRED, map_into_cascade
+
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
 NUM_STAGES = len(STAGE_IOUS)
 BOX_HEADS = "roi_heads.box_heads."  # the stages' box heads: roi_heads.box_heads.{t}.*
 BOX_PREDICTORS = "roi_heads.box_predictors."  # roi_heads.box_predictors.{t}.cls_score / .bbox_pred
-STANDARD_BOX_HEAD = "roi_heads.box_head."  # Mask R-CNN's
-STANDARD_CLS_SCORE = "roi_heads.box_predictor.cls_score."
-STANDARD_BBOX_PRED = "roi_heads.box_predictor.bbox_pred."
-_FRESH = re.compile(r"^roi_heads\.box_predictors\.\d+\.bbox_pred\.")
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -230,50 +227,22 @@ class CascadeRoIHeads(RoIHeads):
 
 
 def convert_mask_rcnn_state(target: dict, source: dict) -> tuple[dict, str]:
-    """A Mask R-CNN state dict `source` mapped onto a cascade model's state dict `target`:
-    tensors of the same name and shape are copied, Mask R-CNN's box head initialises every stage's
-    box head and its classifier every stage's classifier; the class-agnostic regressors keep their
-    fresh init (Mask R-CNN's class-specific bbox_pred has no counterpart). Returns the state dict to
-    load (strict) and a one-line report; raises ValueError listing what does not fit."""
-    stages = sorted({int(k[len(BOX_HEADS):].split(".")[0]) for k in target if k.startswith(BOX_HEADS)})
+    """A Mask R-CNN state dict `source` mapped onto a cascade model's state dict `target` by
+    rethink.checkpoint.map_into_cascade (the stages' parts under BOX_HEADS / BOX_PREDICTORS).
+    Returns the state dict to load (strict) and a one-line report; raises ValueError listing what
+    does not fit."""
+    stages = len({k[len(BOX_HEADS):].split(".")[0] for k in target if k.startswith(BOX_HEADS)})
     if not stages:
         raise ValueError("the model has no cascade box heads (roi_heads.box_heads.*)")
-    if not any(k.startswith(STANDARD_BOX_HEAD) for k in source) or not any(k.startswith(STANDARD_CLS_SCORE)
-                                                                          for k in source):
-        raise ValueError(f"the state dict is not a Mask R-CNN's: no {STANDARD_BOX_HEAD}* / {STANDARD_CLS_SCORE}* "
-                         f"tensors")
-    out, problems, by_name, into_stages, dropped = {}, [], 0, 0, []
-    for key, value in source.items():
-        if key in target:
-            dests = [key]
-        elif key.startswith(STANDARD_BOX_HEAD):
-            dests = [f"{BOX_HEADS}{t}.{key[len(STANDARD_BOX_HEAD):]}" for t in stages]
-        elif key.startswith(STANDARD_CLS_SCORE):
-            dests = [f"{BOX_PREDICTORS}{t}.cls_score.{key[len(STANDARD_CLS_SCORE):]}" for t in stages]
-        elif key.startswith(STANDARD_BBOX_PRED):
-            dropped.append(key)
-            continue
-        else:
-            problems.append(f"{key}: not in the cascade model")
-            continue
-        for dest in dests:
-            if dest not in target:
-                problems.append(f"{key} -> {dest}: not in the cascade model")
-            elif tuple(target[dest].shape) != tuple(value.shape):
-                problems.append(f"{key}: shape {tuple(value.shape)}, {dest} has {tuple(target[dest].shape)}")
-            else:
-                out[dest] = value
-        if len(dests) == 1 and dests[0] == key:
-            by_name += 1
-        else:
-            into_stages += 1
-    fresh = [k for k in target if k not in out and _FRESH.match(k)]
-    missing = [k for k in target if k not in out and not _FRESH.match(k)]
-    problems += [f"{k}: nothing in the state dict for it" for k in missing]
+    plan, fresh, dropped, problems = map_into_cascade(
+        source, target, stages, box_head=BOX_HEADS + "{k}.", cls_score=BOX_PREDICTORS + "{k}.cls_score.",
+        bbox_pred=BOX_PREDICTORS + "{k}.bbox_pred.")
     if problems:
         shown = "; ".join(problems[:5]) + (f"; ... ({len(problems) - 5} more)" if len(problems) > 5 else "")
         raise ValueError(f"{len(problems)} tensor(s) do not fit: {shown}")
+    by_name = sum(1 for t, s in plan.items() if t == s)
+    into_stages = len({s for t, s in plan.items() if t != s})
     report = (f"{by_name} tensors copied by name, {into_stages} of the box head and classifier copied into each of "
-              f"{len(stages)} stages, {len(fresh)} tensors of the class-agnostic box regressors freshly initialised, "
+              f"{stages} stages, {len(fresh)} tensors of the class-agnostic box regressors freshly initialised, "
               f"{len(dropped)} tensors of the class-specific {STANDARD_BBOX_PRED[:-1]} dropped")
-    return {**target, **out}, report
+    return {**target, **{t: source[s] for t, s in plan.items()}}, report

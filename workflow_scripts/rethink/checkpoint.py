@@ -193,3 +193,60 @@ def prune(resume_dir: str | Path, keep: int = 2) -> None:
         p.unlink(missing_ok=True)
     for p in d.glob(".iter_*.tmp"):  # left by a process killed while writing (one writer per folder)
         p.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ architecture switch
+# Mask R-CNN's single box branch, named alike in detectron2 (StandardROIHeads) and torchvision
+STANDARD_BOX_HEAD = "roi_heads.box_head."
+STANDARD_CLS_SCORE = "roi_heads.box_predictor.cls_score."
+STANDARD_BBOX_PRED = "roi_heads.box_predictor.bbox_pred."
+
+
+def map_into_cascade(source: dict, target: dict, stages: int, box_head: str, cls_score: str,
+                     bbox_pred: str) -> tuple[dict[str, str], list[str], list[str], list[str]]:
+    """How a Mask R-CNN state dict (`source`) fills a cascade model's (`target`, `stages` stages),
+    for both engines' switch of architecture (engine.load_converted). `box_head`, `cls_score` and
+    `bbox_pred` say where the cascade model keeps stage k's parts, with "{k}" for the stage (e.g.
+    detectron2's "roi_heads.box_head.{k}.", rethink.cascade's "roi_heads.box_heads.{k}.").
+
+    Same name and shape: copied (backbone, FPN, RPN, mask head, buffers); Mask R-CNN's box head
+    and classifier go into every stage's; its class-specific box regressor has no counterpart in
+    the class-agnostic cascade regressors, which keep their fresh init. Anything else (a tensor of
+    neither model, a shape that differs, a target tensor nothing fills, a source that is no Mask
+    R-CNN) is a problem. Returns (target name -> source name, target names left at their init,
+    source names dropped, problems)."""
+    if not any(k.startswith(STANDARD_BOX_HEAD) for k in source) or not any(k.startswith(STANDARD_CLS_SCORE)
+                                                                          for k in source):
+        return {}, list(target), [], [f"the state dict is not a Mask R-CNN's: no {STANDARD_BOX_HEAD}* / "
+                                      f"{STANDARD_CLS_SCORE}* tensors"]
+    plan: dict[str, str] = {}
+    dropped: list[str] = []
+    problems: list[str] = []
+    tried: set[str] = set()
+
+    def take(t: str, s: str) -> None:
+        tried.add(t)
+        if t not in target:
+            problems.append(f"{s} (-> {t}): not in the cascade model")
+        elif tuple(target[t].shape) != tuple(source[s].shape):
+            problems.append(f"{s} (-> {t}): shape {tuple(source[s].shape)}, the model has {tuple(target[t].shape)}")
+        else:
+            plan[t] = s
+
+    for key in source:
+        if key in target:
+            take(key, key)
+        elif key.startswith(STANDARD_BOX_HEAD):
+            for k in range(stages):
+                take(box_head.format(k=k) + key[len(STANDARD_BOX_HEAD):], key)
+        elif key.startswith(STANDARD_CLS_SCORE):
+            for k in range(stages):
+                take(cls_score.format(k=k) + key[len(STANDARD_CLS_SCORE):], key)
+        elif key.startswith(STANDARD_BBOX_PRED):
+            dropped.append(key)
+        else:
+            problems.append(f"{key}: not in the cascade model")
+    fresh = [k for k in target if k not in plan]
+    agnostic = tuple(bbox_pred.format(k=k) for k in range(stages))
+    problems += [f"{k}: not in the checkpoint" for k in fresh if not k.startswith(agnostic) and k not in tried]
+    return plan, fresh, dropped, problems

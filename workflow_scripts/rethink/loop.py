@@ -349,7 +349,7 @@ def train(engine, spec: dict, dataset: dict) -> dict:
         else:
             log("random init (MSRA fill)")
         switch_from = spec.get("start_task") if from_start else None
-        if state is not None and switch_from:
+        if switch_from:  # (only with a start checkpoint)
             # the start checkpoint holds another architecture (Mask R-CNN before the switch to
             # cascade): the engine maps its weights; the optimizer starts afresh (other parameters)
             report = engine.load_converted(model, state["model"], switch_from, run)

@@ -179,10 +179,11 @@ class Paths:
             "output": self.checkpoint(seg.family, seg.line, seg.end),
             "resume_dir": self.resume_dir(seg.family, seg.line, seg.end),
         }
-        if seg.start_from is not None and task_at(run.recipe, seg.start - 1) != settings["recipe"]["task"]:
+        start_task = task_at(run.recipe, seg.start - 1) if seg.start_from is not None else None
+        if start_task is not None and start_task != settings["recipe"]["task"]:
             # the start checkpoint holds another architecture (the switch to cascade): only this
             # segment's spec says so, every other job's params stay as they were
-            spec["start_task"] = task_at(run.recipe, seg.start - 1)
+            spec["start_task"] = start_task
         return spec
 
     def eval_input(self, ms: Milestone) -> dict:

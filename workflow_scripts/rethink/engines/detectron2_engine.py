@@ -40,7 +40,8 @@ runs (conv1_x and conv2_x, as Faster R-CNN and Detectron's VGG16 fine-tune from 
   aspect-ratio grouping (a batch may pad a portrait and a landscape image to one size; same
   results, some wasted compute at 2 images per GPU).
 * load_converted(model, state_dict, from_task, run): the switch to cascade inside a run (Table 3
-  from scratch: Mask R-CNN until cascade_from_iter, CascadeROIHeads after): see convert_to_cascade.
+  from scratch: Mask R-CNN until cascade_from_iter, CascadeROIHeads after), mapped by
+  rethink.checkpoint.map_into_cascade.
 * optimizer_param_groups(model, run) (optional for the loop): detectron2's parameter groups,
   no weight decay on norm layers, frozen parameters left out.
 * losses: model(batch) in train mode inside a detectron2 EventStorage (its RPN and RoI heads
@@ -59,6 +60,7 @@ import numpy as np
 import torch
 
 from .. import d2config
+from ..checkpoint import map_into_cascade
 from ..d2config import D2ConfigError
 from ..loop import GroupedBatches, aspect_groups, batch_indices, iteration_loader, seed_mix
 
@@ -209,54 +211,6 @@ def load_vgg16_pkl(model, path: str, run: dict) -> int:
 
 # the architecture switches load_converted knows: (checkpoint's task, model's task)
 CONVERSIONS = (("mask_rcnn", "cascade_mask_rcnn"),)
-_BOX_HEAD = "roi_heads.box_head."
-_CLS_SCORE = "roi_heads.box_predictor.cls_score."
-_BBOX_PRED = "roi_heads.box_predictor.bbox_pred."
-
-
-def convert_to_cascade(source: dict, target: dict, stages: int) -> tuple[dict[str, str], list[str], list[str], list[str]]:
-    """How a StandardROIHeads Mask R-CNN state dict (`source`) fills a CascadeROIHeads model's
-    (`target`, `stages` stages): (target name -> source name, names left at their fresh init,
-    source names without counterpart, problems). Same name and shape: copied (backbone, FPN, RPN,
-    mask head, buffers); roi_heads.box_head.X -> roi_heads.box_head.{k}.X and
-    roi_heads.box_predictor.cls_score.X -> roi_heads.box_predictor.{k}.cls_score.X for every stage
-    k; the class-specific roi_heads.box_predictor.bbox_pred has no counterpart in the
-    class-agnostic cascade regressors (roi_heads.box_predictor.{k}.bbox_pred: fresh). Anything
-    else (a tensor of neither model, a shape that differs, a target tensor nobody fills) is a
-    problem."""
-    plan: dict[str, str] = {}
-    dropped: list[str] = []
-    problems: list[str] = []
-    tried: set[str] = set()
-
-    def take(t: str, s: str) -> None:
-        tried.add(t)
-        if t not in target:
-            problems.append(f"{s} (-> {t}): not in the cascade model")
-        elif tuple(target[t].shape) != tuple(source[s].shape):
-            problems.append(f"{s} (-> {t}): shape {tuple(source[s].shape)}, the model has {tuple(target[t].shape)}")
-        else:
-            plan[t] = s
-
-    for key in source:
-        if key in target:
-            take(key, key)
-        elif key.startswith(_BOX_HEAD):
-            for k in range(stages):
-                take(f"{_BOX_HEAD}{k}.{key[len(_BOX_HEAD):]}", key)
-        elif key.startswith(_CLS_SCORE):
-            for k in range(stages):
-                take(f"roi_heads.box_predictor.{k}.cls_score.{key[len(_CLS_SCORE):]}", key)
-        elif key.startswith(_BBOX_PRED):
-            dropped.append(key)
-        else:
-            problems.append(f"{key}: not in the cascade model")
-    fresh = [k for k in target if k not in plan]
-    agnostic = {f"roi_heads.box_predictor.{k}.bbox_pred.{p}" for k in range(stages) for p in ("weight", "bias")}
-    problems += [f"{k}: not in the checkpoint" for k in fresh if k not in agnostic and k not in tried]
-    return plan, fresh, dropped, problems
-
-
 def _set(cfg, key: str, value) -> None:
     node = cfg
     parts = key.split(".")
@@ -441,9 +395,10 @@ class Detectron2Engine:
     def load_converted(self, model, state_dict: dict, from_task: str, run: dict) -> str:
         """A checkpoint of another architecture into this run's model (the loop calls it for a
         segment whose start_task differs): today Mask R-CNN -> Cascade Mask R-CNN, mapped by
-        convert_to_cascade. Returns a one-line report; raises ValueError naming the run and the
-        tasks if the pair is not a known switch or the state dict does not fit (another
-        backbone, another number of classes, ...). Nothing is copied unless everything fits."""
+        rethink.checkpoint.map_into_cascade. Returns a one-line report; raises ValueError naming
+        the run and the tasks if the pair is not a known switch or the state dict does not fit
+        (another backbone, another number of classes, ...). Nothing is copied unless everything
+        fits."""
         to_task = run["recipe"].get("task", "mask_rcnn")
         who = f"run {run.get('run_id', '?')}"
         if (from_task, to_task) not in CONVERSIONS:
@@ -456,7 +411,9 @@ class Detectron2Engine:
             raise ValueError(f"{who}: task {to_task!r}, but the model's RoI heads "
                              f"({type(m.roi_heads).__name__}) are not a cascade")
         target = m.state_dict()
-        plan, fresh, dropped, problems = convert_to_cascade(state_dict, target, stages)
+        plan, fresh, dropped, problems = map_into_cascade(
+            state_dict, target, stages, box_head="roi_heads.box_head.{k}.",
+            cls_score="roi_heads.box_predictor.{k}.cls_score.", bbox_pred="roi_heads.box_predictor.{k}.bbox_pred.")
         if problems:
             more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise ValueError(f"{who}: the {from_task} checkpoint does not fit its {to_task} model "
