@@ -41,8 +41,11 @@ BACKBONES = (*RESNETS, "VGG16")
 FPN_CHANNELS = 256
 FPN_STRIDES = (4, 8, 16, 32)  # feature maps '0'..'3' (ResNet stages 2-5) that the RoI poolers read
 KEYPOINT_HEAD = [512] * 8  # detectron2's ROI_KEYPOINT_HEAD.CONV_DIMS
-# VGG16 (configuration "D") up to conv5_3 without pool5: stride 16, 512 channels
-VGG16_LAYERS = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+# VGG16 (configuration "D") up to conv5_3 without pool5: stride 16, 512 channels. Its conv blocks:
+# output channels of each 3x3 conv (a 2x2 max-pool follows blocks 1-4); both engines build from it
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+VGG16_LAYERS = [layer for b, widths in enumerate(VGG16_BLOCKS, 1)
+                for layer in (*widths, *(["M"] if b < len(VGG16_BLOCKS) else []))]
 VGG_STRIDE = 16
 VGG_FC_DIM = 4096  # fc6 and fc7 of the box head, as VGG16's classifier
 VGG_ANCHOR_SIZES = (32, 64, 128, 256, 512)

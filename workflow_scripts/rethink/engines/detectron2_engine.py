@@ -63,6 +63,7 @@ from .. import d2config
 from ..checkpoint import map_into_cascade
 from ..d2config import D2ConfigError
 from ..loop import GroupedBatches, aspect_groups, batch_indices, iteration_loader, seed_mix
+from ..models import VGG16_BLOCKS
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,6 @@ def config_file(name: str) -> str:
     return str(path)
 
 
-# VGG16's conv blocks: output channels of each 3x3 conv (a 2x2 max-pool follows blocks 1-4)
-VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 VGG16_BACKBONE = "build_vgg16_backbone"
 VGG16_FEATURE = "vgg_conv5"
 
