@@ -292,9 +292,12 @@ ws = [torch.zeros_like(w) for _ in range(world)]
 dist.all_gather(ws, w)
 model.roi_heads.box_predictor.test_score_thresh = 0.0
 res = eng.predict(ddp, run, man, torch.device("cpu"))
-print("RESULT " + json.dumps({"rank": rank, "ids": ids, "in_sync": all(torch.equal(ws[0], x) for x in ws),
-      "norms": sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}),
-      "results": sorted((r["image_id"], r["category_id"], round(r["score"], 5)) for r in res)}), flush=True)
+# a file per process: two processes printing to one pipe can interleave their lines
+with open(f"{sys.argv[4]}/result{rank}.json", "w") as f:
+    json.dump({"rank": rank, "ids": ids, "in_sync": all(torch.equal(ws[0], x) for x in ws),
+               "norms": sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}),
+               "results": sorted((r["image_id"], r["category_id"], round(r["score"], 5)) for r in res)}, f)
+dist.barrier()
 dist.destroy_process_group()
 '''
 
@@ -313,11 +316,10 @@ def test_two_processes_sync_bn(engine, paper, dataset, tmp_path):
     manifest = tmp_path / "dataset.json"
     manifest.write_text(json.dumps(dataset))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(ROOT / "workflow_scripts"), json.dumps(run), str(manifest)],
+                           str(script), str(ROOT / "workflow_scripts"), json.dumps(run), str(manifest), str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    out = sorted((json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")),
-                 key=lambda r: r["rank"])
+    out = sorted((json.loads(p.read_text()) for p in tmp_path.glob("result*.json")), key=lambda r: r["rank"])
     assert len(out) == 2
     one = _batches(engine, run, dataset, 0, 2)
     for i in range(2):
