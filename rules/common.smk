@@ -8,19 +8,48 @@ import sys
 SCRIPTS = os.path.join(str(workflow.basedir), "workflow_scripts")
 sys.path.insert(0, SCRIPTS)
 
+from rethink import campaign
 from rethink import config as rconfig
 from rethink import grid as rgrid
 from rethink import paths as rpaths
 from rethink.plan import Plan
 
 CONFIG_SOURCE = ", ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml"
+# --config confirm_rerun=true: go ahead although the plan retrains finished work (rethink.campaign)
+CONFIRM_RERUN = str(config.pop(campaign.CONFIRM, False)).lower() in ("true", "1", "yes")
 try:
     CFG = rconfig.validate(dict(config), CONFIG_SOURCE)
     GRID = rgrid.build(CFG, CONFIG_SOURCE)
 except rconfig.ConfigError as e:
     raise WorkflowError(str(e)) from None
 PLAN = Plan(GRID)
-P = rpaths.Paths(CFG, PLAN)
+P = rpaths.Paths(CFG, PLAN, write_identities=workflow.is_main_process)
+
+# Only what determines a result may redo a job: its identity files (rethink.identity), compared by
+# modification time (profiles/default: rerun-triggers: mtime). Params, rule code and software
+# environments are how a job runs, not what it makes.
+P.write_identities()
+if workflow.is_main_process:  # what a run would retrain, predicted from the files on disk (also in -n)
+    _redo = campaign.predicted_segments(P)
+    if _redo:
+        print(campaign.warning(P, _redo)[0] + f"\n(a real run stops here unless run with --config {campaign.CONFIRM}=true)",
+              file=sys.stderr)
+
+
+def guard_finished_work(jobs):
+    """Before any job of a real run: stop if the plan retrains finished work, unless confirmed."""
+    segs = [PLAN.segment(j.wildcards.family, j.wildcards.line, int(j.wildcards.iter))
+            for j in jobs if j.rule.name == "train_segment"]
+    redo = campaign.redone(P, segs)
+    if not redo:
+        return
+    msg, _ = campaign.warning(P, redo)
+    if set(map(str, workflow.rerun_triggers)) != {"mtime"}:
+        msg += "\n(--rerun-triggers is not just mtime: Snakemake also redoes jobs whose params or code changed)"
+    if not CONFIRM_RERUN:
+        raise WorkflowError(f"{CONFIG_SOURCE}: {msg}\nNothing was run or deleted. To retrain, run again with "
+                            f"--config {campaign.CONFIRM}=true; to keep the results, undo the edit.")
+    print(f"{msg}\n(confirmed with {campaign.CONFIRM}=true)", file=sys.stderr)
 
 
 def check_data_on_disk(jobs):
@@ -38,6 +67,7 @@ def check_data_on_disk(jobs):
 
 
 onstart:
+    guard_finished_work(workflow.dag.needrun_jobs())
     check_data_on_disk(workflow.dag.needrun_jobs())
 # The workflow's scripts run under the interpreter that runs Snakemake, or, with
 # `--sdm conda`, under the rule's environment (envs/*.yaml).

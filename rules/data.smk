@@ -2,6 +2,8 @@
 
 
 rule prepare_data:
+    input:
+        identity=lambda wc: P.data_identity(wc.data),
     output:
         P.dataset("{data}"),
     log:
@@ -18,6 +20,8 @@ rule prepare_data:
 
 
 rule prepare_pretrain_data:
+    input:
+        identity=lambda wc: P.pretrain_data_identity(wc.init),
     output:
         P.pretrain_dataset("{init}"),
     log:

@@ -4,7 +4,8 @@
 
 rule pretrain:
     input:
-        P.pretrain_dataset("{init}"),
+        data=P.pretrain_dataset("{init}"),
+        identity=lambda wc: P.init_identity(wc.init, wc.backbone, wc.norm),
     output:
         weights=P.init_weights_pattern("pretrain"),
         cost=P.init_cost_pattern(),
@@ -23,6 +24,8 @@ rule pretrain:
 
 
 rule stage_weights:
+    input:
+        identity=lambda wc: P.init_identity(wc.init, wc.backbone, wc.norm),
     output:
         weights=P.init_weights_pattern("staged"),
         cost=P.init_cost_pattern(),

@@ -11,6 +11,7 @@ A checkpoint is one ``torch.save`` file (loadable with ``weights_only=True``) ho
     device_seconds  accelerator-seconds since iteration 0 (GPUs x wall; on CPU: process CPU seconds)
     gpus            GPUs of the job that wrote it (0 = CPU)
     run_id, family, line, engine
+    identity        (optional) hash of the line's identity file it was trained with (rethink.identity)
     rng             {"python", "numpy", "torch", "cuda"} states of the process that wrote it (rank 0)
 
 Writes are atomic (a temp file in the same folder, fsync, os.replace), so a reader sees a whole

@@ -258,6 +258,8 @@ def build_record(spec: dict, meta: dict, stats: dict, eval_seconds: float, diver
     # optional in the schema (older files lack them): how the run trained and was tested
     record["train_aug"] = bool(run["recipe"].get("scale_aug", False))
     record["test_aug"] = bool(spec.get("tta", False))
+    if spec.get("identity"):  # optional in the schema: the hash of the line's identity (rethink.identity)
+        record["identity"] = spec["identity"]
     if spec.get("runs"):  # optional in the schema: collect asks the plan which runs pass through
         record["runs"] = list(spec["runs"])
     return record

@@ -406,6 +406,7 @@ def train(engine, spec: dict, dataset: dict) -> dict:
                 "device_seconds": base["device_seconds"] + (gpus_total * wall if d.cuda else sums[-1]),
                 "gpus": gpus_total,
                 "run_id": run["run_id"], "family": family, "line": line, "engine": spec["engine"],
+                "identity": spec.get("identity"),  # hash of what determined it (rethink.identity)
                 "rng": rngs,
             }
 

@@ -28,6 +28,8 @@ Fields (all required unless marked optional):
     train_aug       (optional, default false) the run trained with scale augmentation (recipe scale_aug)
     test_aug        (optional, default false) evaluated with test-time augmentation (its own file,
                     iter_<N>-tta.json, beside the plain evaluation of the same checkpoint)
+    identity        (optional) hash of what determined this result: the line's identity file
+                    (rethink.identity); absent in files written before identities
     engine          "torchvision" or "detectron2"
     created         ISO time of writing
 """

@@ -7,8 +7,11 @@ tables, figures), so copying `results/` off a cluster is enough to rebuild the r
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
+from . import identity
 from .grid import Run, recipe_at, task_at
 from .plan import TRUNK, Milestone, Plan, Segment
 from .schedule import Schedule
@@ -26,12 +29,73 @@ def _it(iteration) -> str:
     return iteration if isinstance(iteration, str) and iteration.startswith("{") else it7(iteration)
 
 
+def recorded_identity(path: str) -> str | None:
+    """The identity hash a metrics JSON records (None: unreadable, or written before identities)."""
+    try:
+        with open(path) as f:
+            return json.load(f).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 class Paths:
-    def __init__(self, cfg: dict, plan: Plan):
+    def __init__(self, cfg: dict, plan: Plan, write_identities: bool = False):
         self.cfg = cfg
         self.plan = plan
         self.work = cfg["workdir"].rstrip("/")
         self.results = cfg["results"].rstrip("/")
+        self.ids = identity.Store(f"{self.work}/identity", write=write_identities)
+
+    # ------------------------------------------------------------------ result identity (rethink.identity)
+    def line_identity(self, family: str, line: str) -> tuple[str, str]:
+        """(identity file, hash) of every checkpoint and evaluation of one line of training."""
+        path = self.ids.path("lines", family, line)
+        if path in self.ids.current:
+            return path, self.ids.current[path][0]
+        ln = self.plan.lines[(family, line)]
+        run = self.plan.run(ln.owner)
+        settings, schedule = self.line_settings(family, line)
+        if line == TRUNK:  # constant LR: where the trunk ends changes none of its checkpoints
+            schedule = {k: v for k, v in schedule.items() if k != "iterations"}
+        content = identity.line_identity(settings, schedule, self.cfg["engine"], self.cfg["datasets"][run.data],
+                                         self._init_definition(run.init, run.backbone, run.norm))
+        ms = [m for m in self.plan.milestones.values() if m.family == family and m.line == line]
+        files = [self.metrics(m.family, m.line, m.iteration) for m in ms]
+        files += [self.metrics(m.family, m.line, m.iteration, tta=True)
+                  for m in self.plan.tta_milestones.values() if m.family == family and m.line == line]
+        return path, self.ids.ensure(path, content, lambda: [recorded_identity(f) for f in files if os.path.exists(f)])
+
+    def data_identity(self, data: str) -> str:
+        path = self.ids.path("data", data)
+        self.ids.ensure(path, {"dataset": self.cfg["datasets"][data]})
+        return path
+
+    def pretrain_data_identity(self, init: str) -> str:
+        path = self.ids.path("data", f"pretrain-{init}")
+        self.ids.ensure(path, {"pretrain_data": self._init_definition(init, None, None)})
+        return path
+
+    def init_identity(self, init: str, backbone: str, norm: str) -> str:
+        path = self.ids.path("init", f"{init}-{backbone}-{norm}")
+        self.ids.ensure(path, {"init": self._init_definition(init, backbone, norm), "backbone": backbone, "norm": norm})
+        return path
+
+    def _init_definition(self, init: str, backbone: str | None, norm: str | None) -> dict:
+        spec = {k: v for k, v in self.cfg["inits"][init].items() if k not in identity.OPERATIONAL_INIT}
+        if "weights" in spec:  # staged: only this backbone's source matters
+            spec["weights"] = spec["weights"].get(f"{backbone}-{norm}") if backbone else None
+        return spec
+
+    def write_identities(self) -> None:
+        """Every identity file of the plan, so Snakemake's mtime comparison sees the current ones."""
+        for family, line in self.plan.lines:
+            self.line_identity(family, line)
+        for run in self.plan.grid.runs.values():
+            self.data_identity(run.data)
+            if self.init_kind(run.init) != "random":
+                self.init_identity(run.init, run.backbone, run.norm)
+            if self.init_kind(run.init) == "pretrain":
+                self.pretrain_data_identity(run.init)
 
     # ------------------------------------------------------------------ files
     def dataset(self, data: str) -> str:
@@ -131,7 +195,7 @@ class Paths:
 
     def segment_input(self, seg: Segment) -> dict:
         run = self.plan.run(seg.owner)
-        inputs = {"dataset": self.dataset(run.data)}
+        inputs = {"dataset": self.dataset(run.data), "identity": self.line_identity(seg.family, seg.line)[0]}
         if seg.start_from is not None:
             inputs["start"] = self.checkpoint(seg.family, seg.start_from[0], seg.start_from[1])
         else:
@@ -178,6 +242,7 @@ class Paths:
             "dataset": inputs["dataset"],
             "output": self.checkpoint(seg.family, seg.line, seg.end),
             "resume_dir": self.resume_dir(seg.family, seg.line, seg.end),
+            "identity": self.line_identity(seg.family, seg.line)[1],
         }
         start_task = task_at(run.recipe, seg.start - 1) if seg.start_from is not None else None
         if start_task is not None and start_task != settings["recipe"]["task"]:
@@ -193,7 +258,8 @@ class Paths:
         only results/ lacks, and a missing non-temp input would re-run the evaluation; it exists
         whenever the checkpoint does, since training needed it."""
         run = self.plan.run(self.plan.lines[(ms.family, ms.line)].owner)
-        inputs = {"checkpoint": self.checkpoint(ms.family, ms.line, ms.iteration)}
+        inputs = {"checkpoint": self.checkpoint(ms.family, ms.line, ms.iteration),
+                  "identity": self.line_identity(ms.family, ms.line)[0]}
         cost = self.init_cost(run.init, run.backbone, run.norm)
         if cost:
             inputs["init_cost"] = cost
@@ -217,6 +283,7 @@ class Paths:
             "dataset": self.dataset(self.plan.run(self.plan.lines[(ms.family, ms.line)].owner).data),
             "init_cost": inputs.get("init_cost"),
             "output": self.metrics(ms.family, ms.line, ms.iteration, tta),
+            "identity": self.line_identity(ms.family, ms.line)[1],
         }
         if tta:
             spec["tta"] = True

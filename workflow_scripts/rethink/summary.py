@@ -8,7 +8,7 @@ import os
 import pandas as pd
 
 from .grid import Grid
-from .paths import DIVERGED_MARKER, Paths
+from .paths import DIVERGED_MARKER, Paths, recorded_identity
 from .plan import Plan
 
 COLUMNS = ["run_id", "family", "experiments", "schedule", "iterations", "trained_iterations", "segments",
@@ -25,6 +25,14 @@ def _spent_hours(path: str) -> float:
             return float(json.load(f)["device_seconds"]) / 3600.0
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
+
+
+def _stale(paths: Paths, done) -> bool:
+    for m in done:
+        rec = recorded_identity(paths.metrics(m.family, m.line, m.iteration))
+        if rec is not None and rec != paths.line_identity(m.family, m.line)[1]:
+            return True
+    return False
 
 
 def summarize(grid: Grid, plan: Plan, paths: Paths) -> pd.DataFrame:
@@ -48,6 +56,8 @@ def summarize(grid: Grid, plan: Plan, paths: Paths) -> pd.DataFrame:
             status = "partial"
         else:
             status = "to do"
+        if status != "to do" and _stale(paths, done_metrics):
+            status = "stale: recipe changed"  # its results were made with other result fields
         # GPU time already spent on this run's path (cumulative in the latest metrics it has)
         spent = _spent_hours(paths.metrics(done_metrics[-1].family, done_metrics[-1].line, done_metrics[-1].iteration)) \
             if done_metrics else 0.0
@@ -72,7 +82,7 @@ def render(df: pd.DataFrame, grid: Grid, plan: Plan) -> str:
                  f"(trunk sharing saves {standalone - total:,}, ratio {total / max(standalone, 1):.3f})")
     lines.append(f"GPU-hours: {df['gpu_hours'].sum():,.1f} planned, {df['gpu_hours_spent'].sum():,.1f} spent")
     counts = df["status"].value_counts()
-    lines.append("status: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ["done", "partial", "to do", "diverged"]))
+    lines.append("status: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ["done", "partial", "to do", "diverged", "stale: recipe changed"]))
     lines.append("")
     lines.append("GPU-hours per experiment (a run in several experiments counts in each):")
     for exp in grid.config["experiments"]:

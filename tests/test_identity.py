@@ -1,0 +1,76 @@
+"""Result identity on the paper grid (pure Python): which edits change which lines' identity."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+from conftest import ROOT
+
+from rethink import config, grid, identity, plan
+from rethink.paths import Paths
+
+PAPER = config.load(ROOT / "config.yaml")
+
+
+def hashes(cfg: dict, tmp_path=None) -> dict[tuple[str, str], str]:
+    cfg = copy.deepcopy(cfg)
+    if tmp_path is not None:
+        cfg["workdir"] = str(tmp_path / "work")
+    p = plan.Plan(grid.build(config.validate(cfg, "test"), "test"))
+    paths = Paths(p.grid.config, p, write_identities=tmp_path is not None)
+    return {key: paths.line_identity(*key)[1] for key in p.lines}
+
+
+BASE = hashes(PAPER)
+
+
+def test_operational_fields_change_no_identity():
+    cfg = copy.deepcopy(PAPER)
+    cfg.setdefault("recipe", {}).update(num_workers=17, checkpoint_period=123, eval_gpus=3)
+    cfg["runtime_margin"] = 4
+    cfg.setdefault("resources", {})["cpus_per_gpu"] = 9
+    cfg["seconds_per_iter"] = []
+    for exp in cfg["experiments"].values():
+        exp["description"] = "edited"
+    assert hashes(cfg) == BASE
+
+
+def test_one_experiments_lr_changes_only_its_lines():
+    cfg = copy.deepcopy(PAPER)
+    cfg["experiments"]["fig6_keypoints"].setdefault("recipe", {})["base_lr"] = 0.03
+    new = hashes(cfg)
+    changed = {k for k in BASE if new.get(k) != BASE[k]}
+    p = plan.Plan(grid.build(config.validate(copy.deepcopy(PAPER), "t"), "t"))
+    mine = {k for k, ln in p.lines.items() if "fig6_keypoints" in p.run(ln.owner).experiments}
+    assert changed and changed == mine
+
+
+def test_a_new_schedule_keeps_the_trunk_and_the_other_tails():
+    cfg = copy.deepcopy(PAPER)
+    cfg["axes"]["schedule"]["7x"] = {"x": 7}
+    cfg["experiments"]["table1_r50_gn"]["schedule"].append("7x")
+    new = hashes(cfg)
+    assert all(new[k] == v for k, v in BASE.items() if k in new)
+    assert any(k[1] == "7x" for k in new if k not in BASE)
+
+
+def test_files_are_written_once_and_a_new_file_is_dated_before_any_result(tmp_path):
+    hashes(PAPER, tmp_path)
+    files = sorted((tmp_path / "work" / "identity").rglob("*.json"))
+    assert len(files) >= len(BASE)
+    assert all(os.stat(f).st_mtime == identity.UNDATED for f in files)
+    mtimes = {f: f.stat().st_mtime_ns for f in files}
+    hashes(PAPER, tmp_path)  # same content: nothing rewritten
+    assert {f: f.stat().st_mtime_ns for f in files} == mtimes
+    cfg = copy.deepcopy(PAPER)
+    cfg["experiments"]["fig6_keypoints"].setdefault("recipe", {})["base_lr"] = 0.03
+    hashes(cfg, tmp_path)
+    newer = [f for f in files if f.stat().st_mtime > identity.UNDATED]
+    assert newer and len(newer) < len(BASE)
+    kept = [f for f in (tmp_path / "work" / "identity").rglob("*.json") if f not in mtimes]
+    assert len(kept) == len(newer)  # the previous content of each, kept for the diff
+    old = json.loads(kept[0].read_text())
+    new = json.loads(next(f for f in newer if str(f).startswith(str(kept[0]).rsplit(".", 2)[0])).read_text())
+    assert identity.diff(old["content"], new["content"]) == ["run.recipe.base_lr: 0.02 -> 0.03",
+                                                                  "schedule.base_lr: 0.02 -> 0.03"]

@@ -1,0 +1,101 @@
+"""Finished work is never redone without saying so: which runs, why, and the GPU-hours at stake.
+
+`redone(paths, segments)` takes the training segments a plan is about to run (from Snakemake's DAG in
+a real run, or predicted from the files on disk in a dry run) and keeps those that retrain work a
+finished evaluation already covers: a segment of a line that has a metrics JSON at or after the
+segment's end (on the trunk: any of its family's tails too). `warning()` says, per line, why: the
+fields of its identity that changed since its results were made (rethink.identity), or that the
+checkpoints a new evaluation needs are gone. A real run stops on it unless the user confirms with
+`--config confirm_rerun=true`.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from . import identity
+from .paths import Paths, recorded_identity
+from .plan import TRUNK, Segment
+from .summary import gpu_hours
+
+CONFIRM = "confirm_rerun"
+
+
+def _finished(paths: Paths) -> dict[tuple[str, str], list[int]]:
+    """(family, line) -> iterations with a metrics JSON on disk."""
+    out: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for m in paths.plan.milestones.values():
+        if os.path.exists(paths.metrics(m.family, m.line, m.iteration)):
+            out[(m.family, m.line)].append(m.iteration)
+    return out
+
+
+def redone(paths: Paths, segments: list[Segment]) -> list[Segment]:
+    done = _finished(paths)
+    plan = paths.plan
+    out = []
+    for seg in segments:
+        later = [it for it in done.get((seg.family, seg.line), []) if it >= seg.end]
+        if seg.line == TRUNK:
+            later += [it for (fam, ln), its in done.items() if fam == seg.family and ln != TRUNK
+                      and plan.lines[(fam, ln)].start >= seg.end for it in its]
+        if later:
+            out.append(seg)
+    return out
+
+
+def stale_reasons(paths: Paths, family: str, line: str) -> list[str]:
+    """Why the results of a line no longer match: its identity's fields, old -> new."""
+    path, now = paths.line_identity(family, line)
+    recorded = set()
+    for m in paths.plan.milestones.values():
+        f = paths.metrics(m.family, m.line, m.iteration)
+        if m.family == family and m.line == line and os.path.exists(f):
+            recorded.add(recorded_identity(f))
+    reasons = []
+    for h in sorted(r for r in recorded if r and r != now):
+        old = paths.ids.content_of(path, h)
+        new = paths.ids.content_of(path, now)
+        changes = identity.diff(old, new) if old is not None and new is not None else []
+        reasons += changes or [f"identity {h} -> {now} (its old content is not kept)"]
+    return reasons
+
+
+def predicted_segments(paths: Paths) -> list[Segment]:
+    """Without the DAG (a dry run): the segments a run would train again, from the files on disk:
+    every segment of a stale line, and of a line whose missing evaluations have no checkpoint."""
+    plan = paths.plan
+    done = _finished(paths)
+    out = []
+    for (family, line), its in done.items():
+        stale = bool(stale_reasons(paths, family, line))
+        missing = [m.iteration for m in plan.milestones.values() if m.family == family and m.line == line
+                   and m.iteration not in its and not os.path.exists(paths.checkpoint(family, line, m.iteration))]
+        need = plan.lines[(family, line)].end if stale else max([m for m in missing if m < max(its)], default=0)
+        segs = sorted((s for s in plan.segments.values() if s.family == family and s.line == line and s.end <= need),
+                      key=lambda s: s.end)
+        out += [s for s in segs if not os.path.exists(paths.checkpoint(s.family, s.line, s.end))]
+    return redone(paths, out)
+
+
+def warning(paths: Paths, segments: list[Segment]) -> tuple[str, float]:
+    """The message for segments that retrain finished work, and their GPU-hours."""
+    by_line: dict[tuple[str, str], list[Segment]] = defaultdict(list)
+    for s in segments:
+        by_line[(s.family, s.line)].append(s)
+    total = 0.0
+    lines = []
+    for (family, line), segs in sorted(by_line.items()):
+        run = paths.plan.run(segs[0].owner)
+        iters = sum(s.iterations for s in segs)
+        hours = gpu_hours(iters, paths.seconds_per_iter(run), run.recipe["gpus"])
+        total += hours
+        runs = sorted({r for s in segs for r in paths.plan.runs_through(family, line, s.end)})
+        reasons = stale_reasons(paths, family, line) or [
+            "the checkpoints that new evaluations need are gone (temporary): retrained from the last one kept"]
+        lines.append(f"  {family}/{line}: {len(segs)} segment(s), {iters:,} iterations, {hours:,.1f} GPU-h "
+                     f"(runs: {', '.join(runs)})")
+        lines += [f"      {r}" for r in reasons[:12]] + ([f"      ... {len(reasons) - 12} more"] if len(reasons) > 12 else [])
+    head = (f"this plan retrains finished work: {len(segments)} training segment(s) of {len(by_line)} line(s), "
+            f"{total:,.1f} GPU-hours at stake")
+    return "\n".join([head, *lines]), total
