@@ -40,6 +40,7 @@ def guard_finished_work(jobs):
     """Before any job of a real run: stop if the plan retrains finished work, unless confirmed."""
     segs = [PLAN.segment(j.wildcards.family, j.wildcards.line, int(j.wildcards.iter))
             for j in jobs if j.rule.name == "train_segment"]
+    segs += [PLAN.final_segment(j.wildcards.run) for j in jobs if j.rule.name == "train_final"]
     redo = campaign.redone(P, segs)
     if not redo:
         return
@@ -97,6 +98,11 @@ def spec_json(obj):
 @functools.lru_cache(maxsize=None)
 def train_spec_json(family, line, it):
     return spec_json(P.train_spec(PLAN.segment(family, line, int(it))))
+
+
+@functools.lru_cache(maxsize=None)
+def final_spec_json(run_id):
+    return spec_json(P.train_spec(PLAN.final_segment(run_id), output=P.model(run_id)))
 
 
 @functools.lru_cache(maxsize=None)

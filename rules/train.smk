@@ -19,3 +19,17 @@ rule train_segment:
         env("train")
     shell:
         "{params.launcher} {SCRIPTS}/train.py --spec {params.spec:q} > {log} 2>&1"
+
+
+# The last segment of a run writes the run's model, kept outside temp(): adding an evaluation later
+# (test_aug, another metric) evaluates it instead of retraining. Intermediate checkpoints stay temporary.
+use rule train_segment as train_final with:
+    input:
+        unpack(lambda wc: P.segment_input(PLAN.final_segment(wc.run))),
+    output:
+        P.model("{run}"),
+    log:
+        P.log("train", "{run}", "model_final"),
+    params:
+        spec=lambda wc: final_spec_json(wc.run),
+        launcher=lambda wc: P.launcher(PLAN.final_segment(wc.run), PY),

@@ -15,7 +15,7 @@ from conftest import PY, ROOT, small_tiny_config, write_yaml
 
 import subprocess
 
-RESULT_RULES = ("train_segment", "evaluate", "evaluate_tta", "prepare_data", "pretrain", "prepare_pretrain_data")
+RESULT_RULES = ("train_segment", "train_final", "evaluate", "evaluate_tta", "prepare_data", "pretrain", "prepare_pretrain_data")
 
 
 def two_experiment_config() -> dict:
@@ -70,6 +70,48 @@ def campaign(tmp_path_factory):
     return workflow, tree
 
 
+def test_every_run_keeps_its_final_model(campaign):
+    """work/models/<run>/model_final.pth: the last segment's checkpoint (model, optimizer, iteration:
+    detectron2's checkpoint layout), evaluated by the final milestone, untouched by temp clean-up."""
+    from rethink import checkpoint
+
+    workflow, tree = campaign
+    models = sorted((tree / "work" / "models").glob("*/model_final.pth"))
+    assert [m.parent.name for m in models] == sorted(f"R18-GN-{i}-synthetic-s0-{s}" for i in ("imagenet", "random")
+                                                     for s in ("2x", "3x"))
+    for m in models:
+        state = checkpoint.load(m)
+        assert {"model", "optimizer", "iteration"} <= set(state) and state["run_id"] == m.parent.name
+        assert state["iteration"] == {"2x": 12, "3x": 18}[m.parent.name[-2:]]
+        ident = json.loads((tree / "work" / "identity" / "lines" / state["family"] / f"{state['line']}.json").read_text())
+        assert state["identity"] == ident["hash"]
+        log = (tree / "work" / "logs" / "evaluate" / state["family"] / state["line"] /
+               f"iter_{state['iteration']:07d}.log").read_text()
+        assert "model_final.pth" in (tree / "work" / "logs" / "train" / m.parent.name / "model_final.log").read_text()
+        assert "AP" in log
+    assert not list((tree / "work" / "checkpoints").rglob("*.pth"))  # intermediate ones are temporary
+    proc = run(workflow, tree, two_experiment_config(), "--delete-temp-output")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted((tree / "work" / "models").glob("*/model_final.pth")) == models
+
+
+def test_test_aug_added_later_evaluates_the_kept_model(campaign, tmp_path):
+    workflow, tree = campaign
+    copy_ = tmp_path / "tree"
+    shutil.copytree(tree, copy_)
+    cfg = two_experiment_config()
+    cfg["experiments"]["pretrained"]["test_aug"] = True
+    before = snapshot(copy_)
+    dry = run(workflow, copy_, cfg, "-n")
+    assert result_jobs(planned(dry)) == {"evaluate_tta": 2}, planned(dry)
+    proc = run(workflow, copy_, cfg)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tta = sorted((copy_ / "results" / "metrics").rglob("*-tta.json"))
+    assert len(tta) == 2 and all(json.loads(f.read_text())["test_aug"] for f in tta)
+    after = snapshot(copy_)
+    assert all(after[k] == v for k, v in before.items())
+
+
 def test_results_record_their_identity(campaign):
     _, tree = campaign
     files = sorted((tree / "results" / "metrics").rglob("iter_*.json"))
@@ -91,7 +133,7 @@ def test_results_record_their_identity(campaign):
     ("", "runtime_margin", 9),
     ("", "seconds_per_iter", [{"backbone": "R18", "norm": "GN", "gpus": 0, "seconds": 5.0}]),
     ("experiments.scratch", "description", "renamed"),
-    ("inits.imagenet", "cost", {"note": "provenance only"}),
+    ("experiments.scratch.recipe", "num_workers", 2),
 ])
 def test_an_operational_edit_plans_no_result_job(campaign, edit):
     workflow, tree = campaign
@@ -141,10 +183,11 @@ def test_a_result_edit_plans_its_runs_and_stops_before_deleting(campaign):
     dry = run(workflow, tree, cfg, "-n", "-p")
     jobs = result_jobs(planned(dry))
     # only the random-init family: its trunk and two tails, every segment and milestone of them
-    n_segments = len(re.findall(r"family=R18-GN-random", dry.stdout))
-    assert n_segments > 0 and "family=R18-GN-imagenet" not in dry.stdout
-    assert set(jobs) == {"train_segment", "evaluate"}, jobs
-    assert jobs["train_segment"] + jobs["evaluate"] == n_segments
+    n_jobs = len(re.findall(r"(?:family|run)=R18-GN-random", dry.stdout))
+    assert n_jobs > 0 and not re.search(r"(?:family|run)=R18-GN-imagenet", dry.stdout)
+    assert set(jobs) == {"train_segment", "train_final", "evaluate"}, jobs
+    assert jobs["train_final"] == 2  # the two random-init runs' models
+    assert sum(jobs.values()) == n_jobs
     assert "retrains finished work" in dry.stderr and "GPU-h" in dry.stderr
     assert "run.recipe.base_lr: 0.0025 -> 0.005" in dry.stderr
 
@@ -167,7 +210,7 @@ def test_a_new_eval_period_says_which_runs_must_retrain(campaign):
     cfg["eval_period"] = 3  # new milestones whose checkpoints are gone
     before = snapshot(tree)
     dry = run(workflow, tree, cfg, "-n")
-    assert planned(dry).get("train_segment", 0) > 0
+    assert planned(dry).get("train_segment", 0) > 0 and "evaluate" in planned(dry)
     assert "checkpoints that new evaluations need are gone" in dry.stderr
     real = run(workflow, tree, cfg)
     assert real.returncode != 0 and "GPU-hours at stake" in real.stderr

@@ -160,11 +160,13 @@ def test_dry_run_plans_the_new_experiments(tmp_path):
     proc = snakemake(["-n"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = _job_counts(proc.stdout)
-    assert counts["train_segment"] == counts["evaluate"] == len(PLAN.segments)
+    # every run's last segment is a train_final job (its output, the run's model, is kept)
+    assert counts["train_final"] == len(GRID.runs)
+    assert counts["train_segment"] + counts["train_final"] == counts["evaluate"] == len(PLAN.segments)
     assert counts["evaluate_tta"] == 2
     new_families = {GRID.runs[r].family for r in NEW_RUNS}
     new_segments = [s for s in PLAN.segments.values() if s.family in new_families]
-    assert counts["train_segment"] - len(new_segments) == 344  # Tables 1/2 and Figure 4 as before
+    assert counts["train_segment"] + counts["train_final"] - len(new_segments) == 344  # Tables 1/2 and Figure 4 as before
     assert counts["prepare_data"] == len(PAPER["axes"]["data"]) == 7
     # imagenet weights staged once per backbone-norm pair in use
     assert counts["stage_weights"] == len({(r.backbone, r.norm) for r in GRID.runs.values() if r.init == "imagenet"})

@@ -36,7 +36,9 @@ def lr_sequence_through_plan(p: plan.Plan, run_id: str) -> list[float]:
         sched = Schedule(**spec["schedule"])
         lrs += [sched.lr(i) for i in range(seg.start, seg.end)]
         expected_start = seg.end
-        prev_output = spec["output"]
+        # the checkpoint at its end: the temporary one, or the run's kept model (a run that ends here)
+        prev_output = paths.checkpoint_file(seg.family, seg.line, seg.end)
+        assert prev_output in (spec["output"], paths.model(p.finals.get((seg.family, seg.line, seg.end), "")))
     return lrs
 
 

@@ -27,9 +27,10 @@ FAMILY_ID_RE = re.compile(
 )
 LINE_RE = re.compile(r"trunk|[0-9a-z][0-9a-z_.]*")
 
-# the wildcard constraints Snakemake uses (strings, no anchors)
+# the wildcard constraints Snakemake uses (strings, no anchors, no named groups: Snakemake would
+# take "<name>" for a path variable)
 WILDCARD_CONSTRAINTS = {
-    "run": RUN_ID_RE.pattern,
+    "run": re.sub(r"\(\?P<\w+>", "(?:", RUN_ID_RE.pattern),
     "family": FAMILY_ID_RE.pattern,
     "line": LINE_RE.pattern,
     "iter": r"[0-9]{7}",

@@ -1,4 +1,5 @@
-"""Every file the workflow reads or writes, and the job specs its rules pass to scripts.
+"""Every file the workflow reads or writes, the job specs its rules pass to scripts, and the
+identity files that decide when a result is redone (rethink.identity).
 
 The rules (rules/*.smk) ask this module for paths and specs; the scripts receive a spec
 (one JSON argument) and never re-derive the plan. Large files live under `workdir`
@@ -133,6 +134,23 @@ class Paths:
         """With iteration "{iter}" (and "{family}", "{line}") this is the rule's output pattern."""
         return f"{self.work}/checkpoints/{family}/{line}/iter_{_it(iteration)}.pth"
 
+    def model(self, run_id: str) -> str:
+        """A run's final model, kept (not temporary): the last segment's checkpoint. With run_id
+        "{run}" this is the train_final rule's output pattern."""
+        return f"{self.work}/models/{run_id}/model_final.pth"
+
+    def checkpoint_file(self, family: str, line: str, iteration: int) -> str:
+        """The file that holds the checkpoint at (family, line, iteration): a run's kept model where
+        it is one, else the temporary segment checkpoint. A run that finished before models were
+        kept has neither (its final metrics exist): the temporary path, so nothing is retrained."""
+        run_id = self.plan.finals.get((family, line, int(iteration)))
+        if run_id is None:
+            return self.checkpoint(family, line, iteration)
+        model = self.model(run_id)
+        if not os.path.exists(model) and os.path.exists(self.metrics(family, line, iteration)):
+            return self.checkpoint(family, line, iteration)
+        return model
+
     def resume_dir(self, family: str, line: str, end: int) -> str:
         # outside every declared output: Snakemake's clean-up of a failed job never touches it
         return f"{self.work}/resume/{family}/{line}/to_{it7(end)}"
@@ -197,7 +215,7 @@ class Paths:
         run = self.plan.run(seg.owner)
         inputs = {"dataset": self.dataset(run.data), "identity": self.line_identity(seg.family, seg.line)[0]}
         if seg.start_from is not None:
-            inputs["start"] = self.checkpoint(seg.family, seg.start_from[0], seg.start_from[1])
+            inputs["start"] = self.checkpoint_file(seg.family, seg.start_from[0], seg.start_from[1])
         else:
             weights = self.init_weights(run.init, run.backbone, run.norm)
             if weights:
@@ -223,7 +241,7 @@ class Paths:
             schedule.update(iterations=ln.end, lr_drops=[])
         return settings, schedule
 
-    def train_spec(self, seg: Segment) -> dict:
+    def train_spec(self, seg: Segment, output: str | None = None) -> dict:
         run = self.plan.run(seg.owner)
         inputs = self.segment_input(seg)
         settings, schedule = self.line_settings(seg.family, seg.line)
@@ -240,7 +258,7 @@ class Paths:
             "start_checkpoint": inputs.get("start"),
             "init_weights": inputs.get("weights"),
             "dataset": inputs["dataset"],
-            "output": self.checkpoint(seg.family, seg.line, seg.end),
+            "output": output or self.checkpoint(seg.family, seg.line, seg.end),
             "resume_dir": self.resume_dir(seg.family, seg.line, seg.end),
             "identity": self.line_identity(seg.family, seg.line)[1],
         }
@@ -256,9 +274,10 @@ class Paths:
         file makes Snakemake re-run nothing) and the init's cost record (small, under results/).
         The dataset is not an input: its manifest lies under workdir, which a laptop that holds
         only results/ lacks, and a missing non-temp input would re-run the evaluation; it exists
-        whenever the checkpoint does, since training needed it."""
+        whenever the checkpoint does, since training needed it. The line's identity file (under
+        workdir too) is an input: the workflow writes it whenever it parses the config, so it always exists."""
         run = self.plan.run(self.plan.lines[(ms.family, ms.line)].owner)
-        inputs = {"checkpoint": self.checkpoint(ms.family, ms.line, ms.iteration),
+        inputs = {"checkpoint": self.checkpoint_file(ms.family, ms.line, ms.iteration),
                   "identity": self.line_identity(ms.family, ms.line)[0]}
         cost = self.init_cost(run.init, run.backbone, run.norm)
         if cost:
@@ -291,7 +310,8 @@ class Paths:
 
     # ------------------------------------------------------------------ resources
     def _seg(self, wc) -> Segment:
-        return self.plan.segment(wc.family, wc.line, int(wc.iter))
+        run_id = getattr(wc, "run", None)  # train_final: the run's last segment
+        return self.plan.final_segment(run_id) if run_id else self.plan.segment(wc.family, wc.line, int(wc.iter))
 
     def _line_run(self, wc) -> Run:
         return self.plan.run(self.plan.lines[(wc.family, wc.line)].owner)

@@ -10,7 +10,7 @@ Every line is cut into **segments** (one training job each) at branch points, at
 milestones (evaluation points: multiples of `eval_period`, branch points and line ends), at
 an architecture switch (`cascade_from_iter`) and so that no segment is longer than
 `max_segment_iters`. A segment's output is the checkpoint at its end; a milestone's output is a
-metrics JSON. The final milestone of a run whose experiment sets `test_aug` is evaluated a
+metrics JSON. The last segment of a run writes the run's model, which is kept. The final milestone of a run whose experiment sets `test_aug` is evaluated a
 second time, with test-time augmentation.
 """
 from __future__ import annotations
@@ -67,6 +67,11 @@ class Plan:
         self.run_lines: dict[str, list[tuple[str, int, int]]] = {}  # run -> [(line, from, to)]
         for family, members in grid.families.items():
             self._plan_family(family, members)
+        # (family, line, iteration) of each run's final checkpoint -> the run: kept as its model
+        self.finals: dict[tuple[str, str, int], str] = {}
+        for run_id, lines in self.run_lines.items():
+            line, _, end = lines[-1]
+            self.finals[(self.grid.runs[run_id].family, line, end)] = run_id
         # final checkpoints also evaluated with test-time augmentation (experiments' test_aug)
         self.tta_milestones: dict[tuple[str, str, int], Milestone] = {}
         for run in grid.runs.values():
@@ -146,6 +151,10 @@ class Plan:
         except KeyError:
             raise KeyError(f"no evaluation with test-time augmentation of family {family}, line {line} at "
                            f"iteration {iteration} (only final checkpoints of runs with test_aug)") from None
+
+    def final_segment(self, run_id: str) -> Segment:
+        """The segment that ends a run: its output is the run's kept model."""
+        return self.segments_of_run(run_id)[-1]
 
     def runs_through(self, family: str, line: str, iteration: int) -> tuple[str, ...]:
         """The runs whose curve passes through the checkpoint at (family, line, iteration): on the
