@@ -77,12 +77,12 @@ def test_every_run_keeps_its_final_model(campaign):
 
     workflow, tree = campaign
     models = sorted((tree / "work" / "models").glob("*/model_final.pth"))
-    assert [m.parent.name for m in models] == sorted(f"R18-GN-{i}-synthetic-s0-{s}" for i in ("imagenet", "random")
+    assert [m.parent.name for m in models] == sorted(f"R18-GN-{i}-synthetic-{s}-s0" for i in ("imagenet", "random")
                                                      for s in ("2x", "3x"))
     for m in models:
         state = checkpoint.load(m)
         assert {"model", "optimizer", "iteration"} <= set(state) and state["run_id"] == m.parent.name
-        assert state["iteration"] == {"2x": 12, "3x": 18}[m.parent.name[-2:]]
+        assert state["iteration"] == {"2x": 12, "3x": 18}[m.parent.name.split("-")[4]]
         ident = json.loads((tree / "work" / "identity" / "lines" / state["family"] / f"{state['line']}.json").read_text())
         assert state["identity"] == ident["hash"]
         log = (tree / "work" / "logs" / "evaluate" / state["family"] / state["line"] /
@@ -197,7 +197,7 @@ def test_a_result_edit_plans_its_runs_and_stops_before_deleting(campaign):
     err = real.stderr
     assert "retrains finished work" in err and "GPU-hours at stake" in err
     assert "run.recipe.base_lr: 0.0025 -> 0.005" in err and "confirm_rerun=true" in err
-    assert "R18-GN-random-synthetic-s0-2x" in err and "R18-GN-imagenet" not in err.split("retrains finished work")[1]
+    assert "R18-GN-random-synthetic-2x-s0" in err and "R18-GN-imagenet" not in err.split("retrains finished work")[1]
     assert snapshot(tree) == before  # nothing ran, nothing was deleted or rewritten
 
     # the edit undone: nothing to redo, although the identity file was rewritten twice
