@@ -10,6 +10,7 @@ localrules:
 rule collect:
     input:
         P.all_metrics(),
+        identity=P.table_identity(),
     output:
         P.metrics_table,
     log:

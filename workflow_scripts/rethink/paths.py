@@ -81,6 +81,14 @@ class Paths:
         self.ids.ensure(path, {"init": self._init_definition(init, backbone, norm), "backbone": backbone, "norm": norm})
         return path
 
+    def table_identity(self) -> str:
+        """The metrics table's identity: the set of metrics files it collects. Snakemake compares
+        modification times only, so a grown grid (an experiment, test_aug, a new eval_period) must
+        rewrite a file for collect, and through it the new evaluations, to be planned."""
+        path = self.ids.path("metrics_table")
+        self.ids.ensure(path, {"metrics": sorted(self.all_metrics())})
+        return path
+
     def _init_definition(self, init: str, backbone: str | None, norm: str | None) -> dict:
         spec = {k: v for k, v in self.cfg["inits"][init].items() if k not in identity.OPERATIONAL_INIT}
         if "weights" in spec:  # staged: only this backbone's source matters
@@ -91,6 +99,7 @@ class Paths:
         """Every identity file of the plan, so Snakemake's mtime comparison sees the current ones."""
         for family, line in self.plan.lines:
             self.line_identity(family, line)
+        self.table_identity()
         for run in self.plan.grid.runs.values():
             self.data_identity(run.data)
             if self.init_kind(run.init) != "random":
