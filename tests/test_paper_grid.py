@@ -170,12 +170,12 @@ def test_dry_run_plans_the_new_experiments(tmp_path):
     assert counts["prepare_data"] == len(PAPER["axes"]["data"]) == 7
     # imagenet weights staged once per backbone-norm pair in use
     assert counts["stage_weights"] == len({(r.backbone, r.norm) for r in GRID.runs.values() if r.init == "imagenet"})
-    # every new run's last checkpoint is one of the planned jobs' outputs
+    # every new run's last checkpoint, its kept model, is one of the planned jobs' outputs
     paths = Paths(PAPER, PLAN)
     for rid in NEW_RUNS:
         last = PLAN.segments_of_run(rid)[-1]
         assert last.end == GRID.runs[rid].iterations
-        assert paths.checkpoint(last.family, last.line, last.end) in proc.stdout, rid
+        assert paths.model(rid) in proc.stdout, rid
 
 
 def test_grid_summary_lists_gpu_hours_per_experiment(tmp_path):
