@@ -152,7 +152,8 @@ def test_cascade_switches_inside_the_run_and_tta_is_a_second_evaluation(paper_ti
     sides = "test-time augmentation: shorter sides [48, 60, 72, 84, 96, 108, 120, 132, 144]"
     assert sides in (logs / "iter_0000012-tta.log").read_text()
     assert "test-time augmentation" not in (logs / "iter_0000012.log").read_text()
-    log = (tmp / "work" / "logs" / "train" / fam / "2x" / "iter_0000012.log").read_text()
+    # the run's last segment (rule train_final) writes its kept model
+    log = (tmp / "work" / "logs" / "train" / "R18-GN-random-synthetic-2x-s0-cascade" / "model_final.log").read_text()
     assert "architecture switch mask_rcnn -> cascade_mask_rcnn" in log
     # both evaluations read the same checkpoint's counters: one training, two tests
     assert tta["samples_seen"] == after["samples_seen"] and tta["wall_seconds"] == after["wall_seconds"]

@@ -109,7 +109,8 @@ def test_figures_target_builds_a_partial_grid(tiny_run, tmp_path):
     assert set(finals.run_id) == {r for r in p.grid.runs if "-2x-" in r}
     for target in report_targets.targets("results"):
         assert (partial / target).exists(), target
-    assert not (partial / "work").exists()  # nothing trained, nothing evaluated
+    # nothing trained, nothing evaluated: work/ holds only the identity files written at parse time
+    assert [d.name for d in (partial / "work").iterdir()] == ["identity"]
 
 
 def _job_stats(stdout: str) -> dict:
