@@ -14,9 +14,9 @@ import os
 from collections import defaultdict
 
 from . import identity
+from .grid import gpu_hours
 from .paths import Paths, recorded_identity
 from .plan import TRUNK, Segment
-from .summary import gpu_hours
 
 CONFIRM = "confirm_rerun"
 

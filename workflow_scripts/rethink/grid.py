@@ -145,6 +145,11 @@ class Grid:
         return None
 
 
+def gpu_hours(iterations: int, seconds_per_iter: float, gpus: int) -> float:
+    """Device-hours of training `iterations` at `seconds_per_iter` on `gpus` GPUs (a CPU job counts as one)."""
+    return iterations * seconds_per_iter * max(gpus, 1) / 3600.0
+
+
 def _check_axes_defined(config: dict, source: str) -> None:
     for axis, section, what in (("data", "datasets", "dataset"), ("init", "inits", "init")):
         for i, name in enumerate(config["axes"][axis]):

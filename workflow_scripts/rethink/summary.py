@@ -7,16 +7,12 @@ import os
 
 import pandas as pd
 
-from .grid import Grid
+from .grid import Grid, gpu_hours
 from .paths import DIVERGED_MARKER, Paths, recorded_identity
 from .plan import Plan
 
 COLUMNS = ["run_id", "family", "experiments", "schedule", "iterations", "trained_iterations", "segments",
            "gpus", "seconds_per_iter", "gpu_hours", "gpu_hours_spent", "status"]
-
-
-def gpu_hours(iterations: int, seconds_per_iter: float, gpus: int) -> float:
-    return iterations * seconds_per_iter * max(gpus, 1) / 3600.0
 
 
 def _spent_hours(path: str) -> float:
