@@ -15,7 +15,7 @@ from collections import defaultdict
 
 from . import identity
 from .grid import gpu_hours
-from .paths import Paths, recorded_identity
+from .paths import Paths
 from .plan import TRUNK, Segment
 
 CONFIRM = "confirm_rerun"
@@ -23,10 +23,11 @@ CONFIRM = "confirm_rerun"
 
 def _finished(paths: Paths) -> dict[tuple[str, str], list[int]]:
     """(family, line) -> iterations with a metrics JSON on disk."""
-    out: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for m in paths.plan.milestones.values():
-        if os.path.exists(paths.metrics(m.family, m.line, m.iteration)):
-            out[(m.family, m.line)].append(m.iteration)
+    out: dict[tuple[str, str], list[int]] = {}
+    for key, milestones in paths.plan.line_milestones.items():
+        its = [m.iteration for m in milestones if os.path.exists(paths.metrics(m.family, m.line, m.iteration))]
+        if its:
+            out[key] = its
     return out
 
 
@@ -47,11 +48,7 @@ def redone(paths: Paths, segments: list[Segment]) -> list[Segment]:
 def stale_reasons(paths: Paths, family: str, line: str) -> list[str]:
     """Why the results of a line no longer match: its identity's fields, old -> new."""
     path, now = paths.line_identity(family, line)
-    recorded = set()
-    for m in paths.plan.milestones.values():
-        f = paths.metrics(m.family, m.line, m.iteration)
-        if m.family == family and m.line == line and os.path.exists(f):
-            recorded.add(recorded_identity(f))
+    recorded = set(paths.recorded_identities(family, line).values())
     reasons = []
     for h in sorted(r for r in recorded if r and r != now):
         old = paths.ids.content_of(path, h)
@@ -69,8 +66,8 @@ def predicted_segments(paths: Paths) -> list[Segment]:
     out = []
     for (family, line), its in done.items():
         stale = bool(stale_reasons(paths, family, line))
-        missing = [m.iteration for m in plan.milestones.values() if m.family == family and m.line == line
-                   and m.iteration not in its and not os.path.exists(paths.checkpoint(family, line, m.iteration))]
+        missing = [m.iteration for m in plan.line_milestones[(family, line)]
+                   if m.iteration not in its and not os.path.exists(paths.checkpoint(family, line, m.iteration))]
         need = plan.lines[(family, line)].end if stale else max([m for m in missing if m < max(its)], default=0)
         segs = sorted((s for s in plan.segments.values() if s.family == family and s.line == line and s.end <= need),
                       key=lambda s: s.end)

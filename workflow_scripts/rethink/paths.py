@@ -60,11 +60,19 @@ class Paths:
             schedule = {k: v for k, v in schedule.items() if k != "iterations"}
         content = identity.line_identity(settings, schedule, self.cfg["engine"], self.cfg["datasets"][run.data],
                                          self._init_definition(run.init, run.backbone, run.norm))
-        ms = [m for m in self.plan.milestones.values() if m.family == family and m.line == line]
-        files = [self.metrics(m.family, m.line, m.iteration) for m in ms]
-        files += [self.metrics(m.family, m.line, m.iteration, tta=True)
-                  for m in self.plan.tta_milestones.values() if m.family == family and m.line == line]
-        return path, self.ids.ensure(path, content, lambda: [recorded_identity(f) for f in files if os.path.exists(f)])
+        return path, self.ids.ensure(path, content, lambda: list(self.recorded_identities(family, line).values()))
+
+    def recorded_identities(self, family: str, line: str) -> dict[str, str | None]:
+        """Every metrics JSON of the line on disk (plain and test-time augmented) -> the identity
+        hash it records."""
+        out = {}
+        for m in self.plan.line_milestones[(family, line)]:
+            tta = [True] if (family, line, m.iteration) in self.plan.tta_milestones else []
+            for t in [False, *tta]:
+                f = self.metrics(family, line, m.iteration, tta=t)
+                if os.path.exists(f):
+                    out[f] = recorded_identity(f)
+        return out
 
     def data_identity(self, data: str) -> str:
         path = self.ids.path("data", data)

@@ -152,6 +152,14 @@ class Plan:
             raise KeyError(f"no evaluation with test-time augmentation of family {family}, line {line} at "
                            f"iteration {iteration} (only final checkpoints of runs with test_aug)") from None
 
+    @cached_property
+    def line_milestones(self) -> dict[tuple[str, str], list[Milestone]]:
+        """(family, line) -> its milestones, by iteration."""
+        out: dict[tuple[str, str], list[Milestone]] = {key: [] for key in self.lines}
+        for m in sorted(self.milestones.values(), key=lambda m: m.iteration):
+            out[(m.family, m.line)].append(m)
+        return out
+
     def final_segment(self, run_id: str) -> Segment:
         """The segment that ends a run: its output is the run's kept model."""
         return self.segments_of_run(run_id)[-1]
