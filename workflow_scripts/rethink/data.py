@@ -76,6 +76,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_json_atomic
+
 SCHEMA = "rethink-dataset/1"
 
 SHAPES = ["circle", "rectangle", "triangle", "pentagon", "star", "hexagon", "ellipse", "diamond"]
@@ -110,19 +112,6 @@ class DatasetError(ValueError):
 
 
 # ----------------------------------------------------------------------------- helpers
-def write_json_atomic(path, obj, **kw) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, **kw)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

@@ -29,6 +29,8 @@ import json
 import os
 from pathlib import Path
 
+from .atomic import write_json_atomic
+
 # recipe fields that change how a job runs, never what it computes
 OPERATIONAL_RECIPE = ("num_workers", "checkpoint_period", "eval_gpus")
 # dataset / init fields that describe cost or provenance, not content
@@ -105,10 +107,9 @@ class Store:
             old = {}  # unreadable: rewrite it
         if old is not None and old.get("hash") == h:
             return h
-        p.parent.mkdir(parents=True, exist_ok=True)
         if old and old.get("hash"):  # keep what it was, so a warning can say what changed
-            self._write(self.history(path, old["hash"]), old)
-        self._write(p, {"hash": h, "content": content})
+            write_json_atomic(self.history(path, old["hash"]), old, indent=1, sort_keys=True)
+        write_json_atomic(p, {"hash": h, "content": content}, indent=1, sort_keys=True)
         seen = set(recorded())
         if old is None or (seen and seen == {h}):
             os.utime(p, (UNDATED, UNDATED))  # new, or an edit undone: existing results stand
@@ -133,9 +134,3 @@ class Store:
                 return rec.get("content")
         return None
 
-    @staticmethod
-    def _write(path, record: dict) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, loop, models
-from .data import load_classification, load_manifest, write_json_atomic
+from .atomic import write_json_atomic
+from .data import load_classification, load_manifest
 
 BACKBONE_FORMAT = "rethink-backbone/1"
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # torchvision GeneralizedRCNNTransform's defaults

@@ -292,7 +292,7 @@ def published_torchvision_model(sha256: str) -> str | None:
 
 def stage(spec: dict) -> dict:
     """The stage_weights job: spec from rethink.paths.Paths.stage_spec. Returns the cost record."""
-    from .data import write_json_atomic
+    from .atomic import write_json_atomic
 
     field = f"inits.{spec['init']}.weights.{spec['backbone']}-{spec['norm']}"
     source = spec["source"]
