@@ -83,7 +83,6 @@ class Store:
         self.root = root
         self.write_files = write
         self.current: dict[str, tuple[str, dict]] = {}  # path -> (hash, content)
-        self.changed: list[str] = []  # paths whose content changed in this invocation
 
     def path(self, *parts: str) -> str:
         return f"{self.root}/" + "/".join(parts) + ".json"
@@ -113,8 +112,6 @@ class Store:
         seen = set(recorded())
         if old is None or (seen and seen == {h}):
             os.utime(p, (UNDATED, UNDATED))  # new, or an edit undone: existing results stand
-        else:
-            self.changed.append(path)
         return h
 
     @staticmethod

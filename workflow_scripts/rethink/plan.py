@@ -10,8 +10,9 @@ Every line is cut into **segments** (one training job each) at branch points, at
 milestones (evaluation points: multiples of `eval_period`, branch points and line ends), at
 an architecture switch (`cascade_from_iter`) and so that no segment is longer than
 `max_segment_iters`. A segment's output is the checkpoint at its end; a milestone's output is a
-metrics JSON. The last segment of a run writes the run's model, which is kept. The final milestone of a run whose experiment sets `test_aug` is evaluated a
-second time, with test-time augmentation.
+metrics JSON. The last segment of a run writes the run's model, which is kept. The final
+milestone of a run whose experiment sets `test_aug` is evaluated a second time, with test-time
+augmentation.
 """
 from __future__ import annotations
 
