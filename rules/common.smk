@@ -68,8 +68,9 @@ def check_data_on_disk(jobs):
 
 
 onstart:
-    guard_finished_work(workflow.dag.needrun_jobs())
-    check_data_on_disk(workflow.dag.needrun_jobs())
+    needrun = list(workflow.dag.needrun_jobs())
+    guard_finished_work(needrun)
+    check_data_on_disk(needrun)
 # The workflow's scripts run under the interpreter that runs Snakemake, or, with
 # `--sdm conda`, under the rule's environment (envs/*.yaml).
 _CONDA = "conda" in {str(getattr(m, "name", m)).lower() for m in workflow.deployment_settings.deployment_method}
