@@ -18,7 +18,7 @@ from rethink.engines import get_engine
 from rethink.engines.torchvision_engine import (CocoSplit, _merge, flip_keypoints, inference_passes,
                                                  keypoint_flip_indices)
 from rethink.evaluate import evaluate_results
-from rethink.pretrain import BACKBONE_FORMAT
+from rethink.checkpoint import BACKBONE_FORMAT
 
 
 def short_spec(p, iterations: int = 2, **extra) -> dict:

@@ -18,6 +18,11 @@ Writes are atomic (a temp file in the same folder, fsync, os.replace), so a read
 checkpoint or none. Segment outputs are written by the loop; resume checkpoints live in a segment's
 resume folder as ``iter_<7 digits>.pth``. Anything unreadable raises :class:`CheckpointError` naming
 the file.
+
+Weight files that are not training checkpoints are read here too: the backbone weights of the
+workflow's own pre-training (``BACKBONE_FORMAT``, torchvision names; :func:`read_backbone_weights`,
+renamed for detectron2 by :func:`torchvision_resnet_to_detectron2`), and a Mask R-CNN's weights
+mapped into a cascade (:func:`map_into_cascade`).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 FORMAT = "rethink-checkpoint/1"
+BACKBONE_FORMAT = "rethink-backbone/1"  # rethink.pretrain's output: {"format", "backbone", "norm", "model", ...}
 REQUIRED = ("format", "model", "optimizer", "iteration", "counters", "wall_seconds", "device_seconds",
             "run_id", "family", "line", "rng")
 COUNTERS = ("images", "instances", "pixels")
@@ -251,3 +257,71 @@ def map_into_cascade(source: dict, target: dict, stages: int, box_head: str, cls
     agnostic = tuple(bbox_pred.format(k=k) for k in range(stages))
     problems += [f"{k}: not in the checkpoint" for k in fresh if not k.startswith(agnostic) and k not in tried]
     return plan, fresh, dropped, problems
+
+
+# ---------------------------------------------------------------------------- backbone weights
+def read_backbone_weights(path: str | Path, run: dict) -> dict:
+    """The body state dict of pre-trained backbone weights (written by rethink.pretrain), checked
+    to be for the run's backbone and norm. Errors name the file."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such backbone weights file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable backbone weights (truncated or corrupt?): "
+                              f"{type(e).__name__}") from None
+    if not isinstance(state, dict) or state.get("format") != BACKBONE_FORMAT:
+        raise CheckpointError(f"{path}: not rethink backbone weights (format {BACKBONE_FORMAT!r})")
+    for key in ("backbone", "norm"):
+        if state[key] != run[key]:
+            raise CheckpointError(f"{path}: weights are for {key} {state[key]!r}, run "
+                                  f"{run.get('run_id')} has {key} {run[key]!r}")
+    return state["model"]
+
+
+def load_backbone_weights(body: torch.nn.Module, path: str | Path, run: dict) -> None:
+    """Pre-trained backbone weights -> `body` (a torchvision ResNet or VGG16 body; strict)."""
+    state = read_backbone_weights(path, run)
+    try:
+        body.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the backbone: {str(e).splitlines()[0]}") from None
+
+
+_TV_BLOCK = re.compile(r"layer([1-4])\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)")
+
+
+def torchvision_resnet_to_detectron2(state: dict) -> dict:
+    """A torchvision ResNet body's state dict (conv1, bn1, layer1-4, no fc) under the names of
+    detectron2's ResNet (the FPN backbone's bottom_up), renamed as detectron2's
+    tools/convert-torchvision-to-d2.py renames them: conv1 / bn1 -> stem.conv1 / stem.conv1.norm,
+    layerN.b -> res(N+1).b, bnK -> convK.norm, downsample.0 / .1 -> shortcut / shortcut.norm.
+    Tensors are unchanged; the run's detectron2 config takes torchvision's input (RGB, its mean
+    and std, stride in the 3x3 conv: rethink.d2config.weights_style "torchvision"). A key of
+    another shape raises ValueError naming it."""
+    out = {}
+    for key, value in state.items():
+        if key == "conv1.weight":
+            out["stem.conv1.weight"] = value
+        elif key.startswith("bn1."):
+            out["stem.conv1.norm." + key[4:]] = value
+        elif m := _TV_BLOCK.fullmatch(key):
+            stage, block, part, leaf = m.groups()
+            part = {"downsample.0": "shortcut", "downsample.1": "shortcut.norm"}.get(part) or (
+                f"conv{part[2:]}.norm" if part.startswith("bn") else part)
+            out[f"res{int(stage) + 1}.{block}.{part}.{leaf}"] = value
+        else:
+            raise ValueError(f"{key}: not a key of a torchvision ResNet body")
+    return out
+
+
+def fit_problems(source: dict, target: dict) -> list[str]:
+    """What keeps `source` (a state dict) from loading strictly into a model whose state dict is
+    `target`: keys missing from either side and shapes that differ. BatchNorm's
+    num_batches_tracked counts nothing a model computes with and is not required on either side."""
+    skip = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
+    problems = [f"{k}: not in the weights" for k in target if k not in source and not skip(k)]
+    problems += [f"{k}: not in the model" for k in source if k not in target and not skip(k)]
+    problems += [f"{k}: shape {tuple(source[k].shape)} in the weights, {tuple(target[k].shape)} in the model"
+                 for k in source if k in target and tuple(source[k].shape) != tuple(target[k].shape)]
+    return problems

@@ -17,7 +17,9 @@ Random init mirrors detectron2's scratch configs: weights "", FREEZE_AT 0; GN as
 scratch_mask_rcnn_R_50_FPN_3x_gn (PIXEL_STD 1), SyncBN/BN as in scratch_mask_rcnn_R_50_FPN_9x_syncbn
 (STRIDE_IN_1X1 False, PIXEL_STD of torchvision). Pre-trained runs follow detectron2's ImageNet
 models (see weights_style): MSRA .pkl (ResNet with BN) = caffe BGR mean, std 1, STRIDE_IN_1X1
-True; FAIR .pkl (GN ResNets, ResNeXt) = same mean and std, STRIDE_IN_1X1 False.
+True; FAIR .pkl (GN ResNets, ResNeXt) = same mean and std, STRIDE_IN_1X1 False; the workflow's
+own pre-training (torchvision-named weights) = RGB input with torchvision's mean and std,
+STRIDE_IN_1X1 False, as detectron2's tools/convert-torchvision-to-d2.py says.
 
 VGG16 (the paper's section 5.1: Faster R-CNN as originally published, no FPN, no BN/GN) starts
 from COCO-Detection/faster_rcnn_R_50_C4_1x.yaml, detectron2's single-feature (stride 16) Faster
@@ -203,6 +205,7 @@ DEFAULTS = {
     "MODEL.RPN.PRE_NMS_TOPK_TEST": 1000,
     "MODEL.RPN.POST_NMS_TOPK_TEST": 1000,
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": "choice",
+    "INPUT.FORMAT": "BGR",
     "INPUT.MAX_SIZE_TEST": 1333,
     "TEST.AUG.ENABLED": False,
     # batches of wide or of tall images only (the project's GroupedBatches, seeded by iteration)
@@ -281,13 +284,20 @@ def base_config_name(run: dict) -> str:
 def weights_style(run: dict) -> str | None:
     """Which ImageNet models a pre-trained run starts from, as detectron2's catalogue has them:
     "fair" (the GN ResNets and the ResNeXts: STRIDE_IN_1X1 False) or "msra" (the BN ResNets:
-    STRIDE_IN_1X1 True), or "vgg-caffe" for VGG16; None for random init. Both use the caffe BGR mean and std 1. Decided
-    by the run (not by the weights' file name), so the model that build_model makes before the
+    STRIDE_IN_1X1 True), both caffe BGR mean and std 1; or "vgg-caffe" for VGG16; None for random
+    init. A run whose init is the workflow's own pre-training (init_kind "pretrain": the tiny
+    default's "imagenet") starts from torchvision-named weights trained on torchvision's input
+    normalisation: "torchvision", with the config detectron2's tools/convert-torchvision-to-d2.py
+    prescribes for such weights (RGB input, torchvision's mean and std, STRIDE_IN_1X1 False); the
+    engine renames the keys (rethink.checkpoint.torchvision_resnet_to_detectron2). Decided by
+    the run (not by the weights' file name), so the model that build_model makes before the
     weights are loaded is the one they fit."""
     if is_random_init(run):
         return None
     if is_vgg(run):
         return "vgg-caffe"  # the caffe VGG16 (conv1_1_w ... fc7_b): BGR 0-255 minus VGG_CAFFE_MEAN
+    if run.get("init_kind") == "pretrain":
+        return "torchvision"
     return "fair" if run["norm"] == "GN" or run["backbone"].startswith("X") else "msra"
 
 
@@ -359,6 +369,11 @@ def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dic
         out["MODEL.RESNETS.STRIDE_IN_1X1"] = False
         # GN: as scratch_mask_rcnn_R_50_FPN_3x_gn; the others as scratch_mask_rcnn_R_50_FPN_9x_syncbn
         out["MODEL.PIXEL_STD"] = list(UNIT_STD if base == GN_SCRATCH else TORCHVISION_STD)
+    elif weights_style(run) == "torchvision":
+        out["MODEL.RESNETS.STRIDE_IN_1X1"] = False
+        out["MODEL.PIXEL_MEAN"] = list(reversed(CAFFE_MEAN))  # torchvision's mean x 255, RGB
+        out["MODEL.PIXEL_STD"] = list(reversed(TORCHVISION_STD))
+        out["INPUT.FORMAT"] = "RGB"
     else:
         out["MODEL.RESNETS.STRIDE_IN_1X1"] = weights_style(run) == "msra"
         out["MODEL.PIXEL_STD"] = list(UNIT_STD)

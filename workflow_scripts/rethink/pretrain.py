@@ -5,8 +5,9 @@ the same SGD, LR schedule, checkpoints, resume and signal handling).
 
 Outputs (spec from rethink.paths.Paths.pretrain_spec):
     spec["output"]  the backbone weights: {"format": "rethink-backbone/1", "backbone", "norm",
-                    "model": the body's state_dict (no classifier), "iterations", "train_accuracy"};
-                    engine.load_init_weights puts them into model.backbone.body
+                    "model": the body's state_dict (no classifier, torchvision names), "iterations",
+                    "train_accuracy"}; each engine's load_init_weights reads them with
+                    rethink.checkpoint.read_backbone_weights (the detectron2 engine renames them)
     spec["cost"]    {"iterations", "images", "instances", "pixels", "train_accuracy"}: what the
                     pre-training saw (images = instances for classification)
 
@@ -15,7 +16,6 @@ Inputs are normalised with the same mean/std as torchvision's detection transfor
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from . import checkpoint, loop, models
 from .atomic import write_json_atomic
 from .data import load_classification, load_manifest
 
-BACKBONE_FORMAT = "rethink-backbone/1"
+BACKBONE_FORMAT = checkpoint.BACKBONE_FORMAT
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # torchvision GeneralizedRCNNTransform's defaults
 IMAGE_STD = (0.229, 0.224, 0.225)
 
@@ -155,24 +155,3 @@ def pretrain(spec: dict) -> dict:
     print(f"pretrain {lspec['run']['run_id']}: train accuracy {acc:.3f} (chance {1 / int(dataset['classes']):.3f}) "
           f"after {cost['iterations']} iterations, {cost['images']} images -> {spec['output']}", flush=True)
     return cost
-
-
-def load_backbone_weights(body: torch.nn.Module, path: str, run: dict) -> None:
-    """Pre-trained backbone weights (written by :func:`pretrain`) -> `body` (strict). Errors name the file."""
-    if not os.path.isfile(path):
-        raise checkpoint.CheckpointError(f"{path}: no such backbone weights file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise checkpoint.CheckpointError(f"{path}: unreadable backbone weights (truncated or corrupt?): "
-                                         f"{type(e).__name__}") from None
-    if not isinstance(state, dict) or state.get("format") != BACKBONE_FORMAT:
-        raise checkpoint.CheckpointError(f"{path}: not rethink backbone weights (format {BACKBONE_FORMAT!r})")
-    for key in ("backbone", "norm"):
-        if state[key] != run[key]:
-            raise checkpoint.CheckpointError(f"{path}: weights are for {key} {state[key]!r}, run "
-                                             f"{run.get('run_id')} has {key} {run[key]!r}")
-    try:
-        body.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise checkpoint.CheckpointError(f"{path}: weights do not fit the backbone: {str(e).splitlines()[0]}") from None

@@ -16,7 +16,11 @@ What each interface method does (see rethink/engines/__init__.py):
   classes (COCO's 80 without it). The CfgNode rides along as model.rethink_cfg. Norm "SyncBN" is torch's SyncBatchNorm (detectron2's "SyncBN") on
   GPU and detectron2's NaiveSyncBatchNorm ("naiveSyncBN_N": works with gloo, allows different
   batch sizes per process, as the RoI heads have) on CPU.
-* load_init_weights: DetectionCheckpointer(model).load(path): ImageNet .pkl files in Caffe2
+* load_init_weights: the workflow's own pre-training (init kind pretrain: torchvision-named
+  ResNet bodies) is renamed to detectron2's ResNet and loaded strictly into backbone.bottom_up
+  (load_torchvision_resnet; the run's config takes torchvision's RGB input normalisation, as
+  detectron2's tools/convert-torchvision-to-d2.py says). Otherwise
+  DetectionCheckpointer(model).load(path): ImageNet .pkl files in Caffe2
   (MSRA/FAIR) names are renamed by detectron2's matching heuristics; a file that changes no
   backbone weight is an error. VGG16: the caffe VGG16 in Caffe2 blob names (conv1_1_w ...
   conv5_3_b, fc6_*, fc7_*; bare, or under "blobs" / "model") is loaded by name (see
@@ -32,13 +36,11 @@ MODEL.BACKBONE.FREEZE_AT k freezes conv blocks 1..k (requires_grad False): 2 for
 runs (conv1_x and conv2_x, as Faster R-CNN and Detectron's VGG16 fine-tune from conv3_1 up),
 0 for random init.
 * train_stream: batches of detectron2 dataset dicts, mapped by DatasetMapper(cfg, True)
-  (ResizeShortestEdge + horizontal flip, masks as polygons). Image j of global batch i is
-  image perm_e[(i*B + j) mod N] (perm_e a permutation of the train set seeded by (seed, epoch
-  e = (i*B + j) div N)); its augmentation draws from numpy seeded by (seed, i, j). So batch i
-  depends only on (seed, i): a run resumed at iteration i reads the same images, at the same
-  scales and flips, as one that never stopped, at no cost (no skipping). The price: no
-  aspect-ratio grouping (a batch may pad a portrait and a landscape image to one size; same
-  results, some wasted compute at 2 images per GPU).
+  (ResizeShortestEdge + horizontal flip, masks as polygons), indexed by the project's sampler
+  (rethink.loop.batch_indices, with DATALOADER.ASPECT_RATIO_GROUPING rethink.loop.GroupedBatches:
+  wide and tall images in separate batches); an image's augmentation draws from numpy seeded by
+  (seed, i, j). So batch i depends only on (seed, i): a run resumed at iteration i reads the same
+  images, at the same scales and flips, as one that never stopped, at no cost (no skipping).
 * load_converted(model, state_dict, from_task, run): the switch to cascade inside a run (Table 3
   from scratch: Mask R-CNN until cascade_from_iter, CascadeROIHeads after), mapped by
   rethink.checkpoint.map_into_cascade.
@@ -210,6 +212,31 @@ def load_vgg16_pkl(model, path: str, run: dict) -> int:
 
 # the architecture switches load_converted knows: (checkpoint's task, model's task)
 CONVERSIONS = (("mask_rcnn", "cascade_mask_rcnn"),)
+def load_torchvision_resnet(bottom_up, path: str, run: dict) -> int:
+    """The workflow's own pre-trained ResNet body (rethink.pretrain, torchvision names) -> detectron2's
+    ResNet `bottom_up`, renamed by rethink.checkpoint.torchvision_resnet_to_detectron2 and loaded only
+    if every tensor fits (errors name the file, the run and the first keys). Returns the tensors loaded."""
+    from ..checkpoint import CheckpointError, fit_problems, read_backbone_weights, torchvision_resnet_to_detectron2
+
+    who = f"{path} (run {run.get('run_id', '?')})"
+    if d2config.is_vgg(run):
+        raise CheckpointError(f"{who}: the detectron2 engine loads VGG16 weights as caffe blobs (a staged init), "
+                              f"not from the workflow's pre-training; use engine torchvision for this init")
+    try:
+        state = torchvision_resnet_to_detectron2(read_backbone_weights(path, run))
+    except ValueError as e:
+        raise CheckpointError(f"{who}: {e}") from None
+    target = bottom_up.state_dict()
+    state = {k: v for k, v in state.items() if k in target or not k.endswith("num_batches_tracked")}
+    problems = fit_problems(state, target)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(f"{who}: weights do not fit detectron2's {run['backbone']}-{run['norm']}: "
+                              f"{'; '.join(problems[:5])}{more}")
+    bottom_up.load_state_dict(state, strict=False)  # fit_problems checked every key but the BN counters
+    return len(state)
+
+
 def _set(cfg, key: str, value) -> None:
     node = cfg
     parts = key.split(".")
@@ -375,6 +402,10 @@ class Detectron2Engine:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"init weights {path} (run {run.get('run_id', '?')}) do not exist")
         m = _unwrap(model)
+        if d2config.weights_style(run) == "torchvision":
+            n = load_torchvision_resnet(m.backbone.bottom_up, path, run)
+            log.info("loaded %d backbone tensors (torchvision names, renamed) from %s", n, path)
+            return
         if d2config.is_vgg(run):
             n = load_vgg16_pkl(m, path, run)
             log.info("loaded %d VGG16 tensors from %s", n, path)

@@ -278,7 +278,7 @@ class TorchvisionEngine:
 
     def load_init_weights(self, model, path: str, run: dict) -> None:
         """Backbone weights written by the pretrain rule (rethink.pretrain) -> model.backbone.body."""
-        from ..pretrain import load_backbone_weights
+        from ..checkpoint import load_backbone_weights
 
         load_backbone_weights(_unwrap(model).backbone.body, path, run)
 
