@@ -18,6 +18,8 @@ CONFIG_SOURCE = ", ".join(map(str, workflow.overwrite_configfiles)) or "config.y
 # --config confirm_rerun=true: go ahead although the plan retrains finished work (rethink.campaign)
 CONFIRM_RERUN = str(config.pop(campaign.CONFIRM, False)).lower() in ("true", "1", "yes")
 try:
+    for _f in workflow.overwrite_configfiles:  # what Snakemake's loader lets pass: keys given twice
+        rconfig.read_yaml(_f)
     CFG = rconfig.validate(dict(config), CONFIG_SOURCE)
     GRID = rgrid.build(CFG, CONFIG_SOURCE)
 except rconfig.ConfigError as e:

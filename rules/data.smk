@@ -16,7 +16,7 @@ rule prepare_data:
     conda:
         env("train")
     shell:
-        "{PY} {SCRIPTS}/prepare_data.py --spec {params.spec:q} > {log} 2>&1"
+        "{PY:q} {SCRIPTS:q}/prepare_data.py --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule prepare_pretrain_data:
@@ -33,4 +33,4 @@ rule prepare_pretrain_data:
     conda:
         env("train")
     shell:
-        "{PY} {SCRIPTS}/prepare_data.py --spec {params.spec:q} > {log} 2>&1"
+        "{PY:q} {SCRIPTS:q}/prepare_data.py --spec {params.spec:q} > {log:q} 2>&1"

@@ -17,7 +17,7 @@ rule evaluate:
     conda:
         env("train")
     shell:
-        "{PY} {SCRIPTS}/evaluate.py --spec {params.spec:q} > {log} 2>&1"
+        "{PY:q} {SCRIPTS:q}/evaluate.py --spec {params.spec:q} > {log:q} 2>&1"
 
 
 # The final checkpoint of a run whose experiment sets test_aug, evaluated a second time with

@@ -20,7 +20,7 @@ rule pretrain:
     conda:
         env("train")
     shell:
-        "{PY} {SCRIPTS}/pretrain.py --spec {params.spec:q} > {log} 2>&1"
+        "{PY:q} {SCRIPTS:q}/pretrain.py --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule stage_weights:
@@ -40,4 +40,4 @@ rule stage_weights:
     conda:
         env("train")
     shell:
-        "{PY} {SCRIPTS}/stage_weights.py --spec {params.spec:q} > {log} 2>&1"
+        "{PY:q} {SCRIPTS:q}/stage_weights.py --spec {params.spec:q} > {log:q} 2>&1"

@@ -21,7 +21,7 @@ rule collect:
     conda:
         env("report")
     shell:
-        "{PY} {SCRIPTS}/collect.py --results {params.results} --out {output} --config-json {params.cfg:q} > {log} 2>&1"
+        "{PY:q} {SCRIPTS:q}/collect.py --results {params.results:q} --out {output:q} --config-json {params.cfg:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -41,7 +41,7 @@ rule report:
     conda:
         env("report")
     shell:
-        "{PY} {SCRIPTS}/report.py --metrics {input} --results {params.results} --config-json {params.cfg:q} > {log} 2>&1"
+        "{PY:q} {SCRIPTS:q}/report.py --metrics {input:q} --results {params.results:q} --config-json {params.cfg:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -54,9 +54,9 @@ rule figures:
     conda:
         env("report")
     shell:
-        "{PY} {SCRIPTS}/collect.py --results {params.results} --out {params.results}/metrics.csv"
+        "{PY:q} {SCRIPTS:q}/collect.py --results {params.results:q} --out {params.results:q}/metrics.csv"
         " --config-json {params.cfg:q} && "
-        "{PY} {SCRIPTS}/report.py --metrics {params.results}/metrics.csv --results {params.results}"
+        "{PY:q} {SCRIPTS:q}/report.py --metrics {params.results:q}/metrics.csv --results {params.results:q}"
         " --config-json {params.cfg:q}"
 
 
@@ -66,4 +66,4 @@ rule grid:
         cfg=spec_json(CFG),
         source=CONFIG_SOURCE,
     shell:
-        "{PY} {SCRIPTS}/grid_summary.py --config-json {params.cfg:q} --source {params.source:q}"
+        "{PY:q} {SCRIPTS:q}/grid_summary.py --config-json {params.cfg:q} --source {params.source:q}"

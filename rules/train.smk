@@ -18,7 +18,7 @@ rule train_segment:
     conda:
         env("train")
     shell:
-        "{params.launcher} {SCRIPTS}/train.py --spec {params.spec:q} > {log} 2>&1"
+        "{params.launcher} {SCRIPTS:q}/train.py --spec {params.spec:q} > {log:q} 2>&1"
 
 
 # The last segment of a run writes the run's model, kept outside temp(): adding an evaluation later

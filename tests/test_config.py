@@ -80,6 +80,21 @@ BAD = [
     ("staged weights missing for a run", lambda c: c["inits"].update({"imagenet": {"kind": "staged", "weights": {}}}),
      ["inits.imagenet.weights", "R18-GN"]),
     ("scale_aug with one size", lambda c: c["recipe"].update({"scale_aug": True}), ["min_size_train", "scale_aug"]),
+    ("schedule multiple with extra zeros", _set(["axes", "schedule"], {"2x": {"x": 1.0e+30}}),
+     ["axes.schedule.2x.x", "1e+30", "maximum"]),
+    ("iterations per 1x with extra zeros", _set(["recipe", "iters_per_x"], 300000000), ["recipe.iters_per_x", "300000000"]),
+    ("schedule iterations with extra zeros", _set(["axes", "schedule"], {"2x": {"iterations": 600000000}}),
+     ["axes.schedule.2x.iterations", "600000000"]),
+    ("a run too long for the plan", lambda c: c["recipe"].update(iters_per_x=1000000) or
+     c["axes"]["schedule"].update({"2x": {"x": 20}}), ["axes.schedule.2x.x (20) x recipe.iters_per_x (1000000)",
+                                                       "20,000,000 iterations"]),
+    ("evaluations too many to plan", lambda c: c.update(eval_period=1) or c["recipe"].update(iters_per_x=100000),
+     ["eval_period 1", "max_segment_iters", "limit is 100,000"]),
+    ("empty workdir", _set(["workdir"], ""), ["workdir", "''", "empty path"]),
+    ("blank results", _set(["results"], "  "), ["results", "'  '", "empty path"]),
+    ("workdir at the filesystem root", _set(["workdir"], "/"), ["workdir", "'/'", "filesystem root"]),
+    ("results at the filesystem root", _set(["results"], "//"), ["results", "'//'", "filesystem root"]),
+    ("newline in a workdir", _set(["workdir"], "work\nother"), ["workdir", "control character"]),
     ("seconds_per_iter missing a combination", _set(["seconds_per_iter"], [{"backbone": "R50", "norm": "GN", "gpus": 8, "seconds": 0.3}]),
      ["seconds_per_iter", "R18"]),
 ]
@@ -138,3 +153,22 @@ def test_missing_coco_root_stops_a_real_run_before_any_job(tmp_path):
     assert snakemake(["-n", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120).returncode == 0
     grid = snakemake(["grid", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120)
     assert grid.returncode == 0 and "trunk sharing saves" in grid.stdout, grid.stderr[-2000:]
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("eval_period: 5\n", "eval_period"),  # a top-level key given twice
+    ("experiments:\n  table1_tiny: {description: again}\n  table1_tiny: {description: twice}\n", "table1_tiny"),
+])
+def test_a_key_given_twice_stops_dry_run(tmp_path, extra, key):
+    """YAML would keep the last of two equal keys silently; the workflow names the file, the line and the key."""
+    text = (ROOT / "configs" / "tiny.yaml").read_text()
+    if extra.startswith("experiments"):
+        text = text.split("\nexperiments:", 1)[0] + "\n"
+    cfg_file = tmp_path / "twice.yaml"
+    cfg_file.write_text(text + extra)
+    line = len((text + extra).splitlines())
+    proc = snakemake(["-n", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    assert f"{cfg_file}: line {line}," in out and f"key {key!r} is given twice" in out, out[-2000:]
+    assert "Job stats" not in out and not (tmp_path / "work").exists()

@@ -8,6 +8,8 @@ Every error names the config file, the field and the value.
 from __future__ import annotations
 
 import copy
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,25 @@ def _check_moved_fields(config: dict, source: str) -> None:
                 f"evaluated with and without it)")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_paths(config: dict, source: str) -> None:
+    """workdir and results hold everything the workflow writes: a path that is empty, a control
+    character (newline, tab, NUL) or the filesystem root is refused. Spaces, quotes, `$` and other
+    shell characters are allowed: no path reaches a shell unquoted."""
+    for key in ("workdir", "results"):
+        value = config.get(key)
+        if not isinstance(value, str):
+            continue  # the schema says so
+        if not value.strip():
+            raise ConfigError(f"{source}: {key}: value {value!r}: an empty path (its files would go to the filesystem root)")
+        if _CONTROL.search(value):
+            raise ConfigError(f"{source}: {key}: value {value!r}: a path with a control character")
+        if os.path.normpath(value) in ("/", "//"):
+            raise ConfigError(f"{source}: {key}: value {value!r}: the filesystem root")
+
+
 def validate(config: dict, source: str = "config") -> dict:
     """Check `config` against the schema and return a copy with defaults filled in.
 
@@ -129,6 +150,7 @@ def validate(config: dict, source: str = "config") -> dict:
         raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
     filled = copy.deepcopy(config)
     _fill_defaults(filled, schema, schema, ())
+    _check_paths(filled, source)
     return filled
 
 
@@ -143,16 +165,48 @@ def recipe_defaults() -> dict:
     return out
 
 
-def load(path: str | Path) -> dict:
-    """Read a YAML config file and validate it."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (YAML says
+    keys are unique; PyYAML and Snakemake keep the last one silently)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    first: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` (its keys may be overridden here)
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if isinstance(key, (str, int, float, bool)) and key in first:
+            raise ConfigError(f"{loader.name}: line {line}, column {key_node.start_mark.column + 1}: key {key!r} "
+                              f"is given twice in one mapping (first on line {first[key]}); YAML would keep only the last")
+        first.setdefault(key, line)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: str | Path):
+    """A YAML file as the workflow reads its configs: safe (no Python tags), unique keys. Errors
+    name the file, the line and the column."""
     path = Path(path)
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            return yaml.load(f, Loader=_UniqueKeyLoader)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {e.problem or e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}")
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
+def load(path: str | Path) -> dict:
+    """Read a YAML config file and validate it."""
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return validate(data, str(path))

@@ -216,6 +216,25 @@ def _check_inits(config: dict, source: str, runs: Iterable[Run]) -> None:
                 )
 
 
+# Bounds on what multiplies into the plan, so an extra zero is an error, not a planner that runs out of
+# memory: a run's length (the paper's longest, the X152 cascade, is 810k iterations) and the number of
+# training and evaluation jobs (the paper's grid plans about 1,500).
+MAX_RUN_ITERATIONS = 10_000_000
+MAX_JOBS = 100_000
+
+
+def _check_plan_size(config: dict, source: str, runs: Iterable[Run]) -> None:
+    """An upper bound on the plan's jobs (a segment per max_segment_iters and an evaluation per
+    eval_period of every run, before trunk sharing) against MAX_JOBS."""
+    eval_period, seg = int(config["eval_period"]), int(config["max_segment_iters"])
+    jobs = sum(-(-r.iterations // eval_period) + -(-r.iterations // seg) for r in runs)
+    if jobs > MAX_JOBS:
+        raise ConfigError(
+            f"{source}: eval_period {eval_period} and max_segment_iters {seg} would plan up to {jobs:,} training and "
+            f"evaluation jobs for {sum(1 for _ in runs)} runs; the limit is {MAX_JOBS:,} (raise eval_period or "
+            f"max_segment_iters, or check the schedules for an extra zero)")
+
+
 def build(config: dict, source: str = "config") -> Grid:
     """Validated config (defaults filled) -> Grid. Raises ConfigError naming file, field and value."""
     base_recipe = {**recipe_defaults(), **config.get("recipe", {})}
@@ -232,6 +251,12 @@ def build(config: dict, source: str = "config") -> Grid:
         values = [exp.get(axis) or list(config["axes"][axis]) for axis in AXES]
         for backbone, norm, init, data, sched, seed in itertools.product(*values):
             iterations = _iterations(config["axes"]["schedule"][sched], recipe)
+            if iterations > MAX_RUN_ITERATIONS:
+                length = config["axes"]["schedule"][sched]
+                field = (f"axes.schedule.{sched}.iterations" if "iterations" in length
+                         else f"axes.schedule.{sched}.x ({length['x']}) x recipe.iters_per_x ({recipe['iters_per_x']})")
+                raise ConfigError(f"{where}: {field} gives {iterations:,} iterations; a run may have at most "
+                                  f"{MAX_RUN_ITERATIONS:,} (the paper's longest has 810,000)")
             _check_recipe(where, recipe, iterations, sched)
             rid = make_run_id(backbone, norm, init, data, sched, seed, variant)
             fam = f"{backbone}-{norm}-{init}-{data}-s{seed}" + (f"-{variant}" if variant else "") if share else rid
@@ -266,6 +291,7 @@ def build(config: dict, source: str = "config") -> Grid:
                     f"{', '.join(diff)}; give one experiment a variant or share_trunk: false"
                 )
     _check_inits(config, source, runs.values())
+    _check_plan_size(config, source, list(runs.values()))
     nodes = int(config.get("resources", {}).get("nodes", 1))
     for run in runs.values():
         gpus = run.recipe["gpus"]

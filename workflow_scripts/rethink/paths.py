@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 from . import identity
@@ -339,6 +340,7 @@ class Paths:
         node through srun, meeting at the job's first node (c10d rendezvous)."""
         gpus = self.plan.run(seg.owner).recipe["gpus"]
         nodes = self._nodes(gpus)
+        python = shlex.quote(python)  # a checkout path may hold spaces or shell characters
         if nodes > 1:
             return (f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {python} -m torch.distributed.run "
                     f"--nnodes={nodes} --nproc_per_node={gpus // nodes} --rdzv_backend=c10d "
