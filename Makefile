@@ -22,7 +22,7 @@ tiny: install
 test: install
 	@if [ "$$(id -u)" = 0 ]; then bash .ci/slurm.sh && bash .ci/graphviz.sh; \
 	 else echo "not root: SLURM tests and the rule-graph rendering will be skipped"; fi
-	$(PY) -m pytest tests -ra
+	$(PY) -m pytest tests -ra --durations=25
 
 bench: install
 	$(PY) bench/bench_dryrun.py

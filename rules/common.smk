@@ -14,7 +14,11 @@ from rethink import grid as rgrid
 from rethink import paths as rpaths
 from rethink.plan import Plan
 
-CONFIG_SOURCE = ", ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml"
+# where the config came from, as errors name it: its files, and the keys given on the command line
+_CLI_KEYS = sorted(k for k in workflow.config_settings.config if k != campaign.CONFIRM)
+CONFIG_SOURCE = (", ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml") + (
+    f" (with --config {', '.join(_CLI_KEYS)})" if _CLI_KEYS else ""
+)
 # --config confirm_rerun=true: go ahead although the plan retrains finished work (rethink.campaign)
 CONFIRM_RERUN = str(config.pop(campaign.CONFIRM, False)).lower() in ("true", "1", "yes")
 try:

@@ -90,6 +90,10 @@ BAD = [
                                                        "20,000,000 iterations"]),
     ("evaluations too many to plan", lambda c: c.update(eval_period=1) or c["recipe"].update(iters_per_x=100000),
      ["eval_period 1", "max_segment_iters", "limit is 100,000"]),
+    ("batch not divisible by the GPUs", lambda c: c["recipe"].update(batch=6, gpus=4),
+     ["recipe.batch 6", "recipe.gpus 4", "experiments.table1_tiny"]),
+    ("train set smaller than a batch", lambda c: c["recipe"].update(batch=8) or
+     c["datasets"]["synthetic"].update(train_size=4), ["datasets.synthetic.train_size", "value 4", "recipe.batch 8"]),
     ("empty workdir", _set(["workdir"], ""), ["workdir", "''", "empty path"]),
     ("blank results", _set(["results"], "  "), ["results", "'  '", "empty path"]),
     ("workdir at the filesystem root", _set(["workdir"], "/"), ["workdir", "'/'", "filesystem root"]),
@@ -171,4 +175,13 @@ def test_a_key_given_twice_stops_dry_run(tmp_path, extra, key):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-2000:]
     assert f"{cfg_file}: line {line}," in out and f"key {key!r} is given twice" in out, out[-2000:]
+    assert "Job stats" not in out and not (tmp_path / "work").exists()
+
+
+def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):
+    proc = snakemake(["-n", "--configfile", str(ROOT / "configs" / "tiny.yaml"), "--config", "eval_period=0"],
+                     cwd=tmp_path, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    assert "configs/tiny.yaml (with --config eval_period): eval_period: value 0" in out, out[-2000:]
     assert "Job stats" not in out and not (tmp_path / "work").exists()

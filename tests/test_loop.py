@@ -225,7 +225,9 @@ def test_sigterm_writes_resume_checkpoint_and_exits_nonzero(resume_scenario):
     assert s["summary"]["iteration"] == 6
 
 
-def test_sigusr1_in_process_stops_with_its_exit_code_and_resumes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT], ids=["SIGUSR1", "SIGINT"])
+def test_stop_signal_in_process_stops_with_its_exit_code_and_resumes(tmp_path, sig):
+    """SIGUSR1 (SLURM's warning signal) and SIGINT (Ctrl-C) stop like SIGTERM: a resume checkpoint, 128 + signal."""
     import threading
 
     p = tiny_paths(tmp_path)
@@ -236,15 +238,15 @@ def test_sigusr1_in_process_stops_with_its_exit_code_and_resumes(tmp_path):
     def send_when_training():
         while not (hist.exists() and hist.read_text()):
             time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), sig)
 
     threading.Thread(target=send_when_training, daemon=True).start()
     with pytest.raises(loop.Preempted) as e:
         loop.train_segment(spec)
-    assert e.value.exit_code == 128 + signal.SIGUSR1
+    assert e.value.exit_code == 128 + sig
     ck = checkpoint.latest_valid(spec["resume_dir"], 0, 4)
     assert ck is not None and 1 <= ck["iteration"] < 4
-    assert signal.getsignal(signal.SIGUSR1) is not None  # the loop put the old handler back
+    assert signal.getsignal(sig) is not None  # the loop put the old handler back
     summary = loop.train_segment({**spec, "debug": {}})
     assert summary["history"][0]["iteration"] == ck["iteration"] and summary["iteration"] == 4
 

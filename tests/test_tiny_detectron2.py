@@ -58,3 +58,27 @@ def test_nothing_left_to_do(tiny_d2):
     proc = snakemake([*ARGS, "-n"], cwd=tmp, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_kept_model_loads_with_detectron2s_checkpointer(tiny_d2):
+    """A run's kept model_final.pth is what detectron2's DetectionCheckpointer reads: every tensor lands."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from rethink import config as rconfig
+    from rethink import grid as rgrid
+    from rethink.engines import get_engine
+    from rethink.paths import Paths
+    from rethink.plan import Plan
+
+    tmp, _ = tiny_d2
+    cfg = {**rconfig.read_yaml(ROOT / "configs" / "tiny.yaml"), **rconfig.read_yaml(ROOT / "configs" / "tiny_detectron2.yaml")}
+    cfg = rconfig.validate({**cfg, "workdir": str(tmp / cfg["workdir"]), "results": str(tmp / cfg["results"])}, "tiny")
+    paths = Paths(cfg, Plan(rgrid.build(cfg, "tiny")))
+    for run_id in ("R18-GN-imagenet-synthetic-3x-s0", "R18-GN-random-synthetic-3x-s0"):
+        spec = paths.train_spec(paths.plan.final_segment(run_id))
+        state = torch.load(paths.model(run_id), weights_only=True)
+        model = get_engine("detectron2").build_model(spec["run"], "cpu", dataset=json.loads(open(spec["dataset"]).read()))
+        DetectionCheckpointer(model).load(paths.model(run_id))
+        got = model.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in state["model"].items()), run_id

@@ -235,6 +235,23 @@ def _check_plan_size(config: dict, source: str, runs: Iterable[Run]) -> None:
             f"max_segment_iters, or check the schedules for an extra zero)")
 
 
+def _check_batches(config: dict, source: str, runs: Iterable[Run], origin: dict) -> None:
+    """What would fail inside the first training job: a batch the job's processes cannot split
+    evenly, and a training set smaller than one batch."""
+    for run in runs:
+        batch, gpus = int(run.recipe["batch"]), int(run.recipe["gpus"])
+        where = f"{source}: experiments.{origin[run.run_id]}"
+        if gpus > 1 and batch % gpus:
+            raise ConfigError(f"{where}: recipe.batch {batch} cannot be split evenly over recipe.gpus {gpus} "
+                              f"(run {run.run_id}): make the batch a multiple of the GPUs")
+        data = config["datasets"][run.data]
+        size = data.get("train_size") if data["kind"] == "synthetic" else data.get("num_images")
+        if size is not None and int(size) < batch:
+            field = "train_size" if data["kind"] == "synthetic" else "num_images"
+            raise ConfigError(f"{source}: datasets.{run.data}.{field}: value {size}: fewer training images than "
+                              f"one batch (recipe.batch {batch} of run {run.run_id})")
+
+
 def build(config: dict, source: str = "config") -> Grid:
     """Validated config (defaults filled) -> Grid. Raises ConfigError naming file, field and value."""
     base_recipe = {**recipe_defaults(), **config.get("recipe", {})}
@@ -291,6 +308,7 @@ def build(config: dict, source: str = "config") -> Grid:
                     f"{', '.join(diff)}; give one experiment a variant or share_trunk: false"
                 )
     _check_inits(config, source, runs.values())
+    _check_batches(config, source, runs.values(), origin)
     _check_plan_size(config, source, list(runs.values()))
     nodes = int(config.get("resources", {}).get("nodes", 1))
     for run in runs.values():

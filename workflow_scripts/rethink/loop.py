@@ -14,8 +14,9 @@
   the optimizer starts afresh; a resume checkpoint inside the segment loads as usual.
 * Every ``recipe.checkpoint_period`` iterations an atomic resume checkpoint (the last 2 kept); at
   ``end`` the output checkpoint (atomic), then the resume folder is deleted.
-* SIGTERM / SIGUSR1: the current iteration finishes, a resume checkpoint is written and the process
-  exits with 128 + signal number (143 / 138) after a log line saying where it stopped.
+* SIGTERM / SIGUSR1 / SIGINT (Ctrl-C): the current iteration finishes, a resume checkpoint is written
+  and the process exits with 128 + signal number (143 / 138 / 130) after a log line saying where it
+  stopped.
 * A non-finite loss stops the run (exit code 3) with a message naming run, family/line and iteration;
   no output checkpoint is written.
 * Counters (images, instances, pixels; all processes), wall seconds and device seconds accumulate
@@ -56,7 +57,7 @@ from .paths import DIVERGED_MARKER
 from .schedule import Schedule
 
 EXIT_DIVERGED = 3
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # SIGINT: Ctrl-C reaches every job of the terminal
 
 
 class Preempted(Exception):
