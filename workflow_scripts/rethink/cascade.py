@@ -47,7 +47,7 @@ from torchvision.models.detection.roi_heads import (RoIHeads, fastrcnn_loss, mas
                                                     maskrcnn_loss)
 from torchvision.ops import boxes as box_ops
 
-from .checkpoint import STANDARD_BBOX_PRED, map_into_cascade
+from .checkpoint import STANDARD_BBOX_PRED, first_problems, map_into_cascade
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
@@ -238,8 +238,7 @@ def convert_mask_rcnn_state(target: dict, source: dict) -> tuple[dict, str]:
         source, target, stages, box_head=BOX_HEADS + "{k}.", cls_score=BOX_PREDICTORS + "{k}.cls_score.",
         bbox_pred=BOX_PREDICTORS + "{k}.bbox_pred.")
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems) - 5} more)" if len(problems) > 5 else "")
-        raise ValueError(f"{len(problems)} tensor(s) do not fit: {shown}")
+        raise ValueError(f"{len(problems)} tensor(s) do not fit: {first_problems(problems)}")
     by_name = sum(1 for t, s in plan.items() if t == s)
     into_stages = len({s for t, s in plan.items() if t != s})
     report = (f"{by_name} tensors copied by name, {into_stages} of the box head and classifier copied into each of "

@@ -315,6 +315,12 @@ def torchvision_resnet_to_detectron2(state: dict) -> dict:
     return out
 
 
+def first_problems(problems: list[str], n: int = 5) -> str:
+    """The first `n` of a list of problems (fit_problems, map_into_cascade) for an error message."""
+    more = f" (and {len(problems) - n} more)" if len(problems) > n else ""
+    return "; ".join(problems[:n]) + more
+
+
 def fit_problems(source: dict, target: dict) -> list[str]:
     """What keeps `source` (a state dict) from loading strictly into a model whose state dict is
     `target`: keys missing from either side and shapes that differ. BatchNorm's

@@ -223,7 +223,7 @@ MAX_RUN_ITERATIONS = 10_000_000
 MAX_JOBS = 100_000
 
 
-def _check_plan_size(config: dict, source: str, runs: Iterable[Run]) -> None:
+def _check_plan_size(config: dict, source: str, runs: list[Run]) -> None:
     """An upper bound on the plan's jobs (a segment per max_segment_iters and an evaluation per
     eval_period of every run, before trunk sharing) against MAX_JOBS."""
     eval_period, seg = int(config["eval_period"]), int(config["max_segment_iters"])
@@ -231,7 +231,7 @@ def _check_plan_size(config: dict, source: str, runs: Iterable[Run]) -> None:
     if jobs > MAX_JOBS:
         raise ConfigError(
             f"{source}: eval_period {eval_period} and max_segment_iters {seg} would plan up to {jobs:,} training and "
-            f"evaluation jobs for {sum(1 for _ in runs)} runs; the limit is {MAX_JOBS:,} (raise eval_period or "
+            f"evaluation jobs for {len(runs)} runs; the limit is {MAX_JOBS:,} (raise eval_period or "
             f"max_segment_iters, or check the schedules for an extra zero)")
 
 
@@ -245,9 +245,9 @@ def _check_batches(config: dict, source: str, runs: Iterable[Run], origin: dict)
             raise ConfigError(f"{where}: recipe.batch {batch} cannot be split evenly over recipe.gpus {gpus} "
                               f"(run {run.run_id}): make the batch a multiple of the GPUs")
         data = config["datasets"][run.data]
-        size = data.get("train_size") if data["kind"] == "synthetic" else data.get("num_images")
+        field = "train_size" if data["kind"] == "synthetic" else "num_images"
+        size = data.get(field)
         if size is not None and int(size) < batch:
-            field = "train_size" if data["kind"] == "synthetic" else "num_images"
             raise ConfigError(f"{source}: datasets.{run.data}.{field}: value {size}: fewer training images than "
                               f"one batch (recipe.batch {batch} of run {run.run_id})")
 

@@ -25,7 +25,6 @@ from . import checkpoint, loop, models
 from .atomic import write_json_atomic
 from .data import load_classification, load_manifest
 
-BACKBONE_FORMAT = checkpoint.BACKBONE_FORMAT
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # torchvision GeneralizedRCNNTransform's defaults
 IMAGE_STD = (0.229, 0.224, 0.225)
 
@@ -144,7 +143,7 @@ def pretrain(spec: dict) -> dict:
     images, labels = load_classification(dataset)
     acc = accuracy(model, images, labels)
     body = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    checkpoint.atomic_torch_save({"format": BACKBONE_FORMAT, "backbone": spec["backbone"], "norm": spec["norm"],
+    checkpoint.atomic_torch_save({"format": checkpoint.BACKBONE_FORMAT, "backbone": spec["backbone"], "norm": spec["norm"],
                                   "model": body, "iterations": int(done["iteration"]), "train_accuracy": acc},
                                  spec["output"])
     cost = {"iterations": int(done["iteration"]), **{k: int(done["counters"][k]) for k in checkpoint.COUNTERS},

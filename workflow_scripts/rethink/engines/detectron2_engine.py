@@ -62,7 +62,8 @@ import numpy as np
 import torch
 
 from .. import d2config
-from ..checkpoint import map_into_cascade
+from ..checkpoint import (CheckpointError, first_problems, fit_problems, map_into_cascade, read_backbone_weights,
+                          torchvision_resnet_to_detectron2)
 from ..d2config import D2ConfigError
 from ..loop import GroupedBatches, aspect_groups, batch_indices, iteration_loader, seed_mix
 from ..models import VGG16_BLOCKS
@@ -212,29 +213,24 @@ def load_vgg16_pkl(model, path: str, run: dict) -> int:
 
 # the architecture switches load_converted knows: (checkpoint's task, model's task)
 CONVERSIONS = (("mask_rcnn", "cascade_mask_rcnn"),)
+
+
 def load_torchvision_resnet(bottom_up, path: str, run: dict) -> int:
     """The workflow's own pre-trained ResNet body (rethink.pretrain, torchvision names) -> detectron2's
     ResNet `bottom_up`, renamed by rethink.checkpoint.torchvision_resnet_to_detectron2 and loaded only
     if every tensor fits (errors name the file, the run and the first keys). Returns the tensors loaded."""
-    from ..checkpoint import CheckpointError, fit_problems, read_backbone_weights, torchvision_resnet_to_detectron2
-
     who = f"{path} (run {run.get('run_id', '?')})"
-    if d2config.is_vgg(run):
-        raise CheckpointError(f"{who}: the detectron2 engine loads VGG16 weights as caffe blobs (a staged init), "
-                              f"not from the workflow's pre-training; use engine torchvision for this init")
     try:
         state = torchvision_resnet_to_detectron2(read_backbone_weights(path, run))
     except ValueError as e:
         raise CheckpointError(f"{who}: {e}") from None
     target = bottom_up.state_dict()
-    state = {k: v for k, v in state.items() if k in target or not k.endswith("num_batches_tracked")}
     problems = fit_problems(state, target)
     if problems:
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise CheckpointError(f"{who}: weights do not fit detectron2's {run['backbone']}-{run['norm']}: "
-                              f"{'; '.join(problems[:5])}{more}")
+                              f"{first_problems(problems)}")
     bottom_up.load_state_dict(state, strict=False)  # fit_problems checked every key but the BN counters
-    return len(state)
+    return sum(k in target for k in state)
 
 
 def _set(cfg, key: str, value) -> None:
@@ -445,9 +441,8 @@ class Detectron2Engine:
             state_dict, target, stages, box_head="roi_heads.box_head.{k}.",
             cls_score="roi_heads.box_predictor.{k}.cls_score.", bbox_pred="roi_heads.box_predictor.{k}.bbox_pred.")
         if problems:
-            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
             raise ValueError(f"{who}: the {from_task} checkpoint does not fit its {to_task} model "
-                             f"({run.get('backbone', '?')}-{run.get('norm', '?')}): {'; '.join(problems[:5])}{more}")
+                             f"({run.get('backbone', '?')}-{run.get('norm', '?')}): {first_problems(problems)}")
         with torch.no_grad():
             for t, s in plan.items():
                 target[t].copy_(state_dict[s].to(device=target[t].device, dtype=target[t].dtype))
