@@ -1,7 +1,5 @@
 # The one place that turns the config into the grid and plan, and holds every input function,
 # path and wildcard constraint. Rules stay thin; logic lives in workflow_scripts/rethink.
-import functools
-import json
 import os
 import sys
 
@@ -11,6 +9,7 @@ sys.path.insert(0, SCRIPTS)
 from rethink import campaign
 from rethink import config as rconfig
 from rethink import grid as rgrid
+from rethink import jobs as rjobs
 from rethink import paths as rpaths
 from rethink.plan import Plan
 
@@ -30,6 +29,9 @@ except rconfig.ConfigError as e:
     raise WorkflowError(str(e)) from None
 PLAN = Plan(GRID)
 P = rpaths.Paths(CFG, PLAN, write_identities=workflow.is_main_process)
+# every job reads its configuration from this file and names itself on its command line (rethink.jobs)
+SNAPSHOT = rjobs.write_snapshot(CFG, CONFIG_SOURCE, write=workflow.is_main_process)
+PUBLISHED = os.path.join(str(workflow.basedir), "results", "paper", "published.csv")  # the paper's numbers
 
 # Only what determines a result may redo a job: its identity files (rethink.identity), compared by
 # modification time (profiles/default: rerun-triggers: mtime). Params, rule code and software
@@ -38,14 +40,20 @@ P.write_identities()
 if workflow.is_main_process:  # what a run would retrain, predicted from the files on disk (also in -n)
     _redo = campaign.predicted_segments(P)
     if _redo:
-        print(campaign.warning(P, _redo)[0] + f"\n(a real run stops here unless run with --config {campaign.CONFIRM}=true)",
-              file=sys.stderr)
+        print(
+            campaign.warning(P, _redo)[0]
+            + f"\n(a real run stops here unless run with --config {campaign.CONFIRM}=true)",
+            file=sys.stderr,
+        )
 
 
 def guard_finished_work(jobs):
     """Before any job of a real run: stop if the plan retrains finished work, unless confirmed."""
-    segs = [PLAN.segment(j.wildcards.family, j.wildcards.line, int(j.wildcards.iter))
-            for j in jobs if j.rule.name == "train_segment"]
+    segs = [
+        PLAN.segment(j.wildcards.family, j.wildcards.line, int(j.wildcards.iter))
+        for j in jobs
+        if j.rule.name == "train_segment"
+    ]
     segs += [PLAN.final_segment(j.wildcards.run) for j in jobs if j.rule.name == "train_final"]
     redo = campaign.redone(P, segs)
     if not redo:
@@ -54,8 +62,10 @@ def guard_finished_work(jobs):
     if set(map(str, workflow.rerun_triggers)) != {"mtime"}:
         msg += "\n(--rerun-triggers is not just mtime: Snakemake also redoes jobs whose params or code changed)"
     if not CONFIRM_RERUN:
-        raise WorkflowError(f"{CONFIG_SOURCE}: {msg}\nNothing was run or deleted. To retrain, run again with "
-                            f"--config {campaign.CONFIRM}=true; to keep the results, undo the edit.")
+        raise WorkflowError(
+            f"{CONFIG_SOURCE}: {msg}\nNothing was run or deleted. To retrain, run again with "
+            f"--config {campaign.CONFIRM}=true; to keep the results, undo the edit."
+        )
     print(f"{msg}\n(confirmed with {campaign.CONFIRM}=true)", file=sys.stderr)
 
 
@@ -77,16 +87,17 @@ onstart:
     needrun = list(workflow.dag.needrun_jobs())
     guard_finished_work(needrun)
     check_data_on_disk(needrun)
+
+
 # The workflow's scripts run under the interpreter that runs Snakemake, or, with
 # `--sdm conda`, under the rule's environment (envs/*.yaml).
 _CONDA = "conda" in {str(getattr(m, "name", m)).lower() for m in workflow.deployment_settings.deployment_method}
 PY = "python" if _CONDA else sys.executable
 
 
-def env(name):
-    """A rule's conda environment under --sdm conda; none otherwise (Snakemake then skips
-    resolving an environment per job while it builds the DAG)."""
-    return f"../envs/{name}.yaml" if _CONDA else None
+def script(name):
+    """A script of workflow_scripts/ (a param, not an input: a newer checkout redoes nothing)."""
+    return os.path.join(SCRIPTS, name)
 
 
 wildcard_constraints:
@@ -97,22 +108,7 @@ def final_targets():
     return P.final_targets()
 
 
-def spec_json(obj):
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
-
-
-# Snakemake evaluates a job's params more than once while it builds the DAG: build each spec once.
-@functools.lru_cache(maxsize=None)
-def train_spec_json(family, line, it):
-    return spec_json(P.train_spec(PLAN.segment(family, line, int(it))))
-
-
-@functools.lru_cache(maxsize=None)
-def final_spec_json(run_id):
-    return spec_json(P.train_spec(PLAN.final_segment(run_id), output=P.model(run_id)))
-
-
-@functools.lru_cache(maxsize=None)
-def eval_spec_json(family, line, it, tta=False):
-    ms = PLAN.tta_milestone(family, line, int(it)) if tta else PLAN.milestone(family, line, int(it))
-    return spec_json(P.eval_spec(ms, tta))
+def job(rule):
+    """A job's name on its command line (rethink.jobs.key): its script reads the rest of its spec
+    from the config snapshot."""
+    return lambda wc: rjobs.key(rule, wc)

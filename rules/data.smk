@@ -4,33 +4,39 @@
 rule prepare_data:
     input:
         identity=lambda wc: P.data_identity(wc.data),
+        config=SNAPSHOT,
     output:
         P.dataset("{data}"),
     log:
         P.log("data", "{data}"),
-    params:
-        spec=lambda wc: spec_json(P.data_spec(wc.data)),
+    conda:
+        "../envs/train.yaml"
     resources:
         runtime=60,
         mem_mb=8000,
-    conda:
-        env("train")
+    params:
+        py=PY,
+        script=script("prepare_data.py"),
+        job=job("prepare_data"),
     shell:
-        "{PY:q} {SCRIPTS:q}/prepare_data.py --spec {params.spec:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
 
 
 rule prepare_pretrain_data:
     input:
         identity=lambda wc: P.pretrain_data_identity(wc.init),
+        config=SNAPSHOT,
     output:
         P.pretrain_dataset("{init}"),
     log:
         P.log("data", "pretrain-{init}"),
-    params:
-        spec=lambda wc: spec_json(P.pretrain_data_spec(wc.init)),
+    conda:
+        "../envs/train.yaml"
     resources:
         runtime=30,
-    conda:
-        env("train")
+    params:
+        py=PY,
+        script=script("prepare_data.py"),
+        job=job("prepare_pretrain_data"),
     shell:
-        "{PY:q} {SCRIPTS:q}/prepare_data.py --spec {params.spec:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"

@@ -6,18 +6,21 @@
 rule evaluate:
     input:
         unpack(lambda wc: P.eval_input(PLAN.milestone(wc.family, wc.line, int(wc.iter)))),
+        config=SNAPSHOT,
     output:
         P.metrics("{family}", "{line}", "{iter}"),
     log:
         P.log("evaluate", "{family}", "{line}", "iter_{iter}"),
-    params:
-        spec=lambda wc: eval_spec_json(wc.family, wc.line, wc.iter),
+    conda:
+        "../envs/train.yaml"
     resources:
         **P.eval_resources(),
-    conda:
-        env("train")
+    params:
+        py=PY,
+        script=script("evaluate.py"),
+        job=job("evaluate"),
     shell:
-        "{PY:q} {SCRIPTS:q}/evaluate.py --spec {params.spec:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
 
 
 # The final checkpoint of a run whose experiment sets test_aug, evaluated a second time with
@@ -25,11 +28,14 @@ rule evaluate:
 use rule evaluate as evaluate_tta with:
     input:
         unpack(lambda wc: P.eval_input(PLAN.tta_milestone(wc.family, wc.line, int(wc.iter)))),
+        config=SNAPSHOT,
     output:
         P.metrics("{family}", "{line}", "{iter}", tta=True),
     log:
         P.log("evaluate", "{family}", "{line}", "iter_{iter}-tta"),
-    params:
-        spec=lambda wc: eval_spec_json(wc.family, wc.line, wc.iter, True),
     resources:
         **P.eval_resources(tta=True),
+    params:
+        py=PY,
+        script=script("evaluate.py"),
+        job=job("evaluate_tta"),

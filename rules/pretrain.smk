@@ -6,38 +6,44 @@ rule pretrain:
     input:
         data=P.pretrain_dataset("{init}"),
         identity=lambda wc: P.init_identity(wc.init, wc.backbone, wc.norm),
+        config=SNAPSHOT,
     output:
         weights=P.init_weights_pattern("pretrain"),
         cost=P.init_cost_pattern(),
     log:
         P.log("pretrain", "{init}-{backbone}-{norm}"),
-    params:
-        spec=lambda wc, input, output: spec_json(P.pretrain_spec(wc.init, wc.backbone, wc.norm)),
     wildcard_constraints:
         init=P.init_names_regex("pretrain"),
+    conda:
+        "../envs/train.yaml"
     resources:
         runtime=60,
-    conda:
-        env("train")
+    params:
+        py=PY,
+        script=script("pretrain.py"),
+        job=job("pretrain"),
     shell:
-        "{PY:q} {SCRIPTS:q}/pretrain.py --spec {params.spec:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
 
 
 rule stage_weights:
     input:
         identity=lambda wc: P.init_identity(wc.init, wc.backbone, wc.norm),
+        config=SNAPSHOT,
     output:
         weights=P.init_weights_pattern("staged"),
         cost=P.init_cost_pattern(),
     log:
         P.log("pretrain", "{init}-{backbone}-{norm}"),
-    params:
-        spec=lambda wc: spec_json(P.stage_spec(wc.init, wc.backbone, wc.norm)),
     wildcard_constraints:
         init=P.init_names_regex("staged"),
+    conda:
+        "../envs/train.yaml"
     resources:
         runtime=30,
-    conda:
-        env("train")
+    params:
+        py=PY,
+        script=script("stage_weights.py"),
+        job=job("stage_weights"),
     shell:
-        "{PY:q} {SCRIPTS:q}/stage_weights.py --spec {params.spec:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"

@@ -1,4 +1,6 @@
 # Results: every metrics JSON -> one table -> the paper's tables and figures. The grid summary.
+# The scripts take the results folder from the config snapshot.
+
 
 localrules:
     grid,
@@ -11,59 +13,77 @@ rule collect:
     input:
         P.all_metrics(),
         identity=P.table_identity(),
+        config=SNAPSHOT,
     output:
         P.metrics_table,
     log:
         P.log("report", "collect"),
-    params:
-        results=P.results,
-        cfg=spec_json(CFG),
     conda:
-        env("report")
+        "../envs/report.yaml"
+    params:
+        py=PY,
+        script=script("collect.py"),
     shell:
-        "{PY:q} {SCRIPTS:q}/collect.py --results {params.results:q} --out {output:q} --config-json {params.cfg:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --planned --config {input.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report:
     input:
-        P.metrics_table,
+        metrics=P.metrics_table,
+        published=PUBLISHED,
+        config=SNAPSHOT,
     output:
         [
-            report(e["path"], caption=f"../{e['caption']}" if e["caption"] else None,
-                   category=e["category"], subcategory=e["subcategory"])
+            report(
+                e["path"],
+                caption=f"../{e['caption']}" if e["caption"] else None,
+                category=e["category"],
+                subcategory=e["subcategory"],
+            )
             for e in P.report_entries()
         ],
     log:
         P.log("report", "report"),
-    params:
-        results=P.results,
-        cfg=spec_json(CFG),
     conda:
-        env("report")
+        "../envs/report.yaml"
+    params:
+        py=PY,
+        script=script("report.py"),
     shell:
-        "{PY:q} {SCRIPTS:q}/report.py --metrics {input:q} --results {params.results:q} --config-json {params.cfg:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --metrics {input.metrics:q} --published {input.published:q}"
+        " --config {input.config:q} > {log:q} 2>&1"
 
 
 rule figures:
     # no output: `snakemake figures` rebuilds metrics.csv, tables and figures from whatever
     # metrics JSONs exist under results/ (a partial grid, or results/ copied off a cluster);
-    # it schedules no training or evaluation
-    params:
-        results=P.results,
-        cfg=spec_json(CFG),
+    # it schedules no training or evaluation. Its log is printed too.
+    input:
+        published=PUBLISHED,
+        config=SNAPSHOT,
+    log:
+        P.log("report", "figures"),
     conda:
-        env("report")
+        "../envs/report.yaml"
+    params:
+        py=PY,
+        collect=script("collect.py"),
+        report=script("report.py"),
     shell:
-        "{PY:q} {SCRIPTS:q}/collect.py --results {params.results:q} --out {params.results:q}/metrics.csv"
-        " --config-json {params.cfg:q} && "
-        "{PY:q} {SCRIPTS:q}/report.py --metrics {params.results:q}/metrics.csv --results {params.results:q}"
-        " --config-json {params.cfg:q}"
+        "({params.py:q} {params.collect:q} --config {input.config:q} && {params.py:q} {params.report:q}"
+        " --published {input.published:q} --config {input.config:q}) 2>&1 | tee {log:q}"
 
 
 rule grid:
-    # no output: `snakemake grid` always prints the current state of the plan
+    # no output: `snakemake grid` always prints the current state of the plan (and logs it)
+    input:
+        config=SNAPSHOT,
+    log:
+        P.log("report", "grid"),
+    conda:
+        "../envs/report.yaml"
     params:
-        cfg=spec_json(CFG),
-        source=CONFIG_SOURCE,
+        py=PY,
+        script=script("grid_summary.py"),
     shell:
-        "{PY:q} {SCRIPTS:q}/grid_summary.py --config-json {params.cfg:q} --source {params.source:q}"
+        "{params.py:q} {params.script:q} --config {input.config:q} 2>&1 | tee {log:q}"

@@ -6,19 +6,21 @@
 rule train_segment:
     input:
         unpack(lambda wc: P.segment_input(PLAN.segment(wc.family, wc.line, int(wc.iter)))),
+        config=SNAPSHOT,
     output:
         temp(P.checkpoint("{family}", "{line}", "{iter}")),
     log:
         P.log("train", "{family}", "{line}", "iter_{iter}"),
-    params:
-        spec=lambda wc: train_spec_json(wc.family, wc.line, wc.iter),
-        launcher=lambda wc: P.launcher(PLAN.segment(wc.family, wc.line, int(wc.iter)), PY),
+    conda:
+        "../envs/train.yaml"
     resources:
         **P.train_resources(),
-    conda:
-        env("train")
+    params:
+        script=script("train.py"),
+        job=job("train_segment"),
+        launcher=lambda wc: P.launcher(PLAN.segment(wc.family, wc.line, int(wc.iter)), PY),
     shell:
-        "{params.launcher} {SCRIPTS:q}/train.py --spec {params.spec:q} > {log:q} 2>&1"
+        "{params.launcher} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
 
 
 # The last segment of a run writes the run's model, kept outside temp(): adding an evaluation later
@@ -26,10 +28,12 @@ rule train_segment:
 use rule train_segment as train_final with:
     input:
         unpack(lambda wc: P.segment_input(PLAN.final_segment(wc.run))),
+        config=SNAPSHOT,
     output:
         P.model("{run}"),
     log:
         P.log("train", "{run}", "model_final"),
     params:
-        spec=lambda wc: final_spec_json(wc.run),
+        script=script("train.py"),
+        job=job("train_final"),
         launcher=lambda wc: P.launcher(PLAN.final_segment(wc.run), PY),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from conftest import ROOT, load_yaml, snakemake, write_yaml
 
 TINY = load_yaml(ROOT / "configs" / "tiny.yaml")
@@ -151,8 +152,8 @@ def test_missing_coco_root_stops_a_real_run_before_any_job(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "datasets.coco_full.root" in out and str(tmp_path / "no-coco-here") in out, out[-3000:]
-    # nothing but the identity files the workflow writes when it parses a config (rethink.identity)
-    assert [p.name for p in (tmp_path / "work").iterdir()] == ["identity"] and not (tmp_path / "results").exists()
+    # nothing but the identity files and the config snapshot the workflow writes when it parses a config
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["identity", "specs"] and not (tmp_path / "results").exists()
     # planning needs no data: the dry run and the grid summary still work
     assert snakemake(["-n", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120).returncode == 0
     grid = snakemake(["grid", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120)

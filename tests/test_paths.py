@@ -4,8 +4,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-from conftest import ROOT, load_yaml
 
+from conftest import ROOT, load_yaml
 from rethink import config, grid, plan
 from rethink.config import ConfigError
 from rethink.paths import SIGNAL_GRACE_S, Paths
@@ -14,6 +14,11 @@ from rethink.paths import SIGNAL_GRACE_S, Paths
 class WC:
     def __init__(self, **kw):
         self.__dict__.update(kw)
+
+
+def val(resource, wc):
+    """A resource as Snakemake sees it for a job: a plain value, or a callable of the wildcards."""
+    return resource(wc) if callable(resource) else resource
 
 
 def paths_for(**resources) -> Paths:
@@ -34,7 +39,7 @@ def test_single_node_training_job():
     wc = WC(family=seg.family, line=seg.line, iter=f"{seg.end:07d}")
     assert paths.launcher(seg, "python") == "python -m torch.distributed.run --standalone --nproc_per_node=8"
     res = paths.train_resources()
-    assert res["gpu"](wc) == 8 and res["cpus_per_task"](wc) == 32 and res["mem_mb"](wc) == 128_000
+    assert val(res["gpu"], wc) == 8 and val(res["cpus_per_task"], wc) == 32 and val(res["mem_mb"], wc) == 128_000
     # iterations x seconds/iteration (config table) x margin 1.5 x attempt, in minutes, plus start-up
     spi = paths.plan.grid.seconds_per_iter(paths.plan.run(seg.owner))
     assert spi in (0.338, 0.44, 0.30, 0.40)
@@ -44,11 +49,11 @@ def test_single_node_training_job():
     ev = paths.eval_resources()
     ms = next(iter(paths.plan.milestones.values()))
     ewc = WC(family=ms.family, line=ms.line, iter=f"{ms.iteration:07d}")
-    assert ev["gpu"](ewc) == 1 and ev["cpus_per_task"](ewc) == 4
+    assert val(ev["gpu"], ewc) == 1 and val(ev["cpus_per_task"], ewc) == 4
     assert ev["runtime"](ewc, 1) == 60 and ev["runtime"](ewc, 2) == 120
     # test-time augmentation: 18 passes over the val set at the paper's sizes -> 5 hours per attempt
     tta = paths.eval_resources(tta=True)
-    assert tta["runtime"](ewc, 1) == 300 and tta["runtime"](ewc, 2) == 600 and tta["gpu"](ewc) == 1
+    assert tta["runtime"](ewc, 1) == 300 and tta["runtime"](ewc, 2) == 600 and val(tta["gpu"], ewc) == 1
 
 
 def test_multi_node_training_job():
@@ -60,8 +65,8 @@ def test_multi_node_training_job():
     assert "--nnodes=2 --nproc_per_node=4" in launcher and "--rdzv_backend=c10d" in launcher
     res = paths.train_resources()
     assert "gpu" not in res  # per node instead: --gres=gpu:4 on each of 2 nodes
-    assert res["nodes"](wc) == 2 and res["tasks"](wc) == 2 and res["gres"](wc) == "gpu:4"
-    assert res["cpus_per_task"](wc) == 16 and res["mem_mb"](wc) == 64_000
+    assert val(res["nodes"], wc) == 2 and val(res["tasks"], wc) == 2 and val(res["gres"], wc) == "gpu:4"
+    assert val(res["cpus_per_task"], wc) == 16 and val(res["mem_mb"], wc) == 64_000
     # evaluations stay on one node
     ev = paths.eval_resources()
     assert "nodes" not in ev and "gpu" in ev
@@ -70,6 +75,19 @@ def test_multi_node_training_job():
 def test_nodes_must_share_gpus_evenly():
     with pytest.raises(ConfigError, match="resources.nodes: 3 nodes cannot share the 8 GPUs"):
         paths_for(nodes=3)
+
+
+def test_resources_that_vary_per_run_stay_callables():
+    raw = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
+    raw["experiments"]["fig7_35k"]["recipe"] = {"eval_gpus": 2}  # one experiment evaluates on 2 GPUs
+    cfg = config.validate(raw, "config.yaml")
+    paths = Paths(cfg, plan.Plan(grid.build(cfg, "config.yaml")))
+    ev = paths.eval_resources()
+    assert callable(ev["gpu"]) and callable(ev["cpus_per_task"])
+    counts = {val(ev["gpu"], WC(family=m.family, line=m.line, iter=f"{m.iteration:07d}"))
+              for m in paths.plan.milestones.values()}
+    assert counts == {1, 2}
+    assert paths.train_resources()["gpu"] == 8  # one count for every training job: a plain number
 
 
 def test_cpu_runs_use_the_plain_interpreter():

@@ -3,15 +3,14 @@ synthetic data -> pre-training -> training segments (trunk + tails) -> COCO eval
 metrics table -> tables and figures; then the rebuild from cached results."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, small_tiny_config, snakemake, write_yaml
 
+from conftest import ROOT, small_tiny_config, snakemake, write_yaml
 from rethink import config, grid, metrics, plan, report_targets
 from rethink.paths import Paths
 
@@ -109,8 +108,9 @@ def test_figures_target_builds_a_partial_grid(tiny_run, tmp_path):
     assert set(finals.run_id) == {r for r in p.grid.runs if "-2x-" in r}
     for target in report_targets.targets("results"):
         assert (partial / target).exists(), target
-    # nothing trained, nothing evaluated: work/ holds only the identity files written at parse time
-    assert [d.name for d in (partial / "work").iterdir()] == ["identity"]
+    # nothing trained, nothing evaluated: work/ holds only the identity files and the config
+    # snapshot written at parse time
+    assert sorted(d.name for d in (partial / "work").iterdir()) == ["identity", "specs"]
 
 
 def _job_stats(stdout: str) -> dict:

@@ -1,7 +1,8 @@
 """pretrain rule: the tiny "ImageNet" pre-training on the synthetic classification set
 (rethink.pretrain) -> backbone weights (.pth) + the cost JSON of what it saw.
 
-    python workflow_scripts/pretrain.py --spec '<json>'          (rethink.paths.Paths.pretrain_spec)
+    python workflow_scripts/pretrain.py --config <snapshot> --job pretrain/<init>/<backbone>/<norm>
+    python workflow_scripts/pretrain.py --spec <file or JSON>    (rethink.paths.Paths.pretrain_spec)
 
 Exit status as workflow_scripts/train.py (0, 143/138 preempted, 3 diverged, 1 error).
 """

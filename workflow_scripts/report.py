@@ -1,6 +1,7 @@
 """CLI: the metrics table -> the paper's tables (md/csv/tex) and figures (png/pdf).
 
-    report.py --metrics results/metrics.csv --results results [--config-json '{...}' | --config FILE]
+    report.py --metrics results/metrics.csv --results results [--config CONFIG]
+    report.py --config CONFIG          (the config's results folder and its metrics.csv)
               [--published results/paper/published.csv] [--pretrain band|shift]
 
 Writes every file of rethink.report_targets.targets(results) (a fixed list: tables and figures
@@ -39,18 +40,21 @@ def build(metrics: str, results: str, planned=None, published: str | None = None
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--metrics", required=True, help="metrics table written by collect.py")
-    ap.add_argument("--results", required=True, help="results folder: writes tables/ and figures/ there")
-    ap.add_argument("--config", help="config YAML (planned runs, for the partial-grid note)")
-    ap.add_argument("--config-json", help="the same config as one JSON argument")
+    ap.add_argument("--metrics", help="metrics table written by collect.py (default: <results>/metrics.csv)")
+    ap.add_argument("--results", help="results folder: writes tables/ and figures/ there (default: the config's)")
+    ap.add_argument("--config", help="config YAML or snapshot (planned runs, for the partial-grid note)")
     ap.add_argument("--published", help="the paper's numbers (default results/paper/published.csv)")
     ap.add_argument("--pretrain", choices=["band", "shift"], default="band",
                     help="pre-training in the convergence plots: a band (default) or shift the curves")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        cfg, source = C.load_config_arg(a.config, a.config_json)
+        cfg, source = C.load_config_arg(a.config)
         planned = C.planned_runs(cfg, source) if cfg is not None else None
+        if not a.results and planned is None:
+            raise C.CollectError("a default --results needs --config")
+        a.results = a.results or planned.attrs["config"]["results"]
+        a.metrics = a.metrics or f"{a.results}/metrics.csv"
         build(a.metrics, a.results, planned, a.published, a.pretrain)
     except (C.CollectError, P.PublishedError, ConfigError, OSError, ValueError, RuntimeError) as e:
         print(f"report: error: {e}", file=sys.stderr)

@@ -17,7 +17,7 @@ Columns (one line each; NaN / empty = unknown or undefined):
                       run's final checkpoint; curves use the rows without it)
     schedule          schedule name, from the run id (2x ... 6x)
     iterations        the run's total iterations (from the record's optional ``schedules``
-                      field, else from the config passed with --config/--config-json, else NaN)
+                      field, else from the config passed with --config, else NaN)
     lr_drops          the run's LR drop iterations, ";"-joined ("" = unknown)
     final             this row is the run's last iteration (iteration == iterations)
     lr                learning rate of the last iteration trained
@@ -39,7 +39,6 @@ header does not depend on which evaluations ran.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -72,7 +71,7 @@ def metrics_files(results: str | os.PathLike) -> list[Path]:
 def planned_runs(cfg: dict, source: str = "config") -> pd.DataFrame:
     """The config's runs: run_id, family, schedule, iterations, lr_drops (";"-joined).
     `cfg` is a config dict (validated here; defaults filled). The plan rides along in
-    ``.attrs["plan"]``: collect asks it which runs pass through each checkpoint."""
+    ``.attrs["plan"]`` (the validated config in ``.attrs["config"]``): collect asks it which runs pass through each checkpoint."""
     from . import config as rconfig
     from . import grid as rgrid
     from .plan import Plan
@@ -86,7 +85,15 @@ def planned_runs(cfg: dict, source: str = "config") -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["run_id", "family", "schedule", "iterations", "lr_drops", "task",
                                      "backbone", "norm", "init", "data", "seed", "variant"])
     df.attrs["plan"] = Plan(g)
+    df.attrs["config"] = cfg
     return df
+
+
+def planned_files(planned: pd.DataFrame) -> list[Path]:
+    """The metrics files of the plan (what the collect rule declares as its input), sorted."""
+    from .paths import Paths
+
+    return sorted(Path(f) for f in Paths(planned.attrs["config"], planned.attrs["plan"]).all_metrics())
 
 
 def _num(v) -> float:
@@ -215,13 +222,16 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def load_config_arg(config: str | None, config_json: str | None) -> tuple[dict | None, str]:
-    """--config FILE (YAML) or --config-json TEXT -> (raw config dict or None, source name)."""
-    if config_json:
-        return json.loads(config_json), "config (--config-json)"
-    if config:
-        import yaml
+def load_config_arg(config: str | None) -> tuple[dict | None, str]:
+    """--config FILE: a config snapshot the workflow wrote (rethink.jobs) or a config YAML ->
+    (config dict or None, the name its errors are blamed on)."""
+    if not config:
+        return None, ""
+    from . import jobs
+    from .config import read_yaml
 
-        with open(config) as f:
-            return yaml.safe_load(f), config
-    return None, ""
+    try:
+        return jobs.read_snapshot(config)
+    except jobs.JobError:
+        pass
+    return read_yaml(config), config

@@ -1,8 +1,8 @@
-"""Every file the workflow reads or writes, the job specs its rules pass to scripts, and the
-identity files that decide when a result is redone (rethink.identity).
+"""Every file the workflow reads or writes, the spec each job works from, and the identity files
+that decide when a result is redone (rethink.identity).
 
-The rules (rules/*.smk) ask this module for paths and specs; the scripts receive a spec
-(one JSON argument) and never re-derive the plan. Large files live under `workdir`
+The rules (rules/*.smk) ask this module for paths; a job's script rebuilds this class from the
+config snapshot and asks it for its spec (rethink.jobs), so the spec is never on a command line. Large files live under `workdir`
 (data, weights, checkpoints, resume state, logs), small ones under `results` (metrics,
 tables, figures), so copying `results/` off a cluster is enough to rebuild the report.
 """
@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from pathlib import Path
 
 from . import identity
 from .grid import Run, recipe_at, task_at
 from .plan import TRUNK, Milestone, Plan, Segment
 from .schedule import Schedule
-
 
 SIGNAL_GRACE_S = 300
 DIVERGED_MARKER = "DIVERGED.json"  # the loop leaves it in a segment's resume folder on a non-finite loss
@@ -358,12 +356,21 @@ class Paths:
             raise ValueError(f"resources.nodes: {nodes} nodes cannot share {gpus} GPUs evenly (recipe.gpus)")
         return nodes
 
-    def _sized(self, gpus, multi_node: bool = False) -> dict:
-        """GPUs, CPUs and memory of one job; on several nodes (training only), per node (gres,
-        --mem) and per task."""
+    def _sized(self, gpus, field: str, multi_node: bool = False) -> dict:
+        """GPUs, CPUs and memory of one job (`gpus`: wildcards -> the run's recipe[field]); on
+        several nodes (training only), per node (gres, --mem) and per task. Where every run of
+        the grid has the same GPU count, plain numbers: Snakemake evaluates each callable of each
+        job while it plans, which a dry run of the paper grid would feel."""
         res = self.cfg["resources"]
         multi_node = multi_node and int(res["nodes"]) > 1
+        counts = {int(r.recipe[field]) for r in self.plan.grid.runs.values()}
+        if len(counts) == 1:
+            n = counts.pop()
+            gpus = lambda wc, n=n: n  # noqa: E731
+            return {k: f(None) for k, f in self._sized_items(gpus, res, multi_node).items()}
+        return self._sized_items(gpus, res, multi_node)
 
+    def _sized_items(self, gpus, res: dict, multi_node: bool) -> dict:
         def per_node(wc):
             return gpus(wc) // self._nodes(gpus(wc)) if multi_node else gpus(wc)
 
@@ -381,7 +388,7 @@ class Paths:
     def train_resources(self) -> dict:
         """Per-job resources of a training segment (Snakemake resource callables)."""
         return {
-            **self._sized(lambda wc: self.plan.run(self._seg(wc).owner).recipe["gpus"], multi_node=True),
+            **self._sized(lambda wc: self.plan.run(self._seg(wc).owner).recipe["gpus"], "gpus", multi_node=True),
             "runtime": lambda wc, attempt: self.train_runtime_min(self._seg(wc), attempt),
             # SLURM sends SIGTERM this long before the walltime: the loop checkpoints and exits
             # non-zero, Snakemake resubmits the job (retries) and it resumes from that checkpoint
@@ -399,7 +406,7 @@ class Paths:
             passes = 2 * len(test_aug_sizes(self._line_run(wc).recipe)[0])
             return 60 * attempt * -(-passes // 4)
 
-        return {**self._sized(lambda wc: self._line_run(wc).recipe["eval_gpus"]), "runtime": runtime}
+        return {**self._sized(lambda wc: self._line_run(wc).recipe["eval_gpus"], "eval_gpus"), "runtime": runtime}
 
     def seconds_per_iter(self, run: Run) -> float:
         s = self.plan.grid.seconds_per_iter(run)
