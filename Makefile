@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install tiny test bench
+.PHONY: install tiny test lint bench
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,17 @@ tiny: install
 
 # SLURM packages for the tests that start a real controller, graphviz for the rule graph (needs root;
 # those tests skip with a reason otherwise)
-test: install
+test: install lint
 	@if [ "$$(id -u)" = 0 ]; then bash .ci/slurm.sh && bash .ci/graphviz.sh; \
 	 else echo "not root: SLURM tests and the rule-graph rendering will be skipped"; fi
 	$(PY) -m pytest tests -ra --durations=25
+
+# the linters (rules and settings: pyproject.toml); snakemake --lint with and without conda environments
+lint: install
+	$(VENV)/bin/ruff check workflow_scripts tests bench
+	$(VENV)/bin/snakefmt --check Snakefile rules
+	$(VENV)/bin/snakemake --lint --profile profiles/tiny
+	$(VENV)/bin/snakemake --lint --sdm conda --profile profiles/tiny
 
 bench: install
 	$(PY) bench/bench_dryrun.py

@@ -1,6 +1,6 @@
 """Aspect-ratio grouping: pixels a GPU processes per batch (padded to the batch's largest image,
 then to a multiple of 32, as detectron2's ImageList does) over the pixels of the images themselves,
-with rethink.loop.GroupedBatches against the ungrouped rethink.loop.batch_indices, in the same run.
+with rethink.sampling.GroupedBatches against the ungrouped rethink.sampling.batch_indices, in the same run.
 
 Image sizes: "coco-like" = 2/3 landscape 640x480 and 1/3 portrait 480x640 with +-15% jitter
 (COCO train2017 is mostly 640 on its long side, about a third portrait); "synthetic" = sides drawn
@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
 
-from rethink.loop import GroupedBatches, aspect_groups, batch_indices  # noqa: E402
+from rethink.sampling import GroupedBatches, aspect_groups, batch_indices  # noqa: E402
 
 
 def resized(w: int, h: int, short: int = 800, cap: int = 1333) -> tuple[int, int]:

@@ -9,7 +9,6 @@ Goals (issue: grid and plan): ratio <= 1.5, absolute < 3 s on a 2-core machine; 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile

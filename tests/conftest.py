@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow_scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
+
+from slurm_cluster import slurm_cluster  # noqa: E402, F401  (the session fixture of the SLURM tests)
 
 PY = sys.executable
 SNAKEMAKE = [PY, "-m", "snakemake"]

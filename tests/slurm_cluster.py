@@ -12,9 +12,7 @@ SLURM installation, can coexist on one machine.
 Fake GPUs: the node advertises ``Gres=gpu:2`` backed by two dummy device files,
 so ``--gres=gpu:1`` / ``--gpus=1`` requests are really scheduled and accounted.
 
-Usage in tests (the session-scoped fixture)::
-
-    from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
+Usage in tests (the session-scoped fixture; tests/conftest.py imports it for every test)::
 
     def test_x(slurm_cluster):
         subprocess.run(["sbatch", "--wrap", "true"], env=slurm_cluster.env)
@@ -305,7 +303,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         return subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
                               check=check, timeout=timeout)
 
-    def start(self) -> "SlurmCluster":
+    def start(self) -> SlurmCluster:
         """Start munged, slurmctld, slurmd; on any failure stop what was started."""
         reason = skip_reason()
         if reason:
@@ -317,7 +315,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             self.stop()
             raise
 
-    def _start(self) -> "SlurmCluster":
+    def _start(self) -> SlurmCluster:
         self._write_files()
         munge = pwd.getpwnam("munge")
         mdir = self.munge_dir

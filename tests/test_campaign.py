@@ -4,16 +4,15 @@ or evaluation; a result edit plans exactly its runs, and a real run of it stops,
 field and the GPU-hours, before anything is deleted, unless confirmed."""
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import PY, ROOT, small_tiny_config, write_yaml
 
-import subprocess
+from conftest import PY, ROOT, small_tiny_config, write_yaml
 
 RESULT_RULES = ("train_segment", "train_final", "evaluate", "evaluate_tta", "prepare_data", "pretrain", "prepare_pretrain_data")
 

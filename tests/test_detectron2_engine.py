@@ -333,7 +333,7 @@ def test_two_processes_sync_bn(engine, paper, dataset, tmp_path):
 def test_project_loop_resumes_bit_exact(tmp_path):
     """The project's loop (rethink.loop) drives the detectron2 engine: a segment split in two
     (0->1, then 1->2 from the checkpoint) ends with the same weights as 0->2 in one go."""
-    from rethink import loop
+    from rethink.segment import train_segment
 
     cfg = rconfig.load(ROOT / "configs" / "tiny.yaml")
     cfg.update(engine="detectron2", workdir=str(tmp_path / "work"))
@@ -349,7 +349,7 @@ def test_project_loop_resumes_bit_exact(tmp_path):
         s = copy.deepcopy(spec)
         s.update(start=a, end=b, start_checkpoint=start, output=str(tmp_path / out),
                  resume_dir=str(tmp_path / f"resume-{out}"))
-        return loop.train_segment(s)
+        return train_segment(s)
 
     whole = segment(0, 2, None, "whole.pth")
     segment(0, 1, None, "first.pth")

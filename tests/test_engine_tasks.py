@@ -10,15 +10,20 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from test_loop import first_segment, tiny_paths
+from torch import nn
 
 from rethink import checkpoint, data, loop, metrics, models
-from rethink.engines import get_engine
-from rethink.engines.torchvision_engine import (CocoSplit, _merge, flip_keypoints, inference_passes,
-                                                 keypoint_flip_indices)
-from rethink.evaluate import evaluate_results
 from rethink.checkpoint import BACKBONE_FORMAT
+from rethink.engines import get_engine
+from rethink.engines.torchvision_engine import (
+    CocoSplit,
+    _merge,
+    flip_keypoints,
+    inference_passes,
+    keypoint_flip_indices,
+)
+from rethink.evaluate import evaluate_results
 
 
 def short_spec(p, iterations: int = 2, **extra) -> dict:

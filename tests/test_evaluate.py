@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_data import VOC_SPEC, write_voc_tree
 
 from rethink import data, evaluate, metrics
-from test_data import VOC_SPEC, write_voc_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,6 @@ def synthetic(tmp_path_factory):
 
 def gt_as_results(gt_path, segm=True, keypoints=False, score=1.0):
     """Every ground-truth object as a detection: bbox, RLE mask (counts str) from its polygons."""
-    from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
 
     coco = COCO(gt_path)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pandas as pd
-from conftest import ROOT, snakemake
 
+from conftest import ROOT, snakemake
 from rethink import config, grid, metrics, plan
 from rethink.paths import DIVERGED_MARKER, Paths
 

@@ -6,7 +6,6 @@ import json
 import os
 
 from conftest import ROOT
-
 from rethink import config, grid, identity, plan
 from rethink.paths import Paths
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PY, ROOT, load_yaml
 
-from rethink import checkpoint, config, data, grid, loop, plan
+from conftest import PY, ROOT, load_yaml
+from rethink import checkpoint, config, data, grid, loop, plan, sampling, segment
 from rethink.paths import Paths
 from rethink.schedule import Schedule
 
@@ -90,20 +90,20 @@ def assert_same_weights(a: dict, b: dict, atol=1e-6) -> None:
 # ------------------------------------------------------------------------------ pure helpers
 def test_batch_indices_cover_epochs_and_split_across_ranks():
     n, batch = 10, 4
-    seq = [i for it in range(5) for i in loop.batch_indices(7, it, batch, n)]
+    seq = [i for it in range(5) for i in sampling.batch_indices(7, it, batch, n)]
     assert sorted(seq[:10]) == list(range(10)) and sorted(seq[10:20]) == list(range(10))  # epochs without replacement
     assert seq[:10] != seq[10:20]  # reshuffled each epoch
     for it in range(5):
-        joint = loop.batch_indices(7, it, batch, n)
-        assert loop.batch_indices(7, it, batch, n, 0, 2) + loop.batch_indices(7, it, batch, n, 1, 2) == joint
-    assert loop.batch_indices(8, 0, batch, n) != loop.batch_indices(7, 0, batch, n)
+        joint = sampling.batch_indices(7, it, batch, n)
+        assert sampling.batch_indices(7, it, batch, n, 0, 2) + sampling.batch_indices(7, it, batch, n, 1, 2) == joint
+    assert sampling.batch_indices(8, 0, batch, n) != sampling.batch_indices(7, 0, batch, n)
     with pytest.raises(ValueError, match="not divisible"):
-        loop.batch_indices(0, 0, 3, n, 0, 2)
+        sampling.batch_indices(0, 0, 3, n, 0, 2)
 
 
 def test_grouped_batches_hold_one_aspect_and_depend_only_on_seed_and_iteration():
     groups = list(np.random.default_rng(3).permutation([0] * 14 + [1] * 7))
-    gb = loop.GroupedBatches(5, 4, groups)
+    gb = sampling.GroupedBatches(5, 4, groups)
     assert gb.per_epoch == 14 // 4 + 7 // 4 + (14 % 4 + 7 % 4) // 4 == 5
     epochs = [[gb.indices(e * 5 + k) for k in range(5)] for e in range(30)]
     for batches in epochs:
@@ -114,15 +114,15 @@ def test_grouped_batches_hold_one_aspect_and_depend_only_on_seed_and_iteration()
     assert epochs[0] != epochs[1]
     assert {i for batches in epochs for b in batches for i in b} == set(range(21))  # everything is drawn
     # a batch depends only on (seed, iteration): a fresh sampler, asked out of order, agrees
-    again = loop.GroupedBatches(5, 4, groups)
+    again = sampling.GroupedBatches(5, 4, groups)
     assert [again.indices(i) for i in (37, 3, 90)] == [epochs[7][2], epochs[0][3], epochs[18][0]]
-    assert loop.GroupedBatches(6, 4, groups).indices(0) != gb.indices(0) or \
-        loop.GroupedBatches(6, 4, groups).indices(1) != gb.indices(1)
+    assert sampling.GroupedBatches(6, 4, groups).indices(0) != gb.indices(0) or \
+        sampling.GroupedBatches(6, 4, groups).indices(1) != gb.indices(1)
     for i in range(10):  # two processes take the halves of the same batch
         assert gb.indices(i, 0, 2) + gb.indices(i, 1, 2) == gb.indices(i)
-    assert loop.aspect_groups([(640, 480), (480, 640), (500, 500)]) == [0, 1, 1]
+    assert sampling.aspect_groups([(640, 480), (480, 640), (500, 500)]) == [0, 1, 1]
     with pytest.raises(ValueError, match="do not fill one batch"):
-        loop.GroupedBatches(0, 8, [0, 1, 0])
+        sampling.GroupedBatches(0, 8, [0, 1, 0])
     with pytest.raises(ValueError, match="not divisible"):
         gb.indices(0, 0, 3)
 
@@ -170,7 +170,7 @@ def resume_scenario(tmp_path_factory):
     base = spec_of(p, seg, end=6)
     straight = {**base, "output": str(tmp / "straight.pth"), "resume_dir": str(tmp / "straight_resume"),
                 "history": str(tmp / "straight.jsonl")}
-    loop.train_segment(straight)
+    segment.train_segment(straight)
 
     hist = tmp / "stopped.jsonl"
     spec = {**base, "output": str(tmp / "stopped.pth"), "resume_dir": str(tmp / "resume"), "history": str(hist),
@@ -194,7 +194,7 @@ def resume_scenario(tmp_path_factory):
     out["output_after_term"] = Path(spec["output"]).exists()
 
     final = {**spec, "debug": {}}
-    out["summary"] = loop.train_segment(final)
+    out["summary"] = segment.train_segment(final)
     return out
 
 
@@ -242,12 +242,12 @@ def test_stop_signal_in_process_stops_with_its_exit_code_and_resumes(tmp_path, s
 
     threading.Thread(target=send_when_training, daemon=True).start()
     with pytest.raises(loop.Preempted) as e:
-        loop.train_segment(spec)
+        segment.train_segment(spec)
     assert e.value.exit_code == 128 + sig
     ck = checkpoint.latest_valid(spec["resume_dir"], 0, 4)
     assert ck is not None and 1 <= ck["iteration"] < 4
     assert signal.getsignal(sig) is not None  # the loop put the old handler back
-    summary = loop.train_segment({**spec, "debug": {}})
+    summary = segment.train_segment({**spec, "debug": {}})
     assert summary["history"][0]["iteration"] == ck["iteration"] and summary["iteration"] == 4
 
 
@@ -259,7 +259,7 @@ def test_trunk_then_tail_gives_the_standalone_lr_schedule(tmp_path):
     assert [(s.line, s.start, s.end) for s in segs] == [("trunk", 0, 4), ("2x", 4, 8)]
     lrs = {}
     for seg in segs:
-        summary = loop.train_segment(spec_of(p, seg, deterministic=False))
+        summary = segment.train_segment(spec_of(p, seg, deterministic=False))
         lrs.update({h["iteration"]: h["lr"] for h in summary["history"]})
     standalone = Schedule.from_recipe(run2x.recipe, run2x.iterations)
     assert [lrs[i] for i in range(8)] == [standalone.lr(i) for i in range(8)]
@@ -269,7 +269,7 @@ def test_trunk_then_tail_gives_the_standalone_lr_schedule(tmp_path):
     # a start checkpoint at the wrong iteration is refused, naming the file
     bad = {**spec_of(p, segs[1]), "start": 5, "resume_dir": str(tmp_path / "none")}
     with pytest.raises(checkpoint.CheckpointError, match="holds iteration 4"):
-        loop.train_segment(bad)
+        segment.train_segment(bad)
 
 
 # ------------------------------------------------------------------------------ NaN, then a corrupt resume checkpoint
@@ -278,7 +278,7 @@ def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, c
     seg = first_segment(p)
     spec = spec_of(p, seg, end=6, deterministic=False, debug={"nan_at": 5})
     with pytest.raises(loop.Diverged) as e:
-        loop.train_segment(spec)
+        segment.train_segment(spec)
     msg = str(e.value)
     assert spec["run"]["run_id"] in msg and f"{seg.family}/{seg.line}" in msg and "iteration 5" in msg
     assert not Path(spec["output"]).exists()
@@ -288,13 +288,13 @@ def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, c
     marker = rdir / loop.DIVERGED_MARKER
     assert json.loads(marker.read_text())["iteration"] == 5
     with pytest.raises(loop.Diverged, match="diverged before"):
-        loop.train_segment({**spec, "debug": {}})
+        segment.train_segment({**spec, "debug": {}})
     marker.unlink()  # the user's way to try again
     # the newest resume checkpoint is truncated: reported, and training resumes from the previous one
     bad = checkpoint.resume_path(rdir, 4)
     bad.write_bytes(bad.read_bytes()[:1000])
     capsys.readouterr()
-    summary = loop.train_segment({**spec, "debug": {}})
+    summary = segment.train_segment({**spec, "debug": {}})
     out = capsys.readouterr().out
     assert str(bad) in out and "skipping" in out
     assert "resuming from" in out and "iter_0000002.pth" in out

@@ -9,8 +9,8 @@ import re
 
 import pandas as pd
 import pytest
-from conftest import ROOT, snakemake
 
+from conftest import ROOT, snakemake
 from rethink import config, grid, plan
 from rethink.paths import Paths
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import small_tiny_config, snakemake, write_yaml
 
+from conftest import small_tiny_config, snakemake, write_yaml
 from rethink import data
 
 pytestmark = pytest.mark.slow

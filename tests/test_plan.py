@@ -5,8 +5,8 @@ import copy
 import random
 
 import pytest
-from conftest import ROOT, load_yaml
 
+from conftest import ROOT, load_yaml
 from rethink import config, grid, plan
 from rethink.schedule import Schedule
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PY, ROOT, load_yaml
 
+from conftest import PY, ROOT, load_yaml
 from rethink import config, data, grid, plan
 from rethink.checkpoint import CheckpointError
 from rethink.engines import get_engine
@@ -48,7 +48,7 @@ def test_pretraining_learns(pretrained):
 
 
 def test_weights_load_into_the_detector_backbone(pretrained):
-    spec, run, p = pretrained["spec"], pretrained["run"], pretrained["paths"]
+    spec, run = pretrained["spec"], pretrained["run"]
     state = torch.load(spec["output"], weights_only=True)
     assert state["backbone"] == run["backbone"] and state["norm"] == run["norm"]
     assert not any(k.startswith("fc.") for k in state["model"])

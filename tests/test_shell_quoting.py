@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from conftest import PY, ROOT, small_tiny_config, write_yaml
 
 HOSTILE = "$(touch PWNED) `touch PWNED` 'q\" $HOME ;"

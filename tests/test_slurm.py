@@ -15,14 +15,12 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 import slurm_cluster as cluster_module
-from slurm_cluster import slurm_cluster  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.slurm
 

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, small_tiny_config, snakemake, write_yaml
-from slurm_cluster import slurm_cluster  # noqa: F401  (session fixture)
 
+from conftest import ROOT, small_tiny_config, snakemake, write_yaml
 from rethink import config, grid, metrics, plan
 from rethink.paths import Paths
 
@@ -37,7 +36,7 @@ def _metrics(root: Path) -> dict[str, dict]:
     return {str(p.relative_to(root)): metrics.read(p) for p in sorted((root / "results" / "metrics").rglob("*.json"))}
 
 
-def test_tiny_grid_through_slurm_matches_local_run(slurm_cluster, tmp_path):  # noqa: F811
+def test_tiny_grid_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     cluster = slurm_cluster
     cfg = slurm_config()
     local, remote = tmp_path / "local", tmp_path / "slurm"

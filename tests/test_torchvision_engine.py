@@ -6,8 +6,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from test_loop import first_segment, tiny_paths
+from torch import nn
 
 from rethink import data
 from rethink.engines import get_engine

@@ -1,7 +1,8 @@
-"""train_segment rule: one training segment of one line of a family (rethink.loop.train_segment).
+"""train_segment rule: one training segment of one line of a family (rethink.segment.train_segment).
 
-    python workflow_scripts/train.py --spec '<json>'            (rethink.paths.Paths.train_spec)
-    python -m torch.distributed.run --standalone --nproc_per_node=N workflow_scripts/train.py --spec '<json>'
+    python workflow_scripts/train.py --config <snapshot> --job train_segment/<family>/<line>/<iter>
+    python -m torch.distributed.run --standalone --nproc_per_node=N workflow_scripts/train.py --config ... --job ...
+    python workflow_scripts/train.py --spec <file or JSON>      (a spec as rethink.paths.Paths.train_spec builds it)
 
 Exit status: 0 done; 143 / 138 stopped by SIGTERM / SIGUSR1 after writing a resume checkpoint
 (rerun to resume); 3 non-finite loss (no output checkpoint); 1 any other error (one line on stderr).
@@ -11,9 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rethink import loop  # noqa: E402
+from rethink import loop, segment  # noqa: E402
 from rethink.cli import read_spec  # noqa: E402
 
 if __name__ == "__main__":
     spec = read_spec("train", __doc__, ("engine", "run", "family", "line", "start", "end", "schedule", "dataset", "output"))
-    sys.exit(loop.main_cli(spec, loop.train_segment))
+    sys.exit(loop.main_cli(spec, segment.train_segment))

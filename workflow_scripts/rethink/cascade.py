@@ -43,8 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.roi_heads import (RoIHeads, fastrcnn_loss, maskrcnn_inference,
-                                                    maskrcnn_loss)
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
 from torchvision.ops import boxes as box_ops
 
 from .checkpoint import STANDARD_BBOX_PRED, first_problems, map_into_cascade
@@ -114,7 +113,7 @@ class CascadeRoIHeads(RoIHeads):
         return len(self.box_heads)
 
     @classmethod
-    def from_roi_heads(cls, standard: RoIHeads, box_heads) -> "CascadeRoIHeads":
+    def from_roi_heads(cls, standard: RoIHeads, box_heads) -> CascadeRoIHeads:
         """The cascade version of a built (Mask R-CNN) RoIHeads: its pooler, sampler settings,
         test thresholds and mask branch, `box_heads` (one per stage, each ending in as many
         features as the standard head) and fresh cascade predictors."""
@@ -178,6 +177,7 @@ class CascadeRoIHeads(RoIHeads):
             stage0 = (proposals, matched_idxs, labels)
         losses: dict[str, torch.Tensor] = {}
         probs = []
+        box_regression = None  # stage t > 0 refines the boxes of stage t - 1
         for t in range(self.num_stages):
             if t > 0:
                 proposals = self._refine(t - 1, box_regression, proposals, image_shapes)

@@ -112,7 +112,7 @@ def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: s
         shift = float(p_it) if (pretrain == "shift" and is_finite(p_it)) else 0.0
         if is_finite(p_it):
             pre_iters[init] = float(p_it)
-        for (family, seed), gf in gi.groupby(["family", "seed"], sort=True):
+        for (family, _seed), gf in gi.groupby(["family", "seed"], sort=True):
             trunk = gf[gf.line == "trunk"].drop_duplicates("iteration").sort_values("iteration")
             if not trunk.empty:
                 x, y = trunk.iteration.to_numpy(float), trunk[metric].to_numpy(float)

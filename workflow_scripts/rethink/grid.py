@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable
 
 from .config import ConfigError, recipe_defaults
 from .schedule import Schedule

@@ -39,7 +39,7 @@ import json
 import math
 import os
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 SCHEMA = "rethink-metrics/1"
@@ -119,7 +119,7 @@ def write(record: dict, path: str | os.PathLike) -> None:
     """Check and write atomically (temp file + rename): a reader never sees half a file."""
     record = dict(record)
     record.setdefault("schema", SCHEMA)
-    record.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    record.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
     check(record, str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

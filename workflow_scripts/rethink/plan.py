@@ -194,7 +194,7 @@ class Plan:
         """What each run adds to the plan: the trunk between the previous member's branch point
         and its own, plus its tail. Summed over runs, it is the plan's total."""
         out: dict[str, int] = {}
-        for family, members in self.grid.families.items():
+        for members in self.grid.families.values():
             if len(members) == 1:
                 out[members[0].run_id] = members[0].iterations
                 continue

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, loop, models
+from . import checkpoint, loop, models, sampling
 from .atomic import write_json_atomic
 from .data import load_classification, load_manifest
 
@@ -47,7 +47,7 @@ class ClassificationStream:
         import numpy as np
 
         i = self.iteration
-        idx = torch.tensor(loop.batch_indices(self.seed, i, self.batch, len(self.labels), self.rank, self.world))
+        idx = torch.tensor(sampling.batch_indices(self.seed, i, self.batch, len(self.labels), self.rank, self.world))
         images = self.images[idx]
         flips = torch.from_numpy(np.random.default_rng([self.seed, i, 1]).random(self.batch) < 0.5)
         flips = flips[self.rank * len(idx):(self.rank + 1) * len(idx)]

@@ -21,7 +21,7 @@ class Schedule:
     warmup_factor: float = 0.001
 
     @classmethod
-    def from_recipe(cls, recipe: dict, iterations: int) -> "Schedule":
+    def from_recipe(cls, recipe: dict, iterations: int) -> Schedule:
         drops = tuple(sorted(iterations - d for d in recipe["lr_drops_from_end"]))
         return cls(
             iterations=iterations,

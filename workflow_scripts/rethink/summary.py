@@ -82,7 +82,7 @@ def render(df: pd.DataFrame, grid: Grid, plan: Plan) -> str:
     lines.append("")
     lines.append("GPU-hours per experiment (a run in several experiments counts in each):")
     for exp in grid.config["experiments"]:
-        sub = df[df["experiments"].str.split().apply(lambda e: exp in e)]
+        sub = df[df["experiments"].str.split().apply(lambda e, exp=exp: exp in e)]
         lines.append(f"  {exp:<28} {len(sub):>4} runs  {sub['gpu_hours'].sum():>10,.1f} GPU-h planned  "
                      f"{sub['gpu_hours_spent'].sum():>10,.1f} spent")
     return "\n".join(lines)

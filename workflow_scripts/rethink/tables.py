@@ -37,8 +37,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import published as pubmod
-from .metrics import is_finite
 from .collect import STAT_COLUMNS
+from .metrics import is_finite
 
 MINUS = "\u2212"
 DASH = "\u2014"

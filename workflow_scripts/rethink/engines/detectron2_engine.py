@@ -37,7 +37,7 @@ runs (conv1_x and conv2_x, as Faster R-CNN and Detectron's VGG16 fine-tune from 
 0 for random init.
 * train_stream: batches of detectron2 dataset dicts, mapped by DatasetMapper(cfg, True)
   (ResizeShortestEdge + horizontal flip, masks as polygons), indexed by the project's sampler
-  (rethink.loop.batch_indices, with DATALOADER.ASPECT_RATIO_GROUPING rethink.loop.GroupedBatches:
+  (rethink.sampling.batch_indices, with DATALOADER.ASPECT_RATIO_GROUPING rethink.sampling.GroupedBatches:
   wide and tall images in separate batches); an image's augmentation draws from numpy seeded by
   (seed, i, j). So batch i depends only on (seed, i): a run resumed at iteration i reads the same
   images, at the same scales and flips, as one that never stopped, at no cost (no skipping).
@@ -62,11 +62,17 @@ import numpy as np
 import torch
 
 from .. import d2config
-from ..checkpoint import (CheckpointError, first_problems, fit_problems, map_into_cascade, read_backbone_weights,
-                          torchvision_resnet_to_detectron2)
+from ..checkpoint import (
+    CheckpointError,
+    first_problems,
+    fit_problems,
+    map_into_cascade,
+    read_backbone_weights,
+    torchvision_resnet_to_detectron2,
+)
 from ..d2config import D2ConfigError
-from ..loop import GroupedBatches, aspect_groups, batch_indices, iteration_loader, seed_mix
 from ..models import VGG16_BLOCKS
+from ..sampling import GroupedBatches, aspect_groups, batch_indices, iteration_loader, seed_mix
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +319,7 @@ class SeededBatches(torch.utils.data.Dataset):
     augmentation (numpy's global RNG in detectron2) is seeded by (seed, i, j) around each call."""
 
     def __init__(self, dicts, mapper, seed: int, batch: int, rank: int, world: int, groups=None):
-        """`groups`: each dict's aspect group (rethink.loop.aspect_groups), or None: no grouping."""
+        """`groups`: each dict's aspect group (rethink.sampling.aspect_groups), or None: no grouping."""
         if batch % world:
             raise D2ConfigError(f"batch {batch} is not divisible by the {world} processes")
         self.dicts, self.mapper, self.seed = dicts, mapper, int(seed)

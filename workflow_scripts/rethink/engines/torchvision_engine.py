@@ -35,7 +35,7 @@ from PIL import Image
 
 from .. import models
 from ..d2config import test_aug_sizes
-from ..loop import GroupedBatches, aspect_groups, iteration_loader
+from ..sampling import GroupedBatches, aspect_groups, iteration_loader
 
 _CACHE_LIMIT = 4096  # decoded images kept in memory per split (the tiny sets fit entirely)
 
@@ -189,7 +189,7 @@ def flip_keypoints(kps: torch.Tensor, width: int, flip_indices: list[int]) -> to
 
 
 class TrainStream:
-    """Batch i: the images rethink.loop.GroupedBatches gives for (seed, i) (this process's share:
+    """Batch i: the images rethink.sampling.GroupedBatches gives for (seed, i) (this process's share:
     wide or tall images only, as detectron2's aspect-ratio grouping, so a batch is padded little);
     flips and the scale-aug size are drawn from (seed, i) too."""
 

@@ -1,0 +1,12 @@
+"""One training segment, as the train_segment / train_final jobs run it: the engine the spec names,
+its dataset manifest, and the one loop (rethink.loop.train; the spec is rethink.paths.Paths.train_spec)."""
+from __future__ import annotations
+
+from .data import load_manifest
+from .engines import get_engine
+from .loop import train
+
+
+def train_segment(spec: dict) -> dict:
+    """Train one segment (see rethink.loop). Returns a summary (rank 0: with `history`)."""
+    return train(get_engine(spec["engine"]), spec, dataset=load_manifest(spec["dataset"]))
