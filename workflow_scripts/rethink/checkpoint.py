@@ -29,11 +29,12 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import atomic_file
 
 FORMAT = "rethink-checkpoint/1"
 BACKBONE_FORMAT = "rethink-backbone/1"  # rethink.pretrain's output: {"format", "backbone", "norm", "model", ...}
@@ -49,28 +50,8 @@ class CheckpointError(RuntimeError):
 
 def atomic_torch_save(obj, path: str | Path) -> None:
     """torch.save to a temp file next to `path`, fsync, then os.replace (all or nothing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal file's mode
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_file(path, "wb", fsync=True) as f:
+        torch.save(obj, f)
 
 
 def rng_state() -> dict:
@@ -143,11 +124,16 @@ def metadata(state: dict) -> dict:
     return {k: v for k, v in state.items() if k not in ("model", "optimizer", "rng")}
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return model.module if hasattr(model, "module") else model
+
+
 def load_model_weights(model: torch.nn.Module, path: str | Path) -> dict:
     """Load a checkpoint's weights into `model` (strict) and return its metadata (iteration,
     counters, wall_seconds, device_seconds, gpus, run_id, ...)."""
     state = load(path)
-    target = model.module if hasattr(model, "module") else model
+    target = unwrap(model)
     try:
         target.load_state_dict(state["model"])
     except RuntimeError as e:

@@ -45,6 +45,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import metrics as M
+from .atomic import atomic_file
 from .grid import parse_run_id
 
 STAT_COLUMNS = [f"{t}_{s}" for t, names in M.STAT_NAMES.items() for s in names]
@@ -194,11 +195,8 @@ def collect(results: str | os.PathLike, planned: pd.DataFrame | None = None,
 
 def write_csv(df: pd.DataFrame, out: str | os.PathLike) -> None:
     """Write atomically (temp + rename): the report never reads half a table."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    with atomic_file(out) as f:
+        df.to_csv(f, index=False)
 
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:

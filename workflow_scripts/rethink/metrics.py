@@ -38,9 +38,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
+
+from .atomic import write_json_atomic
 
 SCHEMA = "rethink-metrics/1"
 BOX_STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
@@ -121,13 +121,7 @@ def write(record: dict, path: str | os.PathLike) -> None:
     record.setdefault("schema", SCHEMA)
     record.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
     check(record, str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_nan_to_none(record), f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, _nan_to_none(record), indent=1, sort_keys=True)
 
 
 def read(path: str | os.PathLike) -> dict:
