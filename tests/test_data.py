@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from rethink import data, stage
+from rethink import synthetic as syn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def test_synthetic_is_valid_coco(synthetic):
                 assert a["area"] > 16 and a["area"] == float(mask_utils.area(coco.annToRLE(a)))
                 # the image is painted from exactly this mask, in the category's colour
                 mean = pixels[mask].astype(float).mean(0)
-                assert np.abs(mean - np.array(data.category_color(a["category_id"]))).max() < 40
+                assert np.abs(mean - np.array(syn.category_color(a["category_id"]))).max() < 40
 
 
 def test_synthetic_sizes_span_coco_area_ranges(tmp_path):
@@ -103,7 +104,7 @@ def test_synthetic_keypoints(tmp_path):
 
     m = _make(tmp_path, {**SYN, "keypoints": True, "image_size": [96, 128]}, "kp")
     assert m["keypoints"] and m["categories"][0]["name"] == "person"
-    assert m["categories"][0]["keypoints"] == data.KEYPOINT_NAMES
+    assert m["categories"][0]["keypoints"] == syn.KEYPOINT_NAMES
     coco = COCO(m["val"]["annotations"])
     for a in coco.loadAnns(coco.getAnnIds()):
         info = coco.loadImgs(a["image_id"])[0]
@@ -119,7 +120,7 @@ def test_synthetic_every_image_has_an_object(tmp_path):
     # tall and narrow images leave little room: large objects shrink rather than vanish
     for kp in (False, True):
         spec = {**SYN, "keypoints": kp, "image_size": [48, 160], "max_objects": 5}
-        counts = [len(data._synthetic_image(9, "train", i, spec)[1]) for i in range(60)]
+        counts = [len(syn._synthetic_image(9, "train", i, spec)[1]) for i in range(60)]
         assert min(counts) >= 1 and max(counts) <= 5 and len(set(counts)) > 1
 
 

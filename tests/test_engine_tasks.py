@@ -13,7 +13,7 @@ import torch
 from test_loop import first_segment, tiny_paths
 from torch import nn
 
-from rethink import checkpoint, data, loop, metrics, models
+from rethink import checkpoint, data, loop, metrics, models, synthetic
 from rethink.checkpoint import BACKBONE_FORMAT
 from rethink.engines import get_engine
 from rethink.engines.torchvision_engine import (
@@ -71,7 +71,7 @@ def keypoint_paths(tmp_path_factory):
 
 
 def test_keypoint_flip_indices_and_stream_targets(keypoint_paths):
-    names = list(data.KEYPOINT_NAMES)
+    names = list(synthetic.KEYPOINT_NAMES)
     flip = keypoint_flip_indices(names)
     assert flip[names.index("nose")] == names.index("nose")
     assert flip[names.index("left_eye")] == names.index("right_eye")
@@ -171,7 +171,7 @@ def test_vgg16_faster_rcnn_structure(vgg_paths):
         bad["recipe"]["task"] = bad_task
         with pytest.raises(NotImplementedError, match="VGG16.*faster_rcnn"):
             get_engine("torchvision").build_model(bad, "cpu", dataset={**manifest, "categories": [
-                {**c, "keypoints": list(data.KEYPOINT_NAMES)} for c in manifest["categories"]]})
+                {**c, "keypoints": list(synthetic.KEYPOINT_NAMES)} for c in manifest["categories"]]})
 
 
 def test_vgg16_pretrained_body_loads_and_trains(vgg_paths, tmp_path):

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import small_tiny_config, snakemake, write_yaml
-from rethink import data
+from rethink import data, synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def write_coco_tree(root: Path) -> dict:
     """A COCO-layout tree (images + instances JSONs) of a synthetic set; returns its config fields."""
     root.mkdir(parents=True)
     for split in ("train", "val"):
-        data.make_synthetic_split(SYN, split, root)
+        synthetic.make_synthetic_split(SYN, split, root, data.SCHEMA)
     return {"kind": "coco", "root": str(root), "train_images": "train", "train_annotations": "train.json",
             "val_images": "val", "val_annotations": "val.json"}
 
@@ -41,7 +41,7 @@ def write_voc_tree(root: Path) -> dict:
     tmp = root.parent / "voc-src"
     tmp.mkdir(parents=True)
     for split, year, lst in (("train", "VOC2007", "trainval"), ("val", "VOC2012", "val")):
-        images, ann_path, _ = data.make_synthetic_split(SYN, split, tmp)
+        images, ann_path, _ = synthetic.make_synthetic_split(SYN, split, tmp, data.SCHEMA)
         coco = json.loads(Path(ann_path).read_text())
         for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
             (root / year / sub).mkdir(parents=True, exist_ok=True)
