@@ -26,7 +26,7 @@ import torch
 import torchvision
 
 from rethink import d2config, stage
-from rethink.engines.detectron2_engine import _vgg16_pkl_names
+from rethink.engines.detectron2_backbones import _vgg16_pkl_names
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_COST = {"iterations": 450000, "images": 128116500, "instances": 128116500, "pixels": 6.42e12}
@@ -40,9 +40,7 @@ def _spec(tmp_path: Path, source: str, backbone="VGG16", norm="none") -> dict:
 
 
 def _load_blobs(path) -> dict:
-    with open(path, "rb") as f:  # as the engine's load_vgg16_pkl reads it
-        data = pickle.load(f, encoding="latin1")
-    return data["blobs"]
+    return stage.check_weights_pickle(path)["blobs"]  # as the engine's load_vgg16_pkl reads it
 
 
 def _sha256(path) -> str:
@@ -78,7 +76,7 @@ def staged(tv_vgg16, tmp_path_factory):
 
 def test_engine_module_imports_without_detectron2():
     code = ("import sys; sys.path.insert(0, 'workflow_scripts'); "
-            "from rethink.engines.detectron2_engine import _vgg16_pkl_names; import rethink.stage; "
+            "from rethink.engines.detectron2_backbones import _vgg16_pkl_names; import rethink.engines.detectron2_engine, rethink.stage; "
             "assert not any(m == 'detectron2' or m.startswith('detectron2.') for m in sys.modules), 'detectron2 imported'; "
             "print(len(_vgg16_pkl_names()))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

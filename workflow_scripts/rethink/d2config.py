@@ -40,8 +40,6 @@ without detectron2; the detectron2 engine builds the real CfgNode from the same 
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 # the detectron2 commit whose configs BASE_CONFIGS transcribes (and that the engine was checked with)
 DETECTRON2_COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
@@ -169,7 +167,7 @@ BASE_CONFIGS: dict[str, dict] = {
 # (detectron2 has no VGG model). Anchors (5 sizes x 3 ratios), ROIAlignV2 pooling, the RPN
 # and everything else stay C4_DETECTION's / the recipe's.
 VGG16 = {
-    "MODEL.BACKBONE.NAME": "build_vgg16_backbone",  # registered by engines/detectron2_engine.py
+    "MODEL.BACKBONE.NAME": "build_vgg16_backbone",  # registered by engines/detectron2_backbones.py
     "MODEL.RPN.IN_FEATURES": ["vgg_conv5"],  # conv5_3, stride 16, as the original Faster R-CNN
     "MODEL.ROI_HEADS.IN_FEATURES": ["vgg_conv5"],
     "MODEL.ROI_HEADS.NAME": "StandardROIHeads",  # a separate box head (not the ResNet's res5)
@@ -441,9 +439,3 @@ def resolved(run: dict, schedule=None, weights: str | None = None, dataset: dict
     out = copy.deepcopy({**DEFAULTS, **BASE_CONFIGS[base_config_name(run)]})
     out.update(copy.deepcopy(overrides(run, schedule, weights, dataset)))
     return out
-
-
-def load_reference(path: str | Path) -> dict:
-    """paper/detectron2_configs.json: config name (no .yaml, no Misc/) -> key fields."""
-    with open(path) as f:
-        return json.load(f)

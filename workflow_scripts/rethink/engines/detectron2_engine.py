@@ -21,20 +21,15 @@ What each interface method does (see rethink/engines/__init__.py):
   (load_torchvision_resnet; the run's config takes torchvision's RGB input normalisation, as
   detectron2's tools/convert-torchvision-to-d2.py says). Otherwise
   DetectionCheckpointer(model).load(path): ImageNet .pkl files in Caffe2
-  (MSRA/FAIR) names are renamed by detectron2's matching heuristics; a file that changes no
+  (MSRA/FAIR) names, first checked with the staging step's restricted unpickler (numpy arrays and
+  plain containers only), are renamed by detectron2's matching heuristics; a file that changes no
   backbone weight is an error. VGG16: the caffe VGG16 in Caffe2 blob names (conv1_1_w ...
   conv5_3_b, fc6_*, fc7_*; bare, or under "blobs" / "model") is loaded by name (see
-  load_vgg16_pkl): the convs into the backbone, fc6/fc7 into the box head's fc1/fc2 as the
+  detectron2_backbones.load_vgg16_pkl): the convs into the backbone, fc6/fc7 into the box head's fc1/fc2 as the
   original Faster R-CNN initialises its head; fc8 (the classifier) is ignored.
 
-VGG16 (the paper's section 5.1; d2config.VGG16): a detectron2 backbone registered lazily in
-BACKBONE_REGISTRY as "build_vgg16_backbone" when the engine first makes a config (see
-register_vgg16_backbone): conv1_1 ... conv5_3 (3x3, bias, ReLU), max-pool after blocks 1-4
-(pool5 dropped), one output "vgg_conv5" at stride 16 with 512 channels, no normalisation.
-Every conv is MSRA-filled (detectron2's c2_msra_fill: what a random-init run keeps).
-MODEL.BACKBONE.FREEZE_AT k freezes conv blocks 1..k (requires_grad False): 2 for pre-trained
-runs (conv1_x and conv2_x, as Faster R-CNN and Detectron's VGG16 fine-tune from conv3_1 up),
-0 for random init.
+VGG16 (the paper's section 5.1): the backbone and its weights are in
+engines/detectron2_backbones.py.
 * train_stream: batches of detectron2 dataset dicts, mapped by DatasetMapper(cfg, True)
   (ResizeShortestEdge + horizontal flip, masks as polygons), indexed by the project's sampler
   (rethink.sampling.batch_indices, with DATALOADER.ASPECT_RATIO_GROUPING rethink.sampling.GroupedBatches:
@@ -65,14 +60,13 @@ from .. import d2config
 from ..checkpoint import (
     CheckpointError,
     first_problems,
-    fit_problems,
     map_into_cascade,
-    read_backbone_weights,
-    torchvision_resnet_to_detectron2,
+    unwrap,
 )
 from ..d2config import D2ConfigError
-from ..models import VGG16_BLOCKS
 from ..sampling import GroupedBatches, aspect_groups, batch_indices, iteration_loader, seed_mix
+from ..stage import StageError, check_weights_pickle
+from .detectron2_backbones import load_torchvision_resnet, load_vgg16_pkl, register_vgg16_backbone
 
 log = logging.getLogger(__name__)
 
@@ -108,135 +102,8 @@ def config_file(name: str) -> str:
     return str(path)
 
 
-VGG16_BACKBONE = "build_vgg16_backbone"
-VGG16_FEATURE = "vgg_conv5"
-
-
-def vgg16_conv_names() -> list[str]:
-    return [f"conv{b}_{i}" for b, widths in enumerate(VGG16_BLOCKS, 1) for i in range(1, len(widths) + 1)]
-
-
-def _vgg16_class():
-    from detectron2.layers import ShapeSpec
-    from detectron2.modeling import Backbone
-    from fvcore.nn import weight_init
-
-    class VGG16Backbone(Backbone):
-        """VGG16 conv1_1 ... conv5_3 without pool5: {"vgg_conv5": stride 16, 512 channels}."""
-
-        def __init__(self, in_channels: int = 3, freeze_at: int = 0):
-            super().__init__()
-            if not 0 <= freeze_at <= len(VGG16_BLOCKS):
-                raise D2ConfigError(f"MODEL.BACKBONE.FREEZE_AT {freeze_at}: VGG16 has {len(VGG16_BLOCKS)} conv blocks")
-            self.blocks: list[list[str]] = []
-            for b, widths in enumerate(VGG16_BLOCKS, 1):
-                names = []
-                for i, width in enumerate(widths, 1):
-                    conv = torch.nn.Conv2d(in_channels, width, kernel_size=3, padding=1)
-                    weight_init.c2_msra_fill(conv)  # MSRA (kaiming normal, fan_out) weights, zero bias
-                    self.add_module(f"conv{b}_{i}", conv)
-                    names.append(f"conv{b}_{i}")
-                    in_channels = width
-                self.blocks.append(names)
-            self.freeze(freeze_at)
-
-        def freeze(self, freeze_at: int):
-            for names in self.blocks[:freeze_at]:
-                for name in names:
-                    for p in getattr(self, name).parameters():
-                        p.requires_grad = False
-            return self
-
-        def forward(self, x):
-            for b, names in enumerate(self.blocks, 1):
-                for name in names:
-                    x = torch.nn.functional.relu_(getattr(self, name)(x))
-                if b < len(self.blocks):
-                    x = torch.nn.functional.max_pool2d(x, kernel_size=2, stride=2)
-            return {VGG16_FEATURE: x}
-
-        def output_shape(self):
-            return {VGG16_FEATURE: ShapeSpec(channels=VGG16_BLOCKS[-1][-1], stride=2 ** (len(VGG16_BLOCKS) - 1))}
-
-    return VGG16Backbone
-
-
-def register_vgg16_backbone() -> None:
-    """Register "build_vgg16_backbone" in detectron2's BACKBONE_REGISTRY (once per process)."""
-    from detectron2.modeling import BACKBONE_REGISTRY
-
-    if VGG16_BACKBONE in BACKBONE_REGISTRY:
-        return
-    cls = _vgg16_class()
-
-    def build_vgg16_backbone(cfg, input_shape):
-        return cls(in_channels=input_shape.channels, freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_AT))
-
-    build_vgg16_backbone.__name__ = VGG16_BACKBONE
-    BACKBONE_REGISTRY.register(build_vgg16_backbone)
-
-
-def _vgg16_pkl_names() -> dict[str, str]:
-    """Caffe2 blob name of the caffe VGG16 -> detectron2 parameter name."""
-    out = {}
-    for name in vgg16_conv_names():
-        out[f"{name}_w"], out[f"{name}_b"] = f"backbone.{name}.weight", f"backbone.{name}.bias"
-    for c2, d2 in (("fc6", "fc1"), ("fc7", "fc2")):
-        out[f"{c2}_w"], out[f"{c2}_b"] = f"roi_heads.box_head.{d2}.weight", f"roi_heads.box_head.{d2}.bias"
-    return out
-
-
-def load_vgg16_pkl(model, path: str, run: dict) -> int:
-    """Copy the caffe VGG16 blobs of the .pkl at `path` into a VGG16 Faster R-CNN; returns how
-    many tensors were loaded. A shape that does not fit, or no conv at all, is an error."""
-    import pickle
-
-    with open(path, "rb") as f:
-        data = pickle.load(f, encoding="latin1")
-    if isinstance(data, dict) and isinstance(data.get("blobs"), dict):
-        data = data["blobs"]
-    elif isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    if not isinstance(data, dict):
-        raise RuntimeError(f"{path}: not a dict of VGG16 blobs (got {type(data).__name__})")
-    if not any(k in data for k in _vgg16_pkl_names() if k.startswith("conv")):
-        raise RuntimeError(f"{path}: no backbone weight of run {run.get('run_id', '?')} was loaded from it "
-                           f"(not caffe VGG16 blobs conv1_1_w ... conv5_3_b?)")
-    state = model.state_dict()
-    loaded = 0
-    with torch.no_grad():
-        for c2, d2 in _vgg16_pkl_names().items():
-            if c2 not in data:
-                continue
-            value = torch.as_tensor(np.asarray(data[c2]))
-            if tuple(value.shape) != tuple(state[d2].shape):
-                raise RuntimeError(f"{path}: {c2} has shape {tuple(value.shape)}, {d2} of run "
-                                   f"{run.get('run_id', '?')} needs {tuple(state[d2].shape)}")
-            state[d2].copy_(value.to(state[d2].dtype))
-            loaded += 1
-    return loaded
-
-
 # the architecture switches load_converted knows: (checkpoint's task, model's task)
 CONVERSIONS = (("mask_rcnn", "cascade_mask_rcnn"),)
-
-
-def load_torchvision_resnet(bottom_up, path: str, run: dict) -> int:
-    """The workflow's own pre-trained ResNet body (rethink.pretrain, torchvision names) -> detectron2's
-    ResNet `bottom_up`, renamed by rethink.checkpoint.torchvision_resnet_to_detectron2 and loaded only
-    if every tensor fits (errors name the file, the run and the first keys). Returns the tensors loaded."""
-    who = f"{path} (run {run.get('run_id', '?')})"
-    try:
-        state = torchvision_resnet_to_detectron2(read_backbone_weights(path, run))
-    except ValueError as e:
-        raise CheckpointError(f"{who}: {e}") from None
-    target = bottom_up.state_dict()
-    problems = fit_problems(state, target)
-    if problems:
-        raise CheckpointError(f"{who}: weights do not fit detectron2's {run['backbone']}-{run['norm']}: "
-                              f"{first_problems(problems)}")
-    bottom_up.load_state_dict(state, strict=False)  # fit_problems checked every key but the BN counters
-    return sum(k in target for k in state)
 
 
 def _set(cfg, key: str, value) -> None:
@@ -261,10 +128,6 @@ def _get(cfg, key: str):
     for p in key.split("."):
         node = node[p]
     return node
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 def _split(dataset: dict, split: str) -> tuple[str, str]:
@@ -312,7 +175,7 @@ def register(run: dict, dataset: dict) -> tuple[str, str]:
 class SeededBatches(torch.utils.data.Dataset):
     """Item i = this process's part of global batch i: a list of mapped dataset dicts.
 
-    The images of batch i are the project's (rethink.loop): with aspect-ratio grouping
+    The images of batch i are the project's (rethink.sampling): with aspect-ratio grouping
     (DATALOADER.ASPECT_RATIO_GROUPING, detectron2's default) GroupedBatches over the dicts'
     width > height groups, else batch_indices' seeded epochs; both depend on (seed, i) only.
     Process `rank` of `world` takes its b = batch / world images. The mapper's random
@@ -403,7 +266,7 @@ class Detectron2Engine:
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"init weights {path} (run {run.get('run_id', '?')}) do not exist")
-        m = _unwrap(model)
+        m = unwrap(model)
         if d2config.weights_style(run) == "torchvision":
             n = load_torchvision_resnet(m.backbone.bottom_up, path, run)
             log.info("loaded %d backbone tensors (torchvision names, renamed) from %s", n, path)
@@ -412,6 +275,11 @@ class Detectron2Engine:
             n = load_vgg16_pkl(m, path, run)
             log.info("loaded %d VGG16 tensors from %s", n, path)
             return
+        if path.endswith(".pkl"):  # detectron2 unpickles it plainly: first the staging step's restricted check
+            try:
+                check_weights_pickle(path)
+            except StageError as e:
+                raise CheckpointError(f"{path} (run {run.get('run_id', '?')}): {e}") from None
         before = {k: v.detach().clone() for k, v in m.backbone.bottom_up.state_dict().items()
                   if k.endswith("weight")}
         DetectionCheckpointer(m).load(path)
@@ -437,7 +305,7 @@ class Detectron2Engine:
             raise ValueError(
                 f"{who}: the detectron2 engine cannot convert a {from_task!r} checkpoint into a {to_task!r} "
                 f"model (known switches: {', '.join(f'{a} -> {b}' for a, b in CONVERSIONS)})")
-        m = _unwrap(model)
+        m = unwrap(model)
         stages = getattr(m.roi_heads, "num_cascade_stages", None)
         if not stages:
             raise ValueError(f"{who}: task {to_task!r}, but the model's RoI heads "
@@ -465,7 +333,7 @@ class Detectron2Engine:
         require_detectron2()
         from detectron2.solver.build import get_default_optimizer_params
 
-        return get_default_optimizer_params(_unwrap(model), base_lr=run["recipe"]["base_lr"],
+        return get_default_optimizer_params(unwrap(model), base_lr=run["recipe"]["base_lr"],
                                             weight_decay=run["recipe"]["weight_decay"], weight_decay_norm=0.0)
 
     # ------------------------------------------------------------------ data
@@ -512,7 +380,7 @@ class Detectron2Engine:
         from detectron2.evaluation.coco_evaluation import instances_to_coco_json
         from detectron2.utils import comm
 
-        m = _unwrap(model)
+        m = unwrap(model)
         cfg = getattr(m, "rethink_cfg", None) or self.config(run, None, None, dataset, device=device)
         _, val_name = register(run, dataset)
         loader = build_detection_test_loader(cfg, val_name, mapper=DatasetMapper(cfg, is_train=False))

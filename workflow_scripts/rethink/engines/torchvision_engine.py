@@ -34,14 +34,11 @@ import torch
 from PIL import Image
 
 from .. import models
+from ..checkpoint import load_backbone_weights, unwrap
 from ..d2config import test_aug_sizes
 from ..sampling import GroupedBatches, aspect_groups, iteration_loader
 
 _CACHE_LIMIT = 4096  # decoded images kept in memory per split (the tiny sets fit entirely)
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 def keypoint_flip_indices(names: list[str]) -> list[int]:
@@ -278,9 +275,7 @@ class TorchvisionEngine:
 
     def load_init_weights(self, model, path: str, run: dict) -> None:
         """Backbone weights written by the pretrain rule (rethink.pretrain) -> model.backbone.body."""
-        from ..checkpoint import load_backbone_weights
-
-        load_backbone_weights(_unwrap(model).backbone.body, path, run)
+        load_backbone_weights(unwrap(model).backbone.body, path, run)
 
     def load_converted(self, model, state_dict: dict, from_task: str, run: dict) -> str:
         """A Mask R-CNN state dict into the cascade_mask_rcnn model of `run` (the switch of
@@ -291,7 +286,7 @@ class TorchvisionEngine:
         where = f"run {run.get('run_id', '?')}: architecture switch {from_task} -> {to_task}"
         if (from_task, to_task) != ("mask_rcnn", "cascade_mask_rcnn"):
             raise ValueError(f"{where}: the torchvision engine converts mask_rcnn -> cascade_mask_rcnn only")
-        m = _unwrap(model)
+        m = unwrap(model)
         try:
             state, report = convert_mask_rcnn_state(m.state_dict(), state_dict)
         except ValueError as e:
@@ -307,7 +302,7 @@ class TorchvisionEngine:
         return stream if workers == 0 else iteration_loader(stream, start_iter, workers, run["seed"], rank)
 
     def losses(self, model, batch: dict) -> dict:
-        m = _unwrap(model)
+        m = unwrap(model)
         m.transform.min_size = (int(batch["min_size"]),)
         m.transform.max_size = int(batch["max_size"])
         device = next(m.parameters()).device
@@ -329,7 +324,7 @@ class TorchvisionEngine:
         """COCO results of the val set; with recipe tta, merged over inference_passes(recipe)."""
         recipe = run["recipe"]
         split = CocoSplit(dataset, "val")
-        m = _unwrap(model)
+        m = unwrap(model)
         was_training = m.training
         m.eval()
         limit = int(recipe["detections_per_image"])
