@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import PY, ROOT, load_yaml
-from rethink import checkpoint, config, data, grid, loop, plan, sampling, segment
+from rethink import checkpoint, config, data, grid, hooks, loop, plan, sampling, segment
 from rethink.paths import Paths
 from rethink.schedule import Schedule
 
@@ -173,18 +173,18 @@ def resume_scenario(tmp_path_factory):
     segment.train_segment(straight)
 
     hist = tmp / "stopped.jsonl"
-    spec = {**base, "output": str(tmp / "stopped.pth"), "resume_dir": str(tmp / "resume"), "history": str(hist),
-            "debug": {"iter_sleep": 0.4}}
+    spec = {**base, "output": str(tmp / "stopped.pth"), "resume_dir": str(tmp / "resume"), "history": str(hist)}
+    slow = {**os.environ, "RETHINK_ITER_SLEEP": "0.4"}  # the test switch of a subprocess (rethink.hooks)
     rdir = Path(spec["resume_dir"])
     out = {"tmp": tmp, "straight": straight, "spec": spec}
-    proc = run_cli(spec)
+    proc = run_cli(spec, env=slow)
     wait_for(lambda: checkpoint.resume_candidates(rdir), proc, what="the first resume checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     out["kill_rc"] = proc.returncode
     out["after_kill"] = [i for i, _ in checkpoint.resume_candidates(rdir)]
 
-    proc = run_cli(spec)
+    proc = run_cli(spec, env=slow)
     n_before = len(hist.read_text().splitlines())
     wait_for(lambda: len(hist.read_text().splitlines()) > n_before, proc, what="an iteration after resuming")
     proc.send_signal(signal.SIGTERM)
@@ -193,8 +193,7 @@ def resume_scenario(tmp_path_factory):
     out["after_term"] = checkpoint.latest_valid(rdir, 0, 6)
     out["output_after_term"] = Path(spec["output"]).exists()
 
-    final = {**spec, "debug": {}}
-    out["summary"] = segment.train_segment(final)
+    out["summary"] = segment.train_segment(spec)
     return out
 
 
@@ -231,8 +230,7 @@ def test_stop_signal_in_process_stops_with_its_exit_code_and_resumes(tmp_path, s
     import threading
 
     p = tiny_paths(tmp_path)
-    spec = spec_of(p, first_segment(p), end=4, deterministic=False, history=str(tmp_path / "h.jsonl"),
-                   debug={"iter_sleep": 0.3})
+    spec = spec_of(p, first_segment(p), end=4, deterministic=False, history=str(tmp_path / "h.jsonl"))
     hist = Path(spec["history"])
 
     def send_when_training():
@@ -242,12 +240,12 @@ def test_stop_signal_in_process_stops_with_its_exit_code_and_resumes(tmp_path, s
 
     threading.Thread(target=send_when_training, daemon=True).start()
     with pytest.raises(loop.Preempted) as e:
-        segment.train_segment(spec)
+        segment.train_segment(spec, [hooks.SleepPerIteration(0.3)])
     assert e.value.exit_code == 128 + sig
     ck = checkpoint.latest_valid(spec["resume_dir"], 0, 4)
     assert ck is not None and 1 <= ck["iteration"] < 4
     assert signal.getsignal(sig) is not None  # the loop put the old handler back
-    summary = segment.train_segment({**spec, "debug": {}})
+    summary = segment.train_segment(spec)
     assert summary["history"][0]["iteration"] == ck["iteration"] and summary["iteration"] == 4
 
 
@@ -276,9 +274,9 @@ def test_trunk_then_tail_gives_the_standalone_lr_schedule(tmp_path):
 def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, capsys):
     p = tiny_paths(tmp_path)
     seg = first_segment(p)
-    spec = spec_of(p, seg, end=6, deterministic=False, debug={"nan_at": 5})
+    spec = spec_of(p, seg, end=6, deterministic=False)
     with pytest.raises(loop.Diverged) as e:
-        segment.train_segment(spec)
+        segment.train_segment(spec, [hooks.NanAt(5)])
     msg = str(e.value)
     assert spec["run"]["run_id"] in msg and f"{seg.family}/{seg.line}" in msg and "iteration 5" in msg
     assert not Path(spec["output"]).exists()
@@ -288,13 +286,13 @@ def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, c
     marker = rdir / loop.DIVERGED_MARKER
     assert json.loads(marker.read_text())["iteration"] == 5
     with pytest.raises(loop.Diverged, match="diverged before"):
-        segment.train_segment({**spec, "debug": {}})
+        segment.train_segment(spec)
     marker.unlink()  # the user's way to try again
     # the newest resume checkpoint is truncated: reported, and training resumes from the previous one
     bad = checkpoint.resume_path(rdir, 4)
     bad.write_bytes(bad.read_bytes()[:1000])
     capsys.readouterr()
-    summary = segment.train_segment({**spec, "debug": {}})
+    summary = segment.train_segment(spec)
     out = capsys.readouterr().out
     assert str(bad) in out and "skipping" in out
     assert "resuming from" in out and "iter_0000002.pth" in out

@@ -32,15 +32,14 @@ Spec keys besides those of train_spec (all optional):
     history         path of a JSON-lines file; one line per iteration {iteration, lr, loss, losses}
     deterministic   true: torch.use_deterministic_algorithms (warn only), no cudnn benchmark
                     (also env RETHINK_DETERMINISTIC=1)
-    debug           {"nan_at": k}   make the loss of iteration k NaN (tests; also env RETHINK_NAN_AT=k)
-                    {"iter_sleep": s}  sleep s seconds per iteration (tests that must catch a run mid-way;
-                    also env RETHINK_ITER_SLEEP=s)
+
+The loop is a small ``Trainer`` (start state, one step, checkpoints) with one hook per concern
+beside it (rethink.hooks: divergence, counters, history, signals, logging, periodic checkpoints);
+``train(..., extra_hooks)`` adds hooks, which is how tests switch on a NaN or a slow iteration.
 """
 from __future__ import annotations
 
 import datetime
-import json
-import math
 import os
 import random
 import shutil
@@ -53,27 +52,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import checkpoint
+from . import checkpoint, hooks
+from .hooks import Diverged, Preempted
 from .norms import is_norm
 from .paths import DIVERGED_MARKER
 from .schedule import Schedule
 
-EXIT_DIVERGED = 3
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # SIGINT: Ctrl-C reaches every job of the terminal
-
-
-class Preempted(Exception):
-    """Stopped by a signal after writing a resume checkpoint; exit with `exit_code`."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class Diverged(RuntimeError):
-    """A non-finite loss; nothing was written for this iteration."""
-
-    exit_code = EXIT_DIVERGED
+EXIT_DIVERGED = Diverged.exit_code
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -153,92 +138,129 @@ class _Dist:
             dist.destroy_process_group()
 
 
-def _fmt_time(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
-
-
 # ---------------------------------------------------------------------------- the loop
-def train(engine, spec: dict, dataset: dict) -> dict:
-    run, family, line = spec["run"], spec["family"], spec["line"]
-    recipe = run["recipe"]
-    start, end = int(spec["start"]), int(spec["end"])
-    if not 0 <= start < end:
-        raise ValueError(f"segment {family}/{line}: start {start} and end {end} do not make a segment")
-    sched = schedule_from_spec(spec["schedule"])
-    debug = dict(spec.get("debug") or {})
-    if os.environ.get("RETHINK_NAN_AT"):
-        debug["nan_at"] = int(os.environ["RETHINK_NAN_AT"])
-    nan_at = debug.get("nan_at")
-    if os.environ.get("RETHINK_ITER_SLEEP"):
-        debug["iter_sleep"] = float(os.environ["RETHINK_ITER_SLEEP"])
-    iter_sleep = float(debug.get("iter_sleep", 0.0))
-    log_period = int(spec.get("log_period", 20))
-    period = int(recipe["checkpoint_period"])
+def default_hooks(spec: dict) -> list[hooks.HookBase]:
+    """Every run's hooks, in the order the trainer calls them (rethink.hooks)."""
     resume_dir = spec.get("resume_dir")
-    who = f"run {run['run_id']} ({family}/{line})"
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    return [
+        hooks.DivergenceGuard(Path(resume_dir) / DIVERGED_MARKER if resume_dir else None),
+        hooks.Counters(),
+        hooks.History(spec.get("history")),
+        hooks.StopOnSignal(),
+        hooks.Logger(int(spec.get("log_period", 20))),
+        hooks.PeriodicCheckpoint(int(spec["run"]["recipe"]["checkpoint_period"])),
+    ]
 
-    marker = Path(resume_dir) / DIVERGED_MARKER if resume_dir else None
-    if marker is not None and marker.exists():
-        # the same data and weights would diverge again: do not spend the (re)submitted job on it
-        raise Diverged(f"{who}: diverged before ({marker.read_text().strip()}); "
-                       f"change the recipe, or delete {marker} to train this segment again")
-    d = _Dist(int(recipe.get("gpus", 0)))
-    deterministic = bool(spec.get("deterministic")) or os.environ.get("RETHINK_DETERMINISTIC") == "1"
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    set_deterministic(deterministic)
-    log = (lambda msg: print(f"[{who}] {msg}", flush=True)) if d.main else (lambda msg: None)
-    stop = {"signal": None}
-    old_handlers = {}
 
-    def on_signal(signum, frame):  # no printing here: a signal may interrupt a print
-        stop["signal"] = signum
+class Trainer:
+    """One segment of training (the module docstring says what it does); `extra_hooks` run before
+    the default ones (tests' switches). `train()` returns a summary (rank 0: with `history`)."""
 
-    for s in STOP_SIGNALS:
-        old_handlers[s] = signal.signal(s, on_signal)
-    try:
-        batch_total = int(recipe["batch"])
-        if batch_total % d.world:
-            raise ValueError(f"{who}: recipe.batch {batch_total} is not divisible by {d.world} processes")
+    def __init__(self, engine, spec: dict, dataset: dict, extra_hooks=()):
+        self.engine, self.spec, self.dataset = engine, spec, dataset
+        self.run, self.family, self.line = spec["run"], spec["family"], spec["line"]
+        self.recipe = self.run["recipe"]
+        self.start, self.end = int(spec["start"]), int(spec["end"])
+        if not 0 <= self.start < self.end:
+            raise ValueError(f"segment {self.family}/{self.line}: start {self.start} and end {self.end} "
+                             "do not make a segment")
+        self.sched = schedule_from_spec(spec["schedule"])
+        self.resume_dir = spec.get("resume_dir")
+        self.batch_total = int(self.recipe["batch"])
+        self.who = f"run {self.run['run_id']} ({self.family}/{self.line})"
+        self.hooks = [*extra_hooks, *hooks.from_environment(), *default_hooks(spec)]
+        self.history = next(h for h in self.hooks if isinstance(h, hooks.History))
+        self.stop_signal = None
+        self.log = lambda msg: None
 
-        # ---- model, optimizer, start state
+    def train(self) -> dict:
+        self.t0, self.cpu0 = time.perf_counter(), time.process_time()
+        for h in self.hooks:
+            h.trainer = self
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        old_handlers = {}
+        self.dist = None
+        try:
+            for h in self.hooks:  # the divergence marker is read before any process group starts
+                if isinstance(h, hooks.DivergenceGuard):
+                    h.before_train()
+            self.dist = _Dist(int(self.recipe.get("gpus", 0)))
+            set_deterministic(bool(self.spec.get("deterministic")) or os.environ.get("RETHINK_DETERMINISTIC") == "1")
+            if self.dist.main:
+                self.log = lambda msg: print(f"[{self.who}] {msg}", flush=True)
+            for s in hooks.STOP_SIGNALS:
+                old_handlers[s] = signal.signal(s, self._on_signal)
+            if self.batch_total % self.dist.world:
+                raise ValueError(f"{self.who}: recipe.batch {self.batch_total} is not divisible by "
+                                 f"{self.dist.world} processes")
+            self._set_up_model()
+            for h in self.hooks:
+                if not isinstance(h, hooks.DivergenceGuard):
+                    h.before_train()
+            self.log(f"training iterations {self.iter} -> {self.end} of schedule {self.sched.iterations} "
+                     f"(batch {self.batch_total} on {self.dist.world} process(es), {self.dist.device})")
+            while self.iter < self.end:
+                self.run_step()
+                self.iter += 1
+                for h in self.hooks:
+                    h.after_step()
+            for h in self.hooks:
+                h.after_train()
+            return self._finish()
+        finally:
+            self.history.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            set_deterministic(was_deterministic)
+            if self.dist is not None:
+                self.dist.close()
+
+    def _on_signal(self, signum, frame):  # no printing here: a signal may interrupt a print
+        self.stop_signal = signum
+
+    # ------------------------------------------------------------------ start state
+    def _set_up_model(self) -> None:
+        """Model and optimizer at the segment's start: the newest valid resume checkpoint, else the
+        start checkpoint, else a fresh init (+ pre-trained backbone weights)."""
+        engine, run, recipe, spec, d = self.engine, self.run, self.recipe, self.spec, self.dist
         seed_everything(int(run["seed"]))
-        model = engine.build_model(run, d.device, distributed=d.world > 1, dataset=dataset)
+        model = engine.build_model(run, d.device, distributed=d.world > 1, dataset=self.dataset)
         model.to(d.device)
         if hasattr(engine, "optimizer_param_groups"):  # an engine may group parameters its own way
             optimizer = torch.optim.SGD(engine.optimizer_param_groups(model, run), lr=0.0,
                                         momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
         else:
             optimizer = build_optimizer(model, recipe)
-        base = {"counters": {k: 0 for k in checkpoint.COUNTERS}, "wall_seconds": 0.0, "device_seconds": 0.0}
-        state = checkpoint.latest_valid(resume_dir, start, end, log) if resume_dir else None
+        self.base = {"counters": {k: 0 for k in checkpoint.COUNTERS}, "wall_seconds": 0.0, "device_seconds": 0.0}
+        state = checkpoint.latest_valid(self.resume_dir, self.start, self.end, self.log) if self.resume_dir else None
         from_start = False  # state is the start checkpoint (not a resume checkpoint of this segment)
         if state is not None:
-            log(f"resuming from {state['_path']} at iteration {state['iteration']}")
+            self.log(f"resuming from {state['_path']} at iteration {state['iteration']}")
         elif spec.get("start_checkpoint"):
             state = checkpoint.load(spec["start_checkpoint"])
-            if state["iteration"] != start:
+            if state["iteration"] != self.start:
                 raise checkpoint.CheckpointError(
                     f"{spec['start_checkpoint']}: holds iteration {state['iteration']}, but segment "
-                    f"{family}/{line} starts at iteration {start}")
-            if state["family"] != family:
+                    f"{self.family}/{self.line} starts at iteration {self.start}")
+            if state["family"] != self.family:
                 raise checkpoint.CheckpointError(
-                    f"{spec['start_checkpoint']}: belongs to family {state['family']}, not {family}")
-            log(f"starting from {spec['start_checkpoint']} (iteration {start})")
+                    f"{spec['start_checkpoint']}: belongs to family {state['family']}, not {self.family}")
+            self.log(f"starting from {spec['start_checkpoint']} (iteration {self.start})")
             from_start = True
-        elif start != 0:
-            raise ValueError(f"{who}: segment starts at iteration {start} but the spec names no start_checkpoint")
+        elif self.start != 0:
+            raise ValueError(f"{self.who}: segment starts at iteration {self.start} but the spec names no "
+                             "start_checkpoint")
         elif spec.get("init_weights"):
             engine.load_init_weights(model, spec["init_weights"], run)
-            log(f"random init + pre-trained backbone from {spec['init_weights']}")
+            self.log(f"random init + pre-trained backbone from {spec['init_weights']}")
         else:
-            log("random init (MSRA fill)")
+            self.log("random init (MSRA fill)")
         switch_from = spec.get("start_task") if from_start else None
         if switch_from:  # (only with a start checkpoint)
             # the start checkpoint holds another architecture (Mask R-CNN before the switch to
             # cascade): the engine maps its weights; the optimizer starts afresh (other parameters)
             report = engine.load_converted(model, state["model"], switch_from, run)
-            log(f"architecture switch {switch_from} -> {recipe['task']}: {report}")
+            self.log(f"architecture switch {switch_from} -> {recipe['task']}: {report}")
         elif state is not None:
             try:
                 model.load_state_dict(state["model"])
@@ -246,19 +268,19 @@ def train(engine, spec: dict, dataset: dict) -> dict:
             except (RuntimeError, ValueError, KeyError) as e:
                 raise checkpoint.CheckpointError(
                     f"{state.get('_path', spec.get('start_checkpoint'))}: does not fit the model/optimizer of "
-                    f"{who}: {str(e).splitlines()[0]}") from None
+                    f"{self.who}: {str(e).splitlines()[0]}") from None
         if state is not None:
             rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
             if len(rngs) == d.world:
                 checkpoint.set_rng_state(rngs[d.rank])
             else:
                 seed_everything(int(run["seed"]) * 1000003 + int(state["iteration"]) * 101 + d.rank)
-            base = {"counters": dict(state["counters"]), "wall_seconds": float(state["wall_seconds"]),
-                    "device_seconds": float(state["device_seconds"])}
-            it = int(state["iteration"])
+            self.base = {"counters": dict(state["counters"]), "wall_seconds": float(state["wall_seconds"]),
+                         "device_seconds": float(state["device_seconds"])}
+            self.iter = int(state["iteration"])
             del state
         else:
-            it = start
+            self.iter = self.start
             if d.rank:
                 seed_everything(int(run["seed"]) + d.rank)  # same init everywhere (DDP broadcasts), other sampling
         for g in optimizer.param_groups:  # the recipe decides, whatever the checkpoint held
@@ -268,121 +290,88 @@ def train(engine, spec: dict, dataset: dict) -> dict:
 
             model = DDP(model, device_ids=[d.local_rank] if d.cuda else None)
         model.train()
-        stream = iter(engine.train_stream(run, dataset, it, d.rank, d.world))
-        local = {k: 0 for k in checkpoint.COUNTERS}
+        self.model, self.optimizer = model, optimizer
+        self.stream = iter(engine.train_stream(run, self.dataset, self.iter, d.rank, d.world))
+        self.counts = {k: 0 for k in checkpoint.COUNTERS}
+
+    # ------------------------------------------------------------------ one iteration
+    def run_step(self) -> None:
+        """Batch `iter` of the stream, its LR, the losses (averaged over processes with one
+        all_reduce, which also carries "did any process get a stop signal"), backward, step."""
+        self.batch = next(self.stream)
+        self.lr = self.sched.lr(self.iter)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr
+        self.losses = self.engine.losses(self.model, self.batch)
+        self.loss = sum(self.losses.values())
+        if self.dist.world > 1:
+            vec = torch.stack([self.loss.detach().float(),
+                               torch.tensor(1.0 if self.stop_signal else 0.0, device=self.loss.device)])
+            dist.all_reduce(vec)
+            self.loss_value = vec[0].item() / self.dist.world
+            if vec[1].item() > 0 and self.stop_signal is None:
+                self.stop_signal = signal.SIGTERM
+        else:
+            self.loss_value = self.loss.item()
+        for h in self.hooks:
+            h.after_forward()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss.backward()
+        self.optimizer.step()
+
+    # ------------------------------------------------------------------ checkpoints
+    def snapshot(self) -> dict | None:
+        """The checkpoint at `iter`. All processes call this (it reduces counters); rank 0 gets it."""
+        d = self.dist
+        now = time.perf_counter()
+        cpu = time.process_time() - self.cpu0
+        sums = d.sum([self.counts[k] for k in checkpoint.COUNTERS] + [cpu])
+        rngs = d.gather(checkpoint.rng_state())
+        if not d.main:
+            return None
+        wall = now - self.t0
         gpus_total = d.world if d.cuda else 0
+        return {
+            "format": checkpoint.FORMAT,
+            "model": checkpoint.unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "iteration": self.iter,
+            "counters": {k: int(self.base["counters"][k] + sums[i]) for i, k in enumerate(checkpoint.COUNTERS)},
+            "wall_seconds": self.base["wall_seconds"] + wall,
+            "device_seconds": self.base["device_seconds"] + (gpus_total * wall if d.cuda else sums[-1]),
+            "gpus": gpus_total,
+            "run_id": self.run["run_id"], "family": self.family, "line": self.line, "engine": self.spec["engine"],
+            "identity": self.spec.get("identity"),  # hash of what determined it (rethink.identity)
+            "rng": rngs,
+        }
 
-        def snapshot(iteration: int) -> dict | None:
-            """All processes call this (it reduces counters); rank 0 gets the checkpoint dict."""
-            now = time.perf_counter()
-            cpu = time.process_time() - cpu0
-            sums = d.sum([local[k] for k in checkpoint.COUNTERS] + [cpu])
-            rngs = d.gather(checkpoint.rng_state())
-            if not d.main:
-                return None
-            wall = now - t0
-            return {
-                "format": checkpoint.FORMAT,
-                "model": (model.module if hasattr(model, "module") else model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "iteration": iteration,
-                "counters": {k: int(base["counters"][k] + sums[i]) for i, k in enumerate(checkpoint.COUNTERS)},
-                "wall_seconds": base["wall_seconds"] + wall,
-                "device_seconds": base["device_seconds"] + (gpus_total * wall if d.cuda else sums[-1]),
-                "gpus": gpus_total,
-                "run_id": run["run_id"], "family": family, "line": line, "engine": spec["engine"],
-                "identity": spec.get("identity"),  # hash of what determined it (rethink.identity)
-                "rng": rngs,
-            }
+    def save_resume(self) -> str | None:
+        ckpt = self.snapshot()
+        if ckpt is None:
+            return None
+        path = checkpoint.resume_path(self.resume_dir, self.iter)
+        checkpoint.save(path, ckpt)
+        checkpoint.prune(self.resume_dir, keep=2)
+        return str(path)
 
-        def save_resume(iteration: int) -> str | None:
-            ckpt = snapshot(iteration)
-            if ckpt is None:
-                return None
-            path = checkpoint.resume_path(resume_dir, iteration)
-            checkpoint.save(path, ckpt)
-            checkpoint.prune(resume_dir, keep=2)
-            return str(path)
-
-        history_f = open(spec["history"], "a") if spec.get("history") and d.main else None
-        history: list[dict] = []
-        log(f"training iterations {it} -> {end} of schedule {sched.iterations} "
-            f"(batch {batch_total} on {d.world} process(es), {d.device})")
-        t_last, it_last = time.perf_counter(), it
-        while it < end:
-            batch = next(stream)
-            lr = sched.lr(it)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            losses = engine.losses(model, batch)
-            loss = sum(losses.values())
-            if nan_at is not None and it == int(nan_at):
-                loss = loss * float("nan")
-            if d.world > 1:
-                # one all_reduce per iteration: the mean loss and "did any process get a stop signal"
-                vec = torch.stack([loss.detach().float(),
-                                   torch.tensor(1.0 if stop["signal"] else 0.0, device=loss.device)])
-                dist.all_reduce(vec)
-                loss_value = vec[0].item() / d.world
-                if vec[1].item() > 0 and stop["signal"] is None:
-                    stop["signal"] = signal.SIGTERM
-            else:
-                loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                if marker is not None and d.main:  # the grid summary reports the run as diverged
-                    marker.parent.mkdir(parents=True, exist_ok=True)
-                    marker.write_text(json.dumps({"run": run["run_id"], "family": family, "line": line,
-                                                  "iteration": it, "loss": str(loss_value)}) + "\n")
-                raise Diverged(f"{who}: non-finite loss {loss_value} at iteration {it} ({parts}); "
-                               f"training stopped, no output checkpoint written")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for k, v in engine.count(batch).items():
-                local[k] += v
-            if iter_sleep:
-                time.sleep(iter_sleep)
-            rec = {"iteration": it, "lr": optimizer.param_groups[0]["lr"], "loss": loss_value}
-            history.append(rec)
-            if history_f:
-                history_f.write(json.dumps({**rec, "losses": {k: v.item() for k, v in losses.items()}}) + "\n")
-                history_f.flush()
-            it += 1
-            if stop["signal"] is not None:
-                path = save_resume(it)
-                name = signal.Signals(stop["signal"]).name
-                log(f"stopped by {name} after iteration {it} of {end}; resume checkpoint {path}")
-                raise Preempted(f"{who}: stopped by {name} at iteration {it}; resume checkpoint in {resume_dir}",
-                                128 + int(stop["signal"]))
-            if it % log_period == 0 or it == end:
-                now = time.perf_counter()
-                ips = (it - it_last) * batch_total / max(now - t_last, 1e-9)
-                eta = (end - it) * (now - t_last) / max(it - it_last, 1)
-                parts = " ".join(f"{k}={v.item():.4f}" for k, v in losses.items())
-                log(f"iter {it}/{end} loss {loss_value:.4f} ({parts}) lr {lr:.6g} {ips:.2f} img/s eta {_fmt_time(eta)}")
-                t_last, it_last = now, it
-            if resume_dir and it % period == 0 and it < end:
-                save_resume(it)
-        if history_f:
-            history_f.close()
-
-        ckpt = snapshot(end)
-        summary = {"iteration": end, "history": history}
+    def _finish(self) -> dict:
+        """The output checkpoint at `end` (atomic), then the resume folder goes."""
+        ckpt = self.snapshot()
+        summary = {"iteration": self.end, "history": self.history.records}
         if ckpt is not None:
-            checkpoint.save(spec["output"], ckpt)
+            checkpoint.save(self.spec["output"], ckpt)
             summary.update(counters=ckpt["counters"], wall_seconds=ckpt["wall_seconds"],
                            device_seconds=ckpt["device_seconds"])
-            if resume_dir and Path(resume_dir).exists():
-                shutil.rmtree(resume_dir)
-            log(f"done: wrote {spec['output']} (iteration {end}, {ckpt['counters']['images']} images seen, "
-                f"{time.perf_counter() - t0:.1f} s this segment)")
+            if self.resume_dir and Path(self.resume_dir).exists():
+                shutil.rmtree(self.resume_dir)
+            self.log(f"done: wrote {self.spec['output']} (iteration {self.end}, {ckpt['counters']['images']} "
+                     f"images seen, {time.perf_counter() - self.t0:.1f} s this segment)")
         return summary
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        set_deterministic(was_deterministic)
-        d.close()
+
+
+def train(engine, spec: dict, dataset: dict, extra_hooks=()) -> dict:
+    """Train one segment (see the module docstring). Returns a summary (rank 0: with `history`)."""
+    return Trainer(engine, spec, dataset, extra_hooks).train()
 
 
 def main_cli(spec: dict, fn) -> int:

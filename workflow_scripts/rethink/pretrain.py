@@ -103,7 +103,7 @@ def loop_spec(spec: dict) -> dict:
         "output": str(out.with_name(f".{out.name}.train.pth")),
         "resume_dir": str(out.with_name(f".{out.name}.resume")),
         "log_period": max(1, iters // 10),
-        **{k: spec[k] for k in ("deterministic", "debug", "history") if k in spec},
+        **{k: spec[k] for k in ("deterministic", "history") if k in spec},
     }
 
 

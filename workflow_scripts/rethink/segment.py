@@ -7,6 +7,7 @@ from .engines import get_engine
 from .loop import train
 
 
-def train_segment(spec: dict) -> dict:
-    """Train one segment (see rethink.loop). Returns a summary (rank 0: with `history`)."""
-    return train(get_engine(spec["engine"]), spec, dataset=load_manifest(spec["dataset"]))
+def train_segment(spec: dict, extra_hooks=()) -> dict:
+    """Train one segment (see rethink.loop; `extra_hooks`: rethink.hooks the tests add). Returns a
+    summary (rank 0: with `history`)."""
+    return train(get_engine(spec["engine"]), spec, dataset=load_manifest(spec["dataset"]), extra_hooks=extra_hooks)

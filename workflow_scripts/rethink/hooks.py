@@ -1,0 +1,207 @@
+"""The training loop's hooks (rethink.loop.Trainer), one per concern, as detectron2's engine/hooks.py.
+
+A hook sees the trainer (`self.trainer`: iteration, batch, losses, model, optimizer, log, ...) at
+
+    before_train()   once, before the first iteration of the segment
+    after_forward()  each iteration, after the loss is computed and averaged over the processes,
+                     before backward (a hook may stop the run here: nothing of this step is applied)
+    after_step()     each iteration, after the optimizer step; trainer.iter is the number of
+                     iterations done
+    after_train()    once, after the last iteration, before the output checkpoint (not on an error)
+
+The trainer calls them in the order of its hook list. Every run has DivergenceGuard, Counters,
+History, StopOnSignal, Logger and PeriodicCheckpoint (rethink.loop.default_hooks); tests add
+NanAt and SleepPerIteration (in-process, or through RETHINK_NAN_AT / RETHINK_ITER_SLEEP for a
+subprocess: from_environment).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # SIGINT: Ctrl-C reaches every job of the terminal
+
+
+class Preempted(Exception):
+    """Stopped by a signal after writing a resume checkpoint; exit with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Diverged(RuntimeError):
+    """A non-finite loss; nothing was written for this iteration."""
+
+    exit_code = 3
+
+
+class HookBase:
+    trainer = None  # set by the trainer before before_train
+
+    def before_train(self) -> None:
+        pass
+
+    def after_forward(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+
+class DivergenceGuard(HookBase):
+    """A non-finite loss stops the run (Diverged, exit code 3) before backward, with a message
+    naming run, family/line and iteration, and leaves `marker` (the grid summary reports the run as
+    diverged); a segment whose marker exists refuses at once: the same data and weights would
+    diverge again, so a resubmitted job is not spent on it."""
+
+    def __init__(self, marker: Path | None):
+        self.marker = marker
+
+    def before_train(self) -> None:
+        if self.marker is not None and self.marker.exists():
+            raise Diverged(f"{self.trainer.who}: diverged before ({self.marker.read_text().strip()}); "
+                           f"change the recipe, or delete {self.marker} to train this segment again")
+
+    def after_forward(self) -> None:
+        t = self.trainer
+        if math.isfinite(t.loss_value):
+            return
+        parts = ", ".join(f"{k}={v.item():.4g}" for k, v in t.losses.items())
+        if self.marker is not None and t.dist.main:
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.write_text(json.dumps({"run": t.run["run_id"], "family": t.family, "line": t.line,
+                                               "iteration": t.iter, "loss": str(t.loss_value)}) + "\n")
+        raise Diverged(f"{t.who}: non-finite loss {t.loss_value} at iteration {t.iter} ({parts}); "
+                       f"training stopped, no output checkpoint written")
+
+
+class Counters(HookBase):
+    """Images, instances and pixels this process trained on (the engine counts each batch); the
+    trainer's checkpoints add them up over the processes."""
+
+    def after_step(self) -> None:
+        t = self.trainer
+        for k, v in t.engine.count(t.batch).items():
+            t.counts[k] += v
+
+
+class History(HookBase):
+    """One record per iteration {iteration, lr, loss} (the trainer's summary returns them); with a
+    path (spec `history`), also a JSON-lines file with each loss term, on the main process."""
+
+    def __init__(self, path: str | None):
+        self.path, self.file, self.records = path, None, []
+
+    def before_train(self) -> None:
+        if self.path and self.trainer.dist.main:
+            self.file = open(self.path, "a")
+
+    def after_step(self) -> None:
+        t = self.trainer
+        rec = {"iteration": t.iter - 1, "lr": t.optimizer.param_groups[0]["lr"], "loss": t.loss_value}
+        self.records.append(rec)
+        if self.file:
+            self.file.write(json.dumps({**rec, "losses": {k: v.item() for k, v in t.losses.items()}}) + "\n")
+            self.file.flush()
+
+    def after_train(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+            self.file = None
+
+
+class StopOnSignal(HookBase):
+    """SIGTERM / SIGUSR1 / SIGINT: the current iteration finishes, a resume checkpoint is written and
+    the run stops (Preempted, exit code 128 + signal) after a log line saying where. Any process's
+    signal stops all (the trainer reduces `trainer.stop_signal` with the loss). The handlers are
+    the trainer's from its start to its end (it restores the old ones)."""
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.stop_signal is None:
+            return
+        path = t.save_resume()
+        name = signal.Signals(t.stop_signal).name
+        t.log(f"stopped by {name} after iteration {t.iter} of {t.end}; resume checkpoint {path}")
+        raise Preempted(f"{t.who}: stopped by {name} at iteration {t.iter}; resume checkpoint in {t.resume_dir}",
+                        128 + int(t.stop_signal))
+
+
+class Logger(HookBase):
+    """Every `period` iterations and at the end: loss and its terms, LR, images per second, ETA."""
+
+    def __init__(self, period: int):
+        self.period = max(int(period), 1)
+
+    def before_train(self) -> None:
+        self.t_last, self.it_last = time.perf_counter(), self.trainer.iter
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.iter % self.period and t.iter != t.end:
+            return
+        now = time.perf_counter()
+        ips = (t.iter - self.it_last) * t.batch_total / max(now - self.t_last, 1e-9)
+        eta = (t.end - t.iter) * (now - self.t_last) / max(t.iter - self.it_last, 1)
+        parts = " ".join(f"{k}={v.item():.4f}" for k, v in t.losses.items())
+        t.log(f"iter {t.iter}/{t.end} loss {t.loss_value:.4f} ({parts}) lr {t.lr:.6g} {ips:.2f} img/s "
+              f"eta {datetime.timedelta(seconds=int(max(eta, 0)))}")
+        self.t_last, self.it_last = now, t.iter
+
+
+class PeriodicCheckpoint(HookBase):
+    """Every `period` iterations inside the segment, an atomic resume checkpoint (the last 2 kept)."""
+
+    def __init__(self, period: int):
+        self.period = int(period)
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.resume_dir and t.iter % self.period == 0 and t.iter < t.end:
+            t.save_resume()
+
+
+# ------------------------------------------------------------------------------ test switches
+class NanAt(HookBase):
+    """Make the loss of iteration `iteration` NaN (tests of DivergenceGuard)."""
+
+    def __init__(self, iteration: int):
+        self.iteration = int(iteration)
+
+    def after_forward(self) -> None:
+        t = self.trainer
+        if t.iter == self.iteration:
+            t.loss = t.loss * float("nan")
+            t.loss_value = float("nan")
+
+
+class SleepPerIteration(HookBase):
+    """Sleep `seconds` per iteration (tests that must catch a run mid-way)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+
+    def after_step(self) -> None:
+        time.sleep(self.seconds)
+
+
+def from_environment(env=os.environ) -> list[HookBase]:
+    """The test switches a subprocess gets from its environment: RETHINK_NAN_AT=k, RETHINK_ITER_SLEEP=s."""
+    out: list[HookBase] = []
+    if env.get("RETHINK_NAN_AT"):
+        out.append(NanAt(int(env["RETHINK_NAN_AT"])))
+    if env.get("RETHINK_ITER_SLEEP"):
+        out.append(SleepPerIteration(float(env["RETHINK_ITER_SLEEP"])))
+    return out
