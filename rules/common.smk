@@ -12,6 +12,7 @@ from rethink import grid as rgrid
 from rethink import jobs as rjobs
 from rethink import paths as rpaths
 from rethink.plan import Plan
+from rethink.resources import JobResources
 
 # where the config came from, as errors name it: its files, and the keys given on the command line
 _CLI_KEYS = sorted(k for k in workflow.config_settings.config if k != campaign.CONFIRM)
@@ -29,6 +30,7 @@ except rconfig.ConfigError as e:
     raise WorkflowError(str(e)) from None
 PLAN = Plan(GRID)
 P = rpaths.Paths(CFG, PLAN, write_identities=workflow.is_main_process)
+R = JobResources(CFG, PLAN)  # what each job asks the scheduler for, and the training launcher
 # every job reads its configuration from this file and names itself on its command line (rethink.jobs)
 SNAPSHOT = rjobs.write_snapshot(CFG, CONFIG_SOURCE, write=workflow.is_main_process)
 PUBLISHED = os.path.join(str(workflow.basedir), "results", "paper", "published.csv")  # the paper's numbers

@@ -14,7 +14,7 @@ rule evaluate:
     conda:
         "../envs/train.yaml"
     resources:
-        **P.eval_resources(),
+        **R.eval_resources(),
     params:
         py=PY,
         script=script("evaluate.py"),
@@ -34,7 +34,7 @@ use rule evaluate as evaluate_tta with:
     log:
         P.log("evaluate", "{family}", "{line}", "iter_{iter}-tta"),
     resources:
-        **P.eval_resources(tta=True),
+        **R.eval_resources(tta=True),
     params:
         py=PY,
         script=script("evaluate.py"),

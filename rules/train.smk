@@ -14,11 +14,11 @@ rule train_segment:
     conda:
         "../envs/train.yaml"
     resources:
-        **P.train_resources(),
+        **R.train_resources(),
     params:
         script=script("train.py"),
         job=job("train_segment"),
-        launcher=lambda wc: P.launcher(PLAN.segment(wc.family, wc.line, int(wc.iter)), PY),
+        launcher=lambda wc: R.launcher(PLAN.segment(wc.family, wc.line, int(wc.iter)), PY),
     shell:
         "{params.launcher} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
 
@@ -36,4 +36,4 @@ use rule train_segment as train_final with:
     params:
         script=script("train.py"),
         job=job("train_final"),
-        launcher=lambda wc: P.launcher(PLAN.final_segment(wc.run), PY),
+        launcher=lambda wc: R.launcher(PLAN.final_segment(wc.run), PY),

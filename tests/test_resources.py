@@ -1,4 +1,4 @@
-"""How rules start their scripts and what they ask the scheduler for (rethink.paths)."""
+"""How rules start their scripts and what they ask the scheduler for (rethink.resources)."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT, load_yaml
 from rethink import config, grid, plan
 from rethink.config import ConfigError
-from rethink.paths import SIGNAL_GRACE_S, Paths
+from rethink.resources import SIGNAL_GRACE_S, JobResources
 
 
 class WC:
@@ -21,15 +21,15 @@ def val(resource, wc):
     return resource(wc) if callable(resource) else resource
 
 
-def paths_for(**resources) -> Paths:
+def paths_for(**resources) -> JobResources:
     raw = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
     raw["resources"] = resources
     cfg = config.validate(raw, "config.yaml")
     p = plan.Plan(grid.build(cfg, "config.yaml"))
-    return Paths(cfg, p)
+    return JobResources(cfg, p)
 
 
-def first_trunk_segment(paths: Paths):
+def first_trunk_segment(paths: JobResources):
     return min((s for s in paths.plan.segments.values() if s.line == "trunk"), key=lambda s: (s.family, s.end))
 
 
@@ -81,7 +81,7 @@ def test_resources_that_vary_per_run_stay_callables():
     raw = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
     raw["experiments"]["fig7_35k"]["recipe"] = {"eval_gpus": 2}  # one experiment evaluates on 2 GPUs
     cfg = config.validate(raw, "config.yaml")
-    paths = Paths(cfg, plan.Plan(grid.build(cfg, "config.yaml")))
+    paths = JobResources(cfg, plan.Plan(grid.build(cfg, "config.yaml")))
     ev = paths.eval_resources()
     assert callable(ev["gpu"]) and callable(ev["cpus_per_task"])
     counts = {val(ev["gpu"], WC(family=m.family, line=m.line, iter=f"{m.iteration:07d}"))
@@ -93,6 +93,6 @@ def test_resources_that_vary_per_run_stay_callables():
 def test_cpu_runs_use_the_plain_interpreter():
     raw = load_yaml(ROOT / "configs" / "tiny.yaml")
     cfg = config.validate(raw, "tiny.yaml")
-    paths = Paths(cfg, plan.Plan(grid.build(cfg, "tiny.yaml")))
+    paths = JobResources(cfg, plan.Plan(grid.build(cfg, "tiny.yaml")))
     seg = first_trunk_segment(paths)
     assert paths.launcher(seg, "/x/python") == "/x/python"

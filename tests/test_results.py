@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "workflow_scripts"))
 from rethink import collect as C  # noqa: E402
 from rethink import figures as F  # noqa: E402
 from rethink import metrics as M  # noqa: E402
-from rethink import published as P  # noqa: E402
+from rethink import published as PUB  # noqa: E402
 from rethink import report_targets as R  # noqa: E402
 from rethink import tables as T  # noqa: E402
 
@@ -97,7 +97,7 @@ def test_collect_rows_per_run(results):
 
 def test_table_cells_and_delta(results):
     df = C.collect(results)
-    pub = P.load()
+    pub = PUB.load()
     tabs = T.build_all(df, pub)
     t1 = tabs["table1"]
     cell = t1.cell(["R50 GN coco_full", "random"], "3x")
@@ -119,21 +119,21 @@ def test_table_cells_and_delta(results):
 
 
 def test_published_join_picks_the_right_number(tmp_path):
-    pub = P.load()
-    assert P.lookup(pub, task="mask_rcnn", backbone="R101", norm="GN", init="imagenet", data="coco_full",
+    pub = PUB.load()
+    assert PUB.lookup(pub, task="mask_rcnn", backbone="R101", norm="GN", init="imagenet", data="coco_full",
                     metric="bbox_AP", schedule="4x") == 42.3
-    assert P.lookup(pub, task="mask_rcnn", backbone="R101", norm="GN", init="random", data="coco_full",
+    assert PUB.lookup(pub, task="mask_rcnn", backbone="R101", norm="GN", init="random", data="coco_full",
                     metric="segm_AP75", best=True) == 39.7
-    assert P.lookup(pub, task="mask_rcnn", backbone="R50", norm="GN", init="random", data="coco_3_5k",
+    assert PUB.lookup(pub, task="mask_rcnn", backbone="R50", norm="GN", init="random", data="coco_3_5k",
                     metric="bbox_AP", schedule="6x") == 9.3  # paper gives no schedule: any matches
-    assert math.isnan(P.lookup(pub, task="mask_rcnn", backbone="R18", norm="GN", init="random",
+    assert math.isnan(PUB.lookup(pub, task="mask_rcnn", backbone="R18", norm="GN", init="random",
                                data="synthetic", metric="bbox_AP", schedule="2x"))
     # a copy with the paper's own spelling (coco_3.5k, voc_mAP50) loads to the same names
     original = tmp_path / "published.csv"
-    text = P.DEFAULT_PATH.read_text()
+    text = PUB.DEFAULT_PATH.read_text()
     original.write_text(text.replace("coco_3_5k", "coco_3.5k").replace("voc_AP50", "voc_mAP50")
                         .replace(",voc,", ",voc_07trainval_12train,"))
-    raw = P.load(original)
+    raw = PUB.load(original)
     assert "coco_3_5k" in set(raw.data) and "voc_AP50" in set(raw.metric) and "voc" in set(raw.data)
     assert "coco_3.5k" not in set(raw.data)
 
@@ -166,7 +166,7 @@ def test_diverged_run_is_marked_and_not_plotted(tmp_path):
     bad = df[df.run_id == rid("random", "3x")]
     assert bad.run_diverged.all() and bad[bad.iteration == 250000].diverged.all()
     assert not df[df.run_id == rid("random", "2x")].run_diverged.any()
-    pub = P.load()
+    pub = PUB.load()
     t1 = T.build_all(df, pub)["table1"]
     assert t1.cell(["R50 GN coco_full", "random"], "3x").text().startswith("diverged")
     assert t1.cell(["R50 GN coco_full", "random"], "2x").ours == pytest.approx(37.5)
@@ -198,7 +198,7 @@ def test_report_cli_writes_every_target(results):
 
 def test_figure_draws_branches_and_paper_markers(results):
     df = C.collect(results)
-    fig, drawn = F.convergence(df, P.load(), {"main"}, "t")
+    fig, drawn = F.convergence(df, PUB.load(), {"main"}, "t")
     panel = drawn["R50 GN coco_full"]
     tails = {c["run_id"]: c for c in panel["curves"] if c["line"] != "trunk"}
     # every tail starts at its branch point on the trunk (the first LR drop)
@@ -223,7 +223,7 @@ def test_partial_grid_note_and_planned_runs(tmp_path):
     assert df.iterations.notna().all()
     done, total, note = F.progress(df, planned)
     assert (done, total) == (2, 4) and note == "partial: 2 of 4 runs done"
-    tabs = T.build_all(df, P.load())
+    tabs = T.build_all(df, PUB.load())
     # tiny data: our own row, no paper number
     c = tabs["table1"].cell(["R18 GN synthetic", "random"], "2x")
     assert math.isfinite(c.ours) and math.isnan(c.paper)
@@ -252,7 +252,7 @@ def test_less_data_table_and_figure(tmp_path):
         rec.update(family=fam, data="coco_10k", owner=f"R50-GN-{init}-coco_10k-2x-s0")
         M.write(rec, r / "metrics" / fam / "2x" / "iter_0180000.json")
     df = C.collect(r)
-    pub = P.load()
+    pub = PUB.load()
     t = T.build_all(df, pub)["less_data"]
     cell = t.cell(["R50 GN coco_10k", "random", "2x", "220k"], "bbox_AP")
     assert (cell.ours, cell.paper) == (24.0, 25.9)
@@ -265,25 +265,25 @@ def test_less_data_table_and_figure(tmp_path):
 
 
 def test_published_rows_without_schedule_match_by_iterations():
-    pub = P.load()
+    pub = PUB.load()
     ten_k = dict(task="mask_rcnn", backbone="R50", norm="GN", data="coco_10k", metric="bbox_AP", schedule="60k")
-    assert P.lookup(pub, init="imagenet", iterations=60000, **ten_k) == 26.0
-    assert P.lookup(pub, init="random", iterations=220000, **{**ten_k, "schedule": "220k"}) == 25.9
+    assert PUB.lookup(pub, init="imagenet", iterations=60000, **ten_k) == 26.0
+    assert PUB.lookup(pub, init="random", iterations=220000, **{**ten_k, "schedule": "220k"}) == 25.9
     # a run of another length is not the paper's experiment
-    assert math.isnan(P.lookup(pub, init="imagenet", iterations=90000, **ten_k))
+    assert math.isnan(PUB.lookup(pub, init="imagenet", iterations=90000, **ten_k))
     voc = dict(task="faster_rcnn", backbone="R101", norm="GN", data="voc", metric="voc_AP50")
-    assert P.lookup(pub, init="random", iterations=144000, schedule="144k", **voc) == 77.6
-    assert math.isnan(P.lookup(pub, init="random", iterations=18000, schedule="18k", **voc))
+    assert PUB.lookup(pub, init="random", iterations=144000, schedule="144k", **voc) == 77.6
+    assert math.isnan(PUB.lookup(pub, init="random", iterations=18000, schedule="18k", **voc))
     # Table 3: the augmentation, not a schedule length, names the row; a TTA number matches only TTA
     x152 = dict(task="cascade_mask_rcnn", backbone="X152", norm="GN", data="coco_full", metric="bbox_AP")
-    assert P.lookup(pub, init="random", schedule="9x", train_aug=True, **x152) == 48.6
-    assert P.lookup(pub, init="random", schedule="9x", train_aug=True, test_aug=True, **x152) == 50.9
-    assert P.lookup(pub, init="imagenet", schedule="6x", train_aug=True, test_aug=True, **x152) == 50.3
-    assert math.isnan(P.lookup(pub, init="imagenet", schedule="6x", train_aug=True, **x152))
+    assert PUB.lookup(pub, init="random", schedule="9x", train_aug=True, **x152) == 48.6
+    assert PUB.lookup(pub, init="random", schedule="9x", train_aug=True, test_aug=True, **x152) == 50.9
+    assert PUB.lookup(pub, init="imagenet", schedule="6x", train_aug=True, test_aug=True, **x152) == 50.3
+    assert math.isnan(PUB.lookup(pub, init="imagenet", schedule="6x", train_aug=True, **x152))
     # a Table 1 run is not matched to Table 3 (no augmentation) and vice versa
     r101 = dict(task="mask_rcnn", backbone="R101", norm="GN", init="random", data="coco_full", metric="bbox_AP")
-    assert P.lookup(pub, schedule="6x", **r101) == 42.7
-    assert P.lookup(pub, schedule="9x", train_aug=True, **r101) == 45.0
+    assert PUB.lookup(pub, schedule="6x", **r101) == 42.7
+    assert PUB.lookup(pub, schedule="9x", train_aug=True, **r101) == 45.0
 
 
 def test_table3_from_the_paper_grid(tmp_path):
@@ -301,7 +301,7 @@ def test_table3_from_the_paper_grid(tmp_path):
     assert n > 0 and len(list((r / "metrics").rglob("iter_*-tta.json"))) == 2
     df = C.collect(r, C.planned_runs(cfg, "config.yaml"))
     assert df.test_aug.sum() == 2 and df[df.test_aug].final.all()
-    t = T.build_all(df, P.load())["table3"]
+    t = T.build_all(df, PUB.load())["table3"]
     rows = {tuple(lab): cells for lab, cells in t.rows}
     expect = {  # (model, init, schedule, train aug, test aug) -> paper bbox AP
         ("R101 GN coco_full train_aug", "random", "9x", "yes", "no"): 45.0,
@@ -323,11 +323,11 @@ def test_table3_from_the_paper_grid(tmp_path):
     # the pre-trained cascade model was evaluated with TTA only in the paper: its plain row is ours alone
     extra = rows[("cascade_mask_rcnn X152 GN coco_full cascade", "imagenet", "6x", "yes", "no")]
     assert math.isnan(extra[0].paper) and math.isfinite(extra[0].ours)
-    tabs = T.build_all(df, P.load())
+    tabs = T.build_all(df, PUB.load())
     for name in ("table1", "table2"):
         assert "X152" not in T.to_markdown(tabs[name]) and "train_aug" not in T.to_markdown(tabs[name]), name
     # curves: the Table 3 runs get panels, the TTA evaluations are not points on them
-    drawn = F.build_all(df, P.load(), r / "figures")
+    drawn = F.build_all(df, PUB.load(), r / "figures")
     panel = drawn["convergence"]["cascade_mask_rcnn X152 GN coco_full cascade"]
     for c in panel["curves"]:
         assert len(c["x"]) == len(set(c["x"])), c["init"]

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rethink import collect as C  # noqa: E402
 from rethink import figures as F  # noqa: E402
-from rethink import published as P  # noqa: E402
+from rethink import published as PUB  # noqa: E402
 from rethink import report_targets as R  # noqa: E402
 from rethink import tables as T  # noqa: E402
 from rethink.config import ConfigError  # noqa: E402
@@ -28,7 +28,7 @@ from rethink.config import ConfigError  # noqa: E402
 def build(metrics: str, results: str, planned=None, published: str | None = None, pretrain: str = "band") -> dict:
     """Tables and figures from the metrics table; returns what the figures drew."""
     df = C.read_csv(metrics)
-    pub = P.load(published or P.DEFAULT_PATH)
+    pub = PUB.load(published or PUB.DEFAULT_PATH)
     for table in T.build_all(df, pub).values():
         T.write(table, Path(results) / "tables")
     drawn = F.build_all(df, pub, Path(results) / "figures", planned, pretrain)
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         a.results = a.results or planned.attrs["config"]["results"]
         a.metrics = a.metrics or f"{a.results}/metrics.csv"
         build(a.metrics, a.results, planned, a.published, a.pretrain)
-    except (C.CollectError, P.PublishedError, ConfigError, OSError, ValueError, RuntimeError) as e:
+    except (C.CollectError, PUB.PublishedError, ConfigError, OSError, ValueError, RuntimeError) as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 1
     print(f"report: {len(R.targets(a.results))} files under {a.results}/tables and {a.results}/figures "

@@ -17,6 +17,7 @@ from . import identity
 from .grid import gpu_hours
 from .paths import Paths
 from .plan import TRUNK, Segment
+from .resources import seconds_per_iter
 
 CONFIRM = "confirm_rerun"
 
@@ -85,7 +86,7 @@ def warning(paths: Paths, segments: list[Segment]) -> tuple[str, float]:
     for (family, line), segs in sorted(by_line.items()):
         run = paths.plan.run(segs[0].owner)
         iters = sum(s.iterations for s in segs)
-        hours = gpu_hours(iters, paths.seconds_per_iter(run), run.recipe["gpus"])
+        hours = gpu_hours(iters, seconds_per_iter(paths.plan, run), run.recipe["gpus"])
         total += hours
         runs = sorted({r for s in segs for r in paths.plan.runs_through(family, line, s.end)})
         reasons = stale_reasons(paths, family, line) or [

@@ -50,7 +50,6 @@ from .checkpoint import STANDARD_BBOX_PRED, first_problems, map_into_cascade
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
-NUM_STAGES = len(STAGE_IOUS)
 BOX_HEADS = "roi_heads.box_heads."  # the stages' box heads: roi_heads.box_heads.{t}.*
 BOX_PREDICTORS = "roi_heads.box_predictors."  # roi_heads.box_predictors.{t}.cls_score / .bbox_pred
 

@@ -88,7 +88,7 @@ def _norm_affine_fill(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _conv_stack(in_channels: int, widths, nl, pool_at=()) -> list[nn.Module]:
+def _conv_stack(in_channels: int, widths, nl) -> list[nn.Module]:
     """conv3x3 (+ norm) + ReLU per width; "M" is a 2x2 max pool."""
     layers: list[nn.Module] = []
     c = in_channels

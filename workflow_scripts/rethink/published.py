@@ -33,7 +33,6 @@ DEFAULT_PATH = ROOT / "results" / "paper" / "published.csv"
 COLUMNS = ["source", "task", "backbone", "norm", "init", "data", "schedule", "iterations", "metric", "value", "note"]
 DATA_ALIASES = {"coco_3.5k": "coco_3_5k", "voc_07trainval_12train": "voc"}
 METRIC_ALIASES = {"voc_mAP50": "voc_AP50"}
-KEY = ["task", "backbone", "norm", "init", "data", "schedule", "metric"]
 
 
 class PublishedError(ValueError):

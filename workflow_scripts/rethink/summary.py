@@ -10,6 +10,7 @@ import pandas as pd
 from .grid import Grid, gpu_hours
 from .paths import DIVERGED_MARKER, Paths, recorded_identity
 from .plan import Plan
+from .resources import seconds_per_iter
 
 COLUMNS = ["run_id", "family", "experiments", "schedule", "iterations", "trained_iterations", "segments",
            "gpus", "seconds_per_iter", "gpu_hours", "gpu_hours_spent", "status"]
@@ -34,7 +35,7 @@ def _stale(paths: Paths, done) -> bool:
 def summarize(grid: Grid, plan: Plan, paths: Paths) -> pd.DataFrame:
     rows = []
     for run_id, run in sorted(grid.runs.items()):
-        spi = paths.seconds_per_iter(run)
+        spi = seconds_per_iter(plan, run)
         gpus = run.recipe["gpus"]
         segs = plan.segments_of_run(run_id)
         milestones = plan.milestones_of_run(run_id)

@@ -1,0 +1,118 @@
+"""What each job asks the scheduler for, and how a training job starts its processes.
+
+GPUs, CPUs and memory per job (or per node), walltime from the plan's iterations and the config's
+seconds_per_iter, and the launcher line: the plain interpreter, torch.distributed.run for several
+GPUs, srun + c10d rendezvous for several nodes. The rules pass these to Snakemake (rules/train.smk,
+rules/evaluate.smk); docs/slurm.md says how they map onto SLURM.
+"""
+from __future__ import annotations
+
+import shlex
+
+from .grid import Run
+from .plan import Plan, Segment
+
+SIGNAL_GRACE_S = 300
+
+
+def seconds_per_iter(plan: Plan, run: Run) -> float:
+    """The config's seconds per iteration for the run (1.0 where seconds_per_iter has no entry: a CPU run)."""
+    s = plan.grid.seconds_per_iter(run)
+    return s if s is not None else 1.0
+
+
+class JobResources:
+    def __init__(self, cfg: dict, plan: Plan):
+        self.cfg = cfg
+        self.plan = plan
+
+    def _seg(self, wc) -> Segment:
+        run_id = getattr(wc, "run", None)  # train_final: the run's last segment
+        return self.plan.final_segment(run_id) if run_id else self.plan.segment(wc.family, wc.line, int(wc.iter))
+
+    def _line_run(self, wc) -> Run:
+        return self.plan.run(self.plan.lines[(wc.family, wc.line)].owner)
+
+    def launcher(self, seg: Segment, python: str) -> str:
+        """How the training script starts: the interpreter for one GPU or the CPU; one process per
+        GPU (torch.distributed.run) for several; with `resources.nodes` > 1, one such launcher per
+        node through srun, meeting at the job's first node (c10d rendezvous)."""
+        gpus = self.plan.run(seg.owner).recipe["gpus"]
+        nodes = self._nodes(gpus)
+        python = shlex.quote(python)  # a checkout path may hold spaces or shell characters
+        if nodes > 1:
+            return (f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {python} -m torch.distributed.run "
+                    f"--nnodes={nodes} --nproc_per_node={gpus // nodes} --rdzv_backend=c10d "
+                    '--rdzv_id="$SLURM_JOB_ID" '
+                    '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500"')
+        if gpus > 1:
+            return f"{python} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
+        return python
+
+    def _nodes(self, gpus: int) -> int:
+        nodes = int(self.cfg["resources"]["nodes"])
+        if nodes == 1 or gpus <= 1:
+            return 1
+        if gpus % nodes:
+            raise ValueError(f"resources.nodes: {nodes} nodes cannot share {gpus} GPUs evenly (recipe.gpus)")
+        return nodes
+
+    def _sized(self, gpus, field: str, multi_node: bool = False) -> dict:
+        """GPUs, CPUs and memory of one job (`gpus`: wildcards -> the run's recipe[field]); on
+        several nodes (training only), per node (gres, --mem) and per task. Where every run of
+        the grid has the same GPU count, plain numbers: Snakemake evaluates each callable of each
+        job while it plans, which a dry run of the paper grid would feel."""
+        res = self.cfg["resources"]
+        multi_node = multi_node and int(res["nodes"]) > 1
+        counts = {int(r.recipe[field]) for r in self.plan.grid.runs.values()}
+        if len(counts) == 1:
+            n = counts.pop()
+            gpus = lambda wc, n=n: n  # noqa: E731
+            return {k: f(None) for k, f in self._sized_items(gpus, res, multi_node).items()}
+        return self._sized_items(gpus, res, multi_node)
+
+    def _sized_items(self, gpus, res: dict, multi_node: bool) -> dict:
+        def per_node(wc):
+            return gpus(wc) // self._nodes(gpus(wc)) if multi_node else gpus(wc)
+
+        out = {
+            "cpus_per_task": lambda wc: max(res["min_cpus"], res["cpus_per_gpu"] * per_node(wc)),
+            "mem_mb": lambda wc: max(res["min_mem_mb"], res["mem_mb_per_gpu"] * per_node(wc)),
+        }
+        if multi_node:
+            out.update(nodes=lambda wc: self._nodes(gpus(wc)), tasks=lambda wc: self._nodes(gpus(wc)),
+                       gres=lambda wc: f"gpu:{per_node(wc)}" if gpus(wc) else "")
+        else:
+            out["gpu"] = gpus
+        return out
+
+    def train_resources(self) -> dict:
+        """Per-job resources of a training segment (Snakemake resource callables)."""
+        return {
+            **self._sized(lambda wc: self.plan.run(self._seg(wc).owner).recipe["gpus"], "gpus", multi_node=True),
+            "runtime": lambda wc, attempt: self.train_runtime_min(self._seg(wc), attempt),
+            # SLURM sends SIGTERM this long before the walltime: the loop checkpoints and exits
+            # non-zero, Snakemake resubmits the job (retries) and it resumes from that checkpoint
+            "slurm_extra": f"--signal=TERM@{SIGNAL_GRACE_S}",
+        }
+
+    def eval_resources(self, tta: bool = False) -> dict:
+        """An hour per attempt; with test-time augmentation an hour per 4 inference passes (18 at
+        the paper's sizes: each val image at 9 sizes, flipped and not), i.e. 5 hours per attempt."""
+        def runtime(wc, attempt):
+            if not tta:
+                return 60 * attempt
+            from .d2config import test_aug_sizes
+
+            passes = 2 * len(test_aug_sizes(self._line_run(wc).recipe)[0])
+            return 60 * attempt * -(-passes // 4)
+
+        return {**self._sized(lambda wc: self._line_run(wc).recipe["eval_gpus"], "eval_gpus"), "runtime": runtime}
+
+    def seconds_per_iter(self, run: Run) -> float:
+        return seconds_per_iter(self.plan, run)
+
+    def train_runtime_min(self, seg: Segment, attempt: int) -> int:
+        run = self.plan.run(seg.owner)
+        secs = seg.iterations * self.seconds_per_iter(run) * float(self.cfg["runtime_margin"]) * attempt
+        return max(10, int(secs / 60) + 10)  # + start-up, data loading, checkpointing
