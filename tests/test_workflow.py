@@ -109,8 +109,11 @@ def test_figures_target_builds_a_partial_grid(tiny_run, tmp_path):
     for target in report_targets.targets("results"):
         assert (partial / target).exists(), target
     # nothing trained, nothing evaluated: work/ holds only the identity files and the config
-    # snapshot written at parse time
-    assert sorted(d.name for d in (partial / "work").iterdir()) == ["identity", "specs"]
+    # snapshot written at parse time, and the figures rule's own log
+    assert sorted(d.name for d in (partial / "work").iterdir()) == ["identity", "logs", "specs"]
+    assert [str(f.relative_to(partial / "work")) for f in (partial / "work" / "logs").rglob("*.log")] == [
+        "logs/report/figures.log"]
+    assert "report:" in (partial / "work" / "logs" / "report" / "figures.log").read_text()
 
 
 def _job_stats(stdout: str) -> dict:
