@@ -89,6 +89,9 @@ def _describe(error) -> str:
         return f"{where}: {error.message}{hint}"
     if error.validator == "enum":
         return f"{where}: {error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "required":
+        kind = error.instance.get("kind") if isinstance(error.instance, dict) else None
+        return f"{where}: {error.message}" + (f" (for kind {kind})" if kind else "")
     if error.validator == "propertyNames":
         return f"{where}: key {error.instance!r} is not a valid name ({error.message})"
     return f"{where}: value {error.instance!r}: {error.message}"
@@ -152,6 +155,30 @@ def validate(config: dict, source: str = "config") -> dict:
     _fill_defaults(filled, schema, schema, ())
     _check_paths(filled, source)
     return filled
+
+
+def typed_cli_values(config: dict, cli: dict) -> dict:
+    """`config` with the values given by `--config` typed as a YAML file would type them.
+
+    Snakemake parses a top-level `--config key=value` as int, float, bool or text, but a mapping
+    (`recipe={"batch": 4}`) with YAML's base loader, which keeps every scalar in it as text ('4');
+    here such a scalar becomes what the same text means in a config file (4, 0.02, true, null).
+    Only the leaves that came from the command line are touched."""
+
+    def typed(value, given):
+        if isinstance(given, dict) and isinstance(value, dict):
+            return {k: typed(v, given[k]) if k in given else v for k, v in value.items()}
+        if isinstance(given, list) and isinstance(value, list) and len(given) == len(value):
+            return [typed(v, g) for v, g in zip(value, given)]
+        if isinstance(given, str) and value == given:
+            try:
+                parsed = yaml.safe_load(given)
+            except yaml.YAMLError:
+                return value
+            return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+        return value
+
+    return {k: typed(v, cli[k]) if k in cli else v for k, v in config.items()}
 
 
 def recipe_defaults() -> dict:
