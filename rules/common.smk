@@ -24,7 +24,7 @@ CONFIRM_RERUN = str(config.pop(campaign.CONFIRM, False)).lower() in ("true", "1"
 try:
     for _f in workflow.overwrite_configfiles:  # what Snakemake's loader lets pass: keys given twice
         rconfig.read_yaml(_f)
-    CFG = rconfig.validate(dict(config), CONFIG_SOURCE)
+    CFG = rconfig.validate(rconfig.typed_cli_values(dict(config), workflow.config_settings.config), CONFIG_SOURCE)
     GRID = rgrid.build(CFG, CONFIG_SOURCE)
 except rconfig.ConfigError as e:
     raise WorkflowError(str(e)) from None
@@ -51,12 +51,7 @@ if workflow.is_main_process:  # what a run would retrain, predicted from the fil
 
 def guard_finished_work(jobs):
     """Before any job of a real run: stop if the plan retrains finished work, unless confirmed."""
-    segs = [
-        PLAN.segment(j.wildcards.family, j.wildcards.line, int(j.wildcards.iter))
-        for j in jobs
-        if j.rule.name == "train_segment"
-    ]
-    segs += [PLAN.final_segment(j.wildcards.run) for j in jobs if j.rule.name == "train_final"]
+    segs = [R.segment_of(j.wildcards) for j in jobs if j.rule.name in ("train_segment", "train_final")]
     redo = campaign.redone(P, segs)
     if not redo:
         return
@@ -85,10 +80,31 @@ def check_data_on_disk(jobs):
         raise WorkflowError(f"{CONFIG_SOURCE}: datasets not found\n  " + "\n  ".join(problems))
 
 
+def check_gpus_here(jobs):
+    """A local run (no cluster executor) whose training asks for GPUs needs that many CUDA devices
+    on this machine; otherwise every rank would fail inside its job."""
+    if not workflow.local_exec:
+        return
+    train = [j for j in jobs if j.rule.name in ("train_segment", "train_final")]
+    want = max((PLAN.run(R.segment_of(j.wildcards).owner).recipe["gpus"] for j in train), default=0)
+    if not want:
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have < want:
+        raise WorkflowError(
+            f"{CONFIG_SOURCE}: recipe.gpus: value {want}: this local run's training asks for {want} GPU(s), "
+            f"but this machine has {have} CUDA device(s); run on the cluster (--profile slurm) or set "
+            f"recipe.gpus: 0 for a CPU run. Nothing was run."
+        )
+
+
 onstart:
     needrun = list(workflow.dag.needrun_jobs())
     guard_finished_work(needrun)
     check_data_on_disk(needrun)
+    check_gpus_here(needrun)
 
 
 # The workflow's scripts run under the interpreter that runs Snakemake, or, with

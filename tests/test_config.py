@@ -100,6 +100,14 @@ BAD = [
     ("workdir at the filesystem root", _set(["workdir"], "/"), ["workdir", "'/'", "filesystem root"]),
     ("results at the filesystem root", _set(["results"], "//"), ["results", "'//'", "filesystem root"]),
     ("newline in a workdir", _set(["workdir"], "work\nother"), ["workdir", "control character"]),
+    ("coco dataset without a root", lambda c: c["datasets"].update(mycoco={
+        "kind": "coco", "train_images": "train", "train_annotations": "a.json", "val_images": "val",
+        "val_annotations": "b.json"}), ["datasets.mycoco", "'root' is a required property", "for kind coco"]),
+    ("coco annotations given as a list", lambda c: c["datasets"].update(mycoco={
+        "kind": "coco", "root": "/data", "train_images": "train", "train_annotations": ["a.json", "b.json"],
+        "val_images": "val", "val_annotations": "b.json"}), ["datasets.mycoco.train_annotations", "is not of type 'string'"]),
+    ("voc dataset without annotations", lambda c: c["datasets"].update(myvoc={"kind": "voc", "root": "/data"}),
+     ["datasets.myvoc", "'train_annotations' is a required property", "for kind voc"]),
     ("seconds_per_iter missing a combination", _set(["seconds_per_iter"], [{"backbone": "R50", "norm": "GN", "gpus": 8, "seconds": 0.3}]),
      ["seconds_per_iter", "R18"]),
 ]
@@ -186,3 +194,32 @@ def test_a_bad_command_line_value_is_blamed_on_the_command_line(tmp_path):
     assert proc.returncode != 0, out[-2000:]
     assert "configs/tiny.yaml (with --config eval_period): eval_period: value 0" in out, out[-2000:]
     assert "Job stats" not in out and not (tmp_path / "work").exists()
+
+
+def test_a_mapping_on_the_command_line_is_typed_as_in_a_config_file(tmp_path):
+    """Snakemake reads `--config 'recipe={"batch": 4}'` with every scalar as text; the workflow types it as YAML would."""
+    proc = snakemake(["-n", "--configfile", str(ROOT / "configs" / "tiny.yaml"), "--config",
+                      'recipe={"batch": 4, "base_lr": 0.01, "scale_aug": false}'], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "train_segment" in proc.stdout
+    bad = snakemake(["-n", "--configfile", str(ROOT / "configs" / "tiny.yaml"), "--config", 'recipe={"batch": "four"}'],
+                    cwd=tmp_path, timeout=120)
+    out = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "recipe.batch" in out and "'four'" in out, out[-2000:]
+
+
+def test_a_local_run_asking_for_gpus_without_cuda_stops_before_any_job(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: a local GPU run is allowed here")
+    cfg = mutate(lambda c: c["recipe"].update(gpus=1) or c["seconds_per_iter"].append(
+        {"backbone": "R18", "norm": "GN", "gpus": 1, "seconds": 0.1}))
+    cfg["workdir"], cfg["results"] = str(tmp_path / "work"), str(tmp_path / "results")
+    cfg_file = write_yaml(tmp_path / "gpu.yaml", cfg)
+    proc = snakemake(["--cores", "1", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    assert f"{cfg_file}: recipe.gpus: value 1" in out and "0 CUDA device(s)" in out and "Nothing was run" in out, out[-3000:]
+    assert not (tmp_path / "work" / "data").exists() and not (tmp_path / "results").exists()
+    assert snakemake(["-n", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120).returncode == 0

@@ -26,7 +26,8 @@ class JobResources:
         self.cfg = cfg
         self.plan = plan
 
-    def _seg(self, wc) -> Segment:
+    def segment_of(self, wc) -> Segment:
+        """The segment a train_segment job (wildcards family, line, iter) or train_final job (run) trains."""
         run_id = getattr(wc, "run", None)  # train_final: the run's last segment
         return self.plan.final_segment(run_id) if run_id else self.plan.segment(wc.family, wc.line, int(wc.iter))
 
@@ -89,8 +90,8 @@ class JobResources:
     def train_resources(self) -> dict:
         """Per-job resources of a training segment (Snakemake resource callables)."""
         return {
-            **self._sized(lambda wc: self.plan.run(self._seg(wc).owner).recipe["gpus"], "gpus", multi_node=True),
-            "runtime": lambda wc, attempt: self.train_runtime_min(self._seg(wc), attempt),
+            **self._sized(lambda wc: self.plan.run(self.segment_of(wc).owner).recipe["gpus"], "gpus", multi_node=True),
+            "runtime": lambda wc, attempt: self.train_runtime_min(self.segment_of(wc), attempt),
             # SLURM sends SIGTERM this long before the walltime: the loop checkpoints and exits
             # non-zero, Snakemake resubmits the job (retries) and it resumes from that checkpoint
             "slurm_extra": f"--signal=TERM@{SIGNAL_GRACE_S}",
