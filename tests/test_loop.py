@@ -158,6 +158,62 @@ def test_checkpoint_truncated_is_a_clear_error_and_skipped(tmp_path):
         checkpoint.load(tmp_path / "garbage.pth")
 
 
+def test_checkpoint_checksum_finds_a_damaged_tensor_and_says_what_to_do(tmp_path):
+    """torch.load reads a flipped bit in a tensor without complaint; the checksum does not."""
+    model = torch.nn.Linear(64, 64)
+    state = {"format": checkpoint.FORMAT, "model": model.state_dict(), "optimizer": {}, "iteration": 2,
+             "counters": {"images": 2, "instances": 2, "pixels": 2}, "wall_seconds": 1.0, "device_seconds": 1.0,
+             "gpus": 0, "run_id": "r", "family": "f", "line": "trunk", "engine": "x", "rng": [checkpoint.rng_state()]}
+    good = tmp_path / "good.pth"
+    checkpoint.save(good, state)
+    assert checkpoint.load(good)["checksum"] == checkpoint.digest(state)
+    assert "checksum" not in checkpoint.metadata(checkpoint.load(good))
+    raw = bytearray(good.read_bytes())
+    at = raw.find(model.weight.detach().numpy().tobytes()[:32])
+    assert at > 0
+    raw[at + 5] ^= 0x04
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(bytes(raw))
+    assert not torch.equal(torch.load(bad, weights_only=True)["model"]["weight"], model.weight)  # read "fine"
+    with pytest.raises(checkpoint.CheckpointError, match=r"bad.pth: damaged: .*checksum.*delete it and run snakemake"):
+        checkpoint.load(bad)
+    # a resume checkpoint that is damaged is skipped for the previous good one
+    rdir = tmp_path / "resume"
+    checkpoint.save(checkpoint.resume_path(rdir, 2), state)
+    checkpoint.resume_path(rdir, 4).write_bytes(bytes(raw))
+    logs = []
+    assert checkpoint.latest_valid(rdir, 0, 10, log=logs.append)["iteration"] == 2
+    assert any("damaged" in m for m in logs), logs
+    # a checkpoint written before checksums existed still loads (finished results stay usable)
+    old = tmp_path / "old.pth"
+    torch.save(state, old)
+    assert checkpoint.load(old)["iteration"] == 2
+
+
+def test_a_second_trainer_of_a_segment_stops_at_once_and_names_the_first(tmp_path):
+    """Two trainers of one segment (an orphan of a killed Snakemake and its resubmitted job) never
+    run together; the lock dies with its process, kill -9 included."""
+    p = tiny_paths(tmp_path)
+    spec = spec_of(p, first_segment(p), end=4, history=str(tmp_path / "h.jsonl"))
+    hist = Path(spec["history"])
+    slow = {**os.environ, "RETHINK_ITER_SLEEP": "0.5"}
+    first = run_cli(spec, env=slow)
+    try:
+        wait_for(lambda: hist.exists() and hist.read_text(), first, what="the first trainer's first iteration")
+        second = run_cli(spec)
+        out, _ = second.communicate(timeout=300)
+        assert second.returncode == 1, out[-2000:]
+        assert "another trainer holds this segment" in out and f"pid {first.pid}" in out, out[-2000:]
+        assert first.poll() is None, "the first trainer must go on"
+    finally:
+        first.kill()
+        first.wait(30)
+    assert first.returncode == -signal.SIGKILL
+    assert (Path(spec["resume_dir"]) / ".lock").exists()  # left behind by kill -9, and harmless:
+    assert segment.train_segment(spec)["iteration"] == 4
+    assert Path(spec["output"]).exists()
+
+
 # ------------------------------------------------------------------------------ resume: SIGKILL, SIGTERM
 @pytest.fixture(scope="module")
 def resume_scenario(tmp_path_factory):

@@ -13,9 +13,11 @@ A checkpoint is one ``torch.save`` file (loadable with ``weights_only=True``) ho
     run_id, family, line, engine
     identity        (optional) hash of the line's identity file it was trained with (rethink.identity)
     rng             {"python", "numpy", "torch", "cuda"} states of the process that wrote it (rank 0)
+    checksum        sha256 of everything else, tensors by their bytes (:func:`digest`); verified on
+                    every load (checkpoints written before it existed load without it)
 
 Writes are atomic (a temp file in the same folder, fsync, os.replace), so a reader sees a whole
-checkpoint or none. Segment outputs are written by the loop; resume checkpoints live in a segment's
+checkpoint or none; the checksum catches what the file system or a copy damaged afterwards. Segment outputs are written by the loop; resume checkpoints live in a segment's
 resume folder as ``iter_<7 digits>.pth``. Anything unreadable raises :class:`CheckpointError` naming
 the file.
 
@@ -26,6 +28,7 @@ mapped into a cascade (:func:`map_into_cascade`).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -48,10 +51,60 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
+CHECKSUM = "checksum"
+DAMAGED_HINT = ("delete it and run snakemake again: the job that wrote it runs again (a dry run shows "
+                "which, and a run stops to ask before it retrains finished work)")
+
+
+def digest(obj) -> str:
+    """sha256 of a checkpoint's content, the same before torch.save and after torch.load: dict
+    keys in sorted order, tensors by dtype, shape and bytes, other values by their repr (a tuple
+    and a list alike: weights-only loading may return either)."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
 def atomic_torch_save(obj, path: str | Path) -> None:
-    """torch.save to a temp file next to `path`, fsync, then os.replace (all or nothing)."""
+    """torch.save to a temp file next to `path`, fsync, then os.replace (all or nothing); a dict
+    gets its `checksum` (:func:`digest`) first."""
+    if isinstance(obj, dict):
+        content = {k: v for k, v in obj.items() if k != CHECKSUM}
+        obj = {**content, CHECKSUM: digest(content)}
     with atomic_file(path, "wb", fsync=True) as f:
         torch.save(obj, f)
+
+
+def verify(state, path: str | Path) -> None:
+    """CheckpointError if a loaded dict's checksum does not match its content (none: not checked)."""
+    if not isinstance(state, dict) or CHECKSUM not in state:
+        return
+    want = state[CHECKSUM]
+    got = digest({k: v for k, v in state.items() if k != CHECKSUM})
+    if got != want:
+        raise CheckpointError(f"{path}: damaged: its content does not match its checksum (sha256 {got[:12]}..., "
+                              f"written as {str(want)[:12]}...); {DAMAGED_HINT}")
 
 
 def rng_state() -> dict:
@@ -99,7 +152,8 @@ def load(path: str | Path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, wrong magic ...
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+                              f"{str(e).splitlines()[0] if str(e) else ''}; {DAMAGED_HINT}") from None
+    verify(state, path)
     validate(state, path)
     return state
 
@@ -121,7 +175,7 @@ def validate(state, path: str | Path = "checkpoint") -> None:
 
 def metadata(state: dict) -> dict:
     """Everything but the tensors: what evaluation records next to its metrics."""
-    return {k: v for k, v in state.items() if k not in ("model", "optimizer", "rng")}
+    return {k: v for k, v in state.items() if k not in ("model", "optimizer", "rng", CHECKSUM)}
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -255,7 +309,8 @@ def read_backbone_weights(path: str | Path, run: dict) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable backbone weights (truncated or corrupt?): "
-                              f"{type(e).__name__}") from None
+                              f"{type(e).__name__}; {DAMAGED_HINT}") from None
+    verify(state, path)
     if not isinstance(state, dict) or state.get("format") != BACKBONE_FORMAT:
         raise CheckpointError(f"{path}: not rethink backbone weights (format {BACKBONE_FORMAT!r})")
     for key in ("backbone", "norm"):

@@ -24,6 +24,9 @@ rethink.sampling):
 * Counters (images, instances, pixels; all processes), wall seconds and device seconds accumulate
   from iteration 0 across segments; RNG states travel in the checkpoints, and batch i depends only on
   (seed, i), so a resumed or segmented run trains exactly like one that never stopped.
+* One trainer per segment: rank 0 holds an exclusive lock on ``<resume_dir>/.lock`` (rethink.lock)
+  from before the start state is read; a second trainer of the same segment stops at once
+  (exit code 1) naming the holder.
 * DDP through torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on CPU; each process gets batch / world
   images; only rank 0 writes checkpoints and logs.
 
@@ -54,6 +57,7 @@ import torch.distributed as dist
 
 from . import checkpoint, hooks
 from .hooks import Diverged, Preempted
+from .lock import SegmentBusy, SegmentLock
 from .norms import is_norm
 from .paths import DIVERGED_MARKER
 from .schedule import Schedule
@@ -179,7 +183,7 @@ class Trainer:
             h.trainer = self
         was_deterministic = torch.are_deterministic_algorithms_enabled()
         old_handlers = {}
-        self.dist = None
+        self.dist = lock = None
         try:
             for h in self.hooks:  # the divergence marker is read before any process group starts
                 if isinstance(h, hooks.DivergenceGuard):
@@ -188,6 +192,8 @@ class Trainer:
             set_deterministic(bool(self.spec.get("deterministic")) or os.environ.get("RETHINK_DETERMINISTIC") == "1")
             if self.dist.main:
                 self.log = lambda msg: print(f"[{self.who}] {msg}", flush=True)
+                if self.resume_dir:  # one trainer per segment (rethink.lock), held until the process ends
+                    lock = SegmentLock(self.resume_dir, self.who, self.log).__enter__()
             for s in hooks.STOP_SIGNALS:
                 old_handlers[s] = signal.signal(s, self._on_signal)
             if self.batch_total % self.dist.world:
@@ -214,6 +220,8 @@ class Trainer:
             set_deterministic(was_deterministic)
             if self.dist is not None:
                 self.dist.close()
+            if lock is not None:
+                lock.__exit__()
 
     def _on_signal(self, signum, frame):  # no printing here: a signal may interrupt a print
         self.stop_signal = signum
@@ -386,6 +394,6 @@ def main_cli(spec: dict, fn) -> int:
     except Diverged as e:
         print(f"diverged: {e}", file=sys.stderr, flush=True)
         return e.exit_code
-    except (checkpoint.CheckpointError, ValueError, OSError, NotImplementedError) as e:
+    except (checkpoint.CheckpointError, SegmentBusy, ValueError, OSError, NotImplementedError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1
