@@ -15,7 +15,8 @@ rule collect:
         identity=P.table_identity(),
         config=SNAPSHOT,
     output:
-        P.metrics_table,
+        # update(): Snakemake keeps the previous table while collect runs and restores it if collect fails
+        update(P.metrics_table),
     log:
         P.log("report", "collect"),
     conda:

@@ -131,6 +131,10 @@ def read(path: str | os.PathLike) -> dict:
             record = json.load(f)
     except json.JSONDecodeError as e:
         raise MetricsError(f"{path}: not valid JSON (truncated or corrupt?): {e}") from None
+    except UnicodeDecodeError as e:
+        raise MetricsError(f"{path}: not a text file (binary or corrupt?): {e}") from None
+    except OSError as e:
+        raise MetricsError(f"{path}: cannot be read: {e.strerror or e}") from None
     check(record, str(path))
     for stats in record["stats"].values():
         for k, v in stats.items():
