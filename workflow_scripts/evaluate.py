@@ -16,8 +16,6 @@ if __name__ == "__main__":
         record = evaluate.evaluate(spec)
     except (evaluate.EvaluationError, CheckpointError, DatasetError, MetricsError) as e:
         sys.exit(f"evaluate: error: {e}")
-    except KeyError as e:
-        sys.exit(f"evaluate: error: the spec lacks field {e}")
     ap_ = {t: round(s.get("AP", float("nan")), 2) for t, s in record["stats"].items()}
     print(f"evaluate: {spec['family']}/{spec['line']} iter {spec['iteration']}: AP {ap_} "
           f"({record['eval_seconds']:.1f} s) -> {spec['output']}")

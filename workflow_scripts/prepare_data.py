@@ -15,8 +15,6 @@ if __name__ == "__main__":
         manifest = data.prepare(spec)
     except data.DatasetError as e:
         sys.exit(f"prepare_data: error: {e}")
-    except KeyError as e:
-        sys.exit(f"prepare_data: error: the spec lacks field {e}")
     n = manifest.get("num_images", manifest.get("num_train_images"))
     print(f"prepare_data: {manifest['name']} ({manifest['kind']}, {n} train images) -> {spec['output']} "
           f"in {time.time() - t0:.1f} s")

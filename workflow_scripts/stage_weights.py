@@ -13,6 +13,4 @@ if __name__ == "__main__":
         stage.stage(spec)
     except stage.StageError as e:
         sys.exit(f"stage_weights: error: {e}")
-    except KeyError as e:
-        sys.exit(f"stage_weights: error: the spec lacks field {e}")
     print(f"stage_weights: {spec['source']} -> {spec['output']}")
