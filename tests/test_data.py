@@ -50,7 +50,8 @@ def test_synthetic_is_deterministic(synthetic, tmp_path):
 def test_synthetic_manifest(synthetic):
     tmp, m = synthetic
     man = Path(tmp / "data" / "syn" / "dataset.json")
-    assert json.loads(man.read_text()) == m
+    on_disk = json.loads(man.read_text())
+    assert on_disk["train"] == {"images": "train", "annotations": "train.json"}, on_disk["train"]
     assert data.load_manifest(man) == m
     assert m["kind"] == "coco" and m["source_kind"] == "synthetic" and m["masks"] and not m["keypoints"]
     assert m["num_train_images"] == 6 and m["num_val_images"] == 6
@@ -60,6 +61,25 @@ def test_synthetic_manifest(synthetic):
         assert os.path.isabs(m[split]["images"]) and os.path.isabs(m[split]["annotations"])
     leftovers = [p.name for p in man.parent.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_a_copied_data_folder_reads_its_own_copy(synthetic, tmp_path):
+    """Paths inside the dataset's folder are relative to its manifest: a copied work tree trains on
+    the copy, and a copy whose original is gone still works."""
+    import shutil
+
+    tmp, m = synthetic
+    shutil.copytree(tmp / "data" / "syn", tmp_path / "copy")
+    c = data.load_manifest(tmp_path / "copy" / "dataset.json")
+    for split in ("train", "val"):
+        for field in ("images", "annotations"):
+            assert Path(c[split][field]) == (tmp_path / "copy" / Path(m[split][field]).name).resolve()
+            assert Path(c[split][field]).exists()
+    cls = data.prepare({"name": "pretrain-x", "kind": "classification", "train_size": 4, "classes": 2,
+                        "image_size": 16, "output": str(tmp_path / "cls" / "dataset.json")})
+    shutil.move(tmp_path / "cls", tmp_path / "moved")
+    assert Path(data.load_manifest(tmp_path / "moved" / "dataset.json")["images_file"]) == \
+        (tmp_path / "moved" / Path(cls["images_file"]).name).resolve()
 
 
 def test_synthetic_is_valid_coco(synthetic):

@@ -5,15 +5,17 @@ as COCO-format JSON plus a *manifest*, ``<workdir>/data/<name>/dataset.json``::
 
     {"schema": "rethink-dataset/1",
      "name": "synthetic", "kind": "coco", "source_kind": "synthetic" | "coco" | "voc",
-     "train": {"images": "/abs/dir", "annotations": "/abs/file.json"},
-     "val":   {"images": "/abs/dir", "annotations": "/abs/file.json"},
+     "train": {"images": "train", "annotations": "train.json"},   # see below: paths
+     "val":   {"images": "val", "annotations": "val.json"},
      "categories": [{"id": 1, "name": "circle"}, ...],   # + "keypoints", "skeleton" for person
      "num_train_images": 64, "num_val_images": 16,
      "keypoints": false,      # annotations carry 17 COCO keypoints (person only)
      "masks": true}           # annotations carry segmentation polygons/RLE (false for VOC)
 
-Paths in the manifest are absolute (resolved when the dataset is prepared). An image's file is
-``<split.images>/<image.file_name>``. The manifest is written last and atomically, so a dataset
+A path in the manifest that lies inside the manifest's own folder is written relative to that
+folder (so a copied or moved work tree reads its own copy of the data, never the original's);
+any other path (a COCO set on disk) is absolute. :func:`load_manifest` returns every path
+absolute. An image's file is ``<split.images>/<image.file_name>``. The manifest is written last and atomically, so a dataset
 whose manifest exists is complete.
 
 Kinds (config ``datasets.<name>.kind``):
@@ -345,8 +347,28 @@ def prepare(spec: dict) -> dict:
         manifest = prepare_voc(spec, out_dir)
     else:
         raise DatasetError(f"datasets.{spec.get('name')}.kind: unknown kind {kind!r}")
-    write_json_atomic(out, manifest, indent=1, sort_keys=True)
+    write_json_atomic(out, _paths(manifest, lambda p: _inside(p, out_dir.resolve())), indent=1, sort_keys=True)
     return manifest
+
+
+_PATH_FIELDS = (("images_file",), ("train", "images"), ("train", "annotations"), ("val", "images"), ("val", "annotations"))
+
+
+def _paths(manifest: dict, fn) -> dict:
+    """A copy of `manifest` with `fn` applied to each of its path fields."""
+    m = json.loads(json.dumps(manifest))
+    for keys in _PATH_FIELDS:
+        node = m
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
+            node[keys[-1]] = fn(node[keys[-1]])
+    return m
+
+
+def _inside(path: str, folder: Path) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p)
 
 
 def load_manifest(path) -> dict:
@@ -366,4 +388,5 @@ def load_manifest(path) -> dict:
     missing = [k for k in need if k not in m]
     if missing:
         raise DatasetError(f"{path}: manifest lacks {', '.join(missing)}")
-    return m
+    here = path.parent.resolve()
+    return _paths(m, lambda p: str(here / p) if not os.path.isabs(p) else p)
