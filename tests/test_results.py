@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,3 +333,51 @@ def test_table3_from_the_paper_grid(tmp_path):
     for c in panel["curves"]:
         assert len(c["x"]) == len(set(c["x"])), c["init"]
     assert sum(len(c["x"]) for c in panel["curves"]) == int((~df.test_aug & df.family.str.endswith("cascade")).sum())
+
+
+def write_seed(results: Path, init: str, seed: int, final_3x: float):
+    """A family of another seed: the same trunk, a 3x tail ending at `final_3x` bbox AP."""
+    fam = FAMILY[init].replace("-s0", f"-s{seed}")
+    runs = {s: rid(init, s).replace("-s0", f"-s{seed}") for s in SCHED}
+    schedules = {runs[s]: SCHED[s] for s in SCHED}
+
+    def rec(line, it, through, ap):
+        r = record(init, line, it, through, ap, schedules=schedules)
+        return {**r, "family": fam, "seed": seed, "owner": through[-1]}
+
+    M.write(rec("trunk", 60000, [runs["2x"], runs["3x"]], 20.0), results / "metrics" / fam / "trunk" / "iter_0060000.json")
+    M.write(rec("2x", 180000, [runs["2x"]], 37.0), results / "metrics" / fam / "2x" / "iter_0180000.json")
+    M.write(rec("3x", 270000, [runs["3x"]], final_3x), results / "metrics" / fam / "3x" / "iter_0270000.json")
+
+
+def test_several_seeds_show_mean_spread_and_the_difference_with_its_error(results):
+    """Seeds 1 and 2 beside the fixture's seed 0: the tables show mean ± std [n], the Δ row the
+    standard error of the difference, the tidy csv both; a one-seed cell stays as it was."""
+    write_seed(results, "random", 1, 40.5)
+    write_seed(results, "random", 2, 39.7)
+    write_seed(results, "imagenet", 1, 41.0)
+    write_seed(results, "imagenet", 2, 41.4)
+    df = C.collect(results)
+    tabs = T.build_all(df, PUB.load())
+    rnd = tabs["table1"].cell(["R50 GN coco_full", "random"], "3x")
+    assert (rnd.ours, rnd.n) == (pytest.approx(40.1), 3) and rnd.std == pytest.approx(0.4)
+    assert rnd.text() == "40.1 \u00b1 0.4 [n=3] (39.5, +0.6)"
+    delta = tabs["table2"].cell(["R50 GN coco_full", "\u0394 random \u2212 imagenet", ""], "AP bbox")
+    assert delta.ours == pytest.approx(40.1 - 41.2)
+    assert delta.std == pytest.approx(math.sqrt(0.4 ** 2 / 3 + 0.2 ** 2 / 3))
+    assert delta.text().startswith("\u22121.1 \u00b1 0.3 [n=3]")
+    tidy = T.to_frame(tabs["table1"])
+    row = tidy[(tidy.init == "random") & (tidy.column == "3x")].iloc[0]
+    assert row.n == 3 and row["std"] == pytest.approx(0.4)
+    # the 2x tails of seeds 1, 2 all end at 37.0 beside seed 0's 37.5: n=3, a real (small) spread
+    two = tabs["table1"].cell(["R50 GN coco_full", "random"], "2x")
+    assert two.n == 3 and two.std == pytest.approx(float(pd.Series([37.5, 37.0, 37.0]).std()))
+    assert "\\pm" in T.to_latex(tabs["table1"])
+    # the convergence figure: a band of mean ± std where two or more seeds reached an iteration
+    _, drawn = F.convergence(df, PUB.load(), {"main"}, "t")
+    bands = {(b["init"], b["line"]): b for b in drawn["R50 GN coco_full"]["bands"]}
+    band = bands[("random", "3x")]
+    assert band["x"] == [270000] and band["n"] == [3]
+    assert band["lo"][0] == pytest.approx(40.1 - 0.4) and band["hi"][0] == pytest.approx(40.1 + 0.4)
+    assert bands[("random", "trunk")]["x"] == [60000]  # the only trunk point the other seeds have
+    assert len([c for c in drawn["R50 GN coco_full"]["curves"] if c["init"] == "random" and c["line"] == "3x"]) == 3

@@ -15,7 +15,8 @@
 
 Figures build from whatever metrics exist; a partial grid says "partial: N of M runs done".
 A figure with nothing to draw still gets written (it says so and lists the paper's numbers).
-Runs marked diverged are never drawn as curves; the panel names them instead.
+Runs marked diverged are never drawn as curves; the panel names them instead. Where an init has
+several seeds, each seed's curve is drawn thin inside a band of mean ± sample std over the seeds.
 Each plot function returns what it drew (panel -> curves), so tests can check the data.
 """
 from __future__ import annotations
@@ -100,7 +101,7 @@ def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: s
     task, backbone, norm, data, variant = group
     metric = primary_metric(task, data)
     colors = _colors(g.init.unique())
-    drawn = {"curves": [], "diverged": sorted(g[g.run_diverged].run_id.unique()), "paper": []}
+    drawn = {"curves": [], "diverged": sorted(g[g.run_diverged].run_id.unique()), "paper": [], "bands": []}
     ok = g[~g.run_diverged & ~g.diverged]
     drops: set[float] = set()
     xmax = float(g.iteration.max()) if not g.empty else 1.0
@@ -112,11 +113,15 @@ def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: s
         shift = float(p_it) if (pretrain == "shift" and is_finite(p_it)) else 0.0
         if is_finite(p_it):
             pre_iters[init] = float(p_it)
+        several = gi.seed.nunique() > 1
+        lw, alpha = (0.7, 0.55) if several else (1.2, 0.9)
+        if several:
+            _seed_bands(ax, gi, metric, init, c, shift, unit, drawn)
         for (family, _seed), gf in gi.groupby(["family", "seed"], sort=True):
             trunk = gf[gf.line == "trunk"].drop_duplicates("iteration").sort_values("iteration")
             if not trunk.empty:
                 x, y = trunk.iteration.to_numpy(float), trunk[metric].to_numpy(float)
-                ax.plot((x + shift) / unit, y, "-", color=c, lw=1.2, alpha=0.9)
+                ax.plot((x + shift) / unit, y, "-", color=c, lw=lw, alpha=alpha)
                 drawn["curves"].append({"init": init, "line": "trunk", "family": family, "x": list(x), "y": list(y)})
             for rid, gr in gf.groupby("run_id", sort=True):
                 tail = gr[gr.line != "trunk"].sort_values("iteration")
@@ -124,7 +129,7 @@ def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: s
                 pts = pd.concat([branch, tail]) if not tail.empty else tail
                 if not pts.empty:
                     x, y = pts.iteration.to_numpy(float), pts[metric].to_numpy(float)
-                    ax.plot((x + shift) / unit, y, "-", color=c, lw=1.2, alpha=0.9)
+                    ax.plot((x + shift) / unit, y, "-", color=c, lw=lw, alpha=alpha)
                     drawn["curves"].append({"init": init, "line": str(tail.line.iloc[0]), "run_id": rid,
                                             "x": list(x), "y": list(y)})
                 last = gr.sort_values("iteration").iloc[-1]
@@ -176,6 +181,21 @@ def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: s
     ax.set_title(_setting_label(*group))
     ax.grid(alpha=0.25, lw=0.5)
     return drawn
+
+
+def _seed_bands(ax, gi: pd.DataFrame, metric: str, init: str, color, shift: float, unit: float, drawn: dict):
+    """Where an init has several seeds: per line, the band mean ± sample std over the seeds at
+    each evaluated iteration that two or more seeds reached (rethink.seeds' spread)."""
+    for line, gl in gi.groupby("line", sort=True):
+        pts = gl.drop_duplicates(["family", "iteration"]).groupby("iteration")[metric].agg(["mean", "std", "count"])
+        pts = pts[pts["count"] > 1]
+        if pts.empty:
+            continue
+        x = pts.index.to_numpy(float)
+        lo, hi = (pts["mean"] - pts["std"]).to_numpy(float), (pts["mean"] + pts["std"]).to_numpy(float)
+        ax.fill_between((x + shift) / unit, lo, hi, color=color, alpha=0.2, lw=0)
+        drawn["bands"].append({"init": init, "line": str(line), "x": list(x), "lo": list(lo), "hi": list(hi),
+                               "n": [int(n) for n in pts["count"]]})
 
 
 def _legend(fig, inits, ncol: int = 5) -> None:

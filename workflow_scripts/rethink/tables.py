@@ -24,7 +24,8 @@ Which table a setting belongs to: task keypoint_rcnn -> keypoints; data voc_* ->
 data coco_* other than coco_full -> less_data; Mask R-CNN / cascade trained with scale
 augmentation, and every evaluation with test-time augmentation -> table3; everything else ->
 table1 and table2.
-Runs with several seeds: the mean over seeds that did not diverge.
+Runs with several seeds: mean ± sample standard deviation over the seeds that did not diverge,
+with n (rethink.seeds); a Δ row's ± is the standard error of the difference.
 """
 from __future__ import annotations
 
@@ -37,15 +38,12 @@ from pathlib import Path
 import pandas as pd
 
 from . import published as pubmod
-from .collect import STAT_COLUMNS
 from .metrics import is_finite
+from .seeds import AUG, GROUP, finals, standard_error, std_of
 
 MINUS = "\u2212"
 DASH = "\u2014"
 RANDOM = "random"
-GROUP = ["task", "backbone", "norm", "data", "variant"]
-SETTING = GROUP + ["init", "schedule"]
-AUG = ["train_aug", "test_aug"]
 
 
 @dataclass
@@ -54,6 +52,8 @@ class Cell:
     paper: float = math.nan
     status: str = ""  # "", "partial", "diverged"
     signed: bool = False  # a difference (Δ row): shown with its sign
+    std: float = math.nan  # the seed spread of ours (a Δ cell: the standard error of the difference)
+    n: int = 1  # seeds behind ours
 
     @property
     def diff(self) -> float:
@@ -72,10 +72,13 @@ class Cell:
         mark = "\u2020" if self.status == "partial" else ""
         if not have_o:
             return f"{DASH} ({num(self.paper)})"
+        ours = num(self.ours) + (f" \u00b1 {self.std:.1f}" if is_finite(self.std) else "") + mark
+        if self.n > 1:
+            ours += f" [n={self.n}]"
         if not have_p:
-            return num(self.ours) + mark
+            return ours
         shown = round(float(self.ours), 1) - round(float(self.paper), 1)  # the difference of what is shown
-        return f"{num(self.ours)}{mark} ({num(self.paper)}, {num(shown + 0.0, True)})"
+        return f"{ours} ({num(self.paper)}, {num(shown + 0.0, True)})"
 
 
 @dataclass
@@ -109,41 +112,6 @@ def kind_of(task: str, data: str, train_aug: bool = False, test_aug: bool = Fals
     if test_aug or (train_aug and task in ("mask_rcnn", "cascade_mask_rcnn")):
         return "enhanced"
     return "main"
-
-
-def finals(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting (task, backbone, norm, data, variant, init, schedule): the runs' latest
-    non-diverged milestone, averaged over seeds. status: diverged (every seed diverged), partial
-    (a seed has not reached its last iteration), else ""."""
-    if df.empty:
-        return pd.DataFrame(columns=SETTING + AUG + ["iteration", "iterations", "status", "seeds"] + STAT_COLUMNS)
-    per_run = []
-    for _, g in df.groupby(["run_id", "test_aug"], sort=True):  # a TTA evaluation is a result of its own
-        ok = g[~g.diverged]
-        last = (ok if not ok.empty else g).sort_values("iteration").iloc[-1]
-        row = last.to_dict()
-        if bool(g.run_diverged.any()):
-            row["status"] = "diverged"
-        elif is_finite(last["iterations"]) and last["iteration"] < last["iterations"]:
-            row["status"] = "partial"
-        else:
-            row["status"] = ""
-        per_run.append(row)
-    runs = pd.DataFrame(per_run)
-    out = []
-    for key, g in runs.groupby(SETTING + AUG, sort=True, dropna=False):
-        good = g[g.status != "diverged"]
-        row = dict(zip(SETTING + AUG, key))
-        row["seeds"] = len(g)
-        row["iterations"] = float(g.iterations.max())
-        if good.empty:
-            row.update({c: math.nan for c in STAT_COLUMNS}, status="diverged", iteration=int(g.iteration.max()))
-        else:
-            row.update(good[STAT_COLUMNS].mean().to_dict())
-            row["status"] = "partial" if (good.status == "partial").any() else ""
-            row["iteration"] = int(good.iteration.max())
-        out.append(row)
-    return pd.DataFrame(out)
 
 
 def _setting_label(task, backbone, norm, data, variant) -> str:
@@ -225,7 +193,12 @@ def _cell(row, pub, group, init, metric, schedule=None, best=False, any_schedule
                                   iterations=row["iterations"] if any_schedule else None)
     if row is None:
         return Cell(paper=paper)
-    return Cell(ours=float(row[metric]), paper=paper, status=row["status"])
+    return _ours(row, metric, paper)
+
+
+def _ours(row, metric: str, paper: float) -> Cell:
+    return Cell(ours=float(row[metric]), paper=paper, status=row["status"],
+                std=float(row.get(std_of(metric), math.nan)), n=int(row.get("n", 1) or 1))
 
 
 def _longest(sel: pd.DataFrame):
@@ -240,7 +213,9 @@ def _longest(sel: pd.DataFrame):
 
 # --------------------------------------------------------------------------- tables
 NOTE_CELLS = (f"Cells: ours (paper, ours {MINUS} paper); {DASH} = no number; \u2020 = run not finished "
-              "(latest milestone shown); diverged = training stopped on a non-finite loss.")
+              "(latest milestone shown); diverged = training stopped on a non-finite loss. With several "
+              "seeds: mean \u00b1 sample standard deviation [n = seeds]; on a \u0394 row, \u00b1 is the "
+              "standard error of the difference.")
 
 
 def by_schedule(fin, pub, name, title, kind, metric, pub_sources, tasks=None) -> Table:
@@ -291,7 +266,8 @@ def table2(fin, pub) -> Table:
                 for r, p in zip(by_init[RANDOM], cells):
                     st = "diverged" if "diverged" in (r.status, p.status) else (
                         "partial" if "partial" in (r.status, p.status) else "")
-                    delta.append(Cell(ours=r.ours - p.ours, paper=r.paper - p.paper, status=st, signed=True))
+                    delta.append(Cell(ours=r.ours - p.ours, paper=r.paper - p.paper, status=st, signed=True,
+                                      std=standard_error(r.std, r.n, p.std, p.n), n=min(r.n, p.n)))
                 t.rows.append(([_setting_label(*group), f"{chr(0x394)} {RANDOM} {MINUS} {init}", ""], delta))
     return t
 
@@ -338,7 +314,7 @@ def table3(fin, pub) -> Table:
                                   schedule=None if row is None else row["schedule"],
                                   train_aug=train_aug, test_aug=test_aug)
             cells.append(Cell(paper=paper) if row is None else
-                         Cell(ours=float(row[m]), paper=paper, status=row["status"]))
+                         _ours(row, m, paper))
         if row is not None:
             used.add(row.name)
             variant = row["variant"]
@@ -394,7 +370,7 @@ def to_markdown(t: Table) -> str:
 
 def _tex_escape(s: str) -> str:
     for a, b in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 (MINUS, "$-$"), (DASH, "---"), ("\u2020", r"$^\dagger$"), (chr(0x394), r"$\Delta$")]:
+                 (MINUS, "$-$"), (DASH, "---"), ("\u00b1", r"$\pm$"), ("\u2020", r"$^\dagger$"), (chr(0x394), r"$\Delta$")]:
         s = s.replace(a, b)
     return s
 
@@ -414,9 +390,10 @@ def to_frame(t: Table) -> pd.DataFrame:
     recs = []
     for labels, cells in t.rows:
         for col, c in zip(t.header, cells):
-            recs.append({**dict(zip(t.label_header, labels)), "column": col, "ours": c.ours, "paper": c.paper,
-                         "diff": c.diff, "status": c.status, "cell": c.text(minus="-")})
-    return pd.DataFrame(recs, columns=t.label_header + ["column", "ours", "paper", "diff", "status", "cell"])
+            recs.append({**dict(zip(t.label_header, labels)), "column": col, "ours": c.ours, "std": c.std,
+                         "n": c.n, "paper": c.paper, "diff": c.diff, "status": c.status, "cell": c.text(minus="-")})
+    return pd.DataFrame(recs, columns=t.label_header + ["column", "ours", "std", "n", "paper", "diff", "status",
+                                                        "cell"])
 
 
 def write(t: Table, folder: str | os.PathLike) -> list[Path]:
