@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
+from . import live, metrics
 
 IOU_TYPES = {
     "mask_rcnn": ["bbox", "segm"],
@@ -302,4 +302,5 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
         stats = evaluate_results(manifest, results, run["recipe"]["task"], log=log)
     record = build_record(spec, meta, stats, time.time() - t0, diverged)
     metrics.write(record, spec["output"])
+    live.write_evaluation(spec, record)
     return record

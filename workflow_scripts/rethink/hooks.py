@@ -10,7 +10,7 @@ A hook sees the trainer (`self.trainer`: iteration, batch, losses, model, optimi
     after_train()    once, after the last iteration, before the output checkpoint (not on an error)
 
 The trainer calls them in the order of its hook list. Every run has DivergenceGuard, Counters,
-History, StopOnSignal, Logger and PeriodicCheckpoint (rethink.loop.default_hooks); tests add
+History, StopOnSignal, Logger, LiveCurves and PeriodicCheckpoint (rethink.loop.default_hooks); tests add
 NanAt and SleepPerIteration (in-process, or through RETHINK_NAN_AT / RETHINK_ITER_SLEEP for a
 subprocess: from_environment).
 """
@@ -55,6 +55,9 @@ class HookBase:
 
     def after_train(self) -> None:
         pass
+
+    def close(self) -> None:
+        """Always, once the segment ends (an error included): release what the hook holds."""
 
 
 class DivergenceGuard(HookBase):
@@ -159,6 +162,41 @@ class Logger(HookBase):
         t.log(f"iter {t.iter}/{t.end} loss {t.loss_value:.4f} ({parts}) lr {t.lr:.6g} {ips:.2f} img/s "
               f"eta {datetime.timedelta(seconds=int(max(eta, 0)))}")
         self.t_last, self.it_last = now, t.iter
+
+
+class LiveCurves(HookBase):
+    """Every `period` iterations and at the end, on the main process: LR, total loss, each loss
+    term and seconds per iteration into the live curves (rethink.live: metrics.json and
+    TensorBoard) of every run that passes through the segment (spec `live`: {dir, runs})."""
+
+    def __init__(self, live: dict | None, period: int):
+        self.live, self.period, self.curves = live, max(int(period), 1), None
+
+    def before_train(self) -> None:
+        t = self.trainer
+        if self.live and t.dist.main:
+            from .live import LiveCurves as Writers
+
+            self.curves = Writers(self.live["dir"], self.live["runs"], purge_step=t.iter + 1)
+        self.t_last, self.it_last = time.perf_counter(), t.iter
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if self.curves is None or (t.iter % self.period and t.iter != t.end):
+            return
+        now = time.perf_counter()
+        scalars = {"lr": t.lr, "total_loss": t.loss_value, **{k: v.item() for k, v in t.losses.items()},
+                   "time": (now - self.t_last) / max(t.iter - self.it_last, 1)}
+        self.curves.write(t.iter, scalars)
+        self.t_last, self.it_last = now, t.iter
+
+    def after_train(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.curves is not None:
+            self.curves.close()
+            self.curves = None
 
 
 class PeriodicCheckpoint(HookBase):

@@ -37,7 +37,8 @@ Spec keys besides those of train_spec (all optional):
                     (also env RETHINK_DETERMINISTIC=1)
 
 The loop is a small ``Trainer`` (start state, one step, checkpoints) with one hook per concern
-beside it (rethink.hooks: divergence, counters, history, signals, logging, periodic checkpoints);
+beside it (rethink.hooks: divergence, counters, history, signals, logging, live curves (rethink.live),
+periodic checkpoints);
 ``train(..., extra_hooks)`` adds hooks, which is how tests switch on a NaN or a slow iteration.
 """
 from __future__ import annotations
@@ -152,6 +153,7 @@ def default_hooks(spec: dict) -> list[hooks.HookBase]:
         hooks.History(spec.get("history")),
         hooks.StopOnSignal(),
         hooks.Logger(int(spec.get("log_period", 20))),
+        hooks.LiveCurves(spec.get("live"), int(spec.get("log_period", 20))),
         hooks.PeriodicCheckpoint(int(spec["run"]["recipe"]["checkpoint_period"])),
     ]
 
@@ -214,7 +216,8 @@ class Trainer:
                 h.after_train()
             return self._finish()
         finally:
-            self.history.close()
+            for h in self.hooks:
+                h.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             set_deterministic(was_deterministic)
