@@ -40,6 +40,13 @@ PUBLISHED = os.path.join(str(workflow.basedir), "results", "paper", "published.c
 # environments are how a job runs, not what it makes.
 P.write_identities()
 if workflow.is_main_process:  # what a run would retrain, predicted from the files on disk (also in -n)
+    _lost = P.lost_metrics()
+    if _lost:
+        print(
+            f"{P.metrics_table}: {len(_lost)} metrics file(s) it was built from are gone "
+            f"(first: {_lost[0]}); collect rebuilds the table and their evaluations are planned",
+            file=sys.stderr,
+        )
     _redo = campaign.predicted_segments(P)
     if _redo:
         print(
@@ -56,6 +63,12 @@ def guard_finished_work(jobs):
     if not redo:
         return
     msg, _ = campaign.warning(P, redo)
+    lost = P.lost_metrics()
+    if lost:
+        msg += (
+            f"\n  {len(lost)} metrics file(s) of finished evaluations are gone (first: {lost[0]}):"
+            " restoring them keeps the results"
+        )
     if set(map(str, workflow.rerun_triggers)) != {"mtime"}:
         msg += "\n(--rerun-triggers is not just mtime: Snakemake also redoes jobs whose params or code changed)"
     if not CONFIRM_RERUN:

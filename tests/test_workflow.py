@@ -3,6 +3,7 @@ synthetic data -> pre-training -> training segments (trunk + tails) -> COCO eval
 metrics table -> tables and figures; then the rebuild from cached results."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,6 +57,39 @@ def test_metrics_table_has_every_run_and_its_final_point(tiny_run):
     assert (trunk.groupby(["family", "iteration"]).bbox_AP.nunique(dropna=False) == 1).all()
 
 
+def test_live_curves_hold_every_run_in_metrics_json_and_tensorboard(tiny_run):
+    """Each run's folder under <workdir>/tb holds its whole curve across segments (the shared trunk
+    included): training lines up to its last iteration and every evaluation of its curve, in
+    detectron2's metrics.json format and in TensorBoard event files read with TensorBoard's reader."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    work, _, p, paths = tiny_run
+    assert sorted(d.name for d in (work / "work" / "tb").iterdir()) == sorted(p.grid.runs)
+    for run_id, run in p.grid.runs.items():
+        folder = work / "work" / "tb" / run_id
+        lines = [json.loads(x) for x in (folder / "metrics.json").read_text().splitlines()]
+        train = {x["iteration"]: x for x in lines if "total_loss" in x}
+        evals = {x["iteration"]: x for x in lines if "bbox/AP" in x}
+        ends = sorted(s.end for s in p.segments_of_run(run_id))
+        assert set(ends) <= set(train) and max(train) == run.iterations, (run_id, sorted(train), ends)
+        assert all({"lr", "loss_classifier", "loss_mask", "time"} <= set(x) for x in train.values())
+        milestones = p.milestones_of_run(run_id)
+        assert sorted(evals) == [m.iteration for m in milestones]
+        for m in milestones:
+            rec = metrics.read(work / paths.metrics(m.family, m.line, m.iteration))
+            assert evals[m.iteration]["segm/AP75"] == pytest.approx(rec["stats"]["segm"]["AP75"], nan_ok=True)
+        ea = EventAccumulator(str(folder))
+        ea.Reload()
+        assert {"lr", "total_loss", "bbox/AP", "segm/AP"} <= set(ea.Tags()["scalars"])
+        # TensorBoard orders by step; jobs write in the order they run (evaluations in any order)
+        assert sorted(e.step for e in ea.Scalars("bbox/AP")) == sorted(evals)
+        loss = {e.step: e.value for e in ea.Scalars("total_loss")}
+        assert sorted(loss) == sorted(train)
+        assert all(loss[i] == pytest.approx(train[i]["total_loss"], rel=1e-6) for i in train)
+
+
 def test_tables_and_figures_exist(tiny_run):
     work, *_ = tiny_run
     for target in report_targets.targets("results"):
@@ -63,6 +97,13 @@ def test_tables_and_figures_exist(tiny_run):
         assert f.exists() and f.stat().st_size > 100, target
     table1 = (work / "results" / "tables" / "table1.md").read_text()
     assert "R18" in table1 and "synthetic" in table1
+    # the claims check at tiny scale: the tiny runs decide (a), (b), (e1); the rest lack COCO runs
+    claims = pd.read_csv(work / "results" / "tables" / "claims.csv", keep_default_na=False).set_index("claim")
+    assert list(claims.index) == ["a", "b", "c", "d", "e1", "e2", "f"]
+    for c in ("a", "b", "e1"):
+        assert claims.loc[c, "verdict"] in ("reproduced", "not reproduced") and "R18 GN synthetic" in claims.loc[c, "numbers"]
+    for c in ("c", "d", "e2", "f"):
+        assert claims.loc[c, "verdict"] == "not enough runs" and claims.loc[c, "missing"]
 
 
 def test_checkpoints_are_temporary_and_resume_state_is_cleaned(tiny_run):
@@ -114,6 +155,58 @@ def test_figures_target_builds_a_partial_grid(tiny_run, tmp_path):
     assert [str(f.relative_to(partial / "work")) for f in (partial / "work" / "logs").rglob("*.log")] == [
         "logs/report/figures.log"]
     assert "report:" in (partial / "work" / "logs" / "report" / "figures.log").read_text()
+
+
+def _copy_tree(src: Path, dst: Path) -> Path:
+    """A copy of a finished tiny tree; its large files (models, weights: replaced, never written
+    in place) are hard links, so the copy is cheap and editing a small file leaves `src` alone."""
+    def copy(a, b):
+        return os.link(a, b) if os.path.getsize(a) > 1 << 20 else shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=copy)
+    return dst
+
+
+def test_a_failing_collect_keeps_the_previous_table_and_names_the_file(tiny_run, tmp_path):
+    work, cfg_file, p, paths = tiny_run
+    tree = _copy_tree(work, tmp_path / "tree")
+    table = (tree / "results" / "metrics.csv").read_bytes()
+    ms = next(m for m in p.milestones.values() if m.line == "trunk")
+    bad = tree / paths.metrics(ms.family, ms.line, ms.iteration)
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    proc = snakemake(["--cores", "1", "--configfile", str(cfg_file)], cwd=tree, timeout=600)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert _job_stats(proc.stdout + proc.stderr) == {"collect": 1, "report": 1, "all": 1}, proc.stderr[-3000:]
+    assert (tree / "results" / "metrics.csv").read_bytes() == table
+    log = (tree / paths.log("report", "collect")).read_text()
+    assert f"{paths.metrics(ms.family, ms.line, ms.iteration)}: not a text file" in log, log[-2000:]
+
+
+def test_a_deleted_metrics_file_is_noticed(tiny_run, tmp_path):
+    """A final point's metrics file is evaluated again from the kept model; an intermediate one
+    would need its (temporary, gone) checkpoint retrained: the real run stops and says so."""
+    work, cfg_file, p, paths = tiny_run
+    tree = _copy_tree(work, tmp_path / "tree")
+    run_id = sorted(p.grid.runs)[0]
+    final = p.final_milestone(run_id)
+    (tree / paths.metrics(final.family, final.line, final.iteration)).unlink()
+    dry = snakemake(["-n", "--configfile", str(cfg_file)], cwd=tree, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "1 metrics file(s) it was built from are gone" in dry.stderr
+    assert _job_stats(dry.stdout) == {"evaluate": 1, "collect": 1, "report": 1, "all": 1}, dry.stdout[-3000:]
+    real = snakemake(["--cores", "1", "--configfile", str(cfg_file)], cwd=tree, timeout=600)
+    assert real.returncode == 0, real.stderr[-3000:]
+    assert metrics.read(tree / paths.metrics(final.family, final.line, final.iteration))["iteration"] == final.iteration
+    table = (tree / "results" / "metrics.csv").read_bytes()
+    ms = next(m for m in p.milestones.values() if m.line == "trunk")
+    (tree / paths.metrics(ms.family, ms.line, ms.iteration)).unlink()
+    models = {f: f.stat().st_mtime_ns for f in (tree / "work" / "models").rglob("*.pth")}
+    proc = snakemake(["--cores", "1", "--configfile", str(cfg_file)], cwd=tree, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "this plan retrains finished work" in out, out[-3000:]
+    assert "metrics file(s) of finished evaluations are gone" in out and "Nothing was run or deleted" in out
+    assert (tree / "results" / "metrics.csv").read_bytes() == table
+    assert {f: f.stat().st_mtime_ns for f in (tree / "work" / "models").rglob("*.pth")} == models
 
 
 def _job_stats(stdout: str) -> dict:

@@ -89,8 +89,12 @@ def warning(paths: Paths, segments: list[Segment]) -> tuple[str, float]:
         hours = gpu_hours(iters, seconds_per_iter(paths.plan, run), run.recipe["gpus"])
         total += hours
         runs = sorted({r for s in segs for r in paths.plan.runs_through(family, line, s.end)})
-        reasons = stale_reasons(paths, family, line) or [
-            "the checkpoints that new evaluations need are gone (temporary): retrained from the last one kept"]
+        first = min(segs, key=lambda s: s.start)
+        upstream = first.start_from and first.start_from[0] != line and (family, first.start_from[0]) in by_line
+        reasons = stale_reasons(paths, family, line) or (
+            [f"starts from {family}/{first.start_from[0]} at iteration {first.start_from[1]}, which is retrained "
+             "(Snakemake redoes every job downstream of a redone one)"] if upstream else
+            ["the checkpoints that new evaluations need are gone (temporary): retrained from the last one kept"])
         lines.append(f"  {family}/{line}: {len(segs)} segment(s), {iters:,} iterations, {hours:,.1f} GPU-h "
                      f"(runs: {', '.join(runs)})")
         lines += [f"      {r}" for r in reasons[:12]] + ([f"      ... {len(reasons) - 12} more"] if len(reasons) > 12 else [])

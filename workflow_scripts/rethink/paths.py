@@ -89,10 +89,36 @@ class Paths:
     def table_identity(self) -> str:
         """The metrics table's identity: the set of metrics files it collects. Snakemake compares
         modification times only, so a grown grid (an experiment, test_aug, a new eval_period) must
-        rewrite a file for collect, and through it the new evaluations, to be planned."""
+        rewrite a file for collect, and through it the new evaluations, to be planned.
+
+        A metrics file the existing table holds a row of but that is gone from disk (deleted by
+        hand, lost in a copy) is named in it too (`lost`): otherwise Snakemake would see a table
+        newer than every file left and plan nothing, and the stale row would stay. Collect then
+        runs and needs that file, so its evaluation is planned (from the kept model, or, for an
+        intermediate checkpoint, by retraining, which the campaign guard stops to ask about)."""
         path = self.ids.path("metrics_table")
-        self.ids.ensure(path, {"metrics": sorted(self.all_metrics())})
+        content = {"metrics": sorted(self.all_metrics())}
+        lost = self.lost_metrics() if self.ids.write_files else []
+        if lost:
+            content["lost"] = lost
+        self.ids.ensure(path, content)
+        if lost and os.path.getmtime(path) <= os.path.getmtime(self.metrics_table):
+            os.utime(path)  # a new identity file is dated in the past; this one must look newer
         return path
+
+    def lost_metrics(self) -> list[str]:
+        """The metrics files (paths as the rules name them) that rows of the existing metrics table
+        were collected from and that no longer exist."""
+        import csv
+
+        try:
+            with open(self.metrics_table, newline="") as f:
+                sources = {row.get("source") or "" for row in csv.DictReader(f)}
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return []
+        planned = set(self.all_metrics())
+        return sorted(p for p in (f"{self.results}/{s}" for s in sources if s)
+                      if p in planned and not os.path.exists(p))
 
     def _init_definition(self, init: str, backbone: str | None, norm: str | None) -> dict:
         spec = {k: v for k, v in self.cfg["inits"][init].items() if k not in identity.OPERATIONAL_INIT}
@@ -164,6 +190,12 @@ class Paths:
         if not os.path.exists(model) and os.path.exists(self.metrics(family, line, iteration)):
             return self.checkpoint(family, line, iteration)
         return model
+
+    def live(self, family: str, line: str, iteration: int) -> dict:
+        """Where a job on (family, line) up to `iteration` writes its live curves (rethink.live):
+        the TensorBoard folder and the runs whose curve passes through it. For watching only: no
+        rule reads these files, so which runs are listed decides no job."""
+        return {"dir": f"{self.work}/tb", "runs": list(self.plan.runs_through(family, line, iteration))}
 
     def resume_dir(self, family: str, line: str, end: int) -> str:
         # outside every declared output: Snakemake's clean-up of a failed job never touches it
@@ -275,6 +307,7 @@ class Paths:
             "output": output or self.checkpoint(seg.family, seg.line, seg.end),
             "resume_dir": self.resume_dir(seg.family, seg.line, seg.end),
             "identity": self.line_identity(seg.family, seg.line)[1],
+            "live": self.live(seg.family, seg.line, seg.end),
         }
         start_task = task_at(run.recipe, seg.start - 1) if seg.start_from is not None else None
         if start_task is not None and start_task != settings["recipe"]["task"]:
@@ -317,6 +350,7 @@ class Paths:
             "init_cost": inputs.get("init_cost"),
             "output": self.metrics(ms.family, ms.line, ms.iteration, tta),
             "identity": self.line_identity(ms.family, ms.line)[1],
+            "live": self.live(ms.family, ms.line, ms.iteration),
         }
         if tta:
             spec["tta"] = True
