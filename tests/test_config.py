@@ -108,6 +108,10 @@ BAD = [
         "val_images": "val", "val_annotations": "b.json"}), ["datasets.mycoco.train_annotations", "is not of type 'string'"]),
     ("voc dataset without annotations", lambda c: c["datasets"].update(myvoc={"kind": "voc", "root": "/data"}),
      ["datasets.myvoc", "'train_annotations' is a required property", "for kind voc"]),
+    ("every experiment disabled", lambda c: [e.update(enabled=False) for e in c["experiments"].values()],
+     ["experiments", "every experiment has enabled: false"]),
+    ("enabled not a boolean", _set(["experiments", "table1_tiny", "enabled"], "no"),
+     ["experiments.table1_tiny.enabled", "'no'"]),
     ("seconds_per_iter missing a combination", _set(["seconds_per_iter"], [{"backbone": "R50", "norm": "GN", "gpus": 8, "seconds": 0.3}]),
      ["seconds_per_iter", "R18"]),
 ]

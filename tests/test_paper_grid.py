@@ -193,3 +193,23 @@ def test_grid_summary_lists_gpu_hours_per_experiment(tmp_path):
     assert listed["fig7_35k"][1] == pytest.approx(2 * 540_000 * 0.338 * 8 / 3600, abs=0.06)
     # keypoints: 2x and 3x share a trunk to 210k, then a 60k tail each: 330k trained per init
     assert listed["fig6_keypoints"][1] == pytest.approx(2 * 330_000 * 0.338 * 8 / 3600, abs=0.06)
+
+
+def test_the_seeds_experiment_is_off_and_grid_says_what_it_adds(tmp_path):
+    """table2_seeds (3 seeds of the Table 2 comparison) is defined but not planned; `snakemake grid`
+    names its cost, and turning it on from the command line plans exactly its new runs."""
+    assert PAPER["experiments"]["table2_seeds"]["enabled"] is False
+    assert not GRID.experiments_of("table2_seeds")
+    proc = snakemake(["grid"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = re.search(r"^\s+table2_seeds\s+\(enabled: false\) would add (\d+) runs, ([\d,.]+) GPU-h", proc.stdout, re.M)
+    assert m, proc.stdout[-3000:]
+    # seed 0 is table2's run; seeds 1 and 2 of random and imagenet are new, each a lone 6x R50 GN run
+    assert int(m.group(1)) == 4
+    assert float(m.group(2).replace(",", "")) == pytest.approx(4 * 540_000 * 0.338 * 8 / 3600, abs=0.1)
+    on = snakemake(["-n", "--config", 'experiments={"table2_seeds": {"enabled": true}}'], cwd=tmp_path, timeout=300)
+    assert on.returncode == 0, on.stderr[-3000:]
+    assert _job_counts(on.stdout)["train_final"] == len(GRID.runs) + 4
+    for init in ("random", "imagenet"):
+        for seed in (1, 2):
+            assert f"models/R50-GN-{init}-coco_full-6x-s{seed}/model_final.pth" in on.stdout

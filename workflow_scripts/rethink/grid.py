@@ -159,6 +159,8 @@ def _check_axes_defined(config: dict, source: str) -> None:
 
 def _check_axis_values(exp_name: str, exp: dict, config: dict, source: str) -> None:
     for axis in AXES:
+        if axis == "seed":  # any seed may be run (a number, not a name that could be misspelt)
+            continue
         allowed = list(config["axes"][axis])
         for i, value in enumerate(exp.get(axis, [])):
             if value not in allowed:
@@ -258,7 +260,11 @@ def build(config: dict, source: str = "config") -> Grid:
     runs: dict[str, Run] = {}
     origin: dict[str, str] = {}
     _check_axes_defined(config, source)
+    if not any(e.get("enabled", True) for e in config["experiments"].values()):
+        raise ConfigError(f"{source}: experiments: every experiment has enabled: false; there is nothing to plan")
     for exp_name, exp in config["experiments"].items():
+        if not exp.get("enabled", True):
+            continue
         where = f"{source}: experiments.{exp_name}"
         _check_axis_values(exp_name, exp, config, source)
         recipe = {**base_recipe, **(exp.get("recipe") or {})}

@@ -82,11 +82,34 @@ def render(df: pd.DataFrame, grid: Grid, plan: Plan) -> str:
     lines.append("status: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ["done", "partial", "to do", "diverged", "stale: recipe changed"]))
     lines.append("")
     lines.append("GPU-hours per experiment (a run in several experiments counts in each):")
-    for exp in grid.config["experiments"]:
+    for exp, spec in grid.config["experiments"].items():
+        if not spec.get("enabled", True):
+            runs, hours = would_add(grid, plan, exp)
+            lines.append(f"  {exp:<28} (enabled: false) would add {runs} runs, {hours:,.1f} GPU-h")
+            continue
         sub = df[df["experiments"].str.split().apply(lambda e, exp=exp: exp in e)]
         lines.append(f"  {exp:<28} {len(sub):>4} runs  {sub['gpu_hours'].sum():>10,.1f} GPU-h planned  "
                      f"{sub['gpu_hours_spent'].sum():>10,.1f} spent")
     return "\n".join(lines)
+
+
+def planned_hours(grid: Grid, plan: Plan) -> float:
+    """GPU-hours of the whole plan (trunk sharing counted once)."""
+    return sum(gpu_hours(plan.trained_iterations[r], seconds_per_iter(plan, run), run.recipe["gpus"])
+               for r, run in grid.runs.items())
+
+
+def would_add(grid: Grid, plan: Plan, exp: str) -> tuple[int, float]:
+    """(runs, GPU-hours) that enabling the disabled experiment `exp` adds to the plan: runs it shares
+    with enabled experiments, and trunks it can share, cost nothing extra."""
+    import copy
+
+    from . import grid as rgrid
+
+    cfg = copy.deepcopy(grid.config)
+    cfg["experiments"][exp]["enabled"] = True
+    g = rgrid.build(cfg, "enabled")
+    return len(set(g.runs) - set(grid.runs)), planned_hours(g, Plan(g)) - planned_hours(grid, plan)
 
 
 def main(cfg: dict, source: str) -> str:
