@@ -223,7 +223,7 @@ def test_partial_grid_note_and_planned_runs(tmp_path):
     df = C.collect(r, planned)
     assert df.iterations.notna().all()
     done, total, note = F.progress(df, planned)
-    assert (done, total) == (2, 4) and note == "partial: 2 of 4 runs done"
+    assert (done, total) == (2, 6) and note == "partial: 2 of 6 runs done"  # 3x of seeds 0 and 1 unfinished
     tabs = T.build_all(df, PUB.load())
     # tiny data: our own row, no paper number
     c = tabs["table1"].cell(["R18 GN synthetic", "random"], "2x")
@@ -381,3 +381,57 @@ def test_several_seeds_show_mean_spread_and_the_difference_with_its_error(result
     assert band["lo"][0] == pytest.approx(40.1 - 0.4) and band["hi"][0] == pytest.approx(40.1 + 0.4)
     assert bands[("random", "trunk")]["x"] == [60000]  # the only trunk point the other seeds have
     assert len([c for c in drawn["R50 GN coco_full"]["curves"] if c["init"] == "random" and c["line"] == "3x"]) == 3
+
+
+def write_lone_run(results: Path, init: str, data: str, sched: str, iterations: int, ap: float, ap75=None):
+    """A run without siblings (its own family and line), one final milestone."""
+    run = f"R50-GN-{init}-{data}-{sched}-s0"
+    rec = record(init, sched, iterations, [run], ap, schedules={run: {"iterations": iterations,
+                                                                     "lr_drops": [iterations - 20000]}})
+    rec.update(family=run, data=data)
+    if ap75 is not None:
+        rec["stats"]["bbox"]["AP75"] = ap75
+    M.write(rec, results / "metrics" / run / sched / f"iter_{iterations:07d}.json")
+
+
+def _verdicts(df):
+    from rethink import claims
+
+    return {v.claim: v for v in claims.check(df)}
+
+
+def test_claims_on_a_partial_paper_grid(results):
+    """Each claim's rule on hand-made numbers: what passes, what fails, what lacks runs and names them."""
+    write_lone_run(results, "imagenet", "coco_10k", "60k", 60000, 26.0)
+    write_lone_run(results, "random", "coco_10k", "220k", 220000, 25.9)
+    write_lone_run(results, "imagenet", "coco_1k", "60k", 60000, 9.9)
+    v = _verdicts(C.collect(results))
+    assert list(v) == ["a", "b", "c", "d", "e1", "e2", "f"]
+    # (a) at the first common trunk evaluation (60k): 33.0 pre-trained vs 20.0 from scratch
+    assert v["a"].verdict == "reproduced" and "iteration 60,000: imagenet 33.0 vs random 20.0 (+13.0)" in v["a"].numbers[0]
+    # (b) 40.1 (3x) vs 41.2 (3x), one seed: margin 1.0 AP, 40.1 < 40.2
+    assert v["b"].verdict == "not reproduced" and "m = 1.0: below" in v["b"].numbers[0]
+    assert v["c"].verdict == "reproduced" and "random 25.9 (220k) vs imagenet 26.0 (60k)" in v["c"].numbers[0]
+    assert v["d"].verdict == "not enough runs"
+    assert "coco_3_5k: finished random and pre-trained runs" in v["d"].missing
+    assert v["e2"].verdict == v["f"].verdict == "not enough runs" and v["f"].missing
+    # (e1) AP75 = AP + 4 on both sides in the fixture: the gaps are equal
+    assert v["e1"].verdict == "reproduced" and "\u0394AP75 -1.1 vs \u0394AP -1.1" in v["e1"].numbers[0]
+
+
+def test_claims_use_the_seed_spread_and_refute_what_fails(results):
+    """With 3 seeds a side, the margin is two standard errors of the difference; a small-data gap
+    under 3 AP refutes (d) even before the other size has runs."""
+    for init, finals_3x in (("random", (40.5, 39.7)), ("imagenet", (40.2, 42.2))):
+        for seed, ap in zip((1, 2), finals_3x):
+            write_seed(results, init, seed, ap)
+    write_lone_run(results, "imagenet", "coco_1k", "60k", 60000, 9.9)
+    write_lone_run(results, "random", "coco_1k", "220k", 220000, 8.0)
+    v = _verdicts(C.collect(results))
+    # 40.1 ± 0.4 vs 41.2 ± 1.0, n = 3 each: m = 2 x 0.62 = 1.2 AP, and 40.1 >= 41.2 - 1.2 (with the
+    # fixed 1.0 AP of one seed it would be below)
+    se = math.sqrt(0.4 ** 2 / 3 + 1.0 ** 2 / 3)
+    assert f"m = {2 * se:.1f}: within" in v["b"].numbers[0] and v["b"].verdict == "reproduced"
+    assert v["d"].verdict == "not reproduced" and "(+1.9)" in v["d"].numbers[0]
+    md = __import__("rethink.claims", fromlist=["x"]).to_markdown(list(v.values()))
+    assert md.count("\n| ") == 8 and "**not reproduced**" in md

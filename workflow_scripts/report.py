@@ -1,4 +1,4 @@
-"""CLI: the metrics table -> the paper's tables (md/csv/tex) and figures (png/pdf).
+"""CLI: the metrics table -> the paper's tables and the claims check (md/csv/tex), figures (png/pdf).
 
     report.py --metrics results/metrics.csv --results results [--config CONFIG]
     report.py --config CONFIG          (the config's results folder and its metrics.csv)
@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rethink import claims  # noqa: E402
 from rethink import collect as C  # noqa: E402
 from rethink import figures as F  # noqa: E402
 from rethink import published as PUB  # noqa: E402
@@ -31,6 +32,7 @@ def build(metrics: str, results: str, planned=None, published: str | None = None
     pub = PUB.load(published or PUB.DEFAULT_PATH)
     for table in T.build_all(df, pub).values():
         T.write(table, Path(results) / "tables")
+    claims.write(df, Path(results) / "tables")
     drawn = F.build_all(df, pub, Path(results) / "figures", planned, pretrain)
     missing = [p for p in R.targets(results) if not Path(p).exists()]
     if missing:

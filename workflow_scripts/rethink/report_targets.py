@@ -6,7 +6,7 @@ on which metrics exist. `entries` adds each file's caption and category for `sna
 """
 from __future__ import annotations
 
-TABLES = ["table1", "table2", "table3", "keypoints", "less_data", "voc"]
+TABLES = ["table1", "table2", "table3", "keypoints", "less_data", "voc", "claims"]  # claims: rethink.claims
 FIGURES = ["convergence", "samples_seen", "less_data"]
 TABLE_FORMATS = ["md", "csv", "tex"]
 FIGURE_FORMATS = ["png", "pdf"]
