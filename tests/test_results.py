@@ -187,9 +187,12 @@ def test_report_cli_writes_every_target(results):
     proc = subprocess.run([PY, str(ROOT / "workflow_scripts" / "report.py"), "--metrics", str(out),
                            "--results", str(results)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    for p in R.targets(str(results)):
+    names = ["convergence", "samples_seen"]  # COCO-full runs only: no less-data figure
+    assert R.figures_for(zip(["mask_rcnn"], ["coco_full"])) == names
+    for p in R.targets(str(results), names):
         assert Path(p).exists() and Path(p).stat().st_size > 0, p
-    for f in R.FIGURES:
+    assert not (results / "figures" / "less_data.png").exists()
+    for f in names:
         png = results / "figures" / f"{f}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000, png
     for e in R.entries(str(results)):
@@ -241,7 +244,7 @@ def test_empty_results_still_build_every_target(tmp_path):
     import report as report_cli
 
     report_cli.build(str(r / "metrics.csv"), str(r))
-    assert all(Path(p).exists() for p in R.targets(str(r)))
+    assert all(Path(p).exists() for p in R.targets(str(r), ["convergence", "samples_seen"]))
     assert "\u2014 (41.3)" in (r / "tables" / "table1.md").read_text()
 
 
@@ -258,6 +261,7 @@ def test_less_data_table_and_figure(tmp_path):
     cell = t.cell(["R50 GN coco_10k", "random", "2x", "220k"], "bbox_AP")
     assert (cell.ours, cell.paper) == (24.0, 25.9)
     assert "coco_10k" not in T.to_markdown(T.build_all(df, pub)["table1"])
+    assert R.figures_for(zip(df.task, df.data)) == R.FIGURES
     drawn = F.build_all(df, pub, r / "figures", pretrain="shift")
     assert "R50 GN coco_10k" in drawn["less_data"] and not drawn["convergence"]
     # a family of one run is a single line named after its schedule, drawn from its own points

@@ -4,9 +4,9 @@
     report.py --config CONFIG          (the config's results folder and its metrics.csv)
               [--published results/paper/published.csv] [--pretrain band|shift]
 
-Writes every file of rethink.report_targets.targets(results) (a fixed list: tables and figures
-with no runs are still written). The config (optional) gives the planned runs for the
-"partial: N of M runs done" note; without it, M counts the runs that have metrics.
+Writes every table and the figures the grid can draw (rethink.report_targets: tables with no
+runs are still written). The config (optional) gives the planned runs, for the figures and the
+"partial: N of M runs done" note; without it, the runs that have metrics decide both.
 """
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def build(metrics: str, results: str, planned=None, published: str | None = None
     for table in T.build_all(df, pub).values():
         T.write(table, Path(results) / "tables")
     claims.write(df, Path(results) / "tables")
-    drawn = F.build_all(df, pub, Path(results) / "figures", planned, pretrain)
-    missing = [p for p in R.targets(results) if not Path(p).exists()]
+    names = R.figures_for(zip(planned.task, planned.data) if planned is not None else zip(df.task, df.data))
+    drawn = F.build_all(df, pub, Path(results) / "figures", planned, pretrain, names)
+    missing = [p for p in R.targets(results, names) if not Path(p).exists()]
     if missing:
         raise RuntimeError(f"report targets not written: {', '.join(missing)}")
     return drawn
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     except (C.CollectError, PUB.PublishedError, ConfigError, OSError, ValueError, RuntimeError) as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 1
-    print(f"report: {len(R.targets(a.results))} files under {a.results}/tables and {a.results}/figures "
+    print(f"report: the tables and figures under {a.results}/tables and {a.results}/figures "
           f"({time.perf_counter() - t0:.2f} s)")
     return 0
 

@@ -11,7 +11,8 @@
                   them (``pretrain="shift"``, x = pre-training + fine-tuning iterations).
     samples_seen  images, instances and pixels seen: pre-training + fine-tuning vs from scratch,
                   grouped bars per schedule (paper Figure 2).
-    less_data     convergence panels for COCO subsets and VOC (paper Figures 7, 8).
+    less_data     convergence panels for COCO subsets and VOC (paper Figures 7, 8); only for a grid
+                  that has such runs (rethink.report_targets.figures_for).
 
 Figures build from whatever metrics exist; a partial grid says "partial: N of M runs done".
 A figure with nothing to draw still gets written (it says so and lists the paper's numbers).
@@ -33,6 +34,7 @@ import pandas as pd  # noqa: E402
 
 from . import published as pubmod  # noqa: E402
 from .metrics import is_finite  # noqa: E402
+from .report_targets import FIGURES  # noqa: E402
 from .tables import GROUP, RANDOM, _inits, _setting_label, group_order, kind_of  # noqa: E402
 
 PRETRAINED_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]
@@ -316,8 +318,9 @@ def save(fig, folder: str | os.PathLike, name: str) -> list[Path]:
     return out
 
 
-def build_all(df: pd.DataFrame, pub: pd.DataFrame, folder, planned=None, pretrain="band") -> dict[str, dict]:
-    """Write every figure; returns {figure name: what it drew}."""
+def build_all(df: pd.DataFrame, pub: pd.DataFrame, folder, planned=None, pretrain="band",
+              names=FIGURES) -> dict[str, dict]:
+    """Write the figures `names` (rethink.report_targets.figures_for); returns {figure name: what it drew}."""
     _, _, note = progress(df, planned)
     df = df[~df.test_aug]  # curves and counts: the plain evaluations (a TTA row is one more point)
     drawn = {}
@@ -328,8 +331,9 @@ def build_all(df: pd.DataFrame, pub: pd.DataFrame, folder, planned=None, pretrai
     save(fig, folder, "convergence")
     fig, drawn["samples_seen"] = samples_seen(df, pub, note)
     save(fig, folder, "samples_seen")
-    fig, drawn["less_data"] = convergence(
-        df, pub, {"less_data", "voc"}, "Less data and VOC (paper Figures 7, 8)", pretrain, note,
-        empty_sources=["figure7", "figure8"])
-    save(fig, folder, "less_data")
+    if "less_data" in names:
+        fig, drawn["less_data"] = convergence(
+            df, pub, {"less_data", "voc"}, "Less data and VOC (paper Figures 7, 8)", pretrain, note,
+            empty_sources=["figure7", "figure8"])
+        save(fig, folder, "less_data")
     return drawn

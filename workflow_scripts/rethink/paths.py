@@ -220,15 +220,21 @@ class Paths:
         return ([self.metrics(m.family, m.line, m.iteration) for m in self.plan.milestones.values()]
                 + [self.metrics(m.family, m.line, m.iteration, tta=True) for m in self.plan.tta_milestones.values()])
 
+    def figure_names(self) -> list[str]:
+        """The figures this grid can draw (rethink.report_targets.figures_for)."""
+        from . import report_targets
+
+        return report_targets.figures_for((r.task, r.data) for r in self.plan.grid.runs.values())
+
     def final_targets(self) -> list[str]:
         from . import report_targets
 
-        return [self.metrics_table, *report_targets.targets(self.results)]
+        return [self.metrics_table, *report_targets.targets(self.results, self.figure_names())]
 
     def report_entries(self) -> list[dict]:
         from . import report_targets
 
-        return report_targets.entries(self.results)
+        return report_targets.entries(self.results, figure_names=self.figure_names())
 
     # ------------------------------------------------------------------ specs
     def data_spec(self, data: str) -> dict:

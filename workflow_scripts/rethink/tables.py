@@ -39,6 +39,7 @@ import pandas as pd
 
 from . import published as pubmod
 from .metrics import is_finite
+from .report_targets import kind_of  # noqa: F401 (which table a setting belongs to; figures, claims use it)
 from .seeds import AUG, GROUP, finals, standard_error, std_of
 
 MINUS = "\u2212"
@@ -100,20 +101,6 @@ class Table:
 
 
 # --------------------------------------------------------------------------- data
-def kind_of(task: str, data: str, train_aug: bool = False, test_aug: bool = False) -> str:
-    """Which table a setting belongs to. "enhanced" (Table 3): Mask R-CNN / cascade on full COCO
-    with train-time scale augmentation, and every evaluation with test-time augmentation."""
-    if task == "keypoint_rcnn":
-        return "keypoints"
-    if data.startswith("voc"):
-        return "voc"
-    if data.startswith("coco_") and data != "coco_full":
-        return "less_data"
-    if test_aug or (train_aug and task in ("mask_rcnn", "cascade_mask_rcnn")):
-        return "enhanced"
-    return "main"
-
-
 def _setting_label(task, backbone, norm, data, variant) -> str:
     parts = [backbone, norm, data]
     if task not in ("mask_rcnn",):
