@@ -437,3 +437,38 @@ def test_ddp_two_processes_gloo_syncbn_via_torchrun(tmp_path):
     assert len(ck["rng"]) == 2
     assert any(k.endswith("running_mean") for k in ck["model"])  # a BN-type norm (NaiveSyncBatchNorm on CPU)
     assert sorted(history(spec["history"])) == [0, 1]  # only rank 0 writes
+
+
+# ------------------------------------------------------------------------------ mixed precision
+class StopAfter(hooks.HookBase):
+    """Acts as a stop signal after iteration n (StopOnSignal then checkpoints and stops)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def after_step(self) -> None:
+        if self.trainer.iter == self.n and self.trainer.stop_signal is None:
+            self.trainer.stop_signal = signal.SIGTERM
+
+
+def test_amp_trains_in_bfloat16_on_cpu_and_resumes_exactly(tmp_path):
+    """recipe.amp on the CPU: autocast bfloat16 (other losses than fp32); stopped after iteration 2
+    and resumed, it ends with the same weights as a run that never stopped; a non-finite loss still
+    stops it as diverged."""
+    p = tiny_paths(tmp_path / "amp", recipe={"amp": True})
+    seg = first_segment(p)
+    straight = segment.train_segment(spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r0"),
+                                             output=str(tmp_path / "straight.pth")))
+    spec = spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r1"), output=str(tmp_path / "resumed.pth"))
+    with pytest.raises(loop.Preempted):
+        segment.train_segment(spec, [StopAfter(2)])
+    resumed = segment.train_segment(spec)
+    assert resumed["history"][0]["iteration"] == 2
+    assert_same_weights(weights(tmp_path / "straight.pth"), weights(tmp_path / "resumed.pth"))
+    fp = tiny_paths(tmp_path / "fp32")
+    plain = segment.train_segment(spec_of(fp, first_segment(fp), end=4, resume_dir=str(tmp_path / "r2"),
+                                          output=str(tmp_path / "fp32.pth")))
+    assert [h["loss"] for h in plain["history"]] != [h["loss"] for h in straight["history"]]
+    with pytest.raises(hooks.Diverged):
+        segment.train_segment(spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r3"),
+                                      output=str(tmp_path / "nan.pth")), [hooks.NanAt(1)])

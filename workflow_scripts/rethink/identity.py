@@ -46,8 +46,14 @@ def digest(content: dict) -> str:
     return hashlib.sha256(canonical(content).encode()).hexdigest()[:16]
 
 
+# recipe fields added after results existed, at the value that trains as before the field existed:
+# left out of the identity at that value, so an upgrade of the workflow redoes nothing
+RECIPE_DEFAULTS = {"amp": False}
+
+
 def result_recipe(recipe: dict) -> dict:
-    return {k: v for k, v in recipe.items() if k not in OPERATIONAL_RECIPE}
+    return {k: v for k, v in recipe.items()
+            if k not in OPERATIONAL_RECIPE and RECIPE_DEFAULTS.get(k, object()) != v}
 
 
 def line_identity(settings: dict, schedule: dict, engine: str, dataset: dict, init: dict) -> dict:

@@ -27,6 +27,8 @@ rethink.sampling):
 * One trainer per segment: rank 0 holds an exclusive lock on ``<resume_dir>/.lock`` (rethink.lock)
   from before the start state is read; a second trainer of the same segment stops at once
   (exit code 1) naming the holder.
+* recipe.amp: the forward pass under autocast (rethink.precision; float16 + GradScaler on CUDA,
+  bfloat16 on CPU), the scaler's state in every checkpoint.
 * DDP through torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on CPU; each process gets batch / world
   images; only rank 0 writes checkpoints and logs.
 
@@ -61,6 +63,7 @@ from .hooks import Diverged, Preempted
 from .lock import SegmentBusy, SegmentLock
 from .norms import is_norm
 from .paths import DIVERGED_MARKER
+from .precision import MixedPrecision
 from .schedule import Schedule
 
 EXIT_DIVERGED = Diverged.exit_code
@@ -242,6 +245,7 @@ class Trainer:
                                         momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
         else:
             optimizer = build_optimizer(model, recipe)
+        self.amp = MixedPrecision(recipe.get("amp", False), d.device)
         self.base = {"counters": {k: 0 for k in checkpoint.COUNTERS}, "wall_seconds": 0.0, "device_seconds": 0.0}
         state = checkpoint.latest_valid(self.resume_dir, self.start, self.end, self.log) if self.resume_dir else None
         from_start = False  # state is the start checkpoint (not a resume checkpoint of this segment)
@@ -276,6 +280,7 @@ class Trainer:
             try:
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
+                self.amp.load_state_dict(state.get("grad_scaler"))
             except (RuntimeError, ValueError, KeyError) as e:
                 raise checkpoint.CheckpointError(
                     f"{state.get('_path', spec.get('start_checkpoint'))}: does not fit the model/optimizer of "
@@ -313,8 +318,9 @@ class Trainer:
         self.lr = self.sched.lr(self.iter)
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr
-        self.losses = self.engine.losses(self.model, self.batch)
-        self.loss = sum(self.losses.values())
+        with self.amp.autocast():
+            self.losses = self.engine.losses(self.model, self.batch)
+        self.loss = sum(v.float() for v in self.losses.values())
         if self.dist.world > 1:
             vec = torch.stack([self.loss.detach().float(),
                                torch.tensor(1.0 if self.stop_signal else 0.0, device=self.loss.device)])
@@ -327,8 +333,7 @@ class Trainer:
         for h in self.hooks:
             h.after_forward()
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss.backward()
-        self.optimizer.step()
+        self.amp.backward_and_step(self.loss, self.optimizer)
 
     # ------------------------------------------------------------------ checkpoints
     def snapshot(self) -> dict | None:
@@ -354,6 +359,7 @@ class Trainer:
             "run_id": self.run["run_id"], "family": self.family, "line": self.line, "engine": self.spec["engine"],
             "identity": self.spec.get("identity"),  # hash of what determined it (rethink.identity)
             "rng": rngs,
+            **({"grad_scaler": self.amp.state_dict()} if self.amp.scaler is not None else {}),
         }
 
     def save_resume(self) -> str | None:
