@@ -8,7 +8,7 @@ truncated after its header passes), ``width``/``height`` positive integers equal
 size after its EXIF orientation (orientations 5-8 swap the sides; the engines apply the
 orientation when they decode an image, as detectron2 does).
 
-Every annotation: ``image_id`` a known image, ``category_id`` one of the dataset's categories,
+Every annotation (of an image whose record and file passed): ``image_id`` a known image, ``category_id`` one of the dataset's categories,
 ``bbox`` four finite numbers [x, y, w, h] with w, h >= 0 inside the image within
 max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC x side), ``area`` a finite number >= 0 (COCOeval reads it),
 ``segmentation`` well formed when present (polygons: a list of lists of an even number >= 6 of
@@ -157,6 +157,7 @@ class Split:
                 self.bad_images.add(im["id"])
         self._check_headers([im for iid, im in by_id.items() if iid not in self.bad_images])
         cat_ids = {c["id"] for c in categories}
+        bad_records = set(self.bad_images)  # their annotations are not checked further
         ids_seen: set = set()
         for j, a in enumerate(anns):
             if not isinstance(a, dict):
@@ -170,6 +171,8 @@ class Split:
             if im is None:
                 self.add("image_unknown", None, f"annotation {aid}: image_id", f"{a.get('image_id')!r} names no image")
                 self.bad_anns.add(j)
+                continue
+            if im["id"] in bad_records:
                 continue
             for kind, field, message in _annotation_problems(a, im, cat_ids, masks):
                 self.add(kind, im, f"annotation {aid}: {field}", message)
