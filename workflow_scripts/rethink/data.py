@@ -10,7 +10,7 @@ as COCO-format JSON plus a *manifest*, ``<workdir>/data/<name>/dataset.json``::
      "categories": [{"id": 1, "name": "circle"}, ...],   # + "keypoints", "skeleton" for person
      "num_train_images": 64, "num_val_images": 16,
      "keypoints": false,      # annotations carry 17 COCO keypoints (person only)
-     "masks": true}           # annotations carry segmentation polygons/RLE (false for VOC)
+     "masks": true}           # annotations carry segmentation polygons/RLE (false: VOC, boxes-only coco)
 
 Paths in the manifest are absolute (resolved when the dataset is prepared). An image's file is
 ``<split.images>/<image.file_name>``. The manifest is written last and atomically, so a dataset
@@ -42,7 +42,14 @@ coco
     annotations; categories and val are unchanged. Because the permutation depends only on the
     seed and the id list, subsets of one seed are nested (the 1k subset lies inside the 3.5k
     one). Images without annotations can be drawn (as in the full set; training loaders drop
-    them). Without ``num_images`` the manifest points at the original JSON.
+    them). Without ``num_images`` the manifest points at the original JSON, unless validation
+    changed a split (then ``train.json`` / ``val.json`` in the dataset's folder).
+
+Kinds coco and voc are checked when prepared (rethink.validate_data: image files and sizes,
+ids, categories, boxes, segmentations; ``on_bad_data`` error | skip; ``validation.json`` beside
+the manifest). A coco set's ``masks`` is true when its non-crowd annotations have segmentations,
+false for a boxes-only set; a mask task on a set without masks is refused when training starts
+(:func:`check_task`). With ``num_images`` only the subset's images are checked.
 
 voc
     PASCAL VOC XML converted to COCO JSON (boxes only, the 20 VOC classes in VOC_CLASSES order,
@@ -81,6 +88,7 @@ from .synthetic import (
     instance_categories,
     make_synthetic_split,
 )
+from .validate_data import DatasetError  # defined there, below this module (one import direction)
 
 SCHEMA = "rethink-dataset/1"
 
@@ -89,11 +97,6 @@ VOC_CLASSES = [
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 ]
-
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be prepared or read; the message names the field or file."""
 
 
 def prepare_synthetic(spec: dict, out_dir: Path) -> dict:

@@ -52,6 +52,11 @@ EXAMPLES = 5  # examples kept per problem kind in validation.json
 HEADER_THREADS = 16  # header reads are I/O bound (a network file system on a cluster)
 REPORT = "validation.json"
 
+
+class DatasetError(ValueError):
+    """A dataset that cannot be prepared or read; the message names the field or file. (Defined
+    here so that this module imports nothing of rethink.data; rethink.data.DatasetError is it.)"""
+
 PROBLEMS = {
     "image_record": "id, file_name, width or height missing or of the wrong type",
     "image_id_duplicate": "an image id given to two records",
@@ -94,6 +99,11 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _numbers(values: list) -> bool:
+    """All finite int/float (no bool); the sum is finite iff every value is (short of ~1e308)."""
+    return all(type(v) in (int, float) for v in values) and math.isfinite(sum(values))
+
+
 def _int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -132,8 +142,6 @@ class Split:
         images = self.coco.get("images")
         anns = self.coco.get("annotations")
         if not isinstance(images, list) or not isinstance(anns, list):
-            from .data import DatasetError
-
             raise DatasetError(f"{self.ann_path}: 'images' and 'annotations' must be lists")
         by_id: dict = {}
         for i, im in enumerate(images):
@@ -221,7 +229,7 @@ def _annotation_problems(a: dict, im: dict, cat_ids: set, masks: bool):
     if a.get("category_id") not in cat_ids:
         yield "category_unknown", "category_id", f"{a.get('category_id')!r} is not among the category ids"
     box = a.get("bbox")
-    if not (isinstance(box, list) and len(box) == 4 and all(_number(v) for v in box)) or box[2] < 0 or box[3] < 0:
+    if not (isinstance(box, list) and len(box) == 4 and _numbers(box)) or box[2] < 0 or box[3] < 0:
         yield "bbox_malformed", "bbox", f"{box!r} is not [x, y, w, h] of 4 finite numbers with w, h >= 0"
     else:
         x, y, w, h = box
@@ -237,7 +245,7 @@ def _annotation_problems(a: dict, im: dict, cat_ids: set, masks: bool):
                                                            f"non-crowd annotations have one)")
     elif isinstance(seg, list):
         for k, poly in enumerate(seg):
-            if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and all(_number(v) for v in poly)):
+            if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and _numbers(poly)):
                 n = len(poly) if isinstance(poly, list) else type(poly).__name__
                 yield "polygon_malformed", f"segmentation[{k}]", (f"polygon of {n} values: not an even number >= 6 "
                                                                   f"of finite numbers")
@@ -260,8 +268,6 @@ def validate(name: str, splits: dict, categories: list, on_bad_data: str, out_di
     Writes `out_dir`/validation.json and prints its summary line; raises DatasetError under
     on_bad_data error if anything is bad. Returns ({split: (COCO dict, changed)}, masks): a
     changed dict must be written to the prepared JSON; an unchanged one is the input object."""
-    from .data import DatasetError
-
     if on_bad_data not in ON_BAD_DATA:
         raise DatasetError(f"datasets.{name}.on_bad_data: {on_bad_data!r} is not one of {', '.join(ON_BAD_DATA)}")
     if masks is None:
