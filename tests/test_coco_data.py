@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from rethink import data, evaluate, validate_data
+from rethink import data, evaluate, segment, validate_data
 from rethink.engines import torchvision_engine as tv
 
 CATS = [{"id": 1, "name": "cup", "supercategory": "x"}, {"id": 5, "name": "dog", "supercategory": "x"},
@@ -217,6 +217,11 @@ def test_boxes_only_set_refuses_a_mask_task(tmp_path):
     for task in ("mask_rcnn", "cascade_mask_rcnn"):
         with pytest.raises(data.DatasetError, match=rf"dataset 'boxes' \(coco\) has no masks .*task {task} needs them"):
             data.check_task(m, task)
+    # where a training job reads the manifest, before any model is built
+    spec = {"engine": "torchvision", "run": {"recipe": {"task": "mask_rcnn"}},
+            "dataset": str(tmp_path / "data" / "boxes" / "dataset.json")}
+    with pytest.raises(data.DatasetError, match=r"dataset 'boxes' \(coco\) has no masks .*task mask_rcnn"):
+        segment.train_segment(spec)
 
 
 def test_on_bad_data_value_is_checked(tmp_path):
@@ -268,3 +273,26 @@ def test_image_cache_is_bounded_in_bytes(tmp_path):
     assert tv._cache_bytes <= tv.CACHE_BYTES
     assert sum(t.nbytes for t in tv._cache.values()) == tv._cache_bytes
     assert torch.equal(split.image(0), first)
+
+
+def test_a_subset_checks_only_its_images_and_val_is_checked_too(tmp_path):
+    spec = make_set(tmp_path / "coco")
+    sub = {**spec, "num_images": 3, "subset_seed": 1}
+    kept = data.subset_image_ids(range(1, 7), 3, 1)
+    outside = next(i for i in range(1, 7) if i not in kept)
+    _edit(spec, lambda c, r: c["images"][outside - 1].update(width=999))
+    m = _prepare(tmp_path, sub, "sub")
+    assert sorted(im["id"] for im in json.loads(Path(m["train"]["annotations"]).read_text())["images"]) == kept
+    _edit(spec, lambda c, r: c["images"][kept[0] - 1].update(width=999))
+    with pytest.raises(data.DatasetError, match=rf"image {kept[0]} \(.*\): width/height: the file is"):
+        _prepare(tmp_path, sub, "sub")
+    val = Path(spec["root"]) / spec["val_annotations"]
+    v = json.loads(val.read_text())
+    v["annotations"][0]["category_id"] = 2
+    val.write_text(json.dumps(v))
+    with pytest.raises(data.DatasetError) as e:
+        _prepare(tmp_path, {**spec, "on_bad_data": "error"}, "v")
+    assert "val: 1 category_unknown" in str(e.value)
+    with pytest.raises(data.DatasetError, match=r"val\.json: on_bad_data skip dropped every one of its 1 images"):
+        _prepare(tmp_path, {**spec, "on_bad_data": "skip"}, "v")  # an empty split is no split
+    assert _report(tmp_path, "v")["splits"]["val"]["dropped"] == {"images": 1, "annotations": 1}

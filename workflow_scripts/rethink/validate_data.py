@@ -291,6 +291,10 @@ def validate(name: str, splits: dict, categories: list, on_bad_data: str, out_di
               "splits": reports}
     write_json_atomic(Path(out_dir) / REPORT, report, indent=1, sort_keys=True)
     print(f"prepare_data: {name}: validation: {summary(report)} (report {Path(out_dir) / REPORT})", flush=True)
+    emptied = [s for s in checked.values() if s.coco["images"] and not out[s.name][0]["images"]]
+    if emptied:
+        raise DatasetError(f"{emptied[0].ann_path}: on_bad_data skip dropped every one of its "
+                           f"{len(emptied[0].coco['images'])} images (see {Path(out_dir) / REPORT})")
     bad = [s for s in checked.values() if s.counts]
     if bad and on_bad_data == "error":
         counts = "; ".join(f"{s.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(s.counts.items())) for s in bad)
