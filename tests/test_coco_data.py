@@ -224,6 +224,19 @@ def test_boxes_only_set_refuses_a_mask_task(tmp_path):
         segment.train_segment(spec)
 
 
+def test_keypoints_of_a_keypoint_category_are_checked(tmp_path):
+    spec = make_set(tmp_path / "coco")
+
+    def edit(c, r):
+        c["categories"][0]["keypoints"] = ["nose", "left_eye"]
+        c["annotations"][0]["keypoints"] = [3, 4, 2, 5, 6, 2]
+        c["annotations"][6]["keypoints"] = [3, 4, 2]
+
+    _edit(spec, edit)
+    with pytest.raises(data.DatasetError, match=r"image 5 \(rot\.jpg\): annotation 7: keypoints: 3 values, not 3 x 2"):
+        _prepare(tmp_path, spec)
+
+
 def test_on_bad_data_value_is_checked(tmp_path):
     spec = make_set(tmp_path / "coco")
     with pytest.raises(data.DatasetError, match=r"datasets\.real\.on_bad_data: 'drop' is not one of error, skip"):

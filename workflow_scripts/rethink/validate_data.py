@@ -8,12 +8,13 @@ truncated after its header passes), ``width``/``height`` positive integers equal
 size after its EXIF orientation (orientations 5-8 swap the sides; the engines apply the
 orientation when they decode an image, as detectron2 does).
 
-Every annotation (of an image whose record and file passed): ``image_id`` a known image, ``category_id`` one of the dataset's categories,
-``bbox`` four finite numbers [x, y, w, h] with w, h >= 0 inside the image within
-max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC x side), ``area`` a finite number >= 0 (COCOeval reads it),
-``segmentation`` well formed when present (polygons: a list of lists of an even number >= 6 of
-finite numbers; RLE: a dict whose ``counts`` is a string or a list of integers and whose ``size``
-is the image's [height, width]).
+Every annotation (of an image whose record and file passed): ``image_id`` a known image,
+``category_id`` one of the dataset's categories, ``bbox`` four finite numbers [x, y, w, h] with
+w, h >= 0 inside the image within max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC x side), ``area`` a
+finite number >= 0 (COCOeval reads it), ``keypoints`` (when given, of a category with keypoint
+names) 3 finite numbers per keypoint, ``segmentation`` well formed when present (polygons: a list
+of lists of an even number >= 6 of finite numbers; RLE: a dict whose ``counts`` is a string or a
+list of integers summing to height x width, and whose ``size`` is the image's [height, width]).
 
 Masks: a set whose non-crowd annotations have a segmentation (any of them) is a mask set; there a
 non-crowd annotation without one is a problem (``segmentation_missing``). A set where none has
@@ -68,6 +69,7 @@ PROBLEMS = {
     "bbox_malformed": "bbox is not 4 finite numbers with w, h >= 0",
     "bbox_outside": "bbox extends past the image (beyond the tolerance)",
     "area_malformed": "area missing or not a finite number >= 0",
+    "keypoints_malformed": "keypoints of a keypoint category are not 3 x (its keypoint count) finite numbers",
     "segmentation_missing": "a non-crowd annotation of a mask set has no segmentation",
     "polygon_malformed": "a polygon is not a list of an even number >= 6 of finite numbers",
     "rle_malformed": "an RLE's counts is not a string or list of integers, or its size is not the image's [h, w]",
@@ -164,7 +166,7 @@ class Split:
             if bad:
                 self.bad_images.add(im["id"])
         self._check_headers([im for iid, im in by_id.items() if iid not in self.bad_images])
-        cat_ids = {c["id"] for c in categories}
+        cat_ids = {c["id"]: len(c.get("keypoints") or ()) for c in categories}  # -> keypoints per object
         bad_records = set(self.bad_images)  # their annotations are not checked further
         ids_seen: set = set()
         for j, a in enumerate(anns):
@@ -223,11 +225,17 @@ class Split:
                 "dropped": dropped, "renumbered_annotation_ids": self.renumbered, "exif_rotated_images": self.rotated}
 
 
-def _annotation_problems(a: dict, im: dict, cat_ids: set, masks: bool):
-    """(kind, field, message) of each problem of one annotation of image record `im`."""
+def _annotation_problems(a: dict, im: dict, cat_ids: dict, masks: bool):
+    """(kind, field, message) of each problem of one annotation of image record `im` (`cat_ids`:
+    category id -> number of keypoints of that category)."""
     W, H = im["width"], im["height"]
     if a.get("category_id") not in cat_ids:
         yield "category_unknown", "category_id", f"{a.get('category_id')!r} is not among the category ids"
+    elif cat_ids[a["category_id"]] and "keypoints" in a:
+        kp, k = a["keypoints"], cat_ids[a["category_id"]]
+        if not (isinstance(kp, list) and len(kp) == 3 * k and _numbers(kp)):
+            n = len(kp) if isinstance(kp, list) else type(kp).__name__
+            yield "keypoints_malformed", "keypoints", f"{n} values, not 3 x {k} finite numbers (x, y, v per keypoint)"
     box = a.get("bbox")
     if not (isinstance(box, list) and len(box) == 4 and _numbers(box)) or box[2] < 0 or box[3] < 0:
         yield "bbox_malformed", "bbox", f"{box!r} is not [x, y, w, h] of 4 finite numbers with w, h >= 0"
