@@ -123,6 +123,8 @@ def test_realistic_set_prepares_and_renumbers(tmp_path, capsys):
 
 BAD = {  # name: (edit of the train JSON/files, problem kind, image id, file, field)
     "missing image file": (lambda c, r: (r / "train" / "sub" / "x.jpg").unlink(), "image_missing", 4, "sub/x.jpg", "file_name"),
+    "not an image": (lambda c, r: (r / "train" / "a.jpg").write_bytes(b"<html>moved</html>"), "image_unreadable", 1,
+                     "a.jpg", "file_name"),
     "size mismatch": (lambda c, r: c["images"][1].update(width=41), "image_size_mismatch", 2, "gray.png", "width/height"),
     "rotated size as stored": (lambda c, r: c["images"][4].update(width=50, height=80), "image_size_mismatch", 5,
                                "rot.jpg", "width/height"),

@@ -93,7 +93,7 @@ def _header(path: Path):
         return oriented_size(path)
     except FileNotFoundError:
         return "image_missing", f"no such file {path}"
-    except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # UnidentifiedImageError: OSError
         return "image_unreadable", f"{path}: {e}"
 
 
