@@ -239,6 +239,16 @@ def test_keypoints_of_a_keypoint_category_are_checked(tmp_path):
         _prepare(tmp_path, spec)
 
 
+def test_categories_need_unique_integer_ids(tmp_path):
+    spec = make_set(tmp_path / "coco")
+    _edit(spec, lambda c, r: c["categories"].append({"id": 5, "name": "again"}))
+    with pytest.raises(data.DatasetError, match=r"train\.json: categories: ids \[5\] are given twice"):
+        _prepare(tmp_path, spec)
+    _edit(spec, lambda c, r: c["categories"].__setitem__(3, {"name": "no id"}))
+    with pytest.raises(data.DatasetError, match=r"train\.json: categories\[3\]: .* has no integer id"):
+        _prepare(tmp_path, spec)
+
+
 def test_on_bad_data_value_is_checked(tmp_path):
     spec = make_set(tmp_path / "coco")
     with pytest.raises(data.DatasetError, match=r"datasets\.real\.on_bad_data: 'drop' is not one of error, skip"):

@@ -58,12 +58,14 @@ class DatasetError(ValueError):
     """A dataset that cannot be prepared or read; the message names the field or file. (Defined
     here so that this module imports nothing of rethink.data; rethink.data.DatasetError is it.)"""
 
+
 PROBLEMS = {
     "image_record": "id, file_name, width or height missing or of the wrong type",
     "image_id_duplicate": "an image id given to two records",
     "image_missing": "no file at <images>/<file_name>",
     "image_unreadable": "the file's header is not an image PIL can read",
     "image_size_mismatch": "width/height differ from the file's size after EXIF orientation",
+    "annotation_record": "an entry of annotations that is not a mapping",
     "image_unknown": "an annotation's image_id names no image",
     "category_unknown": "an annotation's category_id is not among the categories",
     "bbox_malformed": "bbox is not 4 finite numbers with w, h >= 0",
@@ -78,7 +80,8 @@ PROBLEMS = {
 
 def oriented_size(path) -> tuple[int, int, int]:
     """(width, height, EXIF orientation) of an image file from its header, the sides swapped for
-    orientations 5-8 (the size an EXIF-aware decoder gives). Raises OSError if unreadable."""
+    orientations 5-8 (the size an EXIF-aware decoder gives). Raises OSError (PIL's
+    UnidentifiedImageError is one) or DecompressionBombError if unreadable."""
     with Image.open(path) as im:
         w, h = im.size
         try:
@@ -171,13 +174,15 @@ class Split:
         ids_seen: set = set()
         for j, a in enumerate(anns):
             if not isinstance(a, dict):
-                self.add("image_unknown", None, f"annotations[{j}]", f"{a!r} is not an annotation record")
+                self.add("annotation_record", None, f"annotations[{j}]", f"{a!r} is not an annotation record")
                 self.bad_anns.add(j)
                 continue
             aid = a.get("id")
-            self.renumber |= aid == 0 or aid in ids_seen or not _int(aid)
-            ids_seen.add(aid)
-            im = by_id.get(a.get("image_id"))
+            if not _int(aid) or aid == 0 or aid in ids_seen:
+                self.renumber = True
+            else:
+                ids_seen.add(aid)
+            im = by_id.get(a.get("image_id")) if _int(a.get("image_id")) else None
             if im is None:
                 self.add("image_unknown", None, f"annotation {aid}: image_id", f"{a.get('image_id')!r} names no image")
                 self.bad_anns.add(j)
@@ -278,6 +283,13 @@ def validate(name: str, splits: dict, categories: list, on_bad_data: str, out_di
     changed dict must be written to the prepared JSON; an unchanged one is the input object."""
     if on_bad_data not in ON_BAD_DATA:
         raise DatasetError(f"datasets.{name}.on_bad_data: {on_bad_data!r} is not one of {', '.join(ON_BAD_DATA)}")
+    for i, c in enumerate(categories):
+        if not (isinstance(c, dict) and _int(c.get("id"))):
+            raise DatasetError(f"{next(iter(splits.values()))[2]}: categories[{i}]: {c!r} has no integer id")
+    ids = [c["id"] for c in categories]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise DatasetError(f"{next(iter(splits.values()))[2]}: categories: ids {dup} are given twice")
     if masks is None:
         masks = any(has_masks(coco.get("annotations") or []) for coco, _, _ in splits.values())
     checked = {}
