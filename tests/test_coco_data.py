@@ -321,3 +321,20 @@ def test_a_subset_checks_only_its_images_and_val_is_checked_too(tmp_path):
     with pytest.raises(data.DatasetError, match=r"val\.json: on_bad_data skip dropped every one of its 1 images"):
         _prepare(tmp_path, {**spec, "on_bad_data": "skip"}, "v")  # an empty split is no split
     assert _report(tmp_path, "v")["splits"]["val"]["dropped"] == {"images": 1, "annotations": 1}
+
+
+def test_prepare_data_cli_logs_the_summary_and_names_the_problem(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "workflow_scripts" / "prepare_data.py"
+    spec = {**make_set(tmp_path / "coco"), "name": "real", "output": str(tmp_path / "d" / "dataset.json")}
+    ok = subprocess.run([sys.executable, str(script), "--spec", json.dumps(spec)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "prepare_data: real: validation: train 6 images, 7 annotations: no problems" in ok.stdout
+    _edit(spec, lambda c, r: c["annotations"][2].update(category_id=2))
+    bad = subprocess.run([sys.executable, str(script), "--spec", json.dumps(spec)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "1 problems (1 category_unknown)" in bad.stdout
+    assert bad.stderr.strip().splitlines()[-1].startswith(
+        f"prepare_data: error: {(tmp_path / 'coco' / 'annotations' / 'train.json').resolve()}: image 2 (gray.png): "
+        f"annotation 3: category_id: 2 is not among the category ids")
