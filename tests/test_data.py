@@ -184,9 +184,13 @@ def _fake_coco(root: Path, n_images=50, with_val=True) -> dict:
                          "segmentation": [[10, 10, 60, 10, 60, 50, 10, 50]]})
     cats = [{"id": i, "name": f"c{i}", "supercategory": "x"} for i in (1, 2, 3)]
     coco = {"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": cats}
+    for i, im in enumerate(images):  # the files prepare checks (headers only: any pixels do)
+        for folder in ("train2017", "val2017") if i < 5 else ("train2017",):
+            Image.new("RGB", (640, 480), (i, 0, 0)).save(root / folder / im["file_name"], quality=50)
     (root / "annotations" / "instances_train2017.json").write_text(json.dumps(coco))
     if with_val:
-        (root / "annotations" / "instances_val2017.json").write_text(json.dumps({**coco, "images": images[:5]}))
+        (root / "annotations" / "instances_val2017.json").write_text(json.dumps(
+            {**coco, "images": images[:5], "annotations": [a for a in anns if a["image_id"] in {im["id"] for im in images[:5]}]}))
     return coco
 
 
@@ -264,7 +268,10 @@ def write_voc_tree(root: Path) -> dict:
         d = root / year / "Annotations"
         d.mkdir(parents=True, exist_ok=True)
         objects = "".join(VOC_OBJ.format(name=n, d=dif, x0=b[0], y0=b[1], x1=b[2], y1=b[3]) for n, dif, b in objs)
-        (d / f"{vid}.xml").write_text(VOC_XML.format(year=year, vid=vid, w=500, h=375, objects=objects))
+        w, h = (500, 442) if vid == "2008_000008" else (500, 375)  # the horse reaches y 420
+        (d / f"{vid}.xml").write_text(VOC_XML.format(year=year, vid=vid, w=w, h=h, objects=objects))
+        (root / year / "JPEGImages").mkdir(exist_ok=True)
+        Image.new("RGB", (w, h)).save(root / year / "JPEGImages" / f"{vid}.jpg", quality=50)
     for (year, lst), ids in lists.items():
         d = root / year / "ImageSets" / "Main"
         d.mkdir(parents=True, exist_ok=True)

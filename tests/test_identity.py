@@ -35,6 +35,20 @@ def test_operational_fields_change_no_identity():
     assert hashes(cfg) == BASE
 
 
+def test_on_bad_data_at_its_default_changes_no_identity():
+    """datasets.<name>.on_bad_data error is what a dataset without the field does; skip can
+    prepare other data, so it changes the lines that train on that dataset, and only those."""
+    cfg = copy.deepcopy(PAPER)
+    for spec in cfg["datasets"].values():
+        spec["on_bad_data"] = "error"
+    assert hashes(cfg) == BASE
+    cfg["datasets"]["voc"]["on_bad_data"] = "skip"
+    changed = {key for key, h in hashes(cfg).items() if h != BASE[key]}
+    p = plan.Plan(grid.build(config.validate(copy.deepcopy(PAPER), "test"), "test"))
+    on_voc = {key for key, ln in p.lines.items() if p.run(ln.owner).data == "voc"}
+    assert changed == on_voc and on_voc
+
+
 def test_one_experiments_lr_changes_only_its_lines():
     cfg = copy.deepcopy(PAPER)
     cfg["experiments"]["fig6_keypoints"].setdefault("recipe", {})["base_lr"] = 0.03

@@ -10,7 +10,7 @@ as COCO-format JSON plus a *manifest*, ``<workdir>/data/<name>/dataset.json``::
      "categories": [{"id": 1, "name": "circle"}, ...],   # + "keypoints", "skeleton" for person
      "num_train_images": 64, "num_val_images": 16,
      "keypoints": false,      # annotations carry 17 COCO keypoints (person only)
-     "masks": true}           # annotations carry segmentation polygons/RLE (false for VOC)
+     "masks": true}           # annotations carry segmentation polygons/RLE (false: VOC, boxes-only coco)
 
 A path in the manifest that lies inside the manifest's own folder is written relative to that
 folder (so a copied or moved work tree reads its own copy of the data, never the original's);
@@ -44,7 +44,14 @@ coco
     annotations; categories and val are unchanged. Because the permutation depends only on the
     seed and the id list, subsets of one seed are nested (the 1k subset lies inside the 3.5k
     one). Images without annotations can be drawn (as in the full set; training loaders drop
-    them). Without ``num_images`` the manifest points at the original JSON.
+    them). Without ``num_images`` the manifest points at the original JSON, unless validation
+    changed a split (then ``train.json`` / ``val.json`` in the dataset's folder).
+
+Kinds coco and voc are checked when prepared (rethink.validate_data: image files and sizes,
+ids, categories, boxes, segmentations; ``on_bad_data`` error | skip; ``validation.json`` beside
+the manifest). A coco set's ``masks`` is true when its non-crowd annotations have segmentations,
+false for a boxes-only set; a mask task on a set without masks is refused when training starts
+(:func:`check_task`). With ``num_images`` only the subset's images are checked.
 
 voc
     PASCAL VOC XML converted to COCO JSON (boxes only, the 20 VOC classes in VOC_CLASSES order,
@@ -75,6 +82,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import validate_data
 from .atomic import atomic_file, write_json_atomic
 from .synthetic import (
     category_name,
@@ -82,6 +90,7 @@ from .synthetic import (
     instance_categories,
     make_synthetic_split,
 )
+from .validate_data import DatasetError  # defined there, below this module (one import direction)
 
 SCHEMA = "rethink-dataset/1"
 
@@ -90,11 +99,6 @@ VOC_CLASSES = [
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 ]
-
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be prepared or read; the message names the field or file."""
 
 
 def prepare_synthetic(spec: dict, out_dir: Path) -> dict:
@@ -235,40 +239,62 @@ def _load_json(path: Path, what: str) -> dict:
         raise DatasetError(f"{what}: {path} is not valid JSON ({e})") from None
 
 
+def _load_coco(path: Path, field: str) -> dict:
+    data = _load_json(path, field)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or key not in data:
+            raise DatasetError(f"{field}: {path} lacks the COCO field {key!r}")
+    return data
+
+
 def prepare_coco(spec: dict, out_dir: Path) -> dict:
     name = spec["name"]
     problems = check_dataset_paths(name, spec)
     if problems:
         raise DatasetError("; ".join(problems))
     root = spec["root"]
-    train_ann = _resolve(root, spec["train_annotations"]).resolve()
-    val_ann = _resolve(root, spec["val_annotations"]).resolve()
-    data = _load_json(train_ann, f"datasets.{name}.train_annotations")
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise DatasetError(f"datasets.{name}.train_annotations: {train_ann} lacks the COCO field {key!r}")
+    paths = {s: _resolve(root, spec[f"{s}_annotations"]).resolve() for s in ("train", "val")}
+    data = _load_coco(paths["train"], f"datasets.{name}.train_annotations")
     num = spec.get("num_images")
-    n_train = len(data["images"])
     if num is not None:
+        n_train = len(data["images"])
         if num > n_train:
-            raise DatasetError(f"datasets.{name}.num_images: {num} is more than the {n_train} images of {train_ann}")
+            raise DatasetError(f"datasets.{name}.num_images: {num} is more than the {n_train} images of {paths['train']}")
         keep = set(subset_image_ids([im["id"] for im in data["images"]], num, spec.get("subset_seed", 0)))
         sub = {**{k: v for k, v in data.items() if k not in ("images", "annotations")},
                "images": [im for im in data["images"] if im["id"] in keep],
                "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
         sub.setdefault("info", {})
-        sub["info"] = {**sub["info"], "rethink_subset": {"source": str(train_ann), "num_images": num,
+        sub["info"] = {**sub["info"], "rethink_subset": {"source": str(paths["train"]), "num_images": num,
                                                           "subset_seed": spec.get("subset_seed", 0)}}
-        train_ann = out_dir / f"train_n{num}_s{spec.get('subset_seed', 0)}.json"
-        write_json_atomic(train_ann, sub, separators=(",", ":"))
-        n_train = num
-    with open(val_ann) as f:  # only count; cheap relative to train
-        n_val = len(json.load(f).get("images", []))
-    splits = {
-        "train": {"images": str(_resolve(root, spec["train_images"]).resolve()), "annotations": str(train_ann.resolve()), "n": n_train},
-        "val": {"images": str(_resolve(root, spec["val_images"]).resolve()), "annotations": str(val_ann), "n": n_val},
-    }
-    return _manifest(spec, splits, data["categories"], "coco", masks=True)
+        data = sub
+    val = _load_coco(paths["val"], f"datasets.{name}.val_annotations")
+    images = {s: _resolve(root, spec[f"{s}_images"]).resolve() for s in ("train", "val")}
+    checked, masks = validate_data.validate(
+        name, {"train": (data, images["train"], paths["train"]), "val": (val, images["val"], paths["val"])},
+        data["categories"], spec.get("on_bad_data", "error"), out_dir)
+    # the prepared JSON: a subset, or a split with something dropped or renumbered; else the original
+    written = {"train": out_dir / (f"train_n{num}_s{spec.get('subset_seed', 0)}.json" if num is not None else "train.json"),
+               "val": out_dir / "val.json"}
+    splits = {}
+    for s in ("train", "val"):
+        coco, changed = checked[s]
+        ann = paths[s]
+        if changed or (s == "train" and num is not None):
+            ann = written[s]
+            write_json_atomic(ann, coco, separators=(",", ":"))
+        splits[s] = {"images": str(images[s]), "annotations": str(ann.resolve()), "n": len(coco["images"])}
+    return _manifest(spec, splits, data["categories"], "coco", masks=masks)
+
+
+def check_task(manifest: dict, task: str) -> None:
+    """Refuse a task the dataset cannot train: a mask task on a set without masks (a boxes-only
+    COCO set, VOC). Raises DatasetError naming the dataset and the task."""
+    if task in ("mask_rcnn", "cascade_mask_rcnn") and not manifest.get("masks", True):
+        raise DatasetError(
+            f"dataset {manifest.get('name')!r} ({manifest.get('source_kind')}) has no masks (not every non-crowd "
+            f"annotation has a segmentation; see validation.json beside its manifest): task {task} needs them; "
+            f"use task faster_rcnn, or a dataset with masks")
 
 
 # ----------------------------------------------------------------------------- VOC
@@ -319,13 +345,16 @@ def prepare_voc(spec: dict, out_dir: Path) -> dict:
     if problems:
         raise DatasetError("; ".join(problems))
     root = Path(spec["root"]).resolve()
+    cats = [{"id": i + 1, "name": c} for i, c in enumerate(VOC_CLASSES)]
+    # problems are named by the image-set lists the split was converted from
+    converted = {s: (_voc_split(root, spec[f"{s}_annotations"], f"datasets.{name}.{s}_annotations"), root,
+                     f"{root} {spec[f'{s}_annotations']}") for s in ("train", "val")}
+    checked, _ = validate_data.validate(name, converted, cats, spec.get("on_bad_data", "error"), out_dir, masks=False)
     splits = {}
-    for split in ("train", "val"):
-        coco = _voc_split(root, spec[f"{split}_annotations"], f"datasets.{name}.{split}_annotations")
+    for split, (coco, _) in checked.items():
         path = out_dir / f"{split}.json"
         write_json_atomic(path, coco, sort_keys=True, separators=(",", ":"))
         splits[split] = {"images": str(root), "annotations": str(path.resolve()), "n": len(coco["images"])}
-    cats = [{"id": i + 1, "name": c} for i, c in enumerate(VOC_CLASSES)]
     return _manifest(spec, splits, cats, "voc", masks=False)
 
 

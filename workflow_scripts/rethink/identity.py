@@ -35,6 +35,8 @@ from .atomic import write_json_atomic
 OPERATIONAL_RECIPE = ("num_workers", "checkpoint_period", "eval_gpus")
 # dataset / init fields that describe cost or provenance, not content
 OPERATIONAL_INIT = ("cost",)
+# dataset fields at a value that makes the dataset what it was before the field existed
+DATASET_DEFAULTS = {"on_bad_data": "error"}
 UNDATED = 946684800  # 2000-01-01 UTC: older than any result this workflow has made
 
 
@@ -56,13 +58,19 @@ def result_recipe(recipe: dict) -> dict:
             if k not in OPERATIONAL_RECIPE and RECIPE_DEFAULTS.get(k, object()) != v}
 
 
+def dataset_definition(dataset: dict) -> dict:
+    """A dataset's config entry as its identity: a field of DATASET_DEFAULTS at its default is left
+    out (it prepares the same data as a config without it), so adding it redoes nothing."""
+    return {k: v for k, v in dataset.items() if DATASET_DEFAULTS.get(k, object()) != v}
+
+
 def line_identity(settings: dict, schedule: dict, engine: str, dataset: dict, init: dict) -> dict:
     """What every checkpoint and evaluation of one line of training depends on (see Paths.line_identity)."""
     settings = dict(settings)
     settings["recipe"] = result_recipe(settings["recipe"])
     for k in ("run_id", "family"):  # names, not content (the family is the file's folder)
         settings.pop(k, None)
-    return {"engine": engine, "run": settings, "schedule": schedule, "dataset": dataset,
+    return {"engine": engine, "run": settings, "schedule": schedule, "dataset": dataset_definition(dataset),
             "init": {k: v for k, v in init.items() if k not in OPERATIONAL_INIT}}
 
 

@@ -73,7 +73,7 @@ class Paths:
 
     def data_identity(self, data: str) -> str:
         path = self.ids.path("data", data)
-        self.ids.ensure(path, {"dataset": self.cfg["datasets"][data]})
+        self.ids.ensure(path, {"dataset": identity.dataset_definition(self.cfg["datasets"][data])})
         return path
 
     def pretrain_data_identity(self, init: str) -> str:

@@ -31,14 +31,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .. import models
 from ..checkpoint import load_backbone_weights, unwrap
 from ..d2config import test_aug_sizes
 from ..sampling import GroupedBatches, aspect_groups, iteration_loader
 
-_CACHE_LIMIT = 4096  # decoded images kept in memory per split (the tiny sets fit entirely)
+# Decoded images (uint8 tensors) kept in memory, all splits of a process together, up to this many
+# bytes: the first images decoded stay, later ones are decoded each time. The tiny sets fit
+# entirely; a loader worker is a process of its own with its own cache.
+CACHE_BYTES = 512 * 2**20
+_cache: dict[str, torch.Tensor] = {}
+_cache_bytes = 0
+
+
+def read_image(path) -> torch.Tensor:
+    """uint8 [3, H, W] of an image file in its EXIF orientation (PIL.ImageOps.exif_transpose, as
+    detectron2's read_image), any mode converted to RGB; cached (CACHE_BYTES)."""
+    global _cache_bytes
+    key = str(path)
+    t = _cache.get(key)
+    if t is None:
+        with Image.open(path) as im:
+            arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        t = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+        if _cache_bytes + t.nbytes <= CACHE_BYTES:
+            _cache[key] = t
+            _cache_bytes += t.nbytes
+    return t
 
 
 def keypoint_flip_indices(names: list[str]) -> list[int]:
@@ -113,26 +134,19 @@ class CocoSplit:
         self.ann_path = ann_path
         self.keypoint_names = keypoint_names({"categories": cats})
         self.flip_indices = keypoint_flip_indices(self.keypoint_names)
-        self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.images)
 
     def image(self, idx: int) -> torch.Tensor:
-        """uint8 [3, H, W]."""
-        t = self._cache.get(idx)
-        if t is None:
-            info = self.images[idx]
-            path = self.image_dir / info["file_name"]
-            try:
-                with Image.open(path) as im:
-                    arr = np.asarray(im.convert("RGB"))
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{self.ann_path}: image {info['id']}: {path}: no such file") from None
-            t = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-            if len(self._cache) < _CACHE_LIMIT:
-                self._cache[idx] = t
-        return t
+        """uint8 [3, H, W] in the image's EXIF orientation (the width and height of its record,
+        which prepare_data checked): see read_image."""
+        info = self.images[idx]
+        path = self.image_dir / info["file_name"]
+        try:
+            return read_image(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.ann_path}: image {info['id']}: {path}: no such file") from None
 
     def target(self, idx: int, with_masks: bool, with_keypoints: bool = False) -> dict:
         from pycocotools import mask as mask_util
