@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from pycocotools import mask as mask_util
 
 from rethink import data, evaluate, segment, validate_data
 from rethink.engines import torchvision_engine as tv
+from rethink.validate_data import DatasetError
 
 CATS = [{"id": 1, "name": "cup", "supercategory": "x"}, {"id": 5, "name": "dog", "supercategory": "x"},
         {"id": 90, "name": "toothbrush", "supercategory": "x"}]
@@ -338,3 +340,23 @@ def test_prepare_data_cli_logs_the_summary_and_names_the_problem(tmp_path):
     assert bad.stderr.strip().splitlines()[-1].startswith(
         f"prepare_data: error: {(tmp_path / 'coco' / 'annotations' / 'train.json').resolve()}: image 2 (gray.png): "
         f"annotation 3: category_id: 2 is not among the category ids")
+
+
+def test_training_draws_only_annotated_images_and_a_broken_file_is_named(tmp_path):
+    """As detectron2's loader: images without a non-crowd annotation are not drawn for training
+    (the same images in both engines); an image file broken after prepare is named when read."""
+    spec = make_set(tmp_path / "coco")
+    m = _prepare(tmp_path, spec)
+    split = tv.CocoSplit(m, "train")
+    run = {"seed": 0, "recipe": {"batch": 2, "min_size_train": [32], "max_size_train": 64, "task": "mask_rcnn"}}
+    stream = tv.TrainStream(split, run, 0, 0, 1)
+    empty = {i for i, im in enumerate(split.images) if not any(not a.get("iscrowd") for a in split.anns[im["id"]])}
+    assert empty and stream.dropped == len(empty)
+    drawn = {i for it in range(60) for i in stream.indices(it)}
+    assert drawn == set(range(len(split))) - empty
+    victim = next(i for i in drawn if split.images[i]["file_name"].endswith(".png"))
+    path = split.image_dir / split.images[victim]["file_name"]
+    path.write_bytes(path.read_bytes()[:40])
+    tv._cache.clear()
+    with pytest.raises(DatasetError, match=re.escape(str(path))):
+        split.image(victim)

@@ -108,6 +108,7 @@ def test_sharing_can_be_switched_off():
 def test_random_configs_keep_the_properties():
     rng = random.Random(0)
     base = load_yaml(ROOT / "configs" / "tiny.yaml")
+    del base["experiments"]["seeds_tiny"]  # its 3x may not be among the drawn schedules
     for trial in range(60):
         cfg = copy.deepcopy(base)
         cfg["eval_period"] = rng.randint(1, 40)

@@ -37,6 +37,7 @@ from .. import models
 from ..checkpoint import load_backbone_weights, unwrap
 from ..d2config import test_aug_sizes
 from ..sampling import GroupedBatches, aspect_groups, iteration_loader
+from ..validate_data import DatasetError
 
 # Decoded images (uint8 tensors) kept in memory, all splits of a process together, up to this many
 # bytes: the first images decoded stay, later ones are decoded each time. The tiny sets fit
@@ -53,8 +54,11 @@ def read_image(path) -> torch.Tensor:
     key = str(path)
     t = _cache.get(key)
     if t is None:
-        with Image.open(path) as im:
-            arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        except (OSError, ValueError) as e:  # truncated, corrupt, gone since the dataset was prepared
+            raise DatasetError(f"{path}: cannot be read as an image ({e})") from None
         t = torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
         if _cache_bytes + t.nbytes <= CACHE_BYTES:
             _cache[key] = t
@@ -216,14 +220,19 @@ class TrainStream:
         self.max_size = int(recipe["max_size_train"])
         self.masks = recipe["task"] in ("mask_rcnn", "cascade_mask_rcnn")
         self.keypoints = recipe["task"] == "keypoint_rcnn"
-        if len(split) == 0:
-            raise ValueError(f"{split.ann_path}: the train split has no images")
-        self.sampler = GroupedBatches(self.seed, self.batch, aspect_groups((im["width"], im["height"])
-                                                                            for im in split.images))
+        # as detectron2's loader (DATALOADER.FILTER_EMPTY_ANNOTATIONS): training draws only images
+        # with an annotation that is not crowd; both engines see the same images
+        self.keep = [i for i, im in enumerate(split.images)
+                     if any(not a.get("iscrowd") for a in split.anns[im["id"]])]
+        if not self.keep:
+            raise ValueError(f"{split.ann_path}: the train split has no image with a (non-crowd) annotation")
+        self.dropped = len(split) - len(self.keep)
+        self.sampler = GroupedBatches(self.seed, self.batch, aspect_groups(
+            (split.images[i]["width"], split.images[i]["height"]) for i in self.keep))
 
     def indices(self, iteration: int) -> list[int]:
         """Train-split indices of this process's share of batch `iteration`."""
-        return self.sampler.indices(iteration, self.rank, self.world)
+        return [self.keep[k] for k in self.sampler.indices(iteration, self.rank, self.world)]
 
     def __iter__(self):
         return self
@@ -312,6 +321,9 @@ class TorchvisionEngine:
         """The TrainStream itself (recipe num_workers 0), or its batches prepared by that many
         loader processes (the same batches: each is a function of seed and iteration)."""
         stream = TrainStream(CocoSplit(dataset, "train"), run, start_iter, rank, world)
+        if stream.dropped and rank == 0:
+            print(f"train: {stream.dropped} of {len(stream.split)} images have no non-crowd annotation and are "
+                  "not drawn (as detectron2's FILTER_EMPTY_ANNOTATIONS)", flush=True)
         workers = int(run["recipe"].get("num_workers", 0))
         return stream if workers == 0 else iteration_loader(stream, start_iter, workers, run["seed"], rank)
 
