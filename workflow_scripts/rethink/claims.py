@@ -30,7 +30,7 @@ import pandas as pd
 
 from .metrics import is_finite
 from .seeds import GROUP, finals, standard_error, std_of
-from .tables import RANDOM, _setting_label, kind_of
+from .tables import RANDOM, _select, _setting_label, kind_of
 
 FIXED_MARGIN = 1.0  # AP: the margin without a seed spread to measure it
 EARLY_GAP = 3.0  # AP: how far ahead pre-training must be at the first common evaluation
@@ -56,6 +56,7 @@ class Side:
     std: float
     n: int
     schedule: str
+    row: pd.Series  # the setting's row of rethink.seeds.finals
 
     def text(self) -> str:
         spread = f" \u00b1 {self.std:.1f} [n={self.n}]" if self.n > 1 and is_finite(self.std) else ""
@@ -63,12 +64,12 @@ class Side:
 
 
 def _best(fin: pd.DataFrame, group: tuple, init: str, metric: str = "bbox_AP") -> Side | None:
-    m = fin[(fin[GROUP] == pd.Series(group, index=GROUP)).all(axis=1) & (fin.init == init)
-            & (fin.status == "") & ~fin.test_aug & fin[metric].map(is_finite)]
+    m = _select(fin, group, init)
+    m = m[(m.status == "") & m[metric].map(is_finite)]
     if m.empty:
         return None
     r = m.loc[m[metric].idxmax()]
-    return Side(float(r[metric]), float(r.get(std_of(metric), math.nan)), int(r["n"]), str(r["schedule"]))
+    return Side(float(r[metric]), float(r.get(std_of(metric), math.nan)), int(r["n"]), str(r["schedule"]), r)
 
 
 def margin(a: Side, b: Side) -> float:
@@ -174,12 +175,7 @@ def localisation(fin: pd.DataFrame) -> Verdict:
         if r is None or p is None:
             v.missing.append(f"{label}: finished {RANDOM if r is None else init} runs")
             continue
-        rows = {}
-        for side, s in ((RANDOM, r), (init, p)):
-            sel = fin[(fin[GROUP] == pd.Series(group, index=GROUP)).all(axis=1) & (fin.init == side)
-                      & (fin.schedule == s.schedule) & ~fin.test_aug]
-            rows[side] = sel.iloc[0]
-        d_ap, d_75 = (float(rows[RANDOM][k]) - float(rows[init][k]) for k in ("bbox_AP", "bbox_AP75"))
+        d_ap, d_75 = (float(r.row[k]) - float(p.row[k]) for k in ("bbox_AP", "bbox_AP75"))
         if not is_finite(d_75):
             continue
         m = margin(r, p)

@@ -41,6 +41,7 @@ class Paths:
         self.cfg = cfg
         self.plan = plan
         self.work = cfg["workdir"].rstrip("/")
+        self._lost: list[str] | None = None
         self.results = cfg["results"].rstrip("/")
         self.ids = identity.Store(f"{self.work}/identity", write=write_identities)
 
@@ -108,7 +109,12 @@ class Paths:
 
     def lost_metrics(self) -> list[str]:
         """The metrics files (paths as the rules name them) that rows of the existing metrics table
-        were collected from and that no longer exist."""
+        were collected from and that no longer exist (read once per parse of the workflow)."""
+        if self._lost is None:
+            self._lost = self._read_lost_metrics()
+        return self._lost
+
+    def _read_lost_metrics(self) -> list[str]:
         import csv
 
         try:
