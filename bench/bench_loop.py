@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow_scripts"))
 
 import torch  # noqa: E402
+from common import bench_config  # noqa: E402
 
-from rethink import config, data, grid, loop, plan  # noqa: E402
+from rethink import data, grid, loop, plan  # noqa: E402
 from rethink.engines import get_engine  # noqa: E402
 from rethink.paths import Paths  # noqa: E402
 
@@ -82,15 +83,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        cfg = config.load(ROOT / "configs" / "tiny.yaml")
-        cfg["workdir"], cfg["results"] = str(tmp / "work"), str(tmp / "results")
-        if args.scale == "paper":
-            keep = {k: cfg["recipe"][k] for k in ("iters_per_x", "lr_drops_from_end", "warmup_iters")}
-            cfg["recipe"] = {**config.recipe_defaults(), **keep, "batch": 2, "base_lr": 0.0025}
-            cfg["axes"]["backbone"] = ["R50"]
-            cfg["seconds_per_iter"] = []
-            cfg["datasets"]["synthetic"].update(image_size=[800, 1000], train_size=16, val_size=4)
-        cfg["recipe"]["gpus"] = args.gpus
+        cfg = bench_config(args.scale, args.gpus, tmp)
         p = Paths(cfg, plan.Plan(grid.build(cfg, "tiny")))
         seg = min(p.plan.segments.values(), key=lambda s: (s.start, s.family))
         spec = copy.deepcopy(p.train_spec(seg))

@@ -120,6 +120,22 @@ onstart:
     check_gpus_here(needrun)
 
 
+def stop_warm_interpreter():
+    """The warm interpreter (warm_interpreter: workflow_scripts/warm.py) ends with the workflow."""
+    if CFG.get("warm_interpreter") and not _CONDA:
+        import warm
+
+        warm.stop()
+
+
+onsuccess:
+    stop_warm_interpreter()
+
+
+onerror:
+    stop_warm_interpreter()
+
+
 # The workflow's scripts run under the interpreter that runs Snakemake, or, with
 # `--sdm conda`, under the rule's environment (envs/*.yaml).
 _CONDA = "conda" in {str(getattr(m, "name", m)).lower() for m in workflow.deployment_settings.deployment_method}

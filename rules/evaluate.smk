@@ -16,11 +16,11 @@ rule evaluate:
     resources:
         **R.eval_resources(),
     params:
-        py=PY,
+        launcher=R.single(PY),
         script=script("evaluate.py"),
         job=job("evaluate"),
     shell:
-        "{params.py:q} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
+        "{params.launcher} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
 
 
 # The final checkpoint of a run whose experiment sets test_aug, evaluated a second time with
@@ -36,6 +36,6 @@ use rule evaluate as evaluate_tta with:
     resources:
         **R.eval_resources(tta=True),
     params:
-        py=PY,
+        launcher=R.single(PY),
         script=script("evaluate.py"),
         job=job("evaluate_tta"),

@@ -19,11 +19,11 @@ rule pretrain:
     resources:
         runtime=60,
     params:
-        py=PY,
+        launcher=R.single(PY),
         script=script("pretrain.py"),
         job=job("pretrain"),
     shell:
-        "{params.py:q} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
+        "{params.launcher} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
 
 
 rule stage_weights:

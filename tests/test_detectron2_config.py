@@ -53,8 +53,9 @@ def diff(got: dict, want: dict) -> dict:
     return {k: (got.get(k, "<missing>"), v) for k, v in want.items() if got.get(k, "<missing>") != v}
 
 
-# the paper trains at 800 px without scale augmentation; the project registers its own data sets
-PAPER = {"INPUT.MIN_SIZE_TRAIN": [800],
+# the project's differences from detectron2's configs: the paper's single train scale, its own
+# dataset names, and no PreciseBN pass (detectron2's SyncBN configs enable one; d2config says none runs)
+PAPER = {"INPUT.MIN_SIZE_TRAIN": [800], "TEST.PRECISE_BN.ENABLED": False,
          "DATASETS.TRAIN": ["rethink_coco_full_train"], "DATASETS.TEST": ["rethink_coco_full_val"]}
 
 

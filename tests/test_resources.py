@@ -50,10 +50,43 @@ def test_single_node_training_job():
     ms = next(iter(paths.plan.milestones.values()))
     ewc = WC(family=ms.family, line=ms.line, iter=f"{ms.iteration:07d}")
     assert val(ev["gpu"], ewc) == 1 and val(ev["cpus_per_task"], ewc) == 4
-    assert ev["runtime"](ewc, 1) == 60 and ev["runtime"](ewc, 2) == 120
-    # test-time augmentation: 18 passes over the val set at the paper's sizes -> 5 hours per attempt
+    # the eval_seconds entry of the run's backbone on 1 GPU: start-up + 5,000 val2017 images x seconds
+    # per image, x margin 1.5 x attempt, in minutes, plus 10
+    run = paths.plan.run(paths.plan.lines[(ms.family, ms.line)].owner)
+    e = next(e for e in paths.cfg["eval_seconds"] if e["backbone"] == run.backbone and e["gpus"] == 1)
+    one = (e["setup_seconds"] + 5000 * e["seconds_per_image"]) * 1.5
+    assert ev["runtime"](ewc, 1) == int(one / 60) + 10 and ev["runtime"](ewc, 2) == int(2 * one / 60) + 10
+    # test-time augmentation: 18 passes over the val set at the paper's sizes (9 sizes, flipped and not)
     tta = paths.eval_resources(tta=True)
-    assert tta["runtime"](ewc, 1) == 300 and tta["runtime"](ewc, 2) == 600 and val(tta["gpu"], ewc) == 1
+    one_tta = (e["setup_seconds"] + 18 * 5000 * e["seconds_per_image"]) * 1.5
+    assert tta["runtime"](ewc, 1) == int(one_tta / 60) + 10 and val(tta["gpu"], ewc) == 1
+    assert tta["runtime"](ewc, 1) > 5 * ev["runtime"](ewc, 1)
+
+
+def test_evaluation_cost_follows_the_table_and_the_val_set():
+    """rethink.evalcost: a measured entry changes the walltime and the grid's evaluation hours; a run
+    without an entry is priced at the generous default; a synthetic set's val_size counts."""
+    from rethink import evalcost, summary
+
+    raw = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
+    cfg = config.validate(raw, "config.yaml")
+    p = plan.Plan(grid.build(cfg, "config.yaml"))
+    train_h = summary.planned_hours(p.grid, p)
+    hours, fraction = evalcost.overhead(cfg, p, train_h)
+    # by hand: every milestone's predicted seconds on its eval GPU
+    by_hand = sum(evalcost.seconds(cfg, p.run(p.lines[(m.family, m.line)].owner), tta) / 3600
+                  for ms, tta in ((p.milestones, False), (p.tta_milestones, True)) for m in ms.values())
+    assert hours == pytest.approx(by_hand) and fraction == pytest.approx(hours / train_h)
+    assert 0 < fraction < 0.05  # the estimates: the periodic evaluations cost about 1% of training
+    slower = copy.deepcopy(cfg)
+    for e in slower["eval_seconds"]:
+        e["seconds_per_image"] *= 10
+    assert evalcost.overhead(slower, p, train_h)[0] > 5 * hours
+    run = next(r for r in p.grid.runs.values() if r.backbone == "R50")
+    assert evalcost.seconds({**cfg, "eval_seconds": []}, run) == 120 + 5000 * 1.0  # no entry: the default
+    tiny = config.validate(load_yaml(ROOT / "configs" / "tiny.yaml"), "tiny.yaml")
+    tiny_run = next(iter(grid.build(tiny, "tiny.yaml").runs.values()))
+    assert evalcost.val_images(tiny, tiny_run.data) == tiny["datasets"]["synthetic"]["val_size"]
 
 
 def test_multi_node_training_job():
@@ -95,4 +128,9 @@ def test_cpu_runs_use_the_plain_interpreter():
     cfg = config.validate(raw, "tiny.yaml")
     paths = JobResources(cfg, plan.Plan(grid.build(cfg, "tiny.yaml")))
     seg = first_trunk_segment(paths)
-    assert paths.launcher(seg, "/x/python") == "/x/python"
+    # the tiny config forks its jobs from the warm interpreter; without it, the plain interpreter
+    assert cfg["warm_interpreter"] is True
+    assert paths.launcher(seg, "/x/python") == f"/x/python {ROOT / 'workflow_scripts' / 'warm.py'}"
+    assert paths.single("/x/my python") == f"'/x/my python' {ROOT / 'workflow_scripts' / 'warm.py'}"
+    cold = JobResources({**cfg, "warm_interpreter": False}, paths.plan)
+    assert cold.launcher(seg, "/x/python") == "/x/python" == cold.single("/x/python")

@@ -30,8 +30,9 @@ FastRCNNConvFCHead, 2 x fc 4096 on 7x7 RoI features, the shape of VGG16's fc6/fc
 pre-trained run loads from the ImageNet .pkl). Only norm "none" and task faster_rcnn. See VGG16.
 
 The project's loop, not detectron2's trainer, trains: it reads the model, data and test fields;
-of SOLVER it follows the same recipe values through rethink.schedule. TEST.PRECISE_BN.ENABLED
-stays as detectron2 has it (True for the SyncBN configs) for agreement, but no PreciseBN pass runs.
+of SOLVER it follows the same recipe values through rethink.schedule. TEST.PRECISE_BN.ENABLED is
+set False for every run: detectron2's SyncBN configs enable it, but no PreciseBN pass runs here (an
+evaluation uses the checkpoint's BN statistics), and the generated config says what runs.
 
 :func:`resolved` gives the values of the key fields as a flat dict (the base values transcribed
 from detectron2 commit 02b5c4e, updated by :func:`overrides`), so the translation is checkable
@@ -425,6 +426,10 @@ def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dic
     out["TEST.AUG.ENABLED"] = bool(recipe.get("tta", False))
     out["TEST.AUG.MIN_SIZES"], out["TEST.AUG.MAX_SIZE"] = test_aug_sizes(recipe)
     out["TEST.EVAL_PERIOD"] = 0
+    # detectron2's SyncBN configs enable PreciseBN (BN statistics re-estimated on 200 train batches
+    # before each of its evaluations); the project's evaluation takes the checkpoint's running
+    # statistics as they are, for every norm, so the generated config says so
+    out["TEST.PRECISE_BN.ENABLED"] = False
     train_name, val_name = dataset_names(run, dataset)
     out["DATASETS.TRAIN"] = [train_name]
     out["DATASETS.TEST"] = [val_name]

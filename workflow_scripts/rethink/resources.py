@@ -1,18 +1,21 @@
 """What each job asks the scheduler for, and how a training job starts its processes.
 
 GPUs, CPUs and memory per job (or per node), walltime from the plan's iterations and the config's
-seconds_per_iter, and the launcher line: the plain interpreter, torch.distributed.run for several
+seconds_per_iter (training) or from rethink.evalcost (evaluation), and the launcher line: the plain interpreter, torch.distributed.run for several
 GPUs, srun + c10d rendezvous for several nodes. The rules pass these to Snakemake (rules/train.smk,
 rules/evaluate.smk); docs/slurm.md says how they map onto SLURM.
 """
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
+from . import evalcost
 from .grid import Run
 from .plan import Plan, Segment
 
 SIGNAL_GRACE_S = 300
+WARM = Path(__file__).resolve().parents[1] / "warm.py"
 
 
 def seconds_per_iter(plan: Plan, run: Run) -> float:
@@ -35,20 +38,27 @@ class JobResources:
         return self.plan.run(self.plan.lines[(wc.family, wc.line)].owner)
 
     def launcher(self, seg: Segment, python: str) -> str:
-        """How the training script starts: the interpreter for one GPU or the CPU; one process per
+        """How the training script starts: the interpreter (or the warm one: single()) for one GPU or the CPU; one process per
         GPU (torch.distributed.run) for several; with `resources.nodes` > 1, one such launcher per
         node through srun, meeting at the job's first node (c10d rendezvous)."""
         gpus = self.plan.run(seg.owner).recipe["gpus"]
         nodes = self._nodes(gpus)
+        if gpus <= 1:
+            return self.single(python)
         python = shlex.quote(python)  # a checkout path may hold spaces or shell characters
         if nodes > 1:
             return (f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {python} -m torch.distributed.run "
                     f"--nnodes={nodes} --nproc_per_node={gpus // nodes} --rdzv_backend=c10d "
                     '--rdzv_id="$SLURM_JOB_ID" '
                     '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500"')
-        if gpus > 1:
-            return f"{python} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
-        return python
+        return f"{python} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
+
+    def single(self, python: str) -> str:
+        """How a one-process job starts: the interpreter, or with `warm_interpreter` the warm one
+        (workflow_scripts/warm.py: forked from a process with torch imported)."""
+        if not self.cfg.get("warm_interpreter"):
+            return shlex.quote(python)
+        return f"{shlex.quote(python)} {shlex.quote(str(WARM))}"
 
     def _nodes(self, gpus: int) -> int:
         nodes = int(self.cfg["resources"]["nodes"])
@@ -98,17 +108,17 @@ class JobResources:
         }
 
     def eval_resources(self, tta: bool = False) -> dict:
-        """An hour per attempt; with test-time augmentation an hour per 4 inference passes (18 at
-        the paper's sizes: each val image at 9 sizes, flipped and not), i.e. 5 hours per attempt."""
+        """Per-job resources of an evaluation: `recipe.eval_gpus`, and a walltime of the predicted
+        evaluation time (rethink.evalcost: start-up + val images x seconds per image x passes) x
+        runtime_margin x attempt, plus 10 minutes."""
         def runtime(wc, attempt):
-            if not tta:
-                return 60 * attempt
-            from .d2config import test_aug_sizes
-
-            passes = 2 * len(test_aug_sizes(self._line_run(wc).recipe)[0])
-            return 60 * attempt * -(-passes // 4)
+            return self.eval_runtime_min(self._line_run(wc), tta, attempt)
 
         return {**self._sized(lambda wc: self._line_run(wc).recipe["eval_gpus"], "eval_gpus"), "runtime": runtime}
+
+    def eval_runtime_min(self, run: Run, tta: bool, attempt: int) -> int:
+        secs = evalcost.seconds(self.cfg, run, tta) * float(self.cfg["runtime_margin"]) * attempt
+        return int(secs / 60) + 10
 
     def seconds_per_iter(self, run: Run) -> float:
         return seconds_per_iter(self.plan, run)

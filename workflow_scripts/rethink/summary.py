@@ -7,6 +7,7 @@ import os
 
 import pandas as pd
 
+from . import evalcost
 from .grid import Grid, gpu_hours
 from .paths import DIVERGED_MARKER, Paths, recorded_identity
 from .plan import Plan
@@ -78,6 +79,9 @@ def render(df: pd.DataFrame, grid: Grid, plan: Plan) -> str:
     lines.append(f"iterations: {total:,} planned vs {standalone:,} stand-alone "
                  f"(trunk sharing saves {standalone - total:,}, ratio {total / max(standalone, 1):.3f})")
     lines.append(f"GPU-hours: {df['gpu_hours'].sum():,.1f} planned, {df['gpu_hours_spent'].sum():,.1f} spent")
+    ev_hours, fraction = evalcost.overhead(grid.config, plan, planned_hours(grid, plan))
+    lines.append(f"evaluations: {ev_hours:,.1f} GPU-h predicted, {fraction:.1%} of training "
+                 "(eval_seconds; bench/bench_eval.py measures it)")
     counts = df["status"].value_counts()
     lines.append("status: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ["done", "partial", "to do", "diverged", "stale: recipe changed"]))
     lines.append("")
