@@ -158,4 +158,4 @@ def final_targets():
 def job(rule):
     """A job's name on its command line (rethink.jobs.key): its script reads the rest of its spec
     from the config snapshot."""
-    return lambda wc: rjobs.key(rule, wc)
+    return rjobs.key_pattern(rule)

@@ -18,7 +18,7 @@ rule train_segment:
     params:
         script=script("train.py"),
         job=job("train_segment"),
-        launcher=lambda wc: R.launcher(PLAN.segment(wc.family, wc.line, int(wc.iter)), PY),
+        launcher=R.launchers(PY),
     shell:
         "{params.launcher} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
 
@@ -36,4 +36,4 @@ use rule train_segment as train_final with:
     params:
         script=script("train.py"),
         job=job("train_final"),
-        launcher=lambda wc: R.launcher(PLAN.final_segment(wc.run), PY),
+        launcher=R.launchers(PY),

@@ -101,6 +101,13 @@ def key(rule: str, wildcards) -> str:
     return "/".join([rule, *(str(wildcards[n]) for n in names)])
 
 
+def key_pattern(rule: str) -> str:
+    """`key` as a pattern of the rule's wildcards ("train_segment/{family}/{line}/{iter}"), which
+    Snakemake fills in per job without calling a function (a dry run of 1,470 jobs feels each call)."""
+    names, _ = RULES[rule]
+    return "/".join([rule, *(f"{{{n}}}" for n in names)])
+
+
 _VALUE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 

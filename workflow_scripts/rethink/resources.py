@@ -37,6 +37,15 @@ class JobResources:
     def _line_run(self, wc) -> Run:
         return self.plan.run(self.plan.lines[(wc.family, wc.line)].owner)
 
+    def launchers(self, python: str):
+        """The rules' `launcher` param: one string where every run of the grid has the same GPU
+        count, else a function of the job's wildcards (Snakemake calls it per job)."""
+        counts = {int(r.recipe["gpus"]) for r in self.plan.grid.runs.values()}
+        if len(counts) == 1:
+            seg = next(iter(self.plan.segments.values()))
+            return self.launcher(seg, python)
+        return lambda wc: self.launcher(self.segment_of(wc), python)
+
     def launcher(self, seg: Segment, python: str) -> str:
         """How the training script starts: the interpreter (or the warm one: single()) for one GPU or the CPU; one process per
         GPU (torch.distributed.run) for several; with `resources.nodes` > 1, one such launcher per
