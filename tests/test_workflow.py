@@ -4,6 +4,7 @@ metrics table -> tables and figures; then the rebuild from cached results."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -204,9 +205,15 @@ def test_a_deleted_metrics_file_is_noticed(tiny_run, tmp_path):
     ms = next(m for m in p.milestones.values() if m.line == "trunk")
     (tree / paths.metrics(ms.family, ms.line, ms.iteration)).unlink()
     models = {f: f.stat().st_mtime_ns for f in (tree / "work" / "models").rglob("*.pth")}
+    dry = snakemake(["-n", "--configfile", str(cfg_file)], cwd=tree, timeout=300)
     proc = snakemake(["--cores", "1", "--configfile", str(cfg_file)], cwd=tree, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "this plan retrains finished work" in out, out[-3000:]
+    # the dry run's prediction (from the files on disk) counts what the real run's guard counts in
+    # Snakemake's DAG: the gone checkpoint's segments and every one downstream of them
+    count = r"retrains finished work: (\d+) training segment\(s\) of (\d+) line"
+    predicted, guarded = re.findall(count, dry.stderr), re.findall(count, out)
+    assert predicted and guarded and predicted[0] == guarded[-1], (predicted, guarded)
     assert "metrics file(s) of finished evaluations are gone" in out and "Nothing was run or deleted" in out
     assert (tree / "results" / "metrics.csv").read_bytes() == table
     assert {f: f.stat().st_mtime_ns for f in (tree / "work" / "models").rglob("*.pth")} == models

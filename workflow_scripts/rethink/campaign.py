@@ -73,7 +73,24 @@ def predicted_segments(paths: Paths) -> list[Segment]:
         segs = sorted((s for s in plan.segments.values() if s.family == family and s.line == line and s.end <= need),
                       key=lambda s: s.end)
         out += [s for s in segs if not os.path.exists(paths.checkpoint(s.family, s.line, s.end))]
-    return redone(paths, out)
+    return redone(paths, downstream(plan, out))
+
+
+def downstream(plan, segments: list[Segment]) -> list[Segment]:
+    """`segments` and every segment Snakemake redoes because of them: a redone checkpoint is newer
+    than what was made from it, so the rest of its line trains again, and so does every tail that
+    branches from the trunk at or after it."""
+    first: dict[tuple[str, str], int] = {}  # (family, line) -> start of its first redone segment
+    for s in segments:
+        first[(s.family, s.line)] = min(s.start, first.get((s.family, s.line), s.start))
+    for (family, line), start in list(first.items()):
+        if line != TRUNK:
+            continue
+        for (fam, ln), tail in plan.lines.items():
+            if fam == family and ln != TRUNK and tail.start > start:
+                first[(fam, ln)] = min(tail.start, first.get((fam, ln), tail.start))
+    return sorted((s for s in plan.segments.values() if (s.family, s.line) in first and s.end > first[(s.family, s.line)]),
+                  key=lambda s: (s.family, s.line, s.end))
 
 
 def warning(paths: Paths, segments: list[Segment]) -> tuple[str, float]:
