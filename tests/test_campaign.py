@@ -133,6 +133,7 @@ def test_results_record_their_identity(campaign):
     ("", "seconds_per_iter", [{"backbone": "R18", "norm": "GN", "gpus": 0, "seconds": 5.0}]),
     ("", "eval_seconds", [{"backbone": "R18", "gpus": 0, "seconds_per_image": 0.5, "setup_seconds": 3}]),
     ("", "warm_interpreter", False),
+    ("", "coco_eval", "faster_coco_eval"),
     ("experiments.scratch", "description", "renamed"),
     ("experiments.scratch.recipe", "num_workers", 2),
 ])

@@ -3,6 +3,7 @@ synthetic data -> pre-training -> training segments (trunk + tails) -> COCO eval
 metrics table -> tables and figures; then the rebuild from cached results."""
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -253,3 +254,55 @@ def test_rulegraph_renders(tmp_path):
         pytest.skip("graphviz `dot` is not installed (make test installs it as root): rule graph not rendered")
     svg = subprocess.run(["dot", "-Tsvg"], input=proc.stdout, capture_output=True, text=True, check=True).stdout
     assert "<svg" in svg and "train_segment" in svg
+
+
+def test_faster_coco_eval_gives_pycocotools_stats_on_a_trained_model(tiny_run, monkeypatch):
+    """coco_eval: faster_coco_eval: on a trained tiny model's predictions (score threshold 0, so
+    each val image has detections_per_image of them) and shifted ground-truth objects, all 12 bbox
+    and 12 segm stats equal pycocotools'."""
+    import json
+    import math
+
+    import numpy as np
+    import torch
+    from pycocotools import mask as mask_util
+
+    from rethink import checkpoint, data, evaluate
+    from rethink.engines import get_engine
+
+    work, _, p, paths = tiny_run
+    run_id = sorted(p.grid.runs)[0]
+    spec = paths.eval_spec(p.final_milestone(run_id))
+    monkeypatch.chdir(work)  # the spec's paths are relative to the workflow's folder
+    manifest = data.load_manifest(spec["dataset"])
+    engine = get_engine("torchvision")
+    model = engine.build_model(spec["run"], torch.device("cpu"), distributed=False, dataset=manifest)
+    checkpoint.load_model_weights(model, paths.model(run_id))
+    model.roi_heads.score_thresh = 0.0
+    model.eval()
+    with torch.no_grad():
+        results = engine.predict(model, spec["run"], manifest, torch.device("cpu"))
+    assert len(results) == manifest["num_val_images"] * spec["run"]["recipe"]["detections_per_image"]
+    # this small model finds little yet: add the ground truth's objects as detections of varied
+    # quality (shifted by up to 30% of their size, random scores), so that AP lies between 0 and 100
+    rng = np.random.default_rng(0)
+    gt = json.loads(Path(manifest["val"]["annotations"]).read_text())
+    size = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+    for a in gt["annotations"]:
+        x, y, w, h = a["bbox"]
+        dx, dy = rng.uniform(-0.3, 0.3) * w, rng.uniform(-0.3, 0.3) * h
+        polys = [[v + (dx if i % 2 == 0 else dy) for i, v in enumerate(poly)] for poly in a["segmentation"]]
+        rle = mask_util.merge(mask_util.frPyObjects(polys, *size[a["image_id"]]))
+        rle["counts"] = rle["counts"].decode()  # as the engines write them
+        results.append({"image_id": a["image_id"], "category_id": a["category_id"], "score": float(rng.uniform()),
+                        "bbox": [x + dx, y + dy, w, h], "segmentation": rle})
+    stats = {b: evaluate.evaluate_results(manifest, results, "mask_rcnn", log=io.StringIO(), backend=b)
+             for b in ("pycocotools", "faster_coco_eval")}
+    ours, theirs = stats["pycocotools"], stats["faster_coco_eval"]
+    assert set(ours) == set(theirs) == {"bbox", "segm"}
+    for iou_type in ours:
+        assert len(ours[iou_type]) == 12
+        assert 0 < ours[iou_type]["AP"] < 100  # neither perfect nor empty: the comparison means something
+        for name, v in ours[iou_type].items():
+            w = theirs[iou_type][name]
+            assert (math.isnan(v) and math.isnan(w)) or abs(v - w) < 1e-9, (iou_type, name, v, w)

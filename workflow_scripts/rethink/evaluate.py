@@ -65,10 +65,32 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def load_gt(gt, ignore_difficult: bool = False):
-    """A pycocotools COCO object from a JSON path or a loaded dict (deep-copied). With
+# coco_eval (config): where COCO and COCOeval come from. faster_coco_eval is a C++ reimplementation
+# of pycocotools' evaluation with the same API and, on the project's tests, the same stats
+# (tests/test_workflow.py compares them on a trained model's predictions; bench/bench_cocoeval.py
+# times both).
+BACKENDS = {"pycocotools": ("pycocotools.coco", "COCO", "pycocotools.cocoeval", "COCOeval"),
+            "faster_coco_eval": ("faster_coco_eval", "COCO", "faster_coco_eval", "COCOeval_faster")}
+
+
+def backend_classes(backend: str):
+    """(COCO, COCOeval) of a coco_eval backend."""
+    import importlib
+
+    try:
+        coco_mod, coco_name, eval_mod, eval_name = BACKENDS[backend]
+    except KeyError:
+        raise EvaluationError(f"coco_eval {backend!r} is not one of {', '.join(BACKENDS)}") from None
+    try:
+        return getattr(importlib.import_module(coco_mod), coco_name), getattr(importlib.import_module(eval_mod), eval_name)
+    except ImportError as e:
+        raise EvaluationError(f"coco_eval {backend!r}: {e} (pip install {backend.replace('_', '-')})") from None
+
+
+def load_gt(gt, ignore_difficult: bool = False, backend: str = "pycocotools"):
+    """A COCO object (of the coco_eval backend) from a JSON path or a loaded dict (deep-copied). With
     `ignore_difficult`, annotations with difficult=1 become iscrowd regions (ignored by COCOeval)."""
-    from pycocotools.coco import COCO
+    COCO, _ = backend_classes(backend)
 
     if isinstance(gt, (str, Path)):
         try:
@@ -90,10 +112,8 @@ def load_gt(gt, ignore_difficult: bool = False):
 
 
 def _empty_results(coco_gt):
-    """A pycocotools result set with no detection (what loadRes([]) would be if it could)."""
-    from pycocotools.coco import COCO
-
-    dt = COCO()
+    """A result set with no detection (what loadRes([]) would be if it could), of coco_gt's class."""
+    dt = type(coco_gt)()
     dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": copy.deepcopy(coco_gt.dataset["categories"]),
                   "annotations": []}
     with _quiet():
@@ -102,12 +122,12 @@ def _empty_results(coco_gt):
 
 
 def coco_evaluate(gt, results: list[dict], iou_types, ignore_difficult: bool = False,
-                  log=sys.stdout) -> dict:
+                  log=sys.stdout, backend: str = "pycocotools") -> dict:
     """COCO evaluation of `results` (COCO result dicts) against the ground truth `gt` (a JSON
-    path, a dict, or a pycocotools COCO). Returns {iou_type: {stat name: percent or NaN}}."""
-    from pycocotools.cocoeval import COCOeval
+    path, a dict, or a COCO object of the backend). Returns {iou_type: {stat name: percent or NaN}}."""
+    _, COCOeval = backend_classes(backend)
 
-    coco_gt = gt if hasattr(gt, "loadRes") else load_gt(gt, ignore_difficult)
+    coco_gt = gt if hasattr(gt, "loadRes") else load_gt(gt, ignore_difficult, backend)
     out = {}
     for iou_type in iou_types:
         if iou_type not in RESULT_FIELDS:
@@ -135,7 +155,8 @@ def coco_evaluate(gt, results: list[dict], iou_types, ignore_difficult: bool = F
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        out[iou_type] = metrics.stats_from_cocoeval(iou_type, ev.stats)
+        n = len(metrics.STAT_NAMES[iou_type])  # faster_coco_eval may append more (its extra_calc)
+        out[iou_type] = metrics.stats_from_cocoeval(iou_type, list(ev.stats)[:n] if backend != "pycocotools" else ev.stats)
     return out
 
 
@@ -200,11 +221,12 @@ def _voc_07(gt_data: dict) -> bool:
     return bool(ids) and all(i.startswith("VOC2007/") for i in ids)
 
 
-def evaluate_results(manifest: dict, results: list[dict], task: str, log=sys.stdout) -> dict:
+def evaluate_results(manifest: dict, results: list[dict], task: str, log=sys.stdout,
+                     backend: str = "pycocotools") -> dict:
     """Every stat of `task` on the val set of a dataset manifest (rethink.data)."""
     voc = manifest.get("source_kind") == "voc"
-    gt = load_gt(manifest["val"]["annotations"], ignore_difficult=voc)
-    stats = coco_evaluate(gt, results, iou_types_for(task), log=log)
+    gt = load_gt(manifest["val"]["annotations"], ignore_difficult=voc, backend=backend)
+    stats = coco_evaluate(gt, results, iou_types_for(task), log=log, backend=backend)
     if voc:
         stats["voc"] = {"AP50": voc_ap50(gt, results, use_07_metric=_voc_07(gt.dataset))}
         print(f"VOC AP50 ({'11-point, VOC2007' if _voc_07(gt.dataset) else 'area, VOC2010+'}): "
@@ -260,6 +282,8 @@ def build_record(spec: dict, meta: dict, stats: dict, eval_seconds: float, diver
     record["test_aug"] = bool(spec.get("tta", False))
     if spec.get("identity"):  # optional in the schema: the hash of the line's identity (rethink.identity)
         record["identity"] = spec["identity"]
+    if spec.get("coco_eval", "pycocotools") != "pycocotools":  # optional in the schema
+        record["coco_eval"] = spec["coco_eval"]
     if spec.get("runs"):  # optional in the schema: collect asks the plan which runs pass through
         record["runs"] = list(spec["runs"])
     return record
@@ -299,7 +323,8 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
         with torch.no_grad():
             results = engine.predict(model, run, manifest, device)
         print(f"{len(results)} detections on {manifest['num_val_images']} val images ({device})", file=log)
-        stats = evaluate_results(manifest, results, run["recipe"]["task"], log=log)
+        stats = evaluate_results(manifest, results, run["recipe"]["task"], log=log,
+                                 backend=spec.get("coco_eval", "pycocotools"))
     record = build_record(spec, meta, stats, time.time() - t0, diverged)
     metrics.write(record, spec["output"])
     live.write_evaluation(spec, record)

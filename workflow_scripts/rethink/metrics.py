@@ -31,6 +31,7 @@ Fields (all required unless marked optional):
     identity        (optional) hash of what determined this result: the line's identity file
                     (rethink.identity); absent in files written before identities
     engine          "torchvision" or "detectron2"
+    coco_eval       (optional, default "pycocotools") what computed the stats (config coco_eval)
     created         ISO time of writing
 """
 from __future__ import annotations
@@ -90,6 +91,8 @@ def check(record: dict, source: str = "metrics") -> dict:
     for key in ("train_aug", "test_aug"):
         if key in record and not isinstance(record[key], bool):
             raise MetricsError(f"{source}: {key} {record[key]!r} is not true or false")
+    if record.get("coco_eval", "pycocotools") not in ("pycocotools", "faster_coco_eval"):
+        raise MetricsError(f"{source}: coco_eval {record['coco_eval']!r} is not pycocotools or faster_coco_eval")
     for key in COUNTERS:
         if key not in record["samples_seen"]:
             raise MetricsError(f"{source}: samples_seen.{key} missing")

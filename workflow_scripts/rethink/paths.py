@@ -364,6 +364,8 @@ class Paths:
             "identity": self.line_identity(ms.family, ms.line)[1],
             "live": self.live(ms.family, ms.line, ms.iteration),
         }
+        if self.cfg.get("coco_eval", "pycocotools") != "pycocotools":  # the default keeps older specs as they were
+            spec["coco_eval"] = self.cfg["coco_eval"]
         if tta:
             spec["tta"] = True
         return spec
