@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch  # noqa: E402
-from common import bench_config
+from common import Timed, bench_config
 
 from rethink import data, grid, loop, plan  # noqa: E402
 from rethink.engines import get_engine  # noqa: E402
@@ -41,21 +41,6 @@ WARMUP = 10
 def median_step(stamps: list[float]) -> float:
     steps = [b - a for a, b in zip(stamps[WARMUP:], stamps[WARMUP + 1:])]
     return statistics.median(steps)
-
-
-class Stamped:
-    """The project's engine, recording when each iteration's losses() starts (after a sync)."""
-
-    def __init__(self, engine):
-        self.engine, self.stamps = engine, []
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-    def losses(self, model, batch):
-        torch.cuda.synchronize()
-        self.stamps.append(time.perf_counter())
-        return self.engine.losses(model, batch)
 
 
 def spec_for(tmp: Path, norm: str, amp: bool, iters: int) -> tuple[dict, dict]:
@@ -72,7 +57,7 @@ def spec_for(tmp: Path, norm: str, amp: bool, iters: int) -> tuple[dict, dict]:
 
 
 def ours(spec: dict, dataset: dict, iters: int, tmp: Path) -> float:
-    engine = Stamped(get_engine("detectron2"))
+    engine = Timed(get_engine("detectron2"))
     s = {**spec, "end": iters, "output": str(tmp / "ours.pth"), "resume_dir": None, "log_period": 1000}
     loop.train(engine, s, dataset)
     return median_step(engine.stamps)

@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow_scripts"))
+
+import torch  # noqa: E402
 
 from rethink import config  # noqa: E402
 
@@ -40,3 +43,23 @@ def bench_config(scale: str, gpus: int, tmp: Path, engine: str | None = None, no
     cfg["recipe"]["gpus"] = gpus
     cfg["recipe"]["eval_gpus"] = min(gpus, 1)
     return cfg
+
+
+class Timed:
+    """An engine whose losses() records when it is called."""
+
+    def __init__(self, engine):
+        self.engine, self.stamps = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def losses(self, model, batch):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # time the GPU's work, not how fast kernels are queued
+        self.stamps.append(time.perf_counter())
+        return self.engine.losses(model, batch)
+
+    def s_per_iter(self) -> float:
+        st = self.stamps[1:]  # from the start of the 2nd iteration (the 1st warms up) to that of the last
+        return (st[-1] - st[0]) / (len(st) - 1)
