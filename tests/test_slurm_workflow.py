@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, small_tiny_config, snakemake, write_yaml
 from rethink import config, grid, metrics, plan
 from rethink.paths import Paths
+from rethink.resources import JobResources
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -102,7 +103,14 @@ def test_tiny_grid_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     train = [i for i in infos if "train_segment" in i.get("Comment", "")]
     evals = [i for i in infos if "evaluate" in i.get("Comment", "")]
     assert train and evals, infos[:3]
-    assert all(i["TimeLimit"] == "00:10:00" for i in train), [i["TimeLimit"] for i in train]
+    # a walltime the rule declares (rethink.resources: a segment's iterations x seconds_per_iter x
+    # margin x attempt, + 10 min): attempt 1, or 2 for the job that was signalled and resubmitted
+    validated = config.validate(cfg, "slurm.yaml")
+    res = JobResources(validated, plan.Plan(grid.build(validated, "slurm.yaml")))
+    declared = {f"{m // 60:02d}:{m % 60:02d}:00" for s in res.plan.segments.values()
+                for m in (res.train_runtime_min(s, 1), res.train_runtime_min(s, 2))}
+    assert all(i["TimeLimit"] in declared for i in train), ([i["TimeLimit"] for i in train], declared)
+    assert any(i["TimeLimit"] == min(declared) for i in train)
     def tres(info):  # TresPerJob (--gpus), TresPerNode (--gres), ReqTRES/AllocTRES
         return " ".join(v for k, v in info.items() if "tres" in k.lower())
 
