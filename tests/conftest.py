@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,25 @@ SNAKEMAKE = [PY, "-m", "snakemake"]
 def pytest_configure(config):
     config.addinivalue_line("markers", "slurm: needs a real SLURM controller (started by the test)")
     config.addinivalue_line("markers", "slow: end-to-end runs of the workflow")
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """mktemp(name) for a module's shared fixtures. What they made is removed when the module ends
+    with no failed test, as pytest removes a passed test's tmp_path (pyproject.toml:
+    tmp_path_retention_policy "failed"). A tiny Mask R-CNN checkpoint with its optimizer state is
+    about 250 MB, and the suite writes some sixty: kept to the end, they filled a disk (15 GB a run);
+    so the suite's disk use peaks at its largest module (test_paper_tiny, about 2.5 GB)."""
+    made, failed = [], request.session.testsfailed
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

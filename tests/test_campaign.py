@@ -51,9 +51,9 @@ def snapshot(tree: Path) -> dict[str, tuple[int, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory):
+def campaign(module_tmp):
     """A private copy of the workflow (so a test may edit its code) and a finished tree."""
-    base = tmp_path_factory.mktemp("campaign")
+    base = module_tmp("campaign")
     workflow = base / "workflow"
     workflow.mkdir()
     for name in ("Snakefile", "rules", "workflow_scripts", "schemas", "profiles", "envs", "report", "config.yaml"):

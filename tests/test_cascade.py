@@ -30,8 +30,8 @@ def cascade_run(run: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    return tiny_paths(tmp_path_factory.mktemp("cascade"))
+def paths(module_tmp):
+    return tiny_paths(module_tmp("cascade"))
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,11 @@ class RecordingEngine(TorchvisionEngine):
 
 
 @pytest.fixture(scope="module")
-def switched(paths, tmp_path_factory):
+def switched(paths, module_tmp):
     """A run that trains iterations 0-1 as Mask R-CNN and 2-3 as cascade, both segments through
     rethink.loop.train; the second starts from the first's checkpoint with start_task mask_rcnn,
     as Paths.train_spec writes it for the segment at cascade_from_iter."""
-    tmp = tmp_path_factory.mktemp("switch")
+    tmp = module_tmp("switch")
     spec_a = short_spec(paths, iterations=2, output=str(tmp / "mask_rcnn-2.pth"))
     assert spec_a["run"]["recipe"]["task"] == "mask_rcnn"
     manifest = data.load_manifest(spec_a["dataset"])

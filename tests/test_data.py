@@ -28,8 +28,8 @@ def _make(tmp: Path, spec: dict, name: str | None = None) -> dict:
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("syn")
+def synthetic(module_tmp):
+    tmp = module_tmp("syn")
     return tmp, _make(tmp, SYN)
 
 

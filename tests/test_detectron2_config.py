@@ -208,7 +208,7 @@ def test_unsupported_backbone_is_a_clear_error(paper):
 # ---------------------------------------------------------------- VGG16 (the paper's section 5.1)
 
 @pytest.fixture(scope="module")
-def vgg(tmp_path_factory):
+def vgg(module_tmp):
     """The paper's section 5.1 as a config: Faster R-CNN VGG16 without normalisation, 9x from
     ImageNet and 11x from random init (config.yaml's datasets; staged caffe VGG16 weights)."""
     import yaml
@@ -222,7 +222,7 @@ def vgg(tmp_path_factory):
     cfg["experiments"] = {"sec5_1_imagenet": {"init": ["imagenet"], "schedule": ["9x"], "data": ["coco_full"]},
                           "sec5_1_random": {"init": ["random"], "schedule": ["11x"], "data": ["coco_full"]}}
     cfg["seconds_per_iter"] = []
-    path = tmp_path_factory.mktemp("vggcfg") / "vgg.yaml"
+    path = module_tmp("vggcfg") / "vgg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     loaded = rconfig.load(path)
     plan = Plan(rgrid.build(loaded, str(path)))

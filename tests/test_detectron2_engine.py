@@ -53,9 +53,9 @@ def paper():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> dict:
+def dataset(module_tmp) -> dict:
     """A tiny COCO-format set made by the project's own data preparation: 4 train, 2 val images."""
-    out = tmp_path_factory.mktemp("d2data") / "dataset.json"
+    out = module_tmp("d2data") / "dataset.json"
     return rdata.prepare({"name": "tiny_d2", "kind": "synthetic", "train_size": 4, "val_size": 2,
                           "image_size": [96, 128], "categories": 3, "max_objects": 3, "seed": 0, "output": str(out)})
 

@@ -66,8 +66,8 @@ KEYPOINT_DATA = {"synthetic": {"kind": "synthetic", "keypoints": True, "train_si
 
 
 @pytest.fixture(scope="module")
-def keypoint_paths(tmp_path_factory):
-    return tiny_paths(tmp_path_factory.mktemp("kp"), recipe={"task": "keypoint_rcnn"}, datasets=KEYPOINT_DATA)
+def keypoint_paths(module_tmp):
+    return tiny_paths(module_tmp("kp"), recipe={"task": "keypoint_rcnn"}, datasets=KEYPOINT_DATA)
 
 
 def test_keypoint_flip_indices_and_stream_targets(keypoint_paths):
@@ -144,8 +144,8 @@ VGG_AXES = {"init": ["random"], "norm": ["none"], "backbone": ["VGG16"], "data":
 
 
 @pytest.fixture(scope="module")
-def vgg_paths(tmp_path_factory):
-    return tiny_paths(tmp_path_factory.mktemp("vgg"), recipe={"task": "faster_rcnn"}, axes=VGG_AXES,
+def vgg_paths(module_tmp):
+    return tiny_paths(module_tmp("vgg"), recipe={"task": "faster_rcnn"}, axes=VGG_AXES,
                       seconds_per_iter=[{"backbone": "VGG16", "norm": "none", "gpus": 0, "seconds": 1.0}])
 
 
@@ -227,8 +227,8 @@ def test_merge_keeps_the_best_box_per_class_and_caps():
 
 
 @pytest.fixture(scope="module")
-def trained_mask_rcnn(tmp_path_factory):
-    p = tiny_paths(tmp_path_factory.mktemp("tta"))
+def trained_mask_rcnn(module_tmp):
+    p = tiny_paths(module_tmp("tta"))
     spec = short_spec(p, iterations=3)
     return (*train_and_load(spec), spec["run"])
 

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ev")
+def synthetic(module_tmp):
+    tmp = module_tmp("ev")
     spec = {"name": "syn", "kind": "synthetic", "train_size": 1, "val_size": 8, "image_size": [96, 128],
             "categories": 3, "max_objects": 4, "seed": 5, "output": str(tmp / "syn" / "dataset.json")}
     return data.prepare(spec)

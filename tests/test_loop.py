@@ -217,11 +217,11 @@ def test_a_second_trainer_of_a_segment_stops_at_once_and_names_the_first(tmp_pat
 
 # ------------------------------------------------------------------------------ resume: SIGKILL, SIGTERM
 @pytest.fixture(scope="module")
-def resume_scenario(tmp_path_factory):
+def resume_scenario(module_tmp):
     """One segment 0 -> 6 trained (a) straight through in this process, and (b) as a subprocess killed
     with SIGKILL after its first resume checkpoint, resumed in a subprocess stopped by SIGTERM,
     then resumed to the end."""
-    tmp = tmp_path_factory.mktemp("resume")
+    tmp = module_tmp("resume")
     p = tiny_paths(tmp)
     seg = first_segment(p)
     base = spec_of(p, seg, end=6)

@@ -103,8 +103,8 @@ RUNS = {
 
 
 @pytest.fixture(scope="module")
-def paper_tiny(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("paper_tiny")
+def paper_tiny(module_tmp):
+    tmp = module_tmp("paper_tiny")
     write_yaml(tmp / "config.yaml", paper_tiny_config(tmp))
     proc = snakemake(["--cores", "2", "--configfile", "config.yaml"], cwd=tmp, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]

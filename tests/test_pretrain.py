@@ -19,8 +19,8 @@ PRETRAIN = str(ROOT / "workflow_scripts" / "pretrain.py")
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pretrain")
+def pretrained(module_tmp):
+    tmp = module_tmp("pretrain")
     cfg = load_yaml(ROOT / "configs" / "tiny.yaml")
     cfg["workdir"], cfg["results"] = str(tmp / "work"), str(tmp / "results")
     init = next(n for n, s in cfg["inits"].items() if s["kind"] == "pretrain")

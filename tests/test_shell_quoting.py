@@ -16,8 +16,8 @@ HOSTILE = "$(touch PWNED) `touch PWNED` 'q\" $HOME ;"
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory):
-    base = tmp_path_factory.mktemp("quoting")
+def hostile(module_tmp):
+    base = module_tmp("quoting")
     checkout = base / f"check out {HOSTILE}"
     checkout.mkdir()
     for name in ("Snakefile", "rules", "workflow_scripts", "schemas", "profiles", "envs", "report", "config.yaml"):

@@ -52,21 +52,21 @@ def _sha256(path) -> str:
 
 
 @pytest.fixture(scope="module")
-def tv_vgg16(tmp_path_factory):
+def tv_vgg16(module_tmp):
     """A seeded torchvision VGG16 (weights=None: torchvision's own init) saved as a .pth, and its state dict."""
     torch.manual_seed(0)
     model = torchvision.models.vgg16(weights=None)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    path = tmp_path_factory.mktemp("tv") / "vgg16-seeded.pth"
+    path = module_tmp("tv") / "vgg16-seeded.pth"
     torch.save(state, path)
     return path, state
 
 
 @pytest.fixture(scope="module")
-def staged(tv_vgg16, tmp_path_factory):
+def staged(tv_vgg16, module_tmp):
     """The seeded .pth through the real stage_weights code path (plain path source)."""
     path, _ = tv_vgg16
-    out = tmp_path_factory.mktemp("staged")
+    out = module_tmp("staged")
     spec = _spec(out, str(path))
     t = time.perf_counter()
     cost = stage.stage(spec)

@@ -25,8 +25,8 @@ ARGS = ["--profile", str(ROOT / "profiles" / "tiny"),
 
 
 @pytest.fixture(scope="module")
-def tiny_d2(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tiny_d2")
+def tiny_d2(module_tmp):
+    tmp = module_tmp("tiny_d2")
     proc = snakemake(ARGS, cwd=tmp, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return tmp, proc

@@ -15,8 +15,8 @@ from rethink.norms import NaiveSyncBatchNorm, gn_groups
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    p = tiny_paths(tmp_path_factory.mktemp("engine"))
+def setup(module_tmp):
+    p = tiny_paths(module_tmp("engine"))
     spec = p.train_spec(first_segment(p))
     return get_engine("torchvision"), spec["run"], data.load_manifest(spec["dataset"])
 

@@ -19,8 +19,8 @@ from rethink.paths import Paths
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("tiny")
+def tiny_run(module_tmp):
+    work = module_tmp("tiny")
     cfg = small_tiny_config()
     cfg_file = write_yaml(work / "tiny.yaml", cfg)
     proc = snakemake(["--cores", "2", "--configfile", str(cfg_file)], cwd=work, timeout=900)

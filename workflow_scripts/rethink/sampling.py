@@ -29,14 +29,21 @@ def _identity(x):
     return x
 
 
+LOADER_TIMEOUT_S = 600
+
+
 def iteration_loader(ds, start_iter: int, workers: int, seed: int, rank: int = 0):
     """Batches start_iter, start_iter + 1, ... of `ds` (a Dataset whose item i is batch i, a function
-    of (seed, i)), prepared by `workers` processes ahead of the loop (0: in this process)."""
+    of (seed, i)), prepared by `workers` processes ahead of the loop (0: in this process). A batch
+    that no worker delivers within LOADER_TIMEOUT_S (a stuck worker: a full disk, a hung file
+    system) is an error, which the loop turns into a failed job, instead of a GPU job that waits
+    for its walltime; a batch takes well under a second to prepare."""
     # its own generator: a DataLoader draws its workers' base seed from the global torch RNG
     # otherwise, which would shift the RNG (RoI sampling) of a resumed run against an unbroken one
     loader = torch.utils.data.DataLoader(
         ds, sampler=IterationSampler(start_iter), batch_size=None, collate_fn=_identity, num_workers=workers,
         persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+        timeout=LOADER_TIMEOUT_S if workers > 0 else 0,
         generator=torch.Generator().manual_seed(seed_mix(seed, start_iter, rank)),
     )
     return iter(loader)
