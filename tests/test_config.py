@@ -78,6 +78,8 @@ BAD = [
     ("warm-up longer than the schedule", _set(["recipe", "warmup_iters"], 1000), ["warmup_iters", "1000"]),
     ("missing axes", _del(["axes"]), ["axes"]),
     ("negative momentum", _set(["recipe", "momentum"], -0.9), ["recipe.momentum", "-0.9"]),
+    ("head channels GroupNorm cannot split", _set(["recipe", "head_channels"], 100),
+     ["recipe.head_channels", "100", "multiple of 32"]),
     ("staged weights missing for a run", lambda c: c["inits"].update({"imagenet": {"kind": "staged", "weights": {}}}),
      ["inits.imagenet.weights", "R18-GN"]),
     ("scale_aug with one size", lambda c: c["recipe"].update({"scale_aug": True}), ["min_size_train", "scale_aug"]),

@@ -174,6 +174,25 @@ def test_recipe_options(paper):
     assert plain["INPUT.MIN_SIZE_TRAIN_SAMPLING"] == "choice" and plain["TEST.AUG.ENABLED"] is False
 
 
+WIDTHS = ("MODEL.FPN.OUT_CHANNELS", "MODEL.ROI_BOX_HEAD.CONV_DIM", "MODEL.ROI_MASK_HEAD.CONV_DIM")
+
+
+def test_head_channels_set_the_fpn_and_head_widths(paper, vgg):
+    """recipe.head_channels (the tiny default narrows it): detectron2's FPN width and the box and
+    mask heads' conv width, 256 (detectron2's defaults) for every paper run."""
+    cfg, plan, _ = paper
+    assert {d2config.resolved(r.to_dict(), None, None)[k] for r in plan.grid.runs.values()
+            if r.backbone != "VGG16" for k in WIDTHS} == {256}
+    narrow = d2config.resolved(_variant(paper, "R50-GN-random-coco_full-3x-s0", head_channels=64), None, None)
+    assert [narrow[k] for k in WIDTHS] == [64, 64, 64]
+    # VGG16 has no FPN: a width for it is refused when the grid is built, naming the field
+    loaded, _, _ = vgg
+    bad = copy.deepcopy(loaded)
+    bad["recipe"]["head_channels"] = 128
+    with pytest.raises(rconfig.ConfigError, match=r"experiments.sec5_1_imagenet.recipe.head_channels: 128.*VGG16"):
+        rgrid.build(bad, "vgg.yaml")
+
+
 def test_tasks_and_classes(paper):
     dataset = {"name": "voc", "categories": [{"id": i + 1, "name": str(i)} for i in range(20)]}
     box = d2config.resolved(_variant(paper, "R50-GN-random-coco_full-3x-s0", task="faster_rcnn"), None, None, dataset)

@@ -46,6 +46,30 @@ def test_gn_model_has_group_norm_everywhere_and_nothing_frozen(setup):
     assert abs(float(w.std()) / (2 / (w.shape[0] * 9)) ** 0.5 - 1) < 0.1
 
 
+@pytest.mark.parametrize("width", [256, 96])
+def test_head_channels_set_the_fpn_and_head_widths_and_the_model_trains(setup, width):
+    """recipe.head_channels: the FPN's outputs, the RPN conv, the box and mask heads' convs and the
+    mask predictor's deconv (the paper's 256, or the tiny default's narrower heads); fc stays 1024."""
+    engine, run, manifest = setup
+    run = {**run, "recipe": {**run["recipe"], "head_channels": width}}
+    model = engine.build_model(run, torch.device("cpu"), dataset=manifest)
+
+    def convs(part):
+        return [m.out_channels for m in part.modules() if isinstance(m, nn.Conv2d)]
+
+    assert model.backbone.out_channels == width and set(convs(model.backbone.fpn)) == {width}
+    assert convs(model.rpn.head.conv) == [width]
+    assert convs(model.roi_heads.box_head) == [width] * 4
+    fc = [m for m in model.roi_heads.box_head.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in fc] == [(width * 7 * 7, 1024)]
+    assert convs(model.roi_heads.mask_head) == [width] * 4
+    assert model.roi_heads.mask_predictor.conv5_mask.in_channels == width
+    model.train()
+    losses = engine.losses(model, next(engine.train_stream(run, manifest, 0)))
+    assert {"loss_mask", "loss_classifier"} <= set(losses) and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
 @pytest.mark.parametrize("norm,kind", [("SyncBN", NaiveSyncBatchNorm), ("BN", nn.BatchNorm2d)])
 def test_bn_norms(setup, norm, kind):
     engine, run, manifest = setup

@@ -386,6 +386,11 @@ def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dic
     else:
         # backbone (after the init: ResNeXt fixes its own stride placement)
         out.update(BACKBONES[run["backbone"]])
+        # FPN width, which the RPN and the RoI heads' convs share (256: detectron2's defaults)
+        width = int(recipe["head_channels"])
+        out["MODEL.FPN.OUT_CHANNELS"] = width
+        out["MODEL.ROI_BOX_HEAD.CONV_DIM"] = width
+        out["MODEL.ROI_MASK_HEAD.CONV_DIM"] = width
     # task ------------------------------------------------------------------------------
     task = recipe.get("task", "mask_rcnn")
     out["MODEL.MASK_ON"] = task in ("mask_rcnn", "cascade_mask_rcnn")

@@ -256,7 +256,8 @@ def _check_batches(config: dict, source: str, runs: Iterable[Run], origin: dict)
 
 def build(config: dict, source: str = "config") -> Grid:
     """Validated config (defaults filled) -> Grid. Raises ConfigError naming file, field and value."""
-    base_recipe = {**recipe_defaults(), **config.get("recipe", {})}
+    defaults = recipe_defaults()
+    base_recipe = {**defaults, **config.get("recipe", {})}
     runs: dict[str, Run] = {}
     origin: dict[str, str] = {}
     _check_axes_defined(config, source)
@@ -281,6 +282,10 @@ def build(config: dict, source: str = "config") -> Grid:
                 raise ConfigError(f"{where}: {field} gives {iterations:,} iterations; a run may have at most "
                                   f"{MAX_RUN_ITERATIONS:,} (the paper's longest has 810,000)")
             _check_recipe(where, recipe, iterations, sched)
+            if backbone == "VGG16" and recipe["head_channels"] != defaults["head_channels"]:
+                raise ConfigError(f"{where}.recipe.head_channels: {recipe['head_channels']}, but backbone VGG16 has "
+                                  f"no FPN (its heads read conv5's 512 channels); leave it at "
+                                  f"{defaults['head_channels']}")
             rid = make_run_id(backbone, norm, init, data, sched, seed, variant)
             fam = f"{backbone}-{norm}-{init}-{data}-s{seed}" + (f"-{variant}" if variant else "") if share else rid
             run = Run(

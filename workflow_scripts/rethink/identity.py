@@ -50,7 +50,7 @@ def digest(content: dict) -> str:
 
 # recipe fields added after results existed, at the value that trains as before the field existed:
 # left out of the identity at that value, so an upgrade of the workflow redoes nothing
-RECIPE_DEFAULTS = {"amp": False}
+RECIPE_DEFAULTS = {"amp": False, "head_channels": 256}
 
 
 def result_recipe(recipe: dict) -> dict:

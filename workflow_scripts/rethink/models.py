@@ -5,14 +5,15 @@ One ResNet builder serves both: the pre-training trains ``resnet(backbone, norm,
 (``model.backbone.body``), so the saved weights load with strict key checking.
 :func:`classifier` is the pre-training's builder for every backbone (ResNets and VGG16).
 
-Tasks: mask_rcnn, faster_rcnn, keypoint_rcnn on a ResNet + FPN (heads with the run's norm: box head
-4conv1fc, mask head 4conv, keypoint head 8 x conv3x3-512 as detectron2's KRCNNConvDeconvUpsampleHead,
-with the run's norm after every conv, which detectron2's head does not have); cascade_mask_rcnn =
-that Mask R-CNN with rethink.cascade's 3-stage RoI heads; and faster_rcnn on
-VGG16 (section 5.1 of the paper): no FPN, conv5_3 (stride 16, 512 channels), one anchor level
-(sizes 32-512, ratios 0.5/1/2), RoIAlign 7x7, box head fc6 + fc7 of VGG_FC_DIM (4096, as VGG16's),
-no normalisation (norm "none"; another norm goes after every conv). VGG16's body has the layer
-indices of torchvision's ``vgg16().features[:30]``, so its conv weights load by the same keys.
+Tasks: mask_rcnn, faster_rcnn, keypoint_rcnn on a ResNet + FPN of recipe.head_channels channels
+(256, as the paper; heads with the run's norm: box head 4conv1fc and mask head 4conv of that width,
+keypoint head 8 x conv3x3-512 as detectron2's KRCNNConvDeconvUpsampleHead, with the run's norm
+after every conv, which detectron2's head does not have); cascade_mask_rcnn = that Mask R-CNN with
+rethink.cascade's 3-stage RoI heads; and faster_rcnn on VGG16 (section 5.1 of the paper): no FPN,
+conv5_3 (stride 16, 512 channels), one anchor level (sizes 32-512, ratios 0.5/1/2), RoIAlign 7x7,
+box head fc6 + fc7 of VGG_FC_DIM (4096, as VGG16's), no normalisation (norm "none"; another norm
+goes after every conv). VGG16's body has the layer indices of torchvision's
+``vgg16().features[:30]``, so its conv weights load by the same keys.
 
 Initialisation is detectron2's for training from scratch: MSRA (kaiming normal, fan_out) fill of
 every conv in the ResNet and the heads, Xavier-like fill (kaiming uniform, a=1) in the FPN, norm
@@ -29,7 +30,7 @@ from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
@@ -38,7 +39,6 @@ from .norms import norm_layer
 RESNETS = {"R18": tv_resnet.resnet18, "R50": tv_resnet.resnet50, "R101": tv_resnet.resnet101}
 TASKS = ("mask_rcnn", "faster_rcnn", "keypoint_rcnn", "cascade_mask_rcnn")
 BACKBONES = (*RESNETS, "VGG16")
-FPN_CHANNELS = 256
 FPN_STRIDES = (4, 8, 16, 32)  # feature maps '0'..'3' (ResNet stages 2-5) that the RoI poolers read
 KEYPOINT_HEAD = [512] * 8  # detectron2's ROI_KEYPOINT_HEAD.CONV_DIMS
 # VGG16 (configuration "D") up to conv5_3 without pool5: stride 16, 512 channels. Its conv blocks:
@@ -164,14 +164,15 @@ def keypoint_head(in_channels: int, norm: str, device_type: str = "cpu") -> nn.S
     return head
 
 
-def backbone_with_fpn(backbone: str, norm: str, device_type: str = "cpu") -> BackboneWithFPN:
+def backbone_with_fpn(backbone: str, norm: str, device_type: str = "cpu", channels: int = 256) -> BackboneWithFPN:
+    """The ResNet body under an FPN of `channels` outputs per level (recipe.head_channels)."""
     body = resnet(backbone, norm, device_type)
     in_stage2 = body.inplanes // 8  # 64 for BasicBlock ResNets, 256 for Bottleneck ones
     return BackboneWithFPN(
         body,
         return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
         in_channels_list=[in_stage2, in_stage2 * 2, in_stage2 * 4, in_stage2 * 8],
-        out_channels=FPN_CHANNELS,
+        out_channels=channels,
         extra_blocks=LastLevelMaxPool(),
         norm_layer=None if norm == "none" else norm_layer(norm, device_type),
     )
@@ -209,10 +210,11 @@ def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoint
             raise NotImplementedError(f"{where}: backbone VGG16 has task faster_rcnn only in the torchvision engine "
                                       f"(the paper's section 5.1), not {task!r}")
         return vgg16_faster_rcnn(norm, device_type, **kwargs)
-    backbone = backbone_with_fpn(run["backbone"], norm, device_type)
+    width = int(recipe["head_channels"])  # FPN outputs, RPN conv, box and mask head convs
+    backbone = backbone_with_fpn(run["backbone"], norm, device_type, width)
 
     def conv_fc_head():
-        head = FastRCNNConvFCHead((FPN_CHANNELS, 7, 7), [256, 256, 256, 256], [1024], norm_layer=nl)
+        head = FastRCNNConvFCHead((width, 7, 7), [width] * 4, [1024], norm_layer=nl)
         _msra_fill(head)
         return head
 
@@ -223,11 +225,13 @@ def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoint
         if not num_keypoints:
             raise ValueError(f"{where}: task keypoint_rcnn needs the number of keypoints (a keypoint dataset)")
         model = KeypointRCNN(backbone, num_keypoints=int(num_keypoints),
-                             keypoint_head=keypoint_head(FPN_CHANNELS, norm, device_type), **kwargs)
+                             keypoint_head=keypoint_head(width, norm, device_type), **kwargs)
     else:
-        mask_head = MaskRCNNHeads(FPN_CHANNELS, [256, 256, 256, 256], 1, norm_layer=nl)
+        mask_head = MaskRCNNHeads(width, [width] * 4, 1, norm_layer=nl)
         _msra_fill(mask_head)
         model = MaskRCNN(backbone, mask_head=mask_head, **kwargs)
+        if width != 256:  # torchvision builds the predictor (deconv) for 256 channels; detectron2's reads CONV_DIM
+            model.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, kwargs["num_classes"])
         if task == "cascade_mask_rcnn":
             from .cascade import STAGE_IOUS, CascadeRoIHeads
 
