@@ -96,6 +96,14 @@ def test_empty_results_score_zero_where_there_are_objects(synthetic):
             assert (stats[t][f"AP{size}"] == 0.0) if n else math.isnan(stats[t][f"AP{size}"]), (t, size, n)
 
 
+def test_the_coco_eval_backends_are_named_alike_everywhere():
+    """The names a metrics record may give (rethink.metrics), the modules behind them
+    (rethink.evaluate) and the config's choice (the schema's enum) are one list."""
+    from rethink import config
+
+    assert tuple(evaluate.BACKENDS) == metrics.COCO_EVAL == tuple(config.load_schema()["properties"]["coco_eval"]["enum"])
+
+
 def test_iou_types_follow_the_task():
     assert evaluate.iou_types_for("mask_rcnn") == ["bbox", "segm"]
     assert evaluate.iou_types_for("cascade_mask_rcnn") == ["bbox", "segm"]

@@ -44,6 +44,9 @@ from datetime import UTC, datetime
 from .atomic import write_json_atomic
 
 SCHEMA = "rethink-metrics/1"
+# what may compute a record's stats (its "coco_eval"; absent: pycocotools); rethink.evaluate.BACKENDS
+# says where each one's COCO and COCOeval come from, the config schema's coco_eval enum lists the same
+COCO_EVAL = ("pycocotools", "faster_coco_eval")
 BOX_STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 KEYPOINT_STATS = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
 STAT_NAMES = {"bbox": BOX_STATS, "segm": BOX_STATS, "keypoints": KEYPOINT_STATS, "voc": ["AP50"]}
@@ -91,8 +94,8 @@ def check(record: dict, source: str = "metrics") -> dict:
     for key in ("train_aug", "test_aug"):
         if key in record and not isinstance(record[key], bool):
             raise MetricsError(f"{source}: {key} {record[key]!r} is not true or false")
-    if record.get("coco_eval", "pycocotools") not in ("pycocotools", "faster_coco_eval"):
-        raise MetricsError(f"{source}: coco_eval {record['coco_eval']!r} is not pycocotools or faster_coco_eval")
+    if record.get("coco_eval", COCO_EVAL[0]) not in COCO_EVAL:
+        raise MetricsError(f"{source}: coco_eval {record['coco_eval']!r} is not one of {', '.join(COCO_EVAL)}")
     for key in COUNTERS:
         if key not in record["samples_seen"]:
             raise MetricsError(f"{source}: samples_seen.{key} missing")
