@@ -1,8 +1,10 @@
 """Training speed on one GPU at the paper's setting: the project's loop against detectron2's trainer.
 
     .venv/bin/python bench/bench_gpu.py [--iters 40] [--norms GN SyncBN] [--out FILE.json]
+    .venv/bin/python bench/bench_gpu.py --smoke      # the same code on the CPU, before a GPU is lent
 
-Needs a CUDA GPU and detectron2. For each norm (GN, SyncBN) and precision (fp32, AMP) it trains
+Needs a CUDA GPU and detectron2 (--smoke: detectron2 only; the tiny config's R18 GN on the CPU,
+fp32, 14 iterations, warm-up 4: it checks that both trainers run, not their speed). For each norm (GN, SyncBN) and precision (fp32, AMP) it trains
 R50-FPN Mask R-CNN from random init on synthetic 800 x 1000 px images, 2 images per GPU, the
 paper's recipe (the schema's defaults, detectron2's config for the run: rethink.d2config):
 
@@ -35,16 +37,24 @@ from rethink.engines import get_engine  # noqa: E402
 from rethink.engines.detectron2_engine import register  # noqa: E402
 from rethink.paths import Paths  # noqa: E402
 
-WARMUP = 10
+WARMUP = {"paper": 10, "smoke": 4}
 
 
-def median_step(stamps: list[float]) -> float:
-    steps = [b - a for a, b in zip(stamps[WARMUP:], stamps[WARMUP + 1:])]
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # time the GPU's work, not how fast kernels are queued
+
+
+def median_step(stamps: list[float], warmup: int) -> float:
+    steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
     return statistics.median(steps)
 
 
-def spec_for(tmp: Path, norm: str, amp: bool, iters: int) -> tuple[dict, dict]:
-    cfg = bench_config("paper", 1, tmp / norm, engine="detectron2", norm=norm, train_size=32, val_size=4)
+def spec_for(tmp: Path, norm: str, amp: bool, iters: int, smoke: bool = False) -> tuple[dict, dict]:
+    if smoke:
+        cfg = bench_config("tiny", 0, tmp / norm, engine="detectron2", norm=norm)
+    else:
+        cfg = bench_config("paper", 1, tmp / norm, engine="detectron2", norm=norm, train_size=32, val_size=4)
     cfg["recipe"]["amp"] = amp
     p = Paths(cfg, plan.Plan(grid.build(cfg, "bench")))
     seg = min(p.plan.segments.values(), key=lambda s: (s.start, s.family))
@@ -56,19 +66,20 @@ def spec_for(tmp: Path, norm: str, amp: bool, iters: int) -> tuple[dict, dict]:
     return spec, data.load_manifest(spec["dataset"])
 
 
-def ours(spec: dict, dataset: dict, iters: int, tmp: Path) -> float:
+def ours(spec: dict, dataset: dict, iters: int, tmp: Path, warmup: int) -> float:
     engine = Timed(get_engine("detectron2"))
     s = {**spec, "end": iters, "output": str(tmp / "ours.pth"), "resume_dir": None, "log_period": 1000}
     loop.train(engine, s, dataset)
-    return median_step(engine.stamps)
+    return median_step(engine.stamps, warmup)
 
 
-def d2(spec: dict, dataset: dict, iters: int, amp: bool, tmp: Path) -> float:
+def d2(spec: dict, dataset: dict, iters: int, amp: bool, tmp: Path, warmup: int) -> float:
     from detectron2.engine import DefaultTrainer, HookBase
 
     run = spec["run"]
     register(run, dataset)
-    cfg = get_engine("detectron2").config(run, spec["schedule"], None, dataset, device="cuda").clone()
+    device = "cuda" if run["recipe"]["gpus"] else "cpu"
+    cfg = get_engine("detectron2").config(run, spec["schedule"], None, dataset, device=device).clone()
     cfg.defrost()
     cfg.SOLVER.MAX_ITER = iters
     cfg.SOLVER.AMP.ENABLED = amp
@@ -80,14 +91,14 @@ def d2(spec: dict, dataset: dict, iters: int, amp: bool, tmp: Path) -> float:
 
     class Stamp(HookBase):
         def before_step(self):
-            torch.cuda.synchronize()
+            sync()
             stamps.append(time.perf_counter())
 
     torch.manual_seed(int(run["seed"]))
     trainer = DefaultTrainer(cfg)
     trainer.register_hooks([Stamp()])
     trainer.train()
-    return median_step(stamps)
+    return median_step(stamps, warmup)
 
 
 def main() -> None:
@@ -95,20 +106,25 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--norms", nargs="+", default=["GN", "SyncBN"])
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--smoke", action="store_true", help="the tiny config on the CPU, fp32: checks the code, not a speed")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_gpu: no CUDA GPU here (this benchmark is for a GPU machine)")
+    if args.smoke:
+        iters, warmup, precisions, model, where = 14, WARMUP["smoke"], (False,), "R18-FPN (tiny)", "CPU"
+    elif not torch.cuda.is_available():
+        sys.exit("bench_gpu: no CUDA GPU here (this benchmark is for a GPU machine; --smoke runs its code on the CPU)")
+    else:
+        iters, warmup, precisions, model, where = args.iters, WARMUP["paper"], (False, True), "R50-FPN", None
     rows = []
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         for norm in args.norms:
-            for amp in (False, True):
-                spec, dataset = spec_for(tmp, norm, amp, args.iters)
-                a = ours(spec, dataset, args.iters, tmp / norm)
-                b = d2(spec, dataset, args.iters, amp, tmp / norm)
+            for amp in precisions:
+                spec, dataset = spec_for(tmp, norm, amp, iters, smoke=args.smoke)
+                a = ours(spec, dataset, iters, tmp / norm, warmup)
+                b = d2(spec, dataset, iters, amp, tmp / norm, warmup)
                 rows.append({"norm": norm, "amp": amp, "ours_s_per_iter": a, "d2_s_per_iter": b, "ratio": a / b,
-                             "gpu": torch.cuda.get_device_name(0)})
-                print(f"R50-FPN {norm:<6} {'AMP ' if amp else 'fp32'}: ours {a:.4f} s/iter, detectron2 {b:.4f} s/iter, "
+                             "device": where or torch.cuda.get_device_name(0)})
+                print(f"{model} {norm:<6} {'AMP ' if amp else 'fp32'}: ours {a:.4f} s/iter, detectron2 {b:.4f} s/iter, "
                       f"ratio {a / b:.3f} (goal <= 1.02)", flush=True)
     for norm in args.norms:
         r = {row["amp"]: row for row in rows if row["norm"] == norm}
