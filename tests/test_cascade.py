@@ -62,7 +62,8 @@ def test_structure_three_stages_with_their_own_heads(setup):
     # three distinct heads (not one shared), MSRA-filled convs
     w = [h[0][0].weight for h in rh.box_heads]
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
-    assert abs(float(w[0].detach().std()) / (2 / (256 * 9)) ** 0.5 - 1) < 0.1
+    assert w[0].shape[0] == run["recipe"]["head_channels"]
+    assert abs(float(w[0].detach().std()) / (2 / (w[0].shape[0] * 9)) ** 0.5 - 1) < 0.1
     assert rh.box_roi_pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32] == rh.mask_roi_pool.scales
     assert rh.fg_bg_sampler.batch_size_per_image == run["recipe"]["roi_batch_per_image"]
     assert rh.detections_per_img == run["recipe"]["detections_per_image"]

@@ -145,7 +145,7 @@ VGG_AXES = {"init": ["random"], "norm": ["none"], "backbone": ["VGG16"], "data":
 
 @pytest.fixture(scope="module")
 def vgg_paths(module_tmp):
-    return tiny_paths(module_tmp("vgg"), recipe={"task": "faster_rcnn"}, axes=VGG_AXES,
+    return tiny_paths(module_tmp("vgg"), recipe={"task": "faster_rcnn", "head_channels": 256}, axes=VGG_AXES,
                       seconds_per_iter=[{"backbone": "VGG16", "norm": "none", "gpus": 0, "seconds": 1.0}])
 
 

@@ -197,7 +197,9 @@ def test_a_second_trainer_of_a_segment_stops_at_once_and_names_the_first(tmp_pat
     p = tiny_paths(tmp_path)
     spec = spec_of(p, first_segment(p), end=4, history=str(tmp_path / "h.jsonl"))
     hist = Path(spec["history"])
-    slow = {**os.environ, "RETHINK_ITER_SLEEP": "0.5"}
+    # 10 s after each iteration (before its history line): the first trainer still holds the segment
+    # 30 s after its first line, time for the second to start on a loaded machine; it is killed below
+    slow = {**os.environ, "RETHINK_ITER_SLEEP": "10"}
     first = run_cli(spec, env=slow)
     try:
         wait_for(lambda: hist.exists() and hist.read_text(), first, what="the first trainer's first iteration")

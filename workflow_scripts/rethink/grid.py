@@ -284,8 +284,8 @@ def build(config: dict, source: str = "config") -> Grid:
             _check_recipe(where, recipe, iterations, sched)
             if backbone == "VGG16" and recipe["head_channels"] != defaults["head_channels"]:
                 raise ConfigError(f"{where}.recipe.head_channels: {recipe['head_channels']}, but backbone VGG16 has "
-                                  f"no FPN (its heads read conv5's 512 channels); leave it at "
-                                  f"{defaults['head_channels']}")
+                                  f"no FPN (its heads read conv5's 512 channels); set head_channels: "
+                                  f"{defaults['head_channels']} in this experiment's recipe")
             rid = make_run_id(backbone, norm, init, data, sched, seed, variant)
             fam = f"{backbone}-{norm}-{init}-{data}-s{seed}" + (f"-{variant}" if variant else "") if share else rid
             run = Run(
