@@ -73,7 +73,10 @@ def test_kept_model_loads_with_detectron2s_checkpointer(tiny_d2):
     from rethink.plan import Plan
 
     tmp, _ = tiny_d2
-    cfg = {**rconfig.read_yaml(ROOT / "configs" / "tiny.yaml"), **rconfig.read_yaml(ROOT / "configs" / "tiny_detectron2.yaml")}
+    from snakemake.utils import update_config
+
+    cfg = rconfig.read_yaml(ROOT / "configs" / "tiny.yaml")  # updated by the overlay as Snakemake does (deeply)
+    update_config(cfg, rconfig.read_yaml(ROOT / "configs" / "tiny_detectron2.yaml"))
     cfg = rconfig.validate({**cfg, "workdir": str(tmp / cfg["workdir"]), "results": str(tmp / cfg["results"])}, "tiny")
     paths = Paths(cfg, Plan(rgrid.build(cfg, "tiny")))
     for run_id in ("R18-GN-imagenet-synthetic-3x-s0", "R18-GN-random-synthetic-3x-s0"):
