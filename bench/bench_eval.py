@@ -30,16 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch  # noqa: E402
-from common import ROOT, bench_config
+from common import ROOT, bench_config, sync
 
 from rethink import checkpoint, config, data, evalcost, evaluate, grid, loop, plan, summary  # noqa: E402
 from rethink.engines import get_engine  # noqa: E402
 from rethink.paths import Paths  # noqa: E402
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def worst_case(model) -> None:

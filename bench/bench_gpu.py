@@ -3,10 +3,11 @@
     .venv/bin/python bench/bench_gpu.py [--iters 40] [--norms GN SyncBN] [--out FILE.json]
     .venv/bin/python bench/bench_gpu.py --smoke      # the same code on the CPU, before a GPU is lent
 
-Needs a CUDA GPU and detectron2 (--smoke: detectron2 only; the tiny config's R18 GN on the CPU,
-fp32, 14 iterations, warm-up 4: it checks that both trainers run, not their speed). For each norm (GN, SyncBN) and precision (fp32, AMP) it trains
-R50-FPN Mask R-CNN from random init on synthetic 800 x 1000 px images, 2 images per GPU, the
-paper's recipe (the schema's defaults, detectron2's config for the run: rethink.d2config):
+Needs a CUDA GPU and detectron2 (--smoke: detectron2 only; the tiny config's R18 on the CPU, fp32,
+14 iterations, warm-up 4: it checks that both trainers run, not their speed). For each norm (GN,
+SyncBN) and precision (fp32, AMP) it trains R50-FPN Mask R-CNN from random init on synthetic
+800 x 1000 px images, 2 images per GPU, the paper's recipe (the schema's defaults, detectron2's
+config for the run: rethink.d2config):
 
     ours   rethink.loop with the detectron2 engine (recipe.amp for AMP), what a train_segment job runs
     d2     detectron2's DefaultTrainer on the same CfgNode (SOLVER.AMP.ENABLED for AMP): the trainer
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch  # noqa: E402
-from common import Timed, bench_config
+from common import Timed, bench_config, sync
 
 from rethink import data, grid, loop, plan  # noqa: E402
 from rethink.engines import get_engine  # noqa: E402
@@ -38,11 +39,6 @@ from rethink.engines.detectron2_engine import register  # noqa: E402
 from rethink.paths import Paths  # noqa: E402
 
 WARMUP = {"paper": 10, "smoke": 4}
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()  # time the GPU's work, not how fast kernels are queued
 
 
 def median_step(stamps: list[float], warmup: int) -> float:

@@ -45,6 +45,12 @@ def bench_config(scale: str, gpus: int, tmp: Path, engine: str | None = None, no
     return cfg
 
 
+def sync() -> None:
+    """Wait for the GPU's queued work (nothing on a CPU): time the work, not how fast kernels are queued."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class Timed:
     """An engine whose losses() records when it is called."""
 
@@ -55,8 +61,7 @@ class Timed:
         return getattr(self.engine, name)
 
     def losses(self, model, batch):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # time the GPU's work, not how fast kernels are queued
+        sync()
         self.stamps.append(time.perf_counter())
         return self.engine.losses(model, batch)
 

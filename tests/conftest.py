@@ -32,8 +32,9 @@ def module_tmp(request, tmp_path_factory):
     """mktemp(name) for a module's shared fixtures. What they made is removed when the module ends
     with no failed test, as pytest removes a passed test's tmp_path (pyproject.toml:
     tmp_path_retention_policy "failed"). A tiny Mask R-CNN checkpoint with its optimizer state is
-    about 250 MB, and the suite writes some sixty: kept to the end, they filled a disk (15 GB a run);
-    so the suite's disk use peaks at its largest module (test_paper_tiny, about 2.5 GB)."""
+    about 120 MB (250 MB with the former 256-channel heads), and the suite writes some sixty: kept
+    to the end, they filled a disk (15 GB a run); so the suite's disk use peaks at a module's
+    (3.8 GB measured over a whole run)."""
     made, failed = [], request.session.testsfailed
 
     def mktemp(name: str) -> Path:
