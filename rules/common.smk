@@ -128,12 +128,26 @@ def stop_warm_interpreter():
         warm.stop()
 
 
+def write_ledger():
+    """<results>/campaign/jobs.csv and timeline.png from the jobs' ledger rows (rethink.ledger),
+    whenever the workflow ends; a ledger that cannot be drawn costs the workflow nothing."""
+    if workflow.is_main_process and not workflow.dryrun:
+        try:
+            from rethink.timeline import write_campaign
+
+            write_campaign(P.results)
+        except Exception as e:  # noqa: BLE001  (the ledger is a record, never a reason to fail)
+            print(f"ledger: could not write {P.results}/campaign: {e}", file=sys.stderr)
+
+
 onsuccess:
     stop_warm_interpreter()
+    write_ledger()
 
 
 onerror:
     stop_warm_interpreter()
+    write_ledger()
 
 
 # The workflow's scripts run under the interpreter that runs Snakemake, or, with

@@ -4,6 +4,7 @@
 
 localrules:
     grid,
+    speeds,
     collect,
     report,
     figures,
@@ -25,7 +26,7 @@ rule collect:
         py=PY,
         script=script("collect.py"),
     shell:
-        "{params.py:q} {params.script:q} --planned --config {input.config:q} --out {output:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --planned --config {input.config:q} --job collect --out {output:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -52,7 +53,7 @@ rule report:
         script=script("report.py"),
     shell:
         "{params.py:q} {params.script:q} --metrics {input.metrics:q} --published {input.published:q}"
-        " --config {input.config:q} > {log:q} 2>&1"
+        " --config {input.config:q} --job report > {log:q} 2>&1"
 
 
 rule figures:
@@ -88,3 +89,19 @@ rule grid:
         script=script("grid_summary.py"),
     shell:
         "{params.py:q} {params.script:q} --config {input.config:q} 2>&1 | tee {log:q}"
+
+
+rule speeds:
+    # no output: `snakemake speeds` writes <results>/campaign/measured_speeds.yaml, the config's
+    # seconds_per_iter and eval_seconds with what the ledger measured; review it, pass it with --configfile
+    input:
+        config=SNAPSHOT,
+    log:
+        P.log("report", "speeds"),
+    conda:
+        "../envs/report.yaml"
+    params:
+        py=PY,
+        script=script("grid_summary.py"),
+    shell:
+        "{params.py:q} {params.script:q} --config {input.config:q} --speeds 2>&1 | tee {log:q}"

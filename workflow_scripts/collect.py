@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rethink import collect as C  # noqa: E402
+from rethink.cli import recorded  # noqa: E402
 from rethink.config import ConfigError  # noqa: E402
 from rethink.metrics import MetricsError  # noqa: E402
 
@@ -26,6 +27,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", help="results folder (holds metrics/; default: the config's)")
     ap.add_argument("--out", help="the metrics table to write (CSV; default: <results>/metrics.csv)")
+    ap.add_argument("--job", help="the job's name (the rule's), for its ledger row (rethink.ledger)")
     ap.add_argument("--config", help="config YAML or snapshot (for run lengths and LR drops)")
     ap.add_argument("--planned", action="store_true", help="read the config's planned metrics files, not a glob")
     a = ap.parse_args(argv)
@@ -49,4 +51,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with recorded("collect", sys.argv[1:]):
+        sys.exit(main())

@@ -5,16 +5,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rethink import data  # noqa: E402
-from rethink.cli import read_spec  # noqa: E402
+from rethink.cli import job  # noqa: E402
 
 if __name__ == "__main__":
-    spec = read_spec("prepare_data", __doc__)
-    t0 = time.time()
-    try:
-        manifest = data.prepare(spec)
-    except data.DatasetError as e:
-        sys.exit(f"prepare_data: error: {e}")
-    n = manifest.get("num_images", manifest.get("num_train_images"))
-    print(f"prepare_data: {manifest['name']} ({manifest['kind']}, {n} train images) -> {spec['output']} "
-          f"in {time.time() - t0:.1f} s")
+    with job("prepare_data", __doc__) as spec:
+        from rethink import data  # inside the job's ledger row (rethink.ledger)
+
+        t0 = time.time()
+        try:
+            manifest = data.prepare(spec)
+        except data.DatasetError as e:
+            sys.exit(f"prepare_data: error: {e}")
+        n = manifest.get("num_images", manifest.get("num_train_images"))
+        print(f"prepare_data: {manifest['name']} ({manifest['kind']}, {n} train images) -> {spec['output']} "
+              f"in {time.time() - t0:.1f} s")

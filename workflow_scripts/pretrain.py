@@ -11,9 +11,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rethink import loop, pretrain  # noqa: E402
-from rethink.cli import read_spec  # noqa: E402
+from rethink.cli import job  # noqa: E402
 
 if __name__ == "__main__":
-    spec = read_spec("pretrain", __doc__, ("init", "backbone", "norm", "iterations", "batch", "base_lr", "dataset", "output"))
-    sys.exit(loop.main_cli(spec, pretrain.pretrain))
+    with job("pretrain", __doc__, ("init", "backbone", "norm", "iterations", "batch", "base_lr", "dataset", "output")) as spec:
+        from rethink import loop, pretrain  # torch: inside the job's ledger row (rethink.ledger)
+
+        sys.exit(loop.main_cli(spec, pretrain.pretrain))

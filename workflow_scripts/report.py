@@ -17,12 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rethink import claims  # noqa: E402
+from rethink import claims, costs  # noqa: E402
 from rethink import collect as C  # noqa: E402
 from rethink import figures as F  # noqa: E402
 from rethink import published as PUB  # noqa: E402
 from rethink import report_targets as R  # noqa: E402
 from rethink import tables as T  # noqa: E402
+from rethink.cli import recorded  # noqa: E402
 from rethink.config import ConfigError  # noqa: E402
 
 
@@ -33,6 +34,7 @@ def build(metrics: str, results: str, planned=None, published: str | None = None
     for table in T.build_all(df, pub).values():
         T.write(table, Path(results) / "tables")
     claims.write(df, Path(results) / "tables")
+    costs.write_for(results, planned.attrs.get("plan") if planned is not None else None)  # from the ledger
     names = R.figures_for(zip(planned.task, planned.data) if planned is not None else zip(df.task, df.data))
     drawn = F.build_all(df, pub, Path(results) / "figures", planned, pretrain, names)
     missing = [p for p in R.targets(results, names) if not Path(p).exists()]
@@ -45,6 +47,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--metrics", help="metrics table written by collect.py (default: <results>/metrics.csv)")
     ap.add_argument("--results", help="results folder: writes tables/ and figures/ there (default: the config's)")
+    ap.add_argument("--job", help="the job's name (the rule's), for its ledger row (rethink.ledger)")
     ap.add_argument("--config", help="config YAML or snapshot (planned runs, for the partial-grid note)")
     ap.add_argument("--published", help="the paper's numbers (default results/paper/published.csv)")
     ap.add_argument("--pretrain", choices=["band", "shift"], default="band",
@@ -68,4 +71,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with recorded("report", sys.argv[1:]):
+        sys.exit(main())

@@ -4,13 +4,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rethink import stage  # noqa: E402
-from rethink.cli import read_spec  # noqa: E402
+from rethink.cli import job  # noqa: E402
 
 if __name__ == "__main__":
-    spec = read_spec("stage_weights", __doc__)
-    try:
-        stage.stage(spec)
-    except stage.StageError as e:
-        sys.exit(f"stage_weights: error: {e}")
-    print(f"stage_weights: {spec['source']} -> {spec['output']}")
+    with job("stage_weights", __doc__) as spec:
+        from rethink import stage  # inside the job's ledger row (rethink.ledger)
+
+        try:
+            stage.stage(spec)
+        except stage.StageError as e:
+            sys.exit(f"stage_weights: error: {e}")
+        print(f"stage_weights: {spec['source']} -> {spec['output']}")

@@ -12,9 +12,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from rethink import loop, segment  # noqa: E402
-from rethink.cli import read_spec  # noqa: E402
+from rethink.cli import job  # noqa: E402
 
 if __name__ == "__main__":
-    spec = read_spec("train", __doc__, ("engine", "run", "family", "line", "start", "end", "schedule", "dataset", "output"))
-    sys.exit(loop.main_cli(spec, segment.train_segment))
+    with job("train", __doc__, ("engine", "run", "family", "line", "start", "end", "schedule", "dataset", "output")) as spec:
+        from rethink import loop, segment  # torch: inside the job's ledger row (rethink.ledger)
+
+        sys.exit(loop.main_cli(spec, segment.train_segment))

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from rethink.ledger import process_start  # standard library only
+
 HERE = Path(__file__).resolve().parent
 IDLE_S = 120
 START_S = 120  # how long a job waits for a starting server (imports on a loaded machine)
@@ -97,7 +99,9 @@ def run(argv: list[str]) -> int:
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
-    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode() + b"\n"
+    # the job started with this process, not with the fork that runs it (its ledger row: rethink.ledger)
+    env = {**os.environ, "RETHINK_JOB_START": str(process_start() or time.time())}
+    request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": env}).encode() + b"\n"
     for _ in range(3):  # a server that was ending as this job connected answers nothing: start another
         try:
             s = _start_server(socket_path())

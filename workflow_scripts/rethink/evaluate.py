@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import live, metrics
+from . import ledger, live, metrics
 
 IOU_TYPES = {
     "mask_rcnn": ["bbox", "segm"],
@@ -318,6 +318,9 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
                               f"the milestone is {spec['iteration']}")
     diverged = bool(meta.get("diverged", False))  # a checkpoint that says so gets no stats
     stats: dict = {}
+    row = ledger.current()  # the job's ledger row: when inference began and ended
+    if row is not None:
+        row.update(first_iter=time.time())
     if not diverged:
         model.eval()
         with torch.no_grad():
@@ -325,6 +328,8 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
         print(f"{len(results)} detections on {manifest['num_val_images']} val images ({device})", file=log)
         stats = evaluate_results(manifest, results, run["recipe"]["task"], log=log,
                                  backend=spec.get("coco_eval", "pycocotools"))
+    if row is not None:
+        row.update(last_iter=time.time())
     record = build_record(spec, meta, stats, time.time() - t0, diverged)
     metrics.write(record, spec["output"])
     live.write_evaluation(spec, record)

@@ -10,7 +10,7 @@ A hook sees the trainer (`self.trainer`: iteration, batch, losses, model, optimi
     after_train()    once, after the last iteration, before the output checkpoint (not on an error)
 
 The trainer calls them in the order of its hook list. Every run has DivergenceGuard, Counters,
-History, StopOnSignal, Logger, LiveCurves and PeriodicCheckpoint (rethink.loop.default_hooks); tests add
+History, StopOnSignal, Logger, LiveCurves, PeriodicCheckpoint and LedgerMarks (rethink.loop.default_hooks); tests add
 NanAt and SleepPerIteration (in-process, or through RETHINK_NAN_AT / RETHINK_ITER_SLEEP for a
 subprocess: from_environment).
 """
@@ -209,6 +209,39 @@ class PeriodicCheckpoint(HookBase):
         t = self.trainer
         if t.resume_dir and t.iter % self.period == 0 and t.iter < t.end:
             t.save_resume()
+
+
+class LedgerMarks(HookBase):
+    """The job's ledger row (rethink.ledger), on the main process: where this attempt's training
+    starts (`resumed_from`), when its first iteration began and its latest ended, the iteration
+    reached and its newest resume checkpoint. The row is written at the first iteration and after
+    each checkpoint; its heartbeat writes the rest. Nothing happens outside a job (no open row)."""
+
+    row = None
+
+    def before_train(self) -> None:
+        from . import ledger
+
+        t = self.trainer
+        self.row = ledger.current() if t.dist.main else None
+        if self.row is not None:
+            self.saved = t.saved_iter
+            self.row.update(resumed_from=t.iter, iter_reached=t.iter, first_iter=time.time())
+            self.row.flush()
+
+    def after_step(self) -> None:
+        if self.row is None:
+            return
+        t = self.trainer
+        self.row.update(iter_reached=t.iter, last_iter=time.time())
+        if t.saved_iter != self.saved:
+            self.saved = t.saved_iter
+            self.row.update(last_checkpoint=t.saved_iter)
+            self.row.flush()
+
+    def close(self) -> None:  # a stop signal's checkpoint is written after the last after_step
+        if self.row is not None and self.trainer.saved_iter is not None:
+            self.row.update(last_checkpoint=self.trainer.saved_iter)
 
 
 # ------------------------------------------------------------------------------ test switches

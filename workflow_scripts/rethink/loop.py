@@ -40,7 +40,7 @@ Spec keys besides those of train_spec (all optional):
 
 The loop is a small ``Trainer`` (start state, one step, checkpoints) with one hook per concern
 beside it (rethink.hooks: divergence, counters, history, signals, logging, live curves (rethink.live),
-periodic checkpoints);
+periodic checkpoints, the job's ledger row (rethink.ledger));
 ``train(..., extra_hooks)`` adds hooks, which is how tests switch on a NaN or a slow iteration.
 """
 from __future__ import annotations
@@ -158,6 +158,7 @@ def default_hooks(spec: dict) -> list[hooks.HookBase]:
         hooks.Logger(int(spec.get("log_period", 20))),
         hooks.LiveCurves(spec.get("live"), int(spec.get("log_period", 20))),
         hooks.PeriodicCheckpoint(int(spec["run"]["recipe"]["checkpoint_period"])),
+        hooks.LedgerMarks(),
     ]
 
 
@@ -180,6 +181,7 @@ class Trainer:
         self.hooks = [*extra_hooks, *hooks.from_environment(), *default_hooks(spec)]
         self.history = next(h for h in self.hooks if isinstance(h, hooks.History))
         self.stop_signal = None
+        self.saved_iter = None  # the iteration of this attempt's newest resume checkpoint
         self.log = lambda msg: None
 
     def train(self) -> dict:
@@ -369,6 +371,7 @@ class Trainer:
         path = checkpoint.resume_path(self.resume_dir, self.iter)
         checkpoint.save(path, ckpt)
         checkpoint.prune(self.resume_dir, keep=2)
+        self.saved_iter = self.iter
         return str(path)
 
     def _finish(self) -> dict:

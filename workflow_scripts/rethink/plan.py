@@ -205,6 +205,14 @@ class Plan:
                 prev = b
         return out
 
+    def payer(self, family: str, line: str, iteration: int) -> str:
+        """The run that `trained_iterations` charges with training up to `iteration` on this line:
+        on a trunk, the member whose branch point is the first at or after it; else the line's owner."""
+        if line != TRUNK:
+            return self.lines[(family, line)].owner
+        members = sorted(self.grid.families[family], key=lambda r: (r.schedule.first_drop, r.iterations))
+        return next((r.run_id for r in members if r.schedule.first_drop >= iteration), members[-1].run_id)
+
     @property
     def total_iterations(self) -> int:
         return sum(s.iterations for s in self.segments.values())

@@ -9,7 +9,8 @@ not have). `entries` adds each file's caption and category for `snakemake --repo
 """
 from __future__ import annotations
 
-TABLES = ["table1", "table2", "table3", "keypoints", "less_data", "voc", "claims"]  # claims: rethink.claims
+TABLES = ["table1", "table2", "table3", "keypoints", "less_data", "voc", "claims", "cost"]  # claims: rethink.claims,
+# cost: rethink.costs (from the campaign's ledger)
 FIGURES = ["convergence", "samples_seen", "less_data"]
 TABLE_FORMATS = ["md", "csv", "tex"]
 FIGURE_FORMATS = ["png", "pdf"]

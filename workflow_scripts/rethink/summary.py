@@ -1,28 +1,22 @@
 """The grid summary (`snakemake grid`): per run, what the plan trains, what it costs and how far
-it is; then totals and what trunk sharing saves. Writes <results>/grid.csv."""
+it is; then totals, what trunk sharing saves, and from the campaign's ledger (rethink.ledger,
+rethink.costs) the GPU-hours spent and wasted, measured speeds against the estimates and an ETA.
+Writes <results>/grid.csv, and <results>/campaign/jobs.csv and timeline.png where jobs have run."""
 from __future__ import annotations
 
-import json
 import os
 
 import pandas as pd
 
-from . import evalcost
+from . import costs, evalcost, ledger
 from .grid import Grid, gpu_hours
 from .paths import DIVERGED_MARKER, Paths, recorded_identity
 from .plan import Plan
 from .resources import seconds_per_iter
 
 COLUMNS = ["run_id", "family", "experiments", "schedule", "iterations", "trained_iterations", "segments",
-           "gpus", "seconds_per_iter", "gpu_hours", "gpu_hours_spent", "status"]
-
-
-def _spent_hours(path: str) -> float:
-    try:
-        with open(path) as f:
-            return float(json.load(f)["device_seconds"]) / 3600.0
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.0
+           "gpus", "seconds_per_iter", "seconds_per_iter_measured", "gpu_hours", "gpu_hours_spent",
+           "gpu_hours_wasted", "status"]
 
 
 def _stale(paths: Paths, done) -> bool:
@@ -33,7 +27,10 @@ def _stale(paths: Paths, done) -> bool:
     return False
 
 
-def summarize(grid: Grid, plan: Plan, paths: Paths) -> pd.DataFrame:
+def summarize(grid: Grid, plan: Plan, paths: Paths, jobs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run; spent, wasted and measured speed from the ledger frame `jobs`."""
+    spent = costs.per_run(plan, jobs) if jobs is not None and len(jobs) else pd.DataFrame(
+        columns=["gpu_hours_spent", "gpu_hours_wasted", "seconds_per_iter_measured"])
     rows = []
     for run_id, run in sorted(grid.runs.items()):
         spi = seconds_per_iter(plan, run)
@@ -56,17 +53,21 @@ def summarize(grid: Grid, plan: Plan, paths: Paths) -> pd.DataFrame:
             status = "to do"
         if status != "to do" and _stale(paths, done_metrics):
             status = "stale: recipe changed"  # its results were made with other result fields
-        # GPU time already spent on this run's path (cumulative in the latest metrics it has)
-        spent = _spent_hours(paths.metrics(done_metrics[-1].family, done_metrics[-1].line, done_metrics[-1].iteration)) \
-            if done_metrics else 0.0
+        led = spent.loc[run_id] if run_id in spent.index else {}
         rows.append({
             "run_id": run_id, "family": run.family, "experiments": " ".join(run.experiments),
             "schedule": run.schedule_name, "iterations": run.iterations,
             "trained_iterations": plan.trained_iterations[run_id], "segments": len(segs), "gpus": gpus,
-            "seconds_per_iter": spi, "gpu_hours": round(gpu_hours(plan.trained_iterations[run_id], spi, gpus), 2),
-            "gpu_hours_spent": round(spent, 2), "status": status,
+            "seconds_per_iter": spi, "seconds_per_iter_measured": _round(led.get("seconds_per_iter_measured"), 4),
+            "gpu_hours": round(gpu_hours(plan.trained_iterations[run_id], spi, gpus), 2),
+            "gpu_hours_spent": _round(led.get("gpu_hours_spent", 0.0), 4),
+            "gpu_hours_wasted": _round(led.get("gpu_hours_wasted", 0.0), 4), "status": status,
         })
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _round(v, digits: int):
+    return None if v is None or pd.isna(v) else round(float(v), digits)
 
 
 def render(df: pd.DataFrame, grid: Grid, plan: Plan) -> str:
@@ -93,7 +94,39 @@ def render(df: pd.DataFrame, grid: Grid, plan: Plan) -> str:
             continue
         sub = df[df["experiments"].str.split().apply(lambda e, exp=exp: exp in e)]
         lines.append(f"  {exp:<28} {len(sub):>4} runs  {sub['gpu_hours'].sum():>10,.1f} GPU-h planned  "
-                     f"{sub['gpu_hours_spent'].sum():>10,.1f} spent")
+                     f"{sub['gpu_hours_spent'].sum():>10,.2f} spent  {sub['gpu_hours_wasted'].sum():>8,.2f} wasted")
+    return "\n".join(lines)
+
+
+def render_ledger(jobs: pd.DataFrame, grid: Grid, plan: Plan, paths: Paths) -> str:
+    """The ledger's part of `snakemake grid`: attempts by outcome, GPU-hours spent and wasted,
+    measured speeds against the config's estimates, and the ETA."""
+    if jobs is None or jobs.empty:
+        return "ledger: no job has run yet (rows: <results>/campaign/rows/)"
+    a = costs.attempts(plan, jobs)
+    outcomes = a["outcome"].value_counts()
+    lines = [f"ledger: {len(a)} job attempts of {a['job'].nunique()} jobs: "
+             + ", ".join(f"{outcomes[o]} {o}" for o in ledger.OUTCOMES if o in outcomes)]
+    train = a["rule"].isin(ledger.TRAIN_RULES)
+    lines.append(f"GPU-hours spent: {a['gpu_hours'].sum():,.3f} (training {a.loc[train, 'gpu_hours'].sum():,.3f}, "
+                 f"evaluation {a.loc[a['rule'].isin(costs.EVAL_RULES), 'gpu_hours'].sum():,.3f}); wasted "
+                 f"{a['wasted_gpu_hours'].sum():,.3f} ({int(a['wasted_iters'].sum()):,} iterations trained again)")
+    runs = grid.runs
+    keyed = a[a["run"].isin(list(runs))]
+    keyed = keyed.assign(key=[(runs[r].backbone, runs[r].norm, int(runs[r].recipe["gpus"])) for r in keyed["run"]])
+    for (backbone, norm, gpus), measured in costs.measured_spi(keyed, by="key").items():
+        estimate = seconds_per_iter(plan, next(r for r in runs.values() if (r.backbone, r.norm, int(r.recipe["gpus"]))
+                                               == (backbone, norm, gpus)))
+        lines.append(f"seconds per iteration, {backbone} {norm} on {gpus} GPU(s): measured {measured:.4g} "
+                     f"vs estimate {estimate:.4g} (x{measured / estimate:.2f}; `snakemake speeds` writes an overlay)")
+    e = costs.eta(plan, paths, jobs)
+    if e["left_gpu_hours"] <= 0:
+        lines.append("ETA: nothing left to train or evaluate")
+    else:
+        slots = (f"{e['devices_running']:g} devices in use now" if e["devices_running"]
+                 else f"nothing running now; {e['devices_average']:.2f} devices in use on average so far")
+        lines.append(f"ETA: {e['left_gpu_hours']:,.2f} GPU-h left at the measured rate; {slots} -> "
+                     f"{e['hours']:,.2f} h (a lower bound: a run's segments follow each other)")
     return "\n".join(lines)
 
 
@@ -122,8 +155,32 @@ def main(cfg: dict, source: str) -> str:
     g = rgrid.build(cfg, source)
     p = Plan(g)
     paths = Paths(cfg, p)
-    df = summarize(g, p, paths)
+    jobs = ledger.frame(paths.results)
+    df = summarize(g, p, paths, jobs)
     os.makedirs(os.path.dirname(paths.grid_csv) or ".", exist_ok=True)
     df.to_csv(paths.grid_csv, index=False)
-    text = render(df, g, p) + f"\n\nwritten: {paths.grid_csv}"
-    return text
+    from .timeline import write_campaign
+
+    written = [paths.grid_csv, *write_campaign(paths.results)]
+    return render(df, g, p) + "\n\n" + render_ledger(jobs, g, p, paths) + f"\n\nwritten: {', '.join(written)}"
+
+
+def speeds(cfg: dict, source: str) -> str:
+    """`snakemake speeds`: the measured-speeds overlay (rethink.costs.overlay) of the ledger, written
+    to <results>/campaign/measured_speeds.yaml; returns what to tell the user."""
+    from . import grid as rgrid
+
+    g = rgrid.build(cfg, source)
+    jobs = ledger.frame(cfg["results"])
+    if jobs.empty:
+        return "speeds: the ledger has no job yet; nothing measured"
+    data = costs.overlay(g, jobs)
+    out = costs.write_overlay(os.path.join(cfg["results"], "campaign", "measured_speeds.yaml"), data, source)
+    lines = [f"  seconds_per_iter: {e['backbone']} {e['norm']} {e['gpus']} GPU(s): {e['seconds']}  ({e['source']})"
+             for e in data["seconds_per_iter"] if str(e.get("source", "")).startswith("measured by the ledger")]
+    lines += [f"  eval_seconds: {e['backbone']} {e['gpus']} GPU(s): {e['setup_seconds']} s + "
+              f"{e['seconds_per_image']} s/image  ({e['source']})"
+              for e in data["eval_seconds"] if str(e.get("source", "")).startswith("measured by the ledger")]
+    return "\n".join(["speeds: measured entries (the others are the config's, unchanged):", *lines,
+                      f"written: {out}; review it, then pass it after your config with --configfile"])
+

@@ -1,0 +1,176 @@
+"""The campaign's ledger (rethink.ledger, rethink.costs, rethink.timeline): rows written by real
+training jobs (train.py as the rules run it) that are killed with SIGKILL, stopped by SIGTERM
+before and at their walltime, and resumed; how open rows are read; what the waste is."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import PY, ROOT
+from rethink import checkpoint, costs, jobs, ledger, timeline
+from test_loop import tiny_paths, wait_for
+
+TRAIN = str(ROOT / "workflow_scripts" / "train.py")
+
+
+# ------------------------------------------------------------------------------ rows, read back
+def _row(**kw) -> dict:
+    base = {k: None for k in ledger.ROW_FIELDS}
+    base.update(format=ledger.FORMAT, rule="train_segment", job="train_segment/F/trunk/0000100", run="r", gpus=8,
+                identity="h", host="elsewhere", node="n1", pid=1, start=1000.0)
+    base.update(kw)
+    return base
+
+
+def _write_rows(results: Path, rows: list[dict]) -> None:
+    for i, r in enumerate(rows):
+        p = ledger.rows_dir(str(results)) / r["rule"] / f"x@{i}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(r))
+
+
+def test_outcomes_of_exit_codes():
+    assert ledger.outcome_of(0) == "done"
+    assert ledger.outcome_of(3) == "diverged"
+    assert ledger.outcome_of(1) == "failed"
+    assert ledger.outcome_of(130) == "interrupted"
+    assert ledger.outcome_of(143, env={}) == "pre-empted"
+    # SIGTERM inside the last minutes of the allocation is the walltime (resources: --signal=TERM@300)
+    assert ledger.outcome_of(143, env={"SLURM_JOB_END_TIME": "10300"}, now=10000.0) == "timed out"
+    assert ledger.outcome_of(138, env={"SLURM_JOB_END_TIME": "20000"}, now=10000.0) == "pre-empted"
+
+
+def test_open_rows_read_as_killed_running_or_node_failure(tmp_path):
+    old = time.time() - 10 * ledger.STALE_S
+    rows = [
+        _row(job="train_segment/F/trunk/0000100", start=old, slurm_job_id="7", slurm_restart=0),  # requeued below
+        _row(job="train_segment/F/trunk/0000100", start=old + 5, slurm_job_id="7", slurm_restart=1,
+             end=old + 50, exit_code=0, outcome="done"),
+        _row(job="train_segment/F/trunk/0000200", start=old),  # unclosed, silent: killed
+        _row(job="train_segment/F/trunk/0000300", start=time.time()),  # unclosed, fresh: running
+    ]
+    _write_rows(tmp_path, rows)
+    stale = ledger.rows_dir(str(tmp_path)) / "train_segment"
+    for p in (stale / "x@0.json", stale / "x@2.json"):
+        os.utime(p, (old, old))
+    got = {(r["job"], r.get("slurm_restart")): r["outcome"] for r in ledger.read_rows(str(tmp_path))}
+    assert got[("train_segment/F/trunk/0000100", 0)] == "node failure"
+    assert got[("train_segment/F/trunk/0000100", 1)] == "done"
+    assert got[("train_segment/F/trunk/0000200", None)] == "killed"
+    assert got[("train_segment/F/trunk/0000300", None)] == "running"
+
+
+def test_waste_is_what_the_next_attempt_trains_again(tmp_path):
+    """Attempt 1 reached 70 and its last checkpoint was 60: attempt 2 resumes at 60 and trains
+    60..70 again (10 iterations wasted); attempt 2 is pre-empted at 95 after a checkpoint at 95
+    (nothing wasted); attempt 3 finishes. Another identity is another job: not a retry."""
+    rows = [
+        _row(start=0.0, end=100.0, resumed_from=0, iter_reached=70, last_checkpoint=60, first_iter=10.0,
+             last_iter=80.0, exit_code=-9, outcome="killed"),
+        _row(start=200.0, end=300.0, resumed_from=60, iter_reached=95, last_checkpoint=95, first_iter=210.0,
+             last_iter=280.0, exit_code=143, outcome="pre-empted"),
+        _row(start=400.0, end=420.0, resumed_from=95, iter_reached=100, first_iter=405.0, last_iter=415.0,
+             exit_code=0, outcome="done"),
+        _row(start=500.0, end=600.0, resumed_from=0, iter_reached=100, first_iter=505.0, last_iter=595.0,
+             exit_code=0, outcome="done", identity="other"),
+    ]
+    _write_rows(tmp_path, rows)
+    df = ledger.frame(str(tmp_path))
+    assert list(df["attempt"]) == [1, 2, 3, 1]
+    assert list(ledger.wasted_iterations(df)) == [10, 0, 0, 0]
+    assert list(df["iters_done"]) == [70, 35, 5, 100]
+    assert df["seconds_per_iter"].tolist() == pytest.approx([1.0, 2.0, 2.0, 0.9])
+    # GPU-hours: wall x GPUs, to the second
+    assert df["gpu_hours"].sum() * 3600 == pytest.approx((100 + 100 + 20 + 100) * 8)
+    a = costs.attempts(None, df)
+    assert a["wasted_gpu_hours"].sum() * 3600 == pytest.approx(10 * 1.0 * 8)  # 10 iterations at 1 s on 8 GPUs
+
+
+# ------------------------------------------------------------------------------ real jobs
+@pytest.fixture(scope="module")
+def faulted_segment(module_tmp):
+    """One training segment (0 -> 8, checkpoints every 2) run as its rule runs it (--config snapshot
+    --job key), killed with SIGKILL after its first checkpoint, resumed and stopped by SIGTERM,
+    resumed and stopped by SIGTERM inside its walltime's last minutes, then resumed to the end."""
+    tmp = module_tmp("ledger")
+    p = tiny_paths(tmp, schedules={"2x": {"x": 2}})
+    snap = jobs.write_snapshot(p.cfg, "ledger-test")
+    seg = max(p.plan.segments.values(), key=lambda s: s.end)
+    key = f"train_final/{seg.owner}" if (seg.family, seg.line, seg.end) in p.plan.finals else \
+        f"train_segment/{seg.family}/{seg.line}/{seg.end:07d}"
+    rdir = Path(p.resume_dir(seg.family, seg.line, seg.end))
+    env = {**os.environ, "RETHINK_ITER_SLEEP": "0.5", "RETHINK_LEDGER_HEARTBEAT": "0.2"}
+    rows = ledger.rows_dir(p.results)
+
+    def start(**extra):
+        return subprocess.Popen([PY, TRAIN, "--config", snap, "--job", key], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env={**env, **extra})
+
+    def reached(pid: int) -> int:  # the iteration of the row of process `pid`, as its heartbeat wrote it
+        mine = [json.loads(f.read_text()) for f in rows.rglob(f"*-{pid}.json")]
+        return max([r.get("iter_reached") or 0 for r in mine] or [0])
+
+    proc = start()
+    wait_for(lambda: checkpoint.resume_candidates(rdir), proc, timeout=300, what="the first resume checkpoint")
+    first_ckpt = max(i for i, _ in checkpoint.resume_candidates(rdir))
+    wait_for(lambda: reached(proc.pid) > first_ckpt, proc, timeout=120, what="an iteration after the checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    read_after_kill = ledger.read_rows(p.results)
+
+    for extra in ({}, {"SLURM_JOB_END_TIME": str(int(time.time()) + 120)}):
+        proc = start(**extra)
+        before = max(i for i, _ in checkpoint.resume_candidates(rdir))
+        wait_for(lambda b=before: reached(proc.pid) > b, proc, timeout=300, what="an iteration after resuming")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    proc = start()
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return {"paths": p, "key": key, "seg": seg, "read_after_kill": read_after_kill,
+            "frame": ledger.frame(p.results), "first_ckpt": first_ckpt}
+
+
+def test_a_killed_job_reads_as_killed_and_its_rerun_resumes(faulted_segment):
+    s = faulted_segment
+    assert [r["outcome"] for r in s["read_after_kill"]] == ["killed"]  # its pid is gone: no wait for staleness
+    df = s["frame"]
+    assert list(df["job"].unique()) == [s["key"]]
+    assert list(df["outcome"]) == ["killed", "pre-empted", "timed out", "done"]
+    assert list(df["attempt"]) == [1, 2, 3, 4]
+    assert pd.isna(df["end"].iloc[0])  # the killed row never closed
+    assert df["resumed_from"].iloc[0] == s["seg"].start and df["resumed_from"].iloc[1] >= s["first_ckpt"]
+    # each attempt resumed where the previous one's last checkpoint was
+    assert list(df["resumed_from"].iloc[1:]) == [int(v) for v in df["last_checkpoint"].iloc[:-1]]
+    assert df["iter_reached"].iloc[-1] == s["seg"].end
+    assert (df["first_iter_s"].dropna() >= 0).all() and df["first_iter_s"].notna().all()
+
+
+def test_waste_and_gpu_hours_of_the_real_attempts(faulted_segment):
+    df = faulted_segment["frame"]
+    waste = ledger.wasted_iterations(df)
+    # the killed attempt trained past its checkpoint: those iterations were trained again
+    assert waste.iloc[0] == df["iter_reached"].iloc[0] - df["resumed_from"].iloc[1] > 0
+    # SIGTERM checkpoints the iteration it stops at: nothing is trained again
+    assert list(waste.iloc[1:]) == [0, 0, 0]
+    assert df["gpu_hours"].sum() * 3600 == pytest.approx(df["wall_s"].sum(), abs=1e-3)  # CPU: one device
+    a = costs.attempts(faulted_segment["paths"].plan, df)
+    assert a["wasted_gpu_hours"].sum() * 3600 == pytest.approx(waste.iloc[0] * df["seconds_per_iter"].iloc[0])
+
+
+def test_campaign_files_and_grid_figures_from_the_rows(faulted_segment, tmp_path):
+    p = faulted_segment["paths"]
+    written = timeline.write_campaign(p.results)
+    csv = pd.read_csv(written[0])
+    assert len(csv) == 4 and list(csv["outcome"]) == ["killed", "pre-empted", "timed out", "done"]
+    assert csv["wasted_iters"].iloc[0] > 0
+    assert Path(written[1]).stat().st_size > 10_000
+    e = costs.eta(p.plan, p, faulted_segment["frame"])
+    assert e["left_gpu_hours"] > 0 and e["devices_running"] == 0 and e["devices_average"] > 0
