@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import ROOT, small_tiny_config, snakemake, write_yaml
 from rethink import config, grid, metrics, plan, report_targets
@@ -160,6 +161,48 @@ def test_figures_target_builds_a_partial_grid(tiny_run, tmp_path):
     assert [str(f.relative_to(partial / "work")) for f in (partial / "work" / "logs").rglob("*.log")] == [
         "logs/report/figures.log"]
     assert "report:" in (partial / "work" / "logs" / "report" / "figures.log").read_text()
+
+
+def test_every_job_has_one_closed_ledger_row(tiny_run):
+    """The ledger (rethink.ledger): one closed row per job of the run, jobs.csv and the timeline
+    written when the workflow ended, GPU-hours that add up, and the cost table in tables/."""
+    work, _, p, paths = tiny_run
+    jobs = pd.read_csv(work / "results" / "campaign" / "jobs.csv")
+    assert (work / "results" / "campaign" / "timeline.png").stat().st_size > 10_000
+    assert jobs["job"].is_unique and set(jobs["outcome"]) == {"done"}, jobs[["job", "outcome"]]
+    assert jobs["end"].notna().all() and (jobs["attempt"] == 1).all()
+    rules = jobs["rule"].value_counts()
+    assert rules["train_segment"] + rules["train_final"] == len(p.segments)
+    assert rules["train_final"] == len(p.grid.runs) and rules["evaluate"] == len(p.milestones)
+    assert {"prepare_data", "prepare_pretrain_data", "pretrain", "collect", "report"} <= set(rules.index)
+    train = jobs[jobs["rule"].isin(["train_segment", "train_final"])]
+    # every segment trained its iterations once, from its start, each charged to a run of the grid
+    assert ((train["resumed_from"] == train["from_iter"]) & (train["iter_reached"] == train["to_iter"])).all()
+    assert set(train["run"]) == set(p.grid.runs) and (train["first_iter_s"] >= 0).all()
+    assert (train["seconds_per_iter"] > 0).all() and (jobs["wasted_iters"] == 0).all()
+    devices = jobs["rule"].isin(["train_segment", "train_final", "evaluate", "pretrain"]).astype(int)  # CPU: 1
+    assert abs(jobs["gpu_hours"].sum() * 3600 - (jobs["wall_s"] * devices).sum()) < 1.0
+    cost = pd.read_csv(work / "results" / "tables" / "cost.csv").set_index("experiment")
+    assert abs(cost.loc["all jobs", "spent_gpu_h"] - jobs["gpu_hours"].sum()) < 1e-6
+
+
+def test_measured_speeds_overlay_changes_no_result(tiny_run, tmp_path):
+    """`snakemake speeds` writes the measured seconds per iteration and evaluation seconds as an
+    overlay; passed with --configfile, it changes walltimes, never a result's identity."""
+    work, cfg_file, *_ = tiny_run
+    tree = _copy_tree(work, tmp_path / "tree")
+    proc = snakemake(["speeds", "--configfile", str(cfg_file)], cwd=tree, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    overlay = tree / "results" / "campaign" / "measured_speeds.yaml"
+    data = yaml.safe_load(overlay.read_text())
+    (spi,) = data["seconds_per_iter"]
+    assert spi["source"].startswith("measured by the ledger") and spi["seconds"] > 0
+    assert spi["seconds"] != yaml.safe_load(cfg_file.read_text())["seconds_per_iter"][0]["seconds"]
+    (ev,) = data["eval_seconds"]
+    assert ev["source"].startswith("measured by the ledger") and ev["setup_seconds"] > 0
+    dry = snakemake(["-n", "--configfile", str(cfg_file), str(overlay)], cwd=tree, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
 
 
 def _copy_tree(src: Path, dst: Path) -> Path:
