@@ -93,6 +93,18 @@ def test_waste_is_what_the_next_attempt_trains_again(tmp_path):
     assert a["wasted_gpu_hours"].sum() * 3600 == pytest.approx(10 * 1.0 * 8)  # 10 iterations at 1 s on 8 GPUs
 
 
+def test_a_rehearsals_times_read_as_simulated(tmp_path):
+    """ledger.frame(scale=compression): every time stretched from the first start, so durations,
+    GPU-hours and seconds per iteration are the simulated ones."""
+    _write_rows(tmp_path, [_row(start=1000.0, end=1010.0, resumed_from=0, iter_reached=100, first_iter=1001.0,
+                                last_iter=1009.0, exit_code=0, outcome="done")])
+    real, sim = ledger.frame(str(tmp_path)), ledger.frame(str(tmp_path), scale=3600.0)
+    assert real["wall_s"].iloc[0] == 10.0 and sim["wall_s"].iloc[0] == 36_000.0
+    assert sim["gpu_hours"].iloc[0] == pytest.approx(80.0)  # 10 simulated hours on 8 GPUs
+    assert sim["seconds_per_iter"].iloc[0] == pytest.approx(8 * 3600 / 100)
+    assert costs.time_scale({"rehearsal": {"compression": 3600.0}}) == 3600.0 and costs.time_scale({}) == 1.0
+
+
 # ------------------------------------------------------------------------------ real jobs
 @pytest.fixture(scope="module")
 def faulted_segment(module_tmp):

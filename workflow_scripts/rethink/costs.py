@@ -36,6 +36,13 @@ EVAL_RULES = ("evaluate", "evaluate_tta")
 COST_COLUMNS = ["experiment", "runs", "planned_gpu_h", "spent_gpu_h", "wasted_gpu_h", "spent_share", "wasted_share"]
 
 
+def time_scale(cfg: dict) -> float:
+    """Simulated seconds per wall second of the campaign's jobs: a rehearsal's compression
+    (rethink.rehearsal), else 1. The ledger's figures are read through it (ledger.frame's scale)."""
+    rh = cfg.get("rehearsal")
+    return float(rh.get("compression", 1.0)) if isinstance(rh, dict) else 1.0
+
+
 def attempts(plan: Plan | None, df: pd.DataFrame) -> pd.DataFrame:
     """The ledger frame with `devices`, `wasted_iters`, `wasted_gpu_hours` and `spi` (the seconds
     per iteration the waste is priced at)."""
@@ -154,8 +161,9 @@ def _shares(out: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_for(results: str, plan: Plan | None) -> list[Path]:
-    """The cost table of the ledger under `results`, into <results>/tables/cost.{md,csv,tex}."""
-    df = ledger.frame(results)
+    """The cost table of the ledger under `results`, into <results>/tables/cost.{md,csv,tex}
+    (a rehearsal's in simulated hours)."""
+    df = ledger.frame(results, scale=time_scale(plan.grid.config) if plan else 1.0)
     rehearsal = bool(len(df) and df["rehearsal"].fillna(False).astype(bool).any())
     return write_cost_table(cost_table(plan, df), Path(results) / "tables", rehearsal, len(df))
 
@@ -166,7 +174,8 @@ def write_cost_table(table: pd.DataFrame, folder, rehearsal: bool = False, n_att
     folder.mkdir(parents=True, exist_ok=True)
     title = ("REHEARSAL (simulated jobs): " if rehearsal else "") + \
         "Campaign cost: GPU-hours planned, spent and wasted per experiment"
-    note = (f"From the ledger ({n_attempts} job attempts, <results>/campaign/jobs.csv). An experiment counts every "
+    note = ("Simulated GPU-hours: the rehearsal's wall time x its compression. " if rehearsal else "") + (
+            f"From the ledger ({n_attempts} job attempts, <results>/campaign/jobs.csv). An experiment counts every "
             "run it names (a run in two experiments counts in both); `all jobs` also counts data, pre-training and "
             "report jobs. Wasted: iterations trained again after a fault, at the measured seconds per iteration. "
             "A CPU training or evaluation job counts as one device.")

@@ -225,17 +225,25 @@ def _maybe_alive(rec: dict) -> bool:
     return started is not None and abs(started - float(rec["pid_start"])) < 1.0
 
 
-def frame(results: str, rows: list[dict] | None = None):
+TIMES = ("start", "first_iter", "last_iter", "end", "_seen")
+
+
+def frame(results: str, rows: list[dict] | None = None, scale: float = 1.0):
     """The ledger as a DataFrame, one row per job attempt in start order, with derived columns:
     attempt (1, 2, ... per job and identity), wall_s, gpu_hours, iters_done, first_iter_s,
-    seconds_per_iter, start_utc, end_utc."""
+    seconds_per_iter, start_utc, end_utc. `scale` stretches every time from the first start by
+    that factor: a rehearsal's compression turns its wall seconds into simulated ones."""
     import pandas as pd
 
     rows = read_rows(results) if rows is None else rows
     df = pd.DataFrame(rows, columns=[*ROW_FIELDS, "_seen"])
+    if scale != 1.0 and len(df):
+        t0 = df["start"].min()
+        for c in TIMES:
+            df[c] = t0 + (df[c] - t0) * scale
     df = df.sort_values(["start", "pid"], kind="stable").reset_index(drop=True)
     df["attempt"] = df.groupby(["job", df["identity"].fillna("")], sort=False).cumcount() + 1
-    now = time.time()
+    now = time.time() if scale == 1.0 or not len(df) else df["start"].min() + (time.time() - df["start"].min()) * scale
     end = df["end"].fillna(df["_seen"]).fillna(now)
     end = end.where(df["outcome"] != "running", now)  # a live job's wall time so far
     df["wall_s"] = (end - df["start"]).clip(lower=0).round(3)

@@ -105,7 +105,9 @@ def render_ledger(jobs: pd.DataFrame, grid: Grid, plan: Plan, paths: Paths) -> s
         return "ledger: no job has run yet (rows: <results>/campaign/rows/)"
     a = costs.attempts(plan, jobs)
     outcomes = a["outcome"].value_counts()
-    lines = [f"ledger: {len(a)} job attempts of {a['job'].nunique()} jobs: "
+    scale = costs.time_scale(grid.config)
+    lines = [f"REHEARSAL: times below are simulated (wall time x compression {scale:g})"] if scale != 1.0 else []
+    lines += [f"ledger: {len(a)} job attempts of {a['job'].nunique()} jobs: "
              + ", ".join(f"{outcomes[o]} {o}" for o in ledger.OUTCOMES if o in outcomes)]
     train = a["rule"].isin(ledger.TRAIN_RULES)
     lines.append(f"GPU-hours spent: {a['gpu_hours'].sum():,.3f} (training {a.loc[train, 'gpu_hours'].sum():,.3f}, "
@@ -155,7 +157,7 @@ def main(cfg: dict, source: str) -> str:
     g = rgrid.build(cfg, source)
     p = Plan(g)
     paths = Paths(cfg, p)
-    jobs = ledger.frame(paths.results)
+    jobs = ledger.frame(paths.results, scale=costs.time_scale(cfg))  # a rehearsal's: simulated time
     df = summarize(g, p, paths, jobs)
     os.makedirs(os.path.dirname(paths.grid_csv) or ".", exist_ok=True)
     df.to_csv(paths.grid_csv, index=False)
