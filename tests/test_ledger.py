@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from conftest import PY, ROOT
-from rethink import checkpoint, costs, jobs, ledger, timeline
+from rethink import checkpoint, costs, jobs, ledger, scorecard, timeline
 from test_loop import tiny_paths, wait_for
 
 TRAIN = str(ROOT / "workflow_scripts" / "train.py")
@@ -91,6 +91,23 @@ def test_waste_is_what_the_next_attempt_trains_again(tmp_path):
     assert df["gpu_hours"].sum() * 3600 == pytest.approx((100 + 100 + 20 + 100) * 8)
     a = costs.attempts(None, df)
     assert a["wasted_gpu_hours"].sum() * 3600 == pytest.approx(10 * 1.0 * 8)  # 10 iterations at 1 s on 8 GPUs
+
+
+def test_waste_against_the_unavoidable(tmp_path):
+    """The scorecard's waste: iterations trained again over what each fault had to lose (what was
+    trained after its newest checkpoint). A rerun that ignored the checkpoint counts in full."""
+    rows = [
+        _row(start=0.0, end=100.0, resumed_from=0, iter_reached=70, last_checkpoint=60, outcome="killed"),
+        _row(start=200.0, end=300.0, resumed_from=60, iter_reached=100, outcome="done", exit_code=0),
+        _row(job="train_segment/F/trunk/0000200", start=0.0, end=100.0, resumed_from=100, iter_reached=170,
+             last_checkpoint=160, outcome="killed"),
+        _row(job="train_segment/F/trunk/0000200", start=200.0, end=300.0, resumed_from=100, iter_reached=200,
+             outcome="done", exit_code=0),
+    ]
+    _write_rows(tmp_path, rows)
+    df = ledger.frame(str(tmp_path))
+    assert list(scorecard.unavoidable_iterations(df)) == [10, 10, 0, 0]  # in start order: 0-100, 100-200, ...
+    assert int(ledger.wasted_iterations(df).sum()) == 10 + 70
 
 
 def test_a_rehearsals_times_read_as_simulated(tmp_path):
