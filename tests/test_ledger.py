@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_loop import tiny_paths, wait_for
 
 from conftest import PY, ROOT
 from rethink import checkpoint, costs, jobs, ledger, scorecard, timeline
-from test_loop import tiny_paths, wait_for
 
 TRAIN = str(ROOT / "workflow_scripts" / "train.py")
 
@@ -157,7 +157,7 @@ def faulted_segment(module_tmp):
     for extra in ({}, {"SLURM_JOB_END_TIME": str(int(time.time()) + 120)}):
         proc = start(**extra)
         before = max(i for i, _ in checkpoint.resume_candidates(rdir))
-        wait_for(lambda b=before: reached(proc.pid) > b, proc, timeout=300, what="an iteration after resuming")
+        wait_for(lambda b=before, pid=proc.pid: reached(pid) > b, proc, timeout=300, what="an iteration after resuming")
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
     proc = start()
@@ -203,3 +203,29 @@ def test_campaign_files_and_grid_figures_from_the_rows(faulted_segment, tmp_path
     assert Path(written[1]).stat().st_size > 10_000
     e = costs.eta(p.plan, p, faulted_segment["frame"])
     assert e["left_gpu_hours"] > 0 and e["devices_running"] == 0 and e["devices_average"] > 0
+
+
+# ------------------------------------------------------------------------------ under SLURM
+@pytest.mark.slurm
+def test_a_slurm_jobs_row_starts_with_its_allocation_and_reads_its_walltime(slurm_cluster, tmp_path):
+    """A job step on the private cluster: its row's start is the allocation's (the batch step's
+    start, 2 s before the job's own step), its node and job id are SLURM's, and SIGTERM inside its
+    walltime's last minutes (sbatch --signal=TERM@..., as the rules ask) closes it as `timed out`
+    (SLURM 22.05 sets no SLURM_JOB_START_TIME / SLURM_JOB_END_TIME: the row reads /proc and squeue)."""
+    c = slurm_cluster
+    results = tmp_path / "results"
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import signal, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT / 'workflow_scripts')!r})\n"
+        "from rethink import ledger\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+        f"with ledger.recording({str(results)!r}, rule='train_segment', job='train_segment/F/trunk/0000010'):\n"
+        "    time.sleep(120)\n")
+    jid = c.run("sbatch", "--parsable", "-t", "1", "--signal=TERM@45", "-o", str(tmp_path / "out"),
+                "--wrap", f"sleep 2; exec srun {PY} {script}").stdout.strip()
+    c.wait_job(jid, timeout=120)
+    (row,) = ledger.read_rows(str(results))
+    assert row["slurm_job_id"] == jid and row["node"] in c.nodes, row
+    assert row["outcome"] == "timed out", (row, (tmp_path / "out").read_text())
+    assert row["pid_start"] - row["start"] >= 1.5  # its step started 2 s after the allocation

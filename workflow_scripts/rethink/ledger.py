@@ -76,15 +76,50 @@ def process_start(pid: int | str = "self") -> float | None:
 
 
 def job_start(env=os.environ) -> float:
-    """The start of this job: SLURM's start of the allocation, else RETHINK_JOB_START (the warm
-    interpreter's client sets it: workflow_scripts/warm.py), else this process's start."""
+    """The start of this job: SLURM's start of the allocation (SLURM_JOB_START_TIME, SLURM >= 23.02;
+    before, the start of the job's first process under slurmstepd), else RETHINK_JOB_START (the
+    warm interpreter's client sets it: workflow_scripts/warm.py), else this process's start."""
     now = time.time()
     for var in ("SLURM_JOB_START_TIME", "RETHINK_JOB_START"):
         with contextlib.suppress(TypeError, ValueError):
             t = float(env.get(var))
             if 0 < t <= now + 1:
                 return t
+    if env.get("SLURM_JOB_ID"):
+        t = _slurm_batch_start(str(env["SLURM_JOB_ID"]))
+        if t is not None:
+            return t
     return process_start() or now
+
+
+def _slurm_batch_start(job_id: str) -> float | None:
+    """When this node's `slurmstepd: [<job>.batch]` started: the allocation's start, where the batch
+    step runs on this node (the first node of the job)."""
+    want = f"slurmstepd: [{job_id}.batch]".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (proc / "cmdline").read_bytes().startswith(want):
+                    return process_start(proc.name)
+    return None
+
+
+def _slurm_end_time(env) -> float | None:
+    """When this SLURM job's allocation ends: SLURM_JOB_END_TIME (SLURM >= 23.02), else squeue's
+    end time (asked only when a stop signal ended the job)."""
+    with contextlib.suppress(TypeError, ValueError):
+        return float(env.get("SLURM_JOB_END_TIME"))
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    import datetime
+    import subprocess
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(env["SLURM_JOB_ID"]), "-o", "%e"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        return datetime.datetime.fromisoformat(out).timestamp()
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
 
 
 def outcome_of(exit_code: int, env=os.environ, now: float | None = None) -> str:
@@ -96,9 +131,9 @@ def outcome_of(exit_code: int, env=os.environ, now: float | None = None) -> str:
     if exit_code == 130:
         return "interrupted"
     if exit_code in (138, 143):  # SIGUSR1 / SIGTERM after a resume checkpoint
-        with contextlib.suppress(TypeError, ValueError):
-            if (now or time.time()) >= float(env.get("SLURM_JOB_END_TIME")) - TIMEOUT_WINDOW_S:
-                return "timed out"
+        end = _slurm_end_time(env)
+        if end is not None and (now or time.time()) >= end - TIMEOUT_WINDOW_S:
+            return "timed out"
         return "pre-empted"
     return "failed"
 
