@@ -97,7 +97,7 @@ def _profile_setting_config(basedir, argv=None) -> str | None:
                 break
     found = None
     for p in profiles:
-        entry = get_profile_dir(p) if p != "none" else None
+        entry = _find_profile(get_profile_dir, p)
         if entry is None:
             continue
         try:
@@ -108,3 +108,21 @@ def _profile_setting_config(basedir, argv=None) -> str | None:
         if isinstance(data, dict) and data.get("config"):
             found = str(entry[1])
     return found
+
+
+def _find_profile(get_profile_dir, name: str):
+    """(folder, file) of a profile as Snakemake found it: relative to the working directory, or, under
+    `--directory`, to the one Snakemake was started in ($PWD)."""
+    if name == "none":
+        return None
+    here = os.getcwd()
+    try:
+        for base in dict.fromkeys([here, os.environ.get("PWD") or here]):
+            if os.path.isdir(base):
+                os.chdir(base)
+                entry = get_profile_dir(name)
+                if entry is not None:
+                    return entry[0], Path(base, entry[1]) if base != here else entry[1]
+    finally:
+        os.chdir(here)
+    return None
