@@ -271,3 +271,19 @@ def test_a_rehearsal_beside_a_finished_real_tree_neither_reads_nor_touches_it(mo
     real_metrics = [p.relative_to(tree).parts for p in collect.metrics_files(tree / "results")]
     assert real_metrics and not any("rehearsal" in parts for parts in real_metrics)  # `snakemake figures` globs these
     assert os.path.exists(tree / "results" / "metrics.csv")
+
+
+def test_a_rehearsal_training_job_imports_no_detection_library(tmp_path):
+    """What a cold rehearsal job pays is torch's import: not torchvision, pycocotools, detectron2,
+    matplotlib, nor torch's compiler (torch.optim's first use imports it; the rehearsal's SGD does not)."""
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(rehearsal_segment_spec(tmp_path, 1e9)))
+    script = ROOT / "workflow_scripts" / "train.py"
+    code = (f"import runpy, sys\nsys.argv = [{str(script)!r}, '--spec', {str(spec_file)!r}]\n"
+            f"try:\n    runpy.run_path({str(script)!r}, run_name='__main__')\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print('HEAVY', sorted(m for m in ('torchvision', 'pycocotools', 'detectron2', 'matplotlib', "
+            "'torch._dynamo', 'torch._inductor') if m in sys.modules))\n")
+    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "HEAVY []" in proc.stdout and "done: wrote" in proc.stdout
