@@ -222,6 +222,15 @@ def test_real_identities_stay_and_rehearsal_ones_differ():
         assert h_r != h_f and path_f.startswith("work/rehearsal/identity/")
         assert "rehearsal" not in Pr.ids.current[path_r][1]
     assert Pf.ids.current[path_f][1]["rehearsal"] == {"rehearsal": True, "compression": 10.0}
+    # rehearsal.slow: the family trains slower than its estimate, asks for the same walltime, same identity
+    slow = config.validate(tiny_config() | {"rehearsal": {"compression": 10, "slow": {family: 4}}})
+    Ps = Paths(slow, Plan(grid.build(slow)))
+    seg = Ps.plan.final_segment(next(r for r in Ps.plan.grid.runs.values() if r.family == family).run_id)
+    assert Ps.train_spec(seg)["run"]["rehearsal"]["slow"] == 4.0
+    assert Ps.line_identity(family, seg.line)[1] == Pf.line_identity(family, seg.line)[1]
+    from rethink.resources import JobResources
+
+    assert JobResources(slow, Ps.plan).train_runtime_min(seg, 1) == JobResources(fake, Pf.plan).train_runtime_min(seg, 1)
 
 
 def test_paper_grid_with_the_switch_plans_all_1470_jobs_with_compressed_walltimes(tmp_path):

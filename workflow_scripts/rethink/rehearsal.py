@@ -2,7 +2,7 @@
 
 Switch it on with ``--config rehearsal=true``, or in a config file::
 
-    rehearsal: {compression: 3600, request: real, diverge: {<family>: <iteration>}}
+    rehearsal: {compression: 3600, request: real, diverge: {<family>: <iteration>}, slow: {<family>: <factor>}}
 
 Every job of the grid then runs through its real rule, resources request, segment chain, the one
 training loop (rethink.loop: its checkpoints, resume, SIGTERM and divergence paths), its milestone
@@ -31,7 +31,9 @@ training steps, the evaluations and the walltimes the jobs ask for (rethink.reso
 ``real`` (default) asks the scheduler for the run's real GPUs, CPUs and memory, which checks a
 site's partition, account and GPU request; ``cpu`` asks for no GPU (a cluster without GPUs, or a
 test cluster). ``diverge``: the loss of the named family's training turns non-finite at that
-iteration, to rehearse a diverging run.
+iteration, to rehearse a diverging run. ``slow``: the named family trains that many times slower
+than its ``seconds_per_iter`` while its walltimes stay as computed from it, to rehearse an estimate
+that is too short (a walltime hit); it changes no result, so no identity.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from pathlib import Path
 from .metrics import STAT_NAMES
 
 FOLDER = "rehearsal"  # under the config's workdir and results
-DEFAULTS = {"compression": 3600.0, "request": "real", "diverge": {}}
+DEFAULTS = {"compression": 3600.0, "request": "real", "diverge": {}, "slow": {}}
 LABEL = "REHEARSAL (simulated, not measured)"
 ENGINE = "rehearsal"
 WEIGHTS_FORMAT = "rethink-rehearsal-weights/1"
@@ -68,6 +70,7 @@ def normalize(cfg: dict) -> None:
     out = {**DEFAULTS, **value}
     out["compression"] = float(out["compression"])
     out["diverge"] = {str(k): int(v) for k, v in (out.get("diverge") or {}).items()}
+    out["slow"] = {str(k): float(v) for k, v in (out.get("slow") or {}).items()}
     out["of"] = {k: cfg[k] for k in ("workdir", "results")}
     for k in ("workdir", "results"):
         cfg[k] = f"{cfg[k].rstrip('/')}/{FOLDER}"

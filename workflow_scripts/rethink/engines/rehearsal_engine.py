@@ -9,12 +9,13 @@ torch only, never torchvision, detectron2 or pycocotools.
   (rethink.rehearsal.stride), which the loop advances by (``iterations_in``); each is handed out
   after pacing the run to ``seconds_per_iter / compression`` per iteration
   (sleeps under a millisecond carried to the next batch), so a segment takes its simulated time
-  divided by the compression.
+  divided by the compression (times ``slow`` for a family config rehearsal.slow names).
 * Losses: rethink.rehearsal.losses_at(iteration) plus ``loss_param = 0.5 * ||w - 1||^2 / 4`` of
   the parameter, which SGD trains (one SGD step per batch): its value depends on the optimizer
   state that checkpoints carry, so a resume that lost state shows in the loss. With ``diverge_at``
   (config rehearsal.diverge) the loss of the batch holding that iteration is NaN, which the loop's
-  divergence guard stops on.
+  divergence guard stops on. The optimizer is RehearsalSGD (torch.optim.SGD's update without its
+  start-up cost).
 * Counts: the recipe's images per iteration, 7 instances per image (COCO's mean is 7.3) and the
   pixels of a training image at ``min_size_train[0]`` x ``max_size_train``.
 * Evaluation does not predict: rethink.evaluate hands a rehearsal to rethink.rehearsal.evaluation.
@@ -37,6 +38,41 @@ class RehearsalModel(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(PARAMS))
 
 
+class RehearsalSGD:
+    """SGD with momentum and weight decay (torch.optim.SGD's update) on the rehearsal's parameters in
+    plain tensor ops: torch.optim's first optimizer imports torch's compiler (torch._dynamo), about a
+    second of a cold job's start-up, which a rehearsal job is meant to show cheap. The loop uses
+    param_groups, zero_grad, step, state_dict and load_state_dict, as of any optimizer."""
+
+    def __init__(self, params, momentum: float, weight_decay: float):
+        self.param_groups = [{"params": list(params), "lr": 0.0, "momentum": momentum, "weight_decay": weight_decay}]
+        self.state: dict[int, torch.Tensor] = {}  # parameter index -> momentum buffer
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        g = self.param_groups[0]
+        for k, p in enumerate(g["params"]):
+            if p.grad is None:
+                continue
+            d = p.grad + g["weight_decay"] * p
+            buf = self.state.get(k)
+            self.state[k] = d.clone() if buf is None else buf.mul_(g["momentum"]).add_(d)
+            p.add_(self.state[k], alpha=-g["lr"])
+
+    def state_dict(self) -> dict:
+        return {"state": {k: v.clone() for k, v in self.state.items()},
+                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = {int(k): v.clone() for k, v in state["state"].items()}
+        for g, saved in zip(self.param_groups, state["param_groups"]):
+            g.update(saved)
+
+
 class RehearsalEngine:
     name = rehearsal.ENGINE
 
@@ -47,6 +83,9 @@ class RehearsalEngine:
               f"{rh['gpus']} GPU(s) simulated on one CPU process", flush=True)
         self.run = run
         return RehearsalModel().to(device)
+
+    def build_optimizer(self, model, recipe: dict) -> RehearsalSGD:
+        return RehearsalSGD(model.parameters(), float(recipe["momentum"]), float(recipe["weight_decay"]))
 
     def load_init_weights(self, model, path: str, run: dict) -> None:
         rehearsal.read_weights(path)  # refuses anything but the rehearsal's own weights file
@@ -60,7 +99,7 @@ class RehearsalEngine:
     def train_stream(self, run: dict, dataset: dict, start_iter: int, rank: int, world: int):
         rh = run["rehearsal"]
         stride = int(rh.get("stride", 1))
-        per_iter = float(rh["seconds_per_iter"]) / float(rh["compression"])
+        per_iter = float(rh["seconds_per_iter"]) * float(rh.get("slow", 1.0)) / float(rh["compression"])
         images = int(run["recipe"]["batch"]) // max(int(world), 1)
         i, start = int(start_iter), time.perf_counter()
         while True:  # the batch of iterations [i, i + n) is handed out once their simulated time has passed
