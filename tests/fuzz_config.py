@@ -135,7 +135,8 @@ def mutation(draw, cfg: dict):
         parent[key] = _number_mutation(draw, value)
     elif op == "list" and isinstance(value, list):
         how = draw(st.sampled_from(["empty", "huge", "duplicate", "nested"]))
-        parent[key] = ([] if how == "empty" else value * draw(st.sampled_from([50, 2000])) if how == "huge"
+        huge = (value[:100] * draw(st.sampled_from([50, 2000])))[:5000]  # one huge list, not a huge list of them
+        parent[key] = ([] if how == "empty" else huge if how == "huge"
                        else value + value[:1] if how == "duplicate" else [value])
     else:  # the value's type changes
         parent[key] = draw(st.sampled_from([str(value), [value], {"value": value}, None, 1, 1.5, True]))

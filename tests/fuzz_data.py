@@ -136,7 +136,7 @@ def examples(draw):
                 if isinstance(other, dict) and key in other:
                     item[key] = copy.deepcopy(other[key])
             else:
-                item[key] = draw(NASTY)
+                item[key] = copy.deepcopy(draw(NASTY))  # sampled_from gives one object: a copy per use
             ex.mutations.append(f"{split}.{section}[].{key}: {how}")
             continue
         paths = _paths(coco[split])
@@ -154,7 +154,7 @@ def examples(draw):
         elif op == "empty" and isinstance(node[path[-1]], (list, dict)):
             node[path[-1]] = type(node[path[-1]])()
         else:
-            node[path[-1]] = draw(NASTY)
+            node[path[-1]] = copy.deepcopy(draw(NASTY))
         ex.mutations.append(f"{split}.{'.'.join(map(str, path))}: {op}")
     return ex
 
