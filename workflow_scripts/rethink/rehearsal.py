@@ -82,16 +82,40 @@ def settings(cfg: dict) -> dict | None:
     return cfg.get("rehearsal") or None
 
 
-def identity_part(cfg: dict, family: str | None = None) -> dict | None:
-    """What the rehearsal adds to an identity file (None for a real config, so real identities
-    stay as they were): the flag, the compression and, for a family's lines, where it diverges."""
+def identity(cfg: dict, content: dict, family: str | None = None) -> dict:
+    """An identity file's content (rethink.paths), in a rehearsal with "rehearsal": the flag, the
+    compression and, for a family's lines, where it diverges; so no rehearsal result passes for a
+    real one. A real config's identities are unchanged."""
     rh = settings(cfg)
     if rh is None:
-        return None
-    out = {"rehearsal": True, "compression": rh["compression"]}
-    if family is not None and family in rh["diverge"]:
-        out["diverge_at"] = rh["diverge"][family]
-    return out
+        return content
+    part = {"rehearsal": True, "compression": rh["compression"]}
+    if family is not None and family in rh.get("diverge", {}):
+        part["diverge_at"] = rh["diverge"][family]
+    return {**content, "rehearsal": part}
+
+
+def spec(cfg: dict, **values) -> dict:
+    """A rehearsal job's spec part {"rehearsal": {compression, each of `values` called}} ({} in a
+    real campaign, whose specs stay as they were; the values are functions, called only here)."""
+    rh = settings(cfg)
+    return {} if rh is None else {"rehearsal": {"compression": rh["compression"], **{k: f() for k, f in values.items()}}}
+
+
+def training(cfg: dict, seg, recipe: dict, seconds_per_iter: float) -> tuple[dict, int]:
+    """(the rehearsal part of a training segment's run settings, its log period): the simulated
+    seconds per iteration (the config's seconds_per_iter) and GPUs, the stride, and for a family
+    that config rehearsal.diverge / .slow names where its loss turns non-finite / how many times
+    slower it trains than its estimate. The log period gives at most 10 lines per segment."""
+    rh = settings(cfg)
+    out = {"compression": rh["compression"], "seconds_per_iter": seconds_per_iter, "gpus": int(recipe["gpus"])}
+    if seg.family in rh.get("diverge", {}):
+        out["diverge_at"] = rh["diverge"][seg.family]
+    if seg.family in rh.get("slow", {}):
+        out["slow"] = rh["slow"][seg.family]
+    out["stride"] = stride(seg.start, seg.end, recipe["checkpoint_period"], seconds_per_iter * out.get("slow", 1.0),
+                           rh["compression"])
+    return out, out["stride"] * max(1, seg.iterations // out["stride"] // 10)
 
 
 def banner(rh: dict) -> str:
