@@ -111,13 +111,14 @@ def test_waste_against_the_unavoidable(tmp_path):
 
 
 def test_a_rehearsals_times_read_as_simulated(tmp_path):
-    """ledger.frame(scale=compression): every time stretched from the first start, so durations,
-    GPU-hours and seconds per iteration are the simulated ones."""
+    """ledger.frame(scale=compression): a job's start-up as it was, the rest of its wall time
+    stretched, so its GPU-hours and seconds per iteration are the simulated ones."""
     _write_rows(tmp_path, [_row(start=1000.0, end=1010.0, resumed_from=0, iter_reached=100, first_iter=1001.0,
                                 last_iter=1009.0, exit_code=0, outcome="done")])
     real, sim = ledger.frame(str(tmp_path)), ledger.frame(str(tmp_path), scale=3600.0)
-    assert real["wall_s"].iloc[0] == 10.0 and sim["wall_s"].iloc[0] == 36_000.0
-    assert sim["gpu_hours"].iloc[0] == pytest.approx(80.0)  # 10 simulated hours on 8 GPUs
+    assert real["wall_s"].iloc[0] == 10.0 and sim["wall_s"].iloc[0] == 1 + 9 * 3600.0
+    assert sim["elapsed_s"].iloc[0] == 10.0 and sim["first_iter_s"].iloc[0] == 1.0
+    assert sim["gpu_hours"].iloc[0] == pytest.approx((1 + 9 * 3600) * 8 / 3600)  # on 8 GPUs
     assert sim["seconds_per_iter"].iloc[0] == pytest.approx(8 * 3600 / 100)
     assert costs.time_scale({"rehearsal": {"compression": 3600.0}}) == 3600.0 and costs.time_scale({}) == 1.0
 

@@ -37,8 +37,9 @@ COST_COLUMNS = ["experiment", "runs", "planned_gpu_h", "spent_gpu_h", "wasted_gp
 
 
 def time_scale(cfg: dict) -> float:
-    """Simulated seconds per wall second of the campaign's jobs: a rehearsal's compression
-    (rethink.rehearsal), else 1. The ledger's figures are read through it (ledger.frame's scale)."""
+    """Simulated seconds per wall second of the campaign's jobs' work: a rehearsal's compression
+    (rethink.rehearsal), else 1. The ledger's cost figures are read through it (ledger.frame's
+    scale: a job's start-up as it was, the rest x compression)."""
     rh = cfg.get("rehearsal")
     return float(rh.get("compression", 1.0)) if isinstance(rh, dict) else 1.0
 
@@ -116,8 +117,8 @@ def eta(plan: Plan, paths, df: pd.DataFrame) -> dict:
                 left += evalcost.seconds(cfg, run, tta) * max(int(run.recipe["eval_gpus"]), 1) / 3600.0
     devices = attempts(plan, df) if len(df) else df.assign(devices=0)
     running = float(devices.loc[devices["outcome"] == "running", "devices"].sum()) if len(df) else 0.0
-    span = (df["start"] + df["wall_s"]).max() - df["start"].min() if len(df) else 0.0
-    average = float((devices["wall_s"] * devices["devices"]).sum() / span) if len(df) and span > 0 else 0.0
+    span = (df["start"] + df["elapsed_s"]).max() - df["start"].min() if len(df) else 0.0
+    average = float((devices["elapsed_s"] * devices["devices"]).sum() / span) if len(df) and span > 0 else 0.0
     slots = running or average
     return {"left_gpu_hours": left, "devices_running": running, "devices_average": average,
             "hours": left / slots if slots > 0 else float("nan")}
@@ -174,7 +175,8 @@ def write_cost_table(table: pd.DataFrame, folder, rehearsal: bool = False, n_att
     folder.mkdir(parents=True, exist_ok=True)
     title = ("REHEARSAL (simulated jobs): " if rehearsal else "") + \
         "Campaign cost: GPU-hours planned, spent and wasted per experiment"
-    note = ("Simulated GPU-hours: the rehearsal's wall time x its compression. " if rehearsal else "") + (
+    note = ("Simulated GPU-hours: each job's start-up as it was, the rest of its wall time x the compression. "
+            if rehearsal else "") + (
             f"From the ledger ({n_attempts} job attempts, <results>/campaign/jobs.csv). An experiment counts every "
             "run it names (a run in two experiments counts in both); `all jobs` also counts data, pre-training and "
             "report jobs. Wasted: iterations trained again after a fault, at the measured seconds per iteration. "

@@ -260,35 +260,34 @@ def _maybe_alive(rec: dict) -> bool:
     return started is not None and abs(started - float(rec["pid_start"])) < 1.0
 
 
-TIMES = ("start", "first_iter", "last_iter", "end", "_seen")
-
-
 def frame(results: str, rows: list[dict] | None = None, scale: float = 1.0):
     """The ledger as a DataFrame, one row per job attempt in start order, with derived columns:
-    attempt (1, 2, ... per job and identity), wall_s, gpu_hours, iters_done, first_iter_s,
-    seconds_per_iter, start_utc, end_utc. `scale` stretches every time from the first start by
-    that factor: a rehearsal's compression turns its wall seconds into simulated ones."""
+    attempt (1, 2, ... per job and identity), elapsed_s (wall seconds from start to end, so far for
+    a running job), wall_s, gpu_hours, iters_done, first_iter_s, seconds_per_iter, start_utc,
+    end_utc. With `scale` (a rehearsal's compression) wall_s, gpu_hours and seconds_per_iter are
+    simulated: a job's start-up to its first iteration (or evaluation) as it was, the compressed
+    rest x scale. start, end and first_iter_s stay wall-clock."""
     import pandas as pd
 
     rows = read_rows(results) if rows is None else rows
     df = pd.DataFrame(rows, columns=[*ROW_FIELDS, "_seen"])
-    if scale != 1.0 and len(df):
-        t0 = df["start"].min()
-        for c in TIMES:
-            df[c] = t0 + (df[c] - t0) * scale
+    for c in ("start", "first_iter", "last_iter", "end", "_seen", "resumed_from", "iter_reached", "last_checkpoint"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
     df = df.sort_values(["start", "pid"], kind="stable").reset_index(drop=True)
     df["attempt"] = df.groupby(["job", df["identity"].fillna("")], sort=False).cumcount() + 1
-    now = time.time() if scale == 1.0 or not len(df) else df["start"].min() + (time.time() - df["start"].min()) * scale
+    now = time.time()
     end = df["end"].fillna(df["_seen"]).fillna(now)
     end = end.where(df["outcome"] != "running", now)  # a live job's wall time so far
-    df["wall_s"] = (end - df["start"]).clip(lower=0).round(3)
+    df["elapsed_s"] = (end - df["start"]).clip(lower=0).round(3)
+    ready = df["first_iter"].clip(upper=end).fillna(df["start"])  # the compressed part starts here
+    df["wall_s"] = ((ready - df["start"]) + (end - ready) * scale).clip(lower=0).round(3)
     devices = df["gpus"].fillna(0).astype(int)
     devices = devices.where(~df["rule"].isin(DEVICE_RULES), devices.clip(lower=1))
     df["gpu_hours"] = df["wall_s"] * devices / 3600.0
     df["iters_done"] = (df["iter_reached"] - df["resumed_from"]).where(df["rule"].isin((*TRAIN_RULES, "pretrain")))
     df["first_iter_s"] = (df["first_iter"] - df["start"]).round(3)
     done = df["iters_done"]  # first_iter: when the first iteration began; last_iter: when the latest ended
-    df["seconds_per_iter"] = ((df["last_iter"] - df["first_iter"]) / done).where(done > 0)
+    df["seconds_per_iter"] = ((df["last_iter"] - df["first_iter"]) * scale / done).where(done > 0)
     for c in ("start", "end"):
         df[f"{c}_utc"] = pd.to_datetime(df[c], unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     return df.drop(columns=["_seen"])

@@ -8,10 +8,11 @@ figures bench/bench_campaign.py prints after a rehearsal and a user reads after 
   at each attempt that ended before its segment did and was followed by another, what it trained
   after its newest checkpoint (iter_reached - max(resumed_from, last_checkpoint)). 1.0: nothing
   was trained again that a checkpoint could have saved.
-- **makespan**: from the first job's start to the last job's end, over its lower bound
-  max(critical path, work / slots): the critical path is the longest run's chain of segments
-  (iterations x the config's seconds_per_iter) plus its final evaluation (rethink.evalcost); the
-  work is every segment and evaluation of the plan, spread over `slots` jobs at once (-j).
+- **makespan**: from the first job's start to the last job's end (wall clock; a rehearsal's x its
+  compression), over its lower bound max(critical path, work / slots): the critical path is the
+  longest run's chain of segments (iterations x the config's seconds_per_iter) plus its final
+  evaluation (rethink.evalcost); the work is every segment and evaluation of the plan, spread over
+  `slots` jobs at once (-j). Start-ups, scheduling and faults are what lies above 1.
 - **overhead**: seconds from a training job's start (SLURM's start of the allocation) to its
   first iteration, median and max, in wall seconds (never scaled).
 """
@@ -58,19 +59,19 @@ def unavoidable_iterations(df: pd.DataFrame) -> pd.Series:
     return out
 
 
-def score(plan: Plan, sim: pd.DataFrame, wall: pd.DataFrame, planned_jobs: int, slots: int) -> dict:
-    """The scorecard of a ledger: `sim` read in simulated time (ledger.frame with the compression),
-    `wall` in wall time (for the overhead); `planned_jobs` as Snakemake counts them (without `all`)."""
+def score(plan: Plan, sim: pd.DataFrame, planned_jobs: int, slots: int, compression: float = 1.0) -> dict:
+    """The scorecard of a ledger read with its compression (ledger.frame's scale); `planned_jobs`
+    as Snakemake counts them (without `all`)."""
     done = int(sim.loc[sim["outcome"] == "done", "job"].nunique())
     faults = sim.loc[sim["outcome"] != "done", "outcome"].value_counts().to_dict()
     wasted = int(ledger.wasted_iterations(sim).sum())
     unavoidable = int(unavoidable_iterations(sim).sum())
-    span_h = float((sim["start"] + sim["wall_s"]).max() - sim["start"].min()) / 3600.0 if len(sim) else 0.0
+    span_h = float((sim["start"] + sim["elapsed_s"]).max() - sim["start"].min()) * compression / 3600 if len(sim) else 0.0
     bound_h = max(critical_path_s(plan), work_s(plan) / max(slots, 1)) / 3600.0
     spent = float(sim.loc[sim["rule"].isin(ledger.DEVICE_RULES), "gpu_hours"].sum())
     planned = sum(s.iterations * seconds_per_iter(plan, plan.run(s.owner)) * max(plan.run(s.owner).recipe["gpus"], 1)
                   for s in plan.segments.values()) / 3600.0
-    first = wall.loc[wall["rule"].isin(ledger.TRAIN_RULES), "first_iter_s"].dropna()
+    first = sim.loc[sim["rule"].isin(ledger.TRAIN_RULES), "first_iter_s"].dropna()
     return {
         "jobs_planned": planned_jobs, "jobs_done": done, "attempts": len(sim), "faults": faults,
         "wasted_iterations": wasted, "unavoidable_iterations": unavoidable,

@@ -106,7 +106,8 @@ def render_ledger(jobs: pd.DataFrame, grid: Grid, plan: Plan, paths: Paths) -> s
     a = costs.attempts(plan, jobs)
     outcomes = a["outcome"].value_counts()
     scale = costs.time_scale(grid.config)
-    lines = [f"REHEARSAL: times below are simulated (wall time x compression {scale:g})"] if scale != 1.0 else []
+    lines = [f"REHEARSAL: times below are simulated (each job's start-up as it was, the rest x compression "
+             f"{scale:g})"] if scale != 1.0 else []
     lines += [f"ledger: {len(a)} job attempts of {a['job'].nunique()} jobs: "
              + ", ".join(f"{outcomes[o]} {o}" for o in ledger.OUTCOMES if o in outcomes)]
     train = a["rule"].isin(ledger.TRAIN_RULES)

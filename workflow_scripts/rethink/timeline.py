@@ -28,10 +28,10 @@ def draw(df: pd.DataFrame, out, title: str = "Campaign timeline") -> str:
     lanes = sorted(set(df["lane"]) - {OTHER}) + ([OTHER] if (df["lane"] == OTHER).any() else [])
     y = df["lane"].map({name: i for i, name in enumerate(lanes)})
     t0 = float(df["start"].min()) if len(df) else 0.0
-    span = float((df["start"] + df["wall_s"]).max() - t0) if len(df) else 0.0
+    span = float((df["start"] + df["elapsed_s"]).max() - t0) if len(df) else 0.0
     unit, scale = ("minutes", 60.0) if span < 2 * 3600 else ("hours", 3600.0)
     left = (df["start"] - t0) / scale
-    width = (df["wall_s"] / scale).clip(lower=1e-6)
+    width = (df["elapsed_s"] / scale).clip(lower=1e-6)
     is_eval = df["rule"].isin(("evaluate", "evaluate_tta"))
     fig, ax = plt.subplots(figsize=(12, max(3.0, 0.18 * len(lanes) + 1.5)))
     for outcome, colour in COLOURS.items():
