@@ -135,3 +135,12 @@ def test_a_json_config_indented_with_tabs_is_read_as_snakemake_reads_it(tmp_path
     twice = fc.in_process(fc.Example("tiny", ["json, a key twice"], {"c.json": text[:-1] + ',\n\t"eval_period": 5}'},
                                      ["c.json"]), tmp_path)
     assert twice.kind == "refused" and "key 'eval_period' is given twice" in twice.message, twice.message
+
+
+def test_a_mask_task_on_a_voc_set_is_refused_by_the_dry_run(tmp_path):
+    """VOC is boxes only, known from the config: refused when planning, not when training starts."""
+    cfg = load_yaml(ROOT / "config.yaml")
+    cfg["experiments"]["voc_random"].setdefault("recipe", {})["task"] = "mask_rcnn"
+    got = fc.in_process(fc.Example("paper", ["voc mask"], {"c.yaml": yaml.safe_dump(cfg)}, ["c.yaml"]), tmp_path)
+    assert got.kind == "refused" and "recipe.task: value 'mask_rcnn': dataset voc is VOC, boxes only" in got.message, \
+        got.message
