@@ -40,6 +40,9 @@ class Source(str):
         self.file_keys = {f: frozenset(k) for f, k in (file_keys or {}).items()}
         return self
 
+    def __reduce__(self):  # copy and pickle rebuild it from its parts, not from its text
+        return Source, (self.files, self.file_keys, self.cli_keys, self.profile)
+
     def of(self, key) -> str:
         if key in self.cli_keys:
             return f"{self.profile} (config: {key})" if self.profile else str(self)
