@@ -45,6 +45,9 @@ def test_outcomes_of_exit_codes():
     # SIGTERM inside the last minutes of the allocation is the walltime (resources: --signal=TERM@300)
     assert ledger.outcome_of(143, env={"SLURM_JOB_END_TIME": "10300"}, now=10000.0) == "timed out"
     assert ledger.outcome_of(138, env={"SLURM_JOB_END_TIME": "20000"}, now=10000.0) == "pre-empted"
+    # with the job's own signal lead (a rehearsal's 60 s): only a signal that late is the walltime
+    assert ledger.outcome_of(143, env={"SLURM_JOB_END_TIME": "10100"}, now=10000.0, signal_s=60) == "timed out"
+    assert ledger.outcome_of(143, env={"SLURM_JOB_END_TIME": "10200"}, now=10000.0, signal_s=60) == "pre-empted"
 
 
 def test_open_rows_read_as_killed_running_or_node_failure(tmp_path):

@@ -66,11 +66,14 @@ def _row_fields(paths, key: str, spec: dict) -> dict:
     out = {"rule": rule, "job": key, "identity": spec.get("identity"), "gpus": 0,
            "rehearsal": bool(paths.cfg.get("rehearsal", False))}
     if "family" in spec and "line" in spec:
+        from .resources import REHEARSAL_SIGNAL_S, SIGNAL_GRACE_S
+
         recipe = spec["run"]["recipe"]
         it_from, it_to = (spec["start"], spec["end"]) if "start" in spec else (spec["iteration"],) * 2
         out.update(run=paths.plan.payer(spec["family"], spec["line"], it_to), family=spec["family"],
                    line=spec["line"], from_iter=it_from, to_iter=it_to,
-                   gpus=int(recipe.get("gpus" if "start" in spec else "eval_gpus", 0)))
+                   gpus=int(recipe.get("gpus" if "start" in spec else "eval_gpus", 0)),
+                   signal_s=(REHEARSAL_SIGNAL_S if out["rehearsal"] else SIGNAL_GRACE_S) if "start" in spec else None)
     elif rule == "pretrain":
         out.update(to_iter=spec.get("iterations"), gpus=int(spec.get("gpus", 0)))
     return out

@@ -25,6 +25,7 @@ Fields (jobs.csv has one column each, in ROW_FIELDS order, then the derived ones
                                      evaluation: when inference began and the stats were done)
     resumed_from, iter_reached       where its training started and got to (iterations done = the
                                      difference), last_checkpoint: its newest periodic checkpoint
+    signal_s                         how long before its walltime SLURM signals the job (rethink.resources)
     end, exit_code, outcome          done, timed out, pre-empted, interrupted, diverged, failed;
                                      read: killed, node failure, running
 
@@ -47,7 +48,8 @@ from .atomic import write_json_atomic
 FORMAT = "rethink-ledger-row-1"
 HEARTBEAT_S = float(os.environ.get("RETHINK_LEDGER_HEARTBEAT") or 30.0)
 STALE_S = 3 * HEARTBEAT_S + 30  # an open row whose file is older than this belongs to a dead job
-TIMEOUT_WINDOW_S = 600  # a SIGTERM this close to the walltime's end is the walltime (resources.SIGNAL_GRACE_S 300)
+TIMEOUT_WINDOW_S = 600  # without the job's signal lead: a SIGTERM this close to the walltime's end is the walltime
+SIGNAL_SLACK_S = 90  # SLURM signals up to 60 s before the lead the job asked for (--signal=TERM@lead)
 # rules whose jobs hold a device for training or evaluation: a CPU job counts as one device there, as
 # the plan counts it (rethink.grid.gpu_hours); other rules count their GPUs, 0 on a CPU
 DEVICE_RULES = ("train_segment", "train_final", "evaluate", "evaluate_tta", "pretrain")
@@ -56,7 +58,7 @@ OUTCOMES = ("done", "timed out", "pre-empted", "interrupted", "diverged", "faile
             "running")
 ROW_FIELDS = ("rule", "job", "run", "family", "line", "from_iter", "to_iter", "identity", "gpus", "rehearsal",
               "slurm_job_id", "slurm_restart", "node", "host", "pid", "pid_start", "start", "first_iter", "last_iter", "resumed_from",
-              "iter_reached", "last_checkpoint", "end", "exit_code", "outcome")
+              "iter_reached", "last_checkpoint", "signal_s", "end", "exit_code", "outcome")
 
 
 def rows_dir(results: str) -> Path:
@@ -122,8 +124,9 @@ def _slurm_end_time(env) -> float | None:
         return None
 
 
-def outcome_of(exit_code: int, env=os.environ, now: float | None = None) -> str:
-    """How a job that exited with `exit_code` ended (rethink.loop.main_cli's codes)."""
+def outcome_of(exit_code: int, env=os.environ, now: float | None = None, signal_s: float | None = None) -> str:
+    """How a job that exited with `exit_code` ended (rethink.loop.main_cli's codes); `signal_s`: how
+    long before its walltime the job asked SLURM to signal it (a stop signal then is the walltime)."""
     if exit_code == 0:
         return "done"
     if exit_code == 3:
@@ -132,7 +135,8 @@ def outcome_of(exit_code: int, env=os.environ, now: float | None = None) -> str:
         return "interrupted"
     if exit_code in (138, 143):  # SIGUSR1 / SIGTERM after a resume checkpoint
         end = _slurm_end_time(env)
-        if end is not None and (now or time.time()) >= end - TIMEOUT_WINDOW_S:
+        window = TIMEOUT_WINDOW_S if signal_s is None else float(signal_s) + SIGNAL_SLACK_S
+        if end is not None and (now or time.time()) >= end - window:
             return "timed out"
         return "pre-empted"
     return "failed"
@@ -173,7 +177,8 @@ class Row:
     def close(self, exit_code: int) -> None:
         self._stop.set()
         now = time.time()
-        self.fields.update(end=now, exit_code=int(exit_code), outcome=outcome_of(exit_code, self.env, now))
+        self.fields.update(end=now, exit_code=int(exit_code),
+                           outcome=outcome_of(exit_code, self.env, now, self.fields.get("signal_s")))
         self.flush()
 
 
