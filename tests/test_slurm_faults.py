@@ -1,0 +1,248 @@
+"""The faults of a shared cluster, injected into one campaign of the tiny grid (small_tiny_config: 10
+training segments, 10 evaluations, pre-training, data) run through the real Snakemake with
+`--profile profiles/slurm`, started and restarted by the documented command
+(workflow_scripts/slurm_run.py), on a private cluster of 3 nodes with 4 fake GPUs each and
+preemption (tests/slurm_cluster.py). While it runs, one training job each is
+
+  requeued (scontrol requeue), preempted (a job of the higher-tier partition needs its node:
+  PreemptMode=REQUEUE), on a node that goes down and comes back 20 s later, and given a walltime
+  that is too short (SIGTERM from --signal, then TIMEOUT);
+  then Snakemake and its supervisor are killed with kill -9 while jobs run, and the documented
+  command is started again at once; then the controller stops for 65 s (sbatch, squeue and srun
+  fail) and restarts from its saved state;
+  and one line of training (random init, 2x) diverges (a NaN loss at iteration 10).
+
+Asserted: every result of every run that did not diverge present and valid, never two copies of a
+segment running at once (SLURM polled every second), and what was trained twice (the campaign's
+ledger, rethink.ledger: where each attempt resumed from and got to): at most a checkpoint period
+and the step under way per fault that kills a trainer, nothing for unfaulted jobs and for those
+that outlived the killed Snakemake. The waits are bounded by progress.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import ROOT, small_tiny_config, write_yaml
+from rethink import config, grid, ledger, metrics, plan
+from rethink.paths import Paths
+from slurm_cluster import SlurmCluster, skip_reason
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+FAST_POLL = ["--seconds-between-status-checks", "1", "--slurm-init-seconds-before-status-checks", "1",
+             "--latency-wait", "5", "--max-status-checks-per-second", "1"]
+NAN_FAMILY, NAN_LINE, NAN_AT = "R18-GN-random-synthetic-s0", "2x", 10
+NAN_RUN = "R18-GN-random-synthetic-2x-s0"
+ITER_SLEEP = 4.0
+FAULTS = ("requeue", "preempt", "node_down", "walltime", "kill9", "controller")
+LOST_AFTER_S = 100  # s; the supervisor restarts a Snakemake silent this long with no job in SLURM (default 300)
+IDLE_LIMIT_S = 420  # no new job, result or fault for this long: the campaign is stuck
+
+
+def campaign_config() -> dict:
+    cfg = small_tiny_config()
+    cfg["eval_period"], cfg["max_segment_iters"] = 8, 8
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = skip_reason()
+    if reason:
+        pytest.skip(f"no SLURM test cluster: {reason}")
+    c = SlurmCluster(tmp_path_factory.mktemp("faults-slurm"), nodes=3, gpus_per_node=4, preemption=True)
+    try:
+        c.start()
+    except Exception as e:
+        pytest.fail(f"could not start the 3-node SLURM test cluster: {e}", pytrace=False)
+    yield c
+    c.stop()
+
+
+class Campaign:
+    """The supervisor (the documented command) in `cwd`, and what the test saw of SLURM."""
+
+    def __init__(self, cluster: SlurmCluster, cwd: Path):
+        self.cluster, self.cwd = cluster, cwd
+        self.env = cluster.job_env(RETHINK_ITER_SLEEP=ITER_SLEEP, RETHINK_NAN_AT=NAN_AT,
+                                   RETHINK_NAN_LINE=f"{NAN_FAMILY}/{NAN_LINE}")
+        self.cmd = [sys.executable, str(ROOT / "workflow_scripts" / "slurm_run.py"), "--poll", "2",
+                    "--lost-after", str(LOST_AFTER_S), "--snakefile", str(ROOT / "Snakefile"),
+                    "--profile", str(ROOT / "profiles" / "slurm"), "-j", "8", "--configfile", "tiny.yaml",
+                    *FAST_POLL]
+        self.out = open(cwd / "supervisor.out", "a")
+        self.proc = None
+        self.starts = 0
+        self.doubles: list[tuple[float, str]] = []  # (time, comment) two copies running at once
+        self.faults: list[dict] = []
+
+    def start(self):
+        self.starts += 1
+        self.out.write(f"\n===== start {self.starts} =====\n")
+        self.out.flush()
+        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=self.out,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def kill9(self):
+        """The login node's processes die: the supervisor and its Snakemake, by their PIDs."""
+        kids = psutil.Process(self.proc.pid).children(recursive=True)
+        snakes = [k for k in kids if "snakemake" in " ".join(k.cmdline())]
+        self.cluster.kill9(self.proc)
+        for k in snakes:
+            k.kill()
+        psutil.wait_procs(snakes, timeout=30)
+
+    def text(self) -> str:
+        self.out.flush()
+        return (self.cwd / "supervisor.out").read_text(errors="replace")
+
+
+def _train(jobs, min_s=0, max_s=10**9, exclude=()):
+    return [j for j in jobs if j["state"] == "RUNNING" and j["comment"].startswith("rule_train_")
+            and min_s <= j["seconds"] <= max_s and j["id"] not in exclude and j["comment"] not in exclude]
+
+
+def test_campaign_survives_every_fault(cluster, tmp_path):
+    cfg = campaign_config()
+    write_yaml(tmp_path / "tiny.yaml", cfg)
+    validated = config.validate(cfg, "tiny.yaml")
+    p = plan.Plan(grid.build(validated, "tiny.yaml"))
+    paths = Paths(validated, p)
+    camp = Campaign(cluster, tmp_path)
+    try:
+        _drive(camp, cluster, tmp_path, cfg, p, paths)
+    finally:
+        if camp.proc.poll() is None:  # a failed check: the supervisor and its Snakemake go, by PID
+            camp.kill9()
+        camp.out.close()
+
+
+def _drive(camp, cluster, tmp_path, cfg, p, paths):
+    camp.start()
+    t0 = time.monotonic()
+    progress, seen_ids = t0, set()
+    pending = list(FAULTS)
+    hit: set[str] = set()  # job ids and comments already faulted
+    node_back_at, node_back_at_node, last_fault = None, None, t0
+    running_at_kill: set[str] = set()
+    while camp.proc.poll() is None:
+        time.sleep(1)
+        now = time.monotonic()
+        jobs = cluster.jobs()
+        ids = {j["id"] for j in jobs}
+        if ids - seen_ids or (pending and pending[0] == "controller" and not jobs):
+            progress = now
+        seen_ids |= ids
+        active = Counter(j["comment"] for j in jobs if j["state"] in ("RUNNING", "COMPLETING"))
+        camp.doubles += [(now - t0, c) for c, n in active.items() if n > 1]
+        if node_back_at and now >= node_back_at:
+            cluster.node_up(node_back_at_node)
+            node_back_at = None
+        assert now - progress < IDLE_LIMIT_S, (f"no progress for {IDLE_LIMIT_S} s; faults left {pending}\n"
+                                               f"{camp.text()[-6000:]}\n{cluster.debug_info(tail=15)}")
+        if not pending or node_back_at or now - last_fault < 5:
+            continue
+        said = [ln for ln in camp.text().splitlines() if ln.startswith("slurm_run")]
+        for fault in pending:
+            if fault == "controller" and not (said and "snakemake started" in said[-1]):
+                continue  # the outage hits a running Snakemake, not the supervisor between two of them
+            # a victim with a resume checkpoint (every 2 iterations, ITER_SLEEP s each) and iterations
+            # left; for the walltime, one that just started a long segment (SLURM signals within 30 s)
+            victims = _train(jobs, min_s=10, exclude=hit) if fault != "walltime" else \
+                [j for j in _train(jobs, max_s=8, exclude=hit) if j["comment"].endswith("_0000008")]
+            if victims:
+                break
+        else:
+            continue
+        v = victims[0]
+        hit.add(v["id"])
+        # preemption and a node failure hit every job on the node
+        on_node = [j for j in _train(jobs) if j["node"] == v["node"]] if fault in ("preempt", "node_down") else [v]
+        camp.faults.append({"fault": fault, "job": v["id"], "node": v["node"], "t": round(now - t0),
+                            "victims": [j["comment"] for j in on_node], "victim_ids": [j["id"] for j in on_node]})
+        pending.remove(fault)
+        progress = last_fault = now
+        if fault == "requeue":
+            cluster.requeue(v["id"])
+        elif fault == "preempt":
+            camp.faults[-1]["by"] = cluster.preempt(v["node"], seconds=15)
+        elif fault == "node_down":
+            cluster.node_down(v["node"])
+            node_back_at, node_back_at_node = now + 20, v["node"]
+        elif fault == "walltime":
+            camp.faults[-1]["limit_min"] = cluster.shorten_walltime(v["id"], minutes_left=0)
+        elif fault == "kill9":
+            running_at_kill = {j["id"] for j in _train(jobs)}
+            camp.kill9()
+            camp.start()  # the documented command, at once, while the dead one's jobs run
+        elif fault == "controller":
+            cluster.stop_controller()
+            time.sleep(65)
+            cluster.start_controller()
+            camp.faults[-1]["down_s"] = round(time.monotonic() - now)
+    wall = time.monotonic() - t0
+    text = camp.text()
+    report = (f"{wall:.0f} s, {camp.starts} start(s), faults {json.dumps(camp.faults)}\n{text[-8000:]}\n"
+              f"{cluster.debug_info(tail=15)}")
+    print(f"\ncampaign with faults: {wall:.0f} s; faults: {json.dumps(camp.faults)}\nsupervisor:\n"
+          + "\n".join(ln for ln in text.splitlines() if ln.startswith(("slurm_run", "=====", "Error in rule"))))
+    assert not pending, f"faults never injected: {pending}\n{report}"
+    assert not camp.doubles, f"two copies of a segment ran at once: {camp.doubles}\n{report}"
+    # the only failure is the diverged line: Snakemake went on with everything else (keep-going)
+    assert camp.proc.returncode != 0, report
+    # the diverged line's last segment is its run's train_final job
+    assert "diverged" in (tmp_path / paths.log("train", NAN_RUN, "model_final")).read_text()
+    assert "Directory cannot be locked" not in text, report
+
+    # every result of every run that did not diverge: present and valid
+    missing = []
+    for ms in p.milestones.values():
+        if (ms.family, ms.line) == (NAN_FAMILY, NAN_LINE) and ms.iteration > NAN_AT:
+            assert not (tmp_path / paths.metrics(ms.family, ms.line, ms.iteration)).exists()
+            continue
+        f = tmp_path / paths.metrics(ms.family, ms.line, ms.iteration)
+        if not f.exists():
+            missing.append(str(f))
+            continue
+        rec = metrics.read(f)
+        assert rec["iteration"] == ms.iteration, f
+    assert not missing, f"results missing: {missing}\n{report}"
+    for run_id in p.grid.runs:
+        if run_id != NAN_RUN:
+            assert (tmp_path / paths.model(run_id)).exists(), run_id
+
+    # what was trained twice, from the campaign's ledger (one row per job attempt: where it resumed
+    # from and got to; rethink.ledger): per attempt, what the next attempt of its job trained again
+    df = ledger.frame(str(tmp_path / "results"))
+    train = df[df["rule"].isin(ledger.TRAIN_RULES)]
+    wasted = ledger.wasted_iterations(df)[train.index]
+    done = train.groupby("job")["iter_reached"].max()
+    assert (done == train.groupby("job")["to_iter"].max()).sum() == len(p.segments) - 1, done  # all but the diverged
+    per_job = Counter()
+    for idx, w in wasted.items():
+        if w:
+            per_job[str(df.at[idx, "slurm_job_id"])] += int(w)
+    # a fault that kills a trainer: what it trained since its last checkpoint, + the step under way;
+    # SIGTERM (walltime, and SLURM's own SIGTERM before a requeue): a checkpoint where it stopped
+    period = int(cfg["recipe"]["checkpoint_period"])
+    allowed = Counter()
+    for f in camp.faults:
+        for i in f["victim_ids"]:
+            allowed[i] += {"requeue": period + 1, "preempt": period + 1, "node_down": period + 1, "walltime": 1,
+                           "controller": period + 1}.get(f["fault"], 0)
+    print(f"iterations trained again, per SLURM job: {dict(per_job)} (allowed {dict(allowed)})")
+    for job_id, n in per_job.items():
+        assert n <= allowed[job_id], (job_id, n, allowed, camp.faults)
+    for job_id in running_at_kill:  # outlived the killed Snakemake: kept, never trained again
+        assert per_job[job_id] == 0, (job_id, per_job)
+    for f in camp.faults:
+        f["retrained"] = sum(per_job[i] for i in f["victim_ids"])
+    print(f"per fault: {json.dumps(camp.faults)}")
