@@ -18,6 +18,8 @@ if __name__ == "__main__":
             record = evaluate.evaluate(spec)
         except (evaluate.EvaluationError, CheckpointError, DatasetError, MetricsError) as e:
             sys.exit(f"evaluate: error: {e}")
-        ap_ = {t: round(s.get("AP", float("nan")), 2) for t, s in record["stats"].items()}
+        # COCO stats have AP; VOC's has AP50 only (rethink.evaluate), shown as such
+        ap_ = {(t if "AP" in s else f"{t} AP50"): round(s.get("AP", s.get("AP50", float("nan"))), 2)
+               for t, s in record["stats"].items()}
         print(f"evaluate: {spec['family']}/{spec['line']} iter {spec['iteration']}: AP {ap_} "
               f"({record['eval_seconds']:.1f} s) -> {spec['output']}")

@@ -239,7 +239,7 @@ def _check_plan_size(config: dict, source: str, runs: list[Run]) -> None:
 
 def _check_batches(config: dict, source: str, runs: Iterable[Run], origin: dict) -> None:
     """What would fail inside the first training job: a batch the job's processes cannot split
-    evenly, and a training set smaller than one batch."""
+    evenly, a training set smaller than one batch, a mask task on VOC (boxes only)."""
     for run in runs:
         batch, gpus = int(run.recipe["batch"]), int(run.recipe["gpus"])
         where = f"{source}: experiments.{origin[run.run_id]}"
@@ -247,6 +247,11 @@ def _check_batches(config: dict, source: str, runs: Iterable[Run], origin: dict)
             raise ConfigError(f"{where}: recipe.batch {batch} cannot be split evenly over recipe.gpus {gpus} "
                               f"(run {run.run_id}): make the batch a multiple of the GPUs")
         data = config["datasets"][run.data]
+        if data["kind"] == "voc" and run.recipe["task"] in ("mask_rcnn", "cascade_mask_rcnn"):
+            # known from the config (VOC is boxes only); a COCO set's masks are known once prepare_data
+            # has read its JSON, and a mask task on a boxes-only one stops when training starts
+            raise ConfigError(f"{where}: recipe.task: value {run.recipe['task']!r}: dataset {run.data} is VOC, "
+                              f"boxes only (run {run.run_id}); use task faster_rcnn")
         field = "train_size" if data["kind"] == "synthetic" else "num_images"
         size = data.get(field)
         if size is not None and int(size) < batch:

@@ -11,10 +11,12 @@ orientation when they decode an image, as detectron2 does).
 Every annotation (of an image whose record and file passed): ``image_id`` a known image,
 ``category_id`` one of the dataset's categories, ``bbox`` four finite numbers [x, y, w, h] with
 w, h >= 0 inside the image within max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC x side), ``area`` a
-finite number >= 0 (COCOeval reads it), ``keypoints`` (when given, of a category with keypoint
-names) 3 finite numbers per keypoint, ``segmentation`` well formed when present (polygons: a list
-of lists of an even number >= 6 of finite numbers; RLE: a dict whose ``counts`` is a string or a
-list of integers summing to height x width, and whose ``size`` is the image's [height, width]).
+finite number >= 0 (COCOeval reads it), ``keypoints`` (when given: 3 finite numbers per keypoint
+name of its category; a category without names takes none), ``segmentation`` well formed when
+present (polygons: a list of lists of an even number >= 6 of finite numbers, every point inside the
+image within the bbox tolerance, as pycocotools rasterises along the edges and a far point costs
+memory in proportion to its distance; RLE: a dict whose ``counts`` is a list of integers or a
+compressed string whose runs sum to height x width, and whose ``size`` is the image's [height, width]).
 
 Masks: a set whose non-crowd annotations have a segmentation (any of them) is a mask set; there a
 non-crowd annotation without one is a problem (``segmentation_missing``). A set where none has
@@ -71,10 +73,13 @@ PROBLEMS = {
     "bbox_malformed": "bbox is not 4 finite numbers with w, h >= 0",
     "bbox_outside": "bbox extends past the image (beyond the tolerance)",
     "area_malformed": "area missing or not a finite number >= 0",
+    "iscrowd_malformed": "iscrowd is not 0 or 1 (a missing one is written as 0 in the prepared JSON)",
     "keypoints_malformed": "keypoints of a keypoint category are not 3 x (its keypoint count) finite numbers",
     "segmentation_missing": "a non-crowd annotation of a mask set has no segmentation",
     "polygon_malformed": "a polygon is not a list of an even number >= 6 of finite numbers",
-    "rle_malformed": "an RLE's counts is not a string or list of integers, or its size is not the image's [h, w]",
+    "polygon_outside": "a polygon point lies past the image (beyond the bbox tolerance)",
+    "rle_malformed": "an RLE's counts is not a string or list of integers whose runs cover the image, or its size "
+                     "is not the image's [h, w]",
 }
 
 
@@ -115,6 +120,8 @@ def _int(v) -> bool:
 
 def has_masks(annotations) -> bool:
     """Whether any non-crowd annotation carries a segmentation (a mask set)."""
+    if not isinstance(annotations, list):  # Split.check names it
+        return False
     return any(not a.get("iscrowd", 0) and a.get("segmentation") for a in annotations if isinstance(a, dict))
 
 
@@ -130,6 +137,7 @@ class Split:
         self.bad_anns: set[int] = set()
         self.renumber = False  # ids 0 or given twice: renumber 1..N when written
         self.renumbered = 0
+        self.crowd_filled = 0  # annotations without iscrowd (0 in the prepared JSON)
         self.rotated = 0
 
     def add(self, kind: str, image: dict | None, field: str, message: str) -> None:
@@ -182,6 +190,8 @@ class Split:
                 self.renumber = True
             else:
                 ids_seen.add(aid)
+            if "iscrowd" not in a:  # COCOeval reads it: written as 0 in the prepared JSON
+                self.crowd_filled += 1
             im = by_id.get(a.get("image_id")) if _int(a.get("image_id")) else None
             if im is None:
                 self.add("image_unknown", None, f"annotation {aid}: image_id", f"{a.get('image_id')!r} names no image")
@@ -219,6 +229,8 @@ class Split:
         if self.renumber:
             anns = [{**a, "id": k + 1} for k, a in enumerate(anns)]
             self.renumbered = len(anns)
+        if self.crowd_filled:
+            anns = [a if "iscrowd" in a else {**a, "iscrowd": 0} for a in anns]
         dropped = {"images": len(self.coco["images"]) - len(images),
                    "annotations": len(self.coco["annotations"]) - len(anns)}
         return {**self.coco, "images": images, "annotations": anns}, dropped
@@ -227,28 +239,31 @@ class Split:
         return {"annotations_file": self.ann_path, "images_dir": str(self.images_dir),
                 "images": len(self.coco["images"]), "annotations": len(self.coco["annotations"]),
                 "problems": {k: {"count": self.counts[k], "examples": self.examples[k]} for k in sorted(self.counts)},
-                "dropped": dropped, "renumbered_annotation_ids": self.renumbered, "exif_rotated_images": self.rotated}
+                "dropped": dropped, "renumbered_annotation_ids": self.renumbered, "exif_rotated_images": self.rotated,
+                "iscrowd_filled": self.crowd_filled}
 
 
 def _annotation_problems(a: dict, im: dict, cat_ids: dict, masks: bool):
     """(kind, field, message) of each problem of one annotation of image record `im` (`cat_ids`:
     category id -> number of keypoints of that category)."""
     W, H = im["width"], im["height"]
-    if a.get("category_id") not in cat_ids:
+    if not (_int(a.get("category_id")) and a["category_id"] in cat_ids):
         yield "category_unknown", "category_id", f"{a.get('category_id')!r} is not among the category ids"
-    elif cat_ids[a["category_id"]] and "keypoints" in a:
+    elif a.get("keypoints"):  # a category without keypoint names takes none (k = 0)
         kp, k = a["keypoints"], cat_ids[a["category_id"]]
         if not (isinstance(kp, list) and len(kp) == 3 * k and _numbers(kp)):
             n = len(kp) if isinstance(kp, list) else type(kp).__name__
             yield "keypoints_malformed", "keypoints", f"{n} values, not 3 x {k} finite numbers (x, y, v per keypoint)"
+    tx, ty = max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC * W), max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC * H)
     box = a.get("bbox")
     if not (isinstance(box, list) and len(box) == 4 and _numbers(box)) or box[2] < 0 or box[3] < 0:
         yield "bbox_malformed", "bbox", f"{box!r} is not [x, y, w, h] of 4 finite numbers with w, h >= 0"
     else:
         x, y, w, h = box
-        tx, ty = max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC * W), max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC * H)
         if x < -tx or y < -ty or x + w > W + tx or y + h > H + ty:
             yield "bbox_outside", "bbox", f"{box!r} extends past the {W}x{H} image"
+    if a.get("iscrowd", 0) not in (0, 1) or isinstance(a.get("iscrowd"), (bool, float)):
+        yield "iscrowd_malformed", "iscrowd", f"{a.get('iscrowd')!r} is not 0 or 1"
     if not (_number(a.get("area")) and a["area"] >= 0):
         yield "area_malformed", "area", f"{a.get('area')!r} is not a finite number >= 0"
     seg = a.get("segmentation")
@@ -263,16 +278,55 @@ def _annotation_problems(a: dict, im: dict, cat_ids: dict, masks: bool):
                 yield "polygon_malformed", f"segmentation[{k}]", (f"polygon of {n} values: not an even number >= 6 "
                                                                   f"of finite numbers")
                 break
+            # pycocotools rasterises a polygon along its edges: a point far outside the image costs
+            # memory in proportion to its distance (1e10 px exhausts any machine)
+            xs, ys = poly[0::2], poly[1::2]
+            if min(xs) < -tx or min(ys) < -ty or max(xs) > W + tx or max(ys) > H + ty:
+                yield "polygon_outside", f"segmentation[{k}]", (f"a point of x {min(xs)}..{max(xs)}, y {min(ys)}.."
+                                                                f"{max(ys)} lies past the {W}x{H} image")
+                break
     elif isinstance(seg, dict):
         counts, size = seg.get("counts"), seg.get("size")
         if not (isinstance(counts, str) or (isinstance(counts, list) and all(_int(c) and c >= 0 for c in counts))):
             yield "rle_malformed", "segmentation.counts", "not an RLE string or a list of non-negative integers"
-        elif isinstance(counts, list) and sum(counts) != H * W:
-            yield "rle_malformed", "segmentation.counts", f"the runs sum to {sum(counts)}, not {H}x{W} = {H * W} pixels"
+        else:
+            runs = counts if isinstance(counts, list) else rle_string_runs(counts)
+            if runs is None:
+                yield "rle_malformed", "segmentation.counts", "not a compressed RLE string (pycocotools' encoding)"
+            elif sum(runs) != H * W:
+                yield "rle_malformed", "segmentation.counts", f"the runs sum to {sum(runs)}, not {H}x{W} = {H * W} pixels"
         if size != [H, W]:
             yield "rle_malformed", "segmentation.size", f"{size!r} is not the image's [height, width] [{H}, {W}]"
     else:
         yield "polygon_malformed", "segmentation", f"a {type(seg).__name__}, neither polygons (a list) nor an RLE (a dict)"
+
+
+def rle_string_runs(s: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' maskApi.c rleFrString: 5 bits
+    per character from '0', a continuation bit, runs after the second stored as differences), or
+    None if it is not one (a character out of range, a number cut off, a negative run)."""
+    runs: list[int] = []
+    p, n = 0, len(s)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                return None
+            c = ord(s[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            return None
+        runs.append(x)
+    return runs
 
 
 def validate(name: str, splits: dict, categories: list, on_bad_data: str, out_dir, masks: bool | None = None):
@@ -283,13 +337,15 @@ def validate(name: str, splits: dict, categories: list, on_bad_data: str, out_di
     changed dict must be written to the prepared JSON; an unchanged one is the input object."""
     if on_bad_data not in ON_BAD_DATA:
         raise DatasetError(f"datasets.{name}.on_bad_data: {on_bad_data!r} is not one of {', '.join(ON_BAD_DATA)}")
-    for i, c in enumerate(categories):
-        if not (isinstance(c, dict) and _int(c.get("id"))):
-            raise DatasetError(f"{next(iter(splits.values()))[2]}: categories[{i}]: {c!r} has no integer id")
-    ids = [c["id"] for c in categories]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise DatasetError(f"{next(iter(splits.values()))[2]}: categories: ids {dup} are given twice")
+    first = next(iter(splits.values()))[2]
+    _check_categories(categories, first)
+    ids = {c["id"] for c in categories}
+    for coco, _, ann_path in splits.values():  # evaluation reads each split's own list (COCOeval's catIds)
+        cats = coco.get("categories", categories) if isinstance(coco, dict) else categories
+        _check_categories(cats, ann_path)
+        extra = sorted({c["id"] for c in cats} - ids)
+        if extra:
+            raise DatasetError(f"{ann_path}: categories: ids {extra} are not among the categories of {first}")
     if masks is None:
         masks = any(has_masks(coco.get("annotations") or []) for coco, _, _ in splits.values())
     checked = {}
@@ -304,7 +360,7 @@ def validate(name: str, splits: dict, categories: list, on_bad_data: str, out_di
             out[split] = (s.coco, False)
         else:
             cleaned, dropped = s.cleaned()
-            changed = bool(s.renumber or dropped["images"] or dropped["annotations"])
+            changed = bool(s.renumber or s.crowd_filled or dropped["images"] or dropped["annotations"])
             out[split] = (cleaned if changed else s.coco, changed)
         reports[split] = s.report(dropped)
     report = {"dataset": name, "on_bad_data": on_bad_data, "masks": bool(masks), "problem_kinds": PROBLEMS,
@@ -321,6 +377,22 @@ def validate(name: str, splits: dict, categories: list, on_bad_data: str, out_di
         raise DatasetError(f"{bad[0].first} ({counts}; every problem is in {Path(out_dir) / REPORT}; "
                            f"fix the data, or set datasets.{name}.on_bad_data: skip to drop the bad images)")
     return out, bool(masks)
+
+
+def _check_categories(categories, ann_path) -> None:
+    """A list of mappings with integer ids, each given once; raises DatasetError naming the file."""
+    if not isinstance(categories, list):
+        raise DatasetError(f"{ann_path}: categories: {type(categories).__name__} {str(categories)[:60]!r} is not a list")
+    for i, c in enumerate(categories):
+        if not (isinstance(c, dict) and _int(c.get("id"))):
+            raise DatasetError(f"{ann_path}: categories[{i}]: {str(c)[:80]} has no integer id")
+        kp = c.get("keypoints")
+        if kp is not None and not (isinstance(kp, list) and all(isinstance(n, str) for n in kp)):
+            raise DatasetError(f"{ann_path}: categories[{i}].keypoints: {str(kp)[:80]} is not a list of keypoint names")
+    ids = [c["id"] for c in categories]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise DatasetError(f"{ann_path}: categories: ids {dup} are given twice")
 
 
 def summary(report: dict) -> str:
