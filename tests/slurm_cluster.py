@@ -1,16 +1,25 @@
-"""A real, private, single-node SLURM cluster for tests.
+"""A real, private SLURM cluster for tests, and the faults of a shared one (tests/slurm_faults.py).
 
 ``SlurmCluster`` starts munged, slurmctld and slurmd on this machine, with every
 port, key, socket, state directory, pid file and log file inside one temporary
-directory, and stops exactly the processes it started (by PID) again.
+directory, and stops exactly the processes it started (by PID) again, with what
+its daemons left running once they are gone (job steps whose slurmd or controller
+was stopped under them: every process whose environment names this slurm.conf).
+
+Nodes: by default this machine is one node. With ``nodes=N`` it is N nodes rn1..rnN,
+each its own slurmd (``slurmd -N rn<i>``, its own port) on this one host: Debian's
+SLURM 22.05 build allows several slurmd per host (checked: 3 nodes schedule, drain and
+requeue independently), each advertising 8 CPUs (SlurmdParameters=config_overrides).
+``preemption=True`` adds a higher-tier partition on the same nodes whose jobs pre-empt
+ours (PreemptMode=REQUEUE).
 
 Nothing system-wide is changed: munged runs on a private socket with a private
 key (``AuthInfo=socket=...`` in slurm.conf points every SLURM command at it), and
 the controller listens on free private ports, so two test sessions, or a real
 SLURM installation, can coexist on one machine.
 
-Fake GPUs: the node advertises ``Gres=gpu:2`` backed by two dummy device files,
-so ``--gres=gpu:1`` / ``--gpus=1`` requests are really scheduled and accounted.
+Fake GPUs: each node advertises ``Gres=gpu:2`` (``gpus_per_node``) backed by dummy
+device files, so ``--gres=gpu:1`` / ``--gpus=1`` requests are really scheduled and accounted.
 
 Usage in tests (the session-scoped fixture; tests/conftest.py imports it for every test)::
 
@@ -43,6 +52,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from slurm_faults import Faults
+
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_SCRIPT = REPO / ".ci" / "slurm.sh"
 SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
@@ -52,6 +63,9 @@ PARTITION = "debug"
 CLIENTS = ("srun", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "sacct",
            "sstat", "salloc", "sacctmgr", "sshare")
 N_GPUS = 2
+FAKE_CPUS = 8
+CRED_EXPIRE = 10  # s; SLURM holds a requeued job for this + 1 s before it may start again (default 120)
+URGENT = "urgent"  # the higher-priority partition of a cluster with preemption
 
 
 def _which(name: str) -> str | None:
@@ -119,8 +133,8 @@ def _node_line(real_memory_fraction: float = 0.8) -> tuple[str, str, int]:
     return name, line, mem
 
 
-class SlurmCluster:
-    """Start/stop a private single-node SLURM cluster (root only).
+class SlurmCluster(Faults):
+    """Start/stop a private SLURM cluster (root only); the faults it can inject: tests/slurm_faults.py.
 
     Attributes after ``start()``:
       root       temp dir holding everything
@@ -133,14 +147,19 @@ class SlurmCluster:
     """
 
     def __init__(self, root: str | os.PathLike | None = None, *, min_job_age: int = 600,
-                 def_mem_per_cpu: int = 512, start_timeout: float = 60.0):
+                 def_mem_per_cpu: int = 512, start_timeout: float = 60.0, nodes: int = 1,
+                 gpus_per_node: int = N_GPUS, preemption: bool = False):
         self._own_root = root is None
         self.root = Path(root or tempfile.mkdtemp(prefix="rethink-slurm-"))
         self.min_job_age = min_job_age
         self.def_mem_per_cpu = def_mem_per_cpu
         self.start_timeout = start_timeout
         self.partition = PARTITION
-        self.n_gpus = N_GPUS
+        self.n_gpus = gpus_per_node
+        self.n_nodes = int(nodes)
+        self.preemption = preemption
+        self.nodes: list[str] = []
+        self.urgent = URGENT
         self.procs: dict[str, subprocess.Popen] = {}
         self.munge_dir: Path | None = None
         self._log_handles = []
@@ -184,13 +203,20 @@ class SlurmCluster:
                     f.touch()
 
         self.node, node_line, self.real_memory = _node_line()
-        (r / "spool" / self.node).mkdir(exist_ok=True)
         self.ctld_port, self.slurmd_port = _free_port(), _free_port()
         while self.slurmd_port == self.ctld_port:
             self.slurmd_port = _free_port()
         gres_range = f"{r}/dev/fakegpu[0-{self.n_gpus - 1}]"
+        node_lines, gres_lines = self._node_lines(node_line, gres_range)
+        for n in self.nodes:
+            (r / "spool" / n).mkdir(exist_ok=True)
+        partitions = f"PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP"
+        if self.preemption:  # a higher tier on the same nodes: its jobs requeue ours (PreemptMode=REQUEUE)
+            partitions += (f" PriorityTier=1\nPartitionName={URGENT} Nodes={','.join(self.nodes)} MaxTime=INFINITE "
+                           "State=UP PriorityTier=10 PreemptMode=OFF")
+            node_lines = f"PreemptType=preempt/partition_prio\nPreemptMode=REQUEUE\n{node_lines}"
         conf = f"""\
-# Generated by tests/slurm_cluster.py: private single-node test cluster.
+# Generated by tests/slurm_cluster.py: private test cluster.
 ClusterName={CLUSTER_NAME}
 SlurmctldHost={self.node}(127.0.0.1)
 SlurmctldPort={self.ctld_port}
@@ -199,13 +225,13 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+AuthInfo=socket={self.munge_socket},cred_expire={CRED_EXPIRE}
 StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool/%n
 SlurmctldPidFile={r}/run/slurmctld.pid
-SlurmdPidFile={r}/run/slurmd.pid
+SlurmdPidFile={r}/run/slurmd-%n.pid
 SlurmctldLogFile={self.logs['slurmctld']}
-SlurmdLogFile={self.logs['slurmd']}
+SlurmdLogFile={r}/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 MpiDefault=none
@@ -223,17 +249,19 @@ MailProg=/bin/true
 # squeue must still list finished jobs: the snakemake plugin polls with squeue.
 MinJobAge={self.min_job_age}
 ReturnToService=2
+SlurmdTimeout=300
+SlurmdParameters=config_overrides
 KillWait=5
 InactiveLimit=0
 Waittime=0
 MessageTimeout=30
 SchedulerParameters=sched_interval=2,bf_interval=2
-{node_line} Gres=gpu:{self.n_gpus} State=UNKNOWN
-PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+{node_lines}
+{partitions}
 """
         self.conf.write_text(conf)
         (self.conf.parent / "gres.conf").write_text(
-            f"AutoDetect=off\nNodeName={self.node} Name=gpu File={gres_range}\n")
+            "AutoDetect=off\n" + gres_lines)
         # an empty cgroup.conf silences warnings on some builds
         (self.conf.parent / "cgroup.conf").write_text("")
         # Client wrappers that pin SLURM_CONF. Needed because the slurm-jobstep
@@ -257,6 +285,27 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
         for k in list(self.env):
             if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SQUEUE_")) and k != "SLURM_CONF":
                 del self.env[k]
+
+    def _node_lines(self, node_line: str, gres_range: str) -> tuple[str, str]:
+        """slurm.conf node lines and gres.conf lines: this machine as one node, or with nodes > 1
+        that many nodes rn1..rnN on this host, each its own slurmd on its own port (SLURM built
+        with --enable-multiple-slurmd, as Debian's is), advertising FAKE_CPUS CPUs
+        (SlurmdParameters=config_overrides)."""
+        if self.n_nodes == 1:
+            self.nodes = [self.node]
+            self.slurmd_ports = {self.node: self.slurmd_port}
+            lines = f"{node_line} Gres=gpu:{self.n_gpus} State=UNKNOWN"
+        else:
+            self.nodes = [f"rn{i + 1}" for i in range(self.n_nodes)]
+            self.slurmd_ports = {n: _free_port() for n in self.nodes}
+            lines = "\n".join(
+                f"NodeName={n} NodeHostname={self.node} NodeAddr=127.0.0.1 Port={self.slurmd_ports[n]} "
+                f"CPUs={FAKE_CPUS} RealMemory={self.real_memory} Gres=gpu:{self.n_gpus} State=UNKNOWN"
+                for n in self.nodes)
+        self.logs.pop("slurmd", None)
+        for n in self.nodes:
+            self.logs["slurmd" if self.n_nodes == 1 else f"slurmd-{n}"] = self.root / "log" / f"slurmd-{n}.log"
+        return lines, "".join(f"NodeName={n} Name=gpu File={gres_range}\n" for n in self.nodes)
 
     # ------------------------------------------------------------ processes
     def _spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
@@ -326,16 +375,23 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             f"--log-file={mdir / 'munged.log'}",  # also copied to stdout -> logs['munged']
         ], user=munge.pw_uid, group=munge.pw_gid, extra_groups=[])
         self._wait("munged socket", self.munge_socket.exists)
-        self._spawn("slurmctld", [_which("slurmctld"), "-D", "-c", "-f", str(self.conf)])
+        self.slurmctld_binary = _which("slurmctld")
+        self._spawn("slurmctld", [self.slurmctld_binary, "-D", "-c", "-f", str(self.conf)])
         self._wait("slurmctld (scontrol ping)",
                    lambda: "UP" in self.run("scontrol", "ping", check=False).stdout)
-        self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf)])
-        self._wait("node idle", self._node_ready)
+        for n in self.nodes:
+            self._spawn(self._slurmd_name(n), [_which("slurmd"), "-D", "-f", str(self.conf)]
+                        + (["-N", n] if self.n_nodes > 1 else []))
+        self._wait("nodes idle", self._node_ready)
         return self
 
+    def _slurmd_name(self, node: str) -> str:
+        return "slurmd" if self.n_nodes == 1 else f"slurmd-{node}"
+
     def _node_ready(self) -> bool:
-        r = self.run("sinfo", "-h", "-N", "-o", "%T", check=False)
-        return r.returncode == 0 and r.stdout.strip().rstrip("*") in ("idle", "mixed")
+        r = self.run("sinfo", "-h", "-N", "-p", self.partition, "-o", "%T", check=False)
+        states = [s.rstrip("*~#") for s in r.stdout.split()]
+        return r.returncode == 0 and len(states) == len(self.nodes) and all(s in ("idle", "mixed") for s in states)
 
     def stop(self):
         """Cancel all jobs of this cluster, then stop the daemons we started (by PID)."""
@@ -347,7 +403,7 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
                 if r.returncode != 0 or not r.stdout.strip():
                     break
                 time.sleep(0.5)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in [*(self._slurmd_name(n) for n in self.nodes), "slurmctld", "munged"]:
             p = self.procs.get(name)
             if p is None or p.poll() is not None:
                 continue
@@ -357,12 +413,27 @@ PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE St
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
+        self._kill_strays()
         for h in self._log_handles:
             h.close()
         self._log_handles.clear()
         if self.munge_dir is not None:  # key and socket: never left behind
             shutil.rmtree(self.munge_dir, ignore_errors=True)
             self.munge_dir = None
+
+    def _kill_strays(self) -> None:
+        """What this cluster's daemons started and left running once they are gone (a job step whose
+        slurmd or controller was stopped under it, the job's processes): every process whose
+        environment names this cluster's slurm.conf, by PID."""
+        mine = f"SLURM_CONF={self.conf}".encode()
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
+            try:
+                if mine in (d / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(d.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue
 
     def cleanup(self):
         if self._own_root and not os.environ.get("RETHINK_SLURM_KEEP"):

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 from conftest import PY, ROOT, load_yaml
 from rethink import checkpoint, config, data, grid, hooks, loop, plan, sampling, segment
+from rethink.lock import SegmentLock
 from rethink.paths import Paths
 from rethink.schedule import Schedule
 
@@ -191,30 +193,57 @@ def test_checkpoint_checksum_finds_a_damaged_tensor_and_says_what_to_do(tmp_path
     assert checkpoint.load(old)["iteration"] == 2
 
 
-def test_a_second_trainer_of_a_segment_stops_at_once_and_names_the_first(tmp_path):
+def test_a_second_trainer_of_a_segment_waits_for_the_first_then_takes_over(tmp_path):
     """Two trainers of one segment (an orphan of a killed Snakemake and its resubmitted job) never
-    run together; the lock dies with its process, kill -9 included."""
+    run together: the second waits while the first lives (the lock dies with its process, kill -9
+    included), then resumes from the first's checkpoint; one started after the segment was finished
+    takes the output and trains nothing."""
     p = tiny_paths(tmp_path)
     spec = spec_of(p, first_segment(p), end=4, history=str(tmp_path / "h.jsonl"))
-    hist = Path(spec["history"])
-    # 10 s after each iteration (before its history line): the first trainer still holds the segment
-    # 30 s after its first line, time for the second to start on a loaded machine; it is killed below
+    hist, rdir = Path(spec["history"]), spec["resume_dir"]
+    # 10 s after each iteration: after its checkpoint at iteration 2 the first trainer still holds the
+    # segment for 20 s, time for the second to start on a loaded machine; it is killed below
     slow = {**os.environ, "RETHINK_ITER_SLEEP": "10"}
     first = run_cli(spec, env=slow)
     try:
-        wait_for(lambda: hist.exists() and hist.read_text(), first, what="the first trainer's first iteration")
+        wait_for(lambda: checkpoint.resume_candidates(rdir), first, timeout=300, what="the first's checkpoint")
         second = run_cli(spec)
-        out, _ = second.communicate(timeout=300)
-        assert second.returncode == 1, out[-2000:]
-        assert "another trainer holds this segment" in out and f"pid {first.pid}" in out, out[-2000:]
+        told = ""
+        while "waiting for it" not in told and second.poll() is None:
+            told += second.stdout.readline()
+        assert "another trainer holds this segment" in told and f"pid {first.pid}" in told, told[-2000:]
         assert first.poll() is None, "the first trainer must go on"
     finally:
         first.kill()
         first.wait(30)
     assert first.returncode == -signal.SIGKILL
-    assert (Path(spec["resume_dir"]) / ".lock").exists()  # left behind by kill -9, and harmless:
-    assert segment.train_segment(spec)["iteration"] == 4
-    assert Path(spec["output"]).exists()
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out[-3000:]
+    assert "resuming from" in out and "at iteration 2" in out, out[-3000:]
+    trained = [json.loads(ln)["iteration"] for ln in hist.read_text().splitlines()]
+    assert trained[-2:] == [2, 3] and trained.count(2) <= 2, trained  # the second trained 2 and 3 only
+    assert Path(spec["output"]).exists() and not Path(rdir).exists()
+    assert "done:" in out and "written by another trainer" not in out, out[-3000:]  # it trained to the end
+
+
+def test_a_trainer_that_waited_for_one_that_finished_takes_its_output(tmp_path):
+    """The first trainer of a segment finishes while a second waits for its lock: the second takes
+    the valid output and trains nothing (its resume folder, made again by the lock, goes)."""
+    p = tiny_paths(tmp_path)
+    spec = spec_of(p, first_segment(p), end=2, deterministic=False)
+    segment.train_segment(spec)
+    before = checkpoint.load(spec["output"])
+    holder = SegmentLock(spec["resume_dir"], "the first trainer").__enter__()
+    got: dict = {}
+    second = threading.Thread(target=lambda: got.update(segment.train_segment(spec)))
+    second.start()
+    time.sleep(2)
+    assert second.is_alive() and not got, "the second trainer must wait while the first holds the lock"
+    holder.__exit__()
+    second.join(120)
+    assert got.get("taken_over") and got["iteration"] == 2 and got["history"] == [], got
+    assert checkpoint.load(spec["output"])["counters"] == before["counters"]
+    assert not Path(spec["resume_dir"]).exists()
 
 
 # ------------------------------------------------------------------------------ resume: SIGKILL, SIGTERM

@@ -31,7 +31,7 @@ VENV_BIN = str(Path(sys.executable).parent)
 # (the plugin still backs off +10 s per poll without news).
 FAST_POLL = ["--seconds-between-status-checks", "1",
              "--slurm-init-seconds-before-status-checks", "1",
-             "--latency-wait", "5"]
+             "--latency-wait", "5", "--max-status-checks-per-second", "1"]
 
 
 def job_env(cluster, **extra) -> dict:

@@ -21,7 +21,7 @@ from rethink.resources import JobResources
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 FAST_POLL = ["--seconds-between-status-checks", "1", "--slurm-init-seconds-before-status-checks", "1",
-             "--latency-wait", "5"]
+             "--latency-wait", "5", "--max-status-checks-per-second", "1"]
 
 
 def slurm_config() -> dict:

@@ -246,14 +246,15 @@ class LedgerMarks(HookBase):
 
 # ------------------------------------------------------------------------------ test switches
 class NanAt(HookBase):
-    """Make the loss of iteration `iteration` NaN (tests of DivergenceGuard)."""
+    """Make the loss of iteration `iteration` NaN (tests of DivergenceGuard); with `line`
+    ("<family>/<line>"), only on that line of training."""
 
-    def __init__(self, iteration: int):
-        self.iteration = int(iteration)
+    def __init__(self, iteration: int, line: str | None = None):
+        self.iteration, self.line = int(iteration), line
 
     def after_forward(self) -> None:
         t = self.trainer
-        if t.iter == self.iteration:
+        if t.iter == self.iteration and self.line in (None, f"{t.family}/{t.line}"):
             t.loss = t.loss * float("nan")
             t.loss_value = float("nan")
 
@@ -269,10 +270,11 @@ class SleepPerIteration(HookBase):
 
 
 def from_environment(env=os.environ) -> list[HookBase]:
-    """The test switches a subprocess gets from its environment: RETHINK_NAN_AT=k, RETHINK_ITER_SLEEP=s."""
+    """The test switches a subprocess gets from its environment: RETHINK_NAN_AT=k (with
+    RETHINK_NAN_LINE=<family>/<line>: on that line only), RETHINK_ITER_SLEEP=s."""
     out: list[HookBase] = []
     if env.get("RETHINK_NAN_AT"):
-        out.append(NanAt(int(env["RETHINK_NAN_AT"])))
+        out.append(NanAt(int(env["RETHINK_NAN_AT"]), env.get("RETHINK_NAN_LINE") or None))
     if env.get("RETHINK_ITER_SLEEP"):
         out.append(SleepPerIteration(float(env["RETHINK_ITER_SLEEP"])))
     return out

@@ -6,7 +6,8 @@ picks the engine and reads the dataset manifest). Batches come from the engine's
 rethink.sampling):
 
 * SGD with the recipe's momentum and weight decay (none on norm parameters, as detectron2; an engine
-  with ``optimizer_param_groups(model, run)`` supplies its own parameter groups); the LR of
+  with ``optimizer_param_groups(model, run)`` supplies its own parameter groups, one with
+  ``build_optimizer(model, recipe)`` its own SGD: the rehearsal's); the LR of
   every iteration comes from :class:`rethink.schedule.Schedule` and is set on the param groups.
 * Start: the newest valid resume checkpoint in ``resume_dir`` inside [start, end); else
   ``start_checkpoint`` (the trunk's branch point or the previous segment; its iteration must be
@@ -25,10 +26,14 @@ rethink.sampling):
   from iteration 0 across segments; RNG states travel in the checkpoints, and batch i depends only on
   (seed, i), so a resumed or segmented run trains exactly like one that never stopped.
 * One trainer per segment: rank 0 holds an exclusive lock on ``<resume_dir>/.lock`` (rethink.lock)
-  from before the start state is read; a second trainer of the same segment stops at once
-  (exit code 1) naming the holder.
+  from before the start state is read; a second trainer of the same segment waits while the first
+  lives, then resumes from what it left, or, where it finished, takes its valid output (iteration
+  ``end``, this family and identity) and trains nothing.
 * recipe.amp: the forward pass under autocast (rethink.precision; float16 + GradScaler on CUDA,
   bfloat16 on CPU), the scaler's state in every checkpoint.
+* A step is one iteration, except for an engine with ``iterations_in(batch)`` (the rehearsal's,
+  engines/rehearsal_engine.py: a batch stands for several simulated iterations, never past a
+  checkpoint period or the segment's end).
 * DDP through torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on CPU; each process gets batch / world
   images; only rank 0 writes checkpoints and logs.
 
@@ -77,11 +82,14 @@ def seed_everything(seed: int) -> None:
 
 
 def set_deterministic(on: bool) -> None:
+    """Only a change is applied: torch.use_deterministic_algorithms imports torch's compiler
+    (torch._inductor), 1-2 s of every job's start-up."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        if not (torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()):
+            torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    else:
+    elif torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(False)
 
 
@@ -201,6 +209,10 @@ class Trainer:
                 self.log = lambda msg: print(f"[{self.who}] {msg}", flush=True)
                 if self.resume_dir:  # one trainer per segment (rethink.lock), held until the process ends
                     lock = SegmentLock(self.resume_dir, self.who, self.log).__enter__()
+            waited = self.dist.main and lock is not None and lock.waited_s > 0
+            taken = self._output_of_another_trainer() if waited else None
+            if self.dist.sum([1.0 if taken else 0.0])[0]:  # every process returns, or none
+                return taken or {"iteration": self.end, "history": []}
             for s in hooks.STOP_SIGNALS:
                 old_handlers[s] = signal.signal(s, self._on_signal)
             if self.batch_total % self.dist.world:
@@ -212,9 +224,10 @@ class Trainer:
                     h.before_train()
             self.log(f"training iterations {self.iter} -> {self.end} of schedule {self.sched.iterations} "
                      f"(batch {self.batch_total} on {self.dist.world} process(es), {self.dist.device})")
+            step = getattr(self.engine, "iterations_in", lambda batch: 1)  # iterations a batch stands for
             while self.iter < self.end:
                 self.run_step()
-                self.iter += 1
+                self.iter += step(self.batch)
                 for h in self.hooks:
                     h.after_step()
             for h in self.hooks:
@@ -231,6 +244,26 @@ class Trainer:
             if lock is not None:
                 lock.__exit__()
 
+    def _output_of_another_trainer(self) -> dict | None:
+        """The segment's output when it exists as this trainer gets the lock after waiting for it:
+        the trainer it waited for (a leftover job of a dead Snakemake) finished it. Taken when valid."""
+        out = self.spec.get("output")
+        if not out or not os.path.exists(out):
+            return None
+        try:
+            state = checkpoint.load(out)
+        except checkpoint.CheckpointError as e:
+            self.log(f"WARNING: {e}; training the segment again")
+            return None
+        if (state["iteration"], state["family"], state.get("identity")) != (self.end, self.family,
+                                                                             self.spec.get("identity")):
+            return None
+        self.log(f"done: {out} was written by another trainer of this segment (iteration {self.end}); "
+                 "nothing to train")
+        shutil.rmtree(self.resume_dir, ignore_errors=True)  # as _finish: the lock made it again
+        return {"iteration": self.end, "history": [], "counters": state["counters"], "taken_over": True,
+                "wall_seconds": state["wall_seconds"], "device_seconds": state["device_seconds"]}
+
     def _on_signal(self, signum, frame):  # no printing here: a signal may interrupt a print
         self.stop_signal = signum
 
@@ -242,7 +275,9 @@ class Trainer:
         seed_everything(int(run["seed"]))
         model = engine.build_model(run, d.device, distributed=d.world > 1, dataset=self.dataset)
         model.to(d.device)
-        if hasattr(engine, "optimizer_param_groups"):  # an engine may group parameters its own way
+        if hasattr(engine, "build_optimizer"):  # the rehearsal's (torch.optim's start-up imports torch's compiler)
+            optimizer = engine.build_optimizer(model, recipe)
+        elif hasattr(engine, "optimizer_param_groups"):  # an engine may group parameters its own way
             optimizer = torch.optim.SGD(engine.optimizer_param_groups(model, run), lr=0.0,
                                         momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
         else:
