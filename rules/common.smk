@@ -11,23 +11,21 @@ from rethink import config as rconfig
 from rethink import grid as rgrid
 from rethink import jobs as rjobs
 from rethink import paths as rpaths
+from rethink import sources as rsources
 from rethink.plan import Plan
 from rethink.resources import JobResources
 
-# where the config came from, as errors name it: its files, and the keys given on the command line
-_CLI_KEYS = sorted(k for k in workflow.config_settings.config if k != campaign.CONFIRM)
-CONFIG_SOURCE = (", ".join(map(str, workflow.overwrite_configfiles)) or "config.yaml") + (
-    f" (with --config {', '.join(_CLI_KEYS)})" if _CLI_KEYS else ""
-)
 # --config confirm_rerun=true: go ahead although the plan retrains finished work (rethink.campaign)
 CONFIRM_RERUN = str(config.pop(campaign.CONFIRM, False)).lower() in ("true", "1", "yes")
+# Every config file Snakemake read is read again by the workflow's reader (keys given twice, YTE
+# templates), then validated; an error names the file, profile or command line that set the field,
+# the field and the value, and stops here with the message alone (a WorkflowError would add a stack line).
 try:
-    for _f in workflow.overwrite_configfiles:  # what Snakemake's loader lets pass: keys given twice
-        rconfig.read_yaml(_f)
-    CFG = rconfig.validate(rconfig.typed_cli_values(dict(config), workflow.config_settings.config), CONFIG_SOURCE)
-    GRID = rgrid.build(CFG, CONFIG_SOURCE)
+    CFG, GRID, CONFIG_SOURCE = rsources.explained(
+        config, workflow.config_settings.config, workflow.configfiles, workflow.basedir
+    )
 except rconfig.ConfigError as e:
-    raise WorkflowError(str(e)) from None
+    sys.exit(f"Error: {e}")
 PLAN = Plan(GRID)
 P = rpaths.Paths(CFG, PLAN, write_identities=workflow.is_main_process)
 R = JobResources(CFG, PLAN)  # what each job asks the scheduler for, and the training launcher
@@ -84,7 +82,7 @@ def check_data_on_disk(jobs):
     summary and a rebuild from cached metrics never need them)."""
     todo = sorted({j.wildcards.data for j in jobs if j.rule.name == "prepare_data"})
     todo = [d for d in todo if CFG["datasets"][d]["kind"] != "synthetic"]
-    if not todo:
+    if not todo or CFG.get("rehearsal"):  # a rehearsal reads no data (rethink.rehearsal)
         return
     from rethink.data import check_dataset_paths
 
@@ -96,7 +94,7 @@ def check_data_on_disk(jobs):
 def check_gpus_here(jobs):
     """A local run (no cluster executor) whose training asks for GPUs needs that many CUDA devices
     on this machine; otherwise every rank would fail inside its job."""
-    if not workflow.local_exec:
+    if not workflow.local_exec or CFG.get("rehearsal"):  # a rehearsal simulates its GPUs on the CPU
         return
     train = [j for j in jobs if j.rule.name in ("train_segment", "train_final")]
     want = max((PLAN.run(R.segment_of(j.wildcards).owner).recipe["gpus"] for j in train), default=0)

@@ -244,11 +244,18 @@ def to_latex(verdicts: list[Verdict]) -> str:
 
 
 def write(df: pd.DataFrame, folder: str | os.PathLike) -> list[Path]:
+    from .rehearsal import in_table
+
     verdicts = check(df)
+    if in_table(df):  # every row says its numbers are a rehearsal's simulated ones
+        for v in verdicts:
+            v.verdict = f"REHEARSAL (simulated): {v.verdict}"
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / "claims.md", folder / "claims.tex", folder / "claims.csv"]
-    paths[0].write_text(to_markdown(verdicts))
+    paths[0].write_text(to_markdown(verdicts).replace("# The paper's claims", "# REHEARSAL (simulated, not "
+                                                      "measured): the paper's claims", 1) if in_table(df)
+                        else to_markdown(verdicts))
     paths[1].write_text(to_latex(verdicts))
     to_frame(verdicts).to_csv(paths[2], index=False)
     return paths

@@ -27,6 +27,7 @@ Columns (one line each; NaN / empty = unknown or undefined):
     wall_seconds, device_seconds, gpus, eval_seconds, engine
     diverged          this checkpoint's training stopped on a non-finite loss (stats empty)
     run_diverged      any checkpoint of this run diverged: the run is never shown as a result
+    rehearsal         a rehearsal's simulated row (rethink.rehearsal; false in a table without the column)
     source            the metrics JSON, relative to the results folder
     <type>_<stat>     COCO stats in percent: bbox_AP, bbox_AP50, bbox_AP75, bbox_APs, bbox_APm,
                       bbox_APl, bbox_AR1, bbox_AR10, bbox_AR100, bbox_ARs, bbox_ARm, bbox_ARl;
@@ -54,7 +55,7 @@ ID_COLUMNS = ["run_id", "family", "line", "iteration", "task", "backbone", "norm
 RUN_COLUMNS = ["iterations", "lr_drops", "final"]
 COST_COLUMNS = ["lr", "images", "instances", "pixels", "pretrain_iterations", "pretrain_images",
                 "pretrain_instances", "pretrain_pixels", "wall_seconds", "device_seconds", "gpus",
-                "eval_seconds", "engine", "diverged", "run_diverged", "source"]
+                "eval_seconds", "engine", "diverged", "run_diverged", "rehearsal", "source"]
 COLUMNS = ID_COLUMNS + RUN_COLUMNS + COST_COLUMNS + STAT_COLUMNS
 PRETRAIN_KEYS = ["iterations", "images", "instances", "pixels"]
 
@@ -147,7 +148,8 @@ def rows_of(record: dict, source: str, plan=None) -> list[dict]:
             **{f"pretrain_{k}": _num(pre.get(k)) for k in PRETRAIN_KEYS},
             "wall_seconds": _num(record["wall_seconds"]), "device_seconds": _num(record["device_seconds"]),
             "gpus": _num(record["gpus"]), "eval_seconds": _num(record["eval_seconds"]),
-            "engine": record["engine"], "diverged": bool(record["diverged"]), "source": source,
+            "engine": record["engine"], "diverged": bool(record["diverged"]),
+            "rehearsal": bool(record.get("rehearsal", False)), "source": source,
             **stats,
         })
     return out
@@ -163,8 +165,13 @@ def collect(results: str | os.PathLike, planned: pd.DataFrame | None = None,
     results = Path(results)
     files = metrics_files(results) if files is None else files
     rows: list[dict] = []
+    rehearsal = bool(planned.attrs["config"].get("rehearsal")) if planned is not None else None
     for path in files:
         record = M.read(path)
+        if rehearsal is not None and bool(record.get("rehearsal", False)) != rehearsal:
+            raise CollectError(f"{path}: a {'rehearsal' if record.get('rehearsal') else 'real'} metrics file, but the "
+                               f"config is {'a rehearsal' if rehearsal else 'a real campaign'}: the two never mix "
+                               "(rethink.rehearsal)")
         try:
             rel = str(Path(path).relative_to(results))
         except ValueError:
@@ -209,13 +216,15 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
         raise CollectError(f"{path}: no such metrics table (run collect first)") from None
     except pd.errors.EmptyDataError:
         raise CollectError(f"{path}: empty file (truncated?)") from None
+    if "rehearsal" not in df.columns:  # a table collected before rehearsals existed
+        df["rehearsal"] = False
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise CollectError(f"{path}: missing column(s) {', '.join(missing)}")
     for c in ("variant", "lr_drops", "engine", "source", "line", "family"):
         df[c] = df[c].fillna("").astype(str)
     df["schedule"] = df["schedule"].astype(str)
-    for c in ("diverged", "run_diverged", "final", "train_aug", "test_aug"):
+    for c in ("diverged", "run_diverged", "final", "train_aug", "test_aug", "rehearsal"):
         df[c] = df[c].astype(str).str.lower().isin(["true", "1"])
     return df
 

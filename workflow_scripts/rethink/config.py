@@ -82,22 +82,28 @@ def _fill_defaults(instance: Any, schema: dict, root: dict, path: tuple) -> None
                 _fill_defaults(value, extra, root, path + (key,))
 
 
-def _describe(error) -> str:
-    import jsonschema  # noqa: F401
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
+
+def _describe(error) -> str:
     where = field_path(error.absolute_path)
+    full = repr(error.instance)
+    if len(full) > 120:  # a 2,000-item list is named, not printed
+        error.message = error.message.replace(full, _short(error.instance))
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
         return f"{where}: {error.message}{hint}"
     if error.validator == "enum":
-        return f"{where}: {error.instance!r} is not one of {error.validator_value}"
+        return f"{where}: {_short(error.instance)} is not one of {error.validator_value}"
     if error.validator == "required":
         kind = error.instance.get("kind") if isinstance(error.instance, dict) else None
         return f"{where}: {error.message}" + (f" (for kind {kind})" if kind else "")
     if error.validator == "propertyNames":
-        return f"{where}: key {error.instance!r} is not a valid name ({error.message})"
-    return f"{where}: value {error.instance!r}: {error.message}"
+        return f"{where}: key {_short(error.instance)} is not a valid name ({error.message})"
+    return f"{where}: value {_short(error.instance)}: {error.message}"
 
 
 def _check_moved_fields(config: dict, source: str) -> None:
@@ -118,6 +124,13 @@ def _check_moved_fields(config: dict, source: str) -> None:
                 f"evaluated with and without it)")
 
 
+def blame(source, field) -> str:
+    """The part of `source` that set `field` (a path of keys): a rethink.sources.Source names the
+    file, profile or command line that set its top-level key; a plain string is returned as it is."""
+    of = getattr(source, "of", None)
+    return of(field[0]) if of is not None and len(field) else str(source)
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -130,11 +143,21 @@ def _check_paths(config: dict, source: str) -> None:
         if not isinstance(value, str):
             continue  # the schema says so
         if not value.strip():
-            raise ConfigError(f"{source}: {key}: value {value!r}: an empty path (its files would go to the filesystem root)")
+            raise ConfigError(f"{blame(source, [key])}: {key}: value {value!r}: an empty path (its files would go to the filesystem root)")
         if _CONTROL.search(value):
-            raise ConfigError(f"{source}: {key}: value {value!r}: a path with a control character")
+            raise ConfigError(f"{blame(source, [key])}: {key}: value {value!r}: a path with a control character")
         if os.path.normpath(value) in ("/", "//"):
-            raise ConfigError(f"{source}: {key}: value {value!r}: the filesystem root")
+            raise ConfigError(f"{blame(source, [key])}: {key}: value {value!r}: the filesystem root")
+
+
+def _validator_class():
+    """JSON Schema's validator, except that an integer is an int: JSON Schema counts 2.0 as one, and
+    a float seed or size would reach run ids and file names as '2.0' (found by tests/test_fuzz_config.py)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine("integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
+    return jsonschema.validators.extend(base, type_checker=checker)
 
 
 def validate(config: dict, source: str = "config") -> dict:
@@ -145,18 +168,20 @@ def validate(config: dict, source: str = "config") -> dict:
 
     _check_moved_fields(config, source)
     schema = load_schema()
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator_class()(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         # the deepest error of the first failing field is the most specific one
         best = jsonschema.exceptions.best_match(errors)
-        lines = [f"{source}: {_describe(best)}"]
         others = [e for e in errors if e is not best][:4]
-        lines += [f"{source}: {_describe(e)}" for e in others]
+        lines = [f"{blame(source, e.absolute_path)}: {_describe(e)}" for e in [best, *others]]
         raise ConfigError("invalid configuration\n  " + "\n  ".join(lines))
     filled = copy.deepcopy(config)
     _fill_defaults(filled, schema, schema, ())
     _check_paths(filled, source)
+    from .rehearsal import normalize  # rehearsal: its settings filled in, its own workdir and results
+
+    normalize(filled)
     return filled
 
 
@@ -234,9 +259,49 @@ def read_yaml(path: str | Path):
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
 
 
+YTE_KEY = "__use_yte__"
+_NOT_JSON = object()
+
+
+def _read_json(path):
+    """A config file that is JSON, keys given twice refused; _NOT_JSON if it is not JSON."""
+    import json
+
+    def unique(pairs):
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ConfigError(f"{path}: key {twice[0]!r} is given twice in one object; JSON readers keep only the last")
+        return dict(pairs)
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f, object_pairs_hook=unique)
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):  # not JSON, or not there: read_yaml says
+        return _NOT_JSON
+
+
+def check_file(path: str | Path) -> dict:
+    """A config file as the workflow accepts it: YAML (or JSON) whose top level is a mapping, no key
+    given twice, and no YTE template. Snakemake's loader evaluates a file that sets `__use_yte__: true`
+    as a template, running the Python in it, before the workflow sees the result: the workflow refuses
+    such a file, so that a shared config cannot run code unnoticed."""
+    data = _read_json(path)  # as Snakemake's loader: JSON first (a tab is fine there, not in YAML)
+    if data is _NOT_JSON:
+        data = read_yaml(path)
+    if data is None:
+        raise ConfigError(f"{path}: an empty file; a config file is a mapping of fields (eval_period: 20, ...)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of fields (eval_period: 20, ...), "
+                          f"got {type(data).__name__} {str(data)[:60]!r}")
+    if YTE_KEY in data:
+        raise ConfigError(
+            f"{path}: {YTE_KEY}: value {data[YTE_KEY]!r}: a YTE template; Snakemake evaluates the Python code "
+            f"in such a file while loading it, so the workflow takes plain YAML only. Render it yourself "
+            f"after reading it (yte < {Path(path).name} > plain.yaml) and pass the rendered file")
+    return data
+
+
 def load(path: str | Path) -> dict:
     """Read a YAML config file and validate it."""
-    data = read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return validate(data, str(path))
+    return validate(check_file(path), str(path))

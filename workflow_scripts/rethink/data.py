@@ -361,7 +361,11 @@ def prepare_voc(spec: dict, out_dir: Path) -> dict:
 # ----------------------------------------------------------------------------- entry points
 def prepare(spec: dict) -> dict:
     """Make the dataset of a prepare_data / prepare_pretrain_data spec; write its manifest
-    (spec["output"]) last, atomically. Returns the manifest."""
+    (spec["output"]) last, atomically. Returns the manifest. A rehearsal's reads no data (rethink.rehearsal)."""
+    if spec.get("rehearsal"):
+        from .rehearsal import prepare_data
+
+        return prepare_data(spec)
     out = Path(spec["output"])
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)

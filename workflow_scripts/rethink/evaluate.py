@@ -291,7 +291,10 @@ def build_record(spec: dict, meta: dict, stats: dict, eval_seconds: float, diver
 
 def evaluate(spec: dict, log=sys.stdout) -> dict:
     """The evaluate job: checkpoint -> engine predictions -> COCO stats -> metrics JSON.
-    Reads the checkpoint only (rethink.checkpoint); returns the record written to spec["output"]."""
+    Reads the checkpoint only (rethink.checkpoint); returns the record written to spec["output"].
+    A rehearsal's (spec `rehearsal`) predicts nothing: rethink.rehearsal.evaluation simulates it."""
+    if spec.get("rehearsal"):
+        return _rehearsal(spec, log)
     import torch
 
     from . import checkpoint
@@ -313,6 +316,8 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
     device = torch.device("cuda" if use_gpu else "cpu")
     model = engine.build_model(run, device, distributed=False, dataset=manifest)
     meta = checkpoint.load_model_weights(model, spec["checkpoint"])
+    if meta.get("engine") == "rehearsal":  # (its weights would not fit anyway)
+        raise EvaluationError(f"{spec['checkpoint']}: a rehearsal checkpoint; a real evaluation never reads one")
     if int(meta["iteration"]) != int(spec["iteration"]):
         raise EvaluationError(f"{spec['checkpoint']}: checkpoint is at iteration {meta['iteration']}, "
                               f"the milestone is {spec['iteration']}")
@@ -331,6 +336,24 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
     if row is not None:
         row.update(last_iter=time.time())
     record = build_record(spec, meta, stats, time.time() - t0, diverged)
+    metrics.write(record, spec["output"])
+    live.write_evaluation(spec, record)
+    return record
+
+
+def _rehearsal(spec: dict, log) -> dict:
+    """The evaluate job of a rehearsal: the real record (rethink.metrics) of simulated stats,
+    with "rehearsal": true and the compression."""
+    from . import rehearsal
+
+    row = ledger.current()  # the job's ledger row: the simulated evaluation is its compressed part
+    if row is not None:
+        row.update(first_iter=time.time())
+    meta, stats, seconds = rehearsal.evaluation(spec, iou_types_for(spec["run"]["recipe"]["task"]), log)
+    if row is not None:
+        row.update(last_iter=time.time())
+    record = build_record(spec, meta, stats, seconds, bool(meta.get("diverged", False)))
+    record.update(rehearsal=True, compression=float(spec["rehearsal"]["compression"]))
     metrics.write(record, spec["output"])
     live.write_evaluation(spec, record)
     return record

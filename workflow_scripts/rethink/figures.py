@@ -318,22 +318,38 @@ def save(fig, folder: str | os.PathLike, name: str) -> list[Path]:
     return out
 
 
+def _rehearsal_save(fig, folder, name: str) -> list[Path]:
+    """save() of a rehearsal's figure: REHEARSAL in its title and across it, ours marked simulated."""
+    from .rehearsal import LABEL
+
+    fig.suptitle(f"{LABEL}\n{fig.get_suptitle()}", fontsize=9, color="darkred")
+    fig.text(0.5, 0.5, "REHEARSAL", fontsize=48, color="red", alpha=0.12, rotation=25, ha="center", va="center")
+    for legend in fig.legends:
+        for text in legend.get_texts():
+            if text.get_text() not in ("paper", "LR drop"):
+                text.set_text(f"{text.get_text()} (simulated)")
+    return save(fig, folder, name)
+
+
 def build_all(df: pd.DataFrame, pub: pd.DataFrame, folder, planned=None, pretrain="band",
               names=FIGURES) -> dict[str, dict]:
     """Write the figures `names` (rethink.report_targets.figures_for); returns {figure name: what it drew}."""
+    from .rehearsal import in_table
+
     _, _, note = progress(df, planned)
+    write = _rehearsal_save if in_table(df) else save
     df = df[~df.test_aug]  # curves and counts: the plain evaluations (a TTA row is one more point)
     drawn = {}
     fig, drawn["convergence"] = convergence(
         df, pub, {"main", "keypoints", "enhanced"},
         "Convergence: random init vs pre-trained (paper Figures 1, 3, 4, 6; Table 3 runs)",
         pretrain, note, empty_sources=["table1"])
-    save(fig, folder, "convergence")
+    write(fig, folder, "convergence")
     fig, drawn["samples_seen"] = samples_seen(df, pub, note)
-    save(fig, folder, "samples_seen")
+    write(fig, folder, "samples_seen")
     if "less_data" in names:
         fig, drawn["less_data"] = convergence(
             df, pub, {"less_data", "voc"}, "Less data and VOC (paper Figures 7, 8)", pretrain, note,
             empty_sources=["figure7", "figure8"])
-        save(fig, folder, "less_data")
+        write(fig, folder, "less_data")
     return drawn

@@ -32,6 +32,9 @@ Fields (all required unless marked optional):
                     (rethink.identity); absent in files written before identities
     engine          "torchvision" or "detectron2"
     coco_eval       (optional, default "pycocotools") what computed the stats (config coco_eval)
+    rehearsal       (optional, default false) true: a rehearsal's simulated record (rethink.rehearsal),
+                    its stats a documented function, never a measurement; then also
+    compression     (optional) the rehearsal's simulated seconds per wall second
     created         ISO time of writing
 """
 from __future__ import annotations
@@ -91,7 +94,7 @@ def check(record: dict, source: str = "metrics") -> dict:
         raise MetricsError(f"{source}: iteration {record['iteration']!r} is not a non-negative integer")
     if "runs" in record and (not record["runs"] or not all(isinstance(r, str) for r in record["runs"])):
         raise MetricsError(f"{source}: runs must be a non-empty list of run ids")
-    for key in ("train_aug", "test_aug"):
+    for key in ("train_aug", "test_aug", "rehearsal"):
         if key in record and not isinstance(record[key], bool):
             raise MetricsError(f"{source}: {key} {record[key]!r} is not true or false")
     if record.get("coco_eval", COCO_EVAL[0]) not in COCO_EVAL:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import identity
+from . import identity, rehearsal
 from .grid import Run, recipe_at, task_at
 from .plan import TRUNK, Milestone, Plan, Segment
 from .schedule import Schedule
@@ -58,6 +58,7 @@ class Paths:
             schedule = {k: v for k, v in schedule.items() if k != "iterations"}
         content = identity.line_identity(settings, schedule, self.cfg["engine"], self.cfg["datasets"][run.data],
                                          self._init_definition(run.init, run.backbone, run.norm))
+        content = rehearsal.identity(self.cfg, content, family)
         return path, self.ids.ensure(path, content, lambda: list(self.recorded_identities(family, line).values()))
 
     def recorded_identities(self, family: str, line: str) -> dict[str, str | None]:
@@ -74,17 +75,18 @@ class Paths:
 
     def data_identity(self, data: str) -> str:
         path = self.ids.path("data", data)
-        self.ids.ensure(path, {"dataset": identity.dataset_definition(self.cfg["datasets"][data])})
+        self.ids.ensure(path, rehearsal.identity(self.cfg, {"dataset": identity.dataset_definition(self.cfg["datasets"][data])}))
         return path
 
     def pretrain_data_identity(self, init: str) -> str:
         path = self.ids.path("data", f"pretrain-{init}")
-        self.ids.ensure(path, {"pretrain_data": self._init_definition(init, None, None)})
+        self.ids.ensure(path, rehearsal.identity(self.cfg, {"pretrain_data": self._init_definition(init, None, None)}))
         return path
 
     def init_identity(self, init: str, backbone: str, norm: str) -> str:
         path = self.ids.path("init", f"{init}-{backbone}-{norm}")
-        self.ids.ensure(path, {"init": self._init_definition(init, backbone, norm), "backbone": backbone, "norm": norm})
+        self.ids.ensure(path, rehearsal.identity(self.cfg, {"init": self._init_definition(init, backbone, norm),
+                                                            "backbone": backbone, "norm": norm}))
         return path
 
     def table_identity(self) -> str:
@@ -98,7 +100,7 @@ class Paths:
         runs and needs that file, so its evaluation is planned (from the kept model, or, for an
         intermediate checkpoint, by retraining, which the campaign guard stops to ask about)."""
         path = self.ids.path("metrics_table")
-        content = {"metrics": sorted(self.all_metrics())}
+        content = rehearsal.identity(self.cfg, {"metrics": sorted(self.all_metrics())})
         lost = self.lost_metrics() if self.ids.write_files else []
         if lost:
             content["lost"] = lost
@@ -240,26 +242,34 @@ class Paths:
     def report_entries(self) -> list[dict]:
         from . import report_targets
 
-        return report_targets.entries(self.results, figure_names=self.figure_names())
+        entries = report_targets.entries(self.results, figure_names=self.figure_names())
+        if rehearsal.settings(self.cfg):  # every category of `snakemake --report` says so
+            entries = [{**e, "category": f"REHEARSAL {e['category']}"} for e in entries]
+        return entries
 
     # ------------------------------------------------------------------ specs
     def data_spec(self, data: str) -> dict:
-        return {"name": data, **self.cfg["datasets"][data], "output": self.dataset(data)}
+        from .evalcost import val_images
+
+        extra = rehearsal.spec(self.cfg, val_images=lambda: val_images(self.cfg, data))
+        return {"name": data, **self.cfg["datasets"][data], "output": self.dataset(data), **extra}
 
     def pretrain_data_spec(self, init: str) -> dict:
         return {**self.cfg["inits"][init], "name": f"pretrain-{init}", "kind": "classification",
-                "output": self.pretrain_dataset(init)}
+                "output": self.pretrain_dataset(init), **rehearsal.spec(self.cfg)}
 
     def pretrain_spec(self, init: str, backbone: str, norm: str) -> dict:
         return {"init": init, "backbone": backbone, "norm": norm, **self.cfg["inits"][init],
                 "dataset": self.pretrain_dataset(init),
-                "output": self.init_weights(init, backbone, norm), "cost": self.init_cost(init, backbone, norm)}
+                "output": self.init_weights(init, backbone, norm), "cost": self.init_cost(init, backbone, norm),
+                **rehearsal.spec(self.cfg)}
 
     def stage_spec(self, init: str, backbone: str, norm: str) -> dict:
         spec = self.cfg["inits"][init]
         return {"init": init, "backbone": backbone, "norm": norm,
                 "source": spec["weights"][f"{backbone}-{norm}"], "cost_record": spec.get("cost", {}),
-                "output": self.init_weights(init, backbone, norm), "cost": self.init_cost(init, backbone, norm)}
+                "output": self.init_weights(init, backbone, norm), "cost": self.init_cost(init, backbone, norm),
+                **rehearsal.spec(self.cfg)}
 
     def _run_settings(self, run: Run) -> dict:
         # which experiments name a run does not change what it trains: keep it out of the
@@ -321,6 +331,12 @@ class Paths:
             "identity": self.line_identity(seg.family, seg.line)[1],
             "live": self.live(seg.family, seg.line, seg.end),
         }
+        if rehearsal.settings(self.cfg):  # the rehearsal engine, one process on the CPU (rethink.rehearsal)
+            from .resources import seconds_per_iter
+
+            settings["rehearsal"], log_period = rehearsal.training(self.cfg, seg, run.recipe, seconds_per_iter(self.plan, run))
+            spec.update(engine=rehearsal.ENGINE, log_period=log_period)
+            settings["recipe"] = {**settings["recipe"], "gpus": 0}
         start_task = task_at(run.recipe, seg.start - 1) if seg.start_from is not None else None
         if start_task is not None and start_task != settings["recipe"]["task"]:
             # the start checkpoint holds another architecture (the switch to cascade): only this
@@ -364,6 +380,14 @@ class Paths:
             "identity": self.line_identity(ms.family, ms.line)[1],
             "live": self.live(ms.family, ms.line, ms.iteration),
         }
+        if rehearsal.settings(self.cfg):  # simulated (rethink.rehearsal.evaluation)
+            from .evalcost import seconds
+            from .resources import seconds_per_iter
+
+            run = self.plan.run(self.plan.lines[(ms.family, ms.line)].owner)
+            spec.update(engine=rehearsal.ENGINE, **rehearsal.spec(
+                self.cfg, seconds_per_iter=lambda: seconds_per_iter(self.plan, run), gpus=lambda: int(run.recipe["gpus"]),
+                trunk=lambda: ms.line == TRUNK, eval_seconds=lambda: seconds(self.cfg, run, tta)))
         if self.cfg.get("coco_eval", "pycocotools") != "pycocotools":  # the default keeps older specs as they were
             spec["coco_eval"] = self.cfg["coco_eval"]
         if tta:

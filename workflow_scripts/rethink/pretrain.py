@@ -119,7 +119,12 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch: int = 256
 
 
 def pretrain(spec: dict) -> dict:
-    """Train, then write the backbone weights and the cost JSON. Returns the cost record."""
+    """Train, then write the backbone weights and the cost JSON. Returns the cost record. A
+    rehearsal's trains nothing (rethink.rehearsal.init_weights)."""
+    if spec.get("rehearsal"):
+        from .rehearsal import init_weights
+
+        return init_weights(spec)
     dataset = load_manifest(spec["dataset"])
     task = ClassificationTask()
     lspec = loop_spec(spec)

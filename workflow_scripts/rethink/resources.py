@@ -4,6 +4,10 @@ GPUs, CPUs and memory per job (or per node), walltime from the plan's iterations
 seconds_per_iter (training) or from rethink.evalcost (evaluation), and the launcher line: the plain interpreter, torch.distributed.run for several
 GPUs, srun + c10d rendezvous for several nodes. The rules pass these to Snakemake (rules/train.smk,
 rules/evaluate.smk); docs/slurm.md says how they map onto SLURM.
+
+A rehearsal (rethink.rehearsal) asks for the same GPUs, CPUs and memory (`request: real`) or for no
+GPU (`request: cpu`), for walltimes divided by its compression plus REHEARSAL_START_MIN, with the
+SIGTERM REHEARSAL_SIGNAL_S before their end, and starts every training job as one process.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from .grid import Run
 from .plan import Plan, Segment
 
 SIGNAL_GRACE_S = 300
+REHEARSAL_START_MIN = 3  # a rehearsal job's walltime: its compressed time + this (start-up, queue jitter)
+REHEARSAL_SIGNAL_S = 60  # SLURM may signal up to 60 s early: the start-up allowance stays clear of it
 WARM = Path(__file__).resolve().parents[1] / "warm.py"
 
 
@@ -28,6 +34,8 @@ class JobResources:
     def __init__(self, cfg: dict, plan: Plan):
         self.cfg = cfg
         self.plan = plan
+        self.rehearsal = cfg.get("rehearsal") or None  # rethink.rehearsal's settings, or None
+        self.no_gpus = bool(self.rehearsal) and self.rehearsal["request"] == "cpu"
 
     def segment_of(self, wc) -> Segment:
         """The segment a train_segment job (wildcards family, line, iter) or train_final job (run) trains."""
@@ -41,6 +49,8 @@ class JobResources:
         """The rules' `launcher` param: one string where every run of the grid has the same GPU
         count, else a function of the job's wildcards (Snakemake calls it per job)."""
         counts = {int(r.recipe["gpus"]) for r in self.plan.grid.runs.values()}
+        if self.rehearsal:  # the simulation is one process, whatever the GPUs asked for
+            return self.single(python)
         if len(counts) == 1:
             seg = next(iter(self.plan.segments.values()))
             return self.launcher(seg, python)
@@ -85,6 +95,8 @@ class JobResources:
         res = self.cfg["resources"]
         multi_node = multi_node and int(res["nodes"]) > 1
         counts = {int(r.recipe[field]) for r in self.plan.grid.runs.values()}
+        if self.no_gpus:
+            counts, multi_node = {0}, False
         if len(counts) == 1:
             n = counts.pop()
             gpus = lambda wc, n=n: n  # noqa: E731
@@ -113,7 +125,7 @@ class JobResources:
             "runtime": lambda wc, attempt: self.train_runtime_min(self.segment_of(wc), attempt),
             # SLURM sends SIGTERM this long before the walltime: the loop checkpoints and exits
             # non-zero, Snakemake resubmits the job (retries) and it resumes from that checkpoint
-            "slurm_extra": f"--signal=TERM@{SIGNAL_GRACE_S}",
+            "slurm_extra": f"--signal=TERM@{REHEARSAL_SIGNAL_S if self.rehearsal else SIGNAL_GRACE_S}",
         }
 
     def eval_resources(self, tta: bool = False) -> dict:
@@ -127,6 +139,8 @@ class JobResources:
 
     def eval_runtime_min(self, run: Run, tta: bool, attempt: int) -> int:
         secs = evalcost.seconds(self.cfg, run, tta) * float(self.cfg["runtime_margin"]) * attempt
+        if self.rehearsal:
+            return int(secs / self.rehearsal["compression"] / 60) + REHEARSAL_START_MIN
         return int(secs / 60) + 10
 
     def seconds_per_iter(self, run: Run) -> float:
@@ -135,4 +149,6 @@ class JobResources:
     def train_runtime_min(self, seg: Segment, attempt: int) -> int:
         run = self.plan.run(seg.owner)
         secs = seg.iterations * self.seconds_per_iter(run) * float(self.cfg["runtime_margin"]) * attempt
+        if self.rehearsal:
+            return int(secs / self.rehearsal["compression"] / 60) + REHEARSAL_START_MIN
         return max(10, int(secs / 60) + 10)  # + start-up, data loading, checkpointing

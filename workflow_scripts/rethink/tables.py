@@ -90,6 +90,7 @@ class Table:
     header: list[str]
     rows: list[tuple[list[str], list[Cell]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    rehearsal: bool = False  # ours are a rehearsal's simulated numbers (rethink.rehearsal): every format says so
 
     def cell(self, labels: list[str], column: str) -> Cell:
         """The cell at a row (its labels) and column; KeyError if absent."""
@@ -329,6 +330,17 @@ def table3(fin, pub) -> Table:
 
 
 def build_all(df: pd.DataFrame, pub: pd.DataFrame) -> dict[str, Table]:
+    from .rehearsal import LABEL, in_table
+
+    tables = _build_all(df, pub)
+    if in_table(df):
+        for t in tables.values():
+            t.title, t.rehearsal = f"{LABEL}: {t.title}", True
+            t.notes.append("REHEARSAL: every number of ours here is simulated (rethink/rehearsal.py), not measured.")
+    return tables
+
+
+def _build_all(df: pd.DataFrame, pub: pd.DataFrame) -> dict[str, Table]:
     fin = finals(df)
     return {
         "table1": by_schedule(fin, pub, "table1", "Table 1: bbox AP by schedule, random init vs pre-trained",
@@ -366,6 +378,8 @@ def to_latex(t: Table) -> str:
     head = t.label_header + t.header
     out = [f"% {t.title}", r"\begin{tabular}{" + "l" * len(t.label_header) + "c" * len(t.header) + "}",
            r"\toprule", " & ".join(_tex_escape(h) for h in head) + r" \\", r"\midrule"]
+    if t.rehearsal:
+        out.insert(3, rf"\multicolumn{{{len(head)}}}{{l}}{{REHEARSAL (simulated, not measured)}} \\")
     for labels, cells in t.rows:
         out.append(" & ".join(_tex_escape(x) for x in list(labels) + [c.text() for c in cells]) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"] + [f"% {_tex_escape(n)}" for n in t.notes]
@@ -379,8 +393,10 @@ def to_frame(t: Table) -> pd.DataFrame:
         for col, c in zip(t.header, cells):
             recs.append({**dict(zip(t.label_header, labels)), "column": col, "ours": c.ours, "std": c.std,
                          "n": c.n, "paper": c.paper, "diff": c.diff, "status": c.status, "cell": c.text(minus="-")})
-    return pd.DataFrame(recs, columns=t.label_header + ["column", "ours", "std", "n", "paper", "diff", "status",
-                                                        "cell"])
+    df = pd.DataFrame(recs, columns=t.label_header + ["column", "ours", "std", "n", "paper", "diff", "status", "cell"])
+    if t.rehearsal:
+        df["rehearsal"] = True
+    return df
 
 
 def write(t: Table, folder: str | os.PathLike) -> list[Path]:

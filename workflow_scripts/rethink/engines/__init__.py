@@ -32,10 +32,13 @@ Interface (duck-typed; see engines/torchvision_engine.py and engines/detectron2_
         and "segmentation" (RLE, counts as str) for mask tasks, "keypoints" for keypoint tasks.
 
 `dataset` is the manifest that the prepare_data rule writes (rethink.data).
+
+The rehearsal (rethink.rehearsal) trains with engines/rehearsal_engine.py: the same interface, a
+simulated model; `run["rehearsal"]` carries its compression and simulated seconds per iteration.
 """
 from __future__ import annotations
 
-ENGINES = ("torchvision", "detectron2")
+ENGINES = ("torchvision", "detectron2")  # the config's choices; "rehearsal" is the rehearsal's (rethink.rehearsal)
 
 
 def get_engine(name: str):
@@ -47,4 +50,8 @@ def get_engine(name: str):
         from .detectron2_engine import Detectron2Engine
 
         return Detectron2Engine()
+    if name == "rehearsal":
+        from .rehearsal_engine import RehearsalEngine
+
+        return RehearsalEngine()
     raise ValueError(f"unknown engine {name!r} (known: {', '.join(ENGINES)})")
