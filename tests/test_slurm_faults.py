@@ -21,14 +21,12 @@ that outlived the killed Snakemake. The waits are bounded by progress.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
+from campaign_faults import FAST_POLL, KINDS, Supervisor
 
 from conftest import ROOT, small_tiny_config, write_yaml
 from rethink import config, grid, ledger, metrics, plan
@@ -37,12 +35,10 @@ from slurm_cluster import SlurmCluster, skip_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-FAST_POLL = ["--seconds-between-status-checks", "1", "--slurm-init-seconds-before-status-checks", "1",
-             "--latency-wait", "5", "--max-status-checks-per-second", "1"]
 NAN_FAMILY, NAN_LINE, NAN_AT = "R18-GN-random-synthetic-s0", "2x", 10
 NAN_RUN = "R18-GN-random-synthetic-2x-s0"
 ITER_SLEEP = 4.0
-FAULTS = ("requeue", "preempt", "node_down", "walltime", "kill9", "controller")
+FAULTS = KINDS
 LOST_AFTER_S = 100  # s; the supervisor restarts a Snakemake silent this long with no job in SLURM (default 300)
 IDLE_LIMIT_S = 420  # no new job, result or fault for this long: the campaign is stuck
 
@@ -67,42 +63,17 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
-class Campaign:
+class Campaign(Supervisor):
     """The supervisor (the documented command) in `cwd`, and what the test saw of SLURM."""
 
     def __init__(self, cluster: SlurmCluster, cwd: Path):
-        self.cluster, self.cwd = cluster, cwd
-        self.env = cluster.job_env(RETHINK_ITER_SLEEP=ITER_SLEEP, RETHINK_NAN_AT=NAN_AT,
-                                   RETHINK_NAN_LINE=f"{NAN_FAMILY}/{NAN_LINE}")
-        self.cmd = [sys.executable, str(ROOT / "workflow_scripts" / "slurm_run.py"), "--poll", "2",
-                    "--lost-after", str(LOST_AFTER_S), "--snakefile", str(ROOT / "Snakefile"),
-                    "--profile", str(ROOT / "profiles" / "slurm"), "-j", "8", "--configfile", "tiny.yaml",
-                    *FAST_POLL]
-        self.out = open(cwd / "supervisor.out", "a")
-        self.proc = None
-        self.starts = 0
+        super().__init__(cluster, cwd, ["--poll", "2", "--lost-after", str(LOST_AFTER_S), "--profile",
+                                        str(ROOT / "profiles" / "slurm"), "-j", "8", "--configfile", "tiny.yaml",
+                                        *FAST_POLL],
+                         env={"RETHINK_ITER_SLEEP": ITER_SLEEP, "RETHINK_NAN_AT": NAN_AT,
+                              "RETHINK_NAN_LINE": f"{NAN_FAMILY}/{NAN_LINE}"})
         self.doubles: list[tuple[float, str]] = []  # (time, comment) two copies running at once
         self.faults: list[dict] = []
-
-    def start(self):
-        self.starts += 1
-        self.out.write(f"\n===== start {self.starts} =====\n")
-        self.out.flush()
-        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=self.out,
-                                     stderr=subprocess.STDOUT, text=True)
-
-    def kill9(self):
-        """The login node's processes die: the supervisor and its Snakemake, by their PIDs."""
-        kids = psutil.Process(self.proc.pid).children(recursive=True)
-        snakes = [k for k in kids if "snakemake" in " ".join(k.cmdline())]
-        self.cluster.kill9(self.proc)
-        for k in snakes:
-            k.kill()
-        psutil.wait_procs(snakes, timeout=30)
-
-    def text(self) -> str:
-        self.out.flush()
-        return (self.cwd / "supervisor.out").read_text(errors="replace")
 
 
 def _train(jobs, min_s=0, max_s=10**9, exclude=()):
@@ -122,7 +93,7 @@ def test_campaign_survives_every_fault(cluster, tmp_path):
     finally:
         if camp.proc.poll() is None:  # a failed check: the supervisor and its Snakemake go, by PID
             camp.kill9()
-        camp.out.close()
+        camp.log.close()
 
 
 def _drive(camp, cluster, tmp_path, cfg, p, paths):
