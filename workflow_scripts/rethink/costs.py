@@ -45,12 +45,10 @@ def time_scale(cfg: dict) -> float:
 
 
 def attempts(plan: Plan | None, df: pd.DataFrame) -> pd.DataFrame:
-    """The ledger frame with `devices`, `wasted_iters`, `wasted_gpu_hours` and `spi` (the seconds
+    """The ledger frame with `wasted_iters`, `wasted_gpu_hours` and `spi` (the seconds
     per iteration the waste is priced at)."""
     df = df.copy()
     df["wasted_iters"] = ledger.wasted_iterations(df)
-    devices = df["gpus"].fillna(0).astype(int)
-    df["devices"] = devices.where(~df["rule"].isin(ledger.DEVICE_RULES), devices.clip(lower=1))
     run_spi = measured_spi(df)
     estimate = {r: seconds_per_iter(plan, run) for r, run in plan.grid.runs.items()} if plan else {}
     fallback = df["run"].map(run_spi).fillna(df["run"].map(estimate))
@@ -68,6 +66,14 @@ def measured_spi(df: pd.DataFrame, by: str = "run") -> pd.Series:
         return pd.Series(dtype=float)
     g = t.assign(secs=t["last_iter"] - t["first_iter"]).groupby(by)
     return g["secs"].sum() / g["iters_done"].sum()
+
+
+def by_setting(grid: Grid, df: pd.DataFrame) -> pd.DataFrame:
+    """The training attempts of the grid's runs, with `key`: (backbone, norm, gpus) of the run, as
+    the config's `seconds_per_iter` entries name a setting."""
+    runs = grid.runs
+    train = df[df["rule"].isin(ledger.TRAIN_RULES) & df["run"].isin(list(runs))]
+    return train.assign(key=[(runs[r].backbone, runs[r].norm, int(runs[r].recipe["gpus"])) for r in train["run"]])
 
 
 def per_run(plan: Plan, df: pd.DataFrame) -> pd.DataFrame:
@@ -115,10 +121,9 @@ def eta(plan: Plan, paths, df: pd.DataFrame) -> dict:
             if not os.path.exists(paths.metrics(ms.family, ms.line, ms.iteration, tta)):
                 run = plan.run(plan.lines[(ms.family, ms.line)].owner)
                 left += evalcost.seconds(cfg, run, tta) * max(int(run.recipe["eval_gpus"]), 1) / 3600.0
-    devices = attempts(plan, df) if len(df) else df.assign(devices=0)
-    running = float(devices.loc[devices["outcome"] == "running", "devices"].sum()) if len(df) else 0.0
+    running = float(df.loc[df["outcome"] == "running", "devices"].sum()) if len(df) else 0.0
     span = (df["start"] + df["elapsed_s"]).max() - df["start"].min() if len(df) else 0.0
-    average = float((devices["elapsed_s"] * devices["devices"]).sum() / span) if len(df) and span > 0 else 0.0
+    average = float((df["elapsed_s"] * df["devices"]).sum() / span) if len(df) and span > 0 else 0.0
     slots = running or average
     return {"left_gpu_hours": left, "devices_running": running, "devices_average": average,
             "hours": left / slots if slots > 0 else float("nan")}
@@ -211,9 +216,7 @@ def overlay(grid: Grid, df: pd.DataFrame, min_iterations: int = 20) -> dict:
     cfg, today = grid.config, datetime.date.today().isoformat()
     df = df[df["outcome"] == "done"]
     runs = grid.runs
-    key = df["run"].map(lambda r: (runs[r].backbone, runs[r].norm) if r in runs else None)
-    train = df[df["rule"].isin(ledger.TRAIN_RULES) & key.notna()].assign(key=key)
-    train = train.assign(key=[(*k, int(g)) for k, g in zip(train["key"], train["gpus"].fillna(0))])
+    train = by_setting(grid, df)
     spi, iters = measured_spi(train, by="key"), train.groupby("key")["iters_done"].sum()
     entries = [dict(e) for e in cfg.get("seconds_per_iter", [])]
     for k, s in spi.items():

@@ -268,7 +268,7 @@ def _maybe_alive(rec: dict) -> bool:
 def frame(results: str, rows: list[dict] | None = None, scale: float = 1.0):
     """The ledger as a DataFrame, one row per job attempt in start order, with derived columns:
     attempt (1, 2, ... per job and identity), elapsed_s (wall seconds from start to end, so far for
-    a running job), wall_s, gpu_hours, iters_done, first_iter_s, seconds_per_iter, start_utc,
+    a running job), wall_s, devices (its GPUs; a CPU training or evaluation job counts as one), gpu_hours, iters_done, first_iter_s, seconds_per_iter, start_utc,
     end_utc. With `scale` (a rehearsal's compression) wall_s, gpu_hours and seconds_per_iter are
     simulated: a job's start-up to its first iteration (or evaluation) as it was, the compressed
     rest x scale. start, end and first_iter_s stay wall-clock."""
@@ -287,8 +287,8 @@ def frame(results: str, rows: list[dict] | None = None, scale: float = 1.0):
     ready = df["first_iter"].clip(upper=end).fillna(df["start"])  # the compressed part starts here
     df["wall_s"] = ((ready - df["start"]) + (end - ready) * scale).clip(lower=0).round(3)
     devices = df["gpus"].fillna(0).astype(int)
-    devices = devices.where(~df["rule"].isin(DEVICE_RULES), devices.clip(lower=1))
-    df["gpu_hours"] = df["wall_s"] * devices / 3600.0
+    df["devices"] = devices.where(~df["rule"].isin(DEVICE_RULES), devices.clip(lower=1))
+    df["gpu_hours"] = df["wall_s"] * df["devices"] / 3600.0
     df["iters_done"] = (df["iter_reached"] - df["resumed_from"]).where(df["rule"].isin((*TRAIN_RULES, "pretrain")))
     df["first_iter_s"] = (df["first_iter"] - df["start"]).round(3)
     done = df["iters_done"]  # first_iter: when the first iteration began; last_iter: when the latest ended

@@ -115,9 +115,7 @@ def render_ledger(jobs: pd.DataFrame, grid: Grid, plan: Plan, paths: Paths) -> s
                  f"evaluation {a.loc[a['rule'].isin(costs.EVAL_RULES), 'gpu_hours'].sum():,.3f}); wasted "
                  f"{a['wasted_gpu_hours'].sum():,.3f} ({int(a['wasted_iters'].sum()):,} iterations trained again)")
     runs = grid.runs
-    keyed = a[a["run"].isin(list(runs))]
-    keyed = keyed.assign(key=[(runs[r].backbone, runs[r].norm, int(runs[r].recipe["gpus"])) for r in keyed["run"]])
-    for (backbone, norm, gpus), measured in costs.measured_spi(keyed, by="key").items():
+    for (backbone, norm, gpus), measured in costs.measured_spi(costs.by_setting(grid, a), by="key").items():
         estimate = seconds_per_iter(plan, next(r for r in runs.values() if (r.backbone, r.norm, int(r.recipe["gpus"]))
                                                == (backbone, norm, gpus)))
         lines.append(f"seconds per iteration, {backbone} {norm} on {gpus} GPU(s): measured {measured:.4g} "
