@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fuzz_data import _ann  # one COCO annotation, and its box as a polygon
 from PIL import Image
 from pycocotools import mask as mask_util
 
@@ -24,15 +25,6 @@ CATS = [{"id": 1, "name": "cup", "supercategory": "x"}, {"id": 5, "name": "dog",
         {"id": 90, "name": "toothbrush", "supercategory": "x"}]
 ROTATED_BOX = [40, 10, 20, 30]  # [x, y, w, h] of the red square in the upright 80x50 image
 
-
-def _poly(x, y, w, h):
-    return [[x, y, x + w, y, x + w, y + h, x, y + h]]
-
-
-def _ann(aid, image_id, cat, box, **kw):
-    x, y, w, h = box
-    return {"id": aid, "image_id": image_id, "category_id": cat, "bbox": [x, y, w, h], "area": float(w * h),
-            "iscrowd": 0, "segmentation": _poly(*box), **kw}
 
 
 def _rotated_jpeg(path: Path) -> None:
