@@ -360,21 +360,45 @@ def test_trunk_then_tail_gives_the_standalone_lr_schedule(tmp_path):
 
 # ------------------------------------------------------------------------------ NaN, then a corrupt resume checkpoint
 def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, capsys):
+    """A non-finite loss: the segment's output is a checkpoint marked diverged (no weights), the
+    segment after it passes the mark on without training, an evaluation records diverged: true;
+    a job asked again refuses to train; deleted (output and marker), it resumes from its newest
+    valid resume checkpoint, skipping a truncated one."""
     p = tiny_paths(tmp_path)
     seg = first_segment(p)
     spec = spec_of(p, seg, end=6, deterministic=False)
-    with pytest.raises(loop.Diverged) as e:
-        segment.train_segment(spec, [hooks.NanAt(5)])
-    msg = str(e.value)
-    assert spec["run"]["run_id"] in msg and f"{seg.family}/{seg.line}" in msg and "iteration 5" in msg
-    assert not Path(spec["output"]).exists()
+    capsys.readouterr()
+    summary = segment.train_segment(spec, [hooks.NanAt(5)])
+    err = capsys.readouterr().err
+    assert summary["diverged"]["iteration"] == 5 and summary["iteration"] == 6
+    assert err.startswith("diverged:") and spec["run"]["run_id"] in err and f"{seg.family}/{seg.line}" in err
+    assert "iteration 5" in err and "marked diverged" in err and spec["output"] in err
+    out = checkpoint.load(spec["output"])
+    assert out["diverged"]["iteration"] == 5 and out["model"] == {} and out["iteration"] == 6
+    assert (out["family"], out["line"], out["identity"]) == (seg.family, seg.line, spec.get("identity"))
     rdir = Path(spec["resume_dir"])
     assert [i for i, _ in checkpoint.resume_candidates(rdir)] == [4, 2]
-    # the divergence is recorded; a resubmitted job refuses at once instead of diverging again
     marker = rdir / loop.DIVERGED_MARKER
     assert json.loads(marker.read_text())["iteration"] == 5
-    with pytest.raises(loop.Diverged, match="diverged before"):
-        segment.train_segment(spec)
+    # the next segment starts from it: marked diverged too, in seconds, nothing trained
+    nxt = {**spec_of(p, seg, end=6, deterministic=False), "start": 6, "end": 8, "start_checkpoint": spec["output"],
+           "resume_dir": str(tmp_path / "next"), "output": str(tmp_path / "next.pth")}
+    later = segment.train_segment(nxt)
+    assert later["diverged"]["inherited_from"] == spec["output"] and later["diverged"]["iteration"] == 5
+    assert checkpoint.load(nxt["output"])["diverged"]["iteration"] == 5
+    # its evaluation: diverged, no stats, no model built
+    from rethink import evaluate, metrics
+
+    ev = {"engine": spec["engine"], "run": spec["run"], "family": seg.family, "line": seg.line, "iteration": 6,
+          "lr": 0.01, "checkpoint": spec["output"], "dataset": spec["dataset"], "output": str(tmp_path / "m.json")}
+    rec = evaluate.evaluate(ev, log=open(os.devnull, "w"))
+    assert rec["diverged"] is True and rec["stats"] == {} and metrics.read(ev["output"])["diverged"] is True
+    # asked again (its output deleted): refuses to train, marks the output again
+    Path(spec["output"]).unlink()
+    again = segment.train_segment(spec)
+    assert "diverged before" in capsys.readouterr().err and again["diverged"]["iteration"] == 5
+    assert [i for i, _ in checkpoint.resume_candidates(rdir)] == [4, 2]  # nothing trained
+    Path(spec["output"]).unlink()
     marker.unlink()  # the user's way to try again
     # the newest resume checkpoint is truncated: reported, and training resumes from the previous one
     bad = checkpoint.resume_path(rdir, 4)
@@ -385,19 +409,20 @@ def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, c
     assert str(bad) in out and "skipping" in out
     assert "resuming from" in out and "iter_0000002.pth" in out
     assert [h["iteration"] for h in summary["history"]] == [2, 3, 4, 5]
-    assert checkpoint.load(spec["output"])["iteration"] == 6
+    assert checkpoint.load(spec["output"])["iteration"] == 6 and "diverged" not in checkpoint.load(spec["output"])
 
 
-def test_nan_via_cli_exits_with_clear_message(tmp_path):
+def test_nan_via_cli_exits_0_with_output_marked_diverged(tmp_path):
+    """Exit status 0 (Snakemake keeps the output and goes on), the message last on stderr."""
     p = tiny_paths(tmp_path)
     seg = first_segment(p)
     spec = spec_of(p, seg, end=2, deterministic=False)
     proc = subprocess.run([PY, TRAIN, "--spec", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "RETHINK_NAN_AT": "1"}, timeout=300)
-    assert proc.returncode == loop.EXIT_DIVERGED, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("diverged:") and spec["run"]["run_id"] in last and "iteration 1" in last
-    assert not Path(spec["output"]).exists()
+    assert checkpoint.load(spec["output"])["diverged"]["iteration"] == 1
 
 
 # ------------------------------------------------------------------------------ DDP
@@ -501,6 +526,6 @@ def test_amp_trains_in_bfloat16_on_cpu_and_resumes_exactly(tmp_path):
     plain = segment.train_segment(spec_of(fp, first_segment(fp), end=4, resume_dir=str(tmp_path / "r2"),
                                           output=str(tmp_path / "fp32.pth")))
     assert [h["loss"] for h in plain["history"]] != [h["loss"] for h in straight["history"]]
-    with pytest.raises(hooks.Diverged):
-        segment.train_segment(spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r3"),
-                                      output=str(tmp_path / "nan.pth")), [hooks.NanAt(1)])
+    nan = segment.train_segment(spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r3"),
+                                        output=str(tmp_path / "nan.pth")), [hooks.NanAt(1)])
+    assert nan["diverged"]["iteration"] == 1

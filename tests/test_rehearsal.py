@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PY, ROOT, load_yaml, small_tiny_config, snakemake, write_yaml
-from rethink import collect, config, grid, hooks, jobs, metrics, rehearsal, segment
+from rethink import collect, config, grid, jobs, metrics, rehearsal, segment
 from rethink.paths import Paths
 from rethink.plan import Plan
 
@@ -191,10 +191,17 @@ def test_sigterm_mid_segment_resumes_like_a_straight_run(tmp_path):
 
 
 def test_config_rehearsal_diverge_stops_the_run_through_the_loops_guard(tmp_path):
+    """The loop's guard stops it; the segment ends with its output marked diverged (rethink.segment),
+    in the job's ledger row too."""
+    from rethink import checkpoint, ledger
+
     spec = rehearsal_segment_spec(tmp_path, 1e9, diverge={"R18-GN-random-synthetic-s0": 5})
-    with pytest.raises(hooks.Diverged, match="non-finite loss nan at iteration 4"):
-        segment.train_segment(spec)
-    assert (Path(spec["resume_dir"]) / "DIVERGED.json").exists() and not Path(spec["output"]).exists()
+    with ledger.recording(str(tmp_path / "results"), rule="train_segment", job="train_segment/x") as row:
+        summary = segment.train_segment(spec)
+    assert summary["diverged"]["iteration"] == 4 and summary["diverged"]["loss"] == "nan"
+    assert (Path(spec["resume_dir"]) / "DIVERGED.json").exists()
+    assert checkpoint.load(spec["output"])["diverged"]["iteration"] == 4
+    assert json.loads(row.path.read_text())["outcome"] == "diverged"
 
 
 def test_a_real_engine_never_takes_rehearsal_weights_and_collect_never_mixes(tmp_path, rehearsed):

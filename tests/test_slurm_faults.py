@@ -10,7 +10,8 @@ preemption (tests/slurm_cluster.py). While it runs, one training job each is
   then Snakemake and its supervisor are killed with kill -9 while jobs run, and the documented
   command is started again at once; then the controller stops for 65 s (sbatch, squeue and srun
   fail) and restarts from its saved state;
-  and one line of training (random init, 2x) diverges (a NaN loss at iteration 10).
+  and one line of training (random init, 2x) diverges (a NaN loss at iteration 10): its segments end
+  marked diverged and the campaign finishes, tables included.
 
 Asserted: every result of every run that did not diverge present and valid, never two copies of a
 segment running at once (SLURM polled every second), and what was trained twice (the campaign's
@@ -25,6 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from campaign_faults import FAST_POLL, KINDS, Supervisor
 
@@ -167,24 +169,27 @@ def _drive(camp, cluster, tmp_path, cfg, p, paths):
           + "\n".join(ln for ln in text.splitlines() if ln.startswith(("slurm_run", "=====", "Error in rule"))))
     assert not pending, f"faults never injected: {pending}\n{report}"
     assert not camp.doubles, f"two copies of a segment ran at once: {camp.doubles}\n{report}"
-    # the only failure is the diverged line: Snakemake went on with everything else (keep-going)
-    assert camp.proc.returncode != 0, report
-    # the diverged line's last segment is its run's train_final job
-    assert "diverged" in (tmp_path / paths.log("train", NAN_RUN, "model_final")).read_text()
+    # the diverged line stops nothing: its segments end marked diverged, and Snakemake finishes,
+    # collect, tables and report included (rethink.segment)
+    assert camp.proc.returncode == 0, report
+    # the diverged line's last segment is its run's train_final job: passed the mark on
+    assert "marked diverged" in (tmp_path / paths.log("train", NAN_RUN, "model_final")).read_text()
     assert "Directory cannot be locked" not in text, report
+    assert sorted((tmp_path / "results" / "tables").glob("*.md")), "no tables"
+    table = pd.read_csv(tmp_path / paths.metrics_table)
+    assert set(table[table.run_diverged].run_id) == {NAN_RUN}, table[["run_id", "iteration", "diverged"]]
 
-    # every result of every run that did not diverge: present and valid
+    # every result of every run that did not diverge: present and valid; the diverged line's: diverged
     missing = []
     for ms in p.milestones.values():
-        if (ms.family, ms.line) == (NAN_FAMILY, NAN_LINE) and ms.iteration > NAN_AT:
-            assert not (tmp_path / paths.metrics(ms.family, ms.line, ms.iteration)).exists()
-            continue
         f = tmp_path / paths.metrics(ms.family, ms.line, ms.iteration)
         if not f.exists():
             missing.append(str(f))
             continue
         rec = metrics.read(f)
         assert rec["iteration"] == ms.iteration, f
+        diverged = (ms.family, ms.line) == (NAN_FAMILY, NAN_LINE) and ms.iteration > NAN_AT
+        assert rec["diverged"] is diverged, f
     assert not missing, f"results missing: {missing}\n{report}"
     for run_id in p.grid.runs:
         if run_id != NAN_RUN:
@@ -196,7 +201,8 @@ def _drive(camp, cluster, tmp_path, cfg, p, paths):
     train = df[df["rule"].isin(ledger.TRAIN_RULES)]
     wasted = ledger.wasted_iterations(df)[train.index]
     done = train.groupby("job")["iter_reached"].max()
-    assert (done == train.groupby("job")["to_iter"].max()).sum() == len(p.segments) - 1, done  # all but the diverged
+    marked = [s for s in p.segments.values() if (s.family, s.line) == (NAN_FAMILY, NAN_LINE) and s.end > NAN_AT]
+    assert (done == train.groupby("job")["to_iter"].max()).sum() == len(p.segments) - len(marked), done
     per_job = Counter()
     for idx, w in wasted.items():
         if w:

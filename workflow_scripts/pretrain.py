@@ -4,7 +4,7 @@
     python workflow_scripts/pretrain.py --config <snapshot> --job pretrain/<init>/<backbone>/<norm>
     python workflow_scripts/pretrain.py --spec <file or JSON>    (rethink.paths.Paths.pretrain_spec)
 
-Exit status as workflow_scripts/train.py (0, 143/138 preempted, 3 diverged, 1 error).
+Exit status: 0 done; 143 / 138 pre-empted (rerun to resume); 3 diverged (no output); 1 error.
 """
 import os
 import sys

@@ -4,8 +4,10 @@
     python -m torch.distributed.run --standalone --nproc_per_node=N workflow_scripts/train.py --config ... --job ...
     python workflow_scripts/train.py --spec <file or JSON>      (a spec as rethink.paths.Paths.train_spec builds it)
 
-Exit status: 0 done; 143 / 138 stopped by SIGTERM / SIGUSR1 after writing a resume checkpoint
-(rerun to resume); 3 non-finite loss (no output checkpoint); 1 any other error (one line on stderr).
+Exit status: 0 done, or diverged (a non-finite loss, or a start checkpoint marked diverged: the
+output is a checkpoint marked diverged and stderr says so; rethink.segment); 143 / 138 stopped by
+SIGTERM / SIGUSR1 after writing a resume checkpoint (rerun to resume); 1 any other error (one line
+on stderr).
 """
 import os
 import sys

@@ -15,6 +15,8 @@ A checkpoint is one ``torch.save`` file (loadable with ``weights_only=True``) ho
     rng             {"python", "numpy", "torch", "cuda"} states of the process that wrote it (rank 0)
     checksum        sha256 of everything else, tensors by their bytes (:func:`digest`); verified on
                     every load (checkpoints written before it existed load without it)
+    diverged        (only in the output of a segment that diverged, or started from one that did:
+                    :func:`diverged_output`) where the run diverged; model and optimizer are empty
 
 Writes are atomic (a temp file in the same folder, fsync, os.replace), so a reader sees a whole
 checkpoint or none; the checksum catches what the file system or a copy damaged afterwards. Segment outputs are written by the loop; resume checkpoints live in a segment's
@@ -183,16 +185,27 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path) -> dict:
-    """Load a checkpoint's weights into `model` (strict) and return its metadata (iteration,
-    counters, wall_seconds, device_seconds, gpus, run_id, ...)."""
-    state = load(path)
+def load_model_weights(model: torch.nn.Module, path: str | Path, state: dict | None = None) -> dict:
+    """Load a checkpoint's weights (`state`, else read from `path`) into `model` (strict) and return
+    its metadata (iteration, counters, wall_seconds, device_seconds, gpus, run_id, ...)."""
+    state = load(path) if state is None else state
     target = unwrap(model)
     try:
         target.load_state_dict(state["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model: {str(e).splitlines()[0]}") from None
     return metadata(state)
+
+
+def diverged_output(spec: dict, info: dict) -> dict:
+    """The output checkpoint of a training segment that diverged (`info`: where; rethink.hooks.Diverged):
+    no weights, the segment's end iteration, family, line and identity, so the segments after it
+    and the evaluations of its milestones read it like any output and record the run as diverged
+    without training or predicting."""
+    return {"format": FORMAT, "model": {}, "optimizer": {}, "iteration": int(spec["end"]),
+            "counters": {k: 0 for k in COUNTERS}, "wall_seconds": 0.0, "device_seconds": 0.0, "gpus": 0,
+            "run_id": spec["run"]["run_id"], "family": spec["family"], "line": spec["line"],
+            "engine": spec.get("engine"), "identity": spec.get("identity"), "rng": {}, "diverged": dict(info)}
 
 
 # ---------------------------------------------------------------------------- resume folders

@@ -311,29 +311,35 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
         sizes, cap = test_aug_sizes(run["recipe"])
         print(f"test-time augmentation: shorter sides {sizes}, longer side at most {cap}, each also flipped",
               file=log)
-    engine = get_engine(spec["engine"])
-    use_gpu = torch.cuda.is_available() and int(run["recipe"].get("eval_gpus", 1)) > 0
-    device = torch.device("cuda" if use_gpu else "cpu")
-    model = engine.build_model(run, device, distributed=False, dataset=manifest)
-    meta = checkpoint.load_model_weights(model, spec["checkpoint"])
+    state = checkpoint.load(spec["checkpoint"])
+    meta = checkpoint.metadata(state)
     if meta.get("engine") == "rehearsal":  # (its weights would not fit anyway)
         raise EvaluationError(f"{spec['checkpoint']}: a rehearsal checkpoint; a real evaluation never reads one")
     if int(meta["iteration"]) != int(spec["iteration"]):
         raise EvaluationError(f"{spec['checkpoint']}: checkpoint is at iteration {meta['iteration']}, "
                               f"the milestone is {spec['iteration']}")
-    diverged = bool(meta.get("diverged", False))  # a checkpoint that says so gets no stats
+    diverged = bool(meta.get("diverged", False))  # a checkpoint that says so gets no model and no stats
     stats: dict = {}
     row = ledger.current()  # the job's ledger row: when inference began and ended
-    if row is not None:
-        row.update(first_iter=time.time())
-    if not diverged:
+    if diverged:
+        print(f"{spec['checkpoint']}: the run diverged ({meta['diverged']}); recorded as diverged, no stats",
+              file=log)
+    else:
+        engine = get_engine(spec["engine"])
+        use_gpu = torch.cuda.is_available() and int(run["recipe"].get("eval_gpus", 1)) > 0
+        device = torch.device("cuda" if use_gpu else "cpu")
+        model = engine.build_model(run, device, distributed=False, dataset=manifest)
+        checkpoint.load_model_weights(model, spec["checkpoint"], state)
+        del state
+        if row is not None:
+            row.update(first_iter=time.time())
         model.eval()
         with torch.no_grad():
             results = engine.predict(model, run, manifest, device)
         print(f"{len(results)} detections on {manifest['num_val_images']} val images ({device})", file=log)
         stats = evaluate_results(manifest, results, run["recipe"]["task"], log=log,
                                  backend=spec.get("coco_eval", "pycocotools"))
-    if row is not None:
+    if row is not None and not diverged:
         row.update(last_iter=time.time())
     record = build_record(spec, meta, stats, time.time() - t0, diverged)
     metrics.write(record, spec["output"])

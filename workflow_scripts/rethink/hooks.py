@@ -36,9 +36,14 @@ class Preempted(Exception):
 
 
 class Diverged(RuntimeError):
-    """A non-finite loss; nothing was written for this iteration."""
+    """A non-finite loss; nothing was written for this iteration. `info`: where (run, family, line,
+    iteration, loss; `inherited_from`: the diverged start checkpoint of a later segment)."""
 
     exit_code = 3
+
+    def __init__(self, message: str, info: dict | None = None):
+        super().__init__(message)
+        self.info = dict(info or {})
 
 
 class HookBase:
@@ -61,30 +66,37 @@ class HookBase:
 
 
 class DivergenceGuard(HookBase):
-    """A non-finite loss stops the run (Diverged, exit code 3) before backward, with a message
-    naming run, family/line and iteration, and leaves `marker` (the grid summary reports the run as
-    diverged); a segment whose marker exists refuses at once: the same data and weights would
-    diverge again, so a resubmitted job is not spent on it."""
+    """A non-finite loss stops the run (Diverged) before backward, with a message naming run,
+    family/line and iteration, and leaves `marker` (the grid summary reports the run as diverged);
+    a segment whose marker exists refuses at once: the same data and weights would diverge again,
+    so no job is spent on it. (A training segment then ends with an output marked diverged:
+    rethink.segment.)"""
 
     def __init__(self, marker: Path | None):
         self.marker = marker
 
     def before_train(self) -> None:
         if self.marker is not None and self.marker.exists():
-            raise Diverged(f"{self.trainer.who}: diverged before ({self.marker.read_text().strip()}); "
-                           f"change the recipe, or delete {self.marker} to train this segment again")
+            text = self.marker.read_text().strip()
+            try:
+                info = json.loads(text)
+            except ValueError:
+                info = {}
+            raise Diverged(f"{self.trainer.who}: diverged before ({text}); change the recipe, or delete "
+                           f"{self.marker} to train this segment again", info if isinstance(info, dict) else {})
 
     def after_forward(self) -> None:
         t = self.trainer
         if math.isfinite(t.loss_value):
             return
         parts = ", ".join(f"{k}={v.item():.4g}" for k, v in t.losses.items())
+        info = {"run": t.run["run_id"], "family": t.family, "line": t.line, "iteration": t.iter,
+                "loss": str(t.loss_value)}
         if self.marker is not None and t.dist.main:
             self.marker.parent.mkdir(parents=True, exist_ok=True)
-            self.marker.write_text(json.dumps({"run": t.run["run_id"], "family": t.family, "line": t.line,
-                                               "iteration": t.iter, "loss": str(t.loss_value)}) + "\n")
+            self.marker.write_text(json.dumps(info) + "\n")
         raise Diverged(f"{t.who}: non-finite loss {t.loss_value} at iteration {t.iter} ({parts}); "
-                       f"training stopped, no output checkpoint written")
+                       f"training stopped", info)
 
 
 class Counters(HookBase):

@@ -158,6 +158,7 @@ class Row:
         self.path = rows_dir(results) / str(self.fields["rule"]) / f"{name}@{stamp}.json"
         self.env = env
         self._stop = threading.Event()
+        self._diverged = False
         self.flush()
         self._beat = threading.Thread(target=self._heartbeat, name="ledger-heartbeat", daemon=True)
         self._beat.start()
@@ -174,11 +175,16 @@ class Row:
             with contextlib.suppress(OSError):
                 self.flush()
 
+    def mark_diverged(self) -> None:
+        """The job ends with an output marked diverged (rethink.segment): exit status 0 reads as diverged."""
+        self._diverged = True
+
     def close(self, exit_code: int) -> None:
         self._stop.set()
         now = time.time()
-        self.fields.update(end=now, exit_code=int(exit_code),
-                           outcome=outcome_of(exit_code, self.env, now, self.fields.get("signal_s")))
+        diverged = exit_code == 0 and self._diverged
+        self.fields.update(end=now, exit_code=int(exit_code), outcome="diverged" if diverged else
+                           outcome_of(exit_code, self.env, now, self.fields.get("signal_s")))
         self.flush()
 
 

@@ -20,8 +20,9 @@ rethink.sampling):
 * SIGTERM / SIGUSR1 / SIGINT (Ctrl-C): the current iteration finishes, a resume checkpoint is written
   and the process exits with 128 + signal number (143 / 138 / 130) after a log line saying where it
   stopped.
-* A non-finite loss stops the run (exit code 3) with a message naming run, family/line and iteration;
-  no output checkpoint is written.
+* A non-finite loss stops the run (rethink.hooks.Diverged) with a message naming run, family/line and
+  iteration, as does a start checkpoint marked diverged; the loop writes no output (a training
+  segment's caller writes its output marked diverged: rethink.segment; the pre-training exits 3).
 * Counters (images, instances, pixels; all processes), wall seconds and device seconds accumulate
   from iteration 0 across segments; RNG states travel in the checkpoints, and batch i depends only on
   (seed, i), so a resumed or segmented run trains exactly like one that never stopped.
@@ -260,8 +261,10 @@ class Trainer:
             return None
         self.log(f"done: {out} was written by another trainer of this segment (iteration {self.end}); "
                  "nothing to train")
-        shutil.rmtree(self.resume_dir, ignore_errors=True)  # as _finish: the lock made it again
+        if not state.get("diverged"):  # (a diverged one keeps its marker there for the grid summary)
+            shutil.rmtree(self.resume_dir, ignore_errors=True)  # as _finish: the lock made it again
         return {"iteration": self.end, "history": [], "counters": state["counters"], "taken_over": True,
+                **({"diverged": state["diverged"]} if state.get("diverged") else {}),
                 "wall_seconds": state["wall_seconds"], "device_seconds": state["device_seconds"]}
 
     def _on_signal(self, signum, frame):  # no printing here: a signal may interrupt a print
@@ -297,6 +300,10 @@ class Trainer:
             if state["family"] != self.family:
                 raise checkpoint.CheckpointError(
                     f"{spec['start_checkpoint']}: belongs to family {state['family']}, not {self.family}")
+            if state.get("diverged"):  # nothing to train from: the segment passes the mark on (rethink.segment)
+                raise Diverged(f"{self.who}: its start checkpoint {spec['start_checkpoint']} is marked diverged "
+                               f"({state['diverged']}); not trained",
+                               {**state["diverged"], "inherited_from": spec["start_checkpoint"]})
             self.log(f"starting from {spec['start_checkpoint']} (iteration {self.start})")
             from_start = True
         elif self.start != 0:
