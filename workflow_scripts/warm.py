@@ -1,7 +1,6 @@
 """A warm interpreter for local runs: a job's script runs in a process forked from one that has
 torch, torchvision, pycocotools and the workflow's modules imported already, instead of importing
-them again (3-5 s a job on a 2-core machine: a tiny evaluation job took 6.1 s instead of 12.2,
-measured 2026-12-03 with the tiny default's former 256-channel heads).
+them again (the seconds of imports each job would spend: the README gives what was measured).
 
     python workflow_scripts/warm.py SCRIPT [ARGS...]
 
