@@ -5,10 +5,13 @@ PYTHON ?= python3
 
 .PHONY: install tiny test lint bench
 
-$(VENV)/.installed: requirements.txt requirements-test.txt
+# the pinned requirements, then the project's own packages (rethink, rethink_lab: pyproject.toml),
+# editable: `import rethink` works from any folder with this venv, and an edit needs no reinstall
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed

@@ -3,7 +3,7 @@
 # on Debian/Ubuntu, for the tests in tests/test_slurm.py.
 #
 # Idempotent: when every needed binary is already present it does nothing and
-# returns at once. It never starts daemons; tests/slurm_cluster.py does that
+# returns at once. It never starts daemons; tests/lab/slurm_cluster.py does that
 # (in a temp dir, on private ports) and stops them again.
 #
 # Usage: sudo .ci/slurm.sh        (or as root: bash .ci/slurm.sh)

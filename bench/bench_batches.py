@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow_scripts"))
-
-from rethink.sampling import GroupedBatches, aspect_groups, batch_indices  # noqa: E402
+from rethink.sampling import GroupedBatches, aspect_groups, batch_indices
 
 
 def resized(w: int, h: int, short: int = 800, cap: int = 1333) -> tuple[int, int]:

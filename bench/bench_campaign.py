@@ -3,11 +3,11 @@
 The whole config.yaml grid (or, with --quick, the Table 1 family pair R50-FPN GN random and
 pre-trained, 2x-6x) in rehearsal mode (rethink.rehearsal: every job through its real rule, resource
 request, segment chain, the one training loop and the report; the arithmetic simulated, time
-compressed by --compression) goes through a private cluster of 4 nodes x 8 CPUs (tests/slurm_cluster.py,
+compressed by --compression) goes through a private cluster of 4 nodes x 8 CPUs (tests/lab/slurm_cluster.py,
 fake GPUs, a higher-tier partition that preempts), started and restarted by the documented command
 (workflow_scripts/slurm_run.py --profile profiles/slurm -j 32, with fast status polling: at the
 compression every second of polling is minutes of simulated time), unattended. Faults at seeded
-random times (tests/campaign_faults.py): every kind at least once, requeue, preemption, a node
+random times (tests/lab/campaign_faults.py): every kind at least once, requeue, preemption, a node
 down and back, a walltime hit, kill -9 of Snakemake and its supervisor (started again at once with
 the documented command), the controller down for 65 s; and one run diverges (rehearsal.diverge).
 
@@ -38,18 +38,15 @@ from pathlib import Path
 
 import yaml
 
+from rethink import config as rconfig
+from rethink import grid as rgrid
+from rethink import ledger, metrics, scorecard
+from rethink.paths import Paths
+from rethink.plan import Plan
+from rethink_lab.campaign_faults import FAST_POLL, KINDS, FaultInjector, Supervisor
+from rethink_lab.slurm_cluster import SlurmCluster, skip_reason
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow_scripts"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from campaign_faults import FAST_POLL, KINDS, FaultInjector, Supervisor  # noqa: E402
-
-from rethink import config as rconfig  # noqa: E402
-from rethink import grid as rgrid  # noqa: E402
-from rethink import ledger, metrics, scorecard  # noqa: E402
-from rethink.paths import Paths  # noqa: E402
-from rethink.plan import Plan  # noqa: E402
-from slurm_cluster import SlurmCluster, skip_reason  # noqa: E402
 
 SLOTS = 32
 QUICK_EXPERIMENT = "table1_r50_gn"

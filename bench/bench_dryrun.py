@@ -16,10 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow_scripts"))
+from rethink import config, grid, plan
 
-from rethink import config, grid, plan  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BARE = '''
 N_CHAINS = {chains}

@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch  # noqa: E402
+import torch
 from common import ROOT, bench_config, sync
 
-from rethink import checkpoint, config, data, evalcost, evaluate, grid, loop, plan, summary  # noqa: E402
-from rethink.engines import get_engine  # noqa: E402
-from rethink.paths import Paths  # noqa: E402
+from rethink import checkpoint, config, data, evalcost, evaluate, grid, loop, plan, summary
+from rethink.engines import get_engine
+from rethink.paths import Paths
 
 
 def worst_case(model) -> None:
@@ -49,7 +49,7 @@ def worst_case(model) -> None:
 
 
 def import_seconds(engine: str) -> float:
-    code = ("import sys, time; t = time.perf_counter(); sys.path.insert(0, 'workflow_scripts'); "
+    code = ("import sys, time; t = time.perf_counter(); "
             f"from rethink import evaluate; from rethink.engines import get_engine; get_engine({engine!r}); "
             "import pycocotools.cocoeval; print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -30,13 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 from common import Timed, bench_config, sync
 
-from rethink import data, grid, loop, plan  # noqa: E402
-from rethink.engines import get_engine  # noqa: E402
-from rethink.engines.detectron2_engine import register  # noqa: E402
-from rethink.paths import Paths  # noqa: E402
+from rethink import data, grid, loop, plan
+from rethink.engines import get_engine
+from rethink.engines.detectron2_engine import register
+from rethink.paths import Paths
 
 WARMUP = {"paper": 10, "smoke": 4}
 

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow_scripts"))
+from rethink import config as rconfig
+from rethink import grid as rgrid
+from rethink import ledger, timeline
+from rethink.atomic import write_json_atomic
+from rethink.plan import Plan
 
-from rethink import config as rconfig  # noqa: E402
-from rethink import grid as rgrid  # noqa: E402
-from rethink import ledger, timeline  # noqa: E402
-from rethink.atomic import write_json_atomic  # noqa: E402
-from rethink.plan import Plan  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GOAL_ROW_MS = 10.0
 GOAL_DRAW_S = 10.0

@@ -20,19 +20,17 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
+import torch
+from common import Timed, bench_config
+
+from rethink import data, grid, loop, plan
+from rethink.engines import get_engine
+from rethink.paths import Paths
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow_scripts"))
-
-import torch  # noqa: E402
-from common import Timed, bench_config  # noqa: E402
-
-from rethink import data, grid, loop, plan  # noqa: E402
-from rethink.engines import get_engine  # noqa: E402
-from rethink.paths import Paths  # noqa: E402
 
 
 def plain(engine: Timed, spec: dict, dataset: dict, iters: int) -> float:

@@ -17,15 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow_scripts"))
+from rethink import collect as C
+from rethink import config as rconfig
+from rethink import grid as rgrid
+from rethink import metrics as M
+from rethink.paths import Paths
+from rethink.plan import Plan
 
-from rethink import collect as C  # noqa: E402
-from rethink import config as rconfig  # noqa: E402
-from rethink import grid as rgrid  # noqa: E402
-from rethink import metrics as M  # noqa: E402
-from rethink.paths import Paths  # noqa: E402
-from rethink.plan import Plan  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GOAL_S = 15.0
 
@@ -89,13 +88,22 @@ def write_grid_metrics(cfg: dict, results: str | Path, seed: int = 0, only=None,
     return n
 
 
+def _script(name: str):
+    """workflow_scripts/<name>.py as a module (a program, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "workflow_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "config.yaml"))
     ap.add_argument("--keep", help="write into this folder instead of a temp folder (and keep it)")
     a = ap.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "workflow_scripts"))
-    import report as report_cli  # workflow_scripts/report.py
+    report_cli = _script("report")  # workflow_scripts/report.py
 
     cfg = rconfig.load(a.config)
     with tempfile.TemporaryDirectory() as tmp:

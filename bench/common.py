@@ -6,16 +6,14 @@
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
+import torch
+
+from rethink import config
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow_scripts"))
-
-import torch  # noqa: E402
-
-from rethink import config  # noqa: E402
 
 
 def bench_config(scale: str, gpus: int, tmp: Path, engine: str | None = None, norm: str = "GN",

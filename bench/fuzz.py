@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/fuzz.py --config-examples 5000 --real-every 50 --data-examples 2000
 
-Config examples (tests/fuzz_config.py) are mutations of configs/tiny.yaml and config.yaml, given as one
+Config examples (tests/lab/fuzz_config.py) are mutations of configs/tiny.yaml and config.yaml, given as one
 file, two layered files, `--config` or a profile; each goes through what a dry run does, in process,
 and every `--real-every`-th through the real `snakemake -n` too (whose outcome must be the same).
-Data examples (tests/fuzz_data.py) are mutations of a small COCO set (JSON and image files) through
+Data examples (tests/lab/fuzz_data.py) are mutations of a small COCO set (JSON and image files) through
 prepare_data's validation with on_bad_data error and skip; every `--train-every`-th accepted one
 trains a step and evaluates. Prints examples tried, clear refusals, accepted, and failures by kind
 (the goal is 0), with the first example of each failure kind. Seeded: the same command finds the
@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Outcome:
@@ -86,7 +85,7 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_AS, (a.memory_gb << 30, a.memory_gb << 30))
     bad = 0
     if a.config_examples:
-        import fuzz_config as fc
+        from rethink_lab import fuzz_config as fc
 
         def check(example, i):
             got, rl, _ = fc.run_one(example, with_real=bool(a.real_every) and i % a.real_every == 0)
@@ -97,7 +96,7 @@ def main() -> int:
         res = campaign("config", fc.examples(), check, a.config_examples, a.seed, max(1, a.config_examples // 20))
         bad += report("config examples", res, fc.FAILURES)
     if a.data_examples:
-        import fuzz_data as fd
+        from rethink_lab import fuzz_data as fd
 
         with fd.Workspace() as ws:
             def check_data(example, i):

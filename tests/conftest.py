@@ -1,5 +1,6 @@
-"""Shared test set-up: the package on sys.path, the repo root, and a helper that runs the
-real Snakemake on a config in a scratch copy of the workflow."""
+"""Shared test set-up: the repo root, the workflow's scripts as modules (`script_module`), and a
+helper that runs the real Snakemake on a config in a scratch copy of the workflow. The package
+`rethink` and the tests' laboratory `rethink_lab` (tests/lab) are installed (pyproject.toml)."""
 from __future__ import annotations
 
 import copy
@@ -12,13 +13,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow_scripts"))
-sys.path.insert(0, str(ROOT / "tests"))
+from rethink_lab.slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture of the SLURM tests)
 
-from slurm_cluster import slurm_cluster  # noqa: E402, F401  (the session fixture of the SLURM tests)
+ROOT = Path(__file__).resolve().parents[1]
 
 PY = sys.executable
+
+
+def script_module(name: str, folder: Path | None = None):
+    """workflow_scripts/<name>.py (or `folder`/<name>.py) imported as a module, without running its
+    main: the scripts are programs, not part of the package."""
+    import importlib.util
+
+    path = (folder or ROOT / "workflow_scripts") / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 SNAKEMAKE = [PY, "-m", "snakemake"]
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fuzz_data import _ann  # one COCO annotation, and its box as a polygon
 from PIL import Image
 from pycocotools import mask as mask_util
 
 from rethink import data, evaluate, segment, validate_data
 from rethink.engines import torchvision_engine as tv
 from rethink.validate_data import DatasetError
+from rethink_lab.fuzz_data import _ann  # one COCO annotation, and its box as a polygon
 
 CATS = [{"id": 1, "name": "cup", "supercategory": "x"}, {"id": 5, "name": "dog", "supercategory": "x"},
         {"id": 90, "name": "toothbrush", "supercategory": "x"}]

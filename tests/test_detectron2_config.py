@@ -326,7 +326,7 @@ def test_imports_without_detectron2():
     """d2config and the engine module import without detectron2; using the engine without it
     says how to install it."""
     code = (
-        "import sys; sys.path.insert(0, 'workflow_scripts')\n"
+        "import sys\n"
         "import rethink.d2config, rethink.engines.detectron2_engine as e\n"
         "assert 'detectron2' not in sys.modules, 'detectron2 imported at module level'\n"
         "try:\n"

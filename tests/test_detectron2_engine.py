@@ -269,7 +269,6 @@ DDP_SCRIPT = r'''
 import copy, json, sys
 import torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-sys.path.insert(0, sys.argv[1])
 from rethink.engines import get_engine
 from rethink.data import load_manifest
 dist.init_process_group("gloo")

@@ -1,4 +1,4 @@
-"""Configs nobody wrote by hand (tests/fuzz_config.py): mutations of configs/tiny.yaml and config.yaml,
+"""Configs nobody wrote by hand (tests/lab/fuzz_config.py): mutations of configs/tiny.yaml and config.yaml,
 given as one file, two layered files, `--config` or a profile. Planning either accepts them or refuses
 them with exit 1 and a message naming the file (or profile, or --config), the field and the value:
 never a traceback, a hang, a file written outside the workdir and results, or an accepted config that
@@ -11,12 +11,12 @@ import copy
 import tempfile
 from pathlib import Path
 
-import fuzz_config as fc
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, seed, settings
 
 from conftest import ROOT, load_yaml, snakemake, write_yaml
+from rethink_lab import fuzz_config as fc
 
 TINY = load_yaml(ROOT / "configs" / "tiny.yaml")
 QUICK = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -1,4 +1,4 @@
-"""COCO sets nobody wrote by hand (tests/fuzz_data.py): mutations of a small set's JSON and image files
+"""COCO sets nobody wrote by hand (tests/lab/fuzz_data.py): mutations of a small set's JSON and image files
 through prepare_data, with on_bad_data error and skip. Each is accepted, skipped with the counts in
 validation.json, or refused naming the annotation file (and the image and field); never a traceback,
 and an accepted set is then read by the loaders (every image decoded, every target built with its
@@ -10,9 +10,10 @@ import copy
 import json
 from pathlib import Path
 
-import fuzz_data as fd
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
+
+from rethink_lab import fuzz_data as fd
 
 QUICK = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 

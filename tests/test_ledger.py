@@ -221,7 +221,6 @@ def test_a_slurm_jobs_row_starts_with_its_allocation_and_reads_its_walltime(slur
     script = tmp_path / "job.py"
     script.write_text(
         "import signal, sys, time\n"
-        f"sys.path.insert(0, {str(ROOT / 'workflow_scripts')!r})\n"
         "from rethink import ledger\n"
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
         f"with ledger.recording({str(results)!r}, rule='train_segment', job='train_segment/F/trunk/0000010'):\n"

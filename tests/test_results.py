@@ -14,15 +14,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow_scripts"))
-
-from rethink import collect as C  # noqa: E402
-from rethink import figures as F  # noqa: E402
-from rethink import metrics as M  # noqa: E402
-from rethink import published as PUB  # noqa: E402
-from rethink import report_targets as R  # noqa: E402
-from rethink import tables as T  # noqa: E402
+from conftest import ROOT, script_module
+from rethink import collect as C
+from rethink import figures as F
+from rethink import metrics as M
+from rethink import published as PUB
+from rethink import report_targets as R
+from rethink import tables as T
 
 PY = sys.executable
 FAMILY = {"random": "R50-GN-random-coco_full-s0", "imagenet": "R50-GN-imagenet-coco_full-s0"}
@@ -240,9 +238,7 @@ def test_empty_results_still_build_every_target(tmp_path):
     df = C.collect(r)
     assert df.empty and list(df.columns) == C.COLUMNS
     C.write_csv(df, r / "metrics.csv")
-    sys.path.insert(0, str(ROOT / "workflow_scripts"))
-    import report as report_cli
-
+    report_cli = script_module("report")
     report_cli.build(str(r / "metrics.csv"), str(r))
     assert all(Path(p).exists() for p in R.targets(str(r), ["convergence", "samples_seen"]))
     assert "\u2014 (41.3)" in (r / "tables" / "table1.md").read_text()

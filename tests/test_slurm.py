@@ -1,4 +1,4 @@
-"""SLURM tests on a real (private, single-node) cluster started by tests/slurm_cluster.py.
+"""SLURM tests on a real (private, single-node) cluster started by tests/lab/slurm_cluster.py.
 
 Run:  .venv/bin/python -m pytest -m slurm tests/test_slurm.py -v
 They are skipped, with the reason printed, where SLURM cannot be started (not root,
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-import slurm_cluster as cluster_module
+from rethink_lab import slurm_cluster as cluster_module
 
 pytestmark = pytest.mark.slurm
 

@@ -2,7 +2,7 @@
 training segments, 10 evaluations, pre-training, data) run through the real Snakemake with
 `--profile profiles/slurm`, started and restarted by the documented command
 (workflow_scripts/slurm_run.py), on a private cluster of 3 nodes with 4 fake GPUs each and
-preemption (tests/slurm_cluster.py). While it runs, one training job each is
+preemption (tests/lab/slurm_cluster.py). While it runs, one training job each is
 
   requeued (scontrol requeue), preempted (a job of the higher-tier partition needs its node:
   PreemptMode=REQUEUE), on a node that goes down and comes back 20 s later, and given a walltime
@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from campaign_faults import FAST_POLL, KINDS, Supervisor
 
 from conftest import ROOT, small_tiny_config, write_yaml
 from rethink import config, grid, ledger, metrics, plan
 from rethink.paths import Paths
-from slurm_cluster import SlurmCluster, skip_reason
+from rethink_lab.campaign_faults import FAST_POLL, KINDS, Supervisor
+from rethink_lab.slurm_cluster import SlurmCluster, skip_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

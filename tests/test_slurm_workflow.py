@@ -1,5 +1,5 @@
 """The workflow itself through `--profile profiles/slurm` on a real single-node SLURM cluster
-(tests/slurm_cluster.py): the tiny grid runs end to end, produces the same metrics as a local
+(tests/lab/slurm_cluster.py): the tiny grid runs end to end, produces the same metrics as a local
 run, asks SLURM for the resources its rules declare, and a training segment that SLURM signals
 mid-way (as at its walltime) checkpoints, is resubmitted and resumes without losing or
 repeating an iteration."""

@@ -75,7 +75,7 @@ def staged(tv_vgg16, module_tmp):
 
 
 def test_engine_module_imports_without_detectron2():
-    code = ("import sys; sys.path.insert(0, 'workflow_scripts'); "
+    code = ("import sys; "
             "from rethink.engines.detectron2_backbones import _vgg16_pkl_names; import rethink.engines.detectron2_engine, rethink.stage; "
             "assert not any(m == 'detectron2' or m.startswith('detectron2.') for m in sys.modules), 'detectron2 imported'; "
             "print(len(_vgg16_pkl_names()))")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, script_module
 
 WARM = ROOT / "workflow_scripts" / "warm.py"
 
@@ -132,16 +132,9 @@ def test_an_edit_of_the_code_names_another_server(tmp_path, monkeypatch):
     imported the old one."""
     copy = tmp_path / "workflow_scripts"
     shutil.copytree(ROOT / "workflow_scripts", copy, ignore=shutil.ignore_patterns("__pycache__"))
-    sys.path.insert(0, str(copy))
-    try:
-        import importlib
-
-        warm = importlib.import_module("warm")
-        importlib.reload(warm)
-        monkeypatch.setattr(warm, "HERE", copy)
-        before = warm.socket_path()
-        module = copy / "rethink" / "loop.py"
-        os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 10**9))
-        assert warm.socket_path() != before
-    finally:
-        sys.path.remove(str(copy))
+    warm = script_module("warm", copy)
+    monkeypatch.setattr(warm, "HERE", copy)
+    before = warm.socket_path()
+    module = copy / "rethink" / "loop.py"
+    os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 10**9))
+    assert warm.socket_path() != before

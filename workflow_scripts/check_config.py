@@ -9,13 +9,10 @@ is not there), this names the file, the line and the column. Then the files merg
 Exit 0 with a one-line summary, or 1 with the error (file, field, value) on stderr.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from rethink import config as rconfig  # noqa: E402
-from rethink import sources  # noqa: E402
+from rethink import config as rconfig
+from rethink import sources
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

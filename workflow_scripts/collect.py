@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from rethink import collect as C  # noqa: E402
-from rethink.cli import recorded  # noqa: E402
-from rethink.config import ConfigError  # noqa: E402
-from rethink.metrics import MetricsError  # noqa: E402
+from rethink import collect as C
+from rethink.cli import recorded
+from rethink.config import ConfigError
+from rethink.metrics import MetricsError
 
 
 def main(argv=None) -> int:

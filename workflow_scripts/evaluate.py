@@ -1,10 +1,7 @@
 """evaluate rule: COCO evaluation of one milestone checkpoint -> one metrics JSON (rethink.evaluate)."""
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from rethink.cli import job  # noqa: E402
+from rethink.cli import job
 
 if __name__ == "__main__":
     with job("evaluate", __doc__) as spec:

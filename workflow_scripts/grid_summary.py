@@ -5,13 +5,10 @@ the measured-speeds overlay <results>/campaign/measured_speeds.yaml.
     grid_summary.py --config <workdir>/specs/config-<hash>.json [--speeds]    (the snapshot, rethink.jobs)
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from rethink import jobs  # noqa: E402
-from rethink.summary import main, speeds  # noqa: E402
+from rethink import jobs
+from rethink.summary import main, speeds
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

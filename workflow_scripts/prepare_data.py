@@ -1,11 +1,8 @@
 """prepare_data / prepare_pretrain_data rules: make a dataset and write its manifest (rethink.data)."""
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from rethink.cli import job  # noqa: E402
+from rethink.cli import job
 
 if __name__ == "__main__":
     with job("prepare_data", __doc__) as spec:

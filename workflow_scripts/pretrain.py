@@ -6,12 +6,9 @@
 
 Exit status: 0 done; 143 / 138 pre-empted (rerun to resume); 3 diverged (no output); 1 error.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from rethink.cli import job  # noqa: E402
+from rethink.cli import job
 
 if __name__ == "__main__":
     with job("pretrain", __doc__, ("init", "backbone", "norm", "iterations", "batch", "base_lr", "dataset", "output")) as spec:

@@ -15,16 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from rethink import claims, costs  # noqa: E402
-from rethink import collect as C  # noqa: E402
-from rethink import figures as F  # noqa: E402
-from rethink import published as PUB  # noqa: E402
-from rethink import report_targets as R  # noqa: E402
-from rethink import tables as T  # noqa: E402
-from rethink.cli import recorded  # noqa: E402
-from rethink.config import ConfigError  # noqa: E402
+from rethink import claims, costs
+from rethink import collect as C
+from rethink import figures as F
+from rethink import published as PUB
+from rethink import report_targets as R
+from rethink import tables as T
+from rethink.cli import recorded
+from rethink.config import ConfigError
 
 
 def build(metrics: str, results: str, planned=None, published: str | None = None, pretrain: str = "band") -> dict:

@@ -110,7 +110,6 @@ def own_active(jobs: dict[str, dict], root: Path, marked: set) -> dict[str, dict
 def whole_checkpoint(path: str) -> bool:
     if not path.endswith(".pth") or not os.path.exists(path):
         return False
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from rethink import checkpoint  # torch: only here
 
     try:

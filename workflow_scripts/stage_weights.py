@@ -1,10 +1,7 @@
 """stage_weights rule: copy or download pre-trained weights, check them, write their cost (rethink.stage)."""
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from rethink.cli import job  # noqa: E402
+from rethink.cli import job
 
 if __name__ == "__main__":
     with job("stage_weights", __doc__) as spec:

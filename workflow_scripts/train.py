@@ -9,12 +9,9 @@ output is a checkpoint marked diverged and stderr says so; rethink.segment); 143
 SIGTERM / SIGUSR1 after writing a resume checkpoint (rerun to resume); 1 any other error (one line
 on stderr).
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from rethink.cli import job  # noqa: E402
+from rethink.cli import job
 
 if __name__ == "__main__":
     with job("train", __doc__, ("engine", "run", "family", "line", "start", "end", "schedule", "dataset", "output")) as spec:

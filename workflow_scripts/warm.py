@@ -151,7 +151,6 @@ def cold(argv: list[str]) -> int:
     import runpy
 
     sys.argv = list(argv)
-    sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
     try:
         runpy.run_path(argv[0], run_name="__main__")
     except SystemExit as e:
@@ -171,7 +170,6 @@ def _exit_code(e: SystemExit) -> int:
 # ------------------------------------------------------------------------------------- server
 def _preload() -> None:
     """What the scripts import, imported once (no CUDA initialised, no thread pool started)."""
-    sys.path.insert(0, str(HERE))
     import pycocotools.cocoeval  # noqa: F401
     import torch  # noqa: F401
     import torchvision  # noqa: F401

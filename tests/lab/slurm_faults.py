@@ -1,5 +1,5 @@
 """The faults of a shared cluster, each as SLURM itself does it: the methods of
-tests/slurm_cluster.py's SlurmCluster that tests/test_slurm_faults.py injects into a campaign.
+tests/lab/slurm_cluster.py's SlurmCluster that tests/test_slurm_faults.py injects into a campaign.
 
 Pre-emption needs a cluster started with ``preemption=True`` (a higher-tier partition on the same
 nodes, PreemptType=preempt/partition_prio, PreemptMode=REQUEUE); node faults name a node of

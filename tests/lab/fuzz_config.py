@@ -29,8 +29,7 @@ from types import SimpleNamespace
 import yaml
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow_scripts"))
+ROOT = Path(__file__).resolve().parents[2]
 
 BASES = {name: yaml.safe_load((ROOT / rel).read_text())
          for name, rel in (("tiny", "configs/tiny.yaml"), ("paper", "config.yaml"))}

@@ -23,7 +23,6 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fuzz_config  # noqa: F401  (puts workflow_scripts on sys.path)
 import numpy as np
 from hypothesis import strategies as st
 from PIL import Image
@@ -295,7 +294,7 @@ def _train_step(manifest: dict) -> None:
     from rethink import config
     from rethink.engines import torchvision_engine as tv
 
-    cfg = config.load(fuzz_config.ROOT / "configs" / "tiny.yaml")
+    cfg = config.load(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
     recipe = {**cfg["recipe"], "task": "mask_rcnn" if manifest.get("masks", True) else "faster_rcnn",
               "batch": 1, "min_size_train": [48], "max_size_train": 64, "min_size_test": 48, "max_size_test": 64}
     run = {"seed": 0, "backbone": "R18", "norm": "GN", "recipe": recipe, "num_classes": len(manifest["categories"])}

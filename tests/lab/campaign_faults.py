@@ -1,4 +1,4 @@
-"""A campaign on the private SLURM cluster (tests/slurm_cluster.py), started and restarted by the
+"""A campaign on the private SLURM cluster (tests/lab/slurm_cluster.py), started and restarted by the
 documented command (workflow_scripts/slurm_run.py), with the faults of a shared cluster injected at
 seeded random times: what bench/bench_campaign.py runs.
 
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import psutil
 
-from slurm_cluster import SlurmCluster
+from .slurm_cluster import SlurmCluster
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("requeue", "preempt", "node_down", "walltime", "kill9", "controller")
 NODE_BACK_S = 20
 CONTROLLER_DOWN_S = 65
