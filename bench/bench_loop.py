@@ -32,6 +32,7 @@ from common import Timed, bench_config  # noqa: E402
 
 from rethink import data, grid, loop, plan  # noqa: E402
 from rethink.engines import get_engine  # noqa: E402
+from rethink.job_specs import JobSpecs  # noqa: E402
 from rethink.paths import Paths  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         cfg = bench_config(args.scale, args.gpus, tmp)
-        p = Paths(cfg, plan.Plan(grid.build(cfg, "tiny")))
+        p = JobSpecs(Paths(cfg, plan.Plan(grid.build(cfg, "tiny"))))
         seg = min(p.plan.segments.values(), key=lambda s: (s.start, s.family))
         spec = copy.deepcopy(p.train_spec(seg))
         spec["init_weights"] = None

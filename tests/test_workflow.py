@@ -16,6 +16,7 @@ import yaml
 
 from conftest import ROOT, small_tiny_config, snakemake, write_yaml
 from rethink import config, grid, metrics, plan, report_targets
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 
 
@@ -94,11 +95,11 @@ def test_live_curves_hold_every_run_in_metrics_json_and_tensorboard(tiny_run):
 
 
 def test_tables_and_figures_exist(tiny_run):
-    work, _, _, paths = tiny_run
+    work, _, p, _ = tiny_run
     # a grid without COCO-subset or VOC runs gets no less-data figure (never a placeholder)
-    assert paths.figure_names() == ["convergence", "samples_seen"]
+    assert report_targets.figure_names(p) == ["convergence", "samples_seen"]
     assert not (work / "results" / "figures" / "less_data.png").exists()
-    for target in report_targets.targets("results", paths.figure_names()):
+    for target in report_targets.targets("results", report_targets.figure_names(p)):
         f = work / target
         assert f.exists() and f.stat().st_size > 100, target
     table1 = (work / "results" / "tables" / "table1.md").read_text()
@@ -315,7 +316,7 @@ def test_faster_coco_eval_gives_pycocotools_stats_on_a_trained_model(tiny_run, m
 
     work, _, p, paths = tiny_run
     run_id = sorted(p.grid.runs)[0]
-    spec = paths.eval_spec(p.final_milestone(run_id))
+    spec = JobSpecs(paths).eval_spec(p.final_milestone(run_id))
     monkeypatch.chdir(work)  # the spec's paths are relative to the workflow's folder
     manifest = data.load_manifest(spec["dataset"])
     engine = get_engine("torchvision")
