@@ -17,11 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rethink import claims, costs  # noqa: E402
+from rethink import claims, costs, report_targets  # noqa: E402
 from rethink import collect as C  # noqa: E402
 from rethink import figures as F  # noqa: E402
 from rethink import published as PUB  # noqa: E402
-from rethink import report_targets as R  # noqa: E402
 from rethink import tables as T  # noqa: E402
 from rethink.cli import recorded  # noqa: E402
 from rethink.config import ConfigError  # noqa: E402
@@ -35,9 +34,10 @@ def build(metrics: str, results: str, planned=None, published: str | None = None
         T.write(table, Path(results) / "tables")
     claims.write(df, Path(results) / "tables")
     costs.write_for(results, planned.attrs.get("plan") if planned is not None else None)  # from the ledger
-    names = R.figures_for(zip(planned.task, planned.data) if planned is not None else zip(df.task, df.data))
+    settings = zip(planned.task, planned.data) if planned is not None else zip(df.task, df.data)
+    names = report_targets.figures_for(settings)
     drawn = F.build_all(df, pub, Path(results) / "figures", planned, pretrain, names)
-    missing = [p for p in R.targets(results, names) if not Path(p).exists()]
+    missing = [p for p in report_targets.targets(results, names) if not Path(p).exists()]
     if missing:
         raise RuntimeError(f"report targets not written: {', '.join(missing)}")
     return drawn
