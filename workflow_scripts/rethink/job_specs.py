@@ -22,7 +22,7 @@ class JobSpecs:
 
     def __init__(self, paths: Paths, identities: IdentityFiles | None = None):
         self.paths = paths
-        self.identities = identities or IdentityFiles(paths)
+        self.identities = IdentityFiles(paths) if identities is None else identities
         self.cfg = paths.cfg
         self.plan = paths.plan
 
