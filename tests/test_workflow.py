@@ -133,7 +133,7 @@ def test_rebuild_from_cached_metrics_schedules_no_training(tiny_run, tmp_path):
     real = snakemake(["--cores", "1", "--configfile", "tiny.yaml"], cwd=laptop, timeout=300)
     assert real.returncode == 0, real.stderr[-3000:]
     assert not (laptop / "work" / "checkpoints").exists()
-    for target in report_targets.targets("results", tiny_run[3].figure_names()):
+    for target in report_targets.targets("results", report_targets.figure_names(tiny_run[2])):
         assert (laptop / target).exists(), target
     same = pd.read_csv(laptop / "results" / "metrics.csv").drop(columns=["source"])
     orig = pd.read_csv(work / "results" / "metrics.csv").drop(columns=["source"])
@@ -154,7 +154,7 @@ def test_figures_target_builds_a_partial_grid(tiny_run, tmp_path):
     df = pd.read_csv(partial / "results" / "metrics.csv")
     finals = df[df.final.astype(str).str.lower() == "true"]
     assert set(finals.run_id) == {r for r in p.grid.runs if "-2x-" in r}
-    for target in report_targets.targets("results", tiny_run[3].figure_names()):
+    for target in report_targets.targets("results", report_targets.figure_names(tiny_run[2])):
         assert (partial / target).exists(), target
     # nothing trained, nothing evaluated: work/ holds only the identity files and the config
     # snapshot written at parse time, and the figures rule's own log
@@ -285,7 +285,7 @@ def test_report_embeds_every_table_and_figure(tiny_run):
     proc = snakemake(["--report", "report.html", "--configfile", str(cfg_file)], cwd=work, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (work / "report.html").read_text(errors="replace")
-    for target in report_targets.targets("results", tiny_run[3].figure_names()):
+    for target in report_targets.targets("results", report_targets.figure_names(tiny_run[2])):
         assert Path(target).name in html, target
 
 
