@@ -34,6 +34,7 @@ from common import ROOT, bench_config, sync
 
 from rethink import checkpoint, config, data, evalcost, evaluate, grid, loop, plan, summary
 from rethink.engines import get_engine
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         cfg = bench_config(args.scale, args.gpus, tmp, engine=args.engine, val_size=max(args.counts))
-        p = Paths(cfg, plan.Plan(grid.build(cfg, "bench")))
+        p = JobSpecs(Paths(cfg, plan.Plan(grid.build(cfg, "bench"))))
         seg = min(p.plan.segments.values(), key=lambda s: (s.start, s.family))
         spec = copy.deepcopy(p.train_spec(seg))
         spec["init_weights"] = None

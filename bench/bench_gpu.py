@@ -36,6 +36,7 @@ from common import Timed, bench_config, sync
 from rethink import data, grid, loop, plan
 from rethink.engines import get_engine
 from rethink.engines.detectron2_engine import register
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 
 WARMUP = {"paper": 10, "smoke": 4}
@@ -52,7 +53,7 @@ def spec_for(tmp: Path, norm: str, amp: bool, iters: int, smoke: bool = False) -
     else:
         cfg = bench_config("paper", 1, tmp / norm, engine="detectron2", norm=norm, train_size=32, val_size=4)
     cfg["recipe"]["amp"] = amp
-    p = Paths(cfg, plan.Plan(grid.build(cfg, "bench")))
+    p = JobSpecs(Paths(cfg, plan.Plan(grid.build(cfg, "bench"))))
     seg = min(p.plan.segments.values(), key=lambda s: (s.start, s.family))
     spec = copy.deepcopy(p.train_spec(seg))
     spec["init_weights"] = None

@@ -28,6 +28,7 @@ from common import Timed, bench_config
 
 from rethink import data, grid, loop, plan
 from rethink.engines import get_engine
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         cfg = bench_config(args.scale, args.gpus, tmp)
-        p = Paths(cfg, plan.Plan(grid.build(cfg, "tiny")))
+        p = JobSpecs(Paths(cfg, plan.Plan(grid.build(cfg, "tiny"))))
         seg = min(p.plan.segments.values(), key=lambda s: (s.start, s.family))
         spec = copy.deepcopy(p.train_spec(seg))
         spec["init_weights"] = None

@@ -10,8 +10,11 @@ from rethink import campaign
 from rethink import config as rconfig
 from rethink import grid as rgrid
 from rethink import jobs as rjobs
-from rethink import paths as rpaths
+from rethink import report_targets
 from rethink import sources as rsources
+from rethink.identity_files import IdentityFiles
+from rethink.job_specs import JobSpecs
+from rethink.paths import Paths
 from rethink.plan import Plan
 from rethink.resources import JobResources
 
@@ -21,34 +24,36 @@ CONFIRM_RERUN = str(config.pop(campaign.CONFIRM, False)).lower() in ("true", "1"
 # templates), then validated; an error names the file, profile or command line that set the field,
 # the field and the value, and stops here with the message alone (a WorkflowError would add a stack line).
 try:
-    CFG, GRID, CONFIG_SOURCE = rsources.explained(
+    validated_config, _grid, CONFIG_SOURCE = rsources.explained(
         config, workflow.config_settings.config, workflow.configfiles, workflow.basedir
     )
 except rconfig.ConfigError as e:
     sys.exit(f"Error: {e}")
-PLAN = Plan(GRID)
-P = rpaths.Paths(CFG, PLAN, write_identities=workflow.is_main_process)
-R = JobResources(CFG, PLAN)  # what each job asks the scheduler for, and the training launcher
+plan = Plan(_grid)  # the grid's runs as lines, training segments and milestones (rethink.plan)
+paths = Paths(validated_config, plan)  # where every input, output and log lies
+identities = IdentityFiles(paths, write=workflow.is_main_process)  # what decides when a result is redone
+specs = JobSpecs(paths, identities)  # what each job is told: its input files here, its spec in its script
+job_resources = JobResources(validated_config, plan)  # what each job asks the scheduler for, and its launcher
 # every job reads its configuration from this file and names itself on its command line (rethink.jobs)
-SNAPSHOT = rjobs.write_snapshot(CFG, CONFIG_SOURCE, write=workflow.is_main_process)
+SNAPSHOT = rjobs.write_snapshot(validated_config, CONFIG_SOURCE, write=workflow.is_main_process)
 PUBLISHED = os.path.join(str(workflow.basedir), "results", "paper", "published.csv")  # the paper's numbers
 
 # Only what determines a result may redo a job: its identity files (rethink.identity), compared by
 # modification time (profiles/default: rerun-triggers: mtime). Params, rule code and software
 # environments are how a job runs, not what it makes.
-P.write_identities()
+identities.write_all()
 if workflow.is_main_process:  # what a run would retrain, predicted from the files on disk (also in -n)
-    _lost = P.lost_metrics()
+    _lost = identities.lost_metrics()
     if _lost:
         print(
-            f"{P.metrics_table}: {len(_lost)} metrics file(s) it was built from are gone "
+            f"{paths.metrics_table}: {len(_lost)} metrics file(s) it was built from are gone "
             f"(first: {_lost[0]}); collect rebuilds the table and their evaluations are planned",
             file=sys.stderr,
         )
-    _redo = campaign.predicted_segments(P)
+    _redo = campaign.predicted_segments(identities)
     if _redo:
         print(
-            campaign.warning(P, _redo)[0]
+            campaign.warning(identities, _redo)[0]
             + f"\n(a real run stops here unless run with --config {campaign.CONFIRM}=true)",
             file=sys.stderr,
         )
@@ -56,12 +61,12 @@ if workflow.is_main_process:  # what a run would retrain, predicted from the fil
 
 def guard_finished_work(jobs):
     """Before any job of a real run: stop if the plan retrains finished work, unless confirmed."""
-    segs = [R.segment_of(j.wildcards) for j in jobs if j.rule.name in ("train_segment", "train_final")]
-    redo = campaign.redone(P, segs)
+    segs = [job_resources.segment_of(j.wildcards) for j in jobs if j.rule.name in ("train_segment", "train_final")]
+    redo = campaign.redone(paths, segs)
     if not redo:
         return
-    msg, _ = campaign.warning(P, redo)
-    lost = P.lost_metrics()
+    msg, _ = campaign.warning(identities, redo)
+    lost = identities.lost_metrics()
     if lost:
         msg += (
             f"\n  {len(lost)} metrics file(s) of finished evaluations are gone (first: {lost[0]}):"
@@ -81,12 +86,12 @@ def check_data_on_disk(jobs):
     """COCO/VOC inputs must exist before any job of a real run starts (a dry run, the grid
     summary and a rebuild from cached metrics never need them)."""
     todo = sorted({j.wildcards.data for j in jobs if j.rule.name == "prepare_data"})
-    todo = [d for d in todo if CFG["datasets"][d]["kind"] != "synthetic"]
-    if not todo or CFG.get("rehearsal"):  # a rehearsal reads no data (rethink.rehearsal)
+    todo = [d for d in todo if validated_config["datasets"][d]["kind"] != "synthetic"]
+    if not todo or validated_config.get("rehearsal"):  # a rehearsal reads no data (rethink.rehearsal)
         return
     from rethink.data import check_dataset_paths
 
-    problems = [p for d in todo for p in check_dataset_paths(d, CFG["datasets"][d])]
+    problems = [p for d in todo for p in check_dataset_paths(d, validated_config["datasets"][d])]
     if problems:
         raise WorkflowError(f"{CONFIG_SOURCE}: datasets not found\n  " + "\n  ".join(problems))
 
@@ -94,10 +99,10 @@ def check_data_on_disk(jobs):
 def check_gpus_here(jobs):
     """A local run (no cluster executor) whose training asks for GPUs needs that many CUDA devices
     on this machine; otherwise every rank would fail inside its job."""
-    if not workflow.local_exec or CFG.get("rehearsal"):  # a rehearsal simulates its GPUs on the CPU
+    if not workflow.local_exec or validated_config.get("rehearsal"):  # a rehearsal simulates its GPUs on the CPU
         return
     train = [j for j in jobs if j.rule.name in ("train_segment", "train_final")]
-    want = max((PLAN.run(R.segment_of(j.wildcards).owner).recipe["gpus"] for j in train), default=0)
+    want = max((plan.run(job_resources.segment_of(j.wildcards).owner).recipe["gpus"] for j in train), default=0)
     if not want:
         return
     import torch
@@ -120,7 +125,7 @@ onstart:
 
 def stop_warm_interpreter():
     """The warm interpreter (warm_interpreter: workflow_scripts/warm.py) ends with the workflow."""
-    if CFG.get("warm_interpreter") and not _CONDA:
+    if validated_config.get("warm_interpreter") and not _CONDA:
         import warm
 
         warm.stop()
@@ -133,9 +138,9 @@ def write_ledger():
         try:
             from rethink.timeline import write_campaign
 
-            write_campaign(P.results)
+            write_campaign(paths.results)
         except Exception as e:  # noqa: BLE001  (the ledger is a record, never a reason to fail)
-            print(f"ledger: could not write {P.results}/campaign: {e}", file=sys.stderr)
+            print(f"ledger: could not write {paths.results}/campaign: {e}", file=sys.stderr)
 
 
 onsuccess:
@@ -164,7 +169,7 @@ wildcard_constraints:
 
 
 def final_targets():
-    return P.final_targets()
+    return report_targets.final_targets(paths)
 
 
 def job(rule):

@@ -3,12 +3,12 @@
 
 rule prepare_data:
     input:
-        identity=lambda wc: P.data_identity(wc.data),
+        identity=lambda wc: identities.data_identity(wc.data),
         config=SNAPSHOT,
     output:
-        P.dataset("{data}"),
+        paths.dataset("{data}"),
     log:
-        P.log("data", "{data}"),
+        paths.log("data", "{data}"),
     conda:
         "../envs/train.yaml"
     resources:
@@ -24,12 +24,12 @@ rule prepare_data:
 
 rule prepare_pretrain_data:
     input:
-        identity=lambda wc: P.pretrain_data_identity(wc.init),
+        identity=lambda wc: identities.pretrain_data_identity(wc.init),
         config=SNAPSHOT,
     output:
-        P.pretrain_dataset("{init}"),
+        paths.pretrain_dataset("{init}"),
     log:
-        P.log("data", "pretrain-{init}"),
+        paths.log("data", "pretrain-{init}"),
     conda:
         "../envs/train.yaml"
     resources:

@@ -5,18 +5,18 @@
 
 rule evaluate:
     input:
-        unpack(lambda wc: P.eval_input(PLAN.milestone(wc.family, wc.line, int(wc.iter)))),
+        unpack(lambda wc: specs.eval_input(plan.milestone(wc.family, wc.line, int(wc.iter)))),
         config=SNAPSHOT,
     output:
-        P.metrics("{family}", "{line}", "{iter}"),
+        paths.metrics("{family}", "{line}", "{iter}"),
     log:
-        P.log("evaluate", "{family}", "{line}", "iter_{iter}"),
+        paths.log("evaluate", "{family}", "{line}", "iter_{iter}"),
     conda:
         "../envs/train.yaml"
     resources:
-        **R.eval_resources(),
+        **job_resources.eval_resources(),
     params:
-        launcher=R.single(PY),
+        launcher=job_resources.single(PY),
         script=script("evaluate.py"),
         job=job("evaluate"),
     shell:
@@ -27,15 +27,15 @@ rule evaluate:
 # multi-scale + flip test-time augmentation (paper Table 3). Evaluation only: nothing retrains.
 use rule evaluate as evaluate_tta with:
     input:
-        unpack(lambda wc: P.eval_input(PLAN.tta_milestone(wc.family, wc.line, int(wc.iter)))),
+        unpack(lambda wc: specs.eval_input(plan.tta_milestone(wc.family, wc.line, int(wc.iter)))),
         config=SNAPSHOT,
     output:
-        P.metrics("{family}", "{line}", "{iter}", tta=True),
+        paths.metrics("{family}", "{line}", "{iter}", tta=True),
     log:
-        P.log("evaluate", "{family}", "{line}", "iter_{iter}-tta"),
+        paths.log("evaluate", "{family}", "{line}", "iter_{iter}-tta"),
     resources:
-        **R.eval_resources(tta=True),
+        **job_resources.eval_resources(tta=True),
     params:
-        launcher=R.single(PY),
+        launcher=job_resources.single(PY),
         script=script("evaluate.py"),
         job=job("evaluate_tta"),

@@ -4,22 +4,22 @@
 
 rule pretrain:
     input:
-        data=P.pretrain_dataset("{init}"),
-        identity=lambda wc: P.init_identity(wc.init, wc.backbone, wc.norm),
+        data=paths.pretrain_dataset("{init}"),
+        identity=lambda wc: identities.init_identity(wc.init, wc.backbone, wc.norm),
         config=SNAPSHOT,
     output:
-        weights=P.init_weights_pattern("pretrain"),
-        cost=P.init_cost_pattern(),
+        weights=paths.init_weights_pattern("pretrain"),
+        cost=paths.init_cost_pattern(),
     log:
-        P.log("pretrain", "{init}-{backbone}-{norm}"),
+        paths.log("pretrain", "{init}-{backbone}-{norm}"),
     wildcard_constraints:
-        init=P.init_names_regex("pretrain"),
+        init=paths.init_names_regex("pretrain"),
     conda:
         "../envs/train.yaml"
     resources:
         runtime=60,
     params:
-        launcher=R.single(PY),
+        launcher=job_resources.single(PY),
         script=script("pretrain.py"),
         job=job("pretrain"),
     shell:
@@ -28,15 +28,15 @@ rule pretrain:
 
 rule stage_weights:
     input:
-        identity=lambda wc: P.init_identity(wc.init, wc.backbone, wc.norm),
+        identity=lambda wc: identities.init_identity(wc.init, wc.backbone, wc.norm),
         config=SNAPSHOT,
     output:
-        weights=P.init_weights_pattern("staged"),
-        cost=P.init_cost_pattern(),
+        weights=paths.init_weights_pattern("staged"),
+        cost=paths.init_cost_pattern(),
     log:
-        P.log("pretrain", "{init}-{backbone}-{norm}"),
+        paths.log("pretrain", "{init}-{backbone}-{norm}"),
     wildcard_constraints:
-        init=P.init_names_regex("staged"),
+        init=paths.init_names_regex("staged"),
     conda:
         "../envs/train.yaml"
     resources:

@@ -12,14 +12,14 @@ localrules:
 
 rule collect:
     input:
-        P.all_metrics(),
-        identity=P.table_identity(),
+        paths.all_metrics(),
+        identity=identities.table_identity(),
         config=SNAPSHOT,
     output:
         # update(): Snakemake keeps the previous table while collect runs and restores it if collect fails
-        update(P.metrics_table),
+        update(paths.metrics_table),
     log:
-        P.log("report", "collect"),
+        paths.log("report", "collect"),
     conda:
         "../envs/report.yaml"
     params:
@@ -31,7 +31,7 @@ rule collect:
 
 rule report:
     input:
-        metrics=P.metrics_table,
+        metrics=paths.metrics_table,
         published=PUBLISHED,
         config=SNAPSHOT,
     output:
@@ -42,10 +42,10 @@ rule report:
                 category=e["category"],
                 subcategory=e["subcategory"],
             )
-            for e in P.report_entries()
+            for e in report_targets.report_entries(paths)
         ],
     log:
-        P.log("report", "report"),
+        paths.log("report", "report"),
     conda:
         "../envs/report.yaml"
     params:
@@ -64,7 +64,7 @@ rule figures:
         published=PUBLISHED,
         config=SNAPSHOT,
     log:
-        P.log("report", "figures"),
+        paths.log("report", "figures"),
     conda:
         "../envs/report.yaml"
     params:
@@ -81,7 +81,7 @@ rule grid:
     input:
         config=SNAPSHOT,
     log:
-        P.log("report", "grid"),
+        paths.log("report", "grid"),
     conda:
         "../envs/report.yaml"
     params:
@@ -97,7 +97,7 @@ rule speeds:
     input:
         config=SNAPSHOT,
     log:
-        P.log("report", "speeds"),
+        paths.log("report", "speeds"),
     conda:
         "../envs/report.yaml"
     params:

@@ -1,24 +1,24 @@
 # One job per training segment (see workflow_scripts/rethink/plan.py): from the checkpoint at
 # its start (or the init) to the checkpoint at its end. Periodic resume checkpoints go to
-# P.resume_dir, outside the declared output, so a killed or timed-out job resumes there.
+# paths.resume_dir, outside the declared output, so a killed or timed-out job resumes there.
 
 
 rule train_segment:
     input:
-        unpack(lambda wc: P.segment_input(PLAN.segment(wc.family, wc.line, int(wc.iter)))),
+        unpack(lambda wc: specs.train_input(plan.segment(wc.family, wc.line, int(wc.iter)))),
         config=SNAPSHOT,
     output:
-        temp(P.checkpoint("{family}", "{line}", "{iter}")),
+        temp(paths.checkpoint("{family}", "{line}", "{iter}")),
     log:
-        P.log("train", "{family}", "{line}", "iter_{iter}"),
+        paths.log("train", "{family}", "{line}", "iter_{iter}"),
     conda:
         "../envs/train.yaml"
     resources:
-        **R.train_resources(),
+        **job_resources.train_resources(),
     params:
         script=script("train.py"),
         job=job("train_segment"),
-        launcher=R.launchers(PY),
+        launcher=job_resources.launchers(PY),
     shell:
         "{params.launcher} {params.script:q} --config {input.config:q} --job {params.job:q} > {log:q} 2>&1"
 
@@ -27,13 +27,13 @@ rule train_segment:
 # (test_aug, another metric) evaluates it instead of retraining. Intermediate checkpoints stay temporary.
 use rule train_segment as train_final with:
     input:
-        unpack(lambda wc: P.segment_input(PLAN.final_segment(wc.run))),
+        unpack(lambda wc: specs.train_input(plan.final_segment(wc.run))),
         config=SNAPSHOT,
     output:
-        P.model("{run}"),
+        paths.model("{run}"),
     log:
-        P.log("train", "{run}", "model_final"),
+        paths.log("train", "{run}", "model_final"),
     params:
         script=script("train.py"),
         job=job("train_final"),
-        launcher=R.launchers(PY),
+        launcher=job_resources.launchers(PY),

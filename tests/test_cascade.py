@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 from test_engine_tasks import check_results, short_spec
-from test_loop import tiny_paths
+from test_loop import tiny_specs
 
 from rethink import cascade, checkpoint, data, loop, metrics
 from rethink.engines import get_engine
@@ -30,13 +30,13 @@ def cascade_run(run: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def paths(module_tmp):
-    return tiny_paths(module_tmp("cascade"))
+def specs(module_tmp):
+    return tiny_specs(module_tmp("cascade"))
 
 
 @pytest.fixture(scope="module")
-def setup(paths):
-    spec = short_spec(paths)
+def setup(specs):
+    spec = short_spec(specs)
     return get_engine("torchvision"), cascade_run(spec["run"]), data.load_manifest(spec["dataset"])
 
 
@@ -80,16 +80,16 @@ class RecordingEngine(TorchvisionEngine):
 
 
 @pytest.fixture(scope="module")
-def switched(paths, module_tmp):
+def switched(specs, module_tmp):
     """A run that trains iterations 0-1 as Mask R-CNN and 2-3 as cascade, both segments through
     rethink.loop.train; the second starts from the first's checkpoint with start_task mask_rcnn,
-    as Paths.train_spec writes it for the segment at cascade_from_iter."""
+    as JobSpecs.train_spec writes it for the segment at cascade_from_iter."""
     tmp = module_tmp("switch")
-    spec_a = short_spec(paths, iterations=2, output=str(tmp / "mask_rcnn-2.pth"))
+    spec_a = short_spec(specs, iterations=2, output=str(tmp / "mask_rcnn-2.pth"))
     assert spec_a["run"]["recipe"]["task"] == "mask_rcnn"
     manifest = data.load_manifest(spec_a["dataset"])
     loop.train(get_engine("torchvision"), spec_a, manifest)
-    spec_b = {**short_spec(paths, iterations=4), "start": 2, "start_checkpoint": spec_a["output"],
+    spec_b = {**short_spec(specs, iterations=4), "start": 2, "start_checkpoint": spec_a["output"],
               "start_task": "mask_rcnn", "output": str(tmp / "cascade-4.pth"), "history": str(tmp / "history.jsonl")}
     spec_b["run"] = cascade_run(spec_b["run"])
     engine = RecordingEngine()

@@ -17,6 +17,7 @@ import pytest
 from rethink import config as rconfig
 from rethink import d2config
 from rethink import grid as rgrid
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 from rethink.plan import Plan
 
@@ -33,20 +34,20 @@ def reference() -> dict:
 def paper():
     cfg = rconfig.load(ROOT / "config.yaml")
     plan = Plan(rgrid.build(cfg, "config.yaml"))
-    return cfg, plan, Paths(cfg, plan)
+    return cfg, plan, JobSpecs(Paths(cfg, plan))
 
 
 def final_segment_spec(paper, run_id: str) -> dict:
     """The train spec of the last segment of a run: what the training job hands the engine."""
-    _, plan, paths = paper
-    return paths.train_spec(plan.segments_of_run(run_id)[-1])
+    _, plan, specs = paper
+    return specs.train_spec(plan.segments_of_run(run_id)[-1])
 
 
 def staged(paper, run_id: str) -> str:
     """The local path the stage rule puts the run's ImageNet .pkl at."""
-    _, plan, paths = paper
+    _, plan, specs = paper
     run = plan.run(run_id)
-    return paths.init_weights(run.init, run.backbone, run.norm)
+    return specs.paths.init_weights(run.init, run.backbone, run.norm)
 
 
 def diff(got: dict, want: dict) -> dict:
@@ -123,9 +124,9 @@ def test_schedule_steps(paper, schedule, steps, max_iter):
 
 
 def test_trunk_segment_has_no_drops(paper):
-    _, plan, paths = paper
+    _, plan, specs = paper
     trunk = [s for s in plan.segments_of_run("R50-GN-random-coco_full-6x-s0") if s.line == "trunk"]
-    spec = paths.train_spec(trunk[-1])
+    spec = specs.train_spec(trunk[-1])
     got = d2config.resolved(spec["run"], spec["schedule"], None)
     assert got["SOLVER.STEPS"] == []
     assert got["SOLVER.MAX_ITER"] == 480000  # the family's latest first drop (6x)
@@ -245,7 +246,7 @@ def vgg(module_tmp):
     path.write_text(yaml.safe_dump(cfg))
     loaded = rconfig.load(path)
     plan = Plan(rgrid.build(loaded, str(path)))
-    return loaded, plan, Paths(loaded, plan)
+    return loaded, plan, JobSpecs(Paths(loaded, plan))
 
 
 # every field in which a VGG16 run differs from the C4 base (faster_rcnn_R_50_C4_1x), with its value;
@@ -271,12 +272,12 @@ VGG_FROM_C4 = {
      {"MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.PIXEL_STD": [57.375, 57.12, 58.395], "MODEL.WEIGHTS": ""}),
 ])
 def test_vgg16_faster_rcnn(vgg, run_id, iters, steps, init_fields):
-    _, plan, paths = vgg
+    _, plan, specs = vgg
     assert set(plan.grid.runs) == {"VGG16-none-imagenet-coco_full-9x-s0", "VGG16-none-random-coco_full-11x-s0"}
-    spec = paths.train_spec(plan.segments_of_run(run_id)[-1])
+    spec = specs.train_spec(plan.segments_of_run(run_id)[-1])
     run = spec["run"]
     assert d2config.base_config_name(run) == d2config.C4_DETECTION
-    weights = paths.init_weights(run["init"], run["backbone"], run["norm"])
+    weights = specs.paths.init_weights(run["init"], run["backbone"], run["norm"])
     got = d2config.resolved(run, spec["schedule"], weights)
     base = {**d2config.DEFAULTS, **d2config.BASE_CONFIGS[d2config.C4_DETECTION]}
     want_changes = {**VGG_FROM_C4, **init_fields, "SOLVER.STEPS": steps, "SOLVER.MAX_ITER": iters,

@@ -33,6 +33,7 @@ from rethink import d2config
 from rethink import data as rdata
 from rethink import grid as rgrid
 from rethink.engines import get_engine
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 from rethink.plan import Plan
 
@@ -49,7 +50,7 @@ def engine():
 def paper():
     cfg = rconfig.load(ROOT / "config.yaml")
     plan = Plan(rgrid.build(cfg, "config.yaml"))
-    return plan, Paths(cfg, plan)
+    return plan, JobSpecs(Paths(cfg, plan))
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +89,10 @@ def cfg_value(cfg, key):
     "R50-SyncBN-imagenet-coco_full-3x-s0", "R101-GN-imagenet-coco_full-4x-s0"])
 def test_cfgnode_equals_resolved(engine, paper, run_id):
     """get_cfg + model-zoo yaml + overrides (the real CfgNode) = d2config.resolved(), key by key."""
-    plan, paths = paper
-    spec = paths.train_spec(plan.segments_of_run(run_id)[-1])
+    plan, specs = paper
+    spec = specs.train_spec(plan.segments_of_run(run_id)[-1])
     run = plan.run(run_id)
-    weights = paths.init_weights(run.init, run.backbone, run.norm)
+    weights = specs.paths.init_weights(run.init, run.backbone, run.norm)
     cfg = engine.config(spec["run"], spec["schedule"], weights)
     want = d2config.resolved(spec["run"], spec["schedule"], weights)
     got = {k: cfg_value(cfg, k) for k in want}
@@ -337,9 +338,9 @@ def test_project_loop_resumes_bit_exact(tmp_path):
     cfg = rconfig.load(ROOT / "configs" / "tiny.yaml")
     cfg.update(engine="detectron2", workdir=str(tmp_path / "work"))
     plan = Plan(rgrid.build(cfg, "configs/tiny.yaml"))
-    paths = Paths(cfg, plan)
-    spec = paths.train_spec(plan.segments_of_run("R18-GN-random-synthetic-2x-s0")[0])
-    rdata.prepare({**paths.data_spec("synthetic"), "train_size": 4, "val_size": 1, "image_size": [64, 96],
+    specs = JobSpecs(Paths(cfg, plan))
+    spec = specs.train_spec(plan.segments_of_run("R18-GN-random-synthetic-2x-s0")[0])
+    rdata.prepare({**specs.data_spec("synthetic"), "train_size": 4, "val_size": 1, "image_size": [64, 96],
                    "output": spec["dataset"]})
     spec["run"]["recipe"].update(min_size_train=[64], max_size_train=96, rpn_pre_nms_train=100,
                                  rpn_post_nms_train=50, roi_batch_per_image=32)
@@ -536,7 +537,7 @@ def cascade_plan(tmp_path, cascade_from_iter=2):
         "recipe": {"task": "cascade_mask_rcnn", "cascade_from_iter": cascade_from_iter}}}
     cfg = rconfig.validate(raw, "tiny cascade config")
     plan = Plan(rgrid.build(cfg, "tiny cascade config"))
-    return plan, Paths(cfg, plan)
+    return plan, JobSpecs(Paths(cfg, plan))
 
 
 def cascade_run(tmp_path, backbone="R18", tta=False) -> dict:
@@ -608,13 +609,13 @@ def test_switch_to_cascade_through_the_loop(tmp_path, capsys):
     from rethink import loop
     from rethink.engines.detectron2_engine import Detectron2Engine
 
-    plan, paths = cascade_plan(tmp_path)
-    specs = [paths.train_spec(s) for s in plan.segments_of_run(CASCADE_RUN)]
+    plan, job_specs = cascade_plan(tmp_path)
+    specs = [job_specs.train_spec(s) for s in plan.segments_of_run(CASCADE_RUN)]
     assert [(s["start"], s["end"]) for s in specs] == [(0, 2), (2, 4)]
     assert [s["run"]["recipe"]["task"] for s in specs] == ["mask_rcnn", "cascade_mask_rcnn"]
     assert "start_task" not in specs[0] and specs[1]["start_task"] == "mask_rcnn"
     assert specs[1]["start_checkpoint"] == specs[0]["output"]
-    manifest = rdata.prepare({**paths.data_spec("synthetic"), "train_size": 4, "val_size": 2,
+    manifest = rdata.prepare({**job_specs.data_spec("synthetic"), "train_size": 4, "val_size": 2,
                               "image_size": [64, 96], "output": specs[0]["dataset"]})
     for i, s in enumerate(specs):
         s.update(history=str(tmp_path / f"history{i}.jsonl"), log_period=1)

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from test_loop import first_segment, tiny_paths
+from test_loop import first_segment, tiny_specs
 from torch import nn
 
 from rethink import checkpoint, data, loop, metrics, models, synthetic
@@ -66,11 +66,11 @@ KEYPOINT_DATA = {"synthetic": {"kind": "synthetic", "keypoints": True, "train_si
 
 
 @pytest.fixture(scope="module")
-def keypoint_paths(module_tmp):
-    return tiny_paths(module_tmp("kp"), recipe={"task": "keypoint_rcnn"}, datasets=KEYPOINT_DATA)
+def keypoint_specs(module_tmp):
+    return tiny_specs(module_tmp("kp"), recipe={"task": "keypoint_rcnn"}, datasets=KEYPOINT_DATA)
 
 
-def test_keypoint_flip_indices_and_stream_targets(keypoint_paths):
+def test_keypoint_flip_indices_and_stream_targets(keypoint_specs):
     names = list(synthetic.KEYPOINT_NAMES)
     flip = keypoint_flip_indices(names)
     assert flip[names.index("nose")] == names.index("nose")
@@ -78,7 +78,7 @@ def test_keypoint_flip_indices_and_stream_targets(keypoint_paths):
     assert flip[names.index("right_ankle")] == names.index("left_ankle")
     assert sorted(flip) == list(range(17)) and [flip[i] for i in flip] == list(range(17))
 
-    spec = short_spec(keypoint_paths)
+    spec = short_spec(keypoint_specs)
     engine, manifest = get_engine("torchvision"), data.load_manifest(spec["dataset"])
     split = CocoSplit(manifest, "train")
     flipped_seen = 0
@@ -103,8 +103,8 @@ def test_keypoint_flip_indices_and_stream_targets(keypoint_paths):
     assert flipped_seen > 0
 
 
-def test_keypoint_rcnn_trains_and_evaluates(keypoint_paths):
-    spec = short_spec(keypoint_paths, iterations=3)
+def test_keypoint_rcnn_trains_and_evaluates(keypoint_specs):
+    spec = short_spec(keypoint_specs, iterations=3)
     fresh = get_engine("torchvision").build_model(spec["run"], "cpu",
                                                            dataset=data.load_manifest(spec["dataset"]))
     kp_head = fresh.roi_heads.keypoint_head
@@ -132,7 +132,7 @@ def test_keypoint_rcnn_trains_and_evaluates(keypoint_paths):
 
 
 def test_keypoint_rcnn_needs_a_keypoint_dataset(tmp_path):
-    p = tiny_paths(tmp_path, recipe={"task": "keypoint_rcnn"})
+    p = tiny_specs(tmp_path, recipe={"task": "keypoint_rcnn"})
     spec = p.train_spec(first_segment(p))
     with pytest.raises(ValueError, match="keypoint_rcnn needs a keypoint dataset"):
         get_engine("torchvision").build_model(spec["run"], "cpu", dataset=data.load_manifest(spec["dataset"]))
@@ -144,13 +144,13 @@ VGG_AXES = {"init": ["random"], "norm": ["none"], "backbone": ["VGG16"], "data":
 
 
 @pytest.fixture(scope="module")
-def vgg_paths(module_tmp):
-    return tiny_paths(module_tmp("vgg"), recipe={"task": "faster_rcnn", "head_channels": 256}, axes=VGG_AXES,
+def vgg_specs(module_tmp):
+    return tiny_specs(module_tmp("vgg"), recipe={"task": "faster_rcnn", "head_channels": 256}, axes=VGG_AXES,
                       seconds_per_iter=[{"backbone": "VGG16", "norm": "none", "gpus": 0, "seconds": 1.0}])
 
 
-def test_vgg16_faster_rcnn_structure(vgg_paths):
-    spec = short_spec(vgg_paths)
+def test_vgg16_faster_rcnn_structure(vgg_specs):
+    spec = short_spec(vgg_specs)
     run, manifest = spec["run"], data.load_manifest(spec["dataset"])
     model = get_engine("torchvision").build_model(run, "cpu", dataset=manifest)
     assert run["backbone"] == "VGG16" and run["norm"] == "none"
@@ -174,10 +174,10 @@ def test_vgg16_faster_rcnn_structure(vgg_paths):
                 {**c, "keypoints": list(synthetic.KEYPOINT_NAMES)} for c in manifest["categories"]]})
 
 
-def test_vgg16_pretrained_body_loads_and_trains(vgg_paths, tmp_path):
+def test_vgg16_pretrained_body_loads_and_trains(vgg_specs, tmp_path):
     """Weights in the pretrain rule's format (the classifier's state_dict without fc.*) load into the
     detector's body by key; the loop starts from them and trains; predictions evaluate."""
-    spec = short_spec(vgg_paths)
+    spec = short_spec(vgg_specs)
     run = spec["run"]
     torch.manual_seed(1)
     clf = models.classifier("VGG16", "none", num_classes=3)
@@ -228,7 +228,7 @@ def test_merge_keeps_the_best_box_per_class_and_caps():
 
 @pytest.fixture(scope="module")
 def trained_mask_rcnn(module_tmp):
-    p = tiny_paths(module_tmp("tta"))
+    p = tiny_specs(module_tmp("tta"))
     spec = short_spec(p, iterations=3)
     return (*train_and_load(spec), spec["run"])
 

@@ -203,13 +203,15 @@ def test_voc_ap50_and_difficult(tmp_path):
 # ----------------------------------------------------------------------------- the metrics record
 def _spec_from_tiny_config(tmp_path):
     """A real eval spec: configs/tiny.yaml's plan and paths, workdir/results under tmp_path."""
-    from rethink import config, grid, paths
+    from rethink import config, grid
+    from rethink.job_specs import JobSpecs
+    from rethink.paths import Paths
     from rethink.plan import Plan
 
     cfg = config.load(ROOT / "configs" / "tiny.yaml")
     cfg["workdir"], cfg["results"] = str(tmp_path / "work"), str(tmp_path / "results")
     plan = Plan(grid.build(cfg, "tiny.yaml"))
-    P = paths.Paths(cfg, plan)
+    P = JobSpecs(Paths(cfg, plan))
     ms = max(plan.milestones.values(), key=lambda m: (len(m.runs), m.iteration))
     return cfg, P, P.eval_spec(ms)
 

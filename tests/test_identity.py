@@ -7,6 +7,7 @@ import os
 
 from conftest import ROOT
 from rethink import config, grid, identity, plan
+from rethink.identity_files import IdentityFiles
 from rethink.paths import Paths
 
 PAPER = config.load(ROOT / "config.yaml")
@@ -17,8 +18,8 @@ def hashes(cfg: dict, tmp_path=None) -> dict[tuple[str, str], str]:
     if tmp_path is not None:
         cfg["workdir"] = str(tmp_path / "work")
     p = plan.Plan(grid.build(config.validate(cfg, "test"), "test"))
-    paths = Paths(p.grid.config, p, write_identities=tmp_path is not None)
-    return {key: paths.line_identity(*key)[1] for key in p.lines}
+    identities = IdentityFiles(Paths(p.grid.config, p), write=tmp_path is not None)
+    return {key: identities.line_identity(*key)[1] for key in p.lines}
 
 
 BASE = hashes(PAPER)
@@ -99,8 +100,8 @@ def test_an_upgrade_of_the_workflow_keeps_every_identity():
     for name, lines in pins.items():
         cfg = config.validate(config.load(ROOT / name), name)
         p = plan.Plan(grid.build(cfg, name))
-        paths = Paths(cfg, p)
-        now = {f"{f}/{ln}": paths.line_identity(f, ln)[1] for f, ln in p.lines}
+        identities = IdentityFiles(Paths(cfg, p))
+        now = {f"{f}/{ln}": identities.line_identity(f, ln)[1] for f, ln in p.lines}
         changed = sorted(k for k, h in lines.items() if k in now and now[k] != h)
         assert not changed, f"{name}: the identity of {len(changed)} line(s) changed, e.g. {changed[:3]}"
         assert set(lines) <= set(now), f"{name}: lines gone from the plan: {sorted(set(lines) - set(now))[:3]}"

@@ -12,32 +12,33 @@ import pytest
 
 from conftest import ROOT, load_yaml, small_tiny_config, snakemake, write_yaml
 from rethink import config, grid, identity, jobs, plan
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 
 PY = sys.executable
 
 
-def paper_paths(tmp_path) -> tuple[Paths, str]:
+def paper_specs(tmp_path) -> tuple[JobSpecs, str]:
     cfg = config.validate(load_yaml(ROOT / "config.yaml"), "config.yaml")
     cfg["workdir"] = str(tmp_path / "work")
-    return Paths(cfg, plan.Plan(grid.build(cfg, "config.yaml"))), jobs.write_snapshot(cfg, "config.yaml")
+    return JobSpecs(Paths(cfg, plan.Plan(grid.build(cfg, "config.yaml")))), jobs.write_snapshot(cfg, "config.yaml")
 
 
 class WC(dict):
     __getattr__ = dict.__getitem__
 
 
-def test_every_rule_gets_the_spec_its_paths_build(tmp_path):
-    P, snap = paper_paths(tmp_path)
+def test_every_rule_gets_the_spec_its_job_specs_build(tmp_path):
+    P, snap = paper_specs(tmp_path)
     Q = jobs.load(snap)
     seg = max(P.plan.segments.values(), key=lambda s: (s.family, s.line, s.end))
     ms = next(iter(P.plan.milestones.values()))
     tta = next(iter(P.plan.tta_milestones.values()))
-    run = next(r for r in P.plan.grid.runs.values() if P.init_kind(r.init) == "staged")
+    run = next(r for r in P.plan.grid.runs.values() if P.paths.init_kind(r.init) == "staged")
     cases = {
         jobs.key("train_segment", WC(family=seg.family, line=seg.line, iter=f"{seg.end:07d}")): P.train_spec(seg),
         jobs.key("train_final", WC(run=run.run_id)):
-            P.train_spec(P.plan.final_segment(run.run_id), output=P.model(run.run_id)),
+            P.train_spec(P.plan.final_segment(run.run_id), output=P.paths.model(run.run_id)),
         jobs.key("evaluate", WC(family=ms.family, line=ms.line, iter=f"{ms.iteration:07d}")): P.eval_spec(ms),
         jobs.key("evaluate_tta", WC(family=tta.family, line=tta.line, iter=f"{tta.iteration:07d}")):
             P.eval_spec(tta, tta=True),
@@ -51,7 +52,7 @@ def test_every_rule_gets_the_spec_its_paths_build(tmp_path):
 
 
 def test_the_snapshot_is_written_once_and_dated_before_any_result(tmp_path):
-    P, snap = paper_paths(tmp_path)
+    P, snap = paper_specs(tmp_path)
     assert os.stat(snap).st_mtime == identity.UNDATED
     assert re.fullmatch(r"config-[0-9a-f]{16}\.json", os.path.basename(snap))
     os.utime(snap, (identity.UNDATED + 5, identity.UNDATED + 5))
@@ -83,7 +84,7 @@ def _script(script, *args):
 
 
 def test_a_script_prints_its_spec_and_refuses_a_job_not_in_the_plan(tmp_path):
-    P, snap = paper_paths(tmp_path)
+    P, snap = paper_specs(tmp_path)
     ms = next(iter(P.plan.milestones.values()))
     key = jobs.key("evaluate", WC(family=ms.family, line=ms.line, iter=f"{ms.iteration:07d}"))
     ok = _script("evaluate.py", "--config", snap, "--job", key, "--print-spec")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_loop import tiny_paths, wait_for
+from test_loop import tiny_specs, wait_for
 
 from conftest import PY, ROOT
 from rethink import checkpoint, costs, jobs, ledger, scorecard, timeline
@@ -133,14 +133,14 @@ def faulted_segment(module_tmp):
     --job key), killed with SIGKILL after its first checkpoint, resumed and stopped by SIGTERM,
     resumed and stopped by SIGTERM inside its walltime's last minutes, then resumed to the end."""
     tmp = module_tmp("ledger")
-    p = tiny_paths(tmp, schedules={"2x": {"x": 2}})
+    p = tiny_specs(tmp, schedules={"2x": {"x": 2}})
     snap = jobs.write_snapshot(p.cfg, "ledger-test")
     seg = max(p.plan.segments.values(), key=lambda s: s.end)
     key = f"train_final/{seg.owner}" if (seg.family, seg.line, seg.end) in p.plan.finals else \
         f"train_segment/{seg.family}/{seg.line}/{seg.end:07d}"
-    rdir = Path(p.resume_dir(seg.family, seg.line, seg.end))
+    rdir = Path(p.paths.resume_dir(seg.family, seg.line, seg.end))
     env = {**os.environ, "RETHINK_ITER_SLEEP": "0.5", "RETHINK_LEDGER_HEARTBEAT": "0.2"}
-    rows = ledger.rows_dir(p.results)
+    rows = ledger.rows_dir(p.paths.results)
 
     def start(**extra):
         return subprocess.Popen([PY, TRAIN, "--config", snap, "--job", key], cwd=ROOT, stdout=subprocess.PIPE,
@@ -156,7 +156,7 @@ def faulted_segment(module_tmp):
     wait_for(lambda: reached(proc.pid) > first_ckpt, proc, timeout=120, what="an iteration after the checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    read_after_kill = ledger.read_rows(p.results)
+    read_after_kill = ledger.read_rows(p.paths.results)
 
     for extra in ({}, {"SLURM_JOB_END_TIME": str(int(time.time()) + 120)}):
         proc = start(**extra)
@@ -167,8 +167,8 @@ def faulted_segment(module_tmp):
     proc = start()
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    return {"paths": p, "key": key, "seg": seg, "read_after_kill": read_after_kill,
-            "frame": ledger.frame(p.results), "first_ckpt": first_ckpt}
+    return {"specs": p, "key": key, "seg": seg, "read_after_kill": read_after_kill,
+            "frame": ledger.frame(p.paths.results), "first_ckpt": first_ckpt}
 
 
 def test_a_killed_job_reads_as_killed_and_its_rerun_resumes(faulted_segment):
@@ -194,18 +194,18 @@ def test_waste_and_gpu_hours_of_the_real_attempts(faulted_segment):
     # SIGTERM checkpoints the iteration it stops at: nothing is trained again
     assert list(waste.iloc[1:]) == [0, 0, 0]
     assert df["gpu_hours"].sum() * 3600 == pytest.approx(df["wall_s"].sum(), abs=1e-3)  # CPU: one device
-    a = costs.attempts(faulted_segment["paths"].plan, df)
+    a = costs.attempts(faulted_segment["specs"].plan, df)
     assert a["wasted_gpu_hours"].sum() * 3600 == pytest.approx(waste.iloc[0] * df["seconds_per_iter"].iloc[0])
 
 
 def test_campaign_files_and_grid_figures_from_the_rows(faulted_segment, tmp_path):
-    p = faulted_segment["paths"]
-    written = timeline.write_campaign(p.results)
+    p = faulted_segment["specs"]
+    written = timeline.write_campaign(p.paths.results)
     csv = pd.read_csv(written[0])
     assert len(csv) == 4 and list(csv["outcome"]) == ["killed", "pre-empted", "timed out", "done"]
     assert csv["wasted_iters"].iloc[0] > 0
     assert Path(written[1]).stat().st_size > 10_000
-    e = costs.eta(p.plan, p, faulted_segment["frame"])
+    e = costs.eta(p.plan, p.paths, faulted_segment["frame"])
     assert e["left_gpu_hours"] > 0 and e["devices_running"] == 0 and e["devices_average"] > 0
 
 

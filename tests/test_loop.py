@@ -16,6 +16,7 @@ import torch
 
 from conftest import PY, ROOT, load_yaml
 from rethink import checkpoint, config, data, grid, hooks, loop, plan, sampling, segment
+from rethink.job_specs import JobSpecs
 from rethink.lock import SegmentLock
 from rethink.paths import Paths
 from rethink.schedule import Schedule
@@ -24,7 +25,7 @@ TRAIN = str(ROOT / "workflow_scripts" / "train.py")
 
 
 # ------------------------------------------------------------------------------ set-up helpers
-def tiny_paths(tmp: Path, recipe: dict | None = None, schedules: dict | None = None, **top) -> Paths:
+def tiny_specs(tmp: Path, recipe: dict | None = None, schedules: dict | None = None, **top) -> JobSpecs:
     """configs/tiny.yaml shrunk to seconds: 8 train images of 64-80 px, R18 GN, 2x = 8 / 3x = 12
     iterations (LR drops 4 and 2 iterations before the end), checkpoints every 2; data prepared."""
     cfg = load_yaml(ROOT / "configs" / "tiny.yaml")
@@ -40,18 +41,18 @@ def tiny_paths(tmp: Path, recipe: dict | None = None, schedules: dict | None = N
                          roi_batch_per_image=32, detections_per_image=20, checkpoint_period=2, **(recipe or {}))
     cfg.update(eval_period=100, max_segment_iters=100, **top)
     cfg = config.validate(cfg, "tiny-test")
-    p = Paths(cfg, plan.Plan(grid.build(cfg, "tiny-test")))
-    if not Path(p.dataset("synthetic")).exists():
+    p = JobSpecs(Paths(cfg, plan.Plan(grid.build(cfg, "tiny-test"))))
+    if not Path(p.paths.dataset("synthetic")).exists():
         data.prepare(p.data_spec("synthetic"))
     return p
 
 
-def first_segment(p: Paths, line: str | None = None):
+def first_segment(p: JobSpecs, line: str | None = None):
     segs = sorted(p.plan.segments.values(), key=lambda s: (s.line != (line or s.line), s.start, s.line))
     return segs[0]
 
 
-def spec_of(p: Paths, seg, **extra) -> dict:
+def spec_of(p: JobSpecs, seg, **extra) -> dict:
     return {**p.train_spec(seg), "log_period": 1, "deterministic": True, **extra}
 
 
@@ -198,7 +199,7 @@ def test_a_second_trainer_of_a_segment_waits_for_the_first_then_takes_over(tmp_p
     run together: the second waits while the first lives (the lock dies with its process, kill -9
     included), then resumes from the first's checkpoint; one started after the segment was finished
     takes the output and trains nothing."""
-    p = tiny_paths(tmp_path)
+    p = tiny_specs(tmp_path)
     spec = spec_of(p, first_segment(p), end=4, history=str(tmp_path / "h.jsonl"))
     hist, rdir = Path(spec["history"]), spec["resume_dir"]
     # 10 s after each iteration: after its checkpoint at iteration 2 the first trainer still holds the
@@ -229,7 +230,7 @@ def test_a_second_trainer_of_a_segment_waits_for_the_first_then_takes_over(tmp_p
 def test_a_trainer_that_waited_for_one_that_finished_takes_its_output(tmp_path):
     """The first trainer of a segment finishes while a second waits for its lock: the second takes
     the valid output and trains nothing (its resume folder, made again by the lock, goes)."""
-    p = tiny_paths(tmp_path)
+    p = tiny_specs(tmp_path)
     spec = spec_of(p, first_segment(p), end=2, deterministic=False)
     segment.train_segment(spec)
     before = checkpoint.load(spec["output"])
@@ -253,7 +254,7 @@ def resume_scenario(module_tmp):
     with SIGKILL after its first resume checkpoint, resumed in a subprocess stopped by SIGTERM,
     then resumed to the end."""
     tmp = module_tmp("resume")
-    p = tiny_paths(tmp)
+    p = tiny_specs(tmp)
     seg = first_segment(p)
     base = spec_of(p, seg, end=6)
     straight = {**base, "output": str(tmp / "straight.pth"), "resume_dir": str(tmp / "straight_resume"),
@@ -317,7 +318,7 @@ def test_stop_signal_in_process_stops_with_its_exit_code_and_resumes(tmp_path, s
     """SIGUSR1 (SLURM's warning signal) and SIGINT (Ctrl-C) stop like SIGTERM: a resume checkpoint, 128 + signal."""
     import threading
 
-    p = tiny_paths(tmp_path)
+    p = tiny_specs(tmp_path)
     spec = spec_of(p, first_segment(p), end=4, deterministic=False, history=str(tmp_path / "h.jsonl"))
     hist = Path(spec["history"])
 
@@ -339,7 +340,7 @@ def test_stop_signal_in_process_stops_with_its_exit_code_and_resumes(tmp_path, s
 
 # ------------------------------------------------------------------------------ branch: trunk + tail
 def test_trunk_then_tail_gives_the_standalone_lr_schedule(tmp_path):
-    p = tiny_paths(tmp_path)  # 2x = 8 (first drop at 4), 3x = 12 (first drop at 8): trunk 0 -> 8
+    p = tiny_specs(tmp_path)  # 2x = 8 (first drop at 4), 3x = 12 (first drop at 8): trunk 0 -> 8
     run2x = next(r for r in p.plan.grid.runs.values() if r.schedule_name == "2x")
     segs = p.plan.segments_of_run(run2x.run_id)
     assert [(s.line, s.start, s.end) for s in segs] == [("trunk", 0, 4), ("2x", 4, 8)]
@@ -350,7 +351,7 @@ def test_trunk_then_tail_gives_the_standalone_lr_schedule(tmp_path):
     standalone = Schedule.from_recipe(run2x.recipe, run2x.iterations)
     assert [lrs[i] for i in range(8)] == [standalone.lr(i) for i in range(8)]
     assert lrs[3] != lrs[4]  # the tail really starts at its first drop
-    tail = checkpoint.load(p.checkpoint(run2x.family, "2x", 8))
+    tail = checkpoint.load(p.paths.checkpoint(run2x.family, "2x", 8))
     assert tail["iteration"] == 8 and tail["counters"]["images"] == 8 * 2
     # a start checkpoint at the wrong iteration is refused, naming the file
     bad = {**spec_of(p, segs[1]), "start": 5, "resume_dir": str(tmp_path / "none")}
@@ -364,7 +365,7 @@ def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, c
     segment after it passes the mark on without training, an evaluation records diverged: true;
     a job asked again refuses to train; deleted (output and marker), it resumes from its newest
     valid resume checkpoint, skipping a truncated one."""
-    p = tiny_paths(tmp_path)
+    p = tiny_specs(tmp_path)
     seg = first_segment(p)
     spec = spec_of(p, seg, end=6, deterministic=False)
     capsys.readouterr()
@@ -414,7 +415,7 @@ def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, c
 
 def test_nan_via_cli_exits_0_with_output_marked_diverged(tmp_path):
     """Exit status 0 (Snakemake keeps the output and goes on), the message last on stderr."""
-    p = tiny_paths(tmp_path)
+    p = tiny_specs(tmp_path)
     seg = first_segment(p)
     spec = spec_of(p, seg, end=2, deterministic=False)
     proc = subprocess.run([PY, TRAIN, "--spec", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True,
@@ -479,7 +480,7 @@ def test_naive_sync_bn_gradients_equal_bn_on_the_joint_batch(tmp_path):
 
 
 def test_ddp_two_processes_gloo_syncbn_via_torchrun(tmp_path):
-    p = tiny_paths(tmp_path)
+    p = tiny_specs(tmp_path)
     spec = spec_of(p, first_segment(p), end=2, deterministic=False)
     spec["run"] = {**spec["run"], "norm": "SyncBN"}
     spec["history"] = str(tmp_path / "ddp.jsonl")
@@ -512,7 +513,7 @@ def test_amp_trains_in_bfloat16_on_cpu_and_resumes_exactly(tmp_path):
     """recipe.amp on the CPU: autocast bfloat16 (other losses than fp32); stopped after iteration 2
     and resumed, it ends with the same weights as a run that never stopped; a non-finite loss still
     stops it as diverged."""
-    p = tiny_paths(tmp_path / "amp", recipe={"amp": True})
+    p = tiny_specs(tmp_path / "amp", recipe={"amp": True})
     seg = first_segment(p)
     straight = segment.train_segment(spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r0"),
                                              output=str(tmp_path / "straight.pth")))
@@ -522,7 +523,7 @@ def test_amp_trains_in_bfloat16_on_cpu_and_resumes_exactly(tmp_path):
     resumed = segment.train_segment(spec)
     assert resumed["history"][0]["iteration"] == 2
     assert_same_weights(weights(tmp_path / "straight.pth"), weights(tmp_path / "resumed.pth"))
-    fp = tiny_paths(tmp_path / "fp32")
+    fp = tiny_specs(tmp_path / "fp32")
     plain = segment.train_segment(spec_of(fp, first_segment(fp), end=4, resume_dir=str(tmp_path / "r2"),
                                           output=str(tmp_path / "fp32.pth")))
     assert [h["loss"] for h in plain["history"]] != [h["loss"] for h in straight["history"]]

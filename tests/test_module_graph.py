@@ -89,3 +89,24 @@ def test_the_package_has_no_import_cycle():
     assert "rethink.checkpoint" in graph["rethink.engines.torchvision_engine"]  # imports are seen
     found = cycles(graph)
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph.get(todo.pop(), ()):
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen
+
+
+def test_files_identities_and_job_specs_build_on_each_other_one_way():
+    """Where files are (paths) knows no identity and no spec; the identity files know no spec; the
+    specs build on both."""
+    graph = package_graph()
+    assert not reachable(graph, "rethink.paths") & {"rethink.identity", "rethink.identity_files", "rethink.job_specs"}
+    assert "rethink.job_specs" not in reachable(graph, "rethink.identity_files")
+    assert {"rethink.paths", "rethink.identity"} <= graph["rethink.identity_files"]
+    assert {"rethink.paths", "rethink.identity_files"} <= graph["rethink.job_specs"]

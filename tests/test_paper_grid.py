@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT, snakemake
 from rethink import config, grid, plan
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 
 PAPER = config.load(ROOT / "config.yaml")
@@ -119,19 +120,19 @@ def test_every_run_has_speed_and_weights():
 def test_cascade_switches_for_the_final_270k():
     run = GRID.runs["X152-GN-random-coco_full-9x-s0-cascade"]
     assert run.iterations - run.recipe["cascade_from_iter"] == 270_000
-    paths = Paths(PAPER, PLAN)
+    specs = JobSpecs(Paths(PAPER, PLAN))
     segs = PLAN.segments_of_run(run.run_id)
     switch = [s for s in segs if s.start == 540_000]
     assert len(switch) == 1  # a segment starts exactly at the switch
-    tasks = {s.end: paths.train_spec(s)["run"]["recipe"]["task"] for s in segs}
+    tasks = {s.end: specs.train_spec(s)["run"]["recipe"]["task"] for s in segs}
     assert {t for end, t in tasks.items() if end <= 540_000} == {"mask_rcnn"}
     assert {t for end, t in tasks.items() if end > 540_000} == {"cascade_mask_rcnn"}
-    starts = {s.start: paths.train_spec(s).get("start_task") for s in segs}
+    starts = {s.start: specs.train_spec(s).get("start_task") for s in segs}
     assert starts[540_000] == "mask_rcnn" and [k for k, v in starts.items() if v] == [540_000]
     # evaluations: the checkpoint at 540k is still Mask R-CNN, the next one is cascade
     fam = run.family
-    assert paths.eval_spec(PLAN.milestone(fam, "9x", 540_000))["run"]["recipe"]["task"] == "mask_rcnn"
-    assert paths.eval_spec(PLAN.milestone(fam, "9x", 560_000))["run"]["recipe"]["task"] == "cascade_mask_rcnn"
+    assert specs.eval_spec(PLAN.milestone(fam, "9x", 540_000))["run"]["recipe"]["task"] == "mask_rcnn"
+    assert specs.eval_spec(PLAN.milestone(fam, "9x", 560_000))["run"]["recipe"]["task"] == "cascade_mask_rcnn"
 
 
 def test_test_time_augmentation_is_one_more_evaluation_not_a_run():
@@ -139,11 +140,11 @@ def test_test_time_augmentation_is_one_more_evaluation_not_a_run():
     assert tta_runs == ["X152-GN-imagenet-coco_full-6x-s0-cascade", "X152-GN-random-coco_full-9x-s0-cascade"]
     assert set(GRID.runs["X152-GN-random-coco_full-9x-s0-cascade"].experiments) == {
         "table3_cascade", "table3_cascade_tta"}
-    paths = Paths(PAPER, PLAN)
+    specs = JobSpecs(Paths(PAPER, PLAN))
     for rid in tta_runs:
         ms = PLAN.final_milestone(rid)
         assert (ms.family, ms.line, ms.iteration) in PLAN.tta_milestones
-        plain, tta = paths.eval_spec(ms), paths.eval_spec(ms, tta=True)
+        plain, tta = specs.eval_spec(ms), specs.eval_spec(ms, tta=True)
         assert "tta" not in plain and tta["tta"] is True
         assert tta["output"].endswith("-tta.json") and tta["checkpoint"] == plain["checkpoint"]
         assert {k: v for k, v in tta.items() if k not in ("tta", "output")} == \

@@ -21,16 +21,18 @@ def build(cfg):
 def lr_sequence_through_plan(p: plan.Plan, run_id: str) -> list[float]:
     """The LR of every iteration of a run, as its segments' jobs would use it (from the spec
     each segment gets), concatenated; with a check that the segments chain checkpoint to checkpoint."""
+    from rethink.job_specs import JobSpecs
     from rethink.paths import Paths
 
     paths = Paths(p.grid.config, p)
+    specs = JobSpecs(paths)
     segs = p.segments_of_run(run_id)
     lrs: list[float] = []
     expected_start = 0
     prev_output = None
     for seg in segs:
         assert seg.start == expected_start, f"{run_id}: gap or overlap at {seg}"
-        spec = paths.train_spec(seg)
+        spec = specs.train_spec(seg)
         if prev_output is not None:
             assert spec["start_checkpoint"] == prev_output, f"{run_id}: {seg} does not start from the previous checkpoint"
         sched = Schedule(**spec["schedule"])

@@ -13,6 +13,7 @@ from conftest import PY, ROOT, load_yaml
 from rethink import config, data, grid, plan
 from rethink.checkpoint import CheckpointError
 from rethink.engines import get_engine
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 
 PRETRAIN = str(ROOT / "workflow_scripts" / "pretrain.py")
@@ -26,14 +27,14 @@ def pretrained(module_tmp):
     init = next(n for n, s in cfg["inits"].items() if s["kind"] == "pretrain")
     cfg["inits"][init]["base_lr"] = 0.02  # 60 iterations at 0.05 reach only ~0.6 (proposed for configs/tiny.yaml)
     cfg = config.validate(cfg, "tiny")
-    p = Paths(cfg, plan.Plan(grid.build(cfg, "tiny")))
+    p = JobSpecs(Paths(cfg, plan.Plan(grid.build(cfg, "tiny"))))
     run = next(r for r in p.plan.grid.runs.values() if r.init == init)
     data.prepare(p.pretrain_data_spec(init))
     spec = p.pretrain_spec(init, run.backbone, run.norm)
     proc = subprocess.run([PY, PRETRAIN, "--spec", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"spec": spec, "run": run.to_dict(), "paths": p, "log": proc.stdout, "cfg": cfg, "init": init}
+    return {"spec": spec, "run": run.to_dict(), "specs": p, "log": proc.stdout, "cfg": cfg, "init": init}
 
 
 def test_pretraining_learns(pretrained):
@@ -115,7 +116,7 @@ def test_detectron2_config_of_a_pretrained_run_takes_torchvisions_input(pretrain
     torchvision's mean and std (x255), stride in the 3x3 conv; random init keeps the scratch config."""
     from rethink import d2config
 
-    p = pretrained["paths"]
+    p = pretrained["specs"]
     for r in p.plan.grid.runs.values():
         spec = p.train_spec(p.plan.segments_of_run(r.run_id)[-1])
         got = d2config.resolved(spec["run"], spec["schedule"])
@@ -136,7 +137,7 @@ def test_weights_load_into_detectron2s_backbone(pretrained):
     pytest.importorskip("detectron2", reason="detectron2 is not installed (the cluster engine's tests need it)")
     from rethink.checkpoint import torchvision_resnet_to_detectron2
 
-    spec, p = pretrained["spec"], pretrained["paths"]
+    spec, p = pretrained["spec"], pretrained["specs"]
     run = next(r for r in p.plan.grid.runs.values() if r.init == pretrained["init"])
     d2run = p.train_spec(p.plan.segments_of_run(run.run_id)[-1])["run"]
     engine = get_engine("detectron2")

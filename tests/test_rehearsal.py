@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import PY, ROOT, load_yaml, small_tiny_config, snakemake, write_yaml
-from rethink import collect, config, grid, jobs, metrics, rehearsal, segment
+from rethink import collect, config, grid, jobs, metrics, rehearsal, report_targets, segment
+from rethink.identity_files import IdentityFiles
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 from rethink.plan import Plan
 
@@ -120,7 +122,8 @@ def test_every_table_claims_row_figure_and_report_category_says_rehearsal(rehear
     assert (rehearsed / "results" / "rehearsal" / "figures" / "convergence.png").stat().st_size > 0
     # snakemake --report's categories
     cfg = config.validate(tiny_config() | {"rehearsal": True})
-    assert all(e["category"].startswith("REHEARSAL ") for e in Paths(cfg, Plan(grid.build(cfg))).report_entries())
+    entries = report_targets.report_entries(Paths(cfg, Plan(grid.build(cfg))))
+    assert all(e["category"].startswith("REHEARSAL ") for e in entries)
 
 
 def test_simulated_ap_is_the_documented_function_of_the_papers_numbers():
@@ -153,7 +156,7 @@ def rehearsal_segment_spec(tmp_path: Path, compression: float, **extra) -> dict:
     cfg["workdir"], cfg["results"] = str(tmp_path / "work"), str(tmp_path / "results")
     cfg["rehearsal"] = {"compression": compression, **extra}
     cfg = config.validate(cfg)
-    P = Paths(cfg, Plan(grid.build(cfg)))
+    P = JobSpecs(Paths(cfg, Plan(grid.build(cfg))))
     rehearsal.prepare_data(P.data_spec("synthetic"))
     seg = P.plan.segment("R18-GN-random-synthetic-s0", "trunk", 8)
     return P.train_spec(seg)
@@ -223,21 +226,23 @@ def test_a_real_engine_never_takes_rehearsal_weights_and_collect_never_mixes(tmp
 def test_real_identities_stay_and_rehearsal_ones_differ():
     real = config.validate(tiny_config())
     fake = config.validate(tiny_config() | {"rehearsal": {"compression": 10}})
-    Pr, Pf = (Paths(c, Plan(grid.build(c))) for c in (real, fake))
-    for family, line in Pr.plan.lines:
-        (path_r, h_r), (path_f, h_f) = Pr.line_identity(family, line), Pf.line_identity(family, line)
+    real_ids, fake_ids = (IdentityFiles(Paths(c, Plan(grid.build(c)))) for c in (real, fake))
+    for family, line in real_ids.plan.lines:
+        (path_r, h_r), (path_f, h_f) = real_ids.line_identity(family, line), fake_ids.line_identity(family, line)
         assert h_r != h_f and path_f.startswith("work/rehearsal/identity/")
-        assert "rehearsal" not in Pr.ids.current[path_r][1]
-    assert Pf.ids.current[path_f][1]["rehearsal"] == {"rehearsal": True, "compression": 10.0}
+        assert "rehearsal" not in real_ids.store.current[path_r][1]
+    assert fake_ids.store.current[path_f][1]["rehearsal"] == {"rehearsal": True, "compression": 10.0}
     # rehearsal.slow: the family trains slower than its estimate, asks for the same walltime, same identity
     slow = config.validate(tiny_config() | {"rehearsal": {"compression": 10, "slow": {family: 4}}})
-    Ps = Paths(slow, Plan(grid.build(slow)))
-    seg = Ps.plan.final_segment(next(r for r in Ps.plan.grid.runs.values() if r.family == family).run_id)
-    assert Ps.train_spec(seg)["run"]["rehearsal"]["slow"] == 4.0
-    assert Ps.line_identity(family, seg.line)[1] == Pf.line_identity(family, seg.line)[1]
+    slow_specs = JobSpecs(Paths(slow, Plan(grid.build(slow))))
+    run = next(r for r in slow_specs.plan.grid.runs.values() if r.family == family)
+    seg = slow_specs.plan.final_segment(run.run_id)
+    assert slow_specs.train_spec(seg)["run"]["rehearsal"]["slow"] == 4.0
+    assert slow_specs.identities.line_identity(family, seg.line)[1] == fake_ids.line_identity(family, seg.line)[1]
     from rethink.resources import JobResources
 
-    assert JobResources(slow, Ps.plan).train_runtime_min(seg, 1) == JobResources(fake, Pf.plan).train_runtime_min(seg, 1)
+    slow_min = JobResources(slow, slow_specs.plan).train_runtime_min(seg, 1)
+    assert slow_min == JobResources(fake, fake_ids.plan).train_runtime_min(seg, 1)
 
 
 def test_paper_grid_with_the_switch_plans_all_1470_jobs_with_compressed_walltimes(tmp_path):

@@ -21,7 +21,7 @@ def val(resource, wc):
     return resource(wc) if callable(resource) else resource
 
 
-def paths_for(**resources) -> JobResources:
+def job_resources_for(**resources) -> JobResources:
     raw = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
     raw["resources"] = resources
     cfg = config.validate(raw, "config.yaml")
@@ -29,35 +29,35 @@ def paths_for(**resources) -> JobResources:
     return JobResources(cfg, p)
 
 
-def first_trunk_segment(paths: JobResources):
-    return min((s for s in paths.plan.segments.values() if s.line == "trunk"), key=lambda s: (s.family, s.end))
+def first_trunk_segment(job_resources: JobResources):
+    return min((s for s in job_resources.plan.segments.values() if s.line == "trunk"), key=lambda s: (s.family, s.end))
 
 
 def test_single_node_training_job():
-    paths = paths_for()
-    seg = first_trunk_segment(paths)
+    job_resources = job_resources_for()
+    seg = first_trunk_segment(job_resources)
     wc = WC(family=seg.family, line=seg.line, iter=f"{seg.end:07d}")
-    assert paths.launcher(seg, "python") == "python -m torch.distributed.run --standalone --nproc_per_node=8"
-    res = paths.train_resources()
+    assert job_resources.launcher(seg, "python") == "python -m torch.distributed.run --standalone --nproc_per_node=8"
+    res = job_resources.train_resources()
     assert val(res["gpu"], wc) == 8 and val(res["cpus_per_task"], wc) == 32 and val(res["mem_mb"], wc) == 128_000
     # iterations x seconds/iteration (config table) x margin 1.5 x attempt, in minutes, plus start-up
-    spi = paths.plan.grid.seconds_per_iter(paths.plan.run(seg.owner))
+    spi = job_resources.plan.grid.seconds_per_iter(job_resources.plan.run(seg.owner))
     assert spi in (0.338, 0.44, 0.30, 0.40)
     assert res["runtime"](wc, 1) == int(seg.iterations * spi * 1.5 / 60) + 10
     assert res["runtime"](wc, 2) > res["runtime"](wc, 1)
     assert res["slurm_extra"] == f"--signal=TERM@{SIGNAL_GRACE_S}"
-    ev = paths.eval_resources()
-    ms = next(iter(paths.plan.milestones.values()))
+    ev = job_resources.eval_resources()
+    ms = next(iter(job_resources.plan.milestones.values()))
     ewc = WC(family=ms.family, line=ms.line, iter=f"{ms.iteration:07d}")
     assert val(ev["gpu"], ewc) == 1 and val(ev["cpus_per_task"], ewc) == 4
     # the eval_seconds entry of the run's backbone on 1 GPU: start-up + 5,000 val2017 images x seconds
     # per image, x margin 1.5 x attempt, in minutes, plus 10
-    run = paths.plan.run(paths.plan.lines[(ms.family, ms.line)].owner)
-    e = next(e for e in paths.cfg["eval_seconds"] if e["backbone"] == run.backbone and e["gpus"] == 1)
+    run = job_resources.plan.run(job_resources.plan.lines[(ms.family, ms.line)].owner)
+    e = next(e for e in job_resources.cfg["eval_seconds"] if e["backbone"] == run.backbone and e["gpus"] == 1)
     one = (e["setup_seconds"] + 5000 * e["seconds_per_image"]) * 1.5
     assert ev["runtime"](ewc, 1) == int(one / 60) + 10 and ev["runtime"](ewc, 2) == int(2 * one / 60) + 10
     # test-time augmentation: 18 passes over the val set at the paper's sizes (9 sizes, flipped and not)
-    tta = paths.eval_resources(tta=True)
+    tta = job_resources.eval_resources(tta=True)
     one_tta = (e["setup_seconds"] + 18 * 5000 * e["seconds_per_image"]) * 1.5
     assert tta["runtime"](ewc, 1) == int(one_tta / 60) + 10 and val(tta["gpu"], ewc) == 1
     assert tta["runtime"](ewc, 1) > 5 * ev["runtime"](ewc, 1)
@@ -90,47 +90,47 @@ def test_evaluation_cost_follows_the_table_and_the_val_set():
 
 
 def test_multi_node_training_job():
-    paths = paths_for(nodes=2)
-    seg = first_trunk_segment(paths)
+    job_resources = job_resources_for(nodes=2)
+    seg = first_trunk_segment(job_resources)
     wc = WC(family=seg.family, line=seg.line, iter=f"{seg.end:07d}")
-    launcher = paths.launcher(seg, "python")
+    launcher = job_resources.launcher(seg, "python")
     assert launcher.startswith("srun --ntasks-per-node=1 ")
     assert "--nnodes=2 --nproc_per_node=4" in launcher and "--rdzv_backend=c10d" in launcher
-    res = paths.train_resources()
+    res = job_resources.train_resources()
     assert "gpu" not in res  # per node instead: --gres=gpu:4 on each of 2 nodes
     assert val(res["nodes"], wc) == 2 and val(res["tasks"], wc) == 2 and val(res["gres"], wc) == "gpu:4"
     assert val(res["cpus_per_task"], wc) == 16 and val(res["mem_mb"], wc) == 64_000
     # evaluations stay on one node
-    ev = paths.eval_resources()
+    ev = job_resources.eval_resources()
     assert "nodes" not in ev and "gpu" in ev
 
 
 def test_nodes_must_share_gpus_evenly():
     with pytest.raises(ConfigError, match="resources.nodes: 3 nodes cannot share the 8 GPUs"):
-        paths_for(nodes=3)
+        job_resources_for(nodes=3)
 
 
 def test_resources_that_vary_per_run_stay_callables():
     raw = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
     raw["experiments"]["fig7_35k"]["recipe"] = {"eval_gpus": 2}  # one experiment evaluates on 2 GPUs
     cfg = config.validate(raw, "config.yaml")
-    paths = JobResources(cfg, plan.Plan(grid.build(cfg, "config.yaml")))
-    ev = paths.eval_resources()
+    job_resources = JobResources(cfg, plan.Plan(grid.build(cfg, "config.yaml")))
+    ev = job_resources.eval_resources()
     assert callable(ev["gpu"]) and callable(ev["cpus_per_task"])
     counts = {val(ev["gpu"], WC(family=m.family, line=m.line, iter=f"{m.iteration:07d}"))
-              for m in paths.plan.milestones.values()}
+              for m in job_resources.plan.milestones.values()}
     assert counts == {1, 2}
-    assert paths.train_resources()["gpu"] == 8  # one count for every training job: a plain number
+    assert job_resources.train_resources()["gpu"] == 8  # one count for every training job: a plain number
 
 
 def test_cpu_runs_use_the_plain_interpreter():
     raw = load_yaml(ROOT / "configs" / "tiny.yaml")
     cfg = config.validate(raw, "tiny.yaml")
-    paths = JobResources(cfg, plan.Plan(grid.build(cfg, "tiny.yaml")))
-    seg = first_trunk_segment(paths)
+    job_resources = JobResources(cfg, plan.Plan(grid.build(cfg, "tiny.yaml")))
+    seg = first_trunk_segment(job_resources)
     # the tiny config forks its jobs from the warm interpreter; without it, the plain interpreter
     assert cfg["warm_interpreter"] is True
-    assert paths.launcher(seg, "/x/python") == f"/x/python {ROOT / 'workflow_scripts' / 'warm.py'}"
-    assert paths.single("/x/my python") == f"'/x/my python' {ROOT / 'workflow_scripts' / 'warm.py'}"
-    cold = JobResources({**cfg, "warm_interpreter": False}, paths.plan)
+    assert job_resources.launcher(seg, "/x/python") == f"/x/python {ROOT / 'workflow_scripts' / 'warm.py'}"
+    assert job_resources.single("/x/my python") == f"'/x/my python' {ROOT / 'workflow_scripts' / 'warm.py'}"
+    cold = JobResources({**cfg, "warm_interpreter": False}, job_resources.plan)
     assert cold.launcher(seg, "/x/python") == "/x/python" == cold.single("/x/python")

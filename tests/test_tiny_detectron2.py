@@ -69,6 +69,7 @@ def test_kept_model_loads_with_detectron2s_checkpointer(tiny_d2):
     from rethink import config as rconfig
     from rethink import grid as rgrid
     from rethink.engines import get_engine
+    from rethink.job_specs import JobSpecs
     from rethink.paths import Paths
     from rethink.plan import Plan
 
@@ -80,7 +81,7 @@ def test_kept_model_loads_with_detectron2s_checkpointer(tiny_d2):
     cfg = rconfig.validate({**cfg, "workdir": str(tmp / cfg["workdir"]), "results": str(tmp / cfg["results"])}, "tiny")
     paths = Paths(cfg, Plan(rgrid.build(cfg, "tiny")))
     for run_id in ("R18-GN-imagenet-synthetic-3x-s0", "R18-GN-random-synthetic-3x-s0"):
-        spec = paths.train_spec(paths.plan.final_segment(run_id))
+        spec = JobSpecs(paths).train_spec(paths.plan.final_segment(run_id))
         state = torch.load(paths.model(run_id), weights_only=True)
         model = get_engine("detectron2").build_model(spec["run"], "cpu", dataset=json.loads(open(spec["dataset"]).read()))
         DetectionCheckpointer(model).load(paths.model(run_id))

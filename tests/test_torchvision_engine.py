@@ -6,7 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_loop import first_segment, tiny_paths
+from test_loop import first_segment, tiny_specs
 from torch import nn
 
 from rethink import data
@@ -16,7 +16,7 @@ from rethink.norms import NaiveSyncBatchNorm, gn_groups
 
 @pytest.fixture(scope="module")
 def setup(module_tmp):
-    p = tiny_paths(module_tmp("engine"))
+    p = tiny_specs(module_tmp("engine"))
     spec = p.train_spec(first_segment(p))
     return get_engine("torchvision"), spec["run"], data.load_manifest(spec["dataset"])
 

@@ -16,6 +16,7 @@ import yaml
 
 from conftest import ROOT, small_tiny_config, snakemake, write_yaml
 from rethink import config, grid, metrics, plan, report_targets
+from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 
 
@@ -94,11 +95,11 @@ def test_live_curves_hold_every_run_in_metrics_json_and_tensorboard(tiny_run):
 
 
 def test_tables_and_figures_exist(tiny_run):
-    work, _, _, paths = tiny_run
+    work, _, p, _ = tiny_run
     # a grid without COCO-subset or VOC runs gets no less-data figure (never a placeholder)
-    assert paths.figure_names() == ["convergence", "samples_seen"]
+    assert report_targets.figure_names(p) == ["convergence", "samples_seen"]
     assert not (work / "results" / "figures" / "less_data.png").exists()
-    for target in report_targets.targets("results", paths.figure_names()):
+    for target in report_targets.targets("results", report_targets.figure_names(p)):
         f = work / target
         assert f.exists() and f.stat().st_size > 100, target
     table1 = (work / "results" / "tables" / "table1.md").read_text()
@@ -132,7 +133,7 @@ def test_rebuild_from_cached_metrics_schedules_no_training(tiny_run, tmp_path):
     real = snakemake(["--cores", "1", "--configfile", "tiny.yaml"], cwd=laptop, timeout=300)
     assert real.returncode == 0, real.stderr[-3000:]
     assert not (laptop / "work" / "checkpoints").exists()
-    for target in report_targets.targets("results", tiny_run[3].figure_names()):
+    for target in report_targets.targets("results", report_targets.figure_names(tiny_run[2])):
         assert (laptop / target).exists(), target
     same = pd.read_csv(laptop / "results" / "metrics.csv").drop(columns=["source"])
     orig = pd.read_csv(work / "results" / "metrics.csv").drop(columns=["source"])
@@ -153,7 +154,7 @@ def test_figures_target_builds_a_partial_grid(tiny_run, tmp_path):
     df = pd.read_csv(partial / "results" / "metrics.csv")
     finals = df[df.final.astype(str).str.lower() == "true"]
     assert set(finals.run_id) == {r for r in p.grid.runs if "-2x-" in r}
-    for target in report_targets.targets("results", tiny_run[3].figure_names()):
+    for target in report_targets.targets("results", report_targets.figure_names(tiny_run[2])):
         assert (partial / target).exists(), target
     # nothing trained, nothing evaluated: work/ holds only the identity files and the config
     # snapshot written at parse time, and the figures rule's own log
@@ -284,7 +285,7 @@ def test_report_embeds_every_table_and_figure(tiny_run):
     proc = snakemake(["--report", "report.html", "--configfile", str(cfg_file)], cwd=work, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (work / "report.html").read_text(errors="replace")
-    for target in report_targets.targets("results", tiny_run[3].figure_names()):
+    for target in report_targets.targets("results", report_targets.figure_names(tiny_run[2])):
         assert Path(target).name in html, target
 
 
@@ -315,7 +316,7 @@ def test_faster_coco_eval_gives_pycocotools_stats_on_a_trained_model(tiny_run, m
 
     work, _, p, paths = tiny_run
     run_id = sorted(p.grid.runs)[0]
-    spec = paths.eval_spec(p.final_milestone(run_id))
+    spec = JobSpecs(paths).eval_spec(p.final_milestone(run_id))
     monkeypatch.chdir(work)  # the spec's paths are relative to the workflow's folder
     manifest = data.load_manifest(spec["dataset"])
     engine = get_engine("torchvision")

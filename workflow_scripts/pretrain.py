@@ -2,7 +2,7 @@
 (rethink.pretrain) -> backbone weights (.pth) + the cost JSON of what it saw.
 
     python workflow_scripts/pretrain.py --config <snapshot> --job pretrain/<init>/<backbone>/<norm>
-    python workflow_scripts/pretrain.py --spec <file or JSON>    (rethink.paths.Paths.pretrain_spec)
+    python workflow_scripts/pretrain.py --spec <file or JSON>    (rethink.job_specs.JobSpecs.pretrain_spec)
 
 Exit status: 0 done; 143 / 138 pre-empted (rerun to resume); 3 diverged (no output); 1 error.
 """

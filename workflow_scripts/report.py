@@ -15,11 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from rethink import claims, costs
+from rethink import claims, costs, report_targets
 from rethink import collect as C
 from rethink import figures as F
 from rethink import published as PUB
-from rethink import report_targets as R
 from rethink import tables as T
 from rethink.cli import recorded
 from rethink.config import ConfigError
@@ -33,9 +32,10 @@ def build(metrics: str, results: str, planned=None, published: str | None = None
         T.write(table, Path(results) / "tables")
     claims.write(df, Path(results) / "tables")
     costs.write_for(results, planned.attrs.get("plan") if planned is not None else None)  # from the ledger
-    names = R.figures_for(zip(planned.task, planned.data) if planned is not None else zip(df.task, df.data))
+    settings = zip(planned.task, planned.data) if planned is not None else zip(df.task, df.data)
+    names = report_targets.figures_for(settings)
     drawn = F.build_all(df, pub, Path(results) / "figures", planned, pretrain, names)
-    missing = [p for p in R.targets(results, names) if not Path(p).exists()]
+    missing = [p for p in report_targets.targets(results, names) if not Path(p).exists()]
     if missing:
         raise RuntimeError(f"report targets not written: {', '.join(missing)}")
     return drawn

@@ -2,7 +2,7 @@
 
     python workflow_scripts/train.py --config <snapshot> --job train_segment/<family>/<line>/<iter>
     python -m torch.distributed.run --standalone --nproc_per_node=N workflow_scripts/train.py --config ... --job ...
-    python workflow_scripts/train.py --spec <file or JSON>      (a spec as rethink.paths.Paths.train_spec builds it)
+    python workflow_scripts/train.py --spec <file or JSON>      (a spec as rethink.job_specs builds it: train_spec)
 
 Exit status: 0 done, or diverged (a non-finite loss, or a start checkpoint marked diverged: the
 output is a checkpoint marked diverged and stderr says so; rethink.segment); 143 / 138 stopped by

@@ -4,7 +4,7 @@ and the way the result reaches Snakemake (one file, two layered files, `--config
 two checks of one example:
 
 - `in_process`: what rules/common.smk runs on what Snakemake loaded (Snakemake's own loader and
-  merge, then rethink.sources.explained, Plan, Paths, JobResources), and what every job later runs on
+  merge, then rethink.sources.explained, Plan, Paths, report targets, JobResources), and what every job later runs on
   the config snapshot (rethink.jobs.load and each job's spec), in this process: milliseconds.
 - `real`: the real `snakemake -n` on the same files and arguments: seconds.
 
@@ -268,6 +268,7 @@ def in_process(example: Example, folder: Path) -> Outcome:
     from snakemake_interface_common.exceptions import WorkflowError
 
     from rethink import jobs as rjobs
+    from rethink import report_targets
     from rethink import sources as rsources
     from rethink.config import ConfigError
     from rethink.paths import Paths
@@ -300,24 +301,24 @@ def in_process(example: Example, folder: Path) -> Outcome:
             msg = str(e)
             return Outcome("refused" if clear(msg, _sources(example, folder)) else "unclear", msg)
         plan = Plan(grid)
-        P = Paths(cfg, plan)
-        R = JobResources(cfg, plan)
-        P.final_targets()
+        paths = Paths(cfg, plan)
+        job_resources = JobResources(cfg, plan)
+        report_targets.final_targets(paths)
         rjobs.write_snapshot(cfg, source, write=False)
         # later: each job rebuilds the plan from the snapshot (JSON) and takes its spec from it
         snap = folder / "snapshot.json"
         snap.write_text(json.dumps({"format": rjobs.SNAPSHOT_FORMAT, "source": source, "config": cfg}))
         try:
-            PJ = rjobs.load(str(snap))
+            specs = rjobs.load(str(snap))
             keys = [f"prepare_data/{d}" for d in sorted({r.data for r in grid.runs.values()})]
             keys += [f"train_segment/{f}/{ln}/{it}" for f, ln, it in list(plan.segments)[:20]]
             keys += [f"evaluate/{f}/{ln}/{it}" for f, ln, it in list(plan.milestones)[:20]]
             for k in keys:
-                rjobs.spec(PJ, k)
+                rjobs.spec(specs, k)
             # what Snakemake asks of each job while planning: its resources (callables of its wildcards)
-            train, ev = R.train_resources(), R.eval_resources()
-            R.launchers(sys.executable)
-            R.single(sys.executable)
+            train, ev = job_resources.train_resources(), job_resources.eval_resources()
+            job_resources.launchers(sys.executable)
+            job_resources.single(sys.executable)
             for (f, ln, it) in list(plan.segments)[:20] + list(plan.milestones)[:20]:
                 wc = SimpleNamespace(family=f, line=ln, iter=str(it))
                 for res in (train if (f, ln, it) in plan.segments else ev).values():

@@ -15,6 +15,7 @@ from collections import defaultdict
 
 from . import identity
 from .grid import gpu_hours
+from .identity_files import IdentityFiles
 from .paths import Paths
 from .plan import TRUNK, Segment
 from .resources import seconds_per_iter
@@ -46,27 +47,27 @@ def redone(paths: Paths, segments: list[Segment]) -> list[Segment]:
     return out
 
 
-def stale_reasons(paths: Paths, family: str, line: str) -> list[str]:
+def stale_reasons(identities: IdentityFiles, family: str, line: str) -> list[str]:
     """Why the results of a line no longer match: its identity's fields, old -> new."""
-    path, now = paths.line_identity(family, line)
-    recorded = set(paths.recorded_identities(family, line).values())
+    path, now = identities.line_identity(family, line)
+    recorded = set(identities.recorded_identities(family, line).values())
     reasons = []
     for h in sorted(r for r in recorded if r and r != now):
-        old = paths.ids.content_of(path, h)
-        new = paths.ids.content_of(path, now)
+        old = identities.store.content_of(path, h)
+        new = identities.store.content_of(path, now)
         changes = identity.diff(old, new) if old is not None and new is not None else []
         reasons += changes or [f"identity {h} -> {now} (its old content is not kept)"]
     return reasons
 
 
-def predicted_segments(paths: Paths) -> list[Segment]:
+def predicted_segments(identities: IdentityFiles) -> list[Segment]:
     """Without the DAG (a dry run): the segments a run would train again, from the files on disk:
     every segment of a stale line, and of a line whose missing evaluations have no checkpoint."""
-    plan = paths.plan
+    paths, plan = identities.paths, identities.plan
     done = _finished(paths)
     out = []
     for (family, line), its in done.items():
-        stale = bool(stale_reasons(paths, family, line))
+        stale = bool(stale_reasons(identities, family, line))
         missing = [m.iteration for m in plan.line_milestones[(family, line)]
                    if m.iteration not in its and not os.path.exists(paths.checkpoint(family, line, m.iteration))]
         need = plan.lines[(family, line)].end if stale else max([m for m in missing if m < max(its)], default=0)
@@ -93,22 +94,23 @@ def downstream(plan, segments: list[Segment]) -> list[Segment]:
                   key=lambda s: (s.family, s.line, s.end))
 
 
-def warning(paths: Paths, segments: list[Segment]) -> tuple[str, float]:
+def warning(identities: IdentityFiles, segments: list[Segment]) -> tuple[str, float]:
     """The message for segments that retrain finished work, and their GPU-hours."""
+    plan = identities.plan
     by_line: dict[tuple[str, str], list[Segment]] = defaultdict(list)
     for s in segments:
         by_line[(s.family, s.line)].append(s)
     total = 0.0
     lines = []
     for (family, line), segs in sorted(by_line.items()):
-        run = paths.plan.run(segs[0].owner)
+        run = plan.run(segs[0].owner)
         iters = sum(s.iterations for s in segs)
-        hours = gpu_hours(iters, seconds_per_iter(paths.plan, run), run.recipe["gpus"])
+        hours = gpu_hours(iters, seconds_per_iter(plan, run), run.recipe["gpus"])
         total += hours
-        runs = sorted({r for s in segs for r in paths.plan.runs_through(family, line, s.end)})
+        runs = sorted({r for s in segs for r in plan.runs_through(family, line, s.end)})
         first = min(segs, key=lambda s: s.start)
         upstream = first.start_from and first.start_from[0] != line and (family, first.start_from[0]) in by_line
-        reasons = stale_reasons(paths, family, line) or (
+        reasons = stale_reasons(identities, family, line) or (
             [f"starts from {family}/{first.start_from[0]} at iteration {first.start_from[1]}, which is retrained "
              "(Snakemake redoes every job downstream of a redone one)"] if upstream else
             ["the checkpoints that new evaluations need are gone (temporary): retrained from the last one kept"])

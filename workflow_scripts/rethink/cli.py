@@ -27,9 +27,9 @@ def job(prog: str, doc: str | None, required: tuple[str, ...] = ()):
     args = _args(prog, doc)
     results = _results_of(args.config) if args.job and not args.print_spec else None
     with ledger.recording(results, rule=str(args.job).split("/")[0], job=args.job) as row:
-        spec, paths = _spec(prog, args, required)
+        spec, specs = _spec(prog, args, required)
         if row is not None:
-            row.update(**_row_fields(paths, args.job, spec))
+            row.update(**_row_fields(specs, args.job, spec))
         yield spec
 
 
@@ -60,17 +60,18 @@ def recorded(rule: str, argv: list[str]):
         yield
 
 
-def _row_fields(paths, key: str, spec: dict) -> dict:
-    """What the ledger row of job `key` says about it (rethink.ledger.ROW_FIELDS)."""
+def _row_fields(specs, key: str, spec: dict) -> dict:
+    """What the ledger row of job `key` (its spec `spec`, of the snapshot's JobSpecs `specs`) says
+    about it (rethink.ledger.ROW_FIELDS)."""
     rule = key.split("/")[0]
     out = {"rule": rule, "job": key, "identity": spec.get("identity"), "gpus": 0,
-           "rehearsal": bool(paths.cfg.get("rehearsal", False))}
+           "rehearsal": bool(specs.cfg.get("rehearsal", False))}
     if "family" in spec and "line" in spec:
         from .resources import REHEARSAL_SIGNAL_S, SIGNAL_GRACE_S
 
         recipe = spec["run"]["recipe"]
         it_from, it_to = (spec["start"], spec["end"]) if "start" in spec else (spec["iteration"],) * 2
-        out.update(run=paths.plan.payer(spec["family"], spec["line"], it_to), family=spec["family"],
+        out.update(run=specs.plan.payer(spec["family"], spec["line"], it_to), family=spec["family"],
                    line=spec["line"], from_iter=it_from, to_iter=it_to,
                    gpus=int(recipe.get("gpus" if "start" in spec else "eval_gpus", 0)),
                    signal_s=(REHEARSAL_SIGNAL_S if out["rehearsal"] else SIGNAL_GRACE_S) if "start" in spec else None)
@@ -92,16 +93,16 @@ def _args(prog: str, doc: str | None) -> argparse.Namespace:
 
 
 def _spec(prog: str, args: argparse.Namespace, required: tuple[str, ...]):
-    """(spec, the snapshot's rethink.paths.Paths or None) of the parsed command line (read_spec)."""
-    paths = None
+    """(spec, the snapshot's rethink.job_specs.JobSpecs or None) of the parsed command line (read_spec)."""
+    specs = None
     if args.spec:
         spec = _spec_arg(prog, args.spec)
     else:
         from . import jobs
 
         try:
-            paths = jobs.load(args.config)
-            spec = jobs.spec(paths, args.job)
+            specs = jobs.load(args.config)
+            spec = jobs.spec(specs, args.job)
         except jobs.JobError as e:
             sys.exit(f"{prog}: error: {e}")
     if not isinstance(spec, dict):
@@ -112,7 +113,7 @@ def _spec(prog: str, args: argparse.Namespace, required: tuple[str, ...]):
     if args.print_spec:
         print(json.dumps(spec, indent=1, sort_keys=True))
         sys.exit(0)
-    return spec, paths
+    return spec, specs
 
 
 def _spec_arg(prog: str, text: str):

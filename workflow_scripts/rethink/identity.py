@@ -65,7 +65,8 @@ def dataset_definition(dataset: dict) -> dict:
 
 
 def line_identity(settings: dict, schedule: dict, engine: str, dataset: dict, init: dict) -> dict:
-    """What every checkpoint and evaluation of one line of training depends on (see Paths.line_identity)."""
+    """What every checkpoint and evaluation of one line of training depends on (its settings:
+    rethink.identity_files.line_settings; its file: IdentityFiles.line_identity)."""
     settings = dict(settings)
     settings["recipe"] = result_recipe(settings["recipe"])
     for k in ("run_id", "family"):  # names, not content (the family is the file's folder)

@@ -6,7 +6,7 @@ names only that file and the job (`--config <snapshot> --job <rule>/<wildcard va
 `--job train_segment/<family>/trunk/0000040`), so it stays short enough to read in a log and no
 config value ever reaches a shell. The job rebuilds the grid and plan from the snapshot with the
 same code that planned it (`load`) and asks `spec` for what the rule means: the same
-`rethink.paths.Paths` spec its rule would have passed.
+`rethink.job_specs.JobSpecs` spec its rule would have passed.
 
 The snapshot is every rule's input, dated 2000-01-01 like a new identity file (rethink.identity):
 what decides whether a job is redone stays the identity files; an operational edit (a worker
@@ -28,21 +28,21 @@ from .atomic import write_json_atomic
 
 SNAPSHOT_FORMAT = "rethink-config-snapshot-1"
 
-# rule -> (the wildcards its key carries, in order; spec builder on (Paths, *values))
+# rule -> (the wildcards its key carries, in order; spec builder on (JobSpecs, *values))
 RULES = {
-    "prepare_data": (("data",), lambda P, data: P.data_spec(data)),
-    "prepare_pretrain_data": (("init",), lambda P, init: P.pretrain_data_spec(init)),
-    "pretrain": (("init", "backbone", "norm"), lambda P, *a: P.pretrain_spec(*a)),
-    "stage_weights": (("init", "backbone", "norm"), lambda P, *a: P.stage_spec(*a)),
+    "prepare_data": (("data",), lambda specs, data: specs.data_spec(data)),
+    "prepare_pretrain_data": (("init",), lambda specs, init: specs.pretrain_data_spec(init)),
+    "pretrain": (("init", "backbone", "norm"), lambda specs, *a: specs.pretrain_spec(*a)),
+    "stage_weights": (("init", "backbone", "norm"), lambda specs, *a: specs.stage_spec(*a)),
     "train_segment": (("family", "line", "iter"),
-                      lambda P, f, ln, it: P.train_spec(P.plan.segment(f, ln, int(it)))),
-    "train_final": (("run",), lambda P, run: P.train_spec(P.plan.final_segment(run), output=P.model(run))),
+                      lambda specs, f, ln, it: specs.train_spec(specs.plan.segment(f, ln, int(it)))),
+    "train_final": (("run",), lambda specs, run: specs.train_spec(specs.plan.final_segment(run),
+                                                                  output=specs.paths.model(run))),
     "evaluate": (("family", "line", "iter"),
-                 lambda P, f, ln, it: P.eval_spec(P.plan.milestone(f, ln, int(it)))),
+                 lambda specs, f, ln, it: specs.eval_spec(specs.plan.milestone(f, ln, int(it)))),
     "evaluate_tta": (("family", "line", "iter"),
-                     lambda P, f, ln, it: P.eval_spec(P.plan.tta_milestone(f, ln, int(it)), tta=True)),
+                     lambda specs, f, ln, it: specs.eval_spec(specs.plan.tta_milestone(f, ln, int(it)), tta=True)),
 }
-
 
 class JobError(ValueError):
     pass
@@ -82,15 +82,17 @@ def read_snapshot(path: str) -> tuple[dict, str]:
 
 
 def load(path: str):
-    """The Paths (with its plan) of a snapshot, rebuilt as the workflow built them; writes nothing."""
+    """The JobSpecs (with its paths and plan) of a snapshot, rebuilt as the workflow built them;
+    writes nothing."""
     from . import grid as rgrid
     from .config import ConfigError
+    from .job_specs import JobSpecs
     from .paths import Paths
     from .plan import Plan
 
     cfg, source = read_snapshot(path)
     try:
-        return Paths(cfg, Plan(rgrid.build(cfg, source)))
+        return JobSpecs(Paths(cfg, Plan(rgrid.build(cfg, source))))
     except ConfigError as e:
         raise JobError(f"{path}: {e}") from None
 
@@ -111,8 +113,8 @@ def key_pattern(rule: str) -> str:
 _VALUE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
-def spec(P, job: str) -> dict:
-    """The spec of the job named `job` (see `key`) in the plan of `P`."""
+def spec(specs, job: str) -> dict:
+    """The spec of the job named `job` (see `key`) in the plan of `specs` (a JobSpecs)."""
     rule, *values = job.split("/")
     if rule not in RULES:
         raise JobError(f"--job {job}: unknown rule {rule!r} (one of {', '.join(RULES)})")
@@ -120,6 +122,6 @@ def spec(P, job: str) -> dict:
     if len(values) != len(names) or not all(_VALUE.fullmatch(v) for v in values):
         raise JobError(f"--job {job}: {rule} takes {'/'.join(names)}")
     try:
-        return build(P, *values)
+        return build(specs, *values)
     except (KeyError, ValueError) as e:
         raise JobError(f"--job {job}: not in the plan of this config snapshot ({e})") from None

@@ -1,7 +1,7 @@
 """The one training loop, for every engine (and for the tiny pre-training).
 
 ``train(engine, spec, dataset)`` trains one segment of one line of a family, from iteration ``start``
-to ``end`` (spec built by :meth:`rethink.paths.Paths.train_spec`; ``rethink.segment.train_segment``
+to ``end`` (spec built by :meth:`rethink.job_specs.JobSpecs.train_spec`; ``rethink.segment.train_segment``
 picks the engine and reads the dataset manifest). Batches come from the engine's stream (drawn by
 rethink.sampling):
 

@@ -3,7 +3,7 @@ detector's, rethink.models.resnet, same norm) plus a linear classifier, trained 
 classification set (rethink.data, kind "classification") by the one training loop (rethink.loop:
 the same SGD, LR schedule, checkpoints, resume and signal handling).
 
-Outputs (spec from rethink.paths.Paths.pretrain_spec):
+Outputs (spec from rethink.job_specs.JobSpecs.pretrain_spec):
     spec["output"]  the backbone weights: {"format": "rethink-backbone/1", "backbone", "norm",
                     "model": the body's state_dict (no classifier, torchvision names), "iterations",
                     "train_accuracy"}; each engine's load_init_weights reads them with

@@ -21,7 +21,7 @@ evaluations, collect, tables, figures, claims and report. What is simulated, and
   weight downloaded: a manifest and a weights file marked as the rehearsal's.
 
 Rehearsal outputs live apart: ``<workdir>/rehearsal`` and ``<results>/rehearsal`` (config.validate
-moves both), every identity file holds the rehearsal settings (rethink.paths), every checkpoint
+moves both), every identity file holds the rehearsal settings (rethink.identity_files), every checkpoint
 names the engine ``rehearsal`` and every metrics JSON says ``"rehearsal": true``; a real evaluation
 refuses a rehearsal checkpoint, collect refuses a metrics file of the other kind, and every table,
 figure, claims row and report category says REHEARSAL.
@@ -83,7 +83,7 @@ def settings(cfg: dict) -> dict | None:
 
 
 def identity(cfg: dict, content: dict, family: str | None = None) -> dict:
-    """An identity file's content (rethink.paths), in a rehearsal with "rehearsal": the flag, the
+    """An identity file's content (rethink.identity_files), in a rehearsal with "rehearsal": the flag, the
     compression and, for a family's lines, where it diverges; so no rehearsal result passes for a
     real one. A real config's identities are unchanged."""
     rh = settings(cfg)

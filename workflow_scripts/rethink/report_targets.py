@@ -5,9 +5,18 @@ Every table, whatever the config: a table with no runs of ours still shows the p
 so the DAG never depends on which metrics exist. The figures are those the config's grid can draw
 (`figures_for`): the convergence and samples-seen figures always, the less-data figure only for a
 grid with COCO-subset or VOC runs (a figure is never a text placeholder for runs the config does
-not have). `entries` adds each file's caption and category for `snakemake --report`.
+not have). `entries` adds each file's caption and category for `snakemake --report`;
+`final_targets` and `report_entries` are those of one config's plan (the rules ask for them).
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import rehearsal
+
+if TYPE_CHECKING:
+    from .paths import Paths
+    from .plan import Plan
 
 TABLES = ["table1", "table2", "table3", "keypoints", "less_data", "voc", "claims", "cost"]  # claims: rethink.claims,
 # cost: rethink.costs (from the campaign's ledger)
@@ -61,4 +70,22 @@ def entries(results: str, captions: str = "report", figure_names=FIGURES) -> lis
         for ext in FIGURE_FORMATS:
             out.append({"path": f"{results}/figures/{f}.{ext}", "category": "Figures", "subcategory": f,
                         "caption": f"{captions}/figure_{f}.rst" if ext == "png" else None})
+    return out
+
+
+def figure_names(plan: Plan) -> list[str]:
+    """The figures this plan's grid can draw (`figures_for` its runs)."""
+    return figures_for((r.task, r.data) for r in plan.grid.runs.values())
+
+
+def final_targets(paths: Paths) -> list[str]:
+    """What `rule all` asks for: the metrics table, every table and the figures of the plan."""
+    return [paths.metrics_table, *targets(paths.results, figure_names(paths.plan))]
+
+
+def report_entries(paths: Paths) -> list[dict]:
+    """`entries` of the plan's results; in a rehearsal every category says so."""
+    out = entries(paths.results, figure_names=figure_names(paths.plan))
+    if rehearsal.settings(paths.cfg):
+        out = [{**e, "category": f"REHEARSAL {e['category']}"} for e in out]
     return out

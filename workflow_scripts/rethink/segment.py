@@ -1,6 +1,6 @@
 """One training segment, as the train_segment / train_final jobs run it: the engine the spec names,
 its dataset manifest (a task the dataset cannot train is refused: rethink.data.check_task), and the
-one loop (rethink.loop.train; the spec is rethink.paths.Paths.train_spec).
+one loop (rethink.loop.train; the spec is rethink.job_specs.JobSpecs.train_spec).
 
 A segment that diverges (a non-finite loss, or a start checkpoint marked diverged) still ends with
 its output: a checkpoint marked diverged (rethink.checkpoint.diverged_output), and exit status 0. So

@@ -291,7 +291,7 @@ def published_torchvision_model(sha256: str) -> str | None:
 
 
 def stage(spec: dict) -> dict:
-    """The stage_weights job: spec from rethink.paths.Paths.stage_spec. Returns the cost record.
+    """The stage_weights job: spec from rethink.job_specs.JobSpecs.stage_spec. Returns the cost record.
     A rehearsal's downloads nothing (rethink.rehearsal.init_weights)."""
     if spec.get("rehearsal"):
         from .rehearsal import init_weights

@@ -10,7 +10,8 @@ import pandas as pd
 
 from . import costs, evalcost, ledger
 from .grid import Grid, gpu_hours
-from .paths import DIVERGED_MARKER, Paths, recorded_identity
+from .identity_files import IdentityFiles, recorded_identity
+from .paths import DIVERGED_MARKER, Paths
 from .plan import Plan
 from .resources import seconds_per_iter
 
@@ -19,16 +20,17 @@ COLUMNS = ["run_id", "family", "experiments", "schedule", "iterations", "trained
            "gpu_hours_wasted", "status"]
 
 
-def _stale(paths: Paths, done) -> bool:
+def _stale(identities: IdentityFiles, done) -> bool:
     for m in done:
-        rec = recorded_identity(paths.metrics(m.family, m.line, m.iteration))
-        if rec is not None and rec != paths.line_identity(m.family, m.line)[1]:
+        rec = recorded_identity(identities.paths.metrics(m.family, m.line, m.iteration))
+        if rec is not None and rec != identities.line_identity(m.family, m.line)[1]:
             return True
     return False
 
 
-def summarize(grid: Grid, plan: Plan, paths: Paths, jobs: pd.DataFrame | None = None) -> pd.DataFrame:
+def summarize(grid: Grid, plan: Plan, identities: IdentityFiles, jobs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per run; spent, wasted and measured speed from the ledger frame `jobs`."""
+    paths = identities.paths
     spent = costs.per_run(plan, jobs) if jobs is not None and len(jobs) else pd.DataFrame(
         columns=["gpu_hours_spent", "gpu_hours_wasted", "seconds_per_iter_measured"])
     rows = []
@@ -51,7 +53,7 @@ def summarize(grid: Grid, plan: Plan, paths: Paths, jobs: pd.DataFrame | None = 
             status = "partial"
         else:
             status = "to do"
-        if status != "to do" and _stale(paths, done_metrics):
+        if status != "to do" and _stale(identities, done_metrics):
             status = "stale: recipe changed"  # its results were made with other result fields
         led = spent.loc[run_id] if run_id in spent.index else {}
         rows.append({
@@ -157,7 +159,7 @@ def main(cfg: dict, source: str) -> str:
     p = Plan(g)
     paths = Paths(cfg, p)
     jobs = ledger.frame(paths.results, scale=costs.time_scale(cfg))  # a rehearsal's: simulated time
-    df = summarize(g, p, paths, jobs)
+    df = summarize(g, p, IdentityFiles(paths), jobs)
     os.makedirs(os.path.dirname(paths.grid_csv) or ".", exist_ok=True)
     df.to_csv(paths.grid_csv, index=False)
     from .timeline import write_campaign
