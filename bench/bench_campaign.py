@@ -193,12 +193,11 @@ def main() -> int:
     print(f"wall time {wall:.0f} s ({wall / 60:.1f} min); supervisor started {sup.starts} time(s)")
     print("\n".join(scorecard.render(s)))
     print(f"faults injected: {json.dumps(faults.log)}")
-    print(f"diverged on purpose: {sorted(diverged)}; jobs not run because they need it: {blocked}")
+    print(f"diverged on purpose: {sorted(diverged)}; its jobs ended marked diverged: {s['jobs_diverged']}; "
+          f"jobs not run: {blocked}")
     print(f"two copies of a job running at once: {len(faults.doubles)} {faults.doubles[:5]}")
     print(f"results lost (metrics JSONs, models): {len(lost)} {lost[:5]}")
-    print(f"metrics-table rows missing: {len(unbuilt)} {unbuilt[:3]}"
-          + (" (collect needs every planned metrics file: the diverged run's block it; `snakemake figures` "
-             "builds the tables from what exists)" if unbuilt else ""))
+    print(f"metrics-table rows missing: {len(unbuilt)} {unbuilt[:3]}")
     survived = len(faults.log) if not lost and not faults.doubles else 0  # a lost result: none counts as survived
     print(f"campaign rehearsal: {s['jobs_done']}/{planned} jobs, {survived} faults survived, waste {s['waste']:.2f}, "
           f"makespan {s['makespan']:.2f}, interventions {interventions}, lost {len(lost)}")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from test_loop import tiny_specs, wait_for
 
-from conftest import PY, ROOT
+from conftest import PY, ROOT, small_tiny_config
 from rethink import checkpoint, costs, jobs, ledger, scorecard, timeline
 
 TRAIN = str(ROOT / "workflow_scripts" / "train.py")
@@ -111,6 +111,25 @@ def test_waste_against_the_unavoidable(tmp_path):
     df = ledger.frame(str(tmp_path))
     assert list(scorecard.unavoidable_iterations(df)) == [10, 10, 0, 0]  # in start order: 0-100, 100-200, ...
     assert int(ledger.wasted_iterations(df).sum()) == 10 + 70
+
+
+def test_the_scorecard_counts_a_job_that_ended_marked_diverged_as_done(tmp_path):
+    """A diverged segment ends with its output (rethink.segment): done, and said; not a fault."""
+    from rethink import config, grid
+    from rethink.plan import Plan
+
+    rows = [_row(start=0.0, end=100.0, resumed_from=0, iter_reached=100, outcome="done", exit_code=0),
+            _row(job="train_segment/F/trunk/0000200", start=100.0, end=150.0, resumed_from=100, iter_reached=130,
+                 outcome="diverged", exit_code=0),
+            _row(job="train_segment/F/2x/0000300", start=150.0, end=151.0, outcome="diverged", exit_code=0),
+            _row(job="train_segment/G/trunk/0000100", start=0.0, end=50.0, resumed_from=0, iter_reached=40,
+                 outcome="pre-empted", exit_code=143)]
+    _write_rows(tmp_path, rows)
+    cfg = small_tiny_config()
+    plan = Plan(grid.build(config.validate(cfg, "tiny.yaml"), "tiny.yaml"))
+    s = scorecard.score(plan, ledger.frame(str(tmp_path)), planned_jobs=5, slots=4)
+    assert (s["jobs_done"], s["jobs_diverged"], s["faults"]) == (3, 2, {"pre-empted": 1})
+    assert scorecard.render(s)[0] == "jobs: 3/5 done (2 of them with an output marked diverged), in 4 attempts"
 
 
 def test_a_rehearsals_times_read_as_simulated(tmp_path):

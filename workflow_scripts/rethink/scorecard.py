@@ -1,9 +1,10 @@
 """The campaign's scorecard, from its ledger (rethink.ledger): how a whole campaign went, in the
 figures bench/bench_campaign.py prints after a rehearsal and a user reads after a real campaign.
 
-- **jobs**: distinct jobs with a `done` attempt, against the jobs planned.
-- **faults**: attempts per outcome other than done (pre-empted, timed out, node failure, killed,
-  failed, diverged, interrupted).
+- **jobs**: distinct jobs that ended with their output (an attempt `done`, or `diverged`: its output
+  marked diverged, rethink.segment), against the jobs planned; how many of them diverged.
+- **faults**: attempts per outcome other than those (pre-empted, timed out, node failure, killed,
+  failed, interrupted).
 - **waste**: the iterations trained again (rethink.ledger.wasted_iterations) over the unavoidable:
   at each attempt that ended before its segment did and was followed by another, what it trained
   after its newest checkpoint (iter_reached - max(resumed_from, last_checkpoint)). 1.0: nothing
@@ -24,6 +25,7 @@ from . import evalcost, ledger
 from .plan import Plan
 from .resources import seconds_per_iter
 
+FINISHED = ("done", "diverged")  # outcomes of a job that ended with its output
 
 def critical_path_s(plan: Plan) -> float:
     """Seconds of the longest chain a run's results wait for: its segments one after another, then
@@ -62,8 +64,10 @@ def unavoidable_iterations(df: pd.DataFrame) -> pd.Series:
 def score(plan: Plan, sim: pd.DataFrame, planned_jobs: int, slots: int, compression: float = 1.0) -> dict:
     """The scorecard of a ledger read with its compression (ledger.frame's scale); `planned_jobs`
     as Snakemake counts them (without `all`)."""
-    done = int(sim.loc[sim["outcome"] == "done", "job"].nunique())
-    faults = sim.loc[sim["outcome"] != "done", "outcome"].value_counts().to_dict()
+    ended = sim["outcome"].isin(FINISHED)  # a diverged job ends with its output marked diverged (rethink.segment)
+    done = int(sim.loc[ended, "job"].nunique())
+    diverged = int(sim.loc[sim["outcome"] == "diverged", "job"].nunique())
+    faults = sim.loc[~ended, "outcome"].value_counts().to_dict()
     wasted = int(ledger.wasted_iterations(sim).sum())
     unavoidable = int(unavoidable_iterations(sim).sum())
     span_h = float((sim["start"] + sim["elapsed_s"]).max() - sim["start"].min()) * compression / 3600 if len(sim) else 0.0
@@ -73,7 +77,7 @@ def score(plan: Plan, sim: pd.DataFrame, planned_jobs: int, slots: int, compress
                   for s in plan.segments.values()) / 3600.0
     first = sim.loc[sim["rule"].isin(ledger.TRAIN_RULES), "first_iter_s"].dropna()
     return {
-        "jobs_planned": planned_jobs, "jobs_done": done, "attempts": len(sim), "faults": faults,
+        "jobs_planned": planned_jobs, "jobs_done": done, "jobs_diverged": diverged, "attempts": len(sim), "faults": faults,
         "wasted_iterations": wasted, "unavoidable_iterations": unavoidable,
         "waste": (wasted / unavoidable) if unavoidable else (1.0 if wasted == 0 else float("inf")),
         "makespan_h": span_h, "lower_bound_h": bound_h, "makespan": span_h / bound_h if bound_h else float("nan"),
@@ -86,7 +90,8 @@ def score(plan: Plan, sim: pd.DataFrame, planned_jobs: int, slots: int, compress
 def render(s: dict) -> list[str]:
     faults = ", ".join(f"{n} {k}" for k, n in sorted(s["faults"].items())) or "none"
     return [
-        f"jobs: {s['jobs_done']}/{s['jobs_planned']} done, in {s['attempts']} attempts",
+        f"jobs: {s['jobs_done']}/{s['jobs_planned']} done ({s.get('jobs_diverged', 0)} of them with an output marked "
+        f"diverged), in {s['attempts']} attempts",
         f"attempts that did not finish, by how they ended: {faults}",
         f"iterations trained again: {s['wasted_iterations']:,} against {s['unavoidable_iterations']:,} unavoidable "
         f"(trained after the newest checkpoint at each fault): waste {s['waste']:.2f}",
