@@ -13,9 +13,10 @@ import torch
 from test_loop import first_segment, tiny_paths
 from torch import nn
 
-from rethink import checkpoint, data, loop, metrics, models, synthetic
+from rethink import checkpoint, data, loop, metrics, synthetic
 from rethink.checkpoint import BACKBONE_FORMAT
 from rethink.engines import get_engine
+from rethink.engines import torchvision_models as models
 from rethink.engines.torchvision_engine import (
     CocoSplit,
     _merge,

@@ -65,9 +65,9 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint, hooks
+from .engines.torchvision_norms import is_norm
 from .hooks import Diverged, Preempted
 from .lock import SegmentBusy, SegmentLock
-from .norms import is_norm
 from .paths import DIVERGED_MARKER
 from .precision import MixedPrecision
 from .schedule import Schedule

@@ -11,7 +11,7 @@ Interface (duck-typed; see engines/torchvision_engine.py and engines/detectron2_
         `run` is Run.to_dict() (backbone, norm, init, data, seed, recipe, ...); recipe.task is the
         architecture of this segment or checkpoint (rethink.grid.task_at). Random init as
         detectron2 does it (MSRA fill, nothing frozen); norm "SyncBN" gives torch's SyncBatchNorm
-        on GPU and the all_reduce-based rethink.norms.NaiveSyncBatchNorm on CPU.
+        on GPU and the all_reduce-based rethink.engines.torchvision_norms.NaiveSyncBatchNorm on CPU.
     engine.load_init_weights(model, path: str, run: dict) -> None
         backbone weights of the pre-trained init (a .pth written by the pretrain rule, or a
         staged ImageNet .pkl for detectron2).

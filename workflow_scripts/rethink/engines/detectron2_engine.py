@@ -7,7 +7,7 @@ using the engine without detectron2 raises RuntimeError with INSTALL_HINT.
 What each interface method does (see rethink/engines/__init__.py):
 
 * config(run, schedule, weights, dataset) -> CfgNode: get_cfg() + the model-zoo yaml of
-  rethink.d2config.base_config_name + rethink.d2config.overrides (the translation lives there
+  rethink.engines.detectron2_config.base_config_name + rethink.engines.detectron2_config.overrides (the translation lives there
   and is tested without detectron2).
 * build_model(run, device, distributed, dataset=None): detectron2.modeling.build_model(cfg),
   built on the CPU under a fork of the RNG seeded with the run's seed (detectron2's own init:
@@ -56,17 +56,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import d2config
 from ..checkpoint import (
     CheckpointError,
     first_problems,
     map_into_cascade,
     unwrap,
 )
-from ..d2config import D2ConfigError
 from ..sampling import GroupedBatches, aspect_groups, batch_indices, iteration_loader, seed_mix
 from ..stage import StageError, check_weights_pickle
+from . import detectron2_config as d2config
 from .detectron2_backbones import load_torchvision_resnet, load_vgg16_pkl, register_vgg16_backbone
+from .detectron2_config import D2ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The torchvision engine: Mask R-CNN / Faster R-CNN / Keypoint R-CNN + FPN from
 torchvision.models.detection with GN, SyncBN or BN, Cascade Mask R-CNN (torchvision's Mask R-CNN
-with rethink.cascade's RoI heads, detectron2's CascadeROIHeads), and Faster R-CNN on VGG16 without
-FPN (rethink.models), a COCO-format train stream and COCO-format predictions. Runs on CPU; the
+with rethink.engines.torchvision_cascade's RoI heads, detectron2's CascadeROIHeads), and Faster R-CNN on VGG16 without
+FPN (rethink.engines.torchvision_models), a COCO-format train stream and COCO-format predictions. Runs on CPU; the
 embedded default and CI use it. The interface is documented in engines/__init__.py.
 
 Recipe fields honoured: task (mask_rcnn, faster_rcnn, keypoint_rcnn, cascade_mask_rcnn; the switch
@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .. import models
 from ..checkpoint import load_backbone_weights, unwrap
-from ..d2config import test_aug_sizes
 from ..sampling import GroupedBatches, aspect_groups, iteration_loader
 from ..validate_data import DatasetError
+from .detectron2_config import test_aug_sizes
+from .torchvision_models import detector
 
 # Decoded images (uint8 tensors) kept in memory, all splits of a process together, up to this many
 # bytes: the first images decoded stay, later ones are decoded each time. The tiny sets fit
@@ -91,7 +91,7 @@ def keypoint_names(manifest: dict) -> list[str]:
 
 def inference_passes(recipe: dict) -> list[tuple[int, int, bool]]:
     """(min_size, max_size, flip) of every test pass: one without tta, detectron2's TEST.AUG with
-    it (rethink.d2config.test_aug_sizes: the same sizes the detectron2 engine uses)."""
+    it (rethink.engines.detectron2_config.test_aug_sizes: the same sizes the detectron2 engine uses)."""
     lo, hi = int(recipe["min_size_test"]), int(recipe["max_size_test"])
     if not recipe.get("tta"):
         return [(lo, hi, False)]
@@ -294,7 +294,7 @@ class TorchvisionEngine:
             raise ValueError(f"{where}: task keypoint_rcnn needs a keypoint dataset (a category with 'keypoints' "
                              f"names, e.g. datasets.<name>.keypoints: true)")
         device = torch.device(device)
-        return models.detector(run, num_classes, device.type, num_keypoints=num_keypoints).to(device)
+        return detector(run, num_classes, device.type, num_keypoints=num_keypoints).to(device)
 
     def load_init_weights(self, model, path: str, run: dict) -> None:
         """Backbone weights written by the pretrain rule (rethink.pretrain) -> model.backbone.body."""
@@ -302,8 +302,8 @@ class TorchvisionEngine:
 
     def load_converted(self, model, state_dict: dict, from_task: str, run: dict) -> str:
         """A Mask R-CNN state dict into the cascade_mask_rcnn model of `run` (the switch of
-        recipe cascade_from_iter): rethink.cascade.convert_mask_rcnn_state, loaded strictly."""
-        from ..cascade import convert_mask_rcnn_state
+        recipe cascade_from_iter): rethink.engines.torchvision_cascade.convert_mask_rcnn_state, loaded strictly."""
+        from .torchvision_cascade import convert_mask_rcnn_state
 
         to_task = run["recipe"]["task"]
         where = f"run {run.get('run_id', '?')}: architecture switch {from_task} -> {to_task}"

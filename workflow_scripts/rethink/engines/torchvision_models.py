@@ -9,7 +9,7 @@ Tasks: mask_rcnn, faster_rcnn, keypoint_rcnn on a ResNet + FPN of recipe.head_ch
 (256, as the paper; heads with the run's norm: box head 4conv1fc and mask head 4conv of that width,
 keypoint head 8 x conv3x3-512 as detectron2's KRCNNConvDeconvUpsampleHead, with the run's norm
 after every conv, which detectron2's head does not have); cascade_mask_rcnn = that Mask R-CNN with
-rethink.cascade's 3-stage RoI heads; and faster_rcnn on VGG16 (section 5.1 of the paper): no FPN,
+rethink.engines.torchvision_cascade's 3-stage RoI heads; and faster_rcnn on VGG16 (section 5.1 of the paper): no FPN,
 conv5_3 (stride 16, 512 channels), one anchor level (sizes 32-512, ratios 0.5/1/2), RoIAlign 7x7,
 box head fc6 + fc7 of VGG_FC_DIM (4096, as VGG16's), no normalisation (norm "none"; another norm
 goes after every conv). VGG16's body has the layer indices of torchvision's
@@ -34,7 +34,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
-from .norms import norm_layer
+from .torchvision_norms import norm_layer
 
 RESNETS = {"R18": tv_resnet.resnet18, "R50": tv_resnet.resnet50, "R101": tv_resnet.resnet101}
 TASKS = ("mask_rcnn", "faster_rcnn", "keypoint_rcnn", "cascade_mask_rcnn")
@@ -182,7 +182,7 @@ def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoint
     """The detector of `run` (Run.to_dict()); `num_classes` without background; `num_keypoints` for
     keypoint_rcnn. ResNets: Mask R-CNN / Faster R-CNN / Keypoint R-CNN + FPN, heads as in the paper
     (box head 4conv1fc, mask head 4conv, keypoint head 8conv, all with the run's norm); Cascade Mask
-    R-CNN: Mask R-CNN with rethink.cascade's RoI heads (3 stages, each its own 4conv1fc box head).
+    R-CNN: Mask R-CNN with rethink.engines.torchvision_cascade's RoI heads (3 stages, each its own 4conv1fc box head).
     VGG16: Faster R-CNN on conv5_3 without FPN (see the module doc)."""
     recipe = run["recipe"]
     task = recipe["task"]
@@ -233,7 +233,7 @@ def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoint
         if width != 256:  # torchvision builds the predictor (deconv) for 256 channels; detectron2's reads CONV_DIM
             model.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, kwargs["num_classes"])
         if task == "cascade_mask_rcnn":
-            from .cascade import STAGE_IOUS, CascadeRoIHeads
+            from .torchvision_cascade import STAGE_IOUS, CascadeRoIHeads
 
             model.roi_heads = CascadeRoIHeads.from_roi_heads(model.roi_heads, [conv_fc_head() for _ in STAGE_IOUS])
     for pooler in model.roi_heads.modules():
