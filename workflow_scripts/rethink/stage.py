@@ -168,7 +168,7 @@ def torchvision_vgg16_names() -> dict[str, str]:
     the convs are features.{0,2,5,7,10,12,14,17,19,21,24,26,28}; classifier.0 (25088 -> 4096) is
     fc6, classifier.3 (4096 -> 4096) fc7 (classifier.1/2, 4/5 are ReLU/Dropout: no tensors);
     classifier.6, the 1000-way ImageNet classifier (caffe's fc8), is not converted."""
-    from .engines.torchvision_models import VGG16_BLOCKS
+    from .engines.shared import VGG16_BLOCKS
 
     out, index = {}, 0
     for b, widths in enumerate(VGG16_BLOCKS, 1):
@@ -183,10 +183,10 @@ def torchvision_vgg16_names() -> dict[str, str]:
 
 def vgg16_blob_shapes() -> dict[str, tuple[int, ...]]:
     """The shape of each caffe VGG16 blob the detectron2 VGG16 Faster R-CNN takes: the convs of
-    rethink.engines.torchvision_models.VGG16_BLOCKS, fc6 = box head fc1 (FC_DIM x 512 x POOLER_RESOLUTION^2,
+    rethink.engines.shared.VGG16_BLOCKS, fc6 = box head fc1 (FC_DIM x 512 x POOLER_RESOLUTION^2,
     flattened C, H, W as torchvision's and detectron2's heads both flatten), fc7 = fc2."""
     from .engines import detectron2_config as d2config
-    from .engines.torchvision_models import VGG16_BLOCKS
+    from .engines.shared import VGG16_BLOCKS
 
     shapes, cin = {}, 3
     for b, widths in enumerate(VGG16_BLOCKS, 1):

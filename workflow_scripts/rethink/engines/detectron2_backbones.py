@@ -28,7 +28,7 @@ from ..checkpoint import (
 )
 from ..stage import StageError, check_weights_pickle
 from .detectron2_config import D2ConfigError
-from .torchvision_models import VGG16_BLOCKS
+from .shared import VGG16_BLOCKS
 
 VGG16_BACKBONE = "build_vgg16_backbone"
 VGG16_FEATURE = "vgg_conv5"

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import copy
 
+from .shared import TEST_AUG_MAX_SIZE, TEST_AUG_MIN_SIZES, test_aug_sizes
+
 # the detectron2 commit whose configs BASE_CONFIGS transcribes (and that the engine was checked with)
 DETECTRON2_COMMIT = "02b5c4e295e990042a714712c21dc79b731e8833"
 
@@ -212,8 +214,8 @@ DEFAULTS = {
     # test-time augmentation (recipe tta, GeneralizedRCNNWithTTA): every image at these shorter
     # sides (longer side at most MAX_SIZE), flipped and not; Detectron's X152 TTA used the same
     # scales with MAX_SIZE 2000
-    "TEST.AUG.MIN_SIZES": [400, 500, 600, 700, 800, 900, 1000, 1100, 1200],
-    "TEST.AUG.MAX_SIZE": 4000,
+    "TEST.AUG.MIN_SIZES": list(TEST_AUG_MIN_SIZES),
+    "TEST.AUG.MAX_SIZE": TEST_AUG_MAX_SIZE,
     "TEST.AUG.FLIP": True,
     "TEST.DETECTIONS_PER_IMAGE": 100,
     "SOLVER.CHECKPOINT_PERIOD": 5000,
@@ -333,15 +335,6 @@ def num_classes(dataset: dict | None) -> int | None:
         if isinstance(v, list):
             return len(v)
     return None
-
-
-def test_aug_sizes(recipe: dict) -> tuple[list[int], int]:
-    """(shorter sides, longer-side cap) of test-time augmentation: detectron2's TEST.AUG
-    (DEFAULTS) scaled by min_size_test / 800 and max_size_test / 1333, so the paper's test size
-    gives detectron2's exactly and a tiny config a proportionally tiny set. Both engines use it."""
-    lo, hi = int(recipe["min_size_test"]), int(recipe["max_size_test"])
-    sizes = sorted({max(1, round(lo * s / 800)) for s in DEFAULTS["TEST.AUG.MIN_SIZES"]})
-    return sizes, max(hi, round(hi * DEFAULTS["TEST.AUG.MAX_SIZE"] / 1333))
 
 
 def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dict | None = None) -> dict:

@@ -36,7 +36,7 @@ from PIL import Image, ImageOps
 from ..checkpoint import load_backbone_weights, unwrap
 from ..sampling import GroupedBatches, aspect_groups, iteration_loader
 from ..validate_data import DatasetError
-from .detectron2_config import test_aug_sizes
+from .shared import test_aug_sizes
 from .torchvision_models import detector
 
 # Decoded images (uint8 tensors) kept in memory, all splits of a process together, up to this many
@@ -91,7 +91,7 @@ def keypoint_names(manifest: dict) -> list[str]:
 
 def inference_passes(recipe: dict) -> list[tuple[int, int, bool]]:
     """(min_size, max_size, flip) of every test pass: one without tta, detectron2's TEST.AUG with
-    it (rethink.engines.detectron2_config.test_aug_sizes: the same sizes the detectron2 engine uses)."""
+    it (rethink.engines.shared.test_aug_sizes: the same sizes the detectron2 engine uses)."""
     lo, hi = int(recipe["min_size_test"]), int(recipe["max_size_test"])
     if not recipe.get("tta"):
         return [(lo, hi, False)]

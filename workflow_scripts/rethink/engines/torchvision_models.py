@@ -34,6 +34,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
+from .shared import VGG16_BLOCKS
 from .torchvision_norms import norm_layer
 
 RESNETS = {"R18": tv_resnet.resnet18, "R50": tv_resnet.resnet50, "R101": tv_resnet.resnet101}
@@ -41,9 +42,7 @@ TASKS = ("mask_rcnn", "faster_rcnn", "keypoint_rcnn", "cascade_mask_rcnn")
 BACKBONES = (*RESNETS, "VGG16")
 FPN_STRIDES = (4, 8, 16, 32)  # feature maps '0'..'3' (ResNet stages 2-5) that the RoI poolers read
 KEYPOINT_HEAD = [512] * 8  # detectron2's ROI_KEYPOINT_HEAD.CONV_DIMS
-# VGG16 (configuration "D") up to conv5_3 without pool5: stride 16, 512 channels. Its conv blocks:
-# output channels of each 3x3 conv (a 2x2 max-pool follows blocks 1-4); both engines build from it
-VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+# VGG16 up to conv5_3 (rethink.engines.shared.VGG16_BLOCKS) as torchvision's layer list: "M" a max-pool
 VGG16_LAYERS = [layer for b, widths in enumerate(VGG16_BLOCKS, 1)
                 for layer in (*widths, *(["M"] if b < len(VGG16_BLOCKS) else []))]
 VGG_STRIDE = 16
