@@ -66,6 +66,7 @@ from ..sampling import GroupedBatches, aspect_groups, batch_indices, iteration_l
 from ..stage import StageError, check_weights_pickle
 from . import detectron2_config as d2config
 from .detectron2_backbones import load_torchvision_resnet, load_vgg16_pkl, register_vgg16_backbone
+from .detectron2_base_configs import DETECTRON2_COMMIT
 from .detectron2_config import D2ConfigError
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ INSTALL_HINT = (
     "the detectron2 engine needs detectron2, which is on no package index: install it from source against the "
     "pinned torch (requirements.txt), e.g.\n"
     "  pip install -U pip && pip install -r requirements.txt\n"
-    f"  pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git@{d2config.DETECTRON2_COMMIT}'\n"
+    f"  pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git@{DETECTRON2_COMMIT}'\n"
     "or from a local clone: pip install --no-build-isolation /path/to/detectron2 "
     "(a C++/CUDA compiler and torch must already be installed; ~2 min). "
     "For CPU runs and CI use engine: torchvision."
