@@ -1,5 +1,5 @@
-"""Cascade Mask R-CNN in the torchvision engine (rethink.engines.torchvision_cascade; the paper's Table 3 "+cascade") and
-the switch from Mask R-CNN to cascade inside a run (recipe cascade_from_iter): training through the
+"""Cascade Mask R-CNN in the torchvision engine (rethink.engines.torchvision_cascade; the paper's Table 3
+"+cascade") and the switch from Mask R-CNN to cascade inside a run (recipe cascade_from_iter): training through the
 one loop (rethink.loop.train) on the tiny synthetic set, COCO evaluation of predict()'s output,
 the weights carried over by engine.load_converted, and the cascade's own mechanics (per-stage IoU
 labelling, gradient scale, score averaging, last-stage boxes)."""

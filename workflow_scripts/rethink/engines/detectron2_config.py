@@ -197,24 +197,41 @@ def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dic
     `schedule`: the segment's schedule (a train spec's "schedule" dict or a Schedule; None
     leaves SOLVER's schedule fields at the recipe's/base's). `weights`: path of the init
     weights (MODEL.WEIGHTS; None = not known here: the architecture still follows the run's
-    init). `dataset`: the run's dataset manifest (for the number of classes)."""
+    init). `dataset`: the run's dataset manifest (for the number of classes).
+
+    One step per part of the config, in this order (a later step overrides an earlier one's key):
+    norm, init, backbone (VGG16 or ResNet), task, solver, schedule, input, proposal and RoI
+    sizes, test / data / seed."""
     _check(run)
     recipe = run["recipe"]
-    norm = NORMS[run["norm"]]
-    base = base_config_name(run)
-    random_init = is_random_init(run)
-    if random_init and weights:
-        raise D2ConfigError(f"run {run.get('run_id', '?')}: init {run['init']!r} is random, but weights {weights!r} were given")
+    if is_random_init(run) and weights:
+        raise D2ConfigError(f"run {run.get('run_id', '?')}: init {run['init']!r} is random, but weights {weights!r} "
+                            "were given")
     out: dict = {}
-    out.update(norm_fields(norm))
-    # init ------------------------------------------------------------------------------
-    out["MODEL.WEIGHTS"] = weights or ""
-    out["MODEL.PIXEL_MEAN"] = list(CAFFE_MEAN)
-    if random_init:
+    out.update(norm_fields(NORMS[run["norm"]]))
+    out.update(_init_fields(run, weights))
+    if is_vgg(run):
+        del out["MODEL.RESNETS.STRIDE_IN_1X1"]  # no ResNet in the model
+        out.update(_vgg16_fields(run))
+    else:
+        out.update(_resnet_fields(run))  # after the init: ResNeXt fixes its own stride placement
+    out.update(_task_fields(run, dataset))
+    out.update(_solver_fields(recipe))
+    out.update(_schedule_fields(schedule))
+    out.update(_input_fields(recipe))
+    out.update(_proposal_fields(recipe))
+    out.update(_test_data_fields(run, dataset))
+    return out
+
+
+def _init_fields(run: dict, weights: str | None) -> dict:
+    """MODEL.WEIGHTS and what the init decides: freezing, stride placement, input normalisation."""
+    out = {"MODEL.WEIGHTS": weights or "", "MODEL.PIXEL_MEAN": list(CAFFE_MEAN)}
+    if is_random_init(run):
         out["MODEL.BACKBONE.FREEZE_AT"] = 0
         out["MODEL.RESNETS.STRIDE_IN_1X1"] = False
         # GN: as scratch_mask_rcnn_R_50_FPN_3x_gn; the others as scratch_mask_rcnn_R_50_FPN_9x_syncbn
-        out["MODEL.PIXEL_STD"] = list(UNIT_STD if base == GN_SCRATCH else TORCHVISION_STD)
+        out["MODEL.PIXEL_STD"] = list(UNIT_STD if base_config_name(run) == GN_SCRATCH else TORCHVISION_STD)
     elif weights_style(run) == "torchvision":
         out["MODEL.RESNETS.STRIDE_IN_1X1"] = False
         out["MODEL.PIXEL_MEAN"] = list(reversed(CAFFE_MEAN))  # torchvision's mean x 255, RGB
@@ -223,25 +240,32 @@ def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dic
     else:
         out["MODEL.RESNETS.STRIDE_IN_1X1"] = weights_style(run) == "msra"
         out["MODEL.PIXEL_STD"] = list(UNIT_STD)
-    if is_vgg(run):
-        del out["MODEL.RESNETS.STRIDE_IN_1X1"]  # no ResNet in the model
-        out.update(copy.deepcopy(VGG16))
-        out["MODEL.BACKBONE.FREEZE_AT"] = 0 if random_init else VGG16_FREEZE_AT_PRETRAINED
-        # pre-trained: the caffe VGG16's input; random init: that mean and torchvision's std (unit
-        # variance into an MSRA-initialised net without normalisation, as the scratch SyncBN config)
-        out["MODEL.PIXEL_MEAN"] = list(VGG_CAFFE_MEAN)
-    else:
-        # backbone (after the init: ResNeXt fixes its own stride placement)
-        out.update(BACKBONES[run["backbone"]])
-        # FPN width, which the RPN and the RoI heads' convs share (256: detectron2's defaults)
-        width = int(recipe["head_channels"])
-        out["MODEL.FPN.OUT_CHANNELS"] = width
-        out["MODEL.ROI_BOX_HEAD.CONV_DIM"] = width
-        out["MODEL.ROI_MASK_HEAD.CONV_DIM"] = width
-    # task ------------------------------------------------------------------------------
-    task = recipe.get("task", "mask_rcnn")
-    out["MODEL.MASK_ON"] = task in ("mask_rcnn", "cascade_mask_rcnn")
-    out["MODEL.KEYPOINT_ON"] = task == "keypoint_rcnn"
+    return out
+
+
+def _vgg16_fields(run: dict) -> dict:
+    """The VGG16 Faster R-CNN's fields (the VGG16 table), the blocks it freezes and its input mean."""
+    out = copy.deepcopy(VGG16)
+    out["MODEL.BACKBONE.FREEZE_AT"] = 0 if is_random_init(run) else VGG16_FREEZE_AT_PRETRAINED
+    # pre-trained: the caffe VGG16's input; random init: that mean and torchvision's std (unit
+    # variance into an MSRA-initialised net without normalisation, as the scratch SyncBN config)
+    out["MODEL.PIXEL_MEAN"] = list(VGG_CAFFE_MEAN)
+    return out
+
+
+def _resnet_fields(run: dict) -> dict:
+    """The ResNet(-Xt) of the run's backbone and the FPN width, which the RPN and the RoI heads'
+    convs share (recipe.head_channels; 256: detectron2's defaults)."""
+    width = int(run["recipe"]["head_channels"])
+    return {**BACKBONES[run["backbone"]], "MODEL.FPN.OUT_CHANNELS": width, "MODEL.ROI_BOX_HEAD.CONV_DIM": width,
+            "MODEL.ROI_MASK_HEAD.CONV_DIM": width}
+
+
+def _task_fields(run: dict, dataset: dict | None) -> dict:
+    """The heads of the recipe's task and the number of classes (the dataset's; 1 for keypoints)."""
+    task = run["recipe"].get("task", "mask_rcnn")
+    out: dict = {"MODEL.MASK_ON": task in ("mask_rcnn", "cascade_mask_rcnn"),
+                 "MODEL.KEYPOINT_ON": task == "keypoint_rcnn"}
     if task == "cascade_mask_rcnn":
         out["MODEL.ROI_HEADS.NAME"] = "CascadeROIHeads"
         out["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"] = True
@@ -250,44 +274,65 @@ def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dic
         out["MODEL.ROI_HEADS.NUM_CLASSES"] = 1
     elif n is not None:
         out["MODEL.ROI_HEADS.NUM_CLASSES"] = n
-    # solver -----------------------------------------------------------------------------
-    out["SOLVER.IMS_PER_BATCH"] = int(recipe["batch"])
-    out["SOLVER.BASE_LR"] = float(recipe["base_lr"])
-    out["SOLVER.MOMENTUM"] = float(recipe["momentum"])
-    out["SOLVER.WEIGHT_DECAY"] = float(recipe["weight_decay"])
-    out["SOLVER.GAMMA"] = float(recipe["drop_factor"])
-    out["SOLVER.WARMUP_ITERS"] = int(recipe["warmup_iters"])
-    out["SOLVER.WARMUP_FACTOR"] = float(recipe["warmup_factor"])
-    out["SOLVER.WARMUP_METHOD"] = "linear"
-    out["SOLVER.CHECKPOINT_PERIOD"] = int(recipe["checkpoint_period"])
-    out.update(_schedule_fields(schedule))
-    # input ------------------------------------------------------------------------------
-    out["INPUT.MIN_SIZE_TRAIN"] = [int(s) for s in recipe["min_size_train"]]
-    out["INPUT.MIN_SIZE_TRAIN_SAMPLING"] = "range" if recipe.get("scale_aug") else "choice"
-    out["INPUT.MAX_SIZE_TRAIN"] = int(recipe["max_size_train"])
-    out["INPUT.MIN_SIZE_TEST"] = int(recipe["min_size_test"])
-    out["INPUT.MAX_SIZE_TEST"] = int(recipe["max_size_test"])
-    # model sizes ------------------------------------------------------------------------
-    out["MODEL.RPN.PRE_NMS_TOPK_TRAIN"] = int(recipe["rpn_pre_nms_train"])
-    out["MODEL.RPN.POST_NMS_TOPK_TRAIN"] = int(recipe["rpn_post_nms_train"])
-    out["MODEL.RPN.PRE_NMS_TOPK_TEST"] = int(recipe["rpn_pre_nms_test"])
-    out["MODEL.RPN.POST_NMS_TOPK_TEST"] = int(recipe["rpn_post_nms_test"])
-    out["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] = int(recipe["roi_batch_per_image"])
-    out["TEST.DETECTIONS_PER_IMAGE"] = int(recipe["detections_per_image"])
-    # test, data, seed -------------------------------------------------------------------
-    out["TEST.AUG.ENABLED"] = bool(recipe.get("tta", False))
-    out["TEST.AUG.MIN_SIZES"], out["TEST.AUG.MAX_SIZE"] = test_aug_sizes(recipe)
-    out["TEST.EVAL_PERIOD"] = 0
-    # detectron2's SyncBN configs enable PreciseBN (BN statistics re-estimated on 200 train batches
-    # before each of its evaluations); the project's evaluation takes the checkpoint's running
-    # statistics as they are, for every norm, so the generated config says so
-    out["TEST.PRECISE_BN.ENABLED"] = False
-    train_name, val_name = dataset_names(run, dataset)
-    out["DATASETS.TRAIN"] = [train_name]
-    out["DATASETS.TEST"] = [val_name]
-    out["DATALOADER.NUM_WORKERS"] = int(recipe["num_workers"])
-    out["SEED"] = int(run["seed"])
     return out
+
+
+def _solver_fields(recipe: dict) -> dict:
+    return {
+        "SOLVER.IMS_PER_BATCH": int(recipe["batch"]),
+        "SOLVER.BASE_LR": float(recipe["base_lr"]),
+        "SOLVER.MOMENTUM": float(recipe["momentum"]),
+        "SOLVER.WEIGHT_DECAY": float(recipe["weight_decay"]),
+        "SOLVER.GAMMA": float(recipe["drop_factor"]),
+        "SOLVER.WARMUP_ITERS": int(recipe["warmup_iters"]),
+        "SOLVER.WARMUP_FACTOR": float(recipe["warmup_factor"]),
+        "SOLVER.WARMUP_METHOD": "linear",
+        "SOLVER.CHECKPOINT_PERIOD": int(recipe["checkpoint_period"]),
+    }
+
+
+def _input_fields(recipe: dict) -> dict:
+    return {
+        "INPUT.MIN_SIZE_TRAIN": [int(s) for s in recipe["min_size_train"]],
+        "INPUT.MIN_SIZE_TRAIN_SAMPLING": "range" if recipe.get("scale_aug") else "choice",
+        "INPUT.MAX_SIZE_TRAIN": int(recipe["max_size_train"]),
+        "INPUT.MIN_SIZE_TEST": int(recipe["min_size_test"]),
+        "INPUT.MAX_SIZE_TEST": int(recipe["max_size_test"]),
+    }
+
+
+def _proposal_fields(recipe: dict) -> dict:
+    """The model's sizes: RPN proposals kept before and after NMS, RoIs per image, detections."""
+    return {
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN": int(recipe["rpn_pre_nms_train"]),
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN": int(recipe["rpn_post_nms_train"]),
+        "MODEL.RPN.PRE_NMS_TOPK_TEST": int(recipe["rpn_pre_nms_test"]),
+        "MODEL.RPN.POST_NMS_TOPK_TEST": int(recipe["rpn_post_nms_test"]),
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": int(recipe["roi_batch_per_image"]),
+        "TEST.DETECTIONS_PER_IMAGE": int(recipe["detections_per_image"]),
+    }
+
+
+def _test_data_fields(run: dict, dataset: dict | None) -> dict:
+    """Test-time augmentation, no evaluation or PreciseBN by detectron2, the registered dataset
+    names, loader workers and the seed."""
+    recipe = run["recipe"]
+    aug_sizes, aug_max = test_aug_sizes(recipe)
+    train_name, val_name = dataset_names(run, dataset)
+    return {
+        "TEST.AUG.ENABLED": bool(recipe.get("tta", False)),
+        "TEST.AUG.MIN_SIZES": aug_sizes,
+        "TEST.AUG.MAX_SIZE": aug_max,
+        "TEST.EVAL_PERIOD": 0,
+        # detectron2's SyncBN configs enable PreciseBN (BN statistics re-estimated on 200 train batches
+        # before each of its evaluations); the project's evaluation takes the checkpoint's running
+        # statistics as they are, for every norm, so the generated config says so
+        "TEST.PRECISE_BN.ENABLED": False,
+        "DATASETS.TRAIN": [train_name],
+        "DATASETS.TEST": [val_name],
+        "DATALOADER.NUM_WORKERS": int(recipe["num_workers"]),
+        "SEED": int(run["seed"]),
+    }
 
 
 def resolved(run: dict, schedule=None, weights: str | None = None, dataset: dict | None = None) -> dict:

@@ -7,8 +7,8 @@ using the engine without detectron2 raises RuntimeError with INSTALL_HINT.
 What each interface method does (see rethink/engines/__init__.py):
 
 * config(run, schedule, weights, dataset) -> CfgNode: get_cfg() + the model-zoo yaml of
-  rethink.engines.detectron2_config.base_config_name + rethink.engines.detectron2_config.overrides (the translation lives there
-  and is tested without detectron2).
+  rethink.engines.detectron2_config.base_config_name + detectron2_config.overrides (the translation
+  lives there and is tested without detectron2).
 * build_model(run, device, distributed, dataset=None): detectron2.modeling.build_model(cfg),
   built on the CPU under a fork of the RNG seeded with the run's seed (detectron2's own init:
   MSRA fill, nothing frozen for scratch; ImageNet runs freeze stem + res2, FREEZE_AT 2, as
