@@ -18,7 +18,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from rethink import data, evaluate, segment, validate_data
-from rethink.engines import torchvision_engine as tv
+from rethink.engines import torchvision_data as tv
 from rethink.validate_data import DatasetError
 
 CATS = [{"id": 1, "name": "cup", "supercategory": "x"}, {"id": 5, "name": "dog", "supercategory": "x"},
