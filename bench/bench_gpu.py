@@ -7,7 +7,7 @@ Needs a CUDA GPU and detectron2 (--smoke: detectron2 only; the tiny config's R18
 14 iterations, warm-up 4: it checks that both trainers run, not their speed). For each norm (GN,
 SyncBN) and precision (fp32, AMP) it trains R50-FPN Mask R-CNN from random init on synthetic
 800 x 1000 px images, 2 images per GPU, the paper's recipe (the schema's defaults, detectron2's
-config for the run: rethink.d2config):
+config for the run: rethink.engines.detectron2_config):
 
     ours   rethink.loop with the detectron2 engine (recipe.amp for AMP), what a train_segment job runs
     d2     detectron2's DefaultTrainer on the same CfgNode (SOLVER.AMP.ENABLED for AMP): the trainer

@@ -1,5 +1,5 @@
-"""Cascade Mask R-CNN in the torchvision engine (rethink.cascade; the paper's Table 3 "+cascade") and
-the switch from Mask R-CNN to cascade inside a run (recipe cascade_from_iter): training through the
+"""Cascade Mask R-CNN in the torchvision engine (rethink.engines.torchvision_cascade; the paper's Table 3
+"+cascade") and the switch from Mask R-CNN to cascade inside a run (recipe cascade_from_iter): training through the
 one loop (rethink.loop.train) on the tiny synthetic set, COCO evaluation of predict()'s output,
 the weights carried over by engine.load_converted, and the cascade's own mechanics (per-stage IoU
 labelling, gradient scale, score averaging, last-stage boxes)."""
@@ -15,8 +15,9 @@ import torch
 from test_engine_tasks import check_results, short_spec
 from test_loop import tiny_specs
 
-from rethink import cascade, checkpoint, data, loop, metrics
+from rethink import checkpoint, data, loop, metrics
 from rethink.engines import get_engine
+from rethink.engines import torchvision_cascade as cascade
 from rethink.engines.torchvision_engine import TorchvisionEngine
 from rethink.evaluate import evaluate_results
 

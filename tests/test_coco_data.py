@@ -17,7 +17,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from rethink import data, evaluate, segment, validate_data
-from rethink.engines import torchvision_engine as tv
+from rethink.engines import torchvision_data as tv
 from rethink.validate_data import DatasetError
 from rethink_lab.fuzz_data import _ann  # one COCO annotation, and its box as a polygon
 

@@ -1,4 +1,4 @@
-"""The run -> detectron2 config translation (rethink.d2config), checked field by field against
+"""The run -> detectron2 config translation (rethink.engines.detectron2_config), checked field by field against
 detectron2's own configs for the paper (paper/detectron2_configs.json: get_cfg + merge_from_file
 at detectron2 commit 02b5c4e). Needs no detectron2: it checks the flat dict d2config.resolved(),
 which tests/test_detectron2_engine.py (with detectron2) checks against the real CfgNode.
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from rethink import config as rconfig
-from rethink import d2config
 from rethink import grid as rgrid
+from rethink.engines import detectron2_config as d2config
 from rethink.job_specs import JobSpecs
 from rethink.paths import Paths
 from rethink.plan import Plan
@@ -328,7 +328,7 @@ def test_imports_without_detectron2():
     says how to install it."""
     code = (
         "import sys\n"
-        "import rethink.d2config, rethink.engines.detectron2_engine as e\n"
+        "import rethink.engines.detectron2_config, rethink.engines.detectron2_engine as e\n"
         "assert 'detectron2' not in sys.modules, 'detectron2 imported at module level'\n"
         "try:\n"
         "    import detectron2\n"

@@ -29,9 +29,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
                 allow_module_level=True)
 
 from rethink import config as rconfig
-from rethink import d2config
 from rethink import data as rdata
 from rethink import grid as rgrid
+from rethink.engines import detectron2_config as d2config
 from rethink.engines import get_engine
 from rethink.job_specs import JobSpecs
 from rethink.paths import Paths

@@ -430,7 +430,7 @@ def test_nan_via_cli_exits_0_with_output_marked_diverged(tmp_path):
 def _syncbn_worker(rank: int, world: int, init_file: str, x: torch.Tensor, g: torch.Tensor, q):
     import torch.distributed as dist
 
-    from rethink.norms import NaiveSyncBatchNorm
+    from rethink.engines.torchvision_norms import NaiveSyncBatchNorm
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)

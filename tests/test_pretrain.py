@@ -88,8 +88,8 @@ D2_KEYS = json.loads((ROOT / "tests" / "data" / "detectron2_resnet_keys.json").r
 def test_pretrained_resnet_renames_to_detectron2s_resnet(backbone, norm):
     """The pre-training's body (torchvision names) renamed for detectron2 fits detectron2's ResNet key for
     key and shape for shape: the key list is detectron2's own (tests/data, written with detectron2)."""
-    from rethink import models
     from rethink.checkpoint import fit_problems, torchvision_resnet_to_detectron2
+    from rethink.engines import torchvision_models as models
 
     body = {k: v for k, v in models.resnet(backbone, norm).state_dict().items() if not k.startswith("fc.")}
     renamed = torchvision_resnet_to_detectron2(body)
@@ -114,7 +114,7 @@ def test_renaming_refuses_what_is_not_a_resnet_body():
 def test_detectron2_config_of_a_pretrained_run_takes_torchvisions_input(pretrained):
     """detectron2's documented settings for torchvision ResNets (tools/convert-torchvision-to-d2.py): RGB,
     torchvision's mean and std (x255), stride in the 3x3 conv; random init keeps the scratch config."""
-    from rethink import d2config
+    from rethink.engines import detectron2_config as d2config
 
     p = pretrained["specs"]
     for r in p.plan.grid.runs.values():

@@ -25,7 +25,8 @@ import pytest
 import torch
 import torchvision
 
-from rethink import d2config, stage
+from rethink import stage
+from rethink.engines import detectron2_config as d2config
 from rethink.engines.detectron2_backbones import _vgg16_pkl_names
 
 ROOT = Path(__file__).resolve().parents[1]

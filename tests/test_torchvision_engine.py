@@ -11,7 +11,7 @@ from torch import nn
 
 from rethink import data
 from rethink.engines import get_engine
-from rethink.norms import NaiveSyncBatchNorm, gn_groups
+from rethink.engines.torchvision_norms import NaiveSyncBatchNorm, gn_groups
 
 
 @pytest.fixture(scope="module")

@@ -260,7 +260,7 @@ def later(manifest: dict, train: bool) -> Outcome | None:
     itself with pycocotools; with `train`, one training step of the tiny model and its evaluation."""
     from rethink import evaluate
     from rethink.data import DatasetError
-    from rethink.engines import torchvision_engine as tv
+    from rethink.engines import torchvision_data as tv
 
     try:
         keypoints = any(c.get("keypoints") for c in manifest["categories"])

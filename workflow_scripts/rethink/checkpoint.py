@@ -267,7 +267,7 @@ def map_into_cascade(source: dict, target: dict, stages: int, box_head: str, cls
     """How a Mask R-CNN state dict (`source`) fills a cascade model's (`target`, `stages` stages),
     for both engines' switch of architecture (engine.load_converted). `box_head`, `cls_score` and
     `bbox_pred` say where the cascade model keeps stage k's parts, with "{k}" for the stage (e.g.
-    detectron2's "roi_heads.box_head.{k}.", rethink.cascade's "roi_heads.box_heads.{k}.").
+    detectron2's "roi_heads.box_head.{k}.", rethink.engines.torchvision_cascade's "roi_heads.box_heads.{k}.").
 
     Same name and shape: copied (backbone, FPN, RPN, mask head, buffers); Mask R-CNN's box head
     and classifier go into every stage's; its class-specific box regressor has no counterpart in
@@ -351,7 +351,7 @@ def torchvision_resnet_to_detectron2(state: dict) -> dict:
     tools/convert-torchvision-to-d2.py renames them: conv1 / bn1 -> stem.conv1 / stem.conv1.norm,
     layerN.b -> res(N+1).b, bnK -> convK.norm, downsample.0 / .1 -> shortcut / shortcut.norm.
     Tensors are unchanged; the run's detectron2 config takes torchvision's input (RGB, its mean
-    and std, stride in the 3x3 conv: rethink.d2config.weights_style "torchvision"). A key of
+    and std, stride in the 3x3 conv: rethink.engines.detectron2_config.weights_style "torchvision"). A key of
     another shape raises ValueError naming it."""
     out = {}
     for key, value in state.items():

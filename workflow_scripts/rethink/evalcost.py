@@ -38,7 +38,7 @@ def passes(run: Run, tta: bool) -> int:
     flipped and not."""
     if not tta:
         return 1
-    from .d2config import test_aug_sizes
+    from .engines.shared import test_aug_sizes
 
     return 2 * len(test_aug_sizes(run.recipe)[0])
 

@@ -305,7 +305,7 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
     manifest = rdata.load_manifest(spec["dataset"])
     run = spec["run"]
     if spec.get("tta"):  # the engines read test-time augmentation from the recipe they predict with
-        from .d2config import test_aug_sizes
+        from .engines.shared import test_aug_sizes
 
         run = {**run, "recipe": {**run["recipe"], "tta": True}}
         sizes, cap = test_aug_sizes(run["recipe"])

@@ -67,7 +67,6 @@ import torch.distributed as dist
 from . import checkpoint, hooks
 from .hooks import Diverged, Preempted
 from .lock import SegmentBusy, SegmentLock
-from .norms import is_norm
 from .paths import DIVERGED_MARKER
 from .precision import MixedPrecision
 from .schedule import Schedule
@@ -98,6 +97,13 @@ def schedule_from_spec(s: dict) -> Schedule:
     return Schedule(iterations=int(s["iterations"]), base_lr=float(s["base_lr"]),
                     lr_drops=tuple(int(d) for d in s["lr_drops"]), drop_factor=float(s["drop_factor"]),
                     warmup_iters=int(s["warmup_iters"]), warmup_factor=float(s["warmup_factor"]))
+
+
+def is_norm(module: torch.nn.Module) -> bool:
+    """Normalization modules, whatever the engine built (their parameters get no weight decay, as in
+    detectron2)."""
+    nn = torch.nn
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm))
 
 
 def build_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.SGD:

@@ -1,5 +1,5 @@
 """The tiny "ImageNet" pre-training of the embedded default: the run's ResNet body (same builder as the
-detector's, rethink.models.resnet, same norm) plus a linear classifier, trained on the synthetic
+detector's, rethink.engines.torchvision_models.resnet, same norm) plus a linear classifier, trained on the synthetic
 classification set (rethink.data, kind "classification") by the one training loop (rethink.loop:
 the same SGD, LR schedule, checkpoints, resume and signal handling).
 
@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, loop, models, sampling
+from . import checkpoint, loop, sampling
 from .atomic import write_json_atomic
 from .data import load_classification, load_manifest
+from .engines.torchvision_models import classifier
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # torchvision GeneralizedRCNNTransform's defaults
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -63,7 +64,7 @@ class ClassificationTask:
 
     def build_model(self, run: dict, device, distributed: bool = False, dataset: dict | None = None):
         device = torch.device(device)
-        return models.classifier(run["backbone"], run["norm"], device.type, num_classes=int(dataset["classes"])).to(device)
+        return classifier(run["backbone"], run["norm"], device.type, num_classes=int(dataset["classes"])).to(device)
 
     def load_init_weights(self, model, path, run):  # pragma: no cover - pre-training starts from scratch
         raise NotImplementedError("the pre-training starts from random init")

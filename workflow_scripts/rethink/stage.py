@@ -168,7 +168,7 @@ def torchvision_vgg16_names() -> dict[str, str]:
     the convs are features.{0,2,5,7,10,12,14,17,19,21,24,26,28}; classifier.0 (25088 -> 4096) is
     fc6, classifier.3 (4096 -> 4096) fc7 (classifier.1/2, 4/5 are ReLU/Dropout: no tensors);
     classifier.6, the 1000-way ImageNet classifier (caffe's fc8), is not converted."""
-    from .models import VGG16_BLOCKS
+    from .engines.shared import VGG16_BLOCKS
 
     out, index = {}, 0
     for b, widths in enumerate(VGG16_BLOCKS, 1):
@@ -183,10 +183,10 @@ def torchvision_vgg16_names() -> dict[str, str]:
 
 def vgg16_blob_shapes() -> dict[str, tuple[int, ...]]:
     """The shape of each caffe VGG16 blob the detectron2 VGG16 Faster R-CNN takes: the convs of
-    rethink.models.VGG16_BLOCKS, fc6 = box head fc1 (FC_DIM x 512 x POOLER_RESOLUTION^2,
+    rethink.engines.shared.VGG16_BLOCKS, fc6 = box head fc1 (FC_DIM x 512 x POOLER_RESOLUTION^2,
     flattened C, H, W as torchvision's and detectron2's heads both flatten), fc7 = fc2."""
-    from . import d2config
-    from .models import VGG16_BLOCKS
+    from .engines import detectron2_config as d2config
+    from .engines.shared import VGG16_BLOCKS
 
     shapes, cin = {}, 3
     for b, widths in enumerate(VGG16_BLOCKS, 1):
@@ -200,7 +200,7 @@ def vgg16_blob_shapes() -> dict[str, tuple[int, ...]]:
 
 def conv1_1_for_detectron2(weight, bias):
     """torchvision VGG16's conv1_1 (weight O x 3 x 3 x 3, bias O) -> the conv1_1 that gives the
-    same output on the input the detectron2 engine feeds a pre-trained VGG16 (d2config: INPUT.FORMAT
+    same output on the input the detectron2 engine feeds a pre-trained VGG16 (detectron2_config: INPUT.FORMAT
     "BGR" (detectron2's default, unchanged), PIXEL_MEAN VGG_CAFFE_MEAN, PIXEL_STD UNIT_STD).
 
     A pixel p (0-255; p_rgb[c] = p_bgr[2 - c]) reaches conv1_1
@@ -215,7 +215,7 @@ def conv1_1_for_detectron2(weight, bias):
     detectron2's batch padding) the conv's zero padding is 0 in x_d, i.e. d[k] in x_t rather than
     torchvision's 0: d = (-0.0096, -0.0058, -0.0155) (B, G, R) standard deviations, the caffe VGG
     mean being 0.3-0.9 grey levels below torchvision's. Arrays in, float32 numpy arrays out."""
-    from . import d2config
+    from .engines import detectron2_config as d2config
 
     w = np.asarray(weight, dtype=np.float64)
     b = np.asarray(bias, dtype=np.float64)

@@ -26,9 +26,9 @@ from ..checkpoint import (
     read_backbone_weights,
     torchvision_resnet_to_detectron2,
 )
-from ..d2config import D2ConfigError
-from ..models import VGG16_BLOCKS
 from ..stage import StageError, check_weights_pickle
+from .detectron2_config import D2ConfigError
+from .shared import VGG16_BLOCKS
 
 VGG16_BACKBONE = "build_vgg16_backbone"
 VGG16_FEATURE = "vgg_conv5"

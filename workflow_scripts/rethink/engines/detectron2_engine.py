@@ -1,3 +1,4 @@
+# Over 400 lines: the whole detectron2 engine; its data side is a 90-line adapter to detectron2's own pipeline.
 """The detectron2 engine (cluster path): detectron2's Mask R-CNN, data pipeline and weights,
 driven by the project's own training loop (rethink.loop) and COCO evaluation (rethink.evaluate).
 
@@ -7,8 +8,8 @@ using the engine without detectron2 raises RuntimeError with INSTALL_HINT.
 What each interface method does (see rethink/engines/__init__.py):
 
 * config(run, schedule, weights, dataset) -> CfgNode: get_cfg() + the model-zoo yaml of
-  rethink.d2config.base_config_name + rethink.d2config.overrides (the translation lives there
-  and is tested without detectron2).
+  rethink.engines.detectron2_config.base_config_name + detectron2_config.overrides (the translation
+  lives there and is tested without detectron2).
 * build_model(run, device, distributed, dataset=None): detectron2.modeling.build_model(cfg),
   built on the CPU under a fork of the RNG seeded with the run's seed (detectron2's own init:
   MSRA fill, nothing frozen for scratch; ImageNet runs freeze stem + res2, FREEZE_AT 2, as
@@ -56,17 +57,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import d2config
 from ..checkpoint import (
     CheckpointError,
     first_problems,
     map_into_cascade,
     unwrap,
 )
-from ..d2config import D2ConfigError
 from ..sampling import GroupedBatches, aspect_groups, batch_indices, iteration_loader, seed_mix
 from ..stage import StageError, check_weights_pickle
+from . import detectron2_config as d2config
 from .detectron2_backbones import load_torchvision_resnet, load_vgg16_pkl, register_vgg16_backbone
+from .detectron2_base_configs import DETECTRON2_COMMIT
+from .detectron2_config import D2ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ INSTALL_HINT = (
     "the detectron2 engine needs detectron2, which is on no package index: install it from source against the "
     "pinned torch (requirements.txt), e.g.\n"
     "  pip install -U pip && pip install -r requirements.txt\n"
-    f"  pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git@{d2config.DETECTRON2_COMMIT}'\n"
+    f"  pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git@{DETECTRON2_COMMIT}'\n"
     "or from a local clone: pip install --no-build-isolation /path/to/detectron2 "
     "(a C++/CUDA compiler and torch must already be installed; ~2 min). "
     "For CPU runs and CI use engine: torchvision."

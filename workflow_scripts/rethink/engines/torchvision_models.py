@@ -9,7 +9,7 @@ Tasks: mask_rcnn, faster_rcnn, keypoint_rcnn on a ResNet + FPN of recipe.head_ch
 (256, as the paper; heads with the run's norm: box head 4conv1fc and mask head 4conv of that width,
 keypoint head 8 x conv3x3-512 as detectron2's KRCNNConvDeconvUpsampleHead, with the run's norm
 after every conv, which detectron2's head does not have); cascade_mask_rcnn = that Mask R-CNN with
-rethink.cascade's 3-stage RoI heads; and faster_rcnn on VGG16 (section 5.1 of the paper): no FPN,
+rethink.engines.torchvision_cascade's 3-stage RoI heads; and faster_rcnn on VGG16 (section 5.1 of the paper): no FPN,
 conv5_3 (stride 16, 512 channels), one anchor level (sizes 32-512, ratios 0.5/1/2), RoIAlign 7x7,
 box head fc6 + fc7 of VGG_FC_DIM (4096, as VGG16's), no normalisation (norm "none"; another norm
 goes after every conv). VGG16's body has the layer indices of torchvision's
@@ -34,16 +34,15 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
-from .norms import norm_layer
+from .shared import VGG16_BLOCKS
+from .torchvision_norms import norm_layer
 
 RESNETS = {"R18": tv_resnet.resnet18, "R50": tv_resnet.resnet50, "R101": tv_resnet.resnet101}
 TASKS = ("mask_rcnn", "faster_rcnn", "keypoint_rcnn", "cascade_mask_rcnn")
 BACKBONES = (*RESNETS, "VGG16")
 FPN_STRIDES = (4, 8, 16, 32)  # feature maps '0'..'3' (ResNet stages 2-5) that the RoI poolers read
 KEYPOINT_HEAD = [512] * 8  # detectron2's ROI_KEYPOINT_HEAD.CONV_DIMS
-# VGG16 (configuration "D") up to conv5_3 without pool5: stride 16, 512 channels. Its conv blocks:
-# output channels of each 3x3 conv (a 2x2 max-pool follows blocks 1-4); both engines build from it
-VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+# VGG16 up to conv5_3 (rethink.engines.shared.VGG16_BLOCKS) as torchvision's layer list: "M" a max-pool
 VGG16_LAYERS = [layer for b, widths in enumerate(VGG16_BLOCKS, 1)
                 for layer in (*widths, *(["M"] if b < len(VGG16_BLOCKS) else []))]
 VGG_STRIDE = 16
@@ -182,8 +181,8 @@ def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoint
     """The detector of `run` (Run.to_dict()); `num_classes` without background; `num_keypoints` for
     keypoint_rcnn. ResNets: Mask R-CNN / Faster R-CNN / Keypoint R-CNN + FPN, heads as in the paper
     (box head 4conv1fc, mask head 4conv, keypoint head 8conv, all with the run's norm); Cascade Mask
-    R-CNN: Mask R-CNN with rethink.cascade's RoI heads (3 stages, each its own 4conv1fc box head).
-    VGG16: Faster R-CNN on conv5_3 without FPN (see the module doc)."""
+    R-CNN: Mask R-CNN with rethink.engines.torchvision_cascade's RoI heads (3 stages, each its own
+    4conv1fc box head). VGG16: Faster R-CNN on conv5_3 without FPN (see the module doc)."""
     recipe = run["recipe"]
     task = recipe["task"]
     where = f"run {run.get('run_id', '?')}"
@@ -192,9 +191,22 @@ def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoint
             f"{where}: task {task!r} is not implemented in the torchvision engine "
             f"(available: {', '.join(TASKS)}); use the detectron2 engine for it"
         )
-    norm = run["norm"]
-    nl = None if norm == "none" else norm_layer(norm, device_type)
-    kwargs = dict(
+    kwargs = _detector_kwargs(recipe, num_classes)
+    if run["backbone"] == "VGG16":
+        if task != "faster_rcnn":
+            raise NotImplementedError(f"{where}: backbone VGG16 has task faster_rcnn only in the torchvision engine "
+                                      f"(the paper's section 5.1), not {task!r}")
+        return vgg16_faster_rcnn(run["norm"], device_type, **kwargs)
+    model = _fpn_detector(run, device_type, num_keypoints, kwargs)
+    for pooler in model.roi_heads.modules():
+        if isinstance(pooler, MultiScaleRoIAlign):
+            fix_pooler_scales(pooler)
+    return model
+
+
+def _detector_kwargs(recipe: dict, num_classes: int) -> dict:
+    """torchvision's detector arguments from the recipe (sizes, proposals, RoIs, detections)."""
+    return dict(
         num_classes=num_classes + 1,
         min_size=tuple(recipe["min_size_train"]),
         max_size=recipe["max_size_train"],
@@ -205,41 +217,42 @@ def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoint
         box_batch_size_per_image=recipe["roi_batch_per_image"],
         box_detections_per_img=recipe["detections_per_image"],
     )
-    if run["backbone"] == "VGG16":
-        if task != "faster_rcnn":
-            raise NotImplementedError(f"{where}: backbone VGG16 has task faster_rcnn only in the torchvision engine "
-                                      f"(the paper's section 5.1), not {task!r}")
-        return vgg16_faster_rcnn(norm, device_type, **kwargs)
-    width = int(recipe["head_channels"])  # FPN outputs, RPN conv, box and mask head convs
+
+
+def _fpn_detector(run: dict, device_type: str, num_keypoints: int | None, kwargs: dict) -> nn.Module:
+    """The ResNet + FPN detector of the recipe's task, built in this order (the random init draws in
+    it): the backbone, the box head, then the task's model and its other heads."""
+    task, norm = run["recipe"]["task"], run["norm"]
+    nl = None if norm == "none" else norm_layer(norm, device_type)
+    width = int(run["recipe"]["head_channels"])  # FPN outputs, RPN conv, box and mask head convs
     backbone = backbone_with_fpn(run["backbone"], norm, device_type, width)
-
-    def conv_fc_head():
-        head = FastRCNNConvFCHead((width, 7, 7), [width] * 4, [1024], norm_layer=nl)
-        _msra_fill(head)
-        return head
-
-    kwargs["box_head"] = conv_fc_head()
+    kwargs = {**kwargs, "box_head": _conv_fc_head(width, nl)}
     if task == "faster_rcnn":
-        model = FasterRCNN(backbone, **kwargs)
-    elif task == "keypoint_rcnn":
+        return FasterRCNN(backbone, **kwargs)
+    if task == "keypoint_rcnn":
         if not num_keypoints:
-            raise ValueError(f"{where}: task keypoint_rcnn needs the number of keypoints (a keypoint dataset)")
-        model = KeypointRCNN(backbone, num_keypoints=int(num_keypoints),
-                             keypoint_head=keypoint_head(width, norm, device_type), **kwargs)
-    else:
-        mask_head = MaskRCNNHeads(width, [width] * 4, 1, norm_layer=nl)
-        _msra_fill(mask_head)
-        model = MaskRCNN(backbone, mask_head=mask_head, **kwargs)
-        if width != 256:  # torchvision builds the predictor (deconv) for 256 channels; detectron2's reads CONV_DIM
-            model.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, kwargs["num_classes"])
-        if task == "cascade_mask_rcnn":
-            from .cascade import STAGE_IOUS, CascadeRoIHeads
+            raise ValueError(f"run {run.get('run_id', '?')}: task keypoint_rcnn needs the number of keypoints "
+                             "(a keypoint dataset)")
+        return KeypointRCNN(backbone, num_keypoints=int(num_keypoints),
+                            keypoint_head=keypoint_head(width, norm, device_type), **kwargs)
+    mask_head = MaskRCNNHeads(width, [width] * 4, 1, norm_layer=nl)
+    _msra_fill(mask_head)
+    model = MaskRCNN(backbone, mask_head=mask_head, **kwargs)
+    if width != 256:  # torchvision builds the predictor (deconv) for 256 channels; detectron2's reads CONV_DIM
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, kwargs["num_classes"])
+    if task == "cascade_mask_rcnn":
+        from .torchvision_cascade import STAGE_IOUS, CascadeRoIHeads
 
-            model.roi_heads = CascadeRoIHeads.from_roi_heads(model.roi_heads, [conv_fc_head() for _ in STAGE_IOUS])
-    for pooler in model.roi_heads.modules():
-        if isinstance(pooler, MultiScaleRoIAlign):
-            fix_pooler_scales(pooler)
+        stage_heads = [_conv_fc_head(width, nl) for _ in STAGE_IOUS]
+        model.roi_heads = CascadeRoIHeads.from_roi_heads(model.roi_heads, stage_heads)
     return model
+
+
+def _conv_fc_head(width: int, nl) -> FastRCNNConvFCHead:
+    """The paper's box head: 4 conv3x3 of `width` (+ norm) and one fc 1024, MSRA fill."""
+    head = FastRCNNConvFCHead((width, 7, 7), [width] * 4, [1024], norm_layer=nl)
+    _msra_fill(head)
+    return head
 
 
 def vgg16_faster_rcnn(norm: str, device_type: str = "cpu", **kwargs) -> FasterRCNN:

@@ -4,7 +4,7 @@
 
 * 3 stages with IoU thresholds (0.5, 0.6, 0.7) and box-coder weights (10, 10, 5, 5),
   (20, 20, 10, 10), (30, 30, 15, 15) (detectron2's ROI_BOX_CASCADE_HEAD.IOUS / BBOX_REG_WEIGHTS).
-  Each stage has its own box head (the engine's, built by rethink.models: 4conv1fc with the run's
+  Each stage has its own box head (the engine's, built by rethink.engines.torchvision_models: 4conv1fc with the run's
   norm) and its own predictor: a classifier ``cls_score`` (K + 1 classes) and a class-agnostic box
   regressor ``bbox_pred`` (4 outputs), initialised as detectron2's FastRCNNOutputLayers (normal,
   std 0.01 and 0.001, bias 0).
@@ -46,7 +46,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
 from torchvision.ops import boxes as box_ops
 
-from .checkpoint import STANDARD_BBOX_PRED, first_problems, map_into_cascade
+from ..checkpoint import STANDARD_BBOX_PRED, first_problems, map_into_cascade
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))

@@ -1,4 +1,7 @@
-"""Normalization layers by the paper's names: GN, SyncBN, BN, none.
+"""Normalization layers by the paper's names (GN, SyncBN, BN, none) for the torchvision engine's models
+(rethink.engines.torchvision_models, which the tiny pre-training builds too). Torchvision-specific:
+detectron2 has its own (get_norm, its NaiveSyncBatchNorm); what the loop asks of any engine's model
+(which parameters are a norm's: no weight decay) is rethink.loop.is_norm.
 
 ``norm_layer(name, device_type)`` returns a callable ``(num_channels) -> nn.Module`` that torchvision's
 ResNet, FPN and heads accept as ``norm_layer``. "SyncBN" is torch's SyncBatchNorm on GPU and
@@ -88,9 +91,4 @@ def norm_layer(name: str, device_type: str = "cpu"):
     if name == "none":
         return nn.Identity
     raise ValueError(f"unknown norm {name!r} (known: {', '.join(NORMS)})")
-
-
-def is_norm(module: nn.Module) -> bool:
-    """Normalization modules (their parameters get no weight decay, as in detectron2)."""
-    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm))
 
