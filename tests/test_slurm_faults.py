@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import switches
 from campaign_faults import FAST_POLL, KINDS, Supervisor
 
 from conftest import ROOT, small_tiny_config, write_yaml
@@ -72,8 +73,8 @@ class Campaign(Supervisor):
         super().__init__(cluster, cwd, ["--poll", "2", "--lost-after", str(LOST_AFTER_S), "--profile",
                                         str(ROOT / "profiles" / "slurm"), "-j", "8", "--configfile", "tiny.yaml",
                                         *FAST_POLL],
-                         env={"RETHINK_ITER_SLEEP": ITER_SLEEP, "RETHINK_NAN_AT": NAN_AT,
-                              "RETHINK_NAN_LINE": f"{NAN_FAMILY}/{NAN_LINE}"})
+                         env=switches.environment(nan_at=NAN_AT, nan_line=f"{NAN_FAMILY}/{NAN_LINE}",
+                                                  sleep=ITER_SLEEP))
         self.doubles: list[tuple[float, str]] = []  # (time, comment) two copies running at once
         self.faults: list[dict] = []
 
