@@ -35,7 +35,8 @@ import pandas as pd  # noqa: E402
 from . import published as pubmod  # noqa: E402
 from .metrics import is_finite  # noqa: E402
 from .report_targets import FIGURES  # noqa: E402
-from .tables import GROUP, RANDOM, _inits, _setting_label, group_order, kind_of  # noqa: E402
+from .setting import RANDOM, group_order, inits_in_order, setting_label  # noqa: E402
+from .tables import GROUP, kind_of  # noqa: E402
 
 PRETRAINED_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]
 RANDOM_COLOR = "#d62728"
@@ -58,7 +59,7 @@ def _label(metric: str) -> str:
 
 def _colors(inits) -> dict[str, str]:
     out, k = {}, 0
-    for i in _inits(inits):
+    for i in inits_in_order(inits):
         if i == RANDOM:
             out[i] = RANDOM_COLOR
         else:
@@ -103,7 +104,7 @@ def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: s
     panel = _Panel(ax, g, group, pub, unit)
     ok = g[~g.run_diverged & ~g.diverged]
     pre_iters: dict[str, float] = {}
-    for init in _inits(g.init.unique()):
+    for init in inits_in_order(g.init.unique()):
         p_it = g[g.init == init].pretrain_iterations.max()
         if is_finite(p_it):
             pre_iters[init] = float(p_it)
@@ -208,7 +209,7 @@ class _Panel:
         ax.set_xlabel(("iterations (k)" if self.unit == 1e3 else "iterations")
                       + (" incl. pre-training" if shifted else ""))
         ax.set_ylabel(_label(self.metric))
-        ax.set_title(_setting_label(*self.group))
+        ax.set_title(setting_label(*self.group))
         ax.grid(alpha=0.25, lw=0.5)
 
 
@@ -285,7 +286,7 @@ def convergence(df, pub, kinds, title, pretrain="band", note="", empty_sources=(
             sel = df
             for col, v in zip(GROUP, group):
                 sel = sel[sel[col] == v]
-            drawn[_setting_label(*group)] = draw_panel(ax, sel, group, pub, pretrain, unit)
+            drawn[setting_label(*group)] = draw_panel(ax, sel, group, pub, pretrain, unit)
         for ax in list(axes.flat)[len(groups):]:
             ax.axis("off")
         _legend(fig, df.init.unique(), ncol=3 if ncol == 1 else 5)
@@ -310,10 +311,10 @@ def samples_seen(df, pub, note="") -> tuple[plt.Figure, dict]:
                 sel = sel[sel[col] == v]
             last = sel.sort_values("iteration").groupby("run_id").tail(1)
             scheds = pubmod.sort_schedules(last.schedule)
-            inits = _inits(last.init.unique())
+            inits = inits_in_order(last.init.unique())
             colors = _colors(inits)
             width = 0.8 / max(1, len(inits))
-            label = _setting_label(*group)
+            label = setting_label(*group)
             drawn[label] = []
             for ax, counter in zip(row, counters):
                 for k, init in enumerate(inits):
