@@ -263,11 +263,6 @@ def clear(message: str, sources: list[str]) -> bool:
 def in_process(example: Example, folder: Path) -> Outcome:
     """What Snakemake and rules/common.smk do with the example's files, then what every job does with
     the config snapshot; in this process."""
-    from snakemake.cli import parse_config
-    from snakemake.common.configfile import load_configfile
-    from snakemake.utils import update_config
-    from snakemake_interface_common.exceptions import WorkflowError
-
     from rethink import jobs as rjobs
     from rethink import sources as rsources
     from rethink.config import ConfigError
@@ -276,21 +271,10 @@ def in_process(example: Example, folder: Path) -> Outcome:
     from rethink.resources import JobResources
 
     args = example.write(folder)
-    files = [str(folder / f) for f in example.configfiles]
-    entries = [c.replace(TMP, str(folder)) for c in example.cli]
-    if example.profile is not None:
-        files = [str(folder / f) for f in example.profile["configfile"]]
-        entries = example.profile["config"] if not entries else entries
-    try:  # Snakemake's part: read each file, merge, parse --config (snakemake.settings.types.ConfigSettings)
-        config = {}
-        for f in files:
-            update_config(config, load_configfile(f))
-        cli = parse_config(entries)
-        update_config(config, cli)
-    except WorkflowError as e:
-        return Outcome("loader", str(e))
-    except Exception as e:  # noqa: BLE001  (Snakemake's loader failing before the workflow runs: README)
-        return Outcome("loader-crash", f"{type(e).__name__}: {e}")
+    loaded = _snakemake_loads(example, folder)
+    if isinstance(loaded, Outcome):
+        return loaded
+    config, cli, files = loaded
     cwd = os.getcwd()
     os.chdir(folder)
     try:
@@ -305,25 +289,10 @@ def in_process(example: Example, folder: Path) -> Outcome:
         R = JobResources(cfg, plan)
         P.final_targets()
         rjobs.write_snapshot(cfg, source, write=False)
-        # later: each job rebuilds the plan from the snapshot (JSON) and takes its spec from it
         snap = folder / "snapshot.json"
         snap.write_text(json.dumps({"format": rjobs.SNAPSHOT_FORMAT, "source": source, "config": cfg}))
         try:
-            PJ = rjobs.load(str(snap))
-            keys = [f"prepare_data/{d}" for d in sorted({r.data for r in grid.runs.values()})]
-            keys += [f"train_segment/{f}/{ln}/{it}" for f, ln, it in list(plan.segments)[:20]]
-            keys += [f"evaluate/{f}/{ln}/{it}" for f, ln, it in list(plan.milestones)[:20]]
-            for k in keys:
-                rjobs.spec(PJ, k)
-            # what Snakemake asks of each job while planning: its resources (callables of its wildcards)
-            train, ev = R.train_resources(), R.eval_resources()
-            R.launchers(sys.executable)
-            R.single(sys.executable)
-            for (f, ln, it) in list(plan.segments)[:20] + list(plan.milestones)[:20]:
-                wc = SimpleNamespace(family=f, line=ln, iter=str(it))
-                for res in (train if (f, ln, it) in plan.segments else ev).values():
-                    if callable(res):
-                        res(wc, 3) if res.__code__.co_argcount == 2 else res(wc)
+            _every_job(snap, plan, R)
         except Exception as e:  # noqa: BLE001  (any error here is a failure to report)
             return Outcome("late", f"{type(e).__name__}: {e}")
         return Outcome("accepted")
@@ -333,6 +302,53 @@ def in_process(example: Example, folder: Path) -> Outcome:
         return Outcome("traceback", "".join(traceback.format_exception(e))[-3000:])
     finally:
         os.chdir(cwd)
+
+
+def _snakemake_loads(example: Example, folder: Path) -> tuple[dict, dict, list[str]] | Outcome:
+    """Snakemake's part: read each file, merge, parse --config (snakemake.settings.types.ConfigSettings);
+    (config, the --config entries, the files), or the loader's refusal or crash."""
+    from snakemake.cli import parse_config
+    from snakemake.common.configfile import load_configfile
+    from snakemake.utils import update_config
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    files = [str(folder / f) for f in example.configfiles]
+    entries = [c.replace(TMP, str(folder)) for c in example.cli]
+    if example.profile is not None:
+        files = [str(folder / f) for f in example.profile["configfile"]]
+        entries = example.profile["config"] if not entries else entries
+    try:
+        config = {}
+        for f in files:
+            update_config(config, load_configfile(f))
+        cli = parse_config(entries)
+        update_config(config, cli)
+    except WorkflowError as e:
+        return Outcome("loader", str(e))
+    except Exception as e:  # noqa: BLE001  (Snakemake's loader failing before the workflow runs: README)
+        return Outcome("loader-crash", f"{type(e).__name__}: {e}")
+    return config, cli, files
+
+
+def _every_job(snap: Path, plan, R) -> None:
+    """Later: each job rebuilds the plan from the snapshot `snap` (JSON) and takes its spec from it;
+    and what Snakemake asks of each job while planning: its resources (callables of its wildcards)."""
+    from rethink import jobs as rjobs
+
+    PJ = rjobs.load(str(snap))
+    keys = [f"prepare_data/{d}" for d in sorted({r.data for r in plan.grid.runs.values()})]
+    keys += [f"train_segment/{f}/{ln}/{it}" for f, ln, it in list(plan.segments)[:20]]
+    keys += [f"evaluate/{f}/{ln}/{it}" for f, ln, it in list(plan.milestones)[:20]]
+    for k in keys:
+        rjobs.spec(PJ, k)
+    train, ev = R.train_resources(), R.eval_resources()
+    R.launchers(sys.executable)
+    R.single(sys.executable)
+    for (f, ln, it) in list(plan.segments)[:20] + list(plan.milestones)[:20]:
+        wc = SimpleNamespace(family=f, line=ln, iter=str(it))
+        for res in (train if (f, ln, it) in plan.segments else ev).values():
+            if callable(res):
+                res(wc, 3) if res.__code__.co_argcount == 2 else res(wc)
 
 
 LOADER_MESSAGES = ("Config file is not valid JSON or YAML", "Config file must be given as JSON or YAML with keys at top level")
