@@ -1,3 +1,4 @@
+# over 400 lines: one class, the private SLURM cluster: its daemons, slurm.conf template and fault controls
 """A real, private SLURM cluster for tests, and the faults of a shared one (tests/slurm_faults.py).
 
 ``SlurmCluster`` starts munged, slurmctld and slurmd on this machine, with every

@@ -1,3 +1,4 @@
+# over 400 lines: its scenarios share the tiny set-up helpers (test_ledger imports them) and a module-scoped resume run
 """The one training loop (rethink.loop) with the real torchvision engine on a tiny synthetic set:
 resume after SIGKILL and SIGTERM, branch points, corrupt checkpoints, NaN, DDP with SyncBN."""
 from __future__ import annotations
