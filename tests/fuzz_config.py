@@ -1,4 +1,4 @@
-# over 400 lines: the fuzzer's strategies and its two checks are one tool, shared by tests/test_fuzz_config.py and bench/fuzz.py
+# over 400 lines: the fuzzer's strategies and its two checks, one tool for test_fuzz_config.py and bench/fuzz.py
 """The config fuzzer's parts, shared by tests/test_fuzz_config.py (a bounded, seeded run in CI) and
 bench/fuzz.py (the long campaign): Hypothesis strategies that mutate configs/tiny.yaml or config.yaml
 and the way the result reaches Snakemake (one file, two layered files, `--config`, a profile), and the
