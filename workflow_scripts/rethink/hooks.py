@@ -10,7 +10,8 @@ A hook sees the trainer (`self.trainer`: iteration, batch, losses, model, optimi
     after_step()     each iteration, after the optimizer step; trainer.iter is the number of
                      iterations done
     after_train()    once, after the last iteration, before the output checkpoint (not on an error)
-    close()          always, once the segment ends (an error included), if before_train was reached
+    close()          once the segment ends, however (an error included), unless it ended at its start
+                     (refused by before_start, or taken over from another trainer)
 
 The trainer calls them in the order of its hook list. Every run has DivergenceGuard, Counters,
 History, StopOnSignal, Logger, LiveCurves, PeriodicCheckpoint and LedgerMarks (rethink.loop.default_hooks).
@@ -70,7 +71,8 @@ class HookBase:
         pass
 
     def close(self) -> None:
-        """Always, once the segment ends (an error included): release what the hook holds."""
+        """Once the segment ends, an error included (not when it ended at its start): release what
+        the hook holds."""
 
 
 class DivergenceGuard(HookBase):

@@ -124,8 +124,9 @@ def default_hooks(spec: dict) -> list[hooks.HookBase]:
 
 
 class Trainer:
-    """One segment of training (the module docstring says what it does); `extra_hooks` run before
-    the default ones (tests' switches). `train()` returns a summary (rank 0: with `history`)."""
+    """One segment of training (the module docstring says what it does); `extra_hooks`, then those
+    of $RETHINK_HOOKS (rethink.hooks.from_extension), run before the default ones. `train()`
+    returns a summary (rank 0: with `history`)."""
 
     def __init__(self, engine, spec: dict, dataset: dict, extra_hooks=()):
         self.engine, self.spec, self.dataset = engine, spec, dataset
