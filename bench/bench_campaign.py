@@ -114,7 +114,7 @@ def lost_results(cfg: dict, cwd: Path) -> tuple[list[str], list[str], set[str]]:
     return lost, unbuilt, diverged
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the Table 1 R50-FPN GN pair only, every fault kind once")
     ap.add_argument("--seed", type=int, default=0)
@@ -122,7 +122,11 @@ def main() -> int:
                     help="simulated seconds per wall second (default: 1200 quick, 600 full)")
     ap.add_argument("--faults", type=int, default=None, help="faults in all (default: one per kind quick, 3 full)")
     ap.add_argument("--keep", help="keep the campaign's folder here")
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> int:
+    a = _args()
     reason = skip_reason()
     if reason:
         print(f"bench_campaign: cannot start the private SLURM cluster: {reason}")
@@ -138,6 +142,7 @@ def main() -> int:
                                        + yaml.safe_dump(cfg, sort_keys=False))
     cluster = SlurmCluster(tmp / "slurm", nodes=4, gpus_per_node=8, preemption=True)
     cluster.start()
+    sup = None
     try:
         planned = planned_jobs(cwd, cluster.job_env())
         sup = Supervisor(cluster, cwd, ["--poll", "2", "--lost-after", "60", "--profile",
@@ -154,38 +159,53 @@ def main() -> int:
               f"in {tmp}", flush=True)
         t0 = time.monotonic()
         sup.start()
-        interventions, progress, seen = 0, t0, set()
-        while True:
-            time.sleep(1)
-            now = time.monotonic() - t0
-            jobs = faults.poll(now)
-            ids = {j["id"] for j in jobs}
-            if ids - seen:
-                progress = time.monotonic()
-            seen |= ids
-            if sup.proc.poll() is not None:
-                if not faults.pending() and _finished(sup.text()):
-                    break
-                interventions += 1  # the supervisor gave up with work or faults left: a person would restart it
-                print(f"intervention {interventions}: the supervisor ended ({sup.proc.returncode}) at {now:.0f} s; "
-                      "starting it again", flush=True)
-                sup.start()
-            elif time.monotonic() - progress > IDLE_LIMIT_S:
-                interventions += 1
-                print(f"intervention {interventions}: nothing new for {IDLE_LIMIT_S} s; restarting the supervisor",
-                      flush=True)
-                sup.kill9()
-                sup.start()
-                progress = time.monotonic()
-            if interventions > 5:
-                print(sup.text()[-5000:])
-                break
+        interventions = _watch(sup, faults, t0)
         wall = time.monotonic() - t0
     finally:
-        if "sup" in locals() and sup.proc is not None and sup.proc.poll() is None:
+        if sup is not None and sup.proc is not None and sup.proc.poll() is None:
             sup.kill9()  # interrupted: the supervisor and its Snakemake end with the bench
         cluster.stop()
-    results = validated["results"]
+    ok = _report(cfg, cwd, validated["results"], plan, planned, compression, sup, faults, wall, interventions)
+    if not a.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if ok else 1
+
+
+def _watch(sup: Supervisor, faults: FaultInjector, t0: float) -> int:
+    """Inject the faults while the supervisor works; restart it (an intervention, as a person would)
+    when it gives up with work or faults left or nothing new happens for IDLE_LIMIT_S. Returns the
+    interventions (more than 5: given up)."""
+    interventions, progress, seen = 0, t0, set()
+    while True:
+        time.sleep(1)
+        now = time.monotonic() - t0
+        jobs = faults.poll(now)
+        ids = {j["id"] for j in jobs}
+        if ids - seen:
+            progress = time.monotonic()
+        seen |= ids
+        if sup.proc.poll() is not None:
+            if not faults.pending() and _finished(sup.text()):
+                return interventions
+            interventions += 1  # the supervisor gave up with work or faults left: a person would restart it
+            print(f"intervention {interventions}: the supervisor ended ({sup.proc.returncode}) at {now:.0f} s; "
+                  "starting it again", flush=True)
+            sup.start()
+        elif time.monotonic() - progress > IDLE_LIMIT_S:
+            interventions += 1
+            print(f"intervention {interventions}: nothing new for {IDLE_LIMIT_S} s; restarting the supervisor",
+                  flush=True)
+            sup.kill9()
+            sup.start()
+            progress = time.monotonic()
+        if interventions > 5:
+            print(sup.text()[-5000:])
+            return interventions
+
+
+def _report(cfg, cwd: Path, results: str, plan, planned: int, compression: float, sup, faults, wall: float,
+            interventions: int) -> bool:
+    """The scorecard and what survived; True when nothing was lost or left unbuilt and nobody intervened."""
     sim = ledger.frame(str(cwd / results), scale=compression)
     s = scorecard.score(plan, sim, planned, SLOTS, compression)
     lost, unbuilt, diverged = lost_results(cfg, cwd)
@@ -201,9 +221,7 @@ def main() -> int:
     survived = len(faults.log) if not lost and not faults.doubles else 0  # a lost result: none counts as survived
     print(f"campaign rehearsal: {s['jobs_done']}/{planned} jobs, {survived} faults survived, waste {s['waste']:.2f}, "
           f"makespan {s['makespan']:.2f}, interventions {interventions}, lost {len(lost)}")
-    if not a.keep:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0 if not lost and not unbuilt and interventions == 0 else 1
+    return not lost and not unbuilt and interventions == 0
 
 
 def _finished(text: str) -> bool:

@@ -59,6 +59,13 @@ if workflow.is_main_process:  # what a run would retrain, predicted from the fil
         )
 
 
+def stop_before_any_job(message):
+    """End a real run before its first job with `message` alone on stderr and exit status 1 (a
+    WorkflowError raised in onstart would add Snakemake's 'File ".../common.smk", line ...' lines,
+    which read as a crash); as the config's errors above stop."""
+    sys.exit(f"Error: {message}")
+
+
 def guard_finished_work(jobs):
     """Before any job of a real run: stop if the plan retrains finished work, unless confirmed."""
     segs = [job_resources.segment_of(j.wildcards) for j in jobs if j.rule.name in ("train_segment", "train_final")]
@@ -75,7 +82,7 @@ def guard_finished_work(jobs):
     if set(map(str, workflow.rerun_triggers)) != {"mtime"}:
         msg += "\n(--rerun-triggers is not just mtime: Snakemake also redoes jobs whose params or code changed)"
     if not CONFIRM_RERUN:
-        raise WorkflowError(
+        stop_before_any_job(
             f"{CONFIG_SOURCE}: {msg}\nNothing was run or deleted. To retrain, run again with "
             f"--config {campaign.CONFIRM}=true; to keep the results, undo the edit."
         )
@@ -93,7 +100,7 @@ def check_data_on_disk(jobs):
 
     problems = [p for d in todo for p in check_dataset_paths(d, validated_config["datasets"][d])]
     if problems:
-        raise WorkflowError(f"{CONFIG_SOURCE}: datasets not found\n  " + "\n  ".join(problems))
+        stop_before_any_job(f"{CONFIG_SOURCE}: datasets not found\n  " + "\n  ".join(problems))
 
 
 def check_gpus_here(jobs):
@@ -109,7 +116,7 @@ def check_gpus_here(jobs):
 
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if have < want:
-        raise WorkflowError(
+        stop_before_any_job(
             f"{CONFIG_SOURCE}: recipe.gpus: value {want}: this local run's training asks for {want} GPU(s), "
             f"but this machine has {have} CUDA device(s); run on the cluster (--profile slurm) or set "
             f"recipe.gpus: 0 for a CPU run. Nothing was run."

@@ -200,6 +200,7 @@ def test_a_result_edit_plans_its_runs_and_stops_before_deleting(campaign):
     assert "retrains finished work" in err and "GPU-hours at stake" in err
     assert "run.recipe.base_lr: 0.0025 -> 0.005" in err and "confirm_rerun=true" in err
     assert "R18-GN-random-synthetic-2x-s0" in err and "R18-GN-imagenet" not in err.split("retrains finished work")[1]
+    assert 'File "' not in err and "Traceback" not in err, err[-3000:]  # the guard's message alone, not a crash
     assert snapshot(tree) == before  # nothing ran, nothing was deleted or rewritten
 
     # the edit undone: nothing to redo, although the identity file was rewritten twice
@@ -216,6 +217,7 @@ def test_a_new_eval_period_says_which_runs_must_retrain(campaign):
     assert "checkpoints that new evaluations need are gone" in dry.stderr
     real = run(workflow, tree, cfg)
     assert real.returncode != 0 and "GPU-hours at stake" in real.stderr
+    assert 'File "' not in real.stderr, real.stderr[-3000:]
     assert snapshot(tree) == before
 
 

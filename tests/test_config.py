@@ -228,5 +228,6 @@ def test_a_local_run_asking_for_gpus_without_cuda_stops_before_any_job(tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-2000:]
     assert f"{cfg_file}: recipe.gpus: value 1" in out and "0 CUDA device(s)" in out and "Nothing was run" in out, out[-3000:]
+    assert 'File "' not in out and "Traceback" not in out, out[-3000:]  # the message alone, not a crash
     assert not (tmp_path / "work" / "data").exists() and not (tmp_path / "results").exists()
     assert snakemake(["-n", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120).returncode == 0

@@ -1,3 +1,4 @@
+# over 400 lines: its scenarios share the module-scoped detectron2 engine, dataset and paper-plan fixtures
 """The detectron2 engine with real detectron2 on CPU: the generated CfgNode equals
 d2config.resolved() (hence detectron2's own configs, see test_detectron2_config.py), a tiny
 R50-FPN GN Mask R-CNN trains two iterations through engine.losses + SGD, the train stream is

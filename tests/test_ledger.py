@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import switches
 from test_loop import tiny_specs, wait_for
 
 from conftest import PY, ROOT, small_tiny_config
@@ -158,7 +159,7 @@ def faulted_segment(module_tmp):
     key = f"train_final/{seg.owner}" if (seg.family, seg.line, seg.end) in p.plan.finals else \
         f"train_segment/{seg.family}/{seg.line}/{seg.end:07d}"
     rdir = Path(p.paths.resume_dir(seg.family, seg.line, seg.end))
-    env = {**os.environ, "RETHINK_ITER_SLEEP": "0.5", "RETHINK_LEDGER_HEARTBEAT": "0.2"}
+    env = {**os.environ, **switches.environment(sleep=0.5), "RETHINK_LEDGER_HEARTBEAT": "0.2"}
     rows = ledger.rows_dir(p.paths.results)
 
     def start(**extra):

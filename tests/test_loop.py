@@ -1,3 +1,4 @@
+# over 400 lines: its scenarios share the tiny set-up helpers (test_ledger imports them) and a module-scoped resume run
 """The one training loop (rethink.loop) with the real torchvision engine on a tiny synthetic set:
 resume after SIGKILL and SIGTERM, branch points, corrupt checkpoints, NaN, DDP with SyncBN."""
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import switches
 import torch
 
 from conftest import PY, ROOT, load_yaml
@@ -204,7 +206,7 @@ def test_a_second_trainer_of_a_segment_waits_for_the_first_then_takes_over(tmp_p
     hist, rdir = Path(spec["history"]), spec["resume_dir"]
     # 10 s after each iteration: after its checkpoint at iteration 2 the first trainer still holds the
     # segment for 20 s, time for the second to start on a loaded machine; it is killed below
-    slow = {**os.environ, "RETHINK_ITER_SLEEP": "10"}
+    slow = {**os.environ, **switches.environment(sleep=10)}
     first = run_cli(spec, env=slow)
     try:
         wait_for(lambda: checkpoint.resume_candidates(rdir), first, timeout=300, what="the first's checkpoint")
@@ -263,7 +265,7 @@ def resume_scenario(module_tmp):
 
     hist = tmp / "stopped.jsonl"
     spec = {**base, "output": str(tmp / "stopped.pth"), "resume_dir": str(tmp / "resume"), "history": str(hist)}
-    slow = {**os.environ, "RETHINK_ITER_SLEEP": "0.4"}  # the test switch of a subprocess (rethink.hooks)
+    slow = {**os.environ, **switches.environment(sleep=0.4)}  # a slow iteration in the subprocess
     rdir = Path(spec["resume_dir"])
     out = {"tmp": tmp, "straight": straight, "spec": spec}
     proc = run_cli(spec, env=slow)
@@ -329,7 +331,7 @@ def test_stop_signal_in_process_stops_with_its_exit_code_and_resumes(tmp_path, s
 
     threading.Thread(target=send_when_training, daemon=True).start()
     with pytest.raises(loop.Preempted) as e:
-        segment.train_segment(spec, [hooks.SleepPerIteration(0.3)])
+        segment.train_segment(spec, [switches.SleepPerIteration(0.3)])
     assert e.value.exit_code == 128 + sig
     ck = checkpoint.latest_valid(spec["resume_dir"], 0, 4)
     assert ck is not None and 1 <= ck["iteration"] < 4
@@ -369,7 +371,7 @@ def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, c
     seg = first_segment(p)
     spec = spec_of(p, seg, end=6, deterministic=False)
     capsys.readouterr()
-    summary = segment.train_segment(spec, [hooks.NanAt(5)])
+    summary = segment.train_segment(spec, [switches.NanAt(5)])
     err = capsys.readouterr().err
     assert summary["diverged"]["iteration"] == 5 and summary["iteration"] == 6
     assert err.startswith("diverged:") and spec["run"]["run_id"] in err and f"{seg.family}/{seg.line}" in err
@@ -419,11 +421,30 @@ def test_nan_via_cli_exits_0_with_output_marked_diverged(tmp_path):
     seg = first_segment(p)
     spec = spec_of(p, seg, end=2, deterministic=False)
     proc = subprocess.run([PY, TRAIN, "--spec", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "RETHINK_NAN_AT": "1"}, timeout=300)
+                          env={**os.environ, **switches.environment(nan_at=1)}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("diverged:") and spec["run"]["run_id"] in last and "iteration 1" in last
     assert checkpoint.load(spec["output"])["diverged"]["iteration"] == 1
+
+
+def test_the_hooks_extension_point_loads_a_file_by_path_and_names_a_bad_value(tmp_path, monkeypatch):
+    """$RETHINK_HOOKS=<file>:<function> adds that function's hooks (tests/switches.py here); unset,
+    none; a value that does not load is an error naming the variable, the value and the problem."""
+    spec = {"run": {"run_id": "r"}}
+    assert hooks.from_extension(spec, env={}) == []
+    monkeypatch.setenv("RETHINK_NAN_AT", "3")
+    got = hooks.from_extension(spec, env=switches.environment(nan_at=3))
+    assert [type(h).__name__ for h in got] == ["NanAt"] and got[0].iteration == 3
+    bad = tmp_path / "bad.py"
+    bad.write_text("def hooks(spec):\n    return [object()]\n")
+    for value, says in [("no-function", "expected <path/to/file.py>:<function>"),
+                        (f"{tmp_path / 'gone.py'}:f", "is not a file"),
+                        (f"{bad}:missing", "has no function missing"),
+                        (f"{bad}:hooks", "returned object, not rethink.hooks.HookBase")]:
+        with pytest.raises(ValueError) as e:
+            hooks.from_extension(spec, env={"RETHINK_HOOKS": value})
+        assert str(e.value).startswith(f"$RETHINK_HOOKS: value {value!r}: ") and says in str(e.value), e.value
 
 
 # ------------------------------------------------------------------------------ DDP
@@ -528,5 +549,5 @@ def test_amp_trains_in_bfloat16_on_cpu_and_resumes_exactly(tmp_path):
                                           output=str(tmp_path / "fp32.pth")))
     assert [h["loss"] for h in plain["history"]] != [h["loss"] for h in straight["history"]]
     nan = segment.train_segment(spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r3"),
-                                        output=str(tmp_path / "nan.pth")), [hooks.NanAt(1)])
+                                        output=str(tmp_path / "nan.pth")), [switches.NanAt(1)])
     assert nan["diverged"]["iteration"] == 1

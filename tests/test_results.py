@@ -1,3 +1,4 @@
+# over 400 lines: the results chain's scenarios (collect, tables, figures, claims) share the hand-made metrics writers
 """Results: metrics JSONs -> metrics.csv -> the paper's tables and figures.
 
 Hand-made metrics files (written with rethink.metrics.write) with known values; the tables,

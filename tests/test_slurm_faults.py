@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import switches
 
 from conftest import ROOT, small_tiny_config, write_yaml
 from rethink import config, grid, ledger, metrics, plan
@@ -72,8 +73,8 @@ class Campaign(Supervisor):
         super().__init__(cluster, cwd, ["--poll", "2", "--lost-after", str(LOST_AFTER_S), "--profile",
                                         str(ROOT / "profiles" / "slurm"), "-j", "8", "--configfile", "tiny.yaml",
                                         *FAST_POLL],
-                         env={"RETHINK_ITER_SLEEP": ITER_SLEEP, "RETHINK_NAN_AT": NAN_AT,
-                              "RETHINK_NAN_LINE": f"{NAN_FAMILY}/{NAN_LINE}"})
+                         env=switches.environment(nan_at=NAN_AT, nan_line=f"{NAN_FAMILY}/{NAN_LINE}",
+                                                  sleep=ITER_SLEEP))
         self.doubles: list[tuple[float, str]] = []  # (time, comment) two copies running at once
         self.faults: list[dict] = []
 
@@ -101,73 +102,17 @@ def test_campaign_survives_every_fault(cluster, tmp_path):
 def _drive(camp, cluster, tmp_path, cfg, p, paths):
     camp.start()
     t0 = time.monotonic()
-    progress, seen_ids = t0, set()
-    pending = list(FAULTS)
-    hit: set[str] = set()  # job ids and comments already faulted
-    node_back_at, node_back_at_node, last_fault = None, None, t0
-    running_at_kill: set[str] = set()
+    injector = _Injector(camp, cluster, t0)
     while camp.proc.poll() is None:
         time.sleep(1)
-        now = time.monotonic()
-        jobs = cluster.jobs()
-        ids = {j["id"] for j in jobs}
-        if ids - seen_ids or (pending and pending[0] == "controller" and not jobs):
-            progress = now
-        seen_ids |= ids
-        active = Counter(j["comment"] for j in jobs if j["state"] in ("RUNNING", "COMPLETING"))
-        camp.doubles += [(now - t0, c) for c, n in active.items() if n > 1]
-        if node_back_at and now >= node_back_at:
-            cluster.node_up(node_back_at_node)
-            node_back_at = None
-        assert now - progress < IDLE_LIMIT_S, (f"no progress for {IDLE_LIMIT_S} s; faults left {pending}\n"
-                                               f"{camp.text()[-6000:]}\n{cluster.debug_info(tail=15)}")
-        if not pending or node_back_at or now - last_fault < 5:
-            continue
-        said = [ln for ln in camp.text().splitlines() if ln.startswith("slurm_run")]
-        for fault in pending:
-            if fault == "controller" and not (said and "snakemake started" in said[-1]):
-                continue  # the outage hits a running Snakemake, not the supervisor between two of them
-            # a victim with a resume checkpoint (every 2 iterations, ITER_SLEEP s each) and iterations
-            # left; for the walltime, one that just started a long segment (SLURM signals within 30 s)
-            victims = _train(jobs, min_s=10, exclude=hit) if fault != "walltime" else \
-                [j for j in _train(jobs, max_s=8, exclude=hit) if j["comment"].endswith("_0000008")]
-            if victims:
-                break
-        else:
-            continue
-        v = victims[0]
-        hit.add(v["id"])
-        # preemption and a node failure hit every job on the node
-        on_node = [j for j in _train(jobs) if j["node"] == v["node"]] if fault in ("preempt", "node_down") else [v]
-        camp.faults.append({"fault": fault, "job": v["id"], "node": v["node"], "t": round(now - t0),
-                            "victims": [j["comment"] for j in on_node], "victim_ids": [j["id"] for j in on_node]})
-        pending.remove(fault)
-        progress = last_fault = now
-        if fault == "requeue":
-            cluster.requeue(v["id"])
-        elif fault == "preempt":
-            camp.faults[-1]["by"] = cluster.preempt(v["node"], seconds=15)
-        elif fault == "node_down":
-            cluster.node_down(v["node"])
-            node_back_at, node_back_at_node = now + 20, v["node"]
-        elif fault == "walltime":
-            camp.faults[-1]["limit_min"] = cluster.shorten_walltime(v["id"], minutes_left=0)
-        elif fault == "kill9":
-            running_at_kill = {j["id"] for j in _train(jobs)}
-            camp.kill9()
-            camp.start()  # the documented command, at once, while the dead one's jobs run
-        elif fault == "controller":
-            cluster.stop_controller()
-            time.sleep(65)
-            cluster.start_controller()
-            camp.faults[-1]["down_s"] = round(time.monotonic() - now)
+        injector.step(time.monotonic())
     wall = time.monotonic() - t0
     text = camp.text()
     report = (f"{wall:.0f} s, {camp.starts} start(s), faults {json.dumps(camp.faults)}\n{text[-8000:]}\n"
               f"{cluster.debug_info(tail=15)}")
     print(f"\ncampaign with faults: {wall:.0f} s; faults: {json.dumps(camp.faults)}\nsupervisor:\n"
           + "\n".join(ln for ln in text.splitlines() if ln.startswith(("slurm_run", "=====", "Error in rule"))))
-    assert not pending, f"faults never injected: {pending}\n{report}"
+    assert not injector.pending, f"faults never injected: {injector.pending}\n{report}"
     assert not camp.doubles, f"two copies of a segment ran at once: {camp.doubles}\n{report}"
     # the diverged line stops nothing: its segments end marked diverged, and Snakemake finishes,
     # collect, tables and report included (rethink.segment)
@@ -178,8 +123,88 @@ def _drive(camp, cluster, tmp_path, cfg, p, paths):
     assert sorted((tmp_path / "results" / "tables").glob("*.md")), "no tables"
     table = pd.read_csv(tmp_path / paths.metrics_table)
     assert set(table[table.run_diverged].run_id) == {NAN_RUN}, table[["run_id", "iteration", "diverged"]]
+    _check_results(tmp_path, p, paths, report)
+    _check_retrained(camp, tmp_path, cfg, p, injector.running_at_kill)
 
-    # every result of every run that did not diverge: present and valid; the diverged line's: diverged
+
+class _Injector:
+    """The faults, one at a time, each on a training job that fits it, while the campaign makes
+    progress (asserted: a new job, result or fault within IDLE_LIMIT_S); `camp.doubles` gets every
+    moment two copies of a job run."""
+
+    def __init__(self, camp, cluster, t0: float):
+        self.camp, self.cluster, self.t0 = camp, cluster, t0
+        self.progress, self.seen_ids = t0, set()
+        self.pending = list(FAULTS)
+        self.hit: set[str] = set()  # job ids and comments already faulted
+        self.node_back_at, self.node_back_at_node, self.last_fault = None, None, t0
+        self.running_at_kill: set[str] = set()
+
+    def step(self, now: float) -> None:
+        camp, cluster = self.camp, self.cluster
+        jobs = cluster.jobs()
+        ids = {j["id"] for j in jobs}
+        if ids - self.seen_ids or (self.pending and self.pending[0] == "controller" and not jobs):
+            self.progress = now
+        self.seen_ids |= ids
+        active = Counter(j["comment"] for j in jobs if j["state"] in ("RUNNING", "COMPLETING"))
+        camp.doubles += [(now - self.t0, c) for c, n in active.items() if n > 1]
+        if self.node_back_at and now >= self.node_back_at:
+            cluster.node_up(self.node_back_at_node)
+            self.node_back_at = None
+        assert now - self.progress < IDLE_LIMIT_S, (f"no progress for {IDLE_LIMIT_S} s; faults left {self.pending}\n"
+                                                    f"{camp.text()[-6000:]}\n{cluster.debug_info(tail=15)}")
+        if not self.pending or self.node_back_at or now - self.last_fault < 5:
+            return
+        picked = self._pick(jobs)
+        if picked:
+            self._inject(*picked, jobs, now)
+
+    def _pick(self, jobs) -> tuple[str, dict] | None:
+        """The first pending fault that has a victim now, and the victim."""
+        said = [ln for ln in self.camp.text().splitlines() if ln.startswith("slurm_run")]
+        for fault in self.pending:
+            if fault == "controller" and not (said and "snakemake started" in said[-1]):
+                continue  # the outage hits a running Snakemake, not the supervisor between two of them
+            # a victim with a resume checkpoint (every 2 iterations, ITER_SLEEP s each) and iterations
+            # left; for the walltime, one that just started a long segment (SLURM signals within 30 s)
+            victims = _train(jobs, min_s=10, exclude=self.hit) if fault != "walltime" else \
+                [j for j in _train(jobs, max_s=8, exclude=self.hit) if j["comment"].endswith("_0000008")]
+            if victims:
+                return fault, victims[0]
+        return None
+
+    def _inject(self, fault: str, v: dict, jobs, now: float) -> None:
+        camp, cluster = self.camp, self.cluster
+        self.hit.add(v["id"])
+        # preemption and a node failure hit every job on the node
+        on_node = [j for j in _train(jobs) if j["node"] == v["node"]] if fault in ("preempt", "node_down") else [v]
+        camp.faults.append({"fault": fault, "job": v["id"], "node": v["node"], "t": round(now - self.t0),
+                            "victims": [j["comment"] for j in on_node], "victim_ids": [j["id"] for j in on_node]})
+        self.pending.remove(fault)
+        self.progress = self.last_fault = now
+        if fault == "requeue":
+            cluster.requeue(v["id"])
+        elif fault == "preempt":
+            camp.faults[-1]["by"] = cluster.preempt(v["node"], seconds=15)
+        elif fault == "node_down":
+            cluster.node_down(v["node"])
+            self.node_back_at, self.node_back_at_node = now + 20, v["node"]
+        elif fault == "walltime":
+            camp.faults[-1]["limit_min"] = cluster.shorten_walltime(v["id"], minutes_left=0)
+        elif fault == "kill9":
+            self.running_at_kill = {j["id"] for j in _train(jobs)}
+            camp.kill9()
+            camp.start()  # the documented command, at once, while the dead one's jobs run
+        elif fault == "controller":
+            cluster.stop_controller()
+            time.sleep(65)
+            cluster.start_controller()
+            camp.faults[-1]["down_s"] = round(time.monotonic() - now)
+
+
+def _check_results(tmp_path, p, paths, report: str) -> None:
+    """Every result of every run that did not diverge: present and valid; the diverged line's: diverged."""
     missing = []
     for ms in p.milestones.values():
         f = tmp_path / paths.metrics(ms.family, ms.line, ms.iteration)
@@ -195,8 +220,10 @@ def _drive(camp, cluster, tmp_path, cfg, p, paths):
         if run_id != NAN_RUN:
             assert (tmp_path / paths.model(run_id)).exists(), run_id
 
-    # what was trained twice, from the campaign's ledger (one row per job attempt: where it resumed
-    # from and got to; rethink.ledger): per attempt, what the next attempt of its job trained again
+
+def _check_retrained(camp, tmp_path, cfg, p, running_at_kill: set) -> None:
+    """What was trained twice, from the campaign's ledger (one row per job attempt: where it resumed
+    from and got to; rethink.ledger): per attempt, what the next attempt of its job trained again."""
     df = ledger.frame(str(tmp_path / "results"))
     train = df[df["rule"].isin(ledger.TRAIN_RULES)]
     wasted = ledger.wasted_iterations(df)[train.index]

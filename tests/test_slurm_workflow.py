@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import switches
 
 from conftest import ROOT, small_tiny_config, snakemake, write_yaml
 from rethink import config, grid, metrics, plan
@@ -56,7 +57,7 @@ def test_tiny_grid_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     # the first trunk segment sleeps a little per iteration, so it can be caught mid-way
     target = p.segments_of_run(next(iter(p.grid.runs)))[0]
     resume_dir = remote / paths.resume_dir(target.family, target.line, target.end)
-    env = cluster.job_env(RETHINK_ITER_SLEEP="1.0")
+    env = cluster.job_env(**switches.environment(sleep=1.0))
     cmd = ["timeout", "-k", "10", "900", sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
            "--profile", str(ROOT / "profiles" / "slurm"), "-j", "4", "--configfile", "tiny.yaml", *FAST_POLL]
     log = open(tmp_path / "snakemake.out", "w")

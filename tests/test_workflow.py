@@ -260,6 +260,7 @@ def test_a_deleted_metrics_file_is_noticed(tiny_run, tmp_path):
     predicted, guarded = re.findall(count, dry.stderr), re.findall(count, out)
     assert predicted and guarded and predicted[0] == guarded[-1], (predicted, guarded)
     assert "metrics file(s) of finished evaluations are gone" in out and "Nothing was run or deleted" in out
+    assert 'File "' not in out, out[-3000:]  # the guard stops with its message alone
     assert (tree / "results" / "metrics.csv").read_bytes() == table
     assert {f: f.stat().st_mtime_ns for f in (tree / "work" / "models").rglob("*.pth")} == models
 

@@ -220,62 +220,89 @@ def _child(sockets: list, request: dict, fds: list[int]) -> None:
 
 
 def serve(path: str) -> None:
+    """The server at socket `path`: each job's request forks a job; the signals its command gets
+    are passed on, its exit status sent back; ends once it takes no more jobs and none runs."""
     _preload()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(64)
-    jobs: dict = {}  # conn -> pid
-    gone: set = set()  # conns whose command went away (its job was sent SIGTERM)
-    idle_since = time.monotonic()
-    print(f"warm interpreter {os.getpid()} serving {path}", flush=True)
-    while listener or jobs:
-        watched = [c for c in jobs if c not in gone]
-        ready, _, _ = select.select([listener, *watched] if listener else watched, [], [], 0.2)
-        for r in ready:
-            if r is listener:
-                conn, _ = listener.accept()
-                try:
-                    msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-                    while not msg.endswith(b"\n"):
-                        more = conn.recv(1 << 20)
-                        if not more:
-                            break
-                        msg += more
-                    request = json.loads(msg)
-                except (OSError, ValueError):  # a job that went away while it connected
-                    conn.close()
-                    continue
-                if request.get("stop"):  # no new jobs; those running finish
-                    conn.close()
-                    _close(listener, path)
-                    listener = None
-                    continue
-                pid = os.fork()
-                if pid == 0:
-                    _child([conn, listener, *jobs], request, fds)
-                for fd in fds:
-                    os.close(fd)
-                jobs[conn] = pid
-                try:
-                    conn.sendall(json.dumps({"started": pid}).encode() + b"\n")
-                except OSError:
-                    _kill(pid)
-                    gone.add(conn)
-            else:
-                try:
-                    data = r.recv(4096)
-                except OSError:
-                    data = b""
-                pid = jobs[r]
-                for line in data.splitlines():
-                    try:
-                        os.kill(pid, int(json.loads(line)["signal"]))
-                    except (ProcessLookupError, ValueError, KeyError):
-                        pass
-                if not data:  # the job's command went away (killed): so does the job
-                    _kill(pid)
-                    gone.add(r)
-        for conn, pid in list(jobs.items()):
+    _Server(path).run()
+
+
+class _Server:
+    def __init__(self, path: str):
+        self.path = path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(64)
+        self.jobs: dict = {}  # conn -> pid
+        self.gone: set = set()  # conns whose command went away (its job was sent SIGTERM)
+        self.idle_since = time.monotonic()
+
+    def run(self) -> None:
+        print(f"warm interpreter {os.getpid()} serving {self.path}", flush=True)
+        while self.listener or self.jobs:
+            watched = [c for c in self.jobs if c not in self.gone]
+            ready, _, _ = select.select([self.listener, *watched] if self.listener else watched, [], [], 0.2)
+            for r in ready:
+                if r is self.listener:
+                    self._accept()
+                else:
+                    self._relay(r)
+            self._reap()
+            if self.listener and not self.jobs and time.monotonic() - self.idle_since > IDLE_S:
+                self._stop_listening()
+
+    def _stop_listening(self) -> None:
+        _close(self.listener, self.path)
+        self.listener = None
+
+    def _accept(self) -> None:
+        """A new job's request: fork it (or, a stop request: no new jobs; those running finish)."""
+        conn, _ = self.listener.accept()
+        try:
+            msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            while not msg.endswith(b"\n"):
+                more = conn.recv(1 << 20)
+                if not more:
+                    break
+                msg += more
+            request = json.loads(msg)
+        except (OSError, ValueError):  # a job that went away while it connected
+            conn.close()
+            return
+        if request.get("stop"):
+            conn.close()
+            self._stop_listening()
+            return
+        pid = os.fork()
+        if pid == 0:
+            _child([conn, self.listener, *self.jobs], request, fds)
+        for fd in fds:
+            os.close(fd)
+        self.jobs[conn] = pid
+        try:
+            conn.sendall(json.dumps({"started": pid}).encode() + b"\n")
+        except OSError:
+            _kill(pid)
+            self.gone.add(conn)
+
+    def _relay(self, conn) -> None:
+        """The signals a job's command passes on; its command gone (killed): so is the job."""
+        try:
+            data = conn.recv(4096)
+        except OSError:
+            data = b""
+        pid = self.jobs[conn]
+        for line in data.splitlines():
+            try:
+                os.kill(pid, int(json.loads(line)["signal"]))
+            except (ProcessLookupError, ValueError, KeyError):
+                pass
+        if not data:
+            _kill(pid)
+            self.gone.add(conn)
+
+    def _reap(self) -> None:
+        """Jobs that ended: their exit status to their command (128 + n for signal n)."""
+        for conn, pid in list(self.jobs.items()):
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 code = os.waitstatus_to_exitcode(status)
@@ -284,12 +311,9 @@ def serve(path: str) -> None:
                 except OSError:
                     pass
                 conn.close()
-                del jobs[conn]
-                gone.discard(conn)
-                idle_since = time.monotonic()
-        if listener and not jobs and time.monotonic() - idle_since > IDLE_S:
-            _close(listener, path)
-            listener = None
+                del self.jobs[conn]
+                self.gone.discard(conn)
+                self.idle_since = time.monotonic()
 
 
 def _kill(pid: int) -> None:

@@ -1,3 +1,4 @@
+# over 400 lines: the fuzzer's strategies and its two checks, one tool for test_fuzz_config.py and bench/fuzz.py
 """The config fuzzer's parts, shared by tests/test_fuzz_config.py (a bounded, seeded run in CI) and
 bench/fuzz.py (the long campaign): Hypothesis strategies that mutate configs/tiny.yaml or config.yaml
 and the way the result reaches Snakemake (one file, two layered files, `--config`, a profile), and the
@@ -262,11 +263,6 @@ def clear(message: str, sources: list[str]) -> bool:
 def in_process(example: Example, folder: Path) -> Outcome:
     """What Snakemake and rules/common.smk do with the example's files, then what every job does with
     the config snapshot; in this process."""
-    from snakemake.cli import parse_config
-    from snakemake.common.configfile import load_configfile
-    from snakemake.utils import update_config
-    from snakemake_interface_common.exceptions import WorkflowError
-
     from rethink import jobs as rjobs
     from rethink import report_targets
     from rethink import sources as rsources
@@ -276,21 +272,10 @@ def in_process(example: Example, folder: Path) -> Outcome:
     from rethink.resources import JobResources
 
     args = example.write(folder)
-    files = [str(folder / f) for f in example.configfiles]
-    entries = [c.replace(TMP, str(folder)) for c in example.cli]
-    if example.profile is not None:
-        files = [str(folder / f) for f in example.profile["configfile"]]
-        entries = example.profile["config"] if not entries else entries
-    try:  # Snakemake's part: read each file, merge, parse --config (snakemake.settings.types.ConfigSettings)
-        config = {}
-        for f in files:
-            update_config(config, load_configfile(f))
-        cli = parse_config(entries)
-        update_config(config, cli)
-    except WorkflowError as e:
-        return Outcome("loader", str(e))
-    except Exception as e:  # noqa: BLE001  (Snakemake's loader failing before the workflow runs: README)
-        return Outcome("loader-crash", f"{type(e).__name__}: {e}")
+    loaded = _snakemake_loads(example, folder)
+    if isinstance(loaded, Outcome):
+        return loaded
+    config, cli, files = loaded
     cwd = os.getcwd()
     os.chdir(folder)
     try:
@@ -305,25 +290,10 @@ def in_process(example: Example, folder: Path) -> Outcome:
         job_resources = JobResources(cfg, plan)
         report_targets.final_targets(paths)
         rjobs.write_snapshot(cfg, source, write=False)
-        # later: each job rebuilds the plan from the snapshot (JSON) and takes its spec from it
         snap = folder / "snapshot.json"
         snap.write_text(json.dumps({"format": rjobs.SNAPSHOT_FORMAT, "source": source, "config": cfg}))
         try:
-            specs = rjobs.load(str(snap))
-            keys = [f"prepare_data/{d}" for d in sorted({r.data for r in grid.runs.values()})]
-            keys += [f"train_segment/{f}/{ln}/{it}" for f, ln, it in list(plan.segments)[:20]]
-            keys += [f"evaluate/{f}/{ln}/{it}" for f, ln, it in list(plan.milestones)[:20]]
-            for k in keys:
-                rjobs.spec(specs, k)
-            # what Snakemake asks of each job while planning: its resources (callables of its wildcards)
-            train, ev = job_resources.train_resources(), job_resources.eval_resources()
-            job_resources.launchers(sys.executable)
-            job_resources.single(sys.executable)
-            for (f, ln, it) in list(plan.segments)[:20] + list(plan.milestones)[:20]:
-                wc = SimpleNamespace(family=f, line=ln, iter=str(it))
-                for res in (train if (f, ln, it) in plan.segments else ev).values():
-                    if callable(res):
-                        res(wc, 3) if res.__code__.co_argcount == 2 else res(wc)
+            _every_job(snap, plan, job_resources)
         except Exception as e:  # noqa: BLE001  (any error here is a failure to report)
             return Outcome("late", f"{type(e).__name__}: {e}")
         return Outcome("accepted")
@@ -333,6 +303,53 @@ def in_process(example: Example, folder: Path) -> Outcome:
         return Outcome("traceback", "".join(traceback.format_exception(e))[-3000:])
     finally:
         os.chdir(cwd)
+
+
+def _snakemake_loads(example: Example, folder: Path) -> tuple[dict, dict, list[str]] | Outcome:
+    """Snakemake's part: read each file, merge, parse --config (snakemake.settings.types.ConfigSettings);
+    (config, the --config entries, the files), or the loader's refusal or crash."""
+    from snakemake.cli import parse_config
+    from snakemake.common.configfile import load_configfile
+    from snakemake.utils import update_config
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    files = [str(folder / f) for f in example.configfiles]
+    entries = [c.replace(TMP, str(folder)) for c in example.cli]
+    if example.profile is not None:
+        files = [str(folder / f) for f in example.profile["configfile"]]
+        entries = example.profile["config"] if not entries else entries
+    try:
+        config = {}
+        for f in files:
+            update_config(config, load_configfile(f))
+        cli = parse_config(entries)
+        update_config(config, cli)
+    except WorkflowError as e:
+        return Outcome("loader", str(e))
+    except Exception as e:  # noqa: BLE001  (Snakemake's loader failing before the workflow runs: README)
+        return Outcome("loader-crash", f"{type(e).__name__}: {e}")
+    return config, cli, files
+
+
+def _every_job(snap: Path, plan, job_resources) -> None:
+    """Later: each job rebuilds the plan from the snapshot `snap` (JSON) and takes its spec from it;
+    and what Snakemake asks of each job while planning: its resources (callables of its wildcards)."""
+    from rethink import jobs as rjobs
+
+    specs = rjobs.load(str(snap))
+    keys = [f"prepare_data/{d}" for d in sorted({r.data for r in plan.grid.runs.values()})]
+    keys += [f"train_segment/{f}/{ln}/{it}" for f, ln, it in list(plan.segments)[:20]]
+    keys += [f"evaluate/{f}/{ln}/{it}" for f, ln, it in list(plan.milestones)[:20]]
+    for k in keys:
+        rjobs.spec(specs, k)
+    train, ev = job_resources.train_resources(), job_resources.eval_resources()
+    job_resources.launchers(sys.executable)
+    job_resources.single(sys.executable)
+    for (f, ln, it) in list(plan.segments)[:20] + list(plan.milestones)[:20]:
+        wc = SimpleNamespace(family=f, line=ln, iter=str(it))
+        for res in (train if (f, ln, it) in plan.segments else ev).values():
+            if callable(res):
+                res(wc, 3) if res.__code__.co_argcount == 2 else res(wc)
 
 
 LOADER_MESSAGES = ("Config file is not valid JSON or YAML", "Config file must be given as JSON or YAML with keys at top level")

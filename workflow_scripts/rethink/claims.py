@@ -30,7 +30,8 @@ import pandas as pd
 
 from .metrics import is_finite
 from .seeds import GROUP, finals, standard_error, std_of
-from .tables import RANDOM, _select, _setting_label, kind_of
+from .setting import RANDOM, setting_label
+from .tables import _select, kind_of
 
 FIXED_MARGIN = 1.0  # AP: the margin without a seed spread to measure it
 EARLY_GAP = 3.0  # AP: how far ahead pre-training must be at the first common evaluation
@@ -102,7 +103,7 @@ def _catch_up(fin, v: Verdict, where, metric="bbox_AP", needs: str = "") -> Verd
     results = []
     for group, init in _pairs(fin, where):
         r, p = _best(fin, group, RANDOM, metric), _best(fin, group, init, metric)
-        label = _setting_label(*group)
+        label = setting_label(*group)
         if r is None or p is None:
             v.missing.append(f"{label}: finished {RANDOM if r is None else init} runs")
             continue
@@ -127,7 +128,7 @@ def early(df: pd.DataFrame, fin: pd.DataFrame) -> Verdict:
         curves = {i: sel[sel.init == i].drop_duplicates(["family", "iteration"]).groupby("iteration").bbox_AP.mean()
                   for i in (RANDOM, init)}
         common = sorted(set(curves[RANDOM].index) & set(curves[init].index))
-        label = _setting_label(*group)
+        label = setting_label(*group)
         if not common:
             v.missing.append(f"{label}: trunk evaluations of both {RANDOM} and {init}")
             continue
@@ -150,11 +151,11 @@ def small_data(fin: pd.DataFrame) -> Verdict:
         for group, init in pairs:
             r, p = _best(fin, group, RANDOM), _best(fin, group, init)
             if r is None or p is None:
-                v.missing.append(f"{_setting_label(*group)}: finished {RANDOM if r is None else init} runs")
+                v.missing.append(f"{setting_label(*group)}: finished {RANDOM if r is None else init} runs")
                 continue
             measured.add(data)
             results.append(p.mean - r.mean >= SMALL_DATA_GAP)
-            v.numbers.append(f"{_setting_label(*group)}: {init} {p.text()} vs {RANDOM} {r.text()} "
+            v.numbers.append(f"{setting_label(*group)}: {init} {p.text()} vs {RANDOM} {r.text()} "
                              f"({p.mean - r.mean:+.1f})")
         if not pairs:
             v.missing.append(f"{data}: finished random and pre-trained runs")
@@ -171,7 +172,7 @@ def localisation(fin: pd.DataFrame) -> Verdict:
     results = []
     for group, init in _pairs(fin, lambda g: kind_of(g[0], g[3]) == "main"):
         r, p = _best(fin, group, RANDOM), _best(fin, group, init)
-        label = _setting_label(*group)
+        label = setting_label(*group)
         if r is None or p is None:
             v.missing.append(f"{label}: finished {RANDOM if r is None else init} runs")
             continue

@@ -54,7 +54,7 @@ false for a boxes-only set; a mask task on a set without masks is refused when t
 (:func:`check_task`). With ``num_images`` only the subset's images are checked.
 
 voc
-    PASCAL VOC XML converted to COCO JSON (boxes only, the 20 VOC classes in VOC_CLASSES order,
+    PASCAL VOC XML converted to COCO JSON by rethink.voc (boxes only, the 20 VOC classes in VOC_CLASSES order,
     ids 1..20). ``train_annotations`` / ``val_annotations`` name image-set lists as
     ``"<year dir>/<list>"`` (a string or a list of them), e.g. ``["VOC2007/trainval",
     "VOC2012/train"]`` reads ``root/VOC2007/ImageSets/Main/trainval.txt``; ``train_images`` /
@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import json
 import os
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +90,9 @@ from .synthetic import (
     make_synthetic_split,
 )
 from .validate_data import DatasetError  # defined there, below this module (one import direction)
+from .voc import VOC_CLASSES, image_set_entry, voc_as_coco
 
 SCHEMA = "rethink-dataset/1"
-
-VOC_CLASSES = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-]
-
 
 def prepare_synthetic(spec: dict, out_dir: Path) -> dict:
     lo_hi = spec.get("image_size", [128, 192])
@@ -212,7 +205,7 @@ def check_dataset_paths(name: str, spec: dict) -> list[str]:
                 continue
             for entry in [lists] if isinstance(lists, str) else lists:
                 try:
-                    year, lst = _voc_entry(entry)
+                    year, lst = image_set_entry(entry)
                 except DatasetError as e:
                     problems.append(f"{field}.{key}: {e}")
                     continue
@@ -298,47 +291,6 @@ def check_task(manifest: dict, task: str) -> None:
 
 
 # ----------------------------------------------------------------------------- VOC
-def _voc_entry(entry: str) -> tuple[str, str]:
-    parts = str(entry).strip("/").split("/")
-    if len(parts) != 2 or not all(parts):
-        raise DatasetError(f"{entry!r} is not '<year dir>/<image-set list>' (e.g. VOC2007/trainval)")
-    return parts[0], parts[1]
-
-
-def _voc_split(root: Path, entries, field: str) -> dict:
-    images, anns = [], []
-    for entry in [entries] if isinstance(entries, str) else entries:
-        year, lst = _voc_entry(entry)
-        list_path = root / year / "ImageSets" / "Main" / f"{lst}.txt"
-        ids = [line.split()[0] for line in list_path.read_text().splitlines() if line.strip()]
-        for vid in ids:
-            xml_path = root / year / "Annotations" / f"{vid}.xml"
-            try:
-                tree = ET.parse(xml_path).getroot()
-            except (OSError, ET.ParseError) as e:
-                raise DatasetError(f"{field}: {xml_path} (listed in {list_path}): {e}") from None
-            size = tree.find("size")
-            if size is None:
-                raise DatasetError(f"{field}: {xml_path}: no <size>")
-            image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": f"{year}/JPEGImages/{vid}.jpg", "voc_id": f"{year}/{vid}",
-                           "width": int(size.findtext("width")), "height": int(size.findtext("height"))})
-            for obj in tree.findall("object"):
-                cls = (obj.findtext("name") or "").strip()
-                if cls not in VOC_CLASSES:
-                    raise DatasetError(f"{field}: {xml_path}: unknown VOC class {cls!r}")
-                bb = obj.find("bndbox")
-                x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-                x0, y0 = x0 - 1.0, y0 - 1.0  # detectron2's VOC loader: 1-based inclusive -> 0-based
-                w, h = x1 - x0, y1 - y0
-                difficult = int(obj.findtext("difficult") or 0)
-                anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": VOC_CLASSES.index(cls) + 1,
-                             "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0, "difficult": difficult})
-    cats = [{"id": i + 1, "name": c, "supercategory": "voc"} for i, c in enumerate(VOC_CLASSES)]
-    return {"info": {"description": f"PASCAL VOC {entries} as COCO (boxes only)", "version": SCHEMA},
-            "licenses": [], "images": images, "annotations": anns, "categories": cats}
-
-
 def prepare_voc(spec: dict, out_dir: Path) -> dict:
     name = spec["name"]
     problems = check_dataset_paths(name, spec)
@@ -347,7 +299,7 @@ def prepare_voc(spec: dict, out_dir: Path) -> dict:
     root = Path(spec["root"]).resolve()
     cats = [{"id": i + 1, "name": c} for i, c in enumerate(VOC_CLASSES)]
     # problems are named by the image-set lists the split was converted from
-    converted = {s: (_voc_split(root, spec[f"{s}_annotations"], f"datasets.{name}.{s}_annotations"), root,
+    converted = {s: (voc_as_coco(root, spec[f"{s}_annotations"], f"datasets.{name}.{s}_annotations", SCHEMA), root,
                      f"{root} {spec[f'{s}_annotations']}") for s in ("train", "val")}
     checked, _ = validate_data.validate(name, converted, cats, spec.get("on_bad_data", "error"), out_dir, masks=False)
     splits = {}

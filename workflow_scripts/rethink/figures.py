@@ -35,7 +35,8 @@ import pandas as pd  # noqa: E402
 from . import published as pubmod  # noqa: E402
 from .metrics import is_finite  # noqa: E402
 from .report_targets import FIGURES  # noqa: E402
-from .tables import GROUP, RANDOM, _inits, _setting_label, group_order, kind_of  # noqa: E402
+from .setting import RANDOM, group_order, inits_in_order, setting_label  # noqa: E402
+from .tables import GROUP, kind_of  # noqa: E402
 
 PRETRAINED_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]
 RANDOM_COLOR = "#d62728"
@@ -58,7 +59,7 @@ def _label(metric: str) -> str:
 
 def _colors(inits) -> dict[str, str]:
     out, k = {}, 0
-    for i in _inits(inits):
+    for i in inits_in_order(inits):
         if i == RANDOM:
             out[i] = RANDOM_COLOR
         else:
@@ -100,89 +101,129 @@ def _groups(df: pd.DataFrame, kinds: set[str]) -> list[tuple]:
 def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: str = "band",
                unit: float = 1e3) -> dict:
     """One convergence panel (x in iterations / `unit`); returns {"curves", "diverged", "paper"}."""
-    task, backbone, norm, data, variant = group
-    metric = primary_metric(task, data)
-    colors = _colors(g.init.unique())
-    drawn = {"curves": [], "diverged": sorted(g[g.run_diverged].run_id.unique()), "paper": [], "bands": []}
+    panel = _Panel(ax, g, group, pub, unit)
     ok = g[~g.run_diverged & ~g.diverged]
-    drops: set[float] = set()
-    xmax = float(g.iteration.max()) if not g.empty else 1.0
     pre_iters: dict[str, float] = {}
-    for init in _inits(g.init.unique()):
-        c = colors[init]
-        gi = ok[ok.init == init]
+    for init in inits_in_order(g.init.unique()):
         p_it = g[g.init == init].pretrain_iterations.max()
-        shift = float(p_it) if (pretrain == "shift" and is_finite(p_it)) else 0.0
         if is_finite(p_it):
             pre_iters[init] = float(p_it)
+        shift = float(p_it) if (pretrain == "shift" and is_finite(p_it)) else 0.0
+        panel.draw_init(ok[ok.init == init], init, shift)
+    for d in sorted(panel.drops):
+        ax.axvline(d / unit, color="0.6", ls=":", lw=0.7, zorder=0)
+    if pretrain == "band" and pre_iters:
+        panel.draw_pretraining(pre_iters)
+    panel.label(shifted=pretrain == "shift" and bool(pre_iters))
+    return panel.drawn
+
+
+class _Panel:
+    """What draw_panel draws into `ax` and records in `drawn`, one init's curves at a time: its
+    trunks, each run's tail from its branch point, schedule ends, LR drops and the paper's numbers."""
+
+    def __init__(self, ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, unit: float):
+        self.ax, self.g, self.group, self.pub, self.unit = ax, g, group, pub, unit
+        self.metric = primary_metric(group[0], group[3])
+        self.colors = _colors(g.init.unique())
+        self.drawn = {"curves": [], "diverged": sorted(g[g.run_diverged].run_id.unique()), "paper": [], "bands": []}
+        self.drops: set[float] = set()
+        self.xmax = float(g.iteration.max()) if not g.empty else 1.0
+
+    def draw_init(self, gi: pd.DataFrame, init: str, shift: float) -> None:
+        """One init's runs (not diverged), shifted right by `shift` iterations; several seeds: each
+        drawn thin inside the band of their spread."""
+        c = self.colors[init]
         several = gi.seed.nunique() > 1
-        lw, alpha = (0.7, 0.55) if several else (1.2, 0.9)
+        style = {"color": c, "lw": 0.7, "alpha": 0.55} if several else {"color": c, "lw": 1.2, "alpha": 0.9}
         if several:
-            _seed_bands(ax, gi, metric, init, c, shift, unit, drawn)
+            _seed_bands(self.ax, gi, self.metric, init, c, shift, self.unit, self.drawn)
         for (family, _seed), gf in gi.groupby(["family", "seed"], sort=True):
             trunk = gf[gf.line == "trunk"].drop_duplicates("iteration").sort_values("iteration")
             if not trunk.empty:
-                x, y = trunk.iteration.to_numpy(float), trunk[metric].to_numpy(float)
-                ax.plot((x + shift) / unit, y, "-", color=c, lw=lw, alpha=alpha)
-                drawn["curves"].append({"init": init, "line": "trunk", "family": family, "x": list(x), "y": list(y)})
+                self._curve(trunk, shift, style, {"init": init, "line": "trunk", "family": family})
             for rid, gr in gf.groupby("run_id", sort=True):
-                tail = gr[gr.line != "trunk"].sort_values("iteration")
-                branch = gr[gr.line == "trunk"].sort_values("iteration").tail(1)
-                pts = pd.concat([branch, tail]) if not tail.empty else tail
-                if not pts.empty:
-                    x, y = pts.iteration.to_numpy(float), pts[metric].to_numpy(float)
-                    ax.plot((x + shift) / unit, y, "-", color=c, lw=lw, alpha=alpha)
-                    drawn["curves"].append({"init": init, "line": str(tail.line.iloc[0]), "run_id": rid,
-                                            "x": list(x), "y": list(y)})
-                last = gr.sort_values("iteration").iloc[-1]
-                end_it = float(last.iterations) if is_finite(last.iterations) else float(last.iteration)
-                xmax = max(xmax, end_it + shift)
-                if bool(last.final):
-                    ax.plot((last.iteration + shift) / unit, last[metric], "o", color=c, ms=3.5, zorder=3)
-                    ax.annotate(str(last.schedule), ((last.iteration + shift) / unit, last[metric]),
-                                textcoords="offset points", xytext=(2, 3 if init == RANDOM else -8),
-                                fontsize=6, color=c)
-                for d in str(last.lr_drops).split(";"):
-                    if d.strip():
-                        drops.add(float(d) + shift)
-                if not str(last.lr_drops).strip():  # LR drops unknown: where the recorded LR fell
-                    seq = gr.sort_values("iteration")
-                    fell = seq.lr.to_numpy(float)
-                    for a, b, it in zip(fell, fell[1:], seq.iteration.to_numpy(float)[1:]):
-                        if b < a * 0.999:
-                            drops.add(it + shift)
-                paper = pubmod.lookup(pub, task=task, backbone=backbone, norm=norm, init=init, data=data,
-                                      metric=metric, schedule=str(last.schedule)) if not variant else math.nan
-                if is_finite(paper):
-                    px = end_it if is_finite(last.iterations) else pubmod.iterations_of(
-                        pub, task=task, backbone=backbone, norm=norm, init=init, data=data,
-                        schedule=str(last.schedule), metric=metric)
-                    if is_finite(px):
-                        ax.plot((px + shift) / unit, paper, "*", mfc="none", mec=c, ms=7, mew=0.9, zorder=4)
-                        drawn["paper"].append({"init": init, "schedule": str(last.schedule), "x": px, "y": paper})
-    for d in sorted(drops):
-        ax.axvline(d / unit, color="0.6", ls=":", lw=0.7, zorder=0)
-    if pretrain == "band" and pre_iters:
+                self._draw_run(gr, rid, init, shift, style)
+
+    def _curve(self, pts: pd.DataFrame, shift: float, style: dict, record: dict) -> None:
+        x, y = pts.iteration.to_numpy(float), pts[self.metric].to_numpy(float)
+        self.ax.plot((x + shift) / self.unit, y, "-", **style)
+        self.drawn["curves"].append({**record, "x": list(x), "y": list(y)})
+
+    def _draw_run(self, gr: pd.DataFrame, rid: str, init: str, shift: float, style: dict) -> None:
+        """A run's tail from its branch point (the trunk's last point it shares), its end (a dot
+        and the schedule's name when final), its LR drops and the paper's number at its end."""
+        tail = gr[gr.line != "trunk"].sort_values("iteration")
+        branch = gr[gr.line == "trunk"].sort_values("iteration").tail(1)
+        if not tail.empty:
+            self._curve(pd.concat([branch, tail]), shift, style,
+                        {"init": init, "line": str(tail.line.iloc[0]), "run_id": rid})
+        last = gr.sort_values("iteration").iloc[-1]
+        end_it = float(last.iterations) if is_finite(last.iterations) else float(last.iteration)
+        self.xmax = max(self.xmax, end_it + shift)
+        c, x_last = style["color"], (last.iteration + shift) / self.unit
+        if bool(last.final):
+            self.ax.plot(x_last, last[self.metric], "o", color=c, ms=3.5, zorder=3)
+            self.ax.annotate(str(last.schedule), (x_last, last[self.metric]), textcoords="offset points",
+                             xytext=(2, 3 if init == RANDOM else -8), fontsize=6, color=c)
+        self.drops |= _lr_drops(gr, last, shift)
+        self._paper_star(last, init, end_it, shift, c)
+
+    def _paper_star(self, last, init: str, end_it: float, shift: float, color) -> None:
+        """The paper's number for this run's schedule (not for a variant), a hollow star at the
+        schedule's end (where the run's length is unknown: the paper's length)."""
+        task, backbone, norm, data, variant = self.group
+        if variant:
+            return
+        key = {"task": task, "backbone": backbone, "norm": norm, "init": init, "data": data,
+               "schedule": str(last.schedule), "metric": self.metric}
+        paper = pubmod.lookup(self.pub, **key)
+        if not is_finite(paper):
+            return
+        px = end_it if is_finite(last.iterations) else pubmod.iterations_of(self.pub, **key)
+        if is_finite(px):
+            self.ax.plot((px + shift) / self.unit, paper, "*", mfc="none", mec=color, ms=7, mew=0.9, zorder=4)
+            self.drawn["paper"].append({"init": init, "schedule": str(last.schedule), "x": px, "y": paper})
+
+    def draw_pretraining(self, pre_iters: dict[str, float]) -> None:
+        """Each pre-trained init's pre-training as a band from 0 along the x axis, with a note."""
         for k, (init, p) in enumerate(sorted(pre_iters.items())):
-            pre = g[g.init == init].iloc[0]
-            frac_end = min(p, xmax)
-            ax.fill_between([0, frac_end / unit], 0, 0.035, transform=ax.get_xaxis_transform(),
-                            color=colors[init], alpha=0.25, lw=0)
+            pre = self.g[self.g.init == init].iloc[0]
+            self.ax.fill_between([0, min(p, self.xmax) / self.unit], 0, 0.035,
+                                 transform=self.ax.get_xaxis_transform(), color=self.colors[init], alpha=0.25, lw=0)
             txt = f"{init} pre-training: {human(p)} iter"
             if is_finite(pre.pretrain_images):
                 txt += f", {human(pre.pretrain_images)} images"
-            if p > xmax:
+            if p > self.xmax:
                 txt += " (beyond axis)"
-            ax.text(0.01, 0.045 + 0.05 * k, txt, transform=ax.transAxes, fontsize=6, color=colors[init])
-    if drawn["diverged"]:
-        ax.text(0.01, 0.97, "diverged: " + ", ".join(drawn["diverged"]), transform=ax.transAxes, fontsize=6,
-                va="top", color="0.3")
-    ax.set_xlim(left=min(0, ax.get_xlim()[0]))
-    ax.set_xlabel(("iterations (k)" if unit == 1e3 else "iterations") + (" incl. pre-training" if pretrain == "shift" and pre_iters else ""))
-    ax.set_ylabel(_label(metric))
-    ax.set_title(_setting_label(*group))
-    ax.grid(alpha=0.25, lw=0.5)
-    return drawn
+            self.ax.text(0.01, 0.045 + 0.05 * k, txt, transform=self.ax.transAxes, fontsize=6,
+                         color=self.colors[init])
+
+    def label(self, shifted: bool) -> None:
+        """The diverged runs' names, axes labels, title and grid."""
+        ax = self.ax
+        if self.drawn["diverged"]:
+            ax.text(0.01, 0.97, "diverged: " + ", ".join(self.drawn["diverged"]), transform=ax.transAxes,
+                    fontsize=6, va="top", color="0.3")
+        ax.set_xlim(left=min(0, ax.get_xlim()[0]))
+        ax.set_xlabel(("iterations (k)" if self.unit == 1e3 else "iterations")
+                      + (" incl. pre-training" if shifted else ""))
+        ax.set_ylabel(_label(self.metric))
+        ax.set_title(setting_label(*self.group))
+        ax.grid(alpha=0.25, lw=0.5)
+
+
+def _lr_drops(gr: pd.DataFrame, last, shift: float) -> set[float]:
+    """A run's LR drops (iterations + `shift`): its recorded lr_drops, else, where unknown, the
+    evaluated iterations at which the recorded LR fell."""
+    drops = {float(d) + shift for d in str(last.lr_drops).split(";") if d.strip()}
+    if not str(last.lr_drops).strip():
+        seq = gr.sort_values("iteration")
+        fell = seq.lr.to_numpy(float)
+        for a, b, it in zip(fell, fell[1:], seq.iteration.to_numpy(float)[1:]):
+            if b < a * 0.999:
+                drops.add(it + shift)
+    return drops
 
 
 def _seed_bands(ax, gi: pd.DataFrame, metric: str, init: str, color, shift: float, unit: float, drawn: dict):
@@ -245,7 +286,7 @@ def convergence(df, pub, kinds, title, pretrain="band", note="", empty_sources=(
             sel = df
             for col, v in zip(GROUP, group):
                 sel = sel[sel[col] == v]
-            drawn[_setting_label(*group)] = draw_panel(ax, sel, group, pub, pretrain, unit)
+            drawn[setting_label(*group)] = draw_panel(ax, sel, group, pub, pretrain, unit)
         for ax in list(axes.flat)[len(groups):]:
             ax.axis("off")
         _legend(fig, df.init.unique(), ncol=3 if ncol == 1 else 5)
@@ -270,10 +311,10 @@ def samples_seen(df, pub, note="") -> tuple[plt.Figure, dict]:
                 sel = sel[sel[col] == v]
             last = sel.sort_values("iteration").groupby("run_id").tail(1)
             scheds = pubmod.sort_schedules(last.schedule)
-            inits = _inits(last.init.unique())
+            inits = inits_in_order(last.init.unique())
             colors = _colors(inits)
             width = 0.8 / max(1, len(inits))
-            label = _setting_label(*group)
+            label = setting_label(*group)
             drawn[label] = []
             for ax, counter in zip(row, counters):
                 for k, init in enumerate(inits):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -262,57 +262,87 @@ def _check_batches(config: dict, source: str, runs: Iterable[Run], origin: dict)
 def build(config: dict, source: str = "config") -> Grid:
     """Validated config (defaults filled) -> Grid. Raises ConfigError naming file, field and value."""
     defaults = recipe_defaults()
-    base_recipe = {**defaults, **config.get("recipe", {})}
     runs: dict[str, Run] = {}
     origin: dict[str, str] = {}
     _check_axes_defined(config, source)
-    if not any(e.get("enabled", True) for e in config["experiments"].values()):
-        raise ConfigError(f"{source}: experiments: every experiment has enabled: false; there is nothing to plan")
+    _check_enabled(config, source)
     for exp_name, exp in config["experiments"].items():
         if not exp.get("enabled", True):
             continue
-        where = f"{source}: experiments.{exp_name}"
         _check_axis_values(exp_name, exp, config, source)
-        recipe = {**base_recipe, **(exp.get("recipe") or {})}
-        recipe_json = json.dumps(recipe, sort_keys=True)
-        variant = exp.get("variant")
-        share = exp.get("share_trunk", True)
-        values = [exp.get(axis) or list(config["axes"][axis]) for axis in AXES]
-        for backbone, norm, init, data, sched, seed in itertools.product(*values):
-            iterations = _iterations(config["axes"]["schedule"][sched], recipe)
-            if iterations > MAX_RUN_ITERATIONS:
-                length = config["axes"]["schedule"][sched]
-                field = (f"axes.schedule.{sched}.iterations" if "iterations" in length
-                         else f"axes.schedule.{sched}.x ({length['x']}) x recipe.iters_per_x ({recipe['iters_per_x']})")
-                raise ConfigError(f"{where}: {field} gives {iterations:,} iterations; a run may have at most "
-                                  f"{MAX_RUN_ITERATIONS:,} (the paper's longest has 810,000)")
-            _check_recipe(where, recipe, iterations, sched)
-            if backbone == "VGG16" and recipe["head_channels"] != defaults["head_channels"]:
-                raise ConfigError(f"{where}.recipe.head_channels: {recipe['head_channels']}, but backbone VGG16 has "
-                                  f"no FPN (its heads read conv5's 512 channels); set head_channels: "
-                                  f"{defaults['head_channels']} in this experiment's recipe")
-            rid = make_run_id(backbone, norm, init, data, sched, seed, variant)
-            fam = f"{backbone}-{norm}-{init}-{data}-s{seed}" + (f"-{variant}" if variant else "") if share else rid
-            run = Run(
-                run_id=rid, family=fam, experiments=(exp_name,), backbone=backbone, norm=norm, init=init,
-                data=data, schedule_name=sched, seed=seed, variant=variant, share_trunk=share,
-                recipe_json=recipe_json, iterations=iterations, test_aug=bool(exp.get("test_aug", False)),
-            )
+        for run in _runs_of(config, source, exp_name, exp, defaults):
+            rid = run.run_id
             if rid not in runs:
-                runs[rid] = run
-                origin[rid] = exp_name
+                runs[rid], origin[rid] = run, exp_name
                 continue
-            old = runs[rid]
-            if old.settings() != run.settings():
-                diff = _recipe_diff(old.recipe, run.recipe) or [
-                    k for k in run.settings() if old.settings()[k] != run.settings()[k]]
-                raise ConfigError(
-                    f"{where}: run id {rid} is also made by experiment {origin[rid]} with "
-                    f"different settings ({', '.join(diff)}); give one of them a variant"
-                )
-            runs[rid] = _merge_exps(old, exp_name, run.test_aug)
+            _check_same_settings(runs[rid], run, f"{source}: experiments.{exp_name}", origin[rid])
+            runs[rid] = _merge_exps(runs[rid], exp_name, run.test_aug)
     grid = Grid(config=config, source=source, runs=runs)
-    # members of a family must agree on everything but their length
+    _check_families(grid, source, origin)
+    _check_inits(config, source, runs.values())
+    _check_batches(config, source, runs.values(), origin)
+    _check_plan_size(config, source, list(runs.values()))
+    _check_nodes(config, source, runs.values())
+    _check_seconds_per_iter(grid, source)
+    return grid
+
+
+def _runs_of(config: dict, source: str, exp_name: str, exp: dict, defaults: dict) -> Iterator[Run]:
+    """The runs experiment `exp_name` asks for: every combination of its axes' values, each
+    checked as it is made (`defaults`: the recipe's)."""
+    recipe = {**defaults, **config.get("recipe", {}), **(exp.get("recipe") or {})}
+    where = f"{source}: experiments.{exp_name}"
+    recipe_json = json.dumps(recipe, sort_keys=True)
+    variant = exp.get("variant")
+    share = exp.get("share_trunk", True)
+    values = [exp.get(axis) or list(config["axes"][axis]) for axis in AXES]
+    for backbone, norm, init, data, sched, seed in itertools.product(*values):
+        iterations = _iterations(config["axes"]["schedule"][sched], recipe)
+        _check_run_length(where, config["axes"]["schedule"][sched], sched, recipe, iterations)
+        _check_recipe(where, recipe, iterations, sched)
+        _check_vgg16_heads(where, backbone, recipe, defaults)
+        rid = make_run_id(backbone, norm, init, data, sched, seed, variant)
+        fam = f"{backbone}-{norm}-{init}-{data}-s{seed}" + (f"-{variant}" if variant else "") if share else rid
+        yield Run(
+            run_id=rid, family=fam, experiments=(exp_name,), backbone=backbone, norm=norm, init=init,
+            data=data, schedule_name=sched, seed=seed, variant=variant, share_trunk=share,
+            recipe_json=recipe_json, iterations=iterations, test_aug=bool(exp.get("test_aug", False)),
+        )
+
+
+def _check_enabled(config: dict, source: str) -> None:
+    if not any(e.get("enabled", True) for e in config["experiments"].values()):
+        raise ConfigError(f"{source}: experiments: every experiment has enabled: false; there is nothing to plan")
+
+
+def _check_run_length(where: str, length: dict, sched: str, recipe: dict, iterations: int) -> None:
+    if iterations > MAX_RUN_ITERATIONS:
+        what = (f"axes.schedule.{sched}.iterations" if "iterations" in length
+                else f"axes.schedule.{sched}.x ({length['x']}) x recipe.iters_per_x ({recipe['iters_per_x']})")
+        raise ConfigError(f"{where}: {what} gives {iterations:,} iterations; a run may have at most "
+                          f"{MAX_RUN_ITERATIONS:,} (the paper's longest has 810,000)")
+
+
+def _check_vgg16_heads(where: str, backbone: str, recipe: dict, defaults: dict) -> None:
+    if backbone == "VGG16" and recipe["head_channels"] != defaults["head_channels"]:
+        raise ConfigError(f"{where}.recipe.head_channels: {recipe['head_channels']}, but backbone VGG16 has "
+                          f"no FPN (its heads read conv5's 512 channels); set head_channels: "
+                          f"{defaults['head_channels']} in this experiment's recipe")
+
+
+def _check_same_settings(old: Run, run: Run, where: str, old_exp: str) -> None:
+    """A run id made by two experiments must mean one run."""
+    if old.settings() != run.settings():
+        diff = _recipe_diff(old.recipe, run.recipe) or [
+            k for k in run.settings() if old.settings()[k] != run.settings()[k]]
+        raise ConfigError(
+            f"{where}: run id {run.run_id} is also made by experiment {old_exp} with "
+            f"different settings ({', '.join(diff)}); give one of them a variant"
+        )
+
+
+def _check_families(grid: Grid, source: str, origin: dict) -> None:
+    """Members of a family must agree on everything but their length."""
     for fam, members in grid.families.items():
         first = members[0]
         for other in members[1:]:
@@ -323,22 +353,24 @@ def build(config: dict, source: str = "config") -> Grid:
                     f"(experiment {origin[other.run_id]}) share family {fam} but differ in recipe "
                     f"{', '.join(diff)}; give one experiment a variant or share_trunk: false"
                 )
-    _check_inits(config, source, runs.values())
-    _check_batches(config, source, runs.values(), origin)
-    _check_plan_size(config, source, list(runs.values()))
+
+
+def _check_nodes(config: dict, source: str, runs: Iterable[Run]) -> None:
     nodes = int(config.get("resources", {}).get("nodes", 1))
-    for run in runs.values():
+    for run in runs:
         gpus = run.recipe["gpus"]
         if nodes > 1 and gpus > 1 and gpus % nodes:
             raise ConfigError(f"{source}: resources.nodes: {nodes} nodes cannot share the {gpus} GPUs of run "
                               f"{run.run_id} evenly (recipe.gpus)")
-    for run in runs.values():
-        if grid.seconds_per_iter(run) is None and config.get("seconds_per_iter"):
+
+
+def _check_seconds_per_iter(grid: Grid, source: str) -> None:
+    for run in grid.runs.values():
+        if grid.seconds_per_iter(run) is None and grid.config.get("seconds_per_iter"):
             raise ConfigError(
                 f"{source}: seconds_per_iter: no entry for backbone {run.backbone}, norm {run.norm}, "
                 f"gpus {run.recipe['gpus']} (needed by run {run.run_id})"
             )
-    return grid
 
 
 def _merge_exps(old: Run, exp_name: str, test_aug: bool) -> Run:

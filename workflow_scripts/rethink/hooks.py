@@ -2,21 +2,27 @@
 
 A hook sees the trainer (`self.trainer`: iteration, batch, losses, model, optimizer, log, ...) at
 
+    before_start()   once, before anything is set up (no process group, lock, model or log yet;
+                     the trainer's `who`, `spec` and `run` are there): a hook may refuse the segment
     before_train()   once, before the first iteration of the segment
     after_forward()  each iteration, after the loss is computed and averaged over the processes,
                      before backward (a hook may stop the run here: nothing of this step is applied)
     after_step()     each iteration, after the optimizer step; trainer.iter is the number of
                      iterations done
     after_train()    once, after the last iteration, before the output checkpoint (not on an error)
+    close()          once the segment ends, however (an error included), unless it ended at its start
+                     (refused by before_start, or taken over from another trainer)
 
 The trainer calls them in the order of its hook list. Every run has DivergenceGuard, Counters,
-History, StopOnSignal, Logger, LiveCurves, PeriodicCheckpoint and LedgerMarks (rethink.loop.default_hooks); tests add
-NanAt and SleepPerIteration (in-process, or through RETHINK_NAN_AT / RETHINK_ITER_SLEEP for a
-subprocess: from_environment).
+History, StopOnSignal, Logger, LiveCurves, PeriodicCheckpoint and LedgerMarks (rethink.loop.default_hooks).
+More hooks come first: a caller's `extra_hooks` (rethink.loop.train), and those of the one extension
+point, $RETHINK_HOOKS (from_extension), which production code leaves unset; the tests' switches (a NaN
+loss, a slow iteration: tests/switches.py) come in through these two.
 """
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -47,7 +53,10 @@ class Diverged(RuntimeError):
 
 
 class HookBase:
-    trainer = None  # set by the trainer before before_train
+    trainer = None  # set by the trainer before before_start
+
+    def before_start(self) -> None:
+        pass
 
     def before_train(self) -> None:
         pass
@@ -62,20 +71,21 @@ class HookBase:
         pass
 
     def close(self) -> None:
-        """Always, once the segment ends (an error included): release what the hook holds."""
+        """Once the segment ends, an error included (not when it ended at its start): release what
+        the hook holds."""
 
 
 class DivergenceGuard(HookBase):
     """A non-finite loss stops the run (Diverged) before backward, with a message naming run,
     family/line and iteration, and leaves `marker` (the grid summary reports the run as diverged);
-    a segment whose marker exists refuses at once: the same data and weights would diverge again,
-    so no job is spent on it. (A training segment then ends with an output marked diverged:
-    rethink.segment.)"""
+    a segment whose marker exists refuses at once (before_start, before a process group starts):
+    the same data and weights would diverge again, so no job is spent on it. (A training segment
+    then ends with an output marked diverged: rethink.segment.)"""
 
     def __init__(self, marker: Path | None):
         self.marker = marker
 
-    def before_train(self) -> None:
+    def before_start(self) -> None:
         if self.marker is not None and self.marker.exists():
             text = self.marker.read_text().strip()
             try:
@@ -256,37 +266,38 @@ class LedgerMarks(HookBase):
             self.row.update(last_checkpoint=self.trainer.saved_iter)
 
 
-# ------------------------------------------------------------------------------ test switches
-class NanAt(HookBase):
-    """Make the loss of iteration `iteration` NaN (tests of DivergenceGuard); with `line`
-    ("<family>/<line>"), only on that line of training."""
-
-    def __init__(self, iteration: int, line: str | None = None):
-        self.iteration, self.line = int(iteration), line
-
-    def after_forward(self) -> None:
-        t = self.trainer
-        if t.iter == self.iteration and self.line in (None, f"{t.family}/{t.line}"):
-            t.loss = t.loss * float("nan")
-            t.loss_value = float("nan")
+# ------------------------------------------------------------------------------ extension point
+HOOKS_ENV = "RETHINK_HOOKS"
 
 
-class SleepPerIteration(HookBase):
-    """Sleep `seconds` per iteration (tests that must catch a run mid-way)."""
+def from_extension(spec: dict, env=os.environ) -> list[HookBase]:
+    """The hooks that $RETHINK_HOOKS adds to a trainer, before the default ones.
 
-    def __init__(self, seconds: float):
-        self.seconds = float(seconds)
-
-    def after_step(self) -> None:
-        time.sleep(self.seconds)
-
-
-def from_environment(env=os.environ) -> list[HookBase]:
-    """The test switches a subprocess gets from its environment: RETHINK_NAN_AT=k (with
-    RETHINK_NAN_LINE=<family>/<line>: on that line only), RETHINK_ITER_SLEEP=s."""
-    out: list[HookBase] = []
-    if env.get("RETHINK_NAN_AT"):
-        out.append(NanAt(int(env["RETHINK_NAN_AT"]), env.get("RETHINK_NAN_LINE") or None))
-    if env.get("RETHINK_ITER_SLEEP"):
-        out.append(SleepPerIteration(float(env["RETHINK_ITER_SLEEP"])))
+    RETHINK_HOOKS=<path/to/file.py>:<function> (the path absolute, or relative to the job's working
+    folder): the file is loaded by its path (importlib, no sys.path change) once per trainer and
+    `function(spec)` returns a list of HookBase for the segment `spec`. No rule, profile or script of
+    the workflow sets it: it is how tests reach a trainer inside a subprocess or a SLURM job
+    (tests/switches.py: a NaN at one iteration, a slow iteration); in-process callers pass
+    `extra_hooks` instead. A value that does not load is a ValueError naming the variable and value."""
+    value = env.get(HOOKS_ENV)
+    if not value:
+        return []
+    where = f"${HOOKS_ENV}: value {value!r}"
+    path, sep, name = value.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise ValueError(f"{where}: expected <path/to/file.py>:<function>")
+    if not os.path.isfile(path):
+        raise ValueError(f"{where}: {path} is not a file (cwd {os.getcwd()})")
+    module_spec = importlib.util.spec_from_file_location(f"rethink_hooks_{Path(path).stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ValueError(f"{where}: {path} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"{where}: {path} has no function {name}")
+    out = list(fn(spec))
+    bad = [type(h).__name__ for h in out if not isinstance(h, HookBase)]
+    if bad:
+        raise ValueError(f"{where}: {name}() returned {', '.join(bad)}, not rethink.hooks.HookBase")
     return out

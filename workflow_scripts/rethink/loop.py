@@ -1,3 +1,4 @@
+# over 400 lines: one class, the Trainer, below a module docstring that is the loop's specification
 """The one training loop, for every engine (and for the tiny pre-training).
 
 ``train(engine, spec, dataset)`` trains one segment of one line of a family, from iteration ``start``
@@ -46,12 +47,14 @@ Spec keys besides those of train_spec (all optional):
 
 The loop is a small ``Trainer`` (start state, one step, checkpoints) with one hook per concern
 beside it (rethink.hooks: divergence, counters, history, signals, logging, live curves (rethink.live),
-periodic checkpoints, the job's ledger row (rethink.ledger));
-``train(..., extra_hooks)`` adds hooks, which is how tests switch on a NaN or a slow iteration.
+periodic checkpoints, the job's ledger row (rethink.ledger)); its processes and their group are
+rethink.processes. ``train(..., extra_hooks)`` adds hooks, and so does the one extension point,
+``$RETHINK_HOOKS=<file.py>:<function>`` (rethink.hooks.from_extension), which no production code
+sets: that is how tests switch on a NaN or a slow iteration, in-process or in a job (tests/switches.py).
 """
 from __future__ import annotations
 
-import datetime
+import contextlib
 import os
 import random
 import shutil
@@ -69,6 +72,7 @@ from .hooks import Diverged, Preempted
 from .lock import SegmentBusy, SegmentLock
 from .paths import DIVERGED_MARKER
 from .precision import MixedPrecision
+from .processes import Processes, set_deterministic
 from .schedule import Schedule
 
 EXIT_DIVERGED = Diverged.exit_code
@@ -79,18 +83,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def set_deterministic(on: bool) -> None:
-    """Only a change is applied: torch.use_deterministic_algorithms imports torch's compiler
-    (torch._inductor), 1-2 s of every job's start-up."""
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        if not (torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()):
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif torch.are_deterministic_algorithms_enabled():
-        torch.use_deterministic_algorithms(False)
 
 
 def schedule_from_spec(s: dict) -> Schedule:
@@ -121,46 +113,6 @@ def build_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=0.0, momentum=recipe["momentum"])
 
 
-class _Dist:
-    def __init__(self, gpus: int):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if gpus > 0 and not torch.cuda.is_available():
-            raise RuntimeError(f"the recipe asks for {gpus} GPU(s) but CUDA is not available "
-                               f"(set recipe.gpus: 0 to train on CPU)")
-        self.cuda = gpus > 0
-        self.device = torch.device(f"cuda:{self.local_rank}" if self.cuda else "cpu")
-        if self.cuda:
-            torch.cuda.set_device(self.device)
-        self.owns_group = False
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.cuda else "gloo", timeout=datetime.timedelta(minutes=30))
-            self.owns_group = True
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def gather(self, obj) -> list:
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 # ---------------------------------------------------------------------------- the loop
 def default_hooks(spec: dict) -> list[hooks.HookBase]:
     """Every run's hooks, in the order the trainer calls them (rethink.hooks)."""
@@ -178,8 +130,9 @@ def default_hooks(spec: dict) -> list[hooks.HookBase]:
 
 
 class Trainer:
-    """One segment of training (the module docstring says what it does); `extra_hooks` run before
-    the default ones (tests' switches). `train()` returns a summary (rank 0: with `history`)."""
+    """One segment of training (the module docstring says what it does); `extra_hooks`, then those
+    of $RETHINK_HOOKS (rethink.hooks.from_extension), run before the default ones. `train()`
+    returns a summary (rank 0: with `history`)."""
 
     def __init__(self, engine, spec: dict, dataset: dict, extra_hooks=()):
         self.engine, self.spec, self.dataset = engine, spec, dataset
@@ -193,63 +146,79 @@ class Trainer:
         self.resume_dir = spec.get("resume_dir")
         self.batch_total = int(self.recipe["batch"])
         self.who = f"run {self.run['run_id']} ({self.family}/{self.line})"
-        self.hooks = [*extra_hooks, *hooks.from_environment(), *default_hooks(spec)]
+        self.hooks = [*extra_hooks, *hooks.from_extension(spec), *default_hooks(spec)]
         self.history = next(h for h in self.hooks if isinstance(h, hooks.History))
+        self.dist = None  # rethink.processes.Processes, from the start on
         self.stop_signal = None
         self.saved_iter = None  # the iteration of this attempt's newest resume checkpoint
         self.log = lambda msg: None
 
     def train(self) -> dict:
+        """The segment, shaped as detectron2's TrainerBase.train: the start (refusals, processes,
+        lock, signal handlers), before_train, the iterations, after_train, the output checkpoint.
+        What the start entered is left again, in reverse order, however the segment ends."""
         self.t0, self.cpu0 = time.perf_counter(), time.process_time()
         for h in self.hooks:
             h.trainer = self
-        was_deterministic = torch.are_deterministic_algorithms_enabled()
-        old_handlers = {}
-        self.dist = lock = None
-        try:
-            for h in self.hooks:  # the divergence marker is read before any process group starts
-                if isinstance(h, hooks.DivergenceGuard):
-                    h.before_train()
-            self.dist = _Dist(int(self.recipe.get("gpus", 0)))
-            set_deterministic(bool(self.spec.get("deterministic")) or os.environ.get("RETHINK_DETERMINISTIC") == "1")
-            if self.dist.main:
-                self.log = lambda msg: print(f"[{self.who}] {msg}", flush=True)
-                if self.resume_dir:  # one trainer per segment (rethink.lock), held until the process ends
-                    lock = SegmentLock(self.resume_dir, self.who, self.log).__enter__()
-            waited = self.dist.main and lock is not None and lock.waited_s > 0
-            taken = self._output_of_another_trainer() if waited else None
-            if self.dist.sum([1.0 if taken else 0.0])[0]:  # every process returns, or none
-                return taken or {"iteration": self.end, "history": []}
-            for s in hooks.STOP_SIGNALS:
-                old_handlers[s] = signal.signal(s, self._on_signal)
-            if self.batch_total % self.dist.world:
-                raise ValueError(f"{self.who}: recipe.batch {self.batch_total} is not divisible by "
-                                 f"{self.dist.world} processes")
+        with contextlib.ExitStack() as stack:
+            taken = self._start(stack)
+            if taken is not None:
+                return taken
+            stack.callback(self._close_hooks)
             self._set_up_model()
-            for h in self.hooks:
-                if not isinstance(h, hooks.DivergenceGuard):
-                    h.before_train()
-            self.log(f"training iterations {self.iter} -> {self.end} of schedule {self.sched.iterations} "
-                     f"(batch {self.batch_total} on {self.dist.world} process(es), {self.dist.device})")
-            step = getattr(self.engine, "iterations_in", lambda batch: 1)  # iterations a batch stands for
-            while self.iter < self.end:
-                self.run_step()
-                self.iter += step(self.batch)
-                for h in self.hooks:
-                    h.after_step()
-            for h in self.hooks:
-                h.after_train()
+            self.before_train()
+            self._run_iterations()
+            self.after_train()
             return self._finish()
-        finally:
+
+    def _start(self, stack: contextlib.ExitStack) -> dict | None:
+        """The hooks' refusals (before_start: before any process group starts), then, each entered
+        on `stack`: the processes (rethink.processes), deterministic mode, rank 0's lock on the
+        segment (rethink.lock) and the stop signals' handlers. Returns the summary of what another
+        trainer of this segment finished while this one waited for the lock (every process returns
+        it, or none), else None."""
+        for h in self.hooks:
+            h.before_start()
+        self.dist = Processes(int(self.recipe.get("gpus", 0)))
+        stack.callback(self.dist.close)
+        stack.callback(set_deterministic, torch.are_deterministic_algorithms_enabled())
+        set_deterministic(bool(self.spec.get("deterministic")) or os.environ.get("RETHINK_DETERMINISTIC") == "1")
+        lock = None
+        if self.dist.main:
+            self.log = lambda msg: print(f"[{self.who}] {msg}", flush=True)
+            if self.resume_dir:  # one trainer per segment, held until the segment ends
+                lock = stack.enter_context(SegmentLock(self.resume_dir, self.who, self.log))
+        taken = self._output_of_another_trainer() if lock is not None and lock.waited_s > 0 else None
+        if self.dist.sum([1.0 if taken else 0.0])[0]:
+            return taken or {"iteration": self.end, "history": []}
+        for s in hooks.STOP_SIGNALS:
+            stack.callback(signal.signal, s, signal.signal(s, self._on_signal))
+        if self.batch_total % self.dist.world:
+            raise ValueError(f"{self.who}: recipe.batch {self.batch_total} is not divisible by "
+                             f"{self.dist.world} processes")
+        return None
+
+    def before_train(self) -> None:
+        for h in self.hooks:
+            h.before_train()
+        self.log(f"training iterations {self.iter} -> {self.end} of schedule {self.sched.iterations} "
+                 f"(batch {self.batch_total} on {self.dist.world} process(es), {self.dist.device})")
+
+    def _run_iterations(self) -> None:
+        step = getattr(self.engine, "iterations_in", lambda batch: 1)  # iterations a batch stands for
+        while self.iter < self.end:
+            self.run_step()
+            self.iter += step(self.batch)
             for h in self.hooks:
-                h.close()
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-            set_deterministic(was_deterministic)
-            if self.dist is not None:
-                self.dist.close()
-            if lock is not None:
-                lock.__exit__()
+                h.after_step()
+
+    def after_train(self) -> None:
+        for h in self.hooks:
+            h.after_train()
+
+    def _close_hooks(self) -> None:
+        for h in self.hooks:
+            h.close()
 
     def _output_of_another_trainer(self) -> dict | None:
         """The segment's output when it exists as this trainer gets the lock after waiting for it:
@@ -280,75 +249,17 @@ class Trainer:
     def _set_up_model(self) -> None:
         """Model and optimizer at the segment's start: the newest valid resume checkpoint, else the
         start checkpoint, else a fresh init (+ pre-trained backbone weights)."""
-        engine, run, recipe, spec, d = self.engine, self.run, self.recipe, self.spec, self.dist
-        seed_everything(int(run["seed"]))
-        model = engine.build_model(run, d.device, distributed=d.world > 1, dataset=self.dataset)
+        d, recipe = self.dist, self.recipe
+        seed_everything(int(self.run["seed"]))
+        model = self.engine.build_model(self.run, d.device, distributed=d.world > 1, dataset=self.dataset)
         model.to(d.device)
-        if hasattr(engine, "build_optimizer"):  # the rehearsal's (torch.optim's start-up imports torch's compiler)
-            optimizer = engine.build_optimizer(model, recipe)
-        elif hasattr(engine, "optimizer_param_groups"):  # an engine may group parameters its own way
-            optimizer = torch.optim.SGD(engine.optimizer_param_groups(model, run), lr=0.0,
-                                        momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
-        else:
-            optimizer = build_optimizer(model, recipe)
+        optimizer = self._build_optimizer(model)
         self.amp = MixedPrecision(recipe.get("amp", False), d.device)
         self.base = {"counters": {k: 0 for k in checkpoint.COUNTERS}, "wall_seconds": 0.0, "device_seconds": 0.0}
-        state = checkpoint.latest_valid(self.resume_dir, self.start, self.end, self.log) if self.resume_dir else None
-        from_start = False  # state is the start checkpoint (not a resume checkpoint of this segment)
-        if state is not None:
-            self.log(f"resuming from {state['_path']} at iteration {state['iteration']}")
-        elif spec.get("start_checkpoint"):
-            state = checkpoint.load(spec["start_checkpoint"])
-            if state["iteration"] != self.start:
-                raise checkpoint.CheckpointError(
-                    f"{spec['start_checkpoint']}: holds iteration {state['iteration']}, but segment "
-                    f"{self.family}/{self.line} starts at iteration {self.start}")
-            if state["family"] != self.family:
-                raise checkpoint.CheckpointError(
-                    f"{spec['start_checkpoint']}: belongs to family {state['family']}, not {self.family}")
-            if state.get("diverged"):  # nothing to train from: the segment passes the mark on (rethink.segment)
-                raise Diverged(f"{self.who}: its start checkpoint {spec['start_checkpoint']} is marked diverged "
-                               f"({state['diverged']}); not trained",
-                               {**state["diverged"], "inherited_from": spec["start_checkpoint"]})
-            self.log(f"starting from {spec['start_checkpoint']} (iteration {self.start})")
-            from_start = True
-        elif self.start != 0:
-            raise ValueError(f"{self.who}: segment starts at iteration {self.start} but the spec names no "
-                             "start_checkpoint")
-        elif spec.get("init_weights"):
-            engine.load_init_weights(model, spec["init_weights"], run)
-            self.log(f"random init + pre-trained backbone from {spec['init_weights']}")
-        else:
-            self.log("random init (MSRA fill)")
-        switch_from = spec.get("start_task") if from_start else None
-        if switch_from:  # (only with a start checkpoint)
-            # the start checkpoint holds another architecture (Mask R-CNN before the switch to
-            # cascade): the engine maps its weights; the optimizer starts afresh (other parameters)
-            report = engine.load_converted(model, state["model"], switch_from, run)
-            self.log(f"architecture switch {switch_from} -> {recipe['task']}: {report}")
-        elif state is not None:
-            try:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                self.amp.load_state_dict(state.get("grad_scaler"))
-            except (RuntimeError, ValueError, KeyError) as e:
-                raise checkpoint.CheckpointError(
-                    f"{state.get('_path', spec.get('start_checkpoint'))}: does not fit the model/optimizer of "
-                    f"{self.who}: {str(e).splitlines()[0]}") from None
-        if state is not None:
-            rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-            if len(rngs) == d.world:
-                checkpoint.set_rng_state(rngs[d.rank])
-            else:
-                seed_everything(int(run["seed"]) * 1000003 + int(state["iteration"]) * 101 + d.rank)
-            self.base = {"counters": dict(state["counters"]), "wall_seconds": float(state["wall_seconds"]),
-                         "device_seconds": float(state["device_seconds"])}
-            self.iter = int(state["iteration"])
-            del state
-        else:
-            self.iter = self.start
-            if d.rank:
-                seed_everything(int(run["seed"]) + d.rank)  # same init everywhere (DDP broadcasts), other sampling
+        state, from_start = self._start_state(model)
+        self._load_state(model, optimizer, state, from_start)
+        self._restore_progress(state)
+        del state
         for g in optimizer.param_groups:  # the recipe decides, whatever the checkpoint held
             g["momentum"] = recipe["momentum"]
         if d.world > 1:
@@ -357,8 +268,90 @@ class Trainer:
             model = DDP(model, device_ids=[d.local_rank] if d.cuda else None)
         model.train()
         self.model, self.optimizer = model, optimizer
-        self.stream = iter(engine.train_stream(run, self.dataset, self.iter, d.rank, d.world))
+        self.stream = iter(self.engine.train_stream(self.run, self.dataset, self.iter, d.rank, d.world))
         self.counts = {k: 0 for k in checkpoint.COUNTERS}
+
+    def _build_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        engine, recipe = self.engine, self.recipe
+        if hasattr(engine, "build_optimizer"):  # the rehearsal's (torch.optim's start-up imports torch's compiler)
+            return engine.build_optimizer(model, recipe)
+        if hasattr(engine, "optimizer_param_groups"):  # an engine may group parameters its own way
+            return torch.optim.SGD(engine.optimizer_param_groups(model, self.run), lr=0.0,
+                                   momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
+        return build_optimizer(model, recipe)
+
+    def _start_state(self, model: torch.nn.Module) -> tuple[dict | None, bool]:
+        """(the checkpoint the segment starts from, whether it is the start checkpoint rather than a
+        resume checkpoint of this segment); (None, False) for a fresh init, whose pre-trained
+        backbone weights are loaded into `model` here."""
+        spec = self.spec
+        state = checkpoint.latest_valid(self.resume_dir, self.start, self.end, self.log) if self.resume_dir else None
+        if state is not None:
+            self.log(f"resuming from {state['_path']} at iteration {state['iteration']}")
+            return state, False
+        if spec.get("start_checkpoint"):
+            return self._read_start_checkpoint(spec["start_checkpoint"]), True
+        if self.start != 0:
+            raise ValueError(f"{self.who}: segment starts at iteration {self.start} but the spec names no "
+                             "start_checkpoint")
+        if spec.get("init_weights"):
+            self.engine.load_init_weights(model, spec["init_weights"], self.run)
+            self.log(f"random init + pre-trained backbone from {spec['init_weights']}")
+        else:
+            self.log("random init (MSRA fill)")
+        return None, False
+
+    def _read_start_checkpoint(self, path: str) -> dict:
+        """The start checkpoint, which must hold this segment's start iteration and family and not
+        be marked diverged (such a segment passes the mark on: rethink.segment)."""
+        state = checkpoint.load(path)
+        if state["iteration"] != self.start:
+            raise checkpoint.CheckpointError(
+                f"{path}: holds iteration {state['iteration']}, but segment "
+                f"{self.family}/{self.line} starts at iteration {self.start}")
+        if state["family"] != self.family:
+            raise checkpoint.CheckpointError(f"{path}: belongs to family {state['family']}, not {self.family}")
+        if state.get("diverged"):  # nothing to train from
+            raise Diverged(f"{self.who}: its start checkpoint {path} is marked diverged "
+                           f"({state['diverged']}); not trained", {**state["diverged"], "inherited_from": path})
+        self.log(f"starting from {path} (iteration {self.start})")
+        return state
+
+    def _load_state(self, model, optimizer, state: dict | None, from_start: bool) -> None:
+        """The start state's weights into `model` (and its optimizer and grad scaler); across an
+        architecture switch (a start checkpoint of Mask R-CNN before the switch to cascade) the
+        engine maps the weights and the optimizer starts afresh (other parameters)."""
+        switch_from = self.spec.get("start_task") if from_start else None
+        if switch_from:
+            report = self.engine.load_converted(model, state["model"], switch_from, self.run)
+            self.log(f"architecture switch {switch_from} -> {self.recipe['task']}: {report}")
+        elif state is not None:
+            try:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                self.amp.load_state_dict(state.get("grad_scaler"))
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise checkpoint.CheckpointError(
+                    f"{state.get('_path', self.spec.get('start_checkpoint'))}: does not fit the model/optimizer of "
+                    f"{self.who}: {str(e).splitlines()[0]}") from None
+
+    def _restore_progress(self, state: dict | None) -> None:
+        """Iteration, counters, seconds and RNG states from the start state (else the segment's
+        start, zeros and the run's seed)."""
+        d, seed = self.dist, int(self.run["seed"])
+        if state is None:
+            self.iter = self.start
+            if d.rank:
+                seed_everything(seed + d.rank)  # same init everywhere (DDP broadcasts), other sampling
+            return
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if len(rngs) == d.world:
+            checkpoint.set_rng_state(rngs[d.rank])
+        else:
+            seed_everything(seed * 1000003 + int(state["iteration"]) * 101 + d.rank)
+        self.base = {"counters": dict(state["counters"]), "wall_seconds": float(state["wall_seconds"]),
+                     "device_seconds": float(state["device_seconds"])}
+        self.iter = int(state["iteration"])
 
     # ------------------------------------------------------------------ one iteration
     def run_step(self) -> None:

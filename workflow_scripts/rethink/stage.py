@@ -312,35 +312,12 @@ def stage(spec: dict) -> dict:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     converted = f"{tmp}.pkl"
     try:
-        with os.fdopen(fd, "wb") as f:
-            w = _HashingWriter(f)
-            if kind == "file":
-                with open(where, "rb") as src:
-                    shutil.copyfileobj(src, w, length=1 << 20)
-            else:
-                try:
-                    _download(where, w)
-                except OSError as e:  # URLError, HTTPError, timeouts
-                    raise StageError(f"{field}: cannot download {where}: {e}") from None
-            f.flush()
-            os.fsync(f.fileno())
-        sha256 = w.sha.hexdigest()
+        sha256 = _fetch(kind, where, fd, field)
         published = published_torchvision_model(sha256)
         if source.startswith(TORCHVISION_PREFIX) and published != source[len(TORCHVISION_PREFIX):]:
             raise StageError(f"{field}: {where} downloaded with sha256 {sha256}, not the published file's "
                              f"{_hash_prefix(where)}...: a corrupt or changed download")
-        staged = tmp
-        if is_torch_file(tmp):
-            if spec["backbone"] != "VGG16":
-                raise StageError(f"{field}: {source} is a torch file; staging converts only torchvision's VGG16 "
-                                 f"(for VGG16 fields); {spec['backbone']} needs detectron2's pickled weights")
-            obj = _convert_torch_file(tmp, f"{field}: {source}")
-            with open(converted, "wb") as f:
-                pickle.dump(obj, f, protocol=4)
-                f.flush()
-                os.fsync(f.fileno())
-            del obj
-            staged = converted
+        staged = _converted(tmp, converted, spec["backbone"], f"{field}: {source}") if is_torch_file(tmp) else tmp
         try:
             check_weights_pickle(staged)
         except StageError as e:
@@ -350,12 +327,49 @@ def stage(spec: dict) -> dict:
         for path in (tmp, converted):
             if os.path.exists(path):
                 os.unlink(path)
+    cost = _cost(published, spec)
+    write_json_atomic(spec["cost"], cost, indent=1, sort_keys=True)
+    return cost
+
+
+def _fetch(kind: str, where: str, fd: int, field: str) -> str:
+    """The file or URL `where` into the open file `fd` (closed, synced); returns its sha256."""
+    with os.fdopen(fd, "wb") as f:
+        w = _HashingWriter(f)
+        if kind == "file":
+            with open(where, "rb") as src:
+                shutil.copyfileobj(src, w, length=1 << 20)
+        else:
+            try:
+                _download(where, w)
+            except OSError as e:  # URLError, HTTPError, timeouts
+                raise StageError(f"{field}: cannot download {where}: {e}") from None
+        f.flush()
+        os.fsync(f.fileno())
+    return w.sha.hexdigest()
+
+
+def _converted(tmp: str, converted: str, backbone: str, label: str) -> str:
+    """A torch file at `tmp` (torchvision's VGG16 only) converted to the staged pickle at `converted`."""
+    if backbone != "VGG16":
+        raise StageError(f"{label} is a torch file; staging converts only torchvision's VGG16 "
+                         f"(for VGG16 fields); {backbone} needs detectron2's pickled weights")
+    obj = _convert_torch_file(tmp, label)
+    with open(converted, "wb") as f:
+        pickle.dump(obj, f, protocol=4)
+        f.flush()
+        os.fsync(f.fileno())
+    return converted
+
+
+def _cost(published: str | None, spec: dict) -> dict:
+    """The staged weights' pre-training cost: torchvision's published one, else the init's cost_record."""
     if published:
-        cost = dict(TORCHVISION_MODELS[published]["cost"])
-        cost["cost_basis"] = f"torchvision's {TORCHVISION_MODELS[published]['weights']}: {TORCHVISION_MODELS[published]['cost_basis']}"
+        model = TORCHVISION_MODELS[published]
+        cost = dict(model["cost"])
+        cost["cost_basis"] = f"torchvision's {model['weights']}: {model['cost_basis']}"
     else:
         record = spec.get("cost_record") or {}
         cost = {k: record.get(k) for k in COST_KEYS}
-    cost["source"] = source
-    write_json_atomic(spec["cost"], cost, indent=1, sort_keys=True)
+    cost["source"] = spec["source"]
     return cost

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +40,10 @@ from . import published as pubmod
 from .metrics import is_finite
 from .report_targets import kind_of  # noqa: F401 (which table a setting belongs to; figures, claims use it)
 from .seeds import AUG, GROUP, finals, standard_error, std_of
+from .setting import RANDOM, group_order, inits_in_order, setting_label
 
 MINUS = "\u2212"
 DASH = "\u2014"
-RANDOM = "random"
 
 
 @dataclass
@@ -102,41 +101,6 @@ class Table:
 
 
 # --------------------------------------------------------------------------- data
-def _setting_label(task, backbone, norm, data, variant) -> str:
-    parts = [backbone, norm, data]
-    if task not in ("mask_rcnn",):
-        parts.insert(0, task)
-    if variant:
-        parts.append(variant)
-    return " ".join(parts)
-
-
-def _natural(s: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s)))
-
-
-def group_order(key: tuple) -> tuple:
-    """(task, backbone, norm, data, variant) in the paper's order: Mask R-CNN first, then by data,
-    norm (GN before SyncBN), backbone (R50 before R101), variant."""
-    task, backbone, norm, data, variant = key
-    return (task != "mask_rcnn", task, _data_order(data), _natural(norm), _natural(backbone), variant)
-
-
-def _data_order(data: str) -> tuple:
-    """coco_full first, then COCO subsets from the largest (coco_35k, coco_10k, coco_3_5k, coco_1k)."""
-    if data == "coco_full":
-        return (0, 0.0, "")
-    m = re.fullmatch(r"coco_(\d+)(?:_(\d+))?k", data)
-    if m:
-        return (1, -float(f"{m.group(1)}.{m.group(2) or 0}"), data)
-    return (2, 0.0, _natural(data))
-
-
-def _inits(names) -> list[str]:
-    names = set(names)
-    return ([RANDOM] if RANDOM in names else []) + sorted(names - {RANDOM})
-
-
 def _groups(fin: pd.DataFrame, pub: pd.DataFrame, kind: str, tasks: set[str] | None, pub_sources: list[str]):
     """(task, backbone, norm, data, variant) groups of `kind`: ours, then the paper's."""
     keys = []
@@ -218,13 +182,13 @@ def by_schedule(fin, pub, name, title, kind, metric, pub_sources, tasks=None) ->
         inits = set(fin[(fin[GROUP] == pd.Series(group, index=GROUP)).all(axis=1)].init) if not fin.empty else set()
         inits |= set(pub[(pub.task == group[0]) & (pub.backbone == group[1]) & (pub.norm == group[2])
                          & (pub.data == group[3]) & pub.source.isin(pub_sources)].init)
-        for init in _inits(inits):
+        for init in inits_in_order(inits):
             sel = _select(fin, group, init)
             cells = []
             for s in scheds:
                 hit = sel[sel.schedule == s] if not sel.empty else sel
                 cells.append(_cell(hit.iloc[0] if not hit.empty else None, pub, group, init, metric, schedule=s))
-            t.rows.append(([_setting_label(*group), init], cells))
+            t.rows.append(([setting_label(*group), init], cells))
     return t
 
 
@@ -241,11 +205,11 @@ def table2(fin, pub) -> Table:
         inits |= set(pub[(pub.source == "table2") & (pub.task == group[0]) & (pub.backbone == group[1])
                          & (pub.norm == group[2]) & (pub.data == group[3])].init)
         by_init = {}
-        for init in _inits(inits):
+        for init in inits_in_order(inits):
             row = _longest(_select(fin, group, init))
             cells = [_cell(row, pub, group, init, m, best=True) for m in metrics]
             by_init[init] = cells
-            t.rows.append(([_setting_label(*group), init, row["schedule"] if row is not None else DASH], cells))
+            t.rows.append(([setting_label(*group), init, row["schedule"] if row is not None else DASH], cells))
         if RANDOM in by_init:
             for init, cells in by_init.items():
                 if init == RANDOM:
@@ -256,7 +220,7 @@ def table2(fin, pub) -> Table:
                         "partial" if "partial" in (r.status, p.status) else "")
                     delta.append(Cell(ours=r.ours - p.ours, paper=r.paper - p.paper, status=st, signed=True,
                                       std=standard_error(r.std, r.n, p.std, p.n), n=min(r.n, p.n)))
-                t.rows.append(([_setting_label(*group), f"{chr(0x394)} {RANDOM} {MINUS} {init}", ""], delta))
+                t.rows.append(([setting_label(*group), f"{chr(0x394)} {RANDOM} {MINUS} {init}", ""], delta))
     return t
 
 
@@ -270,12 +234,12 @@ def single_metric(fin, pub, name, title, kind, metric, pub_sources) -> Table:
         p = pub[(pub.task == group[0]) & (pub.backbone == group[1]) & (pub.norm == group[2])
                 & (pub.data == group[3]) & pub.source.isin(pub_sources)]
         inits |= set(p.init)
-        for init in _inits(inits):
+        for init in inits_in_order(inits):
             row = _longest(_select(fin, group, init))
             cell = _cell(row, pub, group, init, metric, any_schedule=True)
             its = p[(p.init == init) & (p.metric == metric)].iterations
             its = f"{int(its.iloc[0]) // 1000}k" if not its.empty and is_finite(its.iloc[0]) else DASH
-            t.rows.append(([_setting_label(*group), init, row["schedule"] if row is not None else DASH, its], [cell]))
+            t.rows.append(([setting_label(*group), init, row["schedule"] if row is not None else DASH, its], [cell]))
     return t
 
 
@@ -307,7 +271,7 @@ def table3(fin, pub) -> Table:
             used.add(row.name)
             variant = row["variant"]
         yes = {True: "yes", False: "no"}
-        t.rows.append(([_setting_label(task, backbone, norm, data, variant), init,
+        t.rows.append(([setting_label(task, backbone, norm, data, variant), init,
                         row["schedule"] if row is not None else DASH, yes[bool(train_aug)], yes[bool(test_aug)]],
                        cells))
 

@@ -8,9 +8,10 @@ truncated after its header passes), ``width``/``height`` positive integers equal
 size after its EXIF orientation (orientations 5-8 swap the sides; the engines apply the
 orientation when they decode an image, as detectron2 does).
 
-Every annotation (of an image whose record and file passed): ``image_id`` a known image,
-``category_id`` one of the dataset's categories, ``bbox`` four finite numbers [x, y, w, h] with
-w, h >= 0 inside the image within max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC x side), ``area`` a
+Every annotation (of an image whose record and file passed): ``image_id`` a known image, and
+(rethink.annotation_checks) ``category_id`` one of the dataset's categories, ``bbox`` four finite
+numbers [x, y, w, h] with w, h >= 0 inside the image within max(BOX_TOLERANCE_PX,
+BOX_TOLERANCE_FRAC x side), ``area`` a
 finite number >= 0 (COCOeval reads it), ``keypoints`` (when given: 3 finite numbers per keypoint
 name of its category; a category without names takes none), ``segmentation`` well formed when
 present (polygons: a list of lists of an even number >= 6 of finite numbers, every point inside the
@@ -38,19 +39,17 @@ was dropped and how many ids were renumbered; one summary line goes to the job l
 """
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
 
+from .annotation_checks import annotation_problems, is_int
 from .atomic import write_json_atomic
 
 ON_BAD_DATA = ("error", "skip")
 EXIF_ORIENTATION = 0x0112
 SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations whose stored pixels are turned by 90 degrees
-BOX_TOLERANCE_PX = 2.0
-BOX_TOLERANCE_FRAC = 0.01
 EXAMPLES = 5  # examples kept per problem kind in validation.json
 HEADER_THREADS = 16  # header reads are I/O bound (a network file system on a cluster)
 REPORT = "validation.json"
@@ -105,19 +104,6 @@ def _header(path: Path):
         return "image_unreadable", f"{path}: {e}"
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _numbers(values: list) -> bool:
-    """All finite int/float (no bool); the sum is finite iff every value is (short of ~1e308)."""
-    return all(type(v) in (int, float) for v in values) and math.isfinite(sum(values))
-
-
-def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def has_masks(annotations) -> bool:
     """Whether any non-crowd annotation carries a segmentation (a mask set)."""
     if not isinstance(annotations, list):  # Split.check names it
@@ -158,12 +144,12 @@ class Split:
             raise DatasetError(f"{self.ann_path}: 'images' and 'annotations' must be lists")
         by_id: dict = {}
         for i, im in enumerate(images):
-            if not isinstance(im, dict) or not _int(im.get("id")):
+            if not isinstance(im, dict) or not is_int(im.get("id")):
                 self.add("image_record", None, f"images[{i}].id", f"{im.get('id') if isinstance(im, dict) else im!r} "
                          f"is not an integer id")
                 self.bad_images.add(("index", i))
                 continue
-            bad = [k for k in ("width", "height") if not (_int(im.get(k)) and im[k] > 0)]
+            bad = [k for k in ("width", "height") if not (is_int(im.get(k)) and im[k] > 0)]
             if not isinstance(im.get("file_name"), str) or not im["file_name"]:
                 bad.insert(0, "file_name")
             if im["id"] in by_id:
@@ -186,20 +172,20 @@ class Split:
                 self.bad_anns.add(j)
                 continue
             aid = a.get("id")
-            if not _int(aid) or aid == 0 or aid in ids_seen:
+            if not is_int(aid) or aid == 0 or aid in ids_seen:
                 self.renumber = True
             else:
                 ids_seen.add(aid)
             if "iscrowd" not in a:  # COCOeval reads it: written as 0 in the prepared JSON
                 self.crowd_filled += 1
-            im = by_id.get(a.get("image_id")) if _int(a.get("image_id")) else None
+            im = by_id.get(a.get("image_id")) if is_int(a.get("image_id")) else None
             if im is None:
                 self.add("image_unknown", None, f"annotation {aid}: image_id", f"{a.get('image_id')!r} names no image")
                 self.bad_anns.add(j)
                 continue
             if im["id"] in bad_records:
                 continue
-            for kind, field, message in _annotation_problems(a, im, cat_ids, masks):
+            for kind, field, message in annotation_problems(a, im, cat_ids, masks):
                 self.add(kind, im, f"annotation {aid}: {field}", message)
                 self.bad_images.add(im["id"])
 
@@ -241,92 +227,6 @@ class Split:
                 "problems": {k: {"count": self.counts[k], "examples": self.examples[k]} for k in sorted(self.counts)},
                 "dropped": dropped, "renumbered_annotation_ids": self.renumbered, "exif_rotated_images": self.rotated,
                 "iscrowd_filled": self.crowd_filled}
-
-
-def _annotation_problems(a: dict, im: dict, cat_ids: dict, masks: bool):
-    """(kind, field, message) of each problem of one annotation of image record `im` (`cat_ids`:
-    category id -> number of keypoints of that category)."""
-    W, H = im["width"], im["height"]
-    if not (_int(a.get("category_id")) and a["category_id"] in cat_ids):
-        yield "category_unknown", "category_id", f"{a.get('category_id')!r} is not among the category ids"
-    elif a.get("keypoints"):  # a category without keypoint names takes none (k = 0)
-        kp, k = a["keypoints"], cat_ids[a["category_id"]]
-        if not (isinstance(kp, list) and len(kp) == 3 * k and _numbers(kp)):
-            n = len(kp) if isinstance(kp, list) else type(kp).__name__
-            yield "keypoints_malformed", "keypoints", f"{n} values, not 3 x {k} finite numbers (x, y, v per keypoint)"
-    tx, ty = max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC * W), max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC * H)
-    box = a.get("bbox")
-    if not (isinstance(box, list) and len(box) == 4 and _numbers(box)) or box[2] < 0 or box[3] < 0:
-        yield "bbox_malformed", "bbox", f"{box!r} is not [x, y, w, h] of 4 finite numbers with w, h >= 0"
-    else:
-        x, y, w, h = box
-        if x < -tx or y < -ty or x + w > W + tx or y + h > H + ty:
-            yield "bbox_outside", "bbox", f"{box!r} extends past the {W}x{H} image"
-    if a.get("iscrowd", 0) not in (0, 1) or isinstance(a.get("iscrowd"), (bool, float)):
-        yield "iscrowd_malformed", "iscrowd", f"{a.get('iscrowd')!r} is not 0 or 1"
-    if not (_number(a.get("area")) and a["area"] >= 0):
-        yield "area_malformed", "area", f"{a.get('area')!r} is not a finite number >= 0"
-    seg = a.get("segmentation")
-    if not seg:
-        if masks and not a.get("iscrowd", 0):
-            yield "segmentation_missing", "segmentation", (f"{seg!r}: none, while this is a mask set (other "
-                                                           f"non-crowd annotations have one)")
-    elif isinstance(seg, list):
-        for k, poly in enumerate(seg):
-            if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and _numbers(poly)):
-                n = len(poly) if isinstance(poly, list) else type(poly).__name__
-                yield "polygon_malformed", f"segmentation[{k}]", (f"polygon of {n} values: not an even number >= 6 "
-                                                                  f"of finite numbers")
-                break
-            # pycocotools rasterises a polygon along its edges: a point far outside the image costs
-            # memory in proportion to its distance (1e10 px exhausts any machine)
-            xs, ys = poly[0::2], poly[1::2]
-            if min(xs) < -tx or min(ys) < -ty or max(xs) > W + tx or max(ys) > H + ty:
-                yield "polygon_outside", f"segmentation[{k}]", (f"a point of x {min(xs)}..{max(xs)}, y {min(ys)}.."
-                                                                f"{max(ys)} lies past the {W}x{H} image")
-                break
-    elif isinstance(seg, dict):
-        counts, size = seg.get("counts"), seg.get("size")
-        if not (isinstance(counts, str) or (isinstance(counts, list) and all(_int(c) and c >= 0 for c in counts))):
-            yield "rle_malformed", "segmentation.counts", "not an RLE string or a list of non-negative integers"
-        else:
-            runs = counts if isinstance(counts, list) else rle_string_runs(counts)
-            if runs is None:
-                yield "rle_malformed", "segmentation.counts", "not a compressed RLE string (pycocotools' encoding)"
-            elif sum(runs) != H * W:
-                yield "rle_malformed", "segmentation.counts", f"the runs sum to {sum(runs)}, not {H}x{W} = {H * W} pixels"
-        if size != [H, W]:
-            yield "rle_malformed", "segmentation.size", f"{size!r} is not the image's [height, width] [{H}, {W}]"
-    else:
-        yield "polygon_malformed", "segmentation", f"a {type(seg).__name__}, neither polygons (a list) nor an RLE (a dict)"
-
-
-def rle_string_runs(s: str) -> list[int] | None:
-    """The run lengths of a compressed COCO RLE string (pycocotools' maskApi.c rleFrString: 5 bits
-    per character from '0', a continuation bit, runs after the second stored as differences), or
-    None if it is not one (a character out of range, a number cut off, a negative run)."""
-    runs: list[int] = []
-    p, n = 0, len(s)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                return None
-            c = ord(s[p]) - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        if x < 0:
-            return None
-        runs.append(x)
-    return runs
 
 
 def validate(name: str, splits: dict, categories: list, on_bad_data: str, out_dir, masks: bool | None = None):
@@ -384,7 +284,7 @@ def _check_categories(categories, ann_path) -> None:
     if not isinstance(categories, list):
         raise DatasetError(f"{ann_path}: categories: {type(categories).__name__} {str(categories)[:60]!r} is not a list")
     for i, c in enumerate(categories):
-        if not (isinstance(c, dict) and _int(c.get("id"))):
+        if not (isinstance(c, dict) and is_int(c.get("id"))):
             raise DatasetError(f"{ann_path}: categories[{i}]: {str(c)[:80]} has no integer id")
         kp = c.get("keypoints")
         if kp is not None and not (isinstance(kp, list) and all(isinstance(n, str) for n in kp)):

@@ -1,4 +1,4 @@
-# Over 400 lines: the whole detectron2 engine; its data side is a 90-line adapter to detectron2's own pipeline.
+# over 400 lines: the whole detectron2 engine; its data side is a 90-line adapter to detectron2's own pipeline.
 """The detectron2 engine (cluster path): detectron2's Mask R-CNN, data pipeline and weights,
 driven by the project's own training loop (rethink.loop) and COCO evaluation (rethink.evaluate).
 
