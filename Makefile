@@ -27,9 +27,11 @@ test: install lint
 	 else echo "not root: SLURM tests and the rule-graph rendering will be skipped"; fi
 	$(PY) -m pytest tests -ra --durations=25
 
-# the linters (rules and settings: pyproject.toml); snakemake --lint with and without conda environments
+# the linters (rules and settings: pyproject.toml): ruff's checks and its formatter, snakefmt, and
+# snakemake --lint with and without conda environments
 lint: install
 	$(VENV)/bin/ruff check workflow_scripts tests bench
+	$(VENV)/bin/ruff format --check workflow_scripts tests bench
 	$(VENV)/bin/snakefmt --check Snakefile rules
 	$(VENV)/bin/snakemake --lint --profile profiles/tiny
 	$(VENV)/bin/snakemake --lint --sdm conda --profile profiles/tiny

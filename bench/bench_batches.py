@@ -9,6 +9,7 @@ training (shorter side 800, longer at most 1333), 2 images per GPU (the paper's 
 
     python bench/bench_batches.py [--batches 4000] [--per-gpu 2] [--gpus 8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,10 @@ def main(argv=None) -> int:
         sizes = sizes_of(kind, 20000, rng)
         plain = overhead(sizes, a.batches, a.per_gpu, a.gpus, grouped=False)
         grouped = overhead(sizes, a.batches, a.per_gpu, a.gpus, grouped=True)
-        print(f"{kind:>10}: pixels processed / image pixels: ungrouped {plain:.3f}, grouped {grouped:.3f}; "
-              f"ratio grouped / ungrouped {grouped / plain:.3f}")
+        print(
+            f"{kind:>10}: pixels processed / image pixels: ungrouped {plain:.3f}, grouped {grouped:.3f}; "
+            f"ratio grouped / ungrouped {grouped / plain:.3f}"
+        )
     return 0
 
 

@@ -24,6 +24,7 @@ a temp folder, removed at the end unless --keep; every file there is a rehearsal
 
     .venv/bin/python bench/bench_campaign.py [--quick] [--seed 0] [--compression 600] [--faults N] [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,9 +70,23 @@ def campaign_config(quick: bool, compression: float) -> dict:
 
 def planned_jobs(cwd: Path, env: dict) -> int:
     """Jobs of the plan as a dry run counts them (without `all`)."""
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"),
-                          "--configfile", "campaign.yaml"], cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--configfile",
+            "campaign.yaml",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     m = re.search(r"^total\s+(\d+)", out.stdout, re.M)
     if out.returncode or not m:
         sys.exit(f"bench_campaign: the dry run failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
@@ -118,8 +133,12 @@ def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the Table 1 R50-FPN GN pair only, every fault kind once")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--compression", type=float, default=None,
-                    help="simulated seconds per wall second (default: 1200 quick, 600 full)")
+    ap.add_argument(
+        "--compression",
+        type=float,
+        default=None,
+        help="simulated seconds per wall second (default: 1200 quick, 600 full)",
+    )
     ap.add_argument("--faults", type=int, default=None, help="faults in all (default: one per kind quick, 3 full)")
     ap.add_argument("--keep", help="keep the campaign's folder here")
     return ap.parse_args()
@@ -138,25 +157,43 @@ def main() -> int:
     cwd = tmp / "campaign"
     cwd.mkdir(exist_ok=True)
     cfg = campaign_config(a.quick, compression)
-    (cwd / "campaign.yaml").write_text("# REHEARSAL (bench/bench_campaign.py): simulated, never real results\n"
-                                       + yaml.safe_dump(cfg, sort_keys=False))
+    (cwd / "campaign.yaml").write_text(
+        "# REHEARSAL (bench/bench_campaign.py): simulated, never real results\n" + yaml.safe_dump(cfg, sort_keys=False)
+    )
     cluster = SlurmCluster(tmp / "slurm", nodes=4, gpus_per_node=8, preemption=True)
     cluster.start()
     sup = None
     try:
         planned = planned_jobs(cwd, cluster.job_env())
-        sup = Supervisor(cluster, cwd, ["--poll", "2", "--lost-after", "60", "--profile",
-                                        str(ROOT / "profiles" / "slurm"), "-j", str(SLOTS),
-                                        "--configfile", "campaign.yaml", *FAST_POLL])
+        sup = Supervisor(
+            cluster,
+            cwd,
+            [
+                "--poll",
+                "2",
+                "--lost-after",
+                "60",
+                "--profile",
+                str(ROOT / "profiles" / "slurm"),
+                "-j",
+                str(SLOTS),
+                "--configfile",
+                "campaign.yaml",
+                *FAST_POLL,
+            ],
+        )
         validated = rconfig.validate(cfg, "campaign.yaml")
         plan = Plan(rgrid.build(validated, "campaign.yaml"))
         bound_s = max(scorecard.critical_path_s(plan), scorecard.work_s(plan) / SLOTS) / compression
         faults = FaultInjector(cluster, sup, a.seed, rows=cwd / validated["results"] / "campaign" / "rows")
         kinds = [KINDS[i % len(KINDS)] for i in range(n_faults)]
         faults.schedule(kinds, until=bound_s)
-        print(f"REHEARSAL of {'the Table 1 R50-FPN GN pair' if a.quick else 'config.yaml'}: {planned} jobs, "
-              f"compression {compression:g} (lower bound {bound_s:.0f} wall s), faults {kinds} (seed {a.seed}), "
-              f"in {tmp}", flush=True)
+        print(
+            f"REHEARSAL of {'the Table 1 R50-FPN GN pair' if a.quick else 'config.yaml'}: {planned} jobs, "
+            f"compression {compression:g} (lower bound {bound_s:.0f} wall s), faults {kinds} (seed {a.seed}), "
+            f"in {tmp}",
+            flush=True,
+        )
         t0 = time.monotonic()
         sup.start()
         interventions = _watch(sup, faults, t0)
@@ -188,13 +225,17 @@ def _watch(sup: Supervisor, faults: FaultInjector, t0: float) -> int:
             if not faults.pending() and _finished(sup.text()):
                 return interventions
             interventions += 1  # the supervisor gave up with work or faults left: a person would restart it
-            print(f"intervention {interventions}: the supervisor ended ({sup.proc.returncode}) at {now:.0f} s; "
-                  "starting it again", flush=True)
+            print(
+                f"intervention {interventions}: the supervisor ended ({sup.proc.returncode}) at {now:.0f} s; "
+                "starting it again",
+                flush=True,
+            )
             sup.start()
         elif time.monotonic() - progress > IDLE_LIMIT_S:
             interventions += 1
-            print(f"intervention {interventions}: nothing new for {IDLE_LIMIT_S} s; restarting the supervisor",
-                  flush=True)
+            print(
+                f"intervention {interventions}: nothing new for {IDLE_LIMIT_S} s; restarting the supervisor", flush=True
+            )
             sup.kill9()
             sup.start()
             progress = time.monotonic()
@@ -203,8 +244,9 @@ def _watch(sup: Supervisor, faults: FaultInjector, t0: float) -> int:
             return interventions
 
 
-def _report(cfg, cwd: Path, results: str, plan, planned: int, compression: float, sup, faults, wall: float,
-            interventions: int) -> bool:
+def _report(
+    cfg, cwd: Path, results: str, plan, planned: int, compression: float, sup, faults, wall: float, interventions: int
+) -> bool:
     """The scorecard and what survived; True when nothing was lost or left unbuilt and nobody intervened."""
     sim = ledger.frame(str(cwd / results), scale=compression)
     s = scorecard.score(plan, sim, planned, SLOTS, compression)
@@ -213,14 +255,18 @@ def _report(cfg, cwd: Path, results: str, plan, planned: int, compression: float
     print(f"wall time {wall:.0f} s ({wall / 60:.1f} min); supervisor started {sup.starts} time(s)")
     print("\n".join(scorecard.render(s)))
     print(f"faults injected: {json.dumps(faults.log)}")
-    print(f"diverged on purpose: {sorted(diverged)}; its jobs ended marked diverged: {s['jobs_diverged']}; "
-          f"jobs not run: {blocked}")
+    print(
+        f"diverged on purpose: {sorted(diverged)}; its jobs ended marked diverged: {s['jobs_diverged']}; "
+        f"jobs not run: {blocked}"
+    )
     print(f"two copies of a job running at once: {len(faults.doubles)} {faults.doubles[:5]}")
     print(f"results lost (metrics JSONs, models): {len(lost)} {lost[:5]}")
     print(f"metrics-table rows missing: {len(unbuilt)} {unbuilt[:3]}")
     survived = len(faults.log) if not lost and not faults.doubles else 0  # a lost result: none counts as survived
-    print(f"campaign rehearsal: {s['jobs_done']}/{planned} jobs, {survived} faults survived, waste {s['waste']:.2f}, "
-          f"makespan {s['makespan']:.2f}, interventions {interventions}, lost {len(lost)}")
+    print(
+        f"campaign rehearsal: {s['jobs_done']}/{planned} jobs, {survived} faults survived, waste {s['waste']:.2f}, "
+        f"makespan {s['makespan']:.2f}, interventions {interventions}, lost {len(lost)}"
+    )
     return not lost and not unbuilt and interventions == 0
 
 

@@ -9,6 +9,7 @@ score bbox and segm through rethink.evaluate.coco_evaluate (loadRes, evaluate, a
 summarize); it prints the seconds of each, the ratio pycocotools / faster_coco_eval, and whether
 the 12 stats of each type agree (to 1e-9).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,17 @@ def made_up(images: int, objects: int, detections: int, seed: int = 0):
             cat = int(rng.integers(1, 81))
             boxes.append((x, y, bw, bh, cat))
             poly = [x, y, x + bw, y, x + bw * 0.8, y + bh, x, y + bh * 0.7]
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": cat,
-                                      "bbox": [x, y, bw, bh], "area": bw * bh * 0.875, "iscrowd": 0,
-                                      "segmentation": [poly]})
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": i,
+                    "category_id": cat,
+                    "bbox": [x, y, bw, bh],
+                    "area": bw * bh * 0.875,
+                    "iscrowd": 0,
+                    "segmentation": [poly],
+                }
+            )
         dets = []
         for x, y, bw, bh, cat in boxes:
             dx, dy = rng.uniform(-0.3, 0.3) * bw, rng.uniform(-0.3, 0.3) * bh
@@ -50,8 +59,15 @@ def made_up(images: int, objects: int, detections: int, seed: int = 0):
         for x, y, bw, bh, cat in dets:
             rle = mask_util.frPyObjects([[x, y, x + bw, y, x + bw, y + bh, x, y + bh]], h, w)[0]
             rle["counts"] = rle["counts"].decode()
-            results.append({"image_id": i, "category_id": cat, "score": float(rng.uniform()),
-                            "bbox": [x, y, bw, bh], "segmentation": rle})
+            results.append(
+                {
+                    "image_id": i,
+                    "category_id": cat,
+                    "score": float(rng.uniform()),
+                    "bbox": [x, y, bw, bh],
+                    "segmentation": rle,
+                }
+            )
     return gt, results
 
 
@@ -71,9 +87,11 @@ def main() -> None:
         print(f"{backend}: {seconds[backend]:.1f} s (bbox + segm)", flush=True)
     a, b = stats["pycocotools"], stats["faster_coco_eval"]
     same = all((math.isnan(a[t][n]) and math.isnan(b[t][n])) or abs(a[t][n] - b[t][n]) < 1e-9 for t in a for n in a[t])
-    print(f"ratio pycocotools / faster_coco_eval: {seconds['pycocotools'] / seconds['faster_coco_eval']:.2f}; "
-          f"the 12 stats of bbox and segm {'agree' if same else 'DIFFER'} (bbox AP {a['bbox']['AP']:.3f} vs "
-          f"{b['bbox']['AP']:.3f})")
+    print(
+        f"ratio pycocotools / faster_coco_eval: {seconds['pycocotools'] / seconds['faster_coco_eval']:.2f}; "
+        f"the 12 stats of bbox and segm {'agree' if same else 'DIFFER'} (bbox AP {a['bbox']['AP']:.3f} vs "
+        f"{b['bbox']['AP']:.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ in the same run. Also prints planned training iterations / naive sum of stand-al
 
 Goals (issue: grid and plan): ratio <= 1.5, absolute < 3 s on a 2-core machine; iterations ratio <= 0.5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ from rethink import config, grid, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BARE = '''
+BARE = """
 N_CHAINS = {chains}
 LENGTHS = {lengths}
 
@@ -45,7 +46,7 @@ rule segment:
     input: prev
     output: "ck/{{c}}/{{i}}.pth"
     shell: "touch {{output}}"
-'''
+"""
 
 
 def time_dryrun(args, cwd, repeat, quiet=False):
@@ -57,8 +58,12 @@ def time_dryrun(args, cwd, repeat, quiet=False):
     for _ in range(repeat):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *(["-q"] if quiet else []), *args],
-                              cwd=cwd, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "-n", "--cores", "1", *(["-q"] if quiet else []), *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+        )
         best = min(best, time.perf_counter() - t)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         best_cpu = min(best_cpu, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
@@ -89,20 +94,32 @@ def main():
         (bare_dir / "Snakefile").write_text(BARE.format(chains=len(lines), lengths=list(lines.values())))
         bare, bare_jobs, bare_cpu = time_dryrun([], bare_dir, args.repeat)
         bare_q, _, bare_q_cpu = time_dryrun([], bare_dir, args.repeat, quiet=True)
-    print(f"snakemake -n, config.yaml: {ours:.2f} s for {ours_jobs} jobs, CPU {ours_cpu:.2f} s "
-          f"(-q, planning only: {ours_q:.2f} s, CPU {ours_q_cpu:.2f} s)")
-    print(f"snakemake -n, bare Snakefile: {bare:.2f} s for {bare_jobs} jobs, CPU {bare_cpu:.2f} s "
-          f"(-q: {bare_q:.2f} s, CPU {bare_q_cpu:.2f} s)")
-    print(f"ratio (ours / bare): {ours / bare:.2f}, with -q {ours_q / bare_q:.2f}; in CPU time {ours_cpu / bare_cpu:.2f}, "
-          f"with -q {ours_q_cpu / bare_q_cpu:.2f}   goal <= 1.5;  absolute goal < 3 s: {'met' if ours < 3 else 'NOT met'}")
+    print(
+        f"snakemake -n, config.yaml: {ours:.2f} s for {ours_jobs} jobs, CPU {ours_cpu:.2f} s "
+        f"(-q, planning only: {ours_q:.2f} s, CPU {ours_q_cpu:.2f} s)"
+    )
+    print(
+        f"snakemake -n, bare Snakefile: {bare:.2f} s for {bare_jobs} jobs, CPU {bare_cpu:.2f} s "
+        f"(-q: {bare_q:.2f} s, CPU {bare_q_cpu:.2f} s)"
+    )
+    print(
+        f"ratio (ours / bare): {ours / bare:.2f}, with -q {ours_q / bare_q:.2f}; "
+        f"in CPU time {ours_cpu / bare_cpu:.2f}, "
+        f"with -q {ours_q_cpu / bare_q_cpu:.2f}   goal <= 1.5;  absolute goal < 3 s: {'met' if ours < 3 else 'NOT met'}"
+    )
     ratio = p.total_iterations / p.standalone_iterations
-    print(f"planned training iterations / stand-alone sum, whole grid: {p.total_iterations:,} / "
-          f"{p.standalone_iterations:,} = {ratio:.3f}")
+    print(
+        f"planned training iterations / stand-alone sum, whole grid: {p.total_iterations:,} / "
+        f"{p.standalone_iterations:,} = {ratio:.3f}"
+    )
     # the goal was set for the experiments whose schedules share trunks (Tables 1-2, Figures 1, 3, 4)
     shared = [f for f, members in p.grid.families.items() if len(members) > 1]
     planned = sum(s.iterations for s in p.segments.values() if s.family in shared)
     alone = sum(r.iterations for f in shared for r in p.grid.families[f])
-    print(f"  families with several schedules ({len(shared)}): {planned:,} / {alone:,} = {planned / alone:.3f}   goal <= 0.5")
+    print(
+        f"  families with several schedules ({len(shared)}): {planned:,} / {alone:,} = {planned / alone:.3f}"
+        "   goal <= 0.5"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ The overhead is the plan's evaluations (rethink.evalcost, with the entry just me
 training at that s/iter, for configs/tiny.yaml (tiny) or config.yaml (paper; the 1-GPU s/iter at
 2 images per GPU stands for the 8-GPU s/iter at 16 images). Goal (issue: a cheaper campaign): <= 5 %.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,11 @@ def worst_case(model) -> None:
 
 
 def import_seconds(engine: str) -> float:
-    code = ("import sys, time; t = time.perf_counter(); "
-            f"from rethink import evaluate; from rethink.engines import get_engine; get_engine({engine!r}); "
-            "import pycocotools.cocoeval; print(time.perf_counter() - t)")
+    code = (
+        "import sys, time; t = time.perf_counter(); "
+        f"from rethink import evaluate; from rethink.engines import get_engine; get_engine({engine!r}); "
+        "import pycocotools.cocoeval; print(time.perf_counter() - t)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
 
@@ -111,21 +114,36 @@ def main() -> None:
         for n in args.counts:
             r = one_evaluation(engine, {"run": spec["run"], "manifest": subset(full, n)}, ckpt, device)
             rows.append((n, r))
-            print(f"{n:>5} images: setup {r['setup']:.2f} s, predict {r['predict']:.2f} s, COCOeval {r['cocoeval']:.2f} s, "
-                  f"{r['detections']} detections", flush=True)
+            print(
+                f"{n:>5} images: setup {r['setup']:.2f} s, predict {r['predict']:.2f} s, "
+                f"COCOeval {r['cocoeval']:.2f} s, "
+                f"{r['detections']} detections",
+                flush=True,
+            )
         ns = np.array([n for n, _ in rows], dtype=float)
         ts = np.array([r["predict"] + r["cocoeval"] for _, r in rows])
         per_image, fixed = np.polyfit(ns, ts, 1) if len(rows) > 1 else (ts[0] / ns[0], 0.0)
         per_image = max(float(per_image), 1e-4)
-        setup = import_seconds(spec["engine"]) + float(np.median([r["setup"] for _, r in rows])) + max(float(fixed), 0.0)
+        setup = (
+            import_seconds(spec["engine"]) + float(np.median([r["setup"] for _, r in rows])) + max(float(fixed), 0.0)
+        )
         where = torch.cuda.get_device_name(0) if args.gpus else f"CPU, {torch.get_num_threads()} thread(s)"
         run = p.plan.run(seg.owner)
-        entry = {"backbone": run.backbone, "gpus": int(run.recipe["eval_gpus"]), "seconds_per_image": round(per_image, 4),
-                 "setup_seconds": round(setup, 1),
-                 "source": f"measured {datetime.date.today()}, bench/bench_eval.py, {where}, score threshold 0"}
+        entry = {
+            "backbone": run.backbone,
+            "gpus": int(run.recipe["eval_gpus"]),
+            "seconds_per_image": round(per_image, 4),
+            "setup_seconds": round(setup, 1),
+            "source": f"measured {datetime.date.today()}, bench/bench_eval.py, {where}, score threshold 0",
+        }
         print(f"seconds per val image {per_image:.4f}, start-up per job {setup:.1f} s ({where})")
-        print("eval_seconds entry: - {" + ", ".join(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}"
-                                                    for k, v in entry.items()).replace("'", '"') + "}")
+        print(
+            "eval_seconds entry: - {"
+            + ", ".join(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v}" for k, v in entry.items()).replace(
+                "'", '"'
+            )
+            + "}"
+        )
         print(f"reference: training {s_per_iter:.3f} s/iter (same model, batch {run.recipe['batch']}, {where})")
         overhead(args.scale, entry, s_per_iter)
 
@@ -137,8 +155,11 @@ def subset(manifest: dict, n: int) -> dict:
     gt_path = Path(manifest["val"]["annotations"])
     gt = json.loads(gt_path.read_text())
     keep = {im["id"] for im in gt["images"][:n]}
-    cut = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
-           "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    cut = {
+        **gt,
+        "images": [im for im in gt["images"] if im["id"] in keep],
+        "annotations": [a for a in gt["annotations"] if a["image_id"] in keep],
+    }
     out = gt_path.with_name(f"val-{n}.json")
     out.write_text(json.dumps(cut))
     return {**manifest, "num_val_images": n, "val": {**manifest["val"], "annotations": str(out)}}
@@ -156,9 +177,11 @@ def overhead(scale: str, entry: dict, s_per_iter: float) -> None:
     train_h = summary.planned_hours(g, pl)
     ev_h, fraction = evalcost.overhead(cfg, pl, train_h)
     runs = [r for r in g.runs.values() if r.backbone == entry["backbone"]]
-    print(f"{name}: {len(pl.milestones) + len(pl.tta_milestones)} evaluations, {ev_h:,.2f} device-h against "
-          f"{train_h:,.2f} of training ({len(runs)} of {len(g.runs)} runs on {entry['backbone']} at the speeds just "
-          f"measured, the others at the config's): overhead {fraction:.1%} (goal <= 5%)")
+    print(
+        f"{name}: {len(pl.milestones) + len(pl.tta_milestones)} evaluations, {ev_h:,.2f} device-h against "
+        f"{train_h:,.2f} of training ({len(runs)} of {len(g.runs)} runs on {entry['backbone']} at the speeds just "
+        f"measured, the others at the config's): overhead {fraction:.1%} (goal <= 5%)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ setting, both s/iter and the ratio ours / d2 (goal <= 1.02), and AMP's speed-up 
 --out, the same as JSON. 8 GPUs at 16 images per iteration run at about the 1-GPU s/iter at 2 per
 GPU plus the gradient all-reduce, which this does not measure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ WARMUP = {"paper": 10, "smoke": 4}
 
 
 def median_step(stamps: list[float], warmup: int) -> float:
-    steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
+    steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :])]
     return statistics.median(steps)
 
 
@@ -103,7 +104,9 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--norms", nargs="+", default=["GN", "SyncBN"])
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--smoke", action="store_true", help="the tiny config on the CPU, fp32: checks the code, not a speed")
+    ap.add_argument(
+        "--smoke", action="store_true", help="the tiny config on the CPU, fp32: checks the code, not a speed"
+    )
     args = ap.parse_args()
     if args.smoke:
         iters, warmup, precisions, model, where = 14, WARMUP["smoke"], (False,), "R18-FPN (tiny)", "CPU"
@@ -119,15 +122,28 @@ def main() -> None:
                 spec, dataset = spec_for(tmp, norm, amp, iters, smoke=args.smoke)
                 a = ours(spec, dataset, iters, tmp / norm, warmup)
                 b = d2(spec, dataset, iters, amp, tmp / norm, warmup)
-                rows.append({"norm": norm, "amp": amp, "ours_s_per_iter": a, "d2_s_per_iter": b, "ratio": a / b,
-                             "device": where or torch.cuda.get_device_name(0)})
-                print(f"{model} {norm:<6} {'AMP ' if amp else 'fp32'}: ours {a:.4f} s/iter, detectron2 {b:.4f} s/iter, "
-                      f"ratio {a / b:.3f} (goal <= 1.02)", flush=True)
+                rows.append(
+                    {
+                        "norm": norm,
+                        "amp": amp,
+                        "ours_s_per_iter": a,
+                        "d2_s_per_iter": b,
+                        "ratio": a / b,
+                        "device": where or torch.cuda.get_device_name(0),
+                    }
+                )
+                print(
+                    f"{model} {norm:<6} {'AMP ' if amp else 'fp32'}: ours {a:.4f} s/iter, detectron2 {b:.4f} s/iter, "
+                    f"ratio {a / b:.3f} (goal <= 1.02)",
+                    flush=True,
+                )
     for norm in args.norms:
         r = {row["amp"]: row for row in rows if row["norm"] == norm}
         if len(r) == 2:
-            print(f"{norm}: AMP speed-up ours {r[False]['ours_s_per_iter'] / r[True]['ours_s_per_iter']:.2f}x, "
-                  f"detectron2 {r[False]['d2_s_per_iter'] / r[True]['d2_s_per_iter']:.2f}x")
+            print(
+                f"{norm}: AMP speed-up ours {r[False]['ours_s_per_iter'] / r[True]['ours_s_per_iter']:.2f}x, "
+                f"detectron2 {r[False]['d2_s_per_iter'] / r[True]['d2_s_per_iter']:.2f}x"
+            )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

@@ -10,6 +10,7 @@
 
     .venv/bin/python bench/bench_ledger.py [--config config.yaml] [--rows 200]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,15 @@ def time_rows(folder: Path, n: int) -> tuple[float, float]:
     job, ref = [], []
     for i in range(n):
         t = time.perf_counter()
-        with ledger.recording(str(folder / "a"), rule="train_segment", job=f"train_segment/F/trunk/{i:07d}",
-                              run="r", gpus=8, from_iter=0, to_iter=100) as row:
+        with ledger.recording(
+            str(folder / "a"),
+            rule="train_segment",
+            job=f"train_segment/F/trunk/{i:07d}",
+            run="r",
+            gpus=8,
+            from_iter=0,
+            to_iter=100,
+        ) as row:
             row.update(resumed_from=0, iter_reached=0, first_iter=time.time())
             row.flush()
             row.update(iter_reached=50, last_checkpoint=50)
@@ -58,8 +66,20 @@ def grid_rows(cfg: dict, results: Path) -> int:
     def write(rule, key, run, gpus, seconds, **kw):
         nonlocal t, n
         row = {k: None for k in ledger.ROW_FIELDS}
-        row.update(format=ledger.FORMAT, rule=rule, job=key, run=run, gpus=gpus, start=t, end=t + seconds,
-                   first_iter=t + 60, last_iter=t + seconds - 1, exit_code=0, outcome="done", host="bench")
+        row.update(
+            format=ledger.FORMAT,
+            rule=rule,
+            job=key,
+            run=run,
+            gpus=gpus,
+            start=t,
+            end=t + seconds,
+            first_iter=t + 60,
+            last_iter=t + seconds - 1,
+            exit_code=0,
+            outcome="done",
+            host="bench",
+        )
         row.update(kw)
         path = ledger.rows_dir(str(results)) / rule / f"{key.replace('/', '+')}@{n}.json"
         write_json_atomic(path, row)
@@ -71,12 +91,26 @@ def grid_rows(cfg: dict, results: Path) -> int:
         key = f"train_segment/{seg.family}/{seg.line}/{seg.end:07d}"
         secs = seg.iterations * 0.34
         if i % 20 == 0:
-            write(key.split("/")[0], key, run, 8, secs / 2, resumed_from=seg.start, iter_reached=seg.start + 900,
-                  outcome="pre-empted", exit_code=143)
+            write(
+                key.split("/")[0],
+                key,
+                run,
+                8,
+                secs / 2,
+                resumed_from=seg.start,
+                iter_reached=seg.start + 900,
+                outcome="pre-empted",
+                exit_code=143,
+            )
         write("train_segment", key, run, 8, secs, resumed_from=seg.start, iter_reached=seg.end)
     for ms in plan.milestones.values():
-        write("evaluate", f"evaluate/{ms.family}/{ms.line}/{ms.iteration:07d}",
-              plan.payer(ms.family, ms.line, ms.iteration), 1, 420.0)
+        write(
+            "evaluate",
+            f"evaluate/{ms.family}/{ms.line}/{ms.iteration:07d}",
+            plan.payer(ms.family, ms.line, ms.iteration),
+            1,
+            420.0,
+        )
     return n
 
 
@@ -88,9 +122,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         row_ms, ref_ms = time_rows(tmp / "rows", a.rows)
-        print(f"a job's ledger row: {row_ms:.2f} ms (median of {a.rows}; open, 2 writes, close) vs "
-              f"{ref_ms:.2f} ms for 3 atomic JSON writes: ratio {row_ms / ref_ms:.2f}; goal < {GOAL_ROW_MS:g} ms: "
-              f"{'met' if row_ms < GOAL_ROW_MS else 'NOT met'}")
+        print(
+            f"a job's ledger row: {row_ms:.2f} ms (median of {a.rows}; open, 2 writes, close) vs "
+            f"{ref_ms:.2f} ms for 3 atomic JSON writes: ratio {row_ms / ref_ms:.2f}; goal < {GOAL_ROW_MS:g} ms: "
+            f"{'met' if row_ms < GOAL_ROW_MS else 'NOT met'}"
+        )
 
         cfg = rconfig.load(a.config)
         n = grid_rows(cfg, tmp / "results")
@@ -107,9 +143,11 @@ def main() -> None:
         fig.savefig(tmp / "empty.png", dpi=110)
         plt.close(fig)
         ref_s = time.perf_counter() - t
-        print(f"the paper grid's ledger ({n} synthetic rows): read + jobs.csv + timeline {draw_s:.2f} s vs "
-              f"{ref_s:.2f} s for an empty figure: ratio {draw_s / ref_s:.1f}; goal < {GOAL_DRAW_S:g} s: "
-              f"{'met' if draw_s < GOAL_DRAW_S else 'NOT met'} ({', '.join(Path(w).name for w in written)})")
+        print(
+            f"the paper grid's ledger ({n} synthetic rows): read + jobs.csv + timeline {draw_s:.2f} s vs "
+            f"{ref_s:.2f} s for an empty figure: ratio {draw_s / ref_s:.1f}; goal < {GOAL_DRAW_S:g} s: "
+            f"{'met' if draw_s < GOAL_DRAW_S else 'NOT met'} ({', '.join(Path(w).name for w in written)})"
+        )
 
 
 if __name__ == "__main__":

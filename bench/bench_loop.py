@@ -15,6 +15,7 @@ the target is <= 1.03. Not a test: timings on a shared machine are noisy.
     --scale paper --gpus 1     the paper's setting on one GPU: R50-FPN GN, 800 px images (synthetic),
                                the recipe's proposal and RoI counts, batch 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,16 +77,23 @@ def main() -> None:
             t = Timed(engine)
             times["plain"].append(plain(t, spec, dataset, args.iters))
             t = Timed(engine)
-            s = {**spec, "end": args.iters + 2, "output": str(tmp / f"out{k}.pth"), "resume_dir": str(tmp / f"r{k}"),
-                 "log_period": 20}
+            s = {
+                **spec,
+                "end": args.iters + 2,
+                "output": str(tmp / f"out{k}.pth"),
+                "resume_dir": str(tmp / f"r{k}"),
+                "log_period": 20,
+            }
             loop.train(t, s, dataset)
             times["loop"].append(t.s_per_iter())
             print(f"repeat {k}: plain {times['plain'][-1]:.3f} s/iter, loop {times['loop'][-1]:.3f} s/iter", flush=True)
             if k < 0:
                 times = {"plain": [], "loop": []}
         a, b = statistics.median(times["plain"]), statistics.median(times["loop"])
-        print(f"plain loop: {a:.3f} s/iter; rethink.loop: {b:.3f} s/iter "
-              f"(checkpoint_period {spec['run']['recipe']['checkpoint_period']}); ratio {b / a:.3f} (target <= 1.03)")
+        print(
+            f"plain loop: {a:.3f} s/iter; rethink.loop: {b:.3f} s/iter "
+            f"(checkpoint_period {spec['run']['recipe']['checkpoint_period']}); ratio {b / a:.3f} (target <= 1.03)"
+        )
 
 
 if __name__ == "__main__":

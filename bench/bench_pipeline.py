@@ -13,6 +13,7 @@ pipeline's wall time (first job start to last job end), the summed job time over
 time if the cores had never waited. Goal (issue: a cheaper campaign): the tiny pipeline under
 5 minutes on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,9 +73,12 @@ def report(jobs: dict, cores: int | None, out=sys.stdout) -> float:
     wall = (last - first).total_seconds()
     busy = sum(sum(v) for v in per.values())
     c = cores or 1
-    print(f"pipeline wall {wall:.0f} s ({wall / 60:.1f} min) for {len(jobs)} jobs on {c} cores; "
-          f"job time {busy:.0f} s, cores busy {busy / (wall * c):.0%}; "
-          f"job time / cores {busy / c:.0f} s (wall if the cores never waited); goal < 300 s", file=out)
+    print(
+        f"pipeline wall {wall:.0f} s ({wall / 60:.1f} min) for {len(jobs)} jobs on {c} cores; "
+        f"job time {busy:.0f} s, cores busy {busy / (wall * c):.0%}; "
+        f"job time / cores {busy / c:.0f} s (wall if the cores never waited); goal < 300 s",
+        file=out,
+    )
     return wall
 
 
@@ -87,8 +91,16 @@ def newest_log() -> Path:
 
 def run_tiny(cores: str) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [str(Path(sys.executable).parent / "snakemake"), "--profile", "profiles/tiny", "--cores", cores,
-               "--config", f"workdir={tmp}/work", f"results={tmp}/results"]
+        cmd = [
+            str(Path(sys.executable).parent / "snakemake"),
+            "--profile",
+            "profiles/tiny",
+            "--cores",
+            cores,
+            "--config",
+            f"workdir={tmp}/work",
+            f"results={tmp}/results",
+        ]
         print(" ".join(cmd), flush=True)
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode:

@@ -11,6 +11,7 @@ first iteration (the loop's "training iterations" line) and to its exit, a cold
 `python -c "import torch"` (the floor of any job of the one loop). Prints the median and max of each
 and the ratio of the medians to the reference. Goal (issue: dress rehearsal): median < 3 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,18 +50,48 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_rehearsal_") as tmp:
         tree = Path(tmp)
         metrics = f"results/rehearsal/metrics/{FAMILY}/trunk/iter_0020000.json"
-        prep = subprocess.run([PY, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", tmp,
-                               "--configfile", str(ROOT / "config.yaml"), "--cores", "1", "--notemp", metrics,
-                               "--config", 'rehearsal={"compression": 1000000000}'],
-                              cwd=tmp, capture_output=True, text=True)
+        prep = subprocess.run(
+            [
+                PY,
+                "-m",
+                "snakemake",
+                "--snakefile",
+                str(ROOT / "Snakefile"),
+                "--directory",
+                tmp,
+                "--configfile",
+                str(ROOT / "config.yaml"),
+                "--cores",
+                "1",
+                "--notemp",
+                metrics,
+                "--config",
+                'rehearsal={"compression": 1000000000}',
+            ],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
         if prep.returncode:
             sys.exit(f"preparing the rehearsal failed:\n{prep.stderr[-3000:]}")
         snap = str(next((tree / "work" / "rehearsal" / "specs").glob("config-*.json")))
         ckpt = tree / "work" / "rehearsal" / "checkpoints" / FAMILY / "trunk" / "iter_0020000.pth"
-        train = [PY, str(ROOT / "workflow_scripts" / "train.py"), "--config", snap,
-                 "--job", f"train_segment/{FAMILY}/trunk/20000"]
-        evaluate = [PY, str(ROOT / "workflow_scripts" / "evaluate.py"), "--config", snap,
-                    "--job", f"evaluate/{FAMILY}/trunk/20000"]
+        train = [
+            PY,
+            str(ROOT / "workflow_scripts" / "train.py"),
+            "--config",
+            snap,
+            "--job",
+            f"train_segment/{FAMILY}/trunk/20000",
+        ]
+        evaluate = [
+            PY,
+            str(ROOT / "workflow_scripts" / "evaluate.py"),
+            "--config",
+            snap,
+            "--job",
+            f"evaluate/{FAMILY}/trunk/20000",
+        ]
         ref = [PY, "-c", "import torch"]
         first, train_end, eval_end, ref_end = [], [], [], []
         for _ in range(a.n):
@@ -70,17 +101,22 @@ def main() -> int:
             train_end.append(e)
             eval_end.append(spawn_until(evaluate, None, tree)[1])
             ref_end.append(spawn_until(ref, None, tree)[1])
-    med = {k: statistics.median(v) for k, v in
-           (("first", first), ("train", train_end), ("eval", eval_end), ("ref", ref_end))}
-    print(f"cold rehearsal jobs of config.yaml, {a.n} starts each ({os.cpu_count()} CPUs; "
-          f"{time.strftime('%Y-%m-%d')})")
-    for name, key, vals in (("training: start -> first iteration", "first", first),
-                            ("training: start -> exit (20k iterations, 4 checkpoints)", "train", train_end),
-                            ("evaluation: start -> exit", "eval", eval_end),
-                            ("reference: python -c 'import torch'", "ref", ref_end)):
+    med = {
+        k: statistics.median(v)
+        for k, v in (("first", first), ("train", train_end), ("eval", eval_end), ("ref", ref_end))
+    }
+    print(f"cold rehearsal jobs of config.yaml, {a.n} starts each ({os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')})")
+    for name, key, vals in (
+        ("training: start -> first iteration", "first", first),
+        ("training: start -> exit (20k iterations, 4 checkpoints)", "train", train_end),
+        ("evaluation: start -> exit", "eval", eval_end),
+        ("reference: python -c 'import torch'", "ref", ref_end),
+    ):
         print(f"  {name:58s} median {med[key]:5.2f} s  max {max(vals):5.2f} s  ratio {med[key] / med['ref']:.2f}")
-    print(f"per-job overhead (training, start -> first iteration): median {med['first']:.2f} s "
-          f"({'<' if med['first'] < 3 else '>='} 3 s goal), {med['first'] / med['ref']:.2f} x import torch")
+    print(
+        f"per-job overhead (training, start -> first iteration): median {med['first']:.2f} s "
+        f"({'<' if med['first'] < 3 else '>='} 3 s goal), {med['first'] / med['ref']:.2f} x import torch"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ reading and checking the JSON files: rethink.metrics.read on each) and the goal 
 
     .venv/bin/python bench/bench_report.py [--config config.yaml] [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,18 +65,39 @@ def write_grid_metrics(cfg: dict, results: str | Path, seed: int = 0, only=None,
             cost = init.get("cost") or {}
             its = cost.get("iterations", init.get("iterations", 0))
             imgs = cost.get("images", its * init.get("batch", 256))
-            pre = {"iterations": its, "images": imgs, "instances": cost.get("instances", imgs),
-                   "pixels": cost.get("pixels", imgs * 224 * 224)}
+            pre = {
+                "iterations": its,
+                "images": imgs,
+                "instances": cost.get("instances", imgs),
+                "pixels": cost.get("pixels", imgs * 224 * 224),
+            }
         record = {
-            "family": ms.family, "line": ms.line, "iteration": ms.iteration, "runs": list(ms.runs),
-            "owner": line.owner, "task": run.task, "backbone": run.backbone, "norm": run.norm, "init": run.init,
-            "data": run.data, "seed": run.seed, "variant": run.variant, "lr": run.schedule.lr(ms.iteration - 1),
-            "samples_seen": {"images": ms.iteration * batch, "instances": ms.iteration * batch * 7,
-                             "pixels": ms.iteration * batch * 800 * 1200},
-            "pretrain_samples": pre, "wall_seconds": ms.iteration * 0.34, "device_seconds": ms.iteration * 0.34 * 8,
-            "gpus": run.recipe["gpus"], "eval_seconds": 300.0, "diverged": False,
+            "family": ms.family,
+            "line": ms.line,
+            "iteration": ms.iteration,
+            "runs": list(ms.runs),
+            "owner": line.owner,
+            "task": run.task,
+            "backbone": run.backbone,
+            "norm": run.norm,
+            "init": run.init,
+            "data": run.data,
+            "seed": run.seed,
+            "variant": run.variant,
+            "lr": run.schedule.lr(ms.iteration - 1),
+            "samples_seen": {
+                "images": ms.iteration * batch,
+                "instances": ms.iteration * batch * 7,
+                "pixels": ms.iteration * batch * 800 * 1200,
+            },
+            "pretrain_samples": pre,
+            "wall_seconds": ms.iteration * 0.34,
+            "device_seconds": ms.iteration * 0.34 * 8,
+            "gpus": run.recipe["gpus"],
+            "eval_seconds": 300.0,
+            "diverged": False,
             "stats": ({"bbox": box} if run.task == "faster_rcnn" else {"bbox": box, "segm": seg})
-                     | ({"voc": {"AP50": box["AP50"]}} if run.data.startswith("voc") else {}),
+            | ({"voc": {"AP50": box["AP50"]}} if run.data.startswith("voc") else {}),
             "engine": cfg["engine"],
             "train_aug": bool(run.recipe["scale_aug"]),
         }
@@ -83,7 +105,9 @@ def write_grid_metrics(cfg: dict, results: str | Path, seed: int = 0, only=None,
         n += 1
         if (ms.family, ms.line, ms.iteration) in plan.tta_milestones:  # + the evaluation with test-time aug
             tta = {"bbox": {k: v + 2.0 for k, v in box.items()}, "segm": {k: v + 1.5 for k, v in seg.items()}}
-            M.write({**record, "stats": tta, "test_aug": True}, paths.metrics(ms.family, ms.line, ms.iteration, tta=True))
+            M.write(
+                {**record, "stats": tta, "test_aug": True}, paths.metrics(ms.family, ms.line, ms.iteration, tta=True)
+            )
             n += 1
     return n
 
@@ -129,8 +153,10 @@ def main(argv=None) -> int:
         print(f"reference (read + check every JSON): {t_read:.3f} s")
         print(f"collect: {t_collect:.3f} s ({t_collect / t_read:.1f}x reference)")
         print(f"tables + figures: {t_report:.3f} s ({t_report / t_read:.1f}x reference)")
-        print(f"total rebuild: {total:.3f} s = {total / t_read:.1f}x reference; goal < {GOAL_S:.0f} s: "
-              f"{'met' if total < GOAL_S else 'NOT met'} ({total / GOAL_S:.2f} of the goal)")
+        print(
+            f"total rebuild: {total:.3f} s = {total / t_read:.1f}x reference; goal < {GOAL_S:.0f} s: "
+            f"{'met' if total < GOAL_S else 'NOT met'} ({total / GOAL_S:.2f} of the goal)"
+        )
     return 0
 
 

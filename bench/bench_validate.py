@@ -13,6 +13,7 @@ cluster) is slower than this. What is printed says which part is which.
 
 Goal (issue 14): validation of a COCO-sized train split costs no more than a few times its json.load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,18 +38,34 @@ def make_set(tmp: Path, n_images: int, n_files: int, anns_per_image: float, seed
     (tmp / "images").mkdir()
     for f in range(n_files):
         Image.new("RGB", (W, H), tuple(int(v) for v in rng.integers(0, 255, 3))).save(
-            tmp / "images" / f"{f:012d}.jpg", quality=30)
-    images = [{"id": i + 1, "file_name": f"{i % n_files:012d}.jpg", "width": W, "height": H,
-               "license": 1, "coco_url": "", "date_captured": ""} for i in range(n_images)]
+            tmp / "images" / f"{f:012d}.jpg", quality=30
+        )
+    images = [
+        {
+            "id": i + 1,
+            "file_name": f"{i % n_files:012d}.jpg",
+            "width": W,
+            "height": H,
+            "license": 1,
+            "coco_url": "",
+            "date_captured": "",
+        }
+        for i in range(n_images)
+    ]
     n_anns = int(round(n_images * anns_per_image))
     owner = np.sort(rng.integers(1, n_images + 1, n_anns))
     anns = []
     for k in range(n_anns):
         x, y = float(rng.uniform(0, W - 60)), float(rng.uniform(0, H - 60))
         w, h = float(rng.uniform(2, 60)), float(rng.uniform(2, 60))
-        ann = {"id": k + 1, "image_id": int(owner[k]), "category_id": int(rng.integers(1, 81)),
-               "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)], "area": round(w * h * 0.7, 2),
-               "iscrowd": 0}
+        ann = {
+            "id": k + 1,
+            "image_id": int(owner[k]),
+            "category_id": int(rng.integers(1, 81)),
+            "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+            "area": round(w * h * 0.7, 2),
+            "iscrowd": 0,
+        }
         if rng.random() < 0.01:
             ann["iscrowd"] = 1
             ann["segmentation"] = {"counts": [int(v) for v in rng.integers(1, 50, 40)] + [0], "size": [H, W]}
@@ -61,8 +78,12 @@ def make_set(tmp: Path, n_images: int, n_files: int, anns_per_image: float, seed
         anns.append(ann)
     cats = [{"id": c, "name": f"c{c}", "supercategory": "x"} for c in range(1, 81)]
     path = tmp / "instances_train.json"
-    path.write_text(json.dumps({"info": {}, "licenses": [], "images": images, "annotations": anns,
-                                "categories": cats}, separators=(",", ":")))
+    path.write_text(
+        json.dumps(
+            {"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": cats},
+            separators=(",", ":"),
+        )
+    )
     return path
 
 
@@ -76,8 +97,10 @@ def main():
         tmp = Path(td)
         t = time.perf_counter()
         path = make_set(tmp, args.images, args.files, args.anns_per_image)
-        print(f"made {path.stat().st_size / 2**20:.0f} MiB of JSON and {args.files} JPEG files in "
-              f"{time.perf_counter() - t:.0f} s (not timed below)")
+        print(
+            f"made {path.stat().st_size / 2**20:.0f} MiB of JSON and {args.files} JPEG files in "
+            f"{time.perf_counter() - t:.0f} s (not timed below)"
+        )
         t = time.perf_counter()
         with open(path) as f:
             coco = json.load(f)
@@ -95,17 +118,22 @@ def main():
         out = tmp / "out"
         out.mkdir()
         t = time.perf_counter()
-        checked, masks = validate_data.validate("bench", {"train": (coco, tmp / "images", path)},
-                                                coco["categories"], "error", out)
+        checked, masks = validate_data.validate(
+            "bench", {"train": (coco, tmp / "images", path)}, coco["categories"], "error", out
+        )
         t_all = time.perf_counter() - t
         assert masks and not checked["train"][1]
-    print(f"{len(coco['images'])} image records ({args.files} distinct files, page-cached), "
-          f"{len(coco['annotations'])} annotations ({n_polys} with polygons), {os.cpu_count()} CPUs, "
-          f"{validate_data.HEADER_THREADS} header threads")
+    print(
+        f"{len(coco['images'])} image records ({args.files} distinct files, page-cached), "
+        f"{len(coco['annotations'])} annotations ({n_polys} with polygons), {os.cpu_count()} CPUs, "
+        f"{validate_data.HEADER_THREADS} header threads"
+    )
     print(f"json.load of the annotation file (reference): {t_load:6.2f} s")
     print(f"header checks of every image record:         {t_headers:6.2f} s")
-    print(f"whole validation (records + headers + annotations + report): {t_all:6.2f} s "
-          f"= {t_all / t_load:.2f} x json.load")
+    print(
+        f"whole validation (records + headers + annotations + report): {t_all:6.2f} s "
+        f"= {t_all / t_load:.2f} x json.load"
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """What the benchmarks share: the config they measure, in a temp folder.
 
-    tiny   configs/tiny.yaml's run (R18 GN Mask R-CNN, its image sizes, the torchvision engine)
-    paper  the paper's recipe (the schema's defaults) on R50-FPN GN, batch 2 per GPU, synthetic
-           images of 800 x 1000 px; `engine` picks torchvision or detectron2
+tiny   configs/tiny.yaml's run (R18 GN Mask R-CNN, its image sizes, the torchvision engine)
+paper  the paper's recipe (the schema's defaults) on R50-FPN GN, batch 2 per GPU, synthetic
+       images of 800 x 1000 px; `engine` picks torchvision or detectron2
 """
+
 from __future__ import annotations
 
 import time
@@ -16,8 +17,15 @@ from rethink import config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench_config(scale: str, gpus: int, tmp: Path, engine: str | None = None, norm: str = "GN",
-                 train_size: int | None = None, val_size: int | None = None) -> dict:
+def bench_config(
+    scale: str,
+    gpus: int,
+    tmp: Path,
+    engine: str | None = None,
+    norm: str = "GN",
+    train_size: int | None = None,
+    val_size: int | None = None,
+) -> dict:
     """The config of a benchmark at `scale` ("tiny" or "paper") on `gpus` GPUs (0: the CPU),
     with its workdir and results under `tmp`; the synthetic set's sizes are the tiny config's, or
     16 train and 4 val images at paper scale, unless given."""

@@ -11,6 +11,7 @@ trains a step and evaluates. Prints examples tried, clear refusals, accepted, an
 (the goal is 0), with the first example of each failure kind. Seeded: the same command finds the
 same examples. Run it at low priority on a shared machine: `nice -n 10 ...`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ def campaign(name, strategy, check, n: int, seed_: int, every: int) -> dict:
     state = {"i": 0, "t0": time.monotonic()}
 
     @seed(seed_)
-    @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n, deadline=None, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+    )
     @given(strategy)
     def one(example):
         i = state["i"]
@@ -51,8 +53,11 @@ def campaign(name, strategy, check, n: int, seed_: int, every: int) -> dict:
             if (outcome.failed or outcome.kind.endswith("error")) and f"{stage}:{outcome.kind}" not in first:
                 first[f"{stage}:{outcome.kind}"] = f"{example}\n{outcome.message[-2500:]}"
         if every and state["i"] % every == 0:
-            print(f"  {name}: {state['i']} examples, {time.monotonic() - state['t0']:.0f} s, "
-                  f"{dict(sorted(counts.items()))}", flush=True)
+            print(
+                f"  {name}: {state['i']} examples, {time.monotonic() - state['t0']:.0f} s, "
+                f"{dict(sorted(counts.items()))}",
+                flush=True,
+            )
 
     one()
     return {"tried": state["i"], "counts": counts, "first": first, "seconds": time.monotonic() - state["t0"]}
@@ -73,9 +78,13 @@ def report(name: str, res: dict, failures: tuple[str, ...]) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config-examples", type=int, default=500)
-    ap.add_argument("--real-every", type=int, default=50, help="every Nth config example also runs snakemake -n (0: none)")
+    ap.add_argument(
+        "--real-every", type=int, default=50, help="every Nth config example also runs snakemake -n (0: none)"
+    )
     ap.add_argument("--data-examples", type=int, default=200)
-    ap.add_argument("--train-every", type=int, default=100, help="every Nth accepted data set trains a step and evaluates (0: none)")
+    ap.add_argument(
+        "--train-every", type=int, default=100, help="every Nth accepted data set trains a step and evaluates (0: none)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--memory-gb", type=int, default=8, help="address-space limit of this process (RLIMIT_AS)")
     a = ap.parse_args()
@@ -99,6 +108,7 @@ def main() -> int:
         from rethink_lab import fuzz_data as fd
 
         with fd.Workspace() as ws:
+
             def check_data(example, i):
                 yield from ws.run(example, train=bool(a.train_every) and i % a.train_every == 0)
 

@@ -26,7 +26,8 @@ rule collect:
         py=PY,
         script=script("collect.py"),
     shell:
-        "{params.py:q} {params.script:q} --planned --config {input.config:q} --job collect --out {output:q} > {log:q} 2>&1"
+        "{params.py:q} {params.script:q} --planned --config {input.config:q} --job collect "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule report:

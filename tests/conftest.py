@@ -1,6 +1,7 @@
 """Shared test set-up: the repo root, the workflow's scripts as modules (`script_module`), and a
 helper that runs the real Snakemake on a config in a scratch copy of the workflow. The package
 `rethink` and the tests' laboratory `rethink_lab` (tests/lab) are installed (pyproject.toml)."""
+
 from __future__ import annotations
 
 import copy
@@ -30,6 +31,7 @@ def script_module(name: str, folder: Path | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
 
 SNAKEMAKE = [PY, "-m", "snakemake"]
 
@@ -78,8 +80,18 @@ def write_yaml(path, data) -> Path:
 
 def snakemake(args, cwd=ROOT, timeout=600, check=False, env=None) -> subprocess.CompletedProcess:
     """Run the real Snakemake on the project's Snakefile; returns the completed process."""
-    cmd = ["timeout", "-k", "10", str(timeout), *SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(cwd), *args]
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        str(timeout),
+        *SNAKEMAKE,
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(cwd),
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
@@ -96,6 +108,14 @@ def small_tiny_config() -> dict:
     cfg["eval_period"], cfg["max_segment_iters"] = 6, 4
     cfg["datasets"]["synthetic"].update(train_size=12, val_size=6, image_size=[96, 128])
     cfg["inits"]["imagenet"].update(iterations=12, train_size=96, batch=8)
-    cfg["recipe"].update(iters_per_x=6, lr_drops_from_end=[4, 2], warmup_iters=2, min_size_train=[96],
-                         max_size_train=128, min_size_test=96, max_size_test=128, checkpoint_period=2)
+    cfg["recipe"].update(
+        iters_per_x=6,
+        lr_drops_from_end=[4, 2],
+        warmup_iters=2,
+        min_size_train=[96],
+        max_size_train=128,
+        min_size_test=96,
+        max_size_test=128,
+        checkpoint_period=2,
+    )
     return cfg

@@ -7,6 +7,7 @@ subprocess or SLURM job gets them through the loop's extension point: `environme
 RETHINK_HOOKS=<this file>:from_environment (rethink.hooks.from_extension) and the switches' own
 variables, RETHINK_NAN_AT=k (with RETHINK_NAN_LINE=<family>/<line>: on that line only) and
 RETHINK_ITER_SLEEP=s, which `from_environment` reads in the job."""
+
 from __future__ import annotations
 
 import os

@@ -2,6 +2,7 @@
 Snakemake on a finished shrunk tiny tree: operational edits and a changed workflow plan no training
 or evaluation; a result edit plans exactly its runs, and a real run of it stops, with the changed
 field and the GPU-hours, before anything is deleted, unless confirmed."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,15 @@ import pytest
 
 from conftest import PY, ROOT, small_tiny_config, write_yaml
 
-RESULT_RULES = ("train_segment", "train_final", "evaluate", "evaluate_tta", "prepare_data", "pretrain", "prepare_pretrain_data")
+RESULT_RULES = (
+    "train_segment",
+    "train_final",
+    "evaluate",
+    "evaluate_tta",
+    "prepare_data",
+    "pretrain",
+    "prepare_pretrain_data",
+)
 
 
 def two_experiment_config() -> dict:
@@ -26,8 +35,24 @@ def two_experiment_config() -> dict:
 
 def run(workflow: Path, tree: Path, cfg: dict, *args, timeout=900) -> subprocess.CompletedProcess:
     cfg_file = write_yaml(tree / "campaign.yaml", cfg)
-    cmd = ["timeout", "-k", "10", str(timeout), PY, "-m", "snakemake", "--snakefile", str(workflow / "Snakefile"),
-           "--directory", str(tree), "--cores", "2", "--configfile", str(cfg_file), *args]
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        str(timeout),
+        PY,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(workflow / "Snakefile"),
+        "--directory",
+        str(tree),
+        "--cores",
+        "2",
+        "--configfile",
+        str(cfg_file),
+        *args,
+    ]
     return subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
 
 
@@ -46,8 +71,10 @@ def result_jobs(jobs: dict[str, int]) -> dict[str, int]:
 
 
 def snapshot(tree: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p.relative_to(tree)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted((tree / "results" / "metrics").rglob("*.json"))}
+    return {
+        str(p.relative_to(tree)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted((tree / "results" / "metrics").rglob("*.json"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +103,20 @@ def test_every_run_keeps_its_final_model(campaign):
 
     workflow, tree = campaign
     models = sorted((tree / "work" / "models").glob("*/model_final.pth"))
-    assert [m.parent.name for m in models] == sorted(f"R18-GN-{i}-synthetic-{s}-s0" for i in ("imagenet", "random")
-                                                     for s in ("2x", "3x"))
+    assert [m.parent.name for m in models] == sorted(
+        f"R18-GN-{i}-synthetic-{s}-s0" for i in ("imagenet", "random") for s in ("2x", "3x")
+    )
     for m in models:
         state = checkpoint.load(m)
         assert {"model", "optimizer", "iteration"} <= set(state) and state["run_id"] == m.parent.name
         assert state["iteration"] == {"2x": 12, "3x": 18}[m.parent.name.split("-")[4]]
-        ident = json.loads((tree / "work" / "identity" / "lines" / state["family"] / f"{state['line']}.json").read_text())
+        ident = json.loads(
+            (tree / "work" / "identity" / "lines" / state["family"] / f"{state['line']}.json").read_text()
+        )
         assert state["identity"] == ident["hash"]
-        log = (tree / "work" / "logs" / "evaluate" / state["family"] / state["line"] /
-               f"iter_{state['iteration']:07d}.log").read_text()
+        log = (
+            tree / "work" / "logs" / "evaluate" / state["family"] / state["line"] / f"iter_{state['iteration']:07d}.log"
+        ).read_text()
         assert "model_final.pth" in (tree / "work" / "logs" / "train" / m.parent.name / "model_final.log").read_text()
         assert "AP" in log
     assert not list((tree / "work" / "checkpoints").rglob("*.pth"))  # intermediate ones are temporary
@@ -123,20 +154,23 @@ def test_results_record_their_identity(campaign):
         assert ident["content"]["run"]["recipe"]["base_lr"] == 0.0025
 
 
-@pytest.mark.parametrize("edit", [
-    ("recipe", "num_workers", 1),
-    ("recipe", "checkpoint_period", 3),
-    ("recipe", "eval_gpus", 1),
-    ("resources", "cpus_per_gpu", 7),
-    ("resources", "min_mem_mb", 5000),
-    ("", "runtime_margin", 9),
-    ("", "seconds_per_iter", [{"backbone": "R18", "norm": "GN", "gpus": 0, "seconds": 5.0}]),
-    ("", "eval_seconds", [{"backbone": "R18", "gpus": 0, "seconds_per_image": 0.5, "setup_seconds": 3}]),
-    ("", "warm_interpreter", False),
-    ("", "coco_eval", "faster_coco_eval"),
-    ("experiments.scratch", "description", "renamed"),
-    ("experiments.scratch.recipe", "num_workers", 2),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("recipe", "num_workers", 1),
+        ("recipe", "checkpoint_period", 3),
+        ("recipe", "eval_gpus", 1),
+        ("resources", "cpus_per_gpu", 7),
+        ("resources", "min_mem_mb", 5000),
+        ("", "runtime_margin", 9),
+        ("", "seconds_per_iter", [{"backbone": "R18", "norm": "GN", "gpus": 0, "seconds": 5.0}]),
+        ("", "eval_seconds", [{"backbone": "R18", "gpus": 0, "seconds_per_image": 0.5, "setup_seconds": 3}]),
+        ("", "warm_interpreter", False),
+        ("", "coco_eval", "faster_coco_eval"),
+        ("experiments.scratch", "description", "renamed"),
+        ("experiments.scratch.recipe", "num_workers", 2),
+    ],
+)
 def test_an_operational_edit_plans_no_result_job(campaign, edit):
     workflow, tree = campaign
     cfg = two_experiment_config()
@@ -235,6 +269,5 @@ def test_confirmed_rerun_retrains_exactly_the_edited_runs(campaign, tmp_path):
     assert changed and all("R18-GN-random" in k for k in changed)
     assert all(before[k] == after[k] for k in before if "R18-GN-imagenet" in k)
     for k in changed:
-        assert json.loads((copy_ / k).read_text())["identity"] != json.loads(
-            before[k][1].decode())["identity"]
+        assert json.loads((copy_ / k).read_text())["identity"] != json.loads(before[k][1].decode())["identity"]
     assert result_jobs(planned(run(workflow, copy_, cfg, "-n"))) == {}

@@ -3,6 +3,7 @@
 one loop (rethink.loop.train) on the tiny synthetic set, COCO evaluation of predict()'s output,
 the weights carried over by engine.load_converted, and the cascade's own mechanics (per-stage IoU
 labelling, gradient scale, score averaging, last-stage boxes)."""
+
 from __future__ import annotations
 
 import copy
@@ -90,8 +91,14 @@ def switched(specs, module_tmp):
     assert spec_a["run"]["recipe"]["task"] == "mask_rcnn"
     manifest = data.load_manifest(spec_a["dataset"])
     loop.train(get_engine("torchvision"), spec_a, manifest)
-    spec_b = {**short_spec(specs, iterations=4), "start": 2, "start_checkpoint": spec_a["output"],
-              "start_task": "mask_rcnn", "output": str(tmp / "cascade-4.pth"), "history": str(tmp / "history.jsonl")}
+    spec_b = {
+        **short_spec(specs, iterations=4),
+        "start": 2,
+        "start_checkpoint": spec_a["output"],
+        "start_task": "mask_rcnn",
+        "output": str(tmp / "cascade-4.pth"),
+        "history": str(tmp / "history.jsonl"),
+    }
     spec_b["run"] = cascade_run(spec_b["run"])
     engine = RecordingEngine()
     loop.train(engine, spec_b, manifest)
@@ -111,14 +118,15 @@ def test_switch_carries_mask_rcnn_weights_into_every_stage(switched):
     for k in same:
         assert torch.equal(after[k], before[k]), k
     # every stage's box head and classifier: Mask R-CNN's
-    head = {k[len("roi_heads.box_head."):]: v for k, v in before.items() if k.startswith("roi_heads.box_head.")}
+    head = {k[len("roi_heads.box_head.") :]: v for k, v in before.items() if k.startswith("roi_heads.box_head.")}
     assert head
     for t in range(3):
         for k, v in head.items():
             assert torch.equal(after[f"roi_heads.box_heads.{t}.{k}"], v), (t, k)
         for p in ("weight", "bias"):
-            assert torch.equal(after[f"roi_heads.box_predictors.{t}.cls_score.{p}"],
-                               before[f"roi_heads.box_predictor.cls_score.{p}"])
+            assert torch.equal(
+                after[f"roi_heads.box_predictors.{t}.cls_score.{p}"], before[f"roi_heads.box_predictor.cls_score.{p}"]
+            )
     # class-agnostic regressors: the fresh init (the loop seeds before building the model)
     loop.seed_everything(int(spec_b["run"]["seed"]))
     fresh = engine.build_model(spec_b["run"], "cpu", dataset=manifest).state_dict()
@@ -171,16 +179,22 @@ def test_load_converted_refuses_what_does_not_fit(setup):
     rid = run["run_id"]
 
     def refused(state, from_task="mask_rcnn", match=""):
-        with pytest.raises(ValueError, match=f"run {rid}: architecture switch {from_task} -> cascade_mask_rcnn.*{match}"):
+        with pytest.raises(
+            ValueError, match=f"run {rid}: architecture switch {from_task} -> cascade_mask_rcnn.*{match}"
+        ):
             engine.load_converted(model, state, from_task, run)
         for k, v in model.state_dict().items():  # nothing was loaded
             assert torch.equal(v, untouched[k]), k
 
     other_classes = engine.build_model({**mask_run, "num_classes": 5}, "cpu").state_dict()  # 5 categories, not 2
-    refused(other_classes, match=r"roi_heads.box_predictor.cls_score.weight \(-> roi_heads.box_predictors.0.cls_score"
-                                 r".weight\): shape \(6, 1024\)")
-    faster = engine.build_model({**mask_run, "recipe": {**mask_run["recipe"], "task": "faster_rcnn"}}, "cpu",
-                                dataset=manifest).state_dict()
+    refused(
+        other_classes,
+        match=r"roi_heads.box_predictor.cls_score.weight \(-> roi_heads.box_predictors.0.cls_score"
+        r".weight\): shape \(6, 1024\)",
+    )
+    faster = engine.build_model(
+        {**mask_run, "recipe": {**mask_run["recipe"], "task": "faster_rcnn"}}, "cpu", dataset=manifest
+    ).state_dict()
     refused(faster, match="roi_heads.mask_head.*: not in the checkpoint")
     refused({**good, "roi_heads.extra.weight": torch.zeros(1)}, match="roi_heads.extra.weight: not in the cascade")
     refused(model.state_dict(), match="not a Mask R-CNN")
@@ -200,7 +214,9 @@ def test_stage_labels_use_the_stage_iou_and_box_weights(setup):
     for t, want in expect.items():
         (labels,), (targets,) = rh._label(t, [props], [gt])
         assert labels.tolist() == want, t
-    (_,), (targets,) = rh._label(2, [props], [gt])  # (30, 30, 15, 15): dy = 30 * (5 - 3.75) / 7.5, dh = 15 log(10 / 7.5)
+    (_,), (targets,) = rh._label(
+        2, [props], [gt]
+    )  # (30, 30, 15, 15): dy = 30 * (5 - 3.75) / 7.5, dh = 15 log(10 / 7.5)
     assert targets[2].tolist() == pytest.approx([0.0, 5.0, 0.0, 15 * math.log(10 / 7.5)], abs=1e-4)
     (labels,), _ = rh._label(1, [torch.zeros((0, 4))], [gt])  # every refined box empty: nothing, not an error
     assert labels.numel() == 0

@@ -3,6 +3,7 @@ a realistic set made here (PIL images of several modes, an EXIF-rotated JPEG, a 
 non-contiguous category ids, crowd RLEs of both kinds, an annotation id 0) prepares and is
 renumbered; each bad property is an error naming the file, the image and the field, or, under
 on_bad_data: skip, is dropped with a count; the torchvision engine reads the rotated JPEG upright."""
+
 from __future__ import annotations
 
 import copy
@@ -21,10 +22,12 @@ from rethink.engines import torchvision_data as tv
 from rethink.validate_data import DatasetError
 from rethink_lab.fuzz_data import _ann  # one COCO annotation, and its box as a polygon
 
-CATS = [{"id": 1, "name": "cup", "supercategory": "x"}, {"id": 5, "name": "dog", "supercategory": "x"},
-        {"id": 90, "name": "toothbrush", "supercategory": "x"}]
+CATS = [
+    {"id": 1, "name": "cup", "supercategory": "x"},
+    {"id": 5, "name": "dog", "supercategory": "x"},
+    {"id": 90, "name": "toothbrush", "supercategory": "x"},
+]
 ROTATED_BOX = [40, 10, 20, 30]  # [x, y, w, h] of the red square in the upright 80x50 image
-
 
 
 def _rotated_jpeg(path: Path) -> None:
@@ -51,32 +54,49 @@ def make_set(root: Path) -> dict:
     _rotated_jpeg(root / "train" / "rot.jpg")
     Image.new("P", (32, 32)).save(root / "train" / "empty.png")
     Image.new("RGB", (64, 48)).save(root / "val" / "v.jpg")
-    images = [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
-              {"id": 2, "file_name": "gray.png", "width": 40, "height": 30},
-              {"id": 3, "file_name": "cmyk.jpg", "width": 50, "height": 40},
-              {"id": 4, "file_name": "sub/x.jpg", "width": 30, "height": 20},
-              {"id": 5, "file_name": "rot.jpg", "width": 80, "height": 50},  # its upright size
-              {"id": 6, "file_name": "empty.png", "width": 32, "height": 32}]  # no annotations
+    images = [
+        {"id": 1, "file_name": "a.jpg", "width": 64, "height": 48},
+        {"id": 2, "file_name": "gray.png", "width": 40, "height": 30},
+        {"id": 3, "file_name": "cmyk.jpg", "width": 50, "height": 40},
+        {"id": 4, "file_name": "sub/x.jpg", "width": 30, "height": 20},
+        {"id": 5, "file_name": "rot.jpg", "width": 80, "height": 50},  # its upright size
+        {"id": 6, "file_name": "empty.png", "width": 32, "height": 32},
+    ]  # no annotations
     m = np.zeros((48, 64), dtype=np.uint8, order="F")
     m[5:20, 30:60] = 1
     compressed = mask_util.encode(m)
     compressed["counts"] = compressed["counts"].decode()
     runs = [20 * 40 + 10, 100, 50 * 40 - 20 * 40 - 10 - 100]  # uncompressed, column-major runs
-    anns = [_ann(0, 1, 1, [2, 3, 20, 20]),  # id 0: pycocotools would mishandle it
-            _ann(2, 1, 5, [30, 5, 30, 15], iscrowd=1, segmentation=compressed),
-            _ann(3, 2, 90, [5, 5, 30, 20]),
-            _ann(4, 3, 5, [0, 0, 50, 40]),
-            _ann(5, 3, 1, [20, 10, 2, 10], iscrowd=1, segmentation={"counts": runs, "size": [40, 50]}),
-            _ann(6, 4, 90, [1, 1, 28, 18]),
-            _ann(7, 5, 1, ROTATED_BOX)]
+    anns = [
+        _ann(0, 1, 1, [2, 3, 20, 20]),  # id 0: pycocotools would mishandle it
+        _ann(2, 1, 5, [30, 5, 30, 15], iscrowd=1, segmentation=compressed),
+        _ann(3, 2, 90, [5, 5, 30, 20]),
+        _ann(4, 3, 5, [0, 0, 50, 40]),
+        _ann(5, 3, 1, [20, 10, 2, 10], iscrowd=1, segmentation={"counts": runs, "size": [40, 50]}),
+        _ann(6, 4, 90, [1, 1, 28, 18]),
+        _ann(7, 5, 1, ROTATED_BOX),
+    ]
     train = {"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": CATS}
-    val = {"info": {}, "licenses": [], "images": [{"id": 10, "file_name": "v.jpg", "width": 64, "height": 48}],
-           "annotations": [_ann(1, 10, 90, [4, 4, 40, 30])], "categories": CATS}
+    val = {
+        "info": {},
+        "licenses": [],
+        "images": [{"id": 10, "file_name": "v.jpg", "width": 64, "height": 48}],
+        "annotations": [_ann(1, 10, 90, [4, 4, 40, 30])],
+        "categories": CATS,
+    }
     (root / "annotations").mkdir()
     (root / "annotations" / "train.json").write_text(json.dumps(train))
     (root / "annotations" / "val.json").write_text(json.dumps(val))
-    return {"kind": "coco", "root": str(root), "train_images": "train", "train_annotations": "annotations/train.json",
-            "val_images": "val", "val_annotations": "annotations/val.json", "num_images": None, "subset_seed": 0}
+    return {
+        "kind": "coco",
+        "root": str(root),
+        "train_images": "train",
+        "train_annotations": "annotations/train.json",
+        "val_images": "val",
+        "val_annotations": "annotations/val.json",
+        "num_images": None,
+        "subset_seed": 0,
+    }
 
 
 def _prepare(tmp_path: Path, spec: dict, name: str = "real") -> dict:
@@ -110,30 +130,84 @@ def test_realistic_set_prepares_and_renumbers(tmp_path, capsys):
     assert m["val"]["annotations"] == str((tmp_path / "coco" / "annotations" / "val.json").resolve())
     r = _report(tmp_path)
     assert r["splits"]["train"]["problems"] == {} and r["splits"]["val"]["problems"] == {}
-    assert r["splits"]["train"]["renumbered_annotation_ids"] == 7 and r["splits"]["val"]["renumbered_annotation_ids"] == 0
+    assert (
+        r["splits"]["train"]["renumbered_annotation_ids"] == 7 and r["splits"]["val"]["renumbered_annotation_ids"] == 0
+    )
     assert r["splits"]["train"]["exif_rotated_images"] == 1 and r["masks"] is True
     assert "train 6 images, 7 annotations: no problems, annotation ids renumbered 1..7" in capsys.readouterr().out
 
 
 BAD = {  # name: (edit of the train JSON/files, problem kind, image id, file, field)
-    "missing image file": (lambda c, r: (r / "train" / "sub" / "x.jpg").unlink(), "image_missing", 4, "sub/x.jpg", "file_name"),
-    "not an image": (lambda c, r: (r / "train" / "a.jpg").write_bytes(b"<html>moved</html>"), "image_unreadable", 1,
-                     "a.jpg", "file_name"),
-    "size mismatch": (lambda c, r: c["images"][1].update(width=41), "image_size_mismatch", 2, "gray.png", "width/height"),
-    "rotated size as stored": (lambda c, r: c["images"][4].update(width=50, height=80), "image_size_mismatch", 5,
-                               "rot.jpg", "width/height"),
-    "unknown category": (lambda c, r: c["annotations"][3].update(category_id=7), "category_unknown", 3, "cmyk.jpg",
-                         "annotation 4: category_id"),
-    "bbox outside": (lambda c, r: c["annotations"][2].update(bbox=[5, 5, 60, 20]), "bbox_outside", 2, "gray.png",
-                     "annotation 3: bbox"),
-    "bbox negative": (lambda c, r: c["annotations"][2].update(bbox=[5, 5, -1, 20]), "bbox_malformed", 2, "gray.png",
-                      "annotation 3: bbox"),
-    "malformed polygon": (lambda c, r: c["annotations"][5].update(segmentation=[[1, 1, 5, 1, 5]]), "polygon_malformed",
-                          4, "sub/x.jpg", "annotation 6: segmentation[0]"),
-    "missing segmentation": (lambda c, r: c["annotations"][6].pop("segmentation"), "segmentation_missing", 5, "rot.jpg",
-                             "annotation 7: segmentation"),
-    "RLE of another size": (lambda c, r: c["annotations"][4]["segmentation"].update(size=[50, 40]), "rle_malformed", 3,
-                            "cmyk.jpg", "annotation 5: segmentation.size"),
+    "missing image file": (
+        lambda c, r: (r / "train" / "sub" / "x.jpg").unlink(),
+        "image_missing",
+        4,
+        "sub/x.jpg",
+        "file_name",
+    ),
+    "not an image": (
+        lambda c, r: (r / "train" / "a.jpg").write_bytes(b"<html>moved</html>"),
+        "image_unreadable",
+        1,
+        "a.jpg",
+        "file_name",
+    ),
+    "size mismatch": (
+        lambda c, r: c["images"][1].update(width=41),
+        "image_size_mismatch",
+        2,
+        "gray.png",
+        "width/height",
+    ),
+    "rotated size as stored": (
+        lambda c, r: c["images"][4].update(width=50, height=80),
+        "image_size_mismatch",
+        5,
+        "rot.jpg",
+        "width/height",
+    ),
+    "unknown category": (
+        lambda c, r: c["annotations"][3].update(category_id=7),
+        "category_unknown",
+        3,
+        "cmyk.jpg",
+        "annotation 4: category_id",
+    ),
+    "bbox outside": (
+        lambda c, r: c["annotations"][2].update(bbox=[5, 5, 60, 20]),
+        "bbox_outside",
+        2,
+        "gray.png",
+        "annotation 3: bbox",
+    ),
+    "bbox negative": (
+        lambda c, r: c["annotations"][2].update(bbox=[5, 5, -1, 20]),
+        "bbox_malformed",
+        2,
+        "gray.png",
+        "annotation 3: bbox",
+    ),
+    "malformed polygon": (
+        lambda c, r: c["annotations"][5].update(segmentation=[[1, 1, 5, 1, 5]]),
+        "polygon_malformed",
+        4,
+        "sub/x.jpg",
+        "annotation 6: segmentation[0]",
+    ),
+    "missing segmentation": (
+        lambda c, r: c["annotations"][6].pop("segmentation"),
+        "segmentation_missing",
+        5,
+        "rot.jpg",
+        "annotation 7: segmentation",
+    ),
+    "RLE of another size": (
+        lambda c, r: c["annotations"][4]["segmentation"].update(size=[50, 40]),
+        "rle_malformed",
+        3,
+        "cmyk.jpg",
+        "annotation 5: segmentation.size",
+    ),
 }
 
 
@@ -181,12 +255,16 @@ def test_unknown_image_and_duplicate_ids(tmp_path):
         c["images"].append({"id": 1, "file_name": "a.jpg", "width": 64, "height": 48})
 
     _edit(spec, edit)
-    with pytest.raises(data.DatasetError, match=r"train\.json: image 1 \(a\.jpg\): id: id 1 is also the id of a\.jpg "
-                                                r"\(train: 1 image_id_duplicate, 1 image_unknown;"):
+    with pytest.raises(
+        data.DatasetError,
+        match=r"train\.json: image 1 \(a\.jpg\): id: id 1 is also the id of a\.jpg "
+        r"\(train: 1 image_id_duplicate, 1 image_unknown;",
+    ):
         _prepare(tmp_path, spec)
     unknown = _report(tmp_path)["splits"]["train"]["problems"]["image_unknown"]["examples"]
-    assert unknown == [{"image_id": None, "file_name": None, "field": "annotation 8: image_id",
-                        "message": "99 names no image"}]
+    assert unknown == [
+        {"image_id": None, "file_name": None, "field": "annotation 8: image_id", "message": "99 names no image"}
+    ]
     m = _prepare(tmp_path, {**spec, "on_bad_data": "skip"})
     train = json.loads(Path(m["train"]["annotations"]).read_text())
     assert 1 not in {im["id"] for im in train["images"]} and len(train["images"]) == 5  # both records of id 1
@@ -214,8 +292,11 @@ def test_boxes_only_set_refuses_a_mask_task(tmp_path):
         with pytest.raises(data.DatasetError, match=rf"dataset 'boxes' \(coco\) has no masks .*task {task} needs them"):
             data.check_task(m, task)
     # where a training job reads the manifest, before any model is built
-    spec = {"engine": "torchvision", "run": {"recipe": {"task": "mask_rcnn"}},
-            "dataset": str(tmp_path / "data" / "boxes" / "dataset.json")}
+    spec = {
+        "engine": "torchvision",
+        "run": {"recipe": {"task": "mask_rcnn"}},
+        "dataset": str(tmp_path / "data" / "boxes" / "dataset.json"),
+    }
     with pytest.raises(data.DatasetError, match=r"dataset 'boxes' \(coco\) has no masks .*task mask_rcnn"):
         segment.train_segment(spec)
 
@@ -259,7 +340,7 @@ def test_rotated_jpeg_is_read_upright_and_its_box_stays_on_the_object(tmp_path):
     x0, y0, x1, y1 = split.target(idx, with_masks=True)["boxes"][0].round().int().tolist()
     assert [x0, y0, x1 - x0, y1 - y0] == ROTATED_BOX
     red = (img[0] > 200) & (img[2] < 60)
-    inside = red[y0 + 2:y1 - 2, x0 + 2:x1 - 2]
+    inside = red[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2]
     assert inside.float().mean() > 0.95 and red.sum() < 1.2 * ROTATED_BOX[2] * ROTATED_BOX[3]
     # every mode decodes to RGB at its record's size (grayscale, CMYK, palette PNG, subfolder)
     for i, im in enumerate(split.images):
@@ -276,8 +357,15 @@ def test_ground_truth_against_itself_is_ap_100(tmp_path):
         if a["iscrowd"]:
             continue  # crowd regions are ignored by COCOeval, never matched
         rle = mask_util.merge(mask_util.frPyObjects(a["segmentation"], *hw[a["image_id"]]))
-        results.append({"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
-                        "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+        results.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": a["bbox"],
+                "score": 1.0,
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+            }
+        )
     stats = evaluate.coco_evaluate(copy.deepcopy(gt), results, ["bbox", "segm"])
     assert stats["bbox"]["AP"] == pytest.approx(100.0) and stats["segm"]["AP"] == pytest.approx(100.0)
 
@@ -329,9 +417,14 @@ def test_prepare_data_cli_logs_the_summary_and_names_the_problem(tmp_path):
     _edit(spec, lambda c, r: c["annotations"][2].update(category_id=2))
     bad = subprocess.run([sys.executable, str(script), "--spec", json.dumps(spec)], capture_output=True, text=True)
     assert bad.returncode != 0 and "1 problems (1 category_unknown)" in bad.stdout
-    assert bad.stderr.strip().splitlines()[-1].startswith(
-        f"prepare_data: error: {(tmp_path / 'coco' / 'annotations' / 'train.json').resolve()}: image 2 (gray.png): "
-        f"annotation 3: category_id: 2 is not among the category ids")
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"prepare_data: error: {(tmp_path / 'coco' / 'annotations' / 'train.json').resolve()}: image 2 (gray.png): "
+            f"annotation 3: category_id: 2 is not among the category ids"
+        )
+    )
 
 
 def test_training_draws_only_annotated_images_and_a_broken_file_is_named(tmp_path):

@@ -1,5 +1,6 @@
 """Datasets (rethink.data) and weight staging (rethink.stage): synthetic sets, COCO subsets,
 VOC conversion, the classification set, path checks, and the prepare_data CLI."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,16 @@ from rethink import synthetic as syn
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SYN = {"name": "syn", "kind": "synthetic", "train_size": 6, "val_size": 6, "image_size": [64, 96],
-       "categories": 3, "max_objects": 3, "seed": 3}
+SYN = {
+    "name": "syn",
+    "kind": "synthetic",
+    "train_size": 6,
+    "val_size": 6,
+    "image_size": [64, 96],
+    "categories": 3,
+    "max_objects": 3,
+    "seed": 3,
+}
 
 
 def _make(tmp: Path, spec: dict, name: str | None = None) -> dict:
@@ -75,11 +84,21 @@ def test_a_copied_data_folder_reads_its_own_copy(synthetic, tmp_path):
         for field in ("images", "annotations"):
             assert Path(c[split][field]) == (tmp_path / "copy" / Path(m[split][field]).name).resolve()
             assert Path(c[split][field]).exists()
-    cls = data.prepare({"name": "pretrain-x", "kind": "classification", "train_size": 4, "classes": 2,
-                        "image_size": 16, "output": str(tmp_path / "cls" / "dataset.json")})
+    cls = data.prepare(
+        {
+            "name": "pretrain-x",
+            "kind": "classification",
+            "train_size": 4,
+            "classes": 2,
+            "image_size": 16,
+            "output": str(tmp_path / "cls" / "dataset.json"),
+        }
+    )
     shutil.move(tmp_path / "cls", tmp_path / "moved")
-    assert Path(data.load_manifest(tmp_path / "moved" / "dataset.json")["images_file"]) == \
-        (tmp_path / "moved" / Path(cls["images_file"]).name).resolve()
+    assert (
+        Path(data.load_manifest(tmp_path / "moved" / "dataset.json")["images_file"])
+        == (tmp_path / "moved" / Path(cls["images_file"]).name).resolve()
+    )
 
 
 def test_synthetic_is_valid_coco(synthetic):
@@ -116,7 +135,7 @@ def test_synthetic_is_valid_coco(synthetic):
 def test_synthetic_sizes_span_coco_area_ranges(tmp_path):
     m = _make(tmp_path, {**SYN, "train_size": 20, "val_size": 1, "image_size": [128, 160]})
     areas = [a["area"] for a in json.load(open(m["train"]["annotations"]))["annotations"]]
-    assert min(areas) < 32 ** 2 < max(areas)  # small and medium objects
+    assert min(areas) < 32**2 < max(areas)  # small and medium objects
 
 
 def test_synthetic_keypoints(tmp_path):
@@ -151,8 +170,17 @@ def test_synthetic_bad_image_size(tmp_path):
 
 # ----------------------------------------------------------------------------- classification
 def test_classification_set(tmp_path):
-    spec = {"name": "pretrain-imagenet", "kind": "classification", "train_size": 30, "classes": 3,
-            "image_size": 32, "seed": 1, "iterations": 5, "batch": 4, "base_lr": 0.1}
+    spec = {
+        "name": "pretrain-imagenet",
+        "kind": "classification",
+        "train_size": 30,
+        "classes": 3,
+        "image_size": 32,
+        "seed": 1,
+        "iterations": 5,
+        "batch": 4,
+        "base_lr": 0.1,
+    }
     m = _make(tmp_path, spec)
     assert m["kind"] == "classification" and m["num_images"] == 30 and m["classes"] == 3
     images, labels = data.load_classification(m)
@@ -174,14 +202,24 @@ def _fake_coco(root: Path, n_images=50, with_val=True) -> dict:
     (root / "val2017").mkdir()
     (root / "annotations").mkdir()
     rng = np.random.default_rng(0)
-    images = [{"id": int(i), "file_name": f"{i:012d}.jpg", "width": 640, "height": 480}
-              for i in sorted(rng.choice(10 ** 6, n_images, replace=False))]
+    images = [
+        {"id": int(i), "file_name": f"{i:012d}.jpg", "width": 640, "height": 480}
+        for i in sorted(rng.choice(10**6, n_images, replace=False))
+    ]
     anns = []
     for im in images:
         for _ in range(int(rng.integers(0, 4))):
-            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": int(rng.integers(1, 4)),
-                         "bbox": [10, 10, 50, 40], "area": 2000.0, "iscrowd": 0,
-                         "segmentation": [[10, 10, 60, 10, 60, 50, 10, 50]]})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": im["id"],
+                    "category_id": int(rng.integers(1, 4)),
+                    "bbox": [10, 10, 50, 40],
+                    "area": 2000.0,
+                    "iscrowd": 0,
+                    "segmentation": [[10, 10, 60, 10, 60, 50, 10, 50]],
+                }
+            )
     cats = [{"id": i, "name": f"c{i}", "supercategory": "x"} for i in (1, 2, 3)]
     coco = {"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": cats}
     for i, im in enumerate(images):  # the files prepare checks (headers only: any pixels do)
@@ -189,16 +227,32 @@ def _fake_coco(root: Path, n_images=50, with_val=True) -> dict:
             Image.new("RGB", (640, 480), (i, 0, 0)).save(root / folder / im["file_name"], quality=50)
     (root / "annotations" / "instances_train2017.json").write_text(json.dumps(coco))
     if with_val:
-        (root / "annotations" / "instances_val2017.json").write_text(json.dumps(
-            {**coco, "images": images[:5], "annotations": [a for a in anns if a["image_id"] in {im["id"] for im in images[:5]}]}))
+        (root / "annotations" / "instances_val2017.json").write_text(
+            json.dumps(
+                {
+                    **coco,
+                    "images": images[:5],
+                    "annotations": [a for a in anns if a["image_id"] in {im["id"] for im in images[:5]}],
+                }
+            )
+        )
     return coco
 
 
 def _coco_spec(root, **kw):
-    return {"name": "coco_sub", "kind": "coco", "root": str(root), "train_images": "train2017",
-            "train_annotations": "annotations/instances_train2017.json", "val_images": "val2017",
-            "val_annotations": "annotations/instances_val2017.json", "num_images": None, "subset_seed": 0,
-            "keypoints": False, **kw}
+    return {
+        "name": "coco_sub",
+        "kind": "coco",
+        "root": str(root),
+        "train_images": "train2017",
+        "train_annotations": "annotations/instances_train2017.json",
+        "val_images": "val2017",
+        "val_annotations": "annotations/instances_val2017.json",
+        "num_images": None,
+        "subset_seed": 0,
+        "keypoints": False,
+        **kw,
+    }
 
 
 def test_coco_subset(tmp_path):
@@ -220,7 +274,9 @@ def test_coco_subset(tmp_path):
     assert set(data.subset_image_ids(ids, 4, 7)) <= kept
     # no subset: the manifest points at the original file
     m_all = _make(tmp_path, _coco_spec(tmp_path / "coco"), "coco_all")
-    assert m_all["train"]["annotations"] == str((tmp_path / "coco" / "annotations" / "instances_train2017.json").resolve())
+    assert m_all["train"]["annotations"] == str(
+        (tmp_path / "coco" / "annotations" / "instances_train2017.json").resolve()
+    )
     assert m_all["num_train_images"] == 50
 
 
@@ -239,8 +295,10 @@ def test_coco_missing_paths_name_field_and_path(tmp_path):
         _make(tmp_path, spec)
     _fake_coco(tmp_path / "coco", with_val=False)
     problems = data.check_dataset_paths("coco_sub", _coco_spec(tmp_path / "coco"))
-    assert problems == [f"datasets.coco_sub.val_annotations: file "
-                        f"{tmp_path / 'coco' / 'annotations' / 'instances_val2017.json'} does not exist"]
+    assert problems == [
+        f"datasets.coco_sub.val_annotations: file "
+        f"{tmp_path / 'coco' / 'annotations' / 'instances_val2017.json'} does not exist"
+    ]
     assert data.check_dataset_paths("syn", SYN) == []
     assert data.check_dataset_paths("x", {"kind": "coco"}) == ["datasets.x.root: required for kind coco"]
     # nothing was written for the failed dataset
@@ -262,8 +320,11 @@ def write_voc_tree(root: Path) -> dict:
         ("VOC2012", "2008_000008"): [("horse", 0, (53, 87, 471, 420)), ("person", 0, (158, 44, 289, 167))],
         ("VOC2012", "2008_000015"): [("bottle", 0, (270, 1, 378, 176)), ("bottle", 1, (57, 1, 164, 150))],
     }
-    lists = {("VOC2007", "trainval"): ["000005", "000007"], ("VOC2012", "train"): ["2008_000008"],
-             ("VOC2012", "val"): ["2008_000015"]}
+    lists = {
+        ("VOC2007", "trainval"): ["000005", "000007"],
+        ("VOC2012", "train"): ["2008_000008"],
+        ("VOC2012", "val"): ["2008_000015"],
+    }
     for (year, vid), objs in content.items():
         d = root / year / "Annotations"
         d.mkdir(parents=True, exist_ok=True)
@@ -279,8 +340,15 @@ def write_voc_tree(root: Path) -> dict:
     return content
 
 
-VOC_SPEC = {"name": "voc", "kind": "voc", "train_annotations": ["VOC2007/trainval", "VOC2012/train"],
-            "val_annotations": "VOC2012/val", "num_images": None, "subset_seed": 0, "keypoints": False}
+VOC_SPEC = {
+    "name": "voc",
+    "kind": "voc",
+    "train_annotations": ["VOC2007/trainval", "VOC2012/train"],
+    "val_annotations": "VOC2012/val",
+    "num_images": None,
+    "subset_seed": 0,
+    "keypoints": False,
+}
 
 
 def test_voc_conversion(tmp_path):
@@ -294,8 +362,11 @@ def test_voc_conversion(tmp_path):
     assert m["train"]["images"] == str((tmp_path / "VOCdevkit").resolve())
     train = COCO(m["train"]["annotations"])
     names = [train.imgs[i]["file_name"] for i in sorted(train.imgs)]
-    assert names == ["VOC2007/JPEGImages/000005.jpg", "VOC2007/JPEGImages/000007.jpg",
-                     "VOC2012/JPEGImages/2008_000008.jpg"]
+    assert names == [
+        "VOC2007/JPEGImages/000005.jpg",
+        "VOC2007/JPEGImages/000007.jpg",
+        "VOC2012/JPEGImages/2008_000008.jpg",
+    ]
     first = train.loadAnns(train.getAnnIds(imgIds=1))
     assert [a["category_id"] for a in first] == [data.VOC_CLASSES.index("chair") + 1] * 2
     assert first[0]["bbox"] == [262.0, 210.0, 62.0, 129.0]  # [xmin-1, ymin-1, xmax-xmin+1, ymax-ymin+1]
@@ -315,20 +386,28 @@ def test_voc_errors(tmp_path):
     assert "VOC2012/ImageSets/Main/test.txt" in problems[0]
     bad = tmp_path / "VOCdevkit" / "VOC2007" / "Annotations" / "000007.xml"
     bad.write_text(bad.read_text().replace("<name>car</name>", "<name>spaceship</name>"))
-    with pytest.raises(data.DatasetError, match=r"datasets\.voc\.train_annotations: .*000007\.xml: unknown VOC class 'spaceship'"):
+    with pytest.raises(
+        data.DatasetError, match=r"datasets\.voc\.train_annotations: .*000007\.xml: unknown VOC class 'spaceship'"
+    ):
         _make(tmp_path, {**VOC_SPEC, "root": str(tmp_path / "VOCdevkit")})
 
 
 # ----------------------------------------------------------------------------- CLI
 def test_prepare_data_cli(tmp_path):
     spec = {**SYN, "train_size": 2, "val_size": 1, "output": str(tmp_path / "d" / "dataset.json")}
-    ok = subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / "prepare_data.py"), "--spec", json.dumps(spec)],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, str(ROOT / "workflow_scripts" / "prepare_data.py"), "--spec", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert data.load_manifest(spec["output"])["num_train_images"] == 2
     bad = _coco_spec(tmp_path / "missing", output=str(tmp_path / "c" / "dataset.json"))
-    proc = subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / "prepare_data.py"), "--spec", json.dumps(bad)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "workflow_scripts" / "prepare_data.py"), "--spec", json.dumps(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("prepare_data: error: datasets.coco_sub.root: folder")
     assert not Path(bad["output"]).exists()
@@ -336,15 +415,23 @@ def test_prepare_data_cli(tmp_path):
 
 # ----------------------------------------------------------------------------- staging weights
 def _stage_spec(tmp_path, source, **kw):
-    return {"init": "imagenet", "backbone": "R50", "norm": "GN", "source": source,
-            "cost_record": {"iterations": 450000, "images": 128116500},
-            "output": str(tmp_path / "init" / "imagenet" / "R50-GN.pkl"),
-            "cost": str(tmp_path / "results" / "init" / "imagenet" / "R50-GN.json"), **kw}
+    return {
+        "init": "imagenet",
+        "backbone": "R50",
+        "norm": "GN",
+        "source": source,
+        "cost_record": {"iterations": 450000, "images": 128116500},
+        "output": str(tmp_path / "init" / "imagenet" / "R50-GN.pkl"),
+        "cost": str(tmp_path / "results" / "init" / "imagenet" / "R50-GN.json"),
+        **kw,
+    }
 
 
 def _weights_pkl(path: Path) -> bytes:
-    obj = {"blobs": {"conv1_w": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2), "fc1000_b": np.zeros(3)},
-           "__author__": "test"}
+    obj = {
+        "blobs": {"conv1_w": np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2), "fc1000_b": np.zeros(3)},
+        "__author__": "test",
+    }
     path.write_bytes(pickle.dumps(obj, protocol=2))
     return path.read_bytes()
 
@@ -358,14 +445,19 @@ def test_stage_local_and_file_url(tmp_path, as_url):
     cost = stage.stage(spec)
     assert Path(spec["output"]).read_bytes() == raw
     on_disk = json.loads(Path(spec["cost"]).read_text())
-    assert on_disk == cost == {"iterations": 450000, "images": 128116500, "instances": None, "pixels": None,
-                               "source": spec["source"]}
+    assert (
+        on_disk
+        == cost
+        == {"iterations": 450000, "images": 128116500, "instances": None, "pixels": None, "source": spec["source"]}
+    )
     assert [p.name for p in Path(spec["output"]).parent.iterdir()] == ["R50-GN.pkl"]  # no temp left
 
 
 def test_stage_errors(tmp_path):
     missing = tmp_path / "nope.pkl"
-    with pytest.raises(stage.StageError, match=rf"inits\.imagenet\.weights\.R50-GN: weights file {missing} does not exist"):
+    with pytest.raises(
+        stage.StageError, match=rf"inits\.imagenet\.weights\.R50-GN: weights file {missing} does not exist"
+    ):
         stage.stage(_stage_spec(tmp_path, str(missing)))
     notpkl = tmp_path / "x.pkl"
     notpkl.write_text("<html>404</html>")
@@ -383,7 +475,9 @@ def test_stage_errors(tmp_path):
 
 def test_stage_resolves_detectron2_urls():
     assert stage.resolve_source("detectron2://ImageNetPretrained/FAIR/R-50-GN.pkl") == (
-        "url", "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/FAIR/R-50-GN.pkl")
+        "url",
+        "https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/FAIR/R-50-GN.pkl",
+    )
     assert stage.resolve_source("https://x/y.pkl") == ("url", "https://x/y.pkl")
     assert stage.resolve_source("file:///a/b.pkl") == ("file", "/a/b.pkl")
     assert stage.resolve_source("weights/b.pkl") == ("file", "weights/b.pkl")

@@ -4,6 +4,7 @@ at detectron2 commit 02b5c4e). Needs no detectron2: it checks the flat dict d2co
 which tests/test_detectron2_engine.py (with detectron2) checks against the real CfgNode.
 
 Every difference from detectron2's config is named here with the value the paper asks for."""
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,12 @@ def diff(got: dict, want: dict) -> dict:
 
 # the project's differences from detectron2's configs: the paper's single train scale, its own
 # dataset names, and no PreciseBN pass (detectron2's SyncBN configs enable one; d2config says none runs)
-PAPER = {"INPUT.MIN_SIZE_TRAIN": [800], "TEST.PRECISE_BN.ENABLED": False,
-         "DATASETS.TRAIN": ["rethink_coco_full_train"], "DATASETS.TEST": ["rethink_coco_full_val"]}
+PAPER = {
+    "INPUT.MIN_SIZE_TRAIN": [800],
+    "TEST.PRECISE_BN.ENABLED": False,
+    "DATASETS.TRAIN": ["rethink_coco_full_train"],
+    "DATASETS.TEST": ["rethink_coco_full_val"],
+}
 
 
 def test_transcribed_base_table_is_detectron2s(reference):
@@ -74,11 +79,14 @@ def test_transcribed_base_table_is_detectron2s(reference):
     assert set(d2config.BASE_CONFIGS) - set(checked) == {d2config.C4_DETECTION}
 
 
-@pytest.mark.parametrize("run_id, base, ref_name", [
-    ("R50-GN-random-coco_full-3x-s0", d2config.GN_SCRATCH, "scratch_mask_rcnn_R_50_FPN_3x_gn"),
-    ("R50-GN-imagenet-coco_full-3x-s0", d2config.GN_PRETRAINED, "mask_rcnn_R_50_FPN_3x_gn"),
-    ("R50-SyncBN-imagenet-coco_full-3x-s0", d2config.SYNCBN, "mask_rcnn_R_50_FPN_3x_syncbn"),
-])
+@pytest.mark.parametrize(
+    "run_id, base, ref_name",
+    [
+        ("R50-GN-random-coco_full-3x-s0", d2config.GN_SCRATCH, "scratch_mask_rcnn_R_50_FPN_3x_gn"),
+        ("R50-GN-imagenet-coco_full-3x-s0", d2config.GN_PRETRAINED, "mask_rcnn_R_50_FPN_3x_gn"),
+        ("R50-SyncBN-imagenet-coco_full-3x-s0", d2config.SYNCBN, "mask_rcnn_R_50_FPN_3x_syncbn"),
+    ],
+)
 def test_3x_runs_match_detectron2_configs(paper, reference, run_id, base, ref_name):
     spec = final_segment_spec(paper, run_id)
     run = spec["run"]
@@ -104,17 +112,28 @@ def test_random_syncbn_mirrors_scratch_9x_syncbn(paper, reference):
     assert d2config.base_config_name(run) == d2config.SYNCBN
     got = d2config.resolved(run, spec["schedule"], None)
     # detectron2's scratch SyncBN config is a 9x schedule at 4x the batch; the paper's is batch 16, LR 0.02
-    paper_schedule = {"SOLVER.IMS_PER_BATCH": 16, "SOLVER.BASE_LR": 0.02, "SOLVER.STEPS": [210000, 250000],
-                      "SOLVER.MAX_ITER": 270000, "TEST.EVAL_PERIOD": 0}
+    paper_schedule = {
+        "SOLVER.IMS_PER_BATCH": 16,
+        "SOLVER.BASE_LR": 0.02,
+        "SOLVER.STEPS": [210000, 250000],
+        "SOLVER.MAX_ITER": 270000,
+        "TEST.EVAL_PERIOD": 0,
+    }
     assert diff(got, {**reference["scratch_mask_rcnn_R_50_FPN_9x_syncbn"], **PAPER, **paper_schedule}) == {}
     # ... and it is the 3x SyncBN config changed exactly as the scratch config changes it
-    scratch = {"MODEL.WEIGHTS": "", "MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.RESNETS.STRIDE_IN_1X1": False,
-               "MODEL.PIXEL_STD": [57.375, 57.12, 58.395]}
+    scratch = {
+        "MODEL.WEIGHTS": "",
+        "MODEL.BACKBONE.FREEZE_AT": 0,
+        "MODEL.RESNETS.STRIDE_IN_1X1": False,
+        "MODEL.PIXEL_STD": [57.375, 57.12, 58.395],
+    }
     assert diff(got, {**reference["mask_rcnn_R_50_FPN_3x_syncbn"], **PAPER, **scratch}) == {}
 
 
-@pytest.mark.parametrize("schedule, steps, max_iter", [
-    ("2x", [120000, 160000], 180000), ("4x", [300000, 340000], 360000), ("6x", [480000, 520000], 540000)])
+@pytest.mark.parametrize(
+    "schedule, steps, max_iter",
+    [("2x", [120000, 160000], 180000), ("4x", [300000, 340000], 360000), ("6x", [480000, 520000], 540000)],
+)
 def test_schedule_steps(paper, schedule, steps, max_iter):
     spec = final_segment_spec(paper, f"R50-GN-random-coco_full-{schedule}-s0")
     got = d2config.resolved(spec["run"], spec["schedule"], None)
@@ -154,14 +173,28 @@ def test_x152_is_resnext_152_32x8d(paper):
     for init in ("random", "imagenet"):
         run = _variant(paper, f"R50-GN-{init}-coco_full-3x-s0", backbone="X152")
         got = d2config.resolved(run, None, None if init == "random" else "x152.pkl")
-        assert (got["MODEL.RESNETS.DEPTH"], got["MODEL.RESNETS.NUM_GROUPS"], got["MODEL.RESNETS.WIDTH_PER_GROUP"],
-                got["MODEL.RESNETS.STRIDE_IN_1X1"]) == (152, 32, 8, False)
+        assert (
+            got["MODEL.RESNETS.DEPTH"],
+            got["MODEL.RESNETS.NUM_GROUPS"],
+            got["MODEL.RESNETS.WIDTH_PER_GROUP"],
+            got["MODEL.RESNETS.STRIDE_IN_1X1"],
+        ) == (152, 32, 8, False)
         assert got["MODEL.RESNETS.NORM"] == "GN"
 
 
 def test_recipe_options(paper):
-    run = _variant(paper, "R50-GN-random-coco_full-3x-s0", scale_aug=True, min_size_train=[640, 800], tta=True,
-                   rpn_post_nms_train=100, roi_batch_per_image=64, detections_per_image=50, batch=8, seed=3)
+    run = _variant(
+        paper,
+        "R50-GN-random-coco_full-3x-s0",
+        scale_aug=True,
+        min_size_train=[640, 800],
+        tta=True,
+        rpn_post_nms_train=100,
+        roi_batch_per_image=64,
+        detections_per_image=50,
+        batch=8,
+        seed=3,
+    )
     got = d2config.resolved(run, None, None)
     assert got["INPUT.MIN_SIZE_TRAIN"] == [640, 800]
     assert got["INPUT.MIN_SIZE_TRAIN_SAMPLING"] == "range"
@@ -182,8 +215,12 @@ def test_head_channels_set_the_fpn_and_head_widths(paper, vgg):
     """recipe.head_channels (the tiny default narrows it): detectron2's FPN width and the box and
     mask heads' conv width, 256 (detectron2's defaults) for every paper run."""
     cfg, plan, _ = paper
-    assert {d2config.resolved(r.to_dict(), None, None)[k] for r in plan.grid.runs.values()
-            if r.backbone != "VGG16" for k in WIDTHS} == {256}
+    assert {
+        d2config.resolved(r.to_dict(), None, None)[k]
+        for r in plan.grid.runs.values()
+        if r.backbone != "VGG16"
+        for k in WIDTHS
+    } == {256}
     narrow = d2config.resolved(_variant(paper, "R50-GN-random-coco_full-3x-s0", head_channels=64), None, None)
     assert [narrow[k] for k in WIDTHS] == [64, 64, 64]
     # VGG16 has no FPN: a width for it is refused when the grid is built, naming the field
@@ -203,7 +240,10 @@ def test_tasks_and_classes(paper):
     assert kp["MODEL.KEYPOINT_ON"] is True and kp["MODEL.MASK_ON"] is False and kp["MODEL.ROI_HEADS.NUM_CLASSES"] == 1
     cas = d2config.resolved(_variant(paper, "R50-GN-random-coco_full-3x-s0", task="cascade_mask_rcnn"), None, None)
     assert cas["MODEL.ROI_HEADS.NAME"] == "CascadeROIHeads" and cas["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"]
-    assert cas["MODEL.ROI_BOX_CASCADE_HEAD.IOUS"] == [0.5, 0.6, 0.7] and len(cas["MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS"]) == 3
+    assert (
+        cas["MODEL.ROI_BOX_CASCADE_HEAD.IOUS"] == [0.5, 0.6, 0.7]
+        and len(cas["MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS"]) == 3
+    )
 
 
 def test_test_aug_sizes_are_detectron2s_scaled_and_shared_with_torchvision(paper):
@@ -227,6 +267,7 @@ def test_unsupported_backbone_is_a_clear_error(paper):
 
 # ---------------------------------------------------------------- VGG16 (the paper's section 5.1)
 
+
 @pytest.fixture(scope="module")
 def vgg(module_tmp):
     """The paper's section 5.1 as a config: Faster R-CNN VGG16 without normalisation, 9x from
@@ -234,13 +275,16 @@ def vgg(module_tmp):
     import yaml
 
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    cfg["axes"].update(init=["random", "imagenet"], norm=["none"], backbone=["VGG16"],
-                       schedule={"9x": {"x": 9}, "11x": {"x": 11}})
+    cfg["axes"].update(
+        init=["random", "imagenet"], norm=["none"], backbone=["VGG16"], schedule={"9x": {"x": 9}, "11x": {"x": 11}}
+    )
     cfg["inits"]["imagenet"]["weights"] = {"VGG16-none": "/somewhere/VGG16.pkl"}
     cfg["recipe"]["task"] = "faster_rcnn"
     cfg["axes"]["data"] = ["coco_full"]
-    cfg["experiments"] = {"sec5_1_imagenet": {"init": ["imagenet"], "schedule": ["9x"], "data": ["coco_full"]},
-                          "sec5_1_random": {"init": ["random"], "schedule": ["11x"], "data": ["coco_full"]}}
+    cfg["experiments"] = {
+        "sec5_1_imagenet": {"init": ["imagenet"], "schedule": ["9x"], "data": ["coco_full"]},
+        "sec5_1_random": {"init": ["random"], "schedule": ["11x"], "data": ["coco_full"]},
+    }
     cfg["seconds_per_iter"] = []
     path = module_tmp("vggcfg") / "vgg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -253,24 +297,41 @@ def vgg(module_tmp):
 # the rest of the C4 base's table stays detectron2's
 VGG_FROM_C4 = {
     "MODEL.BACKBONE.NAME": "build_vgg16_backbone",
-    "MODEL.RPN.IN_FEATURES": ["vgg_conv5"], "MODEL.ROI_HEADS.IN_FEATURES": ["vgg_conv5"],
+    "MODEL.RPN.IN_FEATURES": ["vgg_conv5"],
+    "MODEL.ROI_HEADS.IN_FEATURES": ["vgg_conv5"],
     "MODEL.ROI_HEADS.NAME": "StandardROIHeads",
-    "MODEL.ROI_BOX_HEAD.NAME": "FastRCNNConvFCHead", "MODEL.ROI_BOX_HEAD.NUM_FC": 2,
-    "MODEL.ROI_BOX_HEAD.FC_DIM": 4096, "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": 7,
+    "MODEL.ROI_BOX_HEAD.NAME": "FastRCNNConvFCHead",
+    "MODEL.ROI_BOX_HEAD.NUM_FC": 2,
+    "MODEL.ROI_BOX_HEAD.FC_DIM": 4096,
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": 7,
     "MODEL.PIXEL_MEAN": [102.9801, 115.9465, 122.7717],
     # the recipe's (the paper's) sizes, as for every run
-    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 2000, "MODEL.RPN.PRE_NMS_TOPK_TEST": 1000,
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 1000, "INPUT.MIN_SIZE_TRAIN": [800],
-    "DATASETS.TRAIN": ["rethink_coco_full_train"], "DATASETS.TEST": ["rethink_coco_full_val"],
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 2000,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": 1000,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": 1000,
+    "INPUT.MIN_SIZE_TRAIN": [800],
+    "DATASETS.TRAIN": ["rethink_coco_full_train"],
+    "DATASETS.TEST": ["rethink_coco_full_val"],
 }
 
 
-@pytest.mark.parametrize("run_id, iters, steps, init_fields", [
-    ("VGG16-none-imagenet-coco_full-9x-s0", 810000, [750000, 790000],
-     {"MODEL.BACKBONE.FREEZE_AT": 2, "MODEL.PIXEL_STD": [1.0, 1.0, 1.0]}),
-    ("VGG16-none-random-coco_full-11x-s0", 990000, [930000, 970000],
-     {"MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.PIXEL_STD": [57.375, 57.12, 58.395], "MODEL.WEIGHTS": ""}),
-])
+@pytest.mark.parametrize(
+    "run_id, iters, steps, init_fields",
+    [
+        (
+            "VGG16-none-imagenet-coco_full-9x-s0",
+            810000,
+            [750000, 790000],
+            {"MODEL.BACKBONE.FREEZE_AT": 2, "MODEL.PIXEL_STD": [1.0, 1.0, 1.0]},
+        ),
+        (
+            "VGG16-none-random-coco_full-11x-s0",
+            990000,
+            [930000, 970000],
+            {"MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.PIXEL_STD": [57.375, 57.12, 58.395], "MODEL.WEIGHTS": ""},
+        ),
+    ],
+)
 def test_vgg16_faster_rcnn(vgg, run_id, iters, steps, init_fields):
     _, plan, specs = vgg
     assert set(plan.grid.runs) == {"VGG16-none-imagenet-coco_full-9x-s0", "VGG16-none-random-coco_full-11x-s0"}
@@ -280,8 +341,7 @@ def test_vgg16_faster_rcnn(vgg, run_id, iters, steps, init_fields):
     weights = specs.paths.init_weights(run["init"], run["backbone"], run["norm"])
     got = d2config.resolved(run, spec["schedule"], weights)
     base = {**d2config.DEFAULTS, **d2config.BASE_CONFIGS[d2config.C4_DETECTION]}
-    want_changes = {**VGG_FROM_C4, **init_fields, "SOLVER.STEPS": steps, "SOLVER.MAX_ITER": iters,
-                    "SEED": 0}
+    want_changes = {**VGG_FROM_C4, **init_fields, "SOLVER.STEPS": steps, "SOLVER.MAX_ITER": iters, "SEED": 0}
     if weights:
         assert weights.endswith("/VGG16-none.pkl")
         want_changes["MODEL.WEIGHTS"] = weights

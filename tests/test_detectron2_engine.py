@@ -11,6 +11,7 @@ cascade with test-time augmentation (GeneralizedRCNNWithTTA) predicts COCO resul
 
 detectron2 is on no package index: without it every test here is skipped (see the engine's INSTALL_HINT).
 Run with an environment that has it built from source:  python -m pytest tests/test_detectron2_engine.py"""
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,10 @@ try:
     import detectron2  # noqa: F401
     from detectron2 import _C  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the environment
-    pytest.skip(f"detectron2 is not importable ({e}); see rethink.engines.detectron2_engine.INSTALL_HINT",
-                allow_module_level=True)
+    pytest.skip(
+        f"detectron2 is not importable ({e}); see rethink.engines.detectron2_engine.INSTALL_HINT",
+        allow_module_level=True,
+    )
 
 from rethink import config as rconfig
 from rethink import data as rdata
@@ -58,8 +61,19 @@ def paper():
 def dataset(module_tmp) -> dict:
     """A tiny COCO-format set made by the project's own data preparation: 4 train, 2 val images."""
     out = module_tmp("d2data") / "dataset.json"
-    return rdata.prepare({"name": "tiny_d2", "kind": "synthetic", "train_size": 4, "val_size": 2,
-                          "image_size": [96, 128], "categories": 3, "max_objects": 3, "seed": 0, "output": str(out)})
+    return rdata.prepare(
+        {
+            "name": "tiny_d2",
+            "kind": "synthetic",
+            "train_size": 4,
+            "val_size": 2,
+            "image_size": [96, 128],
+            "categories": 3,
+            "max_objects": 3,
+            "seed": 0,
+            "output": str(out),
+        }
+    )
 
 
 def tiny_run(paper, norm="GN", init="random", seed=0) -> dict:
@@ -67,9 +81,21 @@ def tiny_run(paper, norm="GN", init="random", seed=0) -> dict:
     plan, _ = paper
     run = copy.deepcopy(plan.run(f"R50-{norm}-{init}-coco_full-3x-s0").to_dict())
     run["seed"] = seed
-    run["recipe"].update(batch=2, min_size_train=[96], max_size_train=160, min_size_test=96, max_size_test=160,
-                         rpn_pre_nms_train=200, rpn_post_nms_train=100, rpn_pre_nms_test=200, rpn_post_nms_test=100,
-                         roi_batch_per_image=64, detections_per_image=20, num_workers=0, gpus=0)
+    run["recipe"].update(
+        batch=2,
+        min_size_train=[96],
+        max_size_train=160,
+        min_size_test=96,
+        max_size_test=160,
+        rpn_pre_nms_train=200,
+        rpn_post_nms_train=100,
+        rpn_pre_nms_test=200,
+        rpn_post_nms_test=100,
+        roi_batch_per_image=64,
+        detections_per_image=20,
+        num_workers=0,
+        gpus=0,
+    )
     return run
 
 
@@ -85,9 +111,16 @@ def cfg_value(cfg, key):
     return _nested(node)
 
 
-@pytest.mark.parametrize("run_id", [
-    "R50-GN-random-coco_full-3x-s0", "R50-GN-imagenet-coco_full-6x-s0", "R50-SyncBN-random-coco_full-2x-s0",
-    "R50-SyncBN-imagenet-coco_full-3x-s0", "R101-GN-imagenet-coco_full-4x-s0"])
+@pytest.mark.parametrize(
+    "run_id",
+    [
+        "R50-GN-random-coco_full-3x-s0",
+        "R50-GN-imagenet-coco_full-6x-s0",
+        "R50-SyncBN-random-coco_full-2x-s0",
+        "R50-SyncBN-imagenet-coco_full-3x-s0",
+        "R101-GN-imagenet-coco_full-4x-s0",
+    ],
+)
 def test_cfgnode_equals_resolved(engine, paper, run_id):
     """get_cfg + model-zoo yaml + overrides (the real CfgNode) = d2config.resolved(), key by key."""
     plan, specs = paper
@@ -140,8 +173,10 @@ def test_train_two_iterations_and_predict(engine, paper, dataset):
     results = engine.predict(model, run, dataset, CPU)
     t_pred = time.perf_counter() - t
     assert model.training  # predict restores the mode
-    print(f"\nR50-FPN GN, CPU, 96px: build {t_build:.2f}s, iterations {', '.join(f'{x:.2f}s' for x in t_iters)}, "
-          f"predict 2 images {t_pred:.2f}s, {len(results)} detections")
+    print(
+        f"\nR50-FPN GN, CPU, 96px: build {t_build:.2f}s, iterations {', '.join(f'{x:.2f}s' for x in t_iters)}, "
+        f"predict 2 images {t_pred:.2f}s, {len(results)} detections"
+    )
     assert 0 < len(results) <= 2 * 20  # detections_per_image 20
     val = rdata_json(dataset["val"]["annotations"])
     ids = {im["id"] for im in val["images"]}
@@ -184,7 +219,8 @@ def _batches(engine, run, dataset, start, n, rank=0, world=1):
 
 def _same(a, b) -> bool:
     return [d["image_id"] for d in a] == [d["image_id"] for d in b] and all(
-        torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
+        torch.equal(x["image"], y["image"]) for x, y in zip(a, b)
+    )
 
 
 def test_stream_depends_only_on_seed_and_iteration(engine, paper, dataset):
@@ -212,7 +248,9 @@ def test_syncbn_on_cpu_is_naive_syncbn(engine, paper, dataset):
     model = engine.build_model(run, CPU, False, dataset=dataset)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and all(isinstance(m, NaiveSyncBatchNorm) for m in norms)
-    assert torch.allclose(model.pixel_std.flatten(), torch.tensor([57.375, 57.12, 58.395]))  # as scratch_mask_rcnn_R_50_FPN_9x_syncbn
+    assert torch.allclose(
+        model.pixel_std.flatten(), torch.tensor([57.375, 57.12, 58.395])
+    )  # as scratch_mask_rcnn_R_50_FPN_9x_syncbn
 
 
 def test_same_seed_same_init(engine, paper, dataset):
@@ -230,11 +268,13 @@ def test_load_imagenet_pkl(engine, paper, dataset, tmp_path):
     model = engine.build_model(run, CPU, False, dataset=dataset)
     assert model.backbone.bottom_up.stem.conv1.weight.requires_grad is False  # FREEZE_AT 2, as detectron2
     rng = np.random.default_rng(0)
-    blobs = {"conv1_w": rng.normal(size=(64, 3, 7, 7)).astype(np.float32),
-             "conv1_gn_s": rng.normal(size=64).astype(np.float32),
-             "conv1_gn_b": rng.normal(size=64).astype(np.float32),
-             "res2_0_branch2a_w": rng.normal(size=(64, 64, 1, 1)).astype(np.float32),
-             "pred_w": rng.normal(size=(1000, 2048)).astype(np.float32)}  # ImageNet classifier: ignored
+    blobs = {
+        "conv1_w": rng.normal(size=(64, 3, 7, 7)).astype(np.float32),
+        "conv1_gn_s": rng.normal(size=64).astype(np.float32),
+        "conv1_gn_b": rng.normal(size=64).astype(np.float32),
+        "res2_0_branch2a_w": rng.normal(size=(64, 64, 1, 1)).astype(np.float32),
+        "pred_w": rng.normal(size=(1000, 2048)).astype(np.float32),
+    }  # ImageNet classifier: ignored
     path = tmp_path / "R50-GN.pkl"
     with open(path, "wb") as f:
         pickle.dump(blobs, f)
@@ -267,7 +307,7 @@ def test_norm_layers_get_no_weight_decay(engine, paper, dataset):
     assert seen == sum(1 for p in model.parameters() if p.requires_grad) and norm_params
 
 
-DDP_SCRIPT = r'''
+DDP_SCRIPT = r"""
 import copy, json, sys
 import torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -300,7 +340,7 @@ with open(f"{sys.argv[4]}/result{rank}.json", "w") as f:
                "results": sorted((r["image_id"], r["category_id"], round(r["score"], 5)) for r in res)}, f)
 dist.barrier()
 dist.destroy_process_group()
-'''
+"""
 
 
 def test_two_processes_sync_bn(engine, paper, dataset, tmp_path):
@@ -316,9 +356,23 @@ def test_two_processes_sync_bn(engine, paper, dataset, tmp_path):
     script.write_text(DDP_SCRIPT)
     manifest = tmp_path / "dataset.json"
     manifest.write_text(json.dumps(dataset))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(ROOT / "workflow_scripts"), json.dumps(run), str(manifest), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(ROOT / "workflow_scripts"),
+            json.dumps(run),
+            str(manifest),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = sorted((json.loads(p.read_text()) for p in tmp_path.glob("result*.json")), key=lambda r: r["rank"])
     assert len(out) == 2
@@ -341,15 +395,28 @@ def test_project_loop_resumes_bit_exact(tmp_path):
     plan = Plan(rgrid.build(cfg, "configs/tiny.yaml"))
     specs = JobSpecs(Paths(cfg, plan))
     spec = specs.train_spec(plan.segments_of_run("R18-GN-random-synthetic-2x-s0")[0])
-    rdata.prepare({**specs.data_spec("synthetic"), "train_size": 4, "val_size": 1, "image_size": [64, 96],
-                   "output": spec["dataset"]})
-    spec["run"]["recipe"].update(min_size_train=[64], max_size_train=96, rpn_pre_nms_train=100,
-                                 rpn_post_nms_train=50, roi_batch_per_image=32)
+    rdata.prepare(
+        {
+            **specs.data_spec("synthetic"),
+            "train_size": 4,
+            "val_size": 1,
+            "image_size": [64, 96],
+            "output": spec["dataset"],
+        }
+    )
+    spec["run"]["recipe"].update(
+        min_size_train=[64], max_size_train=96, rpn_pre_nms_train=100, rpn_post_nms_train=50, roi_batch_per_image=32
+    )
 
     def segment(a, b, start, out):
         s = copy.deepcopy(spec)
-        s.update(start=a, end=b, start_checkpoint=start, output=str(tmp_path / out),
-                 resume_dir=str(tmp_path / f"resume-{out}"))
+        s.update(
+            start=a,
+            end=b,
+            start_checkpoint=start,
+            output=str(tmp_path / out),
+            resume_dir=str(tmp_path / f"resume-{out}"),
+        )
         return train_segment(s)
 
     whole = segment(0, 2, None, "whole.pth")
@@ -364,12 +431,12 @@ def test_project_loop_resumes_bit_exact(tmp_path):
 
 # ---------------------------------------------------------------- VGG16 (the paper's section 5.1)
 
+
 def vgg_run(paper, init="random", seed=0) -> dict:
     """Section 5.1's Faster R-CNN VGG16 without normalisation, at laptop scale."""
     run = tiny_run(paper, init=init, seed=seed)
     run.update(backbone="VGG16", norm="none", run_id=f"VGG16-none-{init}-tiny")
-    run["recipe"].update(task="faster_rcnn", min_size_train=[64], max_size_train=96, min_size_test=64,
-                         max_size_test=96)
+    run["recipe"].update(task="faster_rcnn", min_size_train=[64], max_size_train=96, min_size_test=64, max_size_test=96)
     return run
 
 
@@ -400,21 +467,33 @@ def test_vgg16_cfgnode_equals_resolved(engine, paper, init):
 
 
 def _frozen_blocks(backbone) -> list[bool]:
-    return [all(not p.requires_grad for n in names for p in getattr(backbone, n).parameters())
-            for names in backbone.blocks]
+    return [
+        all(not p.requires_grad for n in names for p in getattr(backbone, n).parameters()) for names in backbone.blocks
+    ]
 
 
 def test_vgg16_builds_trains_and_predicts(engine, paper, tmp_path):
-    ds = rdata.prepare({"name": "tiny_vgg", "kind": "synthetic", "train_size": 4, "val_size": 2,
-                        "image_size": [64, 96], "categories": 3, "max_objects": 3, "seed": 0,
-                        "output": str(tmp_path / "dataset.json")})
+    ds = rdata.prepare(
+        {
+            "name": "tiny_vgg",
+            "kind": "synthetic",
+            "train_size": 4,
+            "val_size": 2,
+            "image_size": [64, 96],
+            "categories": 3,
+            "max_objects": 3,
+            "seed": 0,
+            "output": str(tmp_path / "dataset.json"),
+        }
+    )
     run = vgg_run(paper)
     t0 = time.perf_counter()
     model = engine.build_model(run, CPU, False, dataset=ds)
     t_build = time.perf_counter() - t0
     bb = model.backbone
-    assert [n for n, _ in bb.named_children()] == [f"conv{b}_{i}" for b, k in enumerate((2, 2, 3, 3, 3), 1)
-                                                   for i in range(1, k + 1)]
+    assert [n for n, _ in bb.named_children()] == [
+        f"conv{b}_{i}" for b, k in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, k + 1)
+    ]
     shape = bb.output_shape()["vgg_conv5"]
     assert (shape.channels, shape.stride) == (512, 16)
     assert not any(isinstance(m, (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm)) for m in model.modules())
@@ -457,8 +536,10 @@ def test_vgg16_builds_trains_and_predicts(engine, paper, tmp_path):
     t = time.perf_counter()
     results = engine.predict(model, run, ds, CPU)
     t_pred = time.perf_counter() - t
-    print(f"\nVGG16 Faster R-CNN, CPU, 64px: build {t_build:.2f}s, iterations "
-          f"{', '.join(f'{x:.2f}s' for x in t_iters)}, predict 2 images {t_pred:.2f}s, {len(results)} detections")
+    print(
+        f"\nVGG16 Faster R-CNN, CPU, 64px: build {t_build:.2f}s, iterations "
+        f"{', '.join(f'{x:.2f}s' for x in t_iters)}, predict 2 images {t_pred:.2f}s, {len(results)} detections"
+    )
     assert 0 < len(results) <= 2 * 20
     val = rdata_json(ds["val"]["annotations"])
     ids, cats = {im["id"] for im in val["images"]}, {c["id"] for c in val["categories"]}
@@ -482,11 +563,13 @@ def test_vgg16_loads_caffe_pkl(engine, paper, tmp_path):
     run = vgg_run(paper, "imagenet")
     model = engine.build_model(run, CPU, False)
     rng = np.random.default_rng(0)
-    blobs = {"conv1_1_w": rng.normal(size=(64, 3, 3, 3)).astype(np.float32),
-             "conv1_1_b": rng.normal(size=64).astype(np.float32),
-             "conv5_3_w": rng.normal(size=(512, 512, 3, 3)).astype(np.float32),
-             "fc7_b": rng.normal(size=4096).astype(np.float32),
-             "fc8_w": rng.normal(size=(1000, 4096)).astype(np.float32)}
+    blobs = {
+        "conv1_1_w": rng.normal(size=(64, 3, 3, 3)).astype(np.float32),
+        "conv1_1_b": rng.normal(size=64).astype(np.float32),
+        "conv5_3_w": rng.normal(size=(512, 512, 3, 3)).astype(np.float32),
+        "fc7_b": rng.normal(size=4096).astype(np.float32),
+        "fc8_w": rng.normal(size=(1000, 4096)).astype(np.float32),
+    }
     path = tmp_path / "VGG16-none.pkl"
     with open(path, "wb") as f:
         pickle.dump({"blobs": blobs}, f)
@@ -526,16 +609,41 @@ def cascade_plan(tmp_path, cascade_from_iter=2):
     import yaml
 
     raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    raw.update(engine="detectron2", workdir=str(tmp_path / "work"), results=str(tmp_path / "results"),
-               eval_period=100, max_segment_iters=100)
-    raw["recipe"].update(iters_per_x=2, warmup_iters=1, lr_drops_from_end=[2, 1], min_size_train=[64],
-                         max_size_train=96, min_size_test=64, max_size_test=96, rpn_pre_nms_train=100,
-                         rpn_post_nms_train=50, rpn_pre_nms_test=100, rpn_post_nms_test=50,
-                         roi_batch_per_image=32, detections_per_image=20)
-    raw["experiments"] = {"cascade_tiny": {
-        "description": "Table 3 at laptop scale: Mask R-CNN, then cascade", "backbone": ["R18"], "norm": ["GN"],
-        "init": ["random"], "data": ["synthetic"], "schedule": ["2x"], "seed": [0], "variant": "cascade",
-        "recipe": {"task": "cascade_mask_rcnn", "cascade_from_iter": cascade_from_iter}}}
+    raw.update(
+        engine="detectron2",
+        workdir=str(tmp_path / "work"),
+        results=str(tmp_path / "results"),
+        eval_period=100,
+        max_segment_iters=100,
+    )
+    raw["recipe"].update(
+        iters_per_x=2,
+        warmup_iters=1,
+        lr_drops_from_end=[2, 1],
+        min_size_train=[64],
+        max_size_train=96,
+        min_size_test=64,
+        max_size_test=96,
+        rpn_pre_nms_train=100,
+        rpn_post_nms_train=50,
+        rpn_pre_nms_test=100,
+        rpn_post_nms_test=50,
+        roi_batch_per_image=32,
+        detections_per_image=20,
+    )
+    raw["experiments"] = {
+        "cascade_tiny": {
+            "description": "Table 3 at laptop scale: Mask R-CNN, then cascade",
+            "backbone": ["R18"],
+            "norm": ["GN"],
+            "init": ["random"],
+            "data": ["synthetic"],
+            "schedule": ["2x"],
+            "seed": [0],
+            "variant": "cascade",
+            "recipe": {"task": "cascade_mask_rcnn", "cascade_from_iter": cascade_from_iter},
+        }
+    }
     cfg = rconfig.validate(raw, "tiny cascade config")
     plan = Plan(rgrid.build(cfg, "tiny cascade config"))
     return plan, JobSpecs(Paths(cfg, plan))
@@ -552,11 +660,19 @@ def cascade_run(tmp_path, backbone="R18", tta=False) -> dict:
     return run
 
 
-CASCADE_FIELDS = ["MODEL.META_ARCHITECTURE", "MODEL.MASK_ON", "MODEL.ROI_HEADS.NAME", "MODEL.ROI_HEADS.IOU_THRESHOLDS",
-                  "MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS",
-                  "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS",
-                  "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
-                  "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"]
+CASCADE_FIELDS = [
+    "MODEL.META_ARCHITECTURE",
+    "MODEL.MASK_ON",
+    "MODEL.ROI_HEADS.NAME",
+    "MODEL.ROI_HEADS.IOU_THRESHOLDS",
+    "MODEL.ROI_BOX_CASCADE_HEAD.IOUS",
+    "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS",
+    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
+    "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS",
+    "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK",
+    "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
+]
 
 
 @pytest.mark.parametrize("backbone", ["R18", "R50", "X152"])
@@ -573,19 +689,35 @@ def test_cascade_config_is_detectron2s(engine, tmp_path, backbone):
     cfg = engine.config(run)
     ref = get_cfg()
     ref.merge_from_file(config_file(CASCADE_YAML))
-    assert {k: (cfg_value(cfg, k), cfg_value(ref, k)) for k in CASCADE_FIELDS if cfg_value(cfg, k) != cfg_value(ref, k)} == {}
+    assert {
+        k: (cfg_value(cfg, k), cfg_value(ref, k)) for k in CASCADE_FIELDS if cfg_value(cfg, k) != cfg_value(ref, k)
+    } == {}
     assert cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads" and cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG is True
     assert cfg_value(cfg, "MODEL.ROI_BOX_CASCADE_HEAD.IOUS") == [0.5, 0.6, 0.7]
-    assert cfg_value(cfg, "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS") == [[10, 10, 5, 5], [20, 20, 10, 10], [30, 30, 15, 15]]
+    assert cfg_value(cfg, "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS") == [
+        [10, 10, 5, 5],
+        [20, 20, 10, 10],
+        [30, 30, 15, 15],
+    ]
     assert cfg.MODEL.MASK_ON is True and cfg.MODEL.KEYPOINT_ON is False and cfg.TEST.AUG.ENABLED is False
     x152 = get_cfg()
     x152.merge_from_file(config_file(CASCADE_X152_YAML))
-    for key in ("MODEL.ROI_BOX_HEAD.NAME", "MODEL.ROI_BOX_HEAD.NUM_CONV", "MODEL.ROI_BOX_HEAD.NUM_FC",
-                "MODEL.ROI_BOX_HEAD.NORM", "MODEL.ROI_HEADS.NAME", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"):
+    for key in (
+        "MODEL.ROI_BOX_HEAD.NAME",
+        "MODEL.ROI_BOX_HEAD.NUM_CONV",
+        "MODEL.ROI_BOX_HEAD.NUM_FC",
+        "MODEL.ROI_BOX_HEAD.NORM",
+        "MODEL.ROI_HEADS.NAME",
+        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
+    ):
         assert cfg_value(cfg, key) == cfg_value(x152, key), key
     if backbone == "X152":  # the ResNeXt of detectron2's X152 cascade (without its deformable convs)
-        for key in ("MODEL.RESNETS.DEPTH", "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.WIDTH_PER_GROUP",
-                    "MODEL.RESNETS.STRIDE_IN_1X1"):
+        for key in (
+            "MODEL.RESNETS.DEPTH",
+            "MODEL.RESNETS.NUM_GROUPS",
+            "MODEL.RESNETS.WIDTH_PER_GROUP",
+            "MODEL.RESNETS.STRIDE_IN_1X1",
+        ):
             assert cfg_value(cfg, key) == cfg_value(x152, key), key
     want = d2config.resolved(run)
     got = {k: cfg_value(cfg, k) for k in want}
@@ -616,8 +748,15 @@ def test_switch_to_cascade_through_the_loop(tmp_path, capsys):
     assert [s["run"]["recipe"]["task"] for s in specs] == ["mask_rcnn", "cascade_mask_rcnn"]
     assert "start_task" not in specs[0] and specs[1]["start_task"] == "mask_rcnn"
     assert specs[1]["start_checkpoint"] == specs[0]["output"]
-    manifest = rdata.prepare({**job_specs.data_spec("synthetic"), "train_size": 4, "val_size": 2,
-                              "image_size": [64, 96], "output": specs[0]["dataset"]})
+    manifest = rdata.prepare(
+        {
+            **job_specs.data_spec("synthetic"),
+            "train_size": 4,
+            "val_size": 2,
+            "image_size": [64, 96],
+            "output": specs[0]["dataset"],
+        }
+    )
     for i, s in enumerate(specs):
         s.update(history=str(tmp_path / f"history{i}.jsonl"), log_period=1)
 
@@ -654,14 +793,17 @@ def test_switch_to_cascade_through_the_loop(tmp_path, capsys):
         for k in box_head:
             assert torch.equal(got[k.replace("box_head.", f"box_head.{stage}.")], src[k]), (stage, k)
         for p in ("weight", "bias"):
-            assert torch.equal(got[f"roi_heads.box_predictor.{stage}.cls_score.{p}"],
-                               src[f"roi_heads.box_predictor.cls_score.{p}"])
+            assert torch.equal(
+                got[f"roi_heads.box_predictor.{stage}.cls_score.{p}"], src[f"roi_heads.box_predictor.cls_score.{p}"]
+            )
             reg = got[f"roi_heads.box_predictor.{stage}.bbox_pred.{p}"]
             assert reg.shape[0] == 4 and torch.equal(reg, fresh[f"roi_heads.box_predictor.{stage}.bbox_pred.{p}"])
     assert set(got) == set(fresh)
-    assert eng.report == (f"{len(same)} tensors copied by name, "
-                          f"{3 * (len(box_head) + 2)} mapped into 3 cascade stages (box head + classifier), 6 fresh "
-                          f"(class-agnostic box regressors), 2 dropped (class-specific box regressor)")
+    assert eng.report == (
+        f"{len(same)} tensors copied by name, "
+        f"{3 * (len(box_head) + 2)} mapped into 3 cascade stages (box head + classifier), 6 fresh "
+        f"(class-agnostic box regressors), 2 dropped (class-specific box regressor)"
+    )
 
     hist0, hist1 = _read_history(specs[0]["history"]), _read_history(specs[1]["history"])
     assert [h["iteration"] for h in hist0 + hist1] == [0, 1, 2, 3]
@@ -673,8 +815,9 @@ def test_switch_to_cascade_through_the_loop(tmp_path, capsys):
     final = torch.load(specs[1]["output"], weights_only=False)
     assert final["iteration"] == 4 and final["counters"]["images"] == 4 * 2
     assert set(final["model"]) == set(fresh)
-    assert not torch.equal(final["model"]["roi_heads.box_predictor.2.bbox_pred.weight"],
-                           got["roi_heads.box_predictor.2.bbox_pred.weight"])  # the cascade trained
+    assert not torch.equal(
+        final["model"]["roi_heads.box_predictor.2.bbox_pred.weight"], got["roi_heads.box_predictor.2.bbox_pred.weight"]
+    )  # the cascade trained
     print(f"\nR18-FPN GN, CPU, 64px: mask_rcnn segment 0->2 {t_mask:.1f}s, cascade segment 2->4 {t_cascade:.1f}s")
 
 
@@ -686,20 +829,31 @@ def test_load_converted_refuses_what_does_not_fit(engine, tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     mask_run = dict(run, recipe={**run["recipe"], "task": "mask_rcnn"})
     src = engine.build_model(mask_run, CPU, False).state_dict()
-    with pytest.raises(ValueError, match=rf"run {run['run_id']}: .*'faster_rcnn' checkpoint into a 'cascade_mask_rcnn'"):
+    with pytest.raises(
+        ValueError, match=rf"run {run['run_id']}: .*'faster_rcnn' checkpoint into a 'cascade_mask_rcnn'"
+    ):
         engine.load_converted(model, src, "faster_rcnn", run)
     with pytest.raises(ValueError, match=r"'mask_rcnn' checkpoint into a 'mask_rcnn' model"):
         engine.load_converted(model, src, "mask_rcnn", mask_run)
     # an R50 checkpoint (res2 of 256 channels, bottlenecks) into the R18 cascade
-    r50 = {k: torch.zeros(v.shape[0] * 4, *v.shape[1:]) if k.startswith("backbone.bottom_up.res2.") else v
-           for k, v in src.items()}
+    r50 = {
+        k: torch.zeros(v.shape[0] * 4, *v.shape[1:]) if k.startswith("backbone.bottom_up.res2.") else v
+        for k, v in src.items()
+    }
     r50["backbone.bottom_up.res2.0.conv3.weight"] = torch.zeros(256, 64, 1, 1)
-    with pytest.raises(ValueError, match=rf"run {run['run_id']}: the mask_rcnn checkpoint does not fit its "
-                                         rf"cascade_mask_rcnn model \(R18-GN\): backbone.bottom_up.res2"):
+    with pytest.raises(
+        ValueError,
+        match=rf"run {run['run_id']}: the mask_rcnn checkpoint does not fit its "
+        rf"cascade_mask_rcnn model \(R18-GN\): backbone.bottom_up.res2",
+    ):
         engine.load_converted(model, r50, "mask_rcnn", run)
     classes = dict(src)
-    classes["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(4, src["roi_heads.box_predictor.cls_score.weight"].shape[1])
-    with pytest.raises(ValueError, match=r"cls_score.weight \(-> roi_heads.box_predictor.0.cls_score.weight\): shape \(4, "):
+    classes["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(
+        4, src["roi_heads.box_predictor.cls_score.weight"].shape[1]
+    )
+    with pytest.raises(
+        ValueError, match=r"cls_score.weight \(-> roi_heads.box_predictor.0.cls_score.weight\): shape \(4, "
+    ):
         engine.load_converted(model, classes, "mask_rcnn", run)
     missing = {k: v for k, v in src.items() if not k.startswith("roi_heads.mask_head.")}
     with pytest.raises(ValueError, match=r"roi_heads.mask_head.* not in the checkpoint"):
@@ -714,15 +868,29 @@ def test_cascade_tta_predicts_coco_results(engine, tmp_path):
     scale, flipped and not) and returns bbox + segm results that rethink.evaluate scores."""
     from rethink.evaluate import evaluate_results
 
-    ds = rdata.prepare({"name": "tiny_cascade", "kind": "synthetic", "train_size": 2, "val_size": 2,
-                        "image_size": [64, 96], "categories": 3, "max_objects": 3, "seed": 0,
-                        "output": str(tmp_path / "data" / "dataset.json")})
+    ds = rdata.prepare(
+        {
+            "name": "tiny_cascade",
+            "kind": "synthetic",
+            "train_size": 2,
+            "val_size": 2,
+            "image_size": [64, 96],
+            "categories": 3,
+            "max_objects": 3,
+            "seed": 0,
+            "output": str(tmp_path / "data" / "dataset.json"),
+        }
+    )
     run = cascade_run(tmp_path, tta=True)
     model = engine.build_model(run, CPU, False, dataset=ds)
     heads = model.roi_heads
     assert type(heads).__name__ == "CascadeROIHeads" and heads.num_cascade_stages == 3
     assert [m.thresholds[1] for m in heads.proposal_matchers] == [0.5, 0.6, 0.7]
-    assert [p.box2box_transform.weights for p in heads.box_predictor] == [(10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)]
+    assert [p.box2box_transform.weights for p in heads.box_predictor] == [
+        (10, 10, 5, 5),
+        (20, 20, 10, 10),
+        (30, 30, 15, 15),
+    ]
     assert all(p.bbox_pred.out_features == 4 and p.cls_score.out_features == 3 + 1 for p in heads.box_predictor)
     assert model.rethink_cfg.TEST.AUG.ENABLED is True
     # detectron2's test scales (400 ... 1200 px) take minutes on a CPU even for 2 images: two tiny ones
@@ -737,7 +905,9 @@ def test_cascade_tta_predicts_coco_results(engine, tmp_path):
     t = time.perf_counter()
     results = engine.predict(model, run, ds, CPU)
     t_pred = time.perf_counter() - t
-    print(f"\nR18-FPN GN cascade + TTA (2 scales x flip), CPU: predict 2 images {t_pred:.2f}s, {len(results)} detections")
+    print(
+        f"\nR18-FPN GN cascade + TTA (2 scales x flip), CPU: predict 2 images {t_pred:.2f}s, {len(results)} detections"
+    )
     assert sum(seen) >= 2 * 2 * 2  # every val image at each of the 2 scales, flipped and not
     assert 0 < len(results) <= 2 * 20
     val = rdata_json(ds["val"]["annotations"])
@@ -751,6 +921,7 @@ def test_cascade_tta_predicts_coco_results(engine, tmp_path):
 
 
 # ---------------------------------------------------------------- VGG16 from torchvision (rethink.stage)
+
 
 def test_vgg16_loads_staged_torchvision_weights(engine, paper, tmp_path):
     """torchvision's VGG16 (no BN) as the stage_weights rule converts it (rethink.stage, source a
@@ -766,8 +937,15 @@ def test_vgg16_loads_staged_torchvision_weights(engine, paper, tmp_path):
     tv = torchvision.models.vgg16(weights=None).eval()
     pth = tmp_path / "vgg16-seeded.pth"
     torch.save(tv.state_dict(), pth)
-    spec = {"init": "imagenet", "backbone": "VGG16", "norm": "none", "source": pth.as_uri(), "cost_record": {},
-            "output": str(tmp_path / "init" / "VGG16-none.pkl"), "cost": str(tmp_path / "cost.json")}
+    spec = {
+        "init": "imagenet",
+        "backbone": "VGG16",
+        "norm": "none",
+        "source": pth.as_uri(),
+        "cost_record": {},
+        "output": str(tmp_path / "init" / "VGG16-none.pkl"),
+        "cost": str(tmp_path / "cost.json"),
+    }
     t = time.perf_counter()
     stage.stage(spec)
     t_stage = time.perf_counter() - t
@@ -775,7 +953,10 @@ def test_vgg16_loads_staged_torchvision_weights(engine, paper, tmp_path):
     model = engine.build_model(run, CPU, False)
     cfg = model.rethink_cfg
     assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)) == (
-        "BGR", d2config.VGG_CAFFE_MEAN, d2config.UNIT_STD)  # what the conversion assumes
+        "BGR",
+        d2config.VGG_CAFFE_MEAN,
+        d2config.UNIT_STD,
+    )  # what the conversion assumes
     t = time.perf_counter()
     engine.load_init_weights(model, spec["output"], run)
     t_load = time.perf_counter() - t
@@ -786,9 +967,13 @@ def test_vgg16_loads_staged_torchvision_weights(engine, paper, tmp_path):
     assert len(convs) == len(names) == 13
     for tvk, name in zip(convs[1:], names[1:]):
         assert torch.equal(getattr(bb, name).weight, sd[tvk]), name
-        assert torch.equal(getattr(bb, name).bias, sd[tvk[:-len("weight")] + "bias"]), name
-    assert torch.equal(head.fc1.weight, sd["classifier.0.weight"]) and torch.equal(head.fc1.bias, sd["classifier.0.bias"])
-    assert torch.equal(head.fc2.weight, sd["classifier.3.weight"]) and torch.equal(head.fc2.bias, sd["classifier.3.bias"])
+        assert torch.equal(getattr(bb, name).bias, sd[tvk[: -len("weight")] + "bias"]), name
+    assert torch.equal(head.fc1.weight, sd["classifier.0.weight"]) and torch.equal(
+        head.fc1.bias, sd["classifier.0.bias"]
+    )
+    assert torch.equal(head.fc2.weight, sd["classifier.3.weight"]) and torch.equal(
+        head.fc2.bias, sd["classifier.3.bias"]
+    )
     assert model.roi_heads.box_predictor.cls_score.out_features == 80 + 1  # not ImageNet's 1000 (fc8 dropped)
     # conv1_1: torchvision's, transformed for detectron2's input
     g = torch.Generator().manual_seed(0)

@@ -2,6 +2,7 @@
 Faster R-CNN on VGG16 without normalisation (section 5.1) and multi-scale test-time augmentation
 (Table 3). Each trains a few iterations through the one loop (rethink.loop.train) on a synthetic
 set and evaluates predict()'s output with pycocotools (rethink.evaluate)."""
+
 from __future__ import annotations
 
 import copy
@@ -57,8 +58,17 @@ def check_results(results: list[dict], manifest: dict, limit: int) -> dict[int, 
 
 
 # ------------------------------------------------------------------------------ Keypoint R-CNN
-KEYPOINT_DATA = {"synthetic": {"kind": "synthetic", "keypoints": True, "train_size": 8, "val_size": 4,
-                               "image_size": [64, 80], "max_objects": 2, "seed": 0}}
+KEYPOINT_DATA = {
+    "synthetic": {
+        "kind": "synthetic",
+        "keypoints": True,
+        "train_size": 8,
+        "val_size": 4,
+        "image_size": [64, 80],
+        "max_objects": 2,
+        "seed": 0,
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +111,7 @@ def test_keypoint_flip_indices_and_stream_targets(keypoint_specs):
 
 def test_keypoint_rcnn_trains_and_evaluates(keypoint_specs):
     spec = short_spec(keypoint_specs, iterations=3)
-    fresh = get_engine("torchvision").build_model(spec["run"], "cpu",
-                                                           dataset=data.load_manifest(spec["dataset"]))
+    fresh = get_engine("torchvision").build_model(spec["run"], "cpu", dataset=data.load_manifest(spec["dataset"]))
     kp_head = fresh.roi_heads.keypoint_head
     assert sum(isinstance(m, nn.Conv2d) for m in kp_head.modules()) == 8
     assert all(m.num_groups == 32 for m in kp_head.modules() if isinstance(m, nn.GroupNorm))
@@ -135,14 +144,24 @@ def test_keypoint_rcnn_needs_a_keypoint_dataset(tmp_path):
 
 
 # ------------------------------------------------------------------------------ VGG16 Faster R-CNN
-VGG_AXES = {"init": ["random"], "norm": ["none"], "backbone": ["VGG16"], "data": ["synthetic"],
-            "schedule": {"2x": {"x": 2}}, "seed": [0]}
+VGG_AXES = {
+    "init": ["random"],
+    "norm": ["none"],
+    "backbone": ["VGG16"],
+    "data": ["synthetic"],
+    "schedule": {"2x": {"x": 2}},
+    "seed": [0],
+}
 
 
 @pytest.fixture(scope="module")
 def vgg_specs(module_tmp):
-    return tiny_specs(module_tmp("vgg"), recipe={"task": "faster_rcnn", "head_channels": 256}, axes=VGG_AXES,
-                      seconds_per_iter=[{"backbone": "VGG16", "norm": "none", "gpus": 0, "seconds": 1.0}])
+    return tiny_specs(
+        module_tmp("vgg"),
+        recipe={"task": "faster_rcnn", "head_channels": 256},
+        axes=VGG_AXES,
+        seconds_per_iter=[{"backbone": "VGG16", "norm": "none", "gpus": 0, "seconds": 1.0}],
+    )
 
 
 def test_vgg16_faster_rcnn_structure(vgg_specs):
@@ -166,8 +185,14 @@ def test_vgg16_faster_rcnn_structure(vgg_specs):
         bad = copy.deepcopy(run)
         bad["recipe"]["task"] = bad_task
         with pytest.raises(NotImplementedError, match="VGG16.*faster_rcnn"):
-            get_engine("torchvision").build_model(bad, "cpu", dataset={**manifest, "categories": [
-                {**c, "keypoints": list(synthetic.KEYPOINT_NAMES)} for c in manifest["categories"]]})
+            get_engine("torchvision").build_model(
+                bad,
+                "cpu",
+                dataset={
+                    **manifest,
+                    "categories": [{**c, "keypoints": list(synthetic.KEYPOINT_NAMES)} for c in manifest["categories"]],
+                },
+            )
 
 
 def test_vgg16_pretrained_body_loads_and_trains(vgg_specs, tmp_path):
@@ -180,8 +205,17 @@ def test_vgg16_pretrained_body_loads_and_trains(vgg_specs, tmp_path):
     body = {k: v for k, v in clf.state_dict().items() if not k.startswith("fc.")}
     assert body and all(k.startswith("features.") for k in body)
     weights = tmp_path / "vgg16-none.pth"
-    checkpoint.atomic_torch_save({"format": BACKBONE_FORMAT, "backbone": "VGG16", "norm": "none", "model": body,
-                                  "iterations": 0, "train_accuracy": 0.0}, weights)
+    checkpoint.atomic_torch_save(
+        {
+            "format": BACKBONE_FORMAT,
+            "backbone": "VGG16",
+            "norm": "none",
+            "model": body,
+            "iterations": 0,
+            "train_accuracy": 0.0,
+        },
+        weights,
+    )
     engine, manifest = get_engine("torchvision"), data.load_manifest(spec["dataset"])
     model = engine.build_model(run, "cpu", dataset=manifest)
     engine.load_init_weights(model, str(weights), run)
@@ -212,10 +246,18 @@ def test_inference_passes_are_detectron2s_test_aug():
 
 
 def test_merge_keeps_the_best_box_per_class_and_caps():
-    a = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]), "scores": torch.tensor([0.9, 0.3]),
-         "labels": torch.tensor([1, 1]), "rles": ["a0", "a1"]}
-    b = {"boxes": torch.tensor([[1.0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]]),
-         "scores": torch.tensor([0.95, 0.8, 0.1]), "labels": torch.tensor([1, 2, 1]), "rles": ["b0", "b1", "b2"]}
+    a = {
+        "boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]),
+        "scores": torch.tensor([0.9, 0.3]),
+        "labels": torch.tensor([1, 1]),
+        "rles": ["a0", "a1"],
+    }
+    b = {
+        "boxes": torch.tensor([[1.0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]]),
+        "scores": torch.tensor([0.95, 0.8, 0.1]),
+        "labels": torch.tensor([1, 2, 1]),
+        "rles": ["b0", "b1", "b2"],
+    }
     m = _merge([a, b], 0.5, 10)
     assert m["scores"].tolist() == pytest.approx([0.95, 0.8, 0.3, 0.1])  # a0 lost to b0; b1 is another class
     assert m["rles"] == ["b0", "b1", "a1", "b2"]
@@ -254,4 +296,3 @@ def test_tta_predict_gives_valid_coco_results(trained_mask_rcnn):
     assert set(stats) == {"bbox", "segm"}
     assert all(math.isfinite(stats[t]["AP"]) for t in stats)
     assert model.transform.min_size == tuple(run["recipe"]["min_size_train"])  # predict leaves training sizes
-

@@ -1,5 +1,6 @@
 """COCO evaluation (rethink.evaluate) with real pycocotools on the project's own datasets, and the
 metrics record the evaluate job writes."""
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def synthetic(module_tmp):
     tmp = module_tmp("ev")
-    spec = {"name": "syn", "kind": "synthetic", "train_size": 1, "val_size": 8, "image_size": [96, 128],
-            "categories": 3, "max_objects": 4, "seed": 5, "output": str(tmp / "syn" / "dataset.json")}
+    spec = {
+        "name": "syn",
+        "kind": "synthetic",
+        "train_size": 1,
+        "val_size": 8,
+        "image_size": [96, 128],
+        "categories": 3,
+        "max_objects": 4,
+        "seed": 5,
+        "output": str(tmp / "syn" / "dataset.json"),
+    }
     return data.prepare(spec)
 
 
@@ -88,7 +98,7 @@ def test_empty_results_score_zero_where_there_are_objects(synthetic):
     gt = COCO(ann)
     areas = {"s": 0, "m": 0, "l": 0}
     for a in gt.dataset["annotations"]:
-        areas["s" if a["area"] < 32 ** 2 else "m" if a["area"] < 96 ** 2 else "l"] += 1
+        areas["s" if a["area"] < 32**2 else "m" if a["area"] < 96**2 else "l"] += 1
     for t in ("bbox", "segm"):
         for k in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100"):
             assert stats[t][k] == 0.0, (t, k)
@@ -101,7 +111,9 @@ def test_the_coco_eval_backends_are_named_alike_everywhere():
     (rethink.evaluate) and the config's choice (the schema's enum) are one list."""
     from rethink import config
 
-    assert tuple(evaluate.BACKENDS) == metrics.COCO_EVAL == tuple(config.load_schema()["properties"]["coco_eval"]["enum"])
+    assert (
+        tuple(evaluate.BACKENDS) == metrics.COCO_EVAL == tuple(config.load_schema()["properties"]["coco_eval"]["enum"])
+    )
 
 
 def test_iou_types_follow_the_task():
@@ -125,10 +137,21 @@ def test_segm_uses_mask_area_not_box_area():
     from pycocotools.cocoeval import COCOeval
 
     h = w = 200
-    gt = {"images": [{"id": 1, "width": w, "height": h, "file_name": "a.png"}],
-          "categories": [{"id": 1, "name": "circle"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": _square(10, 10, 10),
-                           "area": 100.0, "bbox": [10, 10, 10, 10], "iscrowd": 0}]}
+    gt = {
+        "images": [{"id": 1, "width": w, "height": h, "file_name": "a.png"}],
+        "categories": [{"id": 1, "name": "circle"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": _square(10, 10, 10),
+                "area": 100.0,
+                "bbox": [10, 10, 10, 10],
+                "iscrowd": 0,
+            }
+        ],
+    }
 
     def rle_of(polys):
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
@@ -136,9 +159,15 @@ def test_segm_uses_mask_area_not_box_area():
 
     diagonal = [[100, 100, 102, 100, 190, 188, 190, 190, 188, 190, 100, 102]]
     fp_rle = rle_of(diagonal)
-    assert mask_utils.area(fp_rle) < 32 ** 2 < 90 * 90  # small mask, medium box
+    assert mask_utils.area(fp_rle) < 32**2 < 90 * 90  # small mask, medium box
     results = [
-        {"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [10, 10, 10, 10], "segmentation": rle_of(_square(10, 10, 10))},
+        {
+            "image_id": 1,
+            "category_id": 1,
+            "score": 0.9,
+            "bbox": [10, 10, 10, 10],
+            "segmentation": rle_of(_square(10, 10, 10)),
+        },
         {"image_id": 1, "category_id": 1, "score": 0.95, "bbox": [100, 100, 90, 90], "segmentation": fp_rle},
     ]
     ours = evaluate.coco_evaluate(gt, results, ["segm"])["segm"]
@@ -158,9 +187,20 @@ def test_segm_uses_mask_area_not_box_area():
 
 
 def test_keypoints_perfect(tmp_path):
-    m = data.prepare({"name": "kp", "kind": "synthetic", "keypoints": True, "train_size": 1, "val_size": 4,
-                      "image_size": [96, 128], "categories": 1, "max_objects": 3, "seed": 0,
-                      "output": str(tmp_path / "kp" / "dataset.json")})
+    m = data.prepare(
+        {
+            "name": "kp",
+            "kind": "synthetic",
+            "keypoints": True,
+            "train_size": 1,
+            "val_size": 4,
+            "image_size": [96, 128],
+            "categories": 1,
+            "max_objects": 3,
+            "seed": 0,
+            "output": str(tmp_path / "kp" / "dataset.json"),
+        }
+    )
     gt = m["val"]["annotations"]
     res = gt_as_results(gt, segm=False, keypoints=True)
     stats = evaluate.coco_evaluate(gt, res, ["bbox", "keypoints"])
@@ -173,8 +213,14 @@ def test_keypoints_perfect(tmp_path):
 
 def test_voc_ap50_and_difficult(tmp_path):
     write_voc_tree(tmp_path / "VOCdevkit")
-    m = data.prepare({**VOC_SPEC, "root": str(tmp_path / "VOCdevkit"), "val_annotations": "VOC2007/trainval",
-                      "output": str(tmp_path / "voc" / "dataset.json")})
+    m = data.prepare(
+        {
+            **VOC_SPEC,
+            "root": str(tmp_path / "VOCdevkit"),
+            "val_annotations": "VOC2007/trainval",
+            "output": str(tmp_path / "voc" / "dataset.json"),
+        }
+    )
     gt_path = m["val"]["annotations"]
     gt = json.load(open(gt_path))
     easy = [a for a in gt["annotations"] if not a["difficult"]]
@@ -185,14 +231,22 @@ def test_voc_ap50_and_difficult(tmp_path):
     assert set(stats) == {"bbox", "voc"}
     assert stats["voc"]["AP50"] == pytest.approx(100.0) and stats["bbox"]["AP"] == pytest.approx(100.0)
     # a detection of the difficult object is neither right nor wrong
-    res_h = res + [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.99}
-                   for a in hard]
+    res_h = res + [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.99} for a in hard
+    ]
     assert evaluate.evaluate_results(m, res_h, "faster_rcnn")["voc"]["AP50"] == pytest.approx(100.0)
     # without the difficult rule that detection would be counted
     assert evaluate.voc_ap50({**gt, "annotations": [{**a, "difficult": 0} for a in gt["annotations"]]}, res) < 100
     # a false positive with the top score halves the precision of its class (chair: 1 GT)
-    fp = {"image_id": easy[0]["image_id"], "category_id": easy[0]["category_id"], "bbox": [400, 300, 20, 20], "score": 1.0}
-    per_class = {c: evaluate.voc_ap50(gt_path, res + [fp], use_07_metric=m7) for c, m7 in (("area", False), ("07", True))}
+    fp = {
+        "image_id": easy[0]["image_id"],
+        "category_id": easy[0]["category_id"],
+        "bbox": [400, 300, 20, 20],
+        "score": 1.0,
+    }
+    per_class = {
+        c: evaluate.voc_ap50(gt_path, res + [fp], use_07_metric=m7) for c, m7 in (("area", False), ("07", True))
+    }
     n_classes = len({a["category_id"] for a in easy})
     assert per_class["area"] == pytest.approx(100.0 - 50.0 / n_classes)
     assert per_class["07"] == pytest.approx(100.0 - 50.0 / n_classes, abs=1e-6)
@@ -217,8 +271,13 @@ def _spec_from_tiny_config(tmp_path):
 
 
 def _fake_meta(iteration):
-    return {"iteration": iteration, "counters": {"images": 2 * iteration, "instances": 5 * iteration, "pixels": 7e4 * iteration},
-            "wall_seconds": 12.5, "device_seconds": 20.0, "gpus": 0}
+    return {
+        "iteration": iteration,
+        "counters": {"images": 2 * iteration, "instances": 5 * iteration, "pixels": 7e4 * iteration},
+        "wall_seconds": 12.5,
+        "device_seconds": 20.0,
+        "gpus": 0,
+    }
 
 
 def test_record_passes_metrics_read(tmp_path, synthetic):
@@ -234,8 +293,11 @@ def test_record_passes_metrics_read(tmp_path, synthetic):
     assert back["owner"] == spec["run"]["run_id"] and back["family"] == spec["family"]
     assert back["line"] == spec["line"] and back["iteration"] == spec["iteration"]
     assert ("runs" in back) == ("runs" in spec)
-    assert back["samples_seen"] == {"images": 2 * spec["iteration"], "instances": 5 * spec["iteration"],
-                                    "pixels": 7e4 * spec["iteration"]}
+    assert back["samples_seen"] == {
+        "images": 2 * spec["iteration"],
+        "instances": 5 * spec["iteration"],
+        "pixels": 7e4 * spec["iteration"],
+    }
     assert back["pretrain_samples"] == {"iterations": 60, "images": 960, "instances": 960, "pixels": 3.9e6}
     assert back["stats"]["segm"]["AP"] == pytest.approx(100.0) and back["task"] == "mask_rcnn"
     assert back["lr"] == spec["lr"] and back["engine"] == "torchvision" and back["diverged"] is False
@@ -263,20 +325,43 @@ def test_evaluate_job_with_torchvision_engine(tmp_path):
     cfg, P, spec = _spec_from_tiny_config(tmp_path)
     dspec = {**P.data_spec(spec["run"]["data"]), "train_size": 1, "val_size": 2}
     data.prepare(dspec)
-    model = engine.build_model(spec["run"], torch.device("cpu"), distributed=False, dataset=data.load_manifest(spec["dataset"]))
-    state = {"format": checkpoint.FORMAT, "model": model.state_dict(), "optimizer": {}, **_fake_meta(spec["iteration"]),
-             "run_id": spec["run"]["run_id"], "family": spec["family"], "line": spec["line"], "rng": checkpoint.rng_state()}
+    model = engine.build_model(
+        spec["run"], torch.device("cpu"), distributed=False, dataset=data.load_manifest(spec["dataset"])
+    )
+    state = {
+        "format": checkpoint.FORMAT,
+        "model": model.state_dict(),
+        "optimizer": {},
+        **_fake_meta(spec["iteration"]),
+        "run_id": spec["run"]["run_id"],
+        "family": spec["family"],
+        "line": spec["line"],
+        "rng": checkpoint.rng_state(),
+    }
     checkpoint.save(spec["checkpoint"], state)
     before = Path(spec["checkpoint"]).read_bytes()
-    proc = subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / "evaluate.py"), "--spec",
-                           json.dumps({**spec, "init_cost": None})], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "workflow_scripts" / "evaluate.py"),
+            "--spec",
+            json.dumps({**spec, "init_cost": None}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     record = metrics.read(spec["output"])
     assert set(record["stats"]) == {"bbox", "segm"} and record["iteration"] == spec["iteration"]
     assert Path(spec["checkpoint"]).read_bytes() == before  # the job never modifies the checkpoint
     # a checkpoint of another iteration is refused, naming the file
     bad = {**spec, "iteration": spec["iteration"] + 1, "output": str(tmp_path / "bad.json"), "init_cost": None}
-    proc = subprocess.run([sys.executable, str(ROOT / "workflow_scripts" / "evaluate.py"), "--spec", json.dumps(bad)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "workflow_scripts" / "evaluate.py"), "--spec", json.dumps(bad)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and spec["checkpoint"] in proc.stderr and "iteration" in proc.stderr
     assert not Path(bad["output"]).exists()

@@ -5,6 +5,7 @@ never a traceback, a hang, a file written outside the workdir and results, or an
 a job then fails on. Most examples run what a dry run runs in this process; a seeded sample runs the
 real `snakemake -n` too and must end the same way. The long campaign: bench/fuzz.py (README).
 Below them, the failures the fuzzer found and the issue's cases, each through the real Snakemake."""
+
 from __future__ import annotations
 
 import copy
@@ -78,8 +79,9 @@ def test_a_profile_config_value_is_blamed_on_the_profile_and_printed_without_a_s
 
 def test_a_yte_template_is_refused_saying_why(tmp_path):
     cfg_file = tmp_path / "templ.yaml"
-    cfg_file.write_text("__use_yte__: true\n" + (ROOT / "configs" / "tiny.yaml").read_text()
-                        + "?if True:\n  eval_period: 10\n")
+    cfg_file.write_text(
+        "__use_yte__: true\n" + (ROOT / "configs" / "tiny.yaml").read_text() + "?if True:\n  eval_period: 10\n"
+    )
     proc = snakemake(["-n", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-2000:]
@@ -87,12 +89,15 @@ def test_a_yte_template_is_refused_saying_why(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
-@pytest.mark.parametrize("text, said", [
-    ("eval_period: [1\n", "Config file is not valid JSON or YAML"),   # YAML syntax
-    ("a:\n\tb: 1\n", "Config file is not valid JSON or YAML"),        # a tab
-    ("", "Config file must be given as JSON or YAML with keys at top level"),
-    ("- 1\n- 2\n", "Config file must be given as JSON or YAML with keys at top level"),
-])
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("eval_period: [1\n", "Config file is not valid JSON or YAML"),  # YAML syntax
+        ("a:\n\tb: 1\n", "Config file is not valid JSON or YAML"),  # a tab
+        ("", "Config file must be given as JSON or YAML with keys at top level"),
+        ("- 1\n- 2\n", "Config file must be given as JSON or YAML with keys at top level"),
+    ],
+)
 def test_snakemakes_own_loader_errors_are_explained_by_check_config(tmp_path, text, said):
     """Snakemake reads config files before the workflow runs, and says only what is above (README);
     workflow_scripts/check_config.py names the file, line and column."""
@@ -104,8 +109,12 @@ def test_snakemakes_own_loader_errors_are_explained_by_check_config(tmp_path, te
     cfg_file.write_text(text)
     proc = snakemake(["-n", "--configfile", str(cfg_file)], cwd=tmp_path, timeout=120)
     assert proc.returncode == 1 and said in proc.stdout + proc.stderr
-    check = subprocess.run([PY, str(ROOT / "workflow_scripts" / "check_config.py"), str(cfg_file)],
-                           capture_output=True, text=True, timeout=120)
+    check = subprocess.run(
+        [PY, str(ROOT / "workflow_scripts" / "check_config.py"), str(cfg_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert check.returncode == 1 and check.stderr.startswith(f"{cfg_file}"), check.stderr
     assert "Traceback" not in check.stderr
     if text.strip() and not text.startswith("-"):
@@ -120,8 +129,12 @@ def test_check_config_accepts_the_shipped_configs_and_layers_like_snakemake():
     script = str(ROOT / "workflow_scripts" / "check_config.py")
     ok = subprocess.run([PY, script, str(ROOT / "configs" / "tiny.yaml")], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "runs" in ok.stdout, ok.stderr
-    bad = subprocess.run([PY, script, str(ROOT / "configs" / "tiny.yaml"), "--config", "eval_period=0"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [PY, script, str(ROOT / "configs" / "tiny.yaml"), "--config", "eval_period=0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 1 and "(with --config eval_period): eval_period: value 0" in bad.stderr, bad.stderr
 
 
@@ -132,8 +145,10 @@ def test_a_json_config_indented_with_tabs_is_read_as_snakemake_reads_it(tmp_path
     text = json.dumps(TINY, indent="\t")
     got = fc.in_process(fc.Example("tiny", ["json, tabs"], {"c.json": text}, ["c.json"]), tmp_path)
     assert got.kind == "accepted", got.message
-    twice = fc.in_process(fc.Example("tiny", ["json, a key twice"], {"c.json": text[:-1] + ',\n\t"eval_period": 5}'},
-                                     ["c.json"]), tmp_path)
+    twice = fc.in_process(
+        fc.Example("tiny", ["json, a key twice"], {"c.json": text[:-1] + ',\n\t"eval_period": 5}'}, ["c.json"]),
+        tmp_path,
+    )
     assert twice.kind == "refused" and "key 'eval_period' is given twice" in twice.message, twice.message
 
 
@@ -142,5 +157,6 @@ def test_a_mask_task_on_a_voc_set_is_refused_by_the_dry_run(tmp_path):
     cfg = load_yaml(ROOT / "config.yaml")
     cfg["experiments"]["voc_random"].setdefault("recipe", {})["task"] = "mask_rcnn"
     got = fc.in_process(fc.Example("paper", ["voc mask"], {"c.yaml": yaml.safe_dump(cfg)}, ["c.yaml"]), tmp_path)
-    assert got.kind == "refused" and "recipe.task: value 'mask_rcnn': dataset voc is VOC, boxes only" in got.message, \
+    assert got.kind == "refused" and "recipe.task: value 'mask_rcnn': dataset voc is VOC, boxes only" in got.message, (
         got.message
+    )

@@ -4,6 +4,7 @@ validation.json, or refused naming the annotation file (and the image and field)
 and an accepted set is then read by the loaders (every image decoded, every target built with its
 masks and keypoints) and evaluated without error; a sample trains a step and predicts. The long
 campaign: bench/fuzz.py (README). Below, the failures the fuzzer found, each kept as a plain test."""
+
 from __future__ import annotations
 
 import copy
@@ -72,15 +73,27 @@ def _keypoints_elsewhere(coco):
 
 REGRESSIONS = [
     # (what, mutation, problem kind in validation.json, field in the message)
-    ("a polygon point 1e10 px away (pycocotools' rasteriser used all memory)", _poly_far, "polygon_outside",
-     "segmentation[0]"),
-    ("a compressed RLE that is not one (decoding failed in evaluation)", _rle_garbage, "rle_malformed",
-     "segmentation.counts"),
+    (
+        "a polygon point 1e10 px away (pycocotools' rasteriser used all memory)",
+        _poly_far,
+        "polygon_outside",
+        "segmentation[0]",
+    ),
+    (
+        "a compressed RLE that is not one (decoding failed in evaluation)",
+        _rle_garbage,
+        "rle_malformed",
+        "segmentation.counts",
+    ),
     ("a compressed RLE of the wrong pixel count (a wrong mask)", _rle_short, "rle_malformed", "segmentation.counts"),
     ("iscrowd 5011 (COCOeval's IoU overflowed)", _iscrowd_big, "iscrowd_malformed", "iscrowd"),
     ("a category id that is a list (a TypeError in validation)", _category_list, "category_unknown", "category_id"),
-    ("keypoints on a category without keypoint names (the loader's len() failed)", _keypoints_elsewhere,
-     "keypoints_malformed", "keypoints"),
+    (
+        "keypoints on a category without keypoint names (the loader's len() failed)",
+        _keypoints_elsewhere,
+        "keypoints_malformed",
+        "keypoints",
+    ),
 ]
 
 
@@ -90,18 +103,23 @@ def test_found_by_the_fuzzer(tmp_path, what, fn, kind, field):
     fn(coco)
     ex = fd.DataExample(coco, mutations=[what])
     refused = fd.check(ex, tmp_path / "error", "error", train=False)
-    assert refused.kind == "refused" and f": {field}: " in refused.message and "image " in refused.message, refused.message
+    assert refused.kind == "refused" and f": {field}: " in refused.message and "image " in refused.message, (
+        refused.message
+    )
     skipped = fd.check(ex, tmp_path / "skip", "skip", train=False)
     assert skipped.kind == "skipped", skipped.message
     splits = json.loads((tmp_path / "skip" / "data" / "fz" / "validation.json").read_text())["splits"]
     assert any(kind in s["problems"] for s in splits.values()), splits
 
 
-@pytest.mark.parametrize("where, value, said", [
-    ("val", [{"id": [1], "name": "x"}], "categories[0]"),                 # COCOeval's index failed on it
-    ("val", [{"id": 99, "name": "x"}], "ids [99] are not among the categories of"),
-    ("train", [{"id": 1, "name": "p", "keypoints": 1.5}], "categories[0].keypoints"),
-])
+@pytest.mark.parametrize(
+    "where, value, said",
+    [
+        ("val", [{"id": [1], "name": "x"}], "categories[0]"),  # COCOeval's index failed on it
+        ("val", [{"id": 99, "name": "x"}], "ids [99] are not among the categories of"),
+        ("train", [{"id": 1, "name": "p", "keypoints": 1.5}], "categories[0].keypoints"),
+    ],
+)
 def test_categories_of_either_split_are_checked(tmp_path, where, value, said):
     coco = copy.deepcopy(fd.BASE)
     coco[where]["categories"] = value

@@ -1,4 +1,5 @@
 """`snakemake grid`: the plan of the configured grid as a table and results/grid.csv."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,27 @@ from rethink.paths import DIVERGED_MARKER, Paths
 
 def _record(ms, owner, device_seconds):
     return {
-        "family": ms.family, "line": ms.line, "iteration": ms.iteration, "runs": list(ms.runs), "owner": owner,
-        "task": "mask_rcnn", "backbone": "R50", "norm": "GN", "init": "random", "data": "coco_full", "seed": 0,
-        "variant": None, "lr": 0.02, "samples_seen": {"images": 1, "instances": 1, "pixels": 1},
-        "pretrain_samples": None, "wall_seconds": 1.0, "device_seconds": device_seconds, "gpus": 8,
-        "eval_seconds": 1.0, "diverged": False, "stats": {"bbox": {n: 1.0 for n in metrics.BOX_STATS}},
+        "family": ms.family,
+        "line": ms.line,
+        "iteration": ms.iteration,
+        "runs": list(ms.runs),
+        "owner": owner,
+        "task": "mask_rcnn",
+        "backbone": "R50",
+        "norm": "GN",
+        "init": "random",
+        "data": "coco_full",
+        "seed": 0,
+        "variant": None,
+        "lr": 0.02,
+        "samples_seen": {"images": 1, "instances": 1, "pixels": 1},
+        "pretrain_samples": None,
+        "wall_seconds": 1.0,
+        "device_seconds": device_seconds,
+        "gpus": 8,
+        "eval_seconds": 1.0,
+        "diverged": False,
+        "stats": {"bbox": {n: 1.0 for n in metrics.BOX_STATS}},
         "engine": "detectron2",
     }
 
@@ -30,7 +47,9 @@ def test_grid_summary_lists_every_run_with_status(tmp_path):
     # one run done, one partial (a checkpoint on its path), the rest to do
     done, partial = "R50-GN-random-coco_full-2x-s0", "R101-GN-imagenet-coco_full-6x-s0"
     final = p.final_milestone(done)
-    metrics.write(_record(final, done, 8 * 3600.0 * 50), tmp_path / paths.metrics(final.family, final.line, final.iteration))
+    metrics.write(
+        _record(final, done, 8 * 3600.0 * 50), tmp_path / paths.metrics(final.family, final.line, final.iteration)
+    )
     seg = p.segments_of_run(partial)[0]
     ck = tmp_path / paths.checkpoint(seg.family, seg.line, seg.end)
     ck.parent.mkdir(parents=True)
@@ -47,13 +66,30 @@ def test_grid_summary_lists_every_run_with_status(tmp_path):
     # 149,000 (1,000 iterations trained again, at the measured 0.5 s), then done; 8 GPUs each
     seg = p.final_segment(done)
     t = time.time() - 86400
-    for i, (start, end, frm, to, outcome) in enumerate([(t, t + 3600, 120_000, 150_000, "pre-empted"),
-                                                       (t + 4000, t + 7600, 149_000, 180_000, "done")]):
+    for i, (start, end, frm, to, outcome) in enumerate(
+        [(t, t + 3600, 120_000, 150_000, "pre-empted"), (t + 4000, t + 7600, 149_000, 180_000, "done")]
+    ):
         row = {k: None for k in ledger.ROW_FIELDS}
-        row.update(format=ledger.FORMAT, rule="train_final", job=f"train_final/{done}", run=done, gpus=8,
-                   family=seg.family, line=seg.line, from_iter=seg.start, to_iter=seg.end, start=start, end=end,
-                   first_iter=start, last_iter=start + (to - frm) * 0.5 / 1000, resumed_from=frm, iter_reached=to,
-                   exit_code=0 if outcome == "done" else 143, outcome=outcome, host="elsewhere")
+        row.update(
+            format=ledger.FORMAT,
+            rule="train_final",
+            job=f"train_final/{done}",
+            run=done,
+            gpus=8,
+            family=seg.family,
+            line=seg.line,
+            from_iter=seg.start,
+            to_iter=seg.end,
+            start=start,
+            end=end,
+            first_iter=start,
+            last_iter=start + (to - frm) * 0.5 / 1000,
+            resumed_from=frm,
+            iter_reached=to,
+            exit_code=0 if outcome == "done" else 143,
+            outcome=outcome,
+            host="elsewhere",
+        )
         f = tmp_path / "results" / "campaign" / "rows" / "train_final" / f"{done}@{i}.json"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(row))
@@ -62,9 +98,13 @@ def test_grid_summary_lists_every_run_with_status(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trunk sharing saves 8,400,000" in proc.stdout
     df = pd.read_csv(tmp_path / "results" / "grid.csv")
-    assert {"run_id", "family", "schedule", "iterations", "trained_iterations", "gpu_hours", "status"} <= set(df.columns)
+    assert {"run_id", "family", "schedule", "iterations", "trained_iterations", "gpu_hours", "status"} <= set(
+        df.columns
+    )
     assert len(df) == len(p.grid.runs) == 60
-    assert df["trained_iterations"].sum() == p.total_iterations == 13_752_000  # the TTA row of Table 3 is an evaluation, not a run
+    assert (
+        df["trained_iterations"].sum() == p.total_iterations == 13_752_000
+    )  # the TTA row of Table 3 is an evaluation, not a run
     status = dict(zip(df["run_id"], df["status"]))
     assert status[done] == "done"
     # the checkpoint lies on the shared trunk: every run of that family has started

@@ -12,6 +12,7 @@ The reason's form: a comment line in the module's first REASON_WITHIN lines (abo
 
 e.g. `# over 400 lines: one class, the Trainer, below a module docstring that is the loop's
 specification`. A split where the module's vocabulary splits it is the first choice."""
+
 from __future__ import annotations
 
 import ast
@@ -45,8 +46,8 @@ def long_functions(path, root=ROOT) -> list[str]:
 def reason_of(text: str) -> str | None:
     """The module's reason for its size (the text after `# over 400 lines:`), or None."""
     for line in text.splitlines()[:REASON_WITHIN]:
-        if line.startswith(REASON) and line[len(REASON):].strip():
-            return line[len(REASON):].strip()
+        if line.startswith(REASON) and line[len(REASON) :].strip():
+            return line[len(REASON) :].strip()
     return None
 
 
@@ -71,11 +72,15 @@ def test_the_checks_find_what_they_look_for(tmp_path):
 
 def test_no_function_over_60_lines():
     found = [f for p in python_files() for f in long_functions(p)]
-    assert not found, (f"{len(found)} function(s) over {MAX_FUNCTION_LINES} lines (cut them along their steps):\n  "
-                       + "\n  ".join(found))
+    assert not found, (
+        f"{len(found)} function(s) over {MAX_FUNCTION_LINES} lines (cut them along their steps):\n  "
+        + "\n  ".join(found)
+    )
 
 
 def test_no_module_over_400_lines_without_a_reason_at_its_top():
     found = [f for p in python_files() for f in long_modules_without_reason(p)]
-    assert not found, (f"{len(found)} module(s) over {MAX_MODULE_LINES} lines: split them where their vocabulary "
-                       f"splits them, or give a one-line reason at the top ({REASON} ...):\n  " + "\n  ".join(found))
+    assert not found, (
+        f"{len(found)} module(s) over {MAX_MODULE_LINES} lines: split them where their vocabulary "
+        f"splits them, or give a one-line reason at the top ({REASON} ...):\n  " + "\n  ".join(found)
+    )

@@ -1,4 +1,5 @@
 """Result identity on the paper grid (pure Python): which edits change which lines' identity."""
+
 from __future__ import annotations
 
 import copy
@@ -86,8 +87,10 @@ def test_files_are_written_once_and_a_new_file_is_dated_before_any_result(tmp_pa
     assert len(kept) == len(newer)  # the previous content of each, kept for the diff
     old = json.loads(kept[0].read_text())
     new = json.loads(next(f for f in newer if str(f).startswith(str(kept[0]).rsplit(".", 2)[0])).read_text())
-    assert identity.diff(old["content"], new["content"]) == ["run.recipe.base_lr: 0.02 -> 0.03",
-                                                                  "schedule.base_lr: 0.02 -> 0.03"]
+    assert identity.diff(old["content"], new["content"]) == [
+        "run.recipe.base_lr: 0.02 -> 0.03",
+        "schedule.base_lr: 0.02 -> 0.03",
+    ]
 
 
 def test_an_upgrade_of_the_workflow_keeps_every_identity():

@@ -1,5 +1,6 @@
 """A job's command line names its config snapshot and itself; the script rebuilds its spec
 (rethink.jobs). Checked on the paper grid and on the real Snakemake's dry run of the tiny grid."""
+
 from __future__ import annotations
 
 import json
@@ -37,14 +38,17 @@ def test_every_rule_gets_the_spec_its_job_specs_build(tmp_path):
     run = next(r for r in P.plan.grid.runs.values() if P.paths.init_kind(r.init) == "staged")
     cases = {
         jobs.key("train_segment", WC(family=seg.family, line=seg.line, iter=f"{seg.end:07d}")): P.train_spec(seg),
-        jobs.key("train_final", WC(run=run.run_id)):
-            P.train_spec(P.plan.final_segment(run.run_id), output=P.paths.model(run.run_id)),
+        jobs.key("train_final", WC(run=run.run_id)): P.train_spec(
+            P.plan.final_segment(run.run_id), output=P.paths.model(run.run_id)
+        ),
         jobs.key("evaluate", WC(family=ms.family, line=ms.line, iter=f"{ms.iteration:07d}")): P.eval_spec(ms),
-        jobs.key("evaluate_tta", WC(family=tta.family, line=tta.line, iter=f"{tta.iteration:07d}")):
-            P.eval_spec(tta, tta=True),
+        jobs.key("evaluate_tta", WC(family=tta.family, line=tta.line, iter=f"{tta.iteration:07d}")): P.eval_spec(
+            tta, tta=True
+        ),
         jobs.key("prepare_data", WC(data=run.data)): P.data_spec(run.data),
-        jobs.key("stage_weights", WC(init=run.init, backbone=run.backbone, norm=run.norm)):
-            P.stage_spec(run.init, run.backbone, run.norm),
+        jobs.key("stage_weights", WC(init=run.init, backbone=run.backbone, norm=run.norm)): P.stage_spec(
+            run.init, run.backbone, run.norm
+        ),
     }
     for key, want in cases.items():
         assert jobs.spec(Q, key) == want, key
@@ -64,11 +68,14 @@ def test_the_snapshot_is_written_once_and_dated_before_any_result(tmp_path):
     assert jobs.read_snapshot(snap) == (P.cfg, "config.yaml")
 
 
-@pytest.mark.parametrize("content, says", [
-    (None, "config snapshot not found"),
-    (b"\xff\xfe garbage", "unreadable config snapshot"),
-    (b'{"workdir": "w"}', "not a config snapshot"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (None, "config snapshot not found"),
+        (b"\xff\xfe garbage", "unreadable config snapshot"),
+        (b'{"workdir": "w"}', "not a config snapshot"),
+    ],
+)
 def test_a_bad_snapshot_is_named(tmp_path, content, says):
     path = tmp_path / "config-0.json"
     if content is not None:
@@ -79,8 +86,9 @@ def test_a_bad_snapshot_is_named(tmp_path, content, says):
 
 
 def _script(script, *args):
-    return subprocess.run([PY, str(ROOT / "workflow_scripts" / script), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [PY, str(ROOT / "workflow_scripts" / script), *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_a_script_prints_its_spec_and_refuses_a_job_not_in_the_plan(tmp_path):
@@ -93,10 +101,12 @@ def test_a_script_prints_its_spec_and_refuses_a_job_not_in_the_plan(tmp_path):
     (tmp_path / "spec.json").write_text(ok.stdout)  # a spec file by hand: the same spec, checked the same way
     bad_field = _script("train.py", "--spec", str(tmp_path / "spec.json"), "--print-spec")
     assert bad_field.returncode == 1 and "lacks field(s) start, end" in bad_field.stderr
-    for job, says in [(f"evaluate/{ms.family}/{ms.line}/0000001", "not in the plan"),
-                      ("evaluate/a/b", "evaluate takes family/line/iter"),
-                      ("evaluate/a/b/$(touch x)", "evaluate takes family/line/iter"),
-                      ("teach/a", "unknown rule 'teach'")]:
+    for job, says in [
+        (f"evaluate/{ms.family}/{ms.line}/0000001", "not in the plan"),
+        ("evaluate/a/b", "evaluate takes family/line/iter"),
+        ("evaluate/a/b/$(touch x)", "evaluate takes family/line/iter"),
+        ("teach/a", "unknown rule 'teach'"),
+    ]:
         proc = _script("evaluate.py", "--config", snap, "--job", job)
         assert proc.returncode == 1 and says in proc.stderr and proc.stderr.startswith("evaluate: error:"), proc.stderr
     usage = _script("evaluate.py", "--job", key)
@@ -105,8 +115,11 @@ def test_a_script_prints_its_spec_and_refuses_a_job_not_in_the_plan(tmp_path):
 
 def test_every_command_line_of_the_tiny_grid_is_short_and_names_its_snapshot(tmp_path):
     write_yaml(tmp_path / "tiny.yaml", small_tiny_config())
-    proc = snakemake(["-n", "-p", "--profile", str(ROOT / "profiles" / "tiny"), "--configfile",
-                      str(tmp_path / "tiny.yaml")], cwd=tmp_path, timeout=900)
+    proc = snakemake(
+        ["-n", "-p", "--profile", str(ROOT / "profiles" / "tiny"), "--configfile", str(tmp_path / "tiny.yaml")],
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     cmds = [ln.removeprefix("Shell command: ") for ln in out.splitlines() if "workflow_scripts/" in ln]

@@ -1,6 +1,7 @@
 """The campaign's ledger (rethink.ledger, rethink.costs, rethink.timeline): rows written by real
 training jobs (train.py as the rules run it) that are killed with SIGKILL, stopped by SIGTERM
 before and at their walltime, and resumed; how open rows are read; what the waste is."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,18 @@ TRAIN = str(ROOT / "workflow_scripts" / "train.py")
 # ------------------------------------------------------------------------------ rows, read back
 def _row(**kw) -> dict:
     base = {k: None for k in ledger.ROW_FIELDS}
-    base.update(format=ledger.FORMAT, rule="train_segment", job="train_segment/F/trunk/0000100", run="r", gpus=8,
-                identity="h", host="elsewhere", node="n1", pid=1, start=1000.0)
+    base.update(
+        format=ledger.FORMAT,
+        rule="train_segment",
+        job="train_segment/F/trunk/0000100",
+        run="r",
+        gpus=8,
+        identity="h",
+        host="elsewhere",
+        node="n1",
+        pid=1,
+        start=1000.0,
+    )
     base.update(kw)
     return base
 
@@ -55,8 +66,15 @@ def test_open_rows_read_as_killed_running_or_node_failure(tmp_path):
     old = time.time() - 10 * ledger.STALE_S
     rows = [
         _row(job="train_segment/F/trunk/0000100", start=old, slurm_job_id="7", slurm_restart=0),  # requeued below
-        _row(job="train_segment/F/trunk/0000100", start=old + 5, slurm_job_id="7", slurm_restart=1,
-             end=old + 50, exit_code=0, outcome="done"),
+        _row(
+            job="train_segment/F/trunk/0000100",
+            start=old + 5,
+            slurm_job_id="7",
+            slurm_restart=1,
+            end=old + 50,
+            exit_code=0,
+            outcome="done",
+        ),
         _row(job="train_segment/F/trunk/0000200", start=old),  # unclosed, silent: killed
         _row(job="train_segment/F/trunk/0000300", start=time.time()),  # unclosed, fresh: running
     ]
@@ -76,14 +94,49 @@ def test_waste_is_what_the_next_attempt_trains_again(tmp_path):
     60..70 again (10 iterations wasted); attempt 2 is pre-empted at 95 after a checkpoint at 95
     (nothing wasted); attempt 3 finishes. Another identity is another job: not a retry."""
     rows = [
-        _row(start=0.0, end=100.0, resumed_from=0, iter_reached=70, last_checkpoint=60, first_iter=10.0,
-             last_iter=80.0, exit_code=-9, outcome="killed"),
-        _row(start=200.0, end=300.0, resumed_from=60, iter_reached=95, last_checkpoint=95, first_iter=210.0,
-             last_iter=280.0, exit_code=143, outcome="pre-empted"),
-        _row(start=400.0, end=420.0, resumed_from=95, iter_reached=100, first_iter=405.0, last_iter=415.0,
-             exit_code=0, outcome="done"),
-        _row(start=500.0, end=600.0, resumed_from=0, iter_reached=100, first_iter=505.0, last_iter=595.0,
-             exit_code=0, outcome="done", identity="other"),
+        _row(
+            start=0.0,
+            end=100.0,
+            resumed_from=0,
+            iter_reached=70,
+            last_checkpoint=60,
+            first_iter=10.0,
+            last_iter=80.0,
+            exit_code=-9,
+            outcome="killed",
+        ),
+        _row(
+            start=200.0,
+            end=300.0,
+            resumed_from=60,
+            iter_reached=95,
+            last_checkpoint=95,
+            first_iter=210.0,
+            last_iter=280.0,
+            exit_code=143,
+            outcome="pre-empted",
+        ),
+        _row(
+            start=400.0,
+            end=420.0,
+            resumed_from=95,
+            iter_reached=100,
+            first_iter=405.0,
+            last_iter=415.0,
+            exit_code=0,
+            outcome="done",
+        ),
+        _row(
+            start=500.0,
+            end=600.0,
+            resumed_from=0,
+            iter_reached=100,
+            first_iter=505.0,
+            last_iter=595.0,
+            exit_code=0,
+            outcome="done",
+            identity="other",
+        ),
     ]
     _write_rows(tmp_path, rows)
     df = ledger.frame(str(tmp_path))
@@ -103,10 +156,24 @@ def test_waste_against_the_unavoidable(tmp_path):
     rows = [
         _row(start=0.0, end=100.0, resumed_from=0, iter_reached=70, last_checkpoint=60, outcome="killed"),
         _row(start=200.0, end=300.0, resumed_from=60, iter_reached=100, outcome="done", exit_code=0),
-        _row(job="train_segment/F/trunk/0000200", start=0.0, end=100.0, resumed_from=100, iter_reached=170,
-             last_checkpoint=160, outcome="killed"),
-        _row(job="train_segment/F/trunk/0000200", start=200.0, end=300.0, resumed_from=100, iter_reached=200,
-             outcome="done", exit_code=0),
+        _row(
+            job="train_segment/F/trunk/0000200",
+            start=0.0,
+            end=100.0,
+            resumed_from=100,
+            iter_reached=170,
+            last_checkpoint=160,
+            outcome="killed",
+        ),
+        _row(
+            job="train_segment/F/trunk/0000200",
+            start=200.0,
+            end=300.0,
+            resumed_from=100,
+            iter_reached=200,
+            outcome="done",
+            exit_code=0,
+        ),
     ]
     _write_rows(tmp_path, rows)
     df = ledger.frame(str(tmp_path))
@@ -119,12 +186,28 @@ def test_the_scorecard_counts_a_job_that_ended_marked_diverged_as_done(tmp_path)
     from rethink import config, grid
     from rethink.plan import Plan
 
-    rows = [_row(start=0.0, end=100.0, resumed_from=0, iter_reached=100, outcome="done", exit_code=0),
-            _row(job="train_segment/F/trunk/0000200", start=100.0, end=150.0, resumed_from=100, iter_reached=130,
-                 outcome="diverged", exit_code=0),
-            _row(job="train_segment/F/2x/0000300", start=150.0, end=151.0, outcome="diverged", exit_code=0),
-            _row(job="train_segment/G/trunk/0000100", start=0.0, end=50.0, resumed_from=0, iter_reached=40,
-                 outcome="pre-empted", exit_code=143)]
+    rows = [
+        _row(start=0.0, end=100.0, resumed_from=0, iter_reached=100, outcome="done", exit_code=0),
+        _row(
+            job="train_segment/F/trunk/0000200",
+            start=100.0,
+            end=150.0,
+            resumed_from=100,
+            iter_reached=130,
+            outcome="diverged",
+            exit_code=0,
+        ),
+        _row(job="train_segment/F/2x/0000300", start=150.0, end=151.0, outcome="diverged", exit_code=0),
+        _row(
+            job="train_segment/G/trunk/0000100",
+            start=0.0,
+            end=50.0,
+            resumed_from=0,
+            iter_reached=40,
+            outcome="pre-empted",
+            exit_code=143,
+        ),
+    ]
     _write_rows(tmp_path, rows)
     cfg = small_tiny_config()
     plan = Plan(grid.build(config.validate(cfg, "tiny.yaml"), "tiny.yaml"))
@@ -136,8 +219,21 @@ def test_the_scorecard_counts_a_job_that_ended_marked_diverged_as_done(tmp_path)
 def test_a_rehearsals_times_read_as_simulated(tmp_path):
     """ledger.frame(scale=compression): a job's start-up as it was, the rest of its wall time
     stretched, so its GPU-hours and seconds per iteration are the simulated ones."""
-    _write_rows(tmp_path, [_row(start=1000.0, end=1010.0, resumed_from=0, iter_reached=100, first_iter=1001.0,
-                                last_iter=1009.0, exit_code=0, outcome="done")])
+    _write_rows(
+        tmp_path,
+        [
+            _row(
+                start=1000.0,
+                end=1010.0,
+                resumed_from=0,
+                iter_reached=100,
+                first_iter=1001.0,
+                last_iter=1009.0,
+                exit_code=0,
+                outcome="done",
+            )
+        ],
+    )
     real, sim = ledger.frame(str(tmp_path)), ledger.frame(str(tmp_path), scale=3600.0)
     assert real["wall_s"].iloc[0] == 10.0 and sim["wall_s"].iloc[0] == 1 + 9 * 3600.0
     assert sim["elapsed_s"].iloc[0] == 10.0 and sim["first_iter_s"].iloc[0] == 1.0
@@ -156,15 +252,24 @@ def faulted_segment(module_tmp):
     p = tiny_specs(tmp, schedules={"2x": {"x": 2}})
     snap = jobs.write_snapshot(p.cfg, "ledger-test")
     seg = max(p.plan.segments.values(), key=lambda s: s.end)
-    key = f"train_final/{seg.owner}" if (seg.family, seg.line, seg.end) in p.plan.finals else \
-        f"train_segment/{seg.family}/{seg.line}/{seg.end:07d}"
+    key = (
+        f"train_final/{seg.owner}"
+        if (seg.family, seg.line, seg.end) in p.plan.finals
+        else f"train_segment/{seg.family}/{seg.line}/{seg.end:07d}"
+    )
     rdir = Path(p.paths.resume_dir(seg.family, seg.line, seg.end))
     env = {**os.environ, **switches.environment(sleep=0.5), "RETHINK_LEDGER_HEARTBEAT": "0.2"}
     rows = ledger.rows_dir(p.paths.results)
 
     def start(**extra):
-        return subprocess.Popen([PY, TRAIN, "--config", snap, "--job", key], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env={**env, **extra})
+        return subprocess.Popen(
+            [PY, TRAIN, "--config", snap, "--job", key],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**env, **extra},
+        )
 
     def reached(pid: int) -> int:  # the iteration of the row of process `pid`, as its heartbeat wrote it
         mine = [json.loads(f.read_text()) for f in rows.rglob(f"*-{pid}.json")]
@@ -187,8 +292,14 @@ def faulted_segment(module_tmp):
     proc = start()
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    return {"specs": p, "key": key, "seg": seg, "read_after_kill": read_after_kill,
-            "frame": ledger.frame(p.paths.results), "first_ckpt": first_ckpt}
+    return {
+        "specs": p,
+        "key": key,
+        "seg": seg,
+        "read_after_kill": read_after_kill,
+        "frame": ledger.frame(p.paths.results),
+        "first_ckpt": first_ckpt,
+    }
 
 
 def test_a_killed_job_reads_as_killed_and_its_rerun_resumes(faulted_segment):
@@ -244,9 +355,19 @@ def test_a_slurm_jobs_row_starts_with_its_allocation_and_reads_its_walltime(slur
         "from rethink import ledger\n"
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
         f"with ledger.recording({str(results)!r}, rule='train_segment', job='train_segment/F/trunk/0000010'):\n"
-        "    time.sleep(120)\n")
-    jid = c.run("sbatch", "--parsable", "-t", "1", "--signal=TERM@45", "-o", str(tmp_path / "out"),
-                "--wrap", f"sleep 2; exec srun {PY} {script}").stdout.strip()
+        "    time.sleep(120)\n"
+    )
+    jid = c.run(
+        "sbatch",
+        "--parsable",
+        "-t",
+        "1",
+        "--signal=TERM@45",
+        "-o",
+        str(tmp_path / "out"),
+        "--wrap",
+        f"sleep 2; exec srun {PY} {script}",
+    ).stdout.strip()
     c.wait_job(jid, timeout=120)
     (row,) = ledger.read_rows(str(results))
     assert row["slurm_job_id"] == jid and row["node"] in c.nodes, row

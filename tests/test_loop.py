@@ -1,6 +1,7 @@
 # over 400 lines: its scenarios share the tiny set-up helpers (test_ledger imports them) and a module-scoped resume run
 """The one training loop (rethink.loop) with the real torchvision engine on a tiny synthetic set:
 resume after SIGKILL and SIGTERM, branch points, corrupt checkpoints, NaN, DDP with SyncBN."""
+
 from __future__ import annotations
 
 import json
@@ -37,10 +38,23 @@ def tiny_specs(tmp: Path, recipe: dict | None = None, schedules: dict | None = N
     if schedules:
         cfg["axes"]["schedule"] = schedules
     cfg["datasets"]["synthetic"].update(train_size=8, val_size=4, image_size=[64, 80], categories=2, max_objects=2)
-    cfg["recipe"].update(iters_per_x=4, lr_drops_from_end=[4, 2], warmup_iters=2, min_size_train=[64],
-                         max_size_train=96, min_size_test=64, max_size_test=96, rpn_pre_nms_train=200,
-                         rpn_post_nms_train=100, rpn_pre_nms_test=100, rpn_post_nms_test=50,
-                         roi_batch_per_image=32, detections_per_image=20, checkpoint_period=2, **(recipe or {}))
+    cfg["recipe"].update(
+        iters_per_x=4,
+        lr_drops_from_end=[4, 2],
+        warmup_iters=2,
+        min_size_train=[64],
+        max_size_train=96,
+        min_size_test=64,
+        max_size_test=96,
+        rpn_pre_nms_train=200,
+        rpn_post_nms_train=100,
+        rpn_pre_nms_test=100,
+        rpn_post_nms_test=50,
+        roi_batch_per_image=32,
+        detections_per_image=20,
+        checkpoint_period=2,
+        **(recipe or {}),
+    )
     cfg.update(eval_period=100, max_segment_iters=100, **top)
     cfg = config.validate(cfg, "tiny-test")
     p = JobSpecs(Paths(cfg, plan.Plan(grid.build(cfg, "tiny-test"))))
@@ -59,8 +73,14 @@ def spec_of(p: JobSpecs, seg, **extra) -> dict:
 
 
 def run_cli(spec: dict, timeout: int = 300, **kw) -> subprocess.Popen:
-    return subprocess.Popen([PY, TRAIN, "--spec", json.dumps(spec)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [PY, TRAIN, "--spec", json.dumps(spec)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def wait_for(pred, proc: subprocess.Popen, timeout: float = 120.0, what: str = "") -> None:
@@ -122,8 +142,9 @@ def test_grouped_batches_hold_one_aspect_and_depend_only_on_seed_and_iteration()
     # a batch depends only on (seed, iteration): a fresh sampler, asked out of order, agrees
     again = sampling.GroupedBatches(5, 4, groups)
     assert [again.indices(i) for i in (37, 3, 90)] == [epochs[7][2], epochs[0][3], epochs[18][0]]
-    assert sampling.GroupedBatches(6, 4, groups).indices(0) != gb.indices(0) or \
-        sampling.GroupedBatches(6, 4, groups).indices(1) != gb.indices(1)
+    assert sampling.GroupedBatches(6, 4, groups).indices(0) != gb.indices(0) or sampling.GroupedBatches(
+        6, 4, groups
+    ).indices(1) != gb.indices(1)
     for i in range(10):  # two processes take the halves of the same batch
         assert gb.indices(i, 0, 2) + gb.indices(i, 1, 2) == gb.indices(i)
     assert sampling.aspect_groups([(640, 480), (480, 640), (500, 500)]) == [0, 1, 1]
@@ -139,10 +160,21 @@ def test_checkpoint_truncated_is_a_clear_error_and_skipped(tmp_path):
     rdir = tmp_path / "resume"
 
     def state(it):
-        return {"format": checkpoint.FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "iteration": it, "counters": {"images": it, "instances": it, "pixels": it}, "wall_seconds": 1.0,
-                "device_seconds": 1.0, "gpus": 0, "run_id": "r", "family": "f", "line": "trunk", "engine": "x",
-                "rng": [checkpoint.rng_state()]}
+        return {
+            "format": checkpoint.FORMAT,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "iteration": it,
+            "counters": {"images": it, "instances": it, "pixels": it},
+            "wall_seconds": 1.0,
+            "device_seconds": 1.0,
+            "gpus": 0,
+            "run_id": "r",
+            "family": "f",
+            "line": "trunk",
+            "engine": "x",
+            "rng": [checkpoint.rng_state()],
+        }
 
     for it in (2, 4, 6):
         checkpoint.save(checkpoint.resume_path(rdir, it), state(it))
@@ -167,9 +199,21 @@ def test_checkpoint_truncated_is_a_clear_error_and_skipped(tmp_path):
 def test_checkpoint_checksum_finds_a_damaged_tensor_and_says_what_to_do(tmp_path):
     """torch.load reads a flipped bit in a tensor without complaint; the checksum does not."""
     model = torch.nn.Linear(64, 64)
-    state = {"format": checkpoint.FORMAT, "model": model.state_dict(), "optimizer": {}, "iteration": 2,
-             "counters": {"images": 2, "instances": 2, "pixels": 2}, "wall_seconds": 1.0, "device_seconds": 1.0,
-             "gpus": 0, "run_id": "r", "family": "f", "line": "trunk", "engine": "x", "rng": [checkpoint.rng_state()]}
+    state = {
+        "format": checkpoint.FORMAT,
+        "model": model.state_dict(),
+        "optimizer": {},
+        "iteration": 2,
+        "counters": {"images": 2, "instances": 2, "pixels": 2},
+        "wall_seconds": 1.0,
+        "device_seconds": 1.0,
+        "gpus": 0,
+        "run_id": "r",
+        "family": "f",
+        "line": "trunk",
+        "engine": "x",
+        "rng": [checkpoint.rng_state()],
+    }
     good = tmp_path / "good.pth"
     checkpoint.save(good, state)
     assert checkpoint.load(good)["checksum"] == checkpoint.digest(state)
@@ -259,8 +303,12 @@ def resume_scenario(module_tmp):
     p = tiny_specs(tmp)
     seg = first_segment(p)
     base = spec_of(p, seg, end=6)
-    straight = {**base, "output": str(tmp / "straight.pth"), "resume_dir": str(tmp / "straight_resume"),
-                "history": str(tmp / "straight.jsonl")}
+    straight = {
+        **base,
+        "output": str(tmp / "straight.pth"),
+        "resume_dir": str(tmp / "straight_resume"),
+        "history": str(tmp / "straight.jsonl"),
+    }
     segment.train_segment(straight)
 
     hist = tmp / "stopped.jsonl"
@@ -384,16 +432,31 @@ def test_nan_stops_the_run_then_corrupt_resume_checkpoint_is_skipped(tmp_path, c
     marker = rdir / loop.DIVERGED_MARKER
     assert json.loads(marker.read_text())["iteration"] == 5
     # the next segment starts from it: marked diverged too, in seconds, nothing trained
-    nxt = {**spec_of(p, seg, end=6, deterministic=False), "start": 6, "end": 8, "start_checkpoint": spec["output"],
-           "resume_dir": str(tmp_path / "next"), "output": str(tmp_path / "next.pth")}
+    nxt = {
+        **spec_of(p, seg, end=6, deterministic=False),
+        "start": 6,
+        "end": 8,
+        "start_checkpoint": spec["output"],
+        "resume_dir": str(tmp_path / "next"),
+        "output": str(tmp_path / "next.pth"),
+    }
     later = segment.train_segment(nxt)
     assert later["diverged"]["inherited_from"] == spec["output"] and later["diverged"]["iteration"] == 5
     assert checkpoint.load(nxt["output"])["diverged"]["iteration"] == 5
     # its evaluation: diverged, no stats, no model built
     from rethink import evaluate, metrics
 
-    ev = {"engine": spec["engine"], "run": spec["run"], "family": seg.family, "line": seg.line, "iteration": 6,
-          "lr": 0.01, "checkpoint": spec["output"], "dataset": spec["dataset"], "output": str(tmp_path / "m.json")}
+    ev = {
+        "engine": spec["engine"],
+        "run": spec["run"],
+        "family": seg.family,
+        "line": seg.line,
+        "iteration": 6,
+        "lr": 0.01,
+        "checkpoint": spec["output"],
+        "dataset": spec["dataset"],
+        "output": str(tmp_path / "m.json"),
+    }
     rec = evaluate.evaluate(ev, log=open(os.devnull, "w"))
     assert rec["diverged"] is True and rec["stats"] == {} and metrics.read(ev["output"])["diverged"] is True
     # asked again (its output deleted): refuses to train, marks the output again
@@ -420,8 +483,14 @@ def test_nan_via_cli_exits_0_with_output_marked_diverged(tmp_path):
     p = tiny_specs(tmp_path)
     seg = first_segment(p)
     spec = spec_of(p, seg, end=2, deterministic=False)
-    proc = subprocess.run([PY, TRAIN, "--spec", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **switches.environment(nan_at=1)}, timeout=300)
+    proc = subprocess.run(
+        [PY, TRAIN, "--spec", json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **switches.environment(nan_at=1)},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("diverged:") and spec["run"]["run_id"] in last and "iteration 1" in last
@@ -438,10 +507,12 @@ def test_the_hooks_extension_point_loads_a_file_by_path_and_names_a_bad_value(tm
     assert [type(h).__name__ for h in got] == ["NanAt"] and got[0].iteration == 3
     bad = tmp_path / "bad.py"
     bad.write_text("def hooks(spec):\n    return [object()]\n")
-    for value, says in [("no-function", "expected <path/to/file.py>:<function>"),
-                        (f"{tmp_path / 'gone.py'}:f", "is not a file"),
-                        (f"{bad}:missing", "has no function missing"),
-                        (f"{bad}:hooks", "returned object, not rethink.hooks.HookBase")]:
+    for value, says in [
+        ("no-function", "expected <path/to/file.py>:<function>"),
+        (f"{tmp_path / 'gone.py'}:f", "is not a file"),
+        (f"{bad}:missing", "has no function missing"),
+        (f"{bad}:hooks", "returned object, not rethink.hooks.HookBase"),
+    ]:
         with pytest.raises(ValueError) as e:
             hooks.from_extension(spec, env={"RETHINK_HOOKS": value})
         assert str(e.value).startswith(f"$RETHINK_HOOKS: value {value!r}: ") and says in str(e.value), e.value
@@ -460,8 +531,8 @@ def _syncbn_worker(rank: int, world: int, init_file: str, x: torch.Tensor, g: to
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-0.5, 0.5)
     per = x.shape[0] // world
-    xs = x[rank * per:(rank + 1) * per].clone().requires_grad_(True)
-    (bn(xs) * g[rank * per:(rank + 1) * per]).sum().backward()
+    xs = x[rank * per : (rank + 1) * per].clone().requires_grad_(True)
+    (bn(xs) * g[rank * per : (rank + 1) * per]).sum().backward()
     wg, bg = bn.weight.grad.clone(), bn.bias.grad.clone()
     dist.all_reduce(wg)
     dist.all_reduce(bg)
@@ -497,7 +568,9 @@ def test_naive_sync_bn_gradients_equal_bn_on_the_joint_batch(tmp_path):
     assert (res[0][2] - bn.weight.grad).abs().max() < 4e-6
     assert (res[0][3] - bn.bias.grad).abs().max() < 4e-6
     assert xj.grad.abs().max() > 1e-2  # not trivially equal
-    assert torch.allclose(res[0][4], bn.running_mean, atol=1e-6) and torch.allclose(res[0][5], bn.running_var, atol=1e-5)
+    assert torch.allclose(res[0][4], bn.running_mean, atol=1e-6) and torch.allclose(
+        res[0][5], bn.running_var, atol=1e-5
+    )
 
 
 def test_ddp_two_processes_gloo_syncbn_via_torchrun(tmp_path):
@@ -506,9 +579,14 @@ def test_ddp_two_processes_gloo_syncbn_via_torchrun(tmp_path):
     spec["run"] = {**spec["run"], "norm": "SyncBN"}
     spec["history"] = str(tmp_path / "ddp.jsonl")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TRAIN,
-                           "--spec", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=400)
+    proc = subprocess.run(
+        [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", TRAIN, "--spec", json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ck = checkpoint.load(spec["output"])
     assert ck["iteration"] == 2
@@ -536,8 +614,9 @@ def test_amp_trains_in_bfloat16_on_cpu_and_resumes_exactly(tmp_path):
     stops it as diverged."""
     p = tiny_specs(tmp_path / "amp", recipe={"amp": True})
     seg = first_segment(p)
-    straight = segment.train_segment(spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r0"),
-                                             output=str(tmp_path / "straight.pth")))
+    straight = segment.train_segment(
+        spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r0"), output=str(tmp_path / "straight.pth"))
+    )
     spec = spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r1"), output=str(tmp_path / "resumed.pth"))
     with pytest.raises(loop.Preempted):
         segment.train_segment(spec, [StopAfter(2)])
@@ -545,9 +624,11 @@ def test_amp_trains_in_bfloat16_on_cpu_and_resumes_exactly(tmp_path):
     assert resumed["history"][0]["iteration"] == 2
     assert_same_weights(weights(tmp_path / "straight.pth"), weights(tmp_path / "resumed.pth"))
     fp = tiny_specs(tmp_path / "fp32")
-    plain = segment.train_segment(spec_of(fp, first_segment(fp), end=4, resume_dir=str(tmp_path / "r2"),
-                                          output=str(tmp_path / "fp32.pth")))
+    plain = segment.train_segment(
+        spec_of(fp, first_segment(fp), end=4, resume_dir=str(tmp_path / "r2"), output=str(tmp_path / "fp32.pth"))
+    )
     assert [h["loss"] for h in plain["history"]] != [h["loss"] for h in straight["history"]]
-    nan = segment.train_segment(spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r3"),
-                                        output=str(tmp_path / "nan.pth")), [switches.NanAt(1)])
+    nan = segment.train_segment(
+        spec_of(p, seg, end=4, resume_dir=str(tmp_path / "r3"), output=str(tmp_path / "nan.pth")), [switches.NanAt(1)]
+    )
     assert nan["diverged"]["iteration"] == 1

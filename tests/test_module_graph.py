@@ -2,6 +2,7 @@
 import only hides a cycle until someone moves it). And the engines' room (rethink.engines): an
 engine's modules are reached from outside it only through get_engine, no engine imports another's,
 and what both build alike (engines/shared.py) imports no engine."""
+
 from __future__ import annotations
 
 import ast
@@ -127,11 +128,15 @@ NEUTRAL = {ENGINES_PKG, f"{ENGINES_PKG}.shared"}  # get_engine and the interface
 KNOWN = (*ENGINES, "rehearsal")
 # Outside rethink.engines an engine's module is imported only here, each for its reason:
 EXCEPTIONS = {
-    ("rethink.pretrain", "rethink.engines.torchvision_models"):
-        "the tiny pre-training trains the torchvision ResNet/VGG16 body, whichever engine the detector uses",
-    ("rethink.stage", "rethink.engines.detectron2_config"):
-        "the staging converts torchvision's VGG16 into the caffe blobs and input normalisation of the "
-        "detectron2 engine's VGG16",
+    (
+        "rethink.pretrain",
+        "rethink.engines.torchvision_models",
+    ): "the tiny pre-training trains the torchvision ResNet/VGG16 body, whichever engine the detector uses",
+    (
+        "rethink.stage",
+        "rethink.engines.detectron2_config",
+    ): "the staging converts torchvision's VGG16 into the caffe blobs and input normalisation of the "
+    "detectron2 engine's VGG16",
 }
 
 
@@ -165,11 +170,13 @@ def engine_room_breaches(graph: dict[str, set[str]], exceptions=EXCEPTIONS) -> l
 
 
 def test_the_checker_finds_a_breach_of_the_engines_room():
-    graph = {"rethink.engines": {"rethink.engines.torchvision_engine"},  # get_engine: allowed
-             "rethink.evaluate": {"rethink.engines", "rethink.engines.shared", "rethink.engines.detectron2_config"},
-             "rethink.engines.torchvision_engine": {"rethink.engines.detectron2_config", "rethink.checkpoint"},
-             "rethink.engines.shared": {"rethink.engines.rehearsal_engine"},
-             "rethink.pretrain": {"rethink.engines.torchvision_models"}}
+    graph = {
+        "rethink.engines": {"rethink.engines.torchvision_engine"},  # get_engine: allowed
+        "rethink.evaluate": {"rethink.engines", "rethink.engines.shared", "rethink.engines.detectron2_config"},
+        "rethink.engines.torchvision_engine": {"rethink.engines.detectron2_config", "rethink.checkpoint"},
+        "rethink.engines.shared": {"rethink.engines.rehearsal_engine"},
+        "rethink.pretrain": {"rethink.engines.torchvision_models"},
+    }
     assert engine_room_breaches(graph) == [
         "rethink.engines.shared (engine-neutral) imports rethink.engines.rehearsal_engine (engine rehearsal)",
         "rethink.engines.torchvision_engine (engine torchvision) imports rethink.engines.detectron2_config "
@@ -196,8 +203,10 @@ def test_engines_are_reached_through_get_engine():
 def test_the_engine_interface_imports_no_torch():
     """rethink.engines (get_engine, the interface) and engines/shared.py are what the planning and
     the rules may import: no torch, no detectron2."""
-    code = ("import sys; import rethink.engines, rethink.engines.shared; "
-            "print(sorted(m for m in ('torch', 'detectron2', 'torchvision') if m in sys.modules))")
+    code = (
+        "import sys; import rethink.engines, rethink.engines.shared; "
+        "print(sorted(m for m in ('torch', 'detectron2', 'torchvision') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=PKG.parent, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -206,9 +215,11 @@ def test_the_engine_interface_imports_no_torch():
 def engine_calls() -> set[str]:
     """The methods the package calls on an engine outside rethink.engines: `engine.x(...)`,
     `<obj>.engine.x(...)`, and hasattr/getattr(engine, "x")."""
+
     def is_engine(node) -> bool:
-        return (isinstance(node, ast.Name) and node.id == "engine") or \
-            (isinstance(node, ast.Attribute) and node.attr == "engine")
+        return (isinstance(node, ast.Name) and node.id == "engine") or (
+            isinstance(node, ast.Attribute) and node.attr == "engine"
+        )
 
     out = set()
     for path in PKG.rglob("*.py"):
@@ -217,8 +228,14 @@ def engine_calls() -> set[str]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and is_engine(node.func.value):
                 out.add(node.func.attr)
-            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
-                  and len(node.args) >= 2 and is_engine(node.args[0]) and isinstance(node.args[1], ast.Constant)):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+                and len(node.args) >= 2
+                and is_engine(node.args[0])
+                and isinstance(node.args[1], ast.Constant)
+            ):
                 out.add(node.args[1].value)
     return out
 
@@ -235,7 +252,7 @@ def fits(method, spec) -> bool:
 
     want = [p for p in spec.parameters if p != "self"]
     have = list(inspect.signature(method).parameters.values())
-    return [p.name for p in have[:len(want)]] == want and all(p.default is not p.empty for p in have[len(want):])
+    return [p.name for p in have[: len(want)]] == want and all(p.default is not p.empty for p in have[len(want) :])
 
 
 def test_the_engine_interface_is_complete_and_kept():
@@ -247,7 +264,9 @@ def test_the_engine_interface_is_complete_and_kept():
     required, optional = interface_methods(Engine), interface_methods(OptionalEngineMethods)
     called = engine_calls()
     assert {"build_model", "losses", "count", "predict", "iterations_in"} <= called  # the calls are seen
-    assert called <= set(required) | set(optional), f"called but not in the interface: {called - set(required) - set(optional)}"
+    assert called <= set(required) | set(optional), (
+        f"called but not in the interface: {called - set(required) - set(optional)}"
+    )
     for name in KNOWN:
         engine = get_engine(name)
         for method, spec in required.items():

@@ -1,6 +1,7 @@
 """The project's code is an installed package (pyproject.toml): `rethink` and the tests' laboratory
 `rethink_lab` import from any folder, nothing reaches them through sys.path, and the README's
 layout names every module."""
+
 from __future__ import annotations
 
 import ast
@@ -25,8 +26,10 @@ def test_the_packages_import_from_any_folder(tmp_path):
 def test_pyproject_installs_every_package_folder():
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert tool["package-dir"] == {"rethink": "workflow_scripts/rethink", "rethink_lab": "tests/lab"}
-    found = {"rethink." + ".".join(p.parent.relative_to(PKG).parts) if p.parent != PKG else "rethink"
-             for p in PKG.rglob("__init__.py")} | {"rethink_lab"}
+    found = {
+        "rethink." + ".".join(p.parent.relative_to(PKG).parts) if p.parent != PKG else "rethink"
+        for p in PKG.rglob("__init__.py")
+    } | {"rethink_lab"}
     assert sorted(tool["packages"]) == sorted(found)
 
 
@@ -39,27 +42,38 @@ def _path_edits(path) -> list[int]:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             target = node.func.value
         elif isinstance(node, (ast.Assign, ast.AugAssign)):
-            target = (node.targets[0] if isinstance(node, ast.Assign) else node.target)
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
             target = target.value if isinstance(target, ast.Subscript) else target
         if isinstance(target, ast.Attribute) and target.attr == "path" and getattr(target.value, "id", "") == "sys":
             if not isinstance(node, ast.Call) or node.func.attr in ("insert", "append", "remove", "extend"):
                 lines.append(node.lineno)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.search(
-                r"sys\.path\.(insert|append)|sys\.path\[\d\] *=", node.value):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and re.search(r"sys\.path\.(insert|append)|sys\.path\[\d\] *=", node.value)
+        ):
             lines.append(node.lineno)
     return lines
 
 
 def test_no_sys_path_manipulation_in_scripts_benchmarks_or_tests():
-    files = [p for d in ("workflow_scripts", "bench", "tests") for p in sorted((ROOT / d).rglob("*.py"))
-             if p.name != "test_package.py"]  # (its probes)
+    files = [
+        p
+        for d in ("workflow_scripts", "bench", "tests")
+        for p in sorted((ROOT / d).rglob("*.py"))
+        if p.name != "test_package.py"
+    ]  # (its probes)
     found = {str(p.relative_to(ROOT)): _path_edits(p) for p in files}
     assert not {k: v for k, v in found.items() if v}
 
 
 def test_the_checker_finds_path_edits(tmp_path):
-    for text in ("import sys\nsys.path.insert(0, 'x')\n", "import sys\nsys.path[0] = 'x'\n",
-                 "code = 'import sys; sys.path.insert(0, 1)'\n", "import sys\nsys.path += ['x']\n"):
+    for text in (
+        "import sys\nsys.path.insert(0, 'x')\n",
+        "import sys\nsys.path[0] = 'x'\n",
+        "code = 'import sys; sys.path.insert(0, 1)'\n",
+        "import sys\nsys.path += ['x']\n",
+    ):
         (tmp_path / "probe.py").write_text(text)
         assert _path_edits(tmp_path / "probe.py"), text
     (tmp_path / "probe.py").write_text("import sys\nprint(sys.path[0])\n")

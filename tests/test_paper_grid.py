@@ -3,6 +3,7 @@
 Table 3 (X152, cascade, test-time augmentation). Each experiment's runs are checked as
 rethink.grid.build makes them (ids, lengths, LR drop iterations, recipe), then planned by the real
 `snakemake -n` and listed with GPU-hours by the real `snakemake grid`."""
+
 from __future__ import annotations
 
 import re
@@ -47,7 +48,8 @@ EXPECTED = {
     "voc_random": {"R101-GN-random-voc-144k-s0": (144_000, (138_000, 142_000), VOC)},
     "fig6_keypoints": {
         f"R50-GN-{init}-coco_kp-{s}-s0": (n, (n - 60_000, n - 20_000), {"task": "keypoint_rcnn", "scale_aug": False})
-        for init in ("random", "imagenet") for s, n in (("2x", 180_000), ("3x", 270_000))
+        for init in ("random", "imagenet")
+        for s, n in (("2x", 180_000), ("3x", 270_000))
     },
     "sec51_vgg16_imagenet": {"VGG16-none-imagenet-coco_full-9x-s0": (810_000, (750_000, 790_000), VGG)},
     "sec51_vgg16_random": {"VGG16-none-random-coco_full-11x-s0": (990_000, (930_000, 970_000), VGG)},
@@ -60,8 +62,10 @@ EXPECTED = {
     "table3_cascade_tta": {"X152-GN-random-coco_full-9x-s0-cascade": (810_000, (750_000, 790_000), CASCADE)},
     "table3_pretrained": {
         "X152-GN-imagenet-coco_full-6x-s0-cascade": (
-            540_000, (480_000, 520_000),
-            {**TRAIN_AUG, "task": "cascade_mask_rcnn", "cascade_from_iter": None, "tta": False}),
+            540_000,
+            (480_000, 520_000),
+            {**TRAIN_AUG, "task": "cascade_mask_rcnn", "cascade_from_iter": None, "tta": False},
+        ),
     },
 }
 NEW = sorted(EXPECTED)
@@ -90,10 +94,11 @@ def test_small_data_recipe_is_the_35k_grid_search_result():
         sched = GRID.runs[rid].schedule
         assert sched.lr(100_000) == pytest.approx(0.04)
         assert sched.lr(500_000) == pytest.approx(0.04 * 0.02)
-        assert sched.lr(530_000) == pytest.approx(0.04 * 0.02 ** 2)
+        assert sched.lr(530_000) == pytest.approx(0.04 * 0.02**2)
     for exp in ("fig7_10k_imagenet", "fig7_10k_random", "fig8_small_imagenet", "fig8_small_random"):
         assert {r.recipe_json for r in GRID.experiments_of(exp)} == {
-            GRID.runs["R50-GN-imagenet-coco_10k-60k-s0"].recipe_json}, exp
+            GRID.runs["R50-GN-imagenet-coco_10k-60k-s0"].recipe_json
+        }, exp
 
 
 def test_datasets_of_the_new_runs():
@@ -104,8 +109,13 @@ def test_datasets_of_the_new_runs():
             assert ds[name][key] == ds["coco_full"][key], (name, key)
     assert ds["coco_kp"]["keypoints"] is True
     assert ds["coco_kp"]["train_annotations"].endswith("person_keypoints_train2017.json")
-    assert ds["voc"] == {**ds["voc"], "kind": "voc", "root": "datasets/VOCdevkit",
-                         "train_annotations": ["VOC2007/trainval", "VOC2012/train"], "val_annotations": "VOC2012/val"}
+    assert ds["voc"] == {
+        **ds["voc"],
+        "kind": "voc",
+        "root": "datasets/VOCdevkit",
+        "train_annotations": ["VOC2007/trainval", "VOC2012/train"],
+        "val_annotations": "VOC2012/val",
+    }
 
 
 def test_every_run_has_speed_and_weights():
@@ -139,7 +149,9 @@ def test_test_time_augmentation_is_one_more_evaluation_not_a_run():
     tta_runs = sorted(r.run_id for r in GRID.runs.values() if r.test_aug)
     assert tta_runs == ["X152-GN-imagenet-coco_full-6x-s0-cascade", "X152-GN-random-coco_full-9x-s0-cascade"]
     assert set(GRID.runs["X152-GN-random-coco_full-9x-s0-cascade"].experiments) == {
-        "table3_cascade", "table3_cascade_tta"}
+        "table3_cascade",
+        "table3_cascade_tta",
+    }
     specs = JobSpecs(Paths(PAPER, PLAN))
     for rid in tta_runs:
         ms = PLAN.final_milestone(rid)
@@ -147,13 +159,14 @@ def test_test_time_augmentation_is_one_more_evaluation_not_a_run():
         plain, tta = specs.eval_spec(ms), specs.eval_spec(ms, tta=True)
         assert "tta" not in plain and tta["tta"] is True
         assert tta["output"].endswith("-tta.json") and tta["checkpoint"] == plain["checkpoint"]
-        assert {k: v for k, v in tta.items() if k not in ("tta", "output")} == \
-            {k: v for k, v in plain.items() if k != "output"}
+        assert {k: v for k, v in tta.items() if k not in ("tta", "output")} == {
+            k: v for k, v in plain.items() if k != "output"
+        }
     assert len(PLAN.tta_milestones) == 2
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
-    table = stdout[stdout.index("Job stats:"):]
+    table = stdout[stdout.index("Job stats:") :]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
@@ -167,7 +180,9 @@ def test_dry_run_plans_the_new_experiments(tmp_path):
     assert counts["evaluate_tta"] == 2
     new_families = {GRID.runs[r].family for r in NEW_RUNS}
     new_segments = [s for s in PLAN.segments.values() if s.family in new_families]
-    assert counts["train_segment"] + counts["train_final"] - len(new_segments) == 344  # Tables 1/2 and Figure 4 as before
+    assert (
+        counts["train_segment"] + counts["train_final"] - len(new_segments) == 344
+    )  # Tables 1/2 and Figure 4 as before
     assert counts["prepare_data"] == len(PAPER["axes"]["data"]) == 7
     # imagenet weights staged once per backbone-norm pair in use
     assert counts["stage_weights"] == len({(r.backbone, r.norm) for r in GRID.runs.values() if r.init == "imagenet"})
@@ -184,8 +199,10 @@ def test_grid_summary_lists_gpu_hours_per_experiment(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     df = pd.read_csv(tmp_path / "results" / "grid.csv").set_index("run_id")
     assert set(NEW_RUNS) <= set(df.index)
-    listed = {m.group(1): (int(m.group(2)), float(m.group(3).replace(",", "")))
-              for m in re.finditer(r"^\s+(\w+)\s+(\d+) runs\s+([\d,.]+) GPU-h planned", proc.stdout, re.M)}
+    listed = {
+        m.group(1): (int(m.group(2)), float(m.group(3).replace(",", "")))
+        for m in re.finditer(r"^\s+(\w+)\s+(\d+) runs\s+([\d,.]+) GPU-h planned", proc.stdout, re.M)
+    }
     for exp in NEW:
         runs = list(EXPECTED[exp])
         assert listed[exp][0] == len(runs), exp

@@ -5,6 +5,7 @@ COCO tree on disk (Figures 7, 8), PASCAL VOC converted from XML on disk (Figure 
 train-time scale augmentation, the switch from Mask R-CNN to cascade inside the run, and its
 final checkpoint evaluated a second time with test-time augmentation. The COCO and VOC trees
 are written from the workflow's own synthetic images, so no download is needed."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,16 @@ from rethink import data, synthetic
 
 pytestmark = pytest.mark.slow
 
-SYN = {"name": "src", "kind": "synthetic", "train_size": 16, "val_size": 6, "image_size": [96, 128],
-       "categories": 3, "max_objects": 3, "seed": 5}
+SYN = {
+    "name": "src",
+    "kind": "synthetic",
+    "train_size": 16,
+    "val_size": 6,
+    "image_size": [96, 128],
+    "categories": 3,
+    "max_objects": 3,
+    "seed": 5,
+}
 
 
 def write_coco_tree(root: Path) -> dict:
@@ -29,8 +38,14 @@ def write_coco_tree(root: Path) -> dict:
     root.mkdir(parents=True)
     for split in ("train", "val"):
         synthetic.make_synthetic_split(SYN, split, root, data.SCHEMA)
-    return {"kind": "coco", "root": str(root), "train_images": "train", "train_annotations": "train.json",
-            "val_images": "val", "val_annotations": "val.json"}
+    return {
+        "kind": "coco",
+        "root": str(root),
+        "train_images": "train",
+        "train_annotations": "train.json",
+        "val_images": "val",
+        "val_annotations": "val.json",
+    }
 
 
 def write_voc_tree(root: Path) -> dict:
@@ -49,27 +64,39 @@ def write_voc_tree(root: Path) -> dict:
         for im in coco["images"]:
             vid = f"{split}_{im['id']:04d}"
             ids.append(vid)
-            Image.open(images / im["file_name"]).convert("RGB").save(root / year / "JPEGImages" / f"{vid}.jpg",
-                                                                     quality=95)
+            Image.open(images / im["file_name"]).convert("RGB").save(
+                root / year / "JPEGImages" / f"{vid}.jpg", quality=95
+            )
             objs = ""
             for a in (a for a in coco["annotations"] if a["image_id"] == im["id"]):
                 x, y, w, h = a["bbox"]
-                objs += (f"<object><name>{data.VOC_CLASSES[a['category_id'] - 1]}</name><difficult>0</difficult>"
-                         f"<bndbox><xmin>{int(x) + 1}</xmin><ymin>{int(y) + 1}</ymin>"
-                         f"<xmax>{int(math.ceil(x + w))}</xmax><ymax>{int(math.ceil(y + h))}</ymax></bndbox></object>")
+                objs += (
+                    f"<object><name>{data.VOC_CLASSES[a['category_id'] - 1]}</name><difficult>0</difficult>"
+                    f"<bndbox><xmin>{int(x) + 1}</xmin><ymin>{int(y) + 1}</ymin>"
+                    f"<xmax>{int(math.ceil(x + w))}</xmax><ymax>{int(math.ceil(y + h))}</ymax></bndbox></object>"
+                )
             (root / year / "Annotations" / f"{vid}.xml").write_text(
                 f"<annotation><filename>{vid}.jpg</filename><size><width>{im['width']}</width>"
-                f"<height>{im['height']}</height><depth>3</depth></size>{objs}</annotation>")
+                f"<height>{im['height']}</height><depth>3</depth></size>{objs}</annotation>"
+            )
         (root / year / "ImageSets" / "Main" / f"{lst}.txt").write_text("\n".join(ids) + "\n")
-    return {"kind": "voc", "root": str(root), "train_annotations": ["VOC2007/trainval"],
-            "val_annotations": "VOC2012/val"}
+    return {
+        "kind": "voc",
+        "root": str(root),
+        "train_annotations": ["VOC2007/trainval"],
+        "val_annotations": "VOC2012/val",
+    }
 
 
 def paper_tiny_config(tmp_path: Path) -> dict:
     cfg = small_tiny_config()
     cfg["eval_period"], cfg["max_segment_iters"] = 6, 6
-    cfg["axes"].update(norm=["GN", "none"], backbone=["R18", "VGG16"],
-                       data=["synthetic", "synthetic_kp", "coco_sub", "voc"], schedule={"2x": {"x": 2}})
+    cfg["axes"].update(
+        norm=["GN", "none"],
+        backbone=["R18", "VGG16"],
+        data=["synthetic", "synthetic_kp", "coco_sub", "voc"],
+        schedule={"2x": {"x": 2}},
+    )
     cfg["seconds_per_iter"].append({"backbone": "VGG16", "norm": "none", "gpus": 0, "seconds": 2.0})
     syn = cfg["datasets"]["synthetic"]
     cfg["datasets"].update(
@@ -81,14 +108,34 @@ def paper_tiny_config(tmp_path: Path) -> dict:
     cfg["experiments"] = {
         "fig7_less_data": {**one, "backbone": ["R18"], "norm": ["GN"], "data": ["coco_sub"]},
         "fig8_voc": {**one, "backbone": ["R18"], "norm": ["GN"], "data": ["voc"], "recipe": {"task": "faster_rcnn"}},
-        "fig6_keypoints": {**one, "backbone": ["R18"], "norm": ["GN"], "data": ["synthetic_kp"],
-                           "recipe": {"task": "keypoint_rcnn"}},
-        "sec51_vgg16": {**one, "backbone": ["VGG16"], "norm": ["none"], "data": ["synthetic"],
-                        "recipe": {"task": "faster_rcnn", "head_channels": 256}},  # no FPN: the tiny 64 is refused
-        "table3_cascade": {**one, "backbone": ["R18"], "norm": ["GN"], "data": ["synthetic"], "variant": "cascade",
-                           "recipe": {"task": "cascade_mask_rcnn", "cascade_from_iter": 6, "scale_aug": True,
-                                      "min_size_train": [80, 112]},
-                           "test_aug": True},
+        "fig6_keypoints": {
+            **one,
+            "backbone": ["R18"],
+            "norm": ["GN"],
+            "data": ["synthetic_kp"],
+            "recipe": {"task": "keypoint_rcnn"},
+        },
+        "sec51_vgg16": {
+            **one,
+            "backbone": ["VGG16"],
+            "norm": ["none"],
+            "data": ["synthetic"],
+            "recipe": {"task": "faster_rcnn", "head_channels": 256},
+        },  # no FPN: the tiny 64 is refused
+        "table3_cascade": {
+            **one,
+            "backbone": ["R18"],
+            "norm": ["GN"],
+            "data": ["synthetic"],
+            "variant": "cascade",
+            "recipe": {
+                "task": "cascade_mask_rcnn",
+                "cascade_from_iter": 6,
+                "scale_aug": True,
+                "min_size_train": [80, 112],
+            },
+            "test_aug": True,
+        },
     }
     return cfg
 

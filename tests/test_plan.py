@@ -1,4 +1,5 @@
 """Properties of the training plan (pure Python, no training)."""
+
 from __future__ import annotations
 
 import copy
@@ -34,7 +35,9 @@ def lr_sequence_through_plan(p: plan.Plan, run_id: str) -> list[float]:
         assert seg.start == expected_start, f"{run_id}: gap or overlap at {seg}"
         spec = specs.train_spec(seg)
         if prev_output is not None:
-            assert spec["start_checkpoint"] == prev_output, f"{run_id}: {seg} does not start from the previous checkpoint"
+            assert spec["start_checkpoint"] == prev_output, (
+                f"{run_id}: {seg} does not start from the previous checkpoint"
+            )
         sched = Schedule(**spec["schedule"])
         lrs += [sched.lr(i) for i in range(seg.start, seg.end)]
         expected_start = seg.end
@@ -75,7 +78,12 @@ def test_segments_respect_limits_and_cut_points():
     for r in p.grid.families[fam]:
         assert r.schedule.first_drop in trunk_ends  # branch points are segment ends
     assert {m.iteration for m in p.milestones.values() if m.family == fam and m.line == "trunk"} >= {
-        120_000, 210_000, 300_000, 390_000, 480_000}
+        120_000,
+        210_000,
+        300_000,
+        390_000,
+        480_000,
+    }
 
 
 def test_trunk_milestones_belong_to_runs_before_their_branch():
@@ -88,8 +96,9 @@ def test_trunk_milestones_belong_to_runs_before_their_branch():
 
 def test_single_schedule_family_is_a_plain_run():
     cfg = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
-    cfg["experiments"] = {"one": {"backbone": ["R50"], "norm": ["GN"], "init": ["random"], "data": ["coco_full"],
-                                  "schedule": ["3x"]}}
+    cfg["experiments"] = {
+        "one": {"backbone": ["R50"], "norm": ["GN"], "init": ["random"], "data": ["coco_full"], "schedule": ["3x"]}
+    }
     p = build(cfg)
     (run,) = p.grid.runs.values()
     assert list(p.lines) == [(run.family, "3x")]
@@ -99,8 +108,16 @@ def test_single_schedule_family_is_a_plain_run():
 
 def test_sharing_can_be_switched_off():
     cfg = copy.deepcopy(load_yaml(ROOT / "config.yaml"))
-    cfg["experiments"] = {"unshared": {"backbone": ["R50"], "norm": ["GN"], "init": ["random"], "data": ["coco_full"],
-                                       "schedule": ["2x", "3x", "4x", "5x", "6x"], "share_trunk": False}}
+    cfg["experiments"] = {
+        "unshared": {
+            "backbone": ["R50"],
+            "norm": ["GN"],
+            "init": ["random"],
+            "data": ["coco_full"],
+            "schedule": ["2x", "3x", "4x", "5x", "6x"],
+            "share_trunk": False,
+        }
+    }
     p = build(cfg)
     assert len(p.grid.families) == 5
     assert p.total_iterations == p.standalone_iterations == 1_800_000
@@ -138,8 +155,16 @@ def test_run_id_round_trip(rid):
     assert grid.make_run_id(**d) == rid
 
 
-@pytest.mark.parametrize("bad", ["R50-GN-random-coco_full-6x", "R50 GN", "R50-GN-random-coco_full-6x-s0;rm", "../x-GN-a-b-2x-s0",
-                                 "R50-GN-Random-coco_full-6x-s0"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "R50-GN-random-coco_full-6x",
+        "R50 GN",
+        "R50-GN-random-coco_full-6x-s0;rm",
+        "../x-GN-a-b-2x-s0",
+        "R50-GN-Random-coco_full-6x-s0",
+    ],
+)
 def test_run_id_pattern_is_strict(bad):
     with pytest.raises(ValueError):
         grid.parse_run_id(bad)

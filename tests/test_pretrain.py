@@ -1,5 +1,6 @@
 """The tiny "ImageNet" pre-training (rethink.pretrain) at configs/tiny.yaml's own settings: it really
 learns, writes backbone weights + cost JSON, and the weights load into the detector's backbone."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,9 @@ def pretrained(module_tmp):
     run = next(r for r in p.plan.grid.runs.values() if r.init == init)
     data.prepare(p.pretrain_data_spec(init))
     spec = p.pretrain_spec(init, run.backbone, run.norm)
-    proc = subprocess.run([PY, PRETRAIN, "--spec", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [PY, PRETRAIN, "--spec", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"spec": spec, "run": run.to_dict(), "specs": p, "log": proc.stdout, "cfg": cfg, "init": init}
 
@@ -83,8 +85,10 @@ def test_truncated_weights_are_a_clear_error(pretrained, tmp_path):
 D2_KEYS = json.loads((ROOT / "tests" / "data" / "detectron2_resnet_keys.json").read_text())["resnets"]
 
 
-@pytest.mark.parametrize("backbone, norm", [("R18", "GN"), ("R50", "GN"), ("R101", "GN"), ("R18", "SyncBN"),
-                                            ("R50", "SyncBN"), ("R101", "SyncBN")])
+@pytest.mark.parametrize(
+    "backbone, norm",
+    [("R18", "GN"), ("R50", "GN"), ("R101", "GN"), ("R18", "SyncBN"), ("R50", "SyncBN"), ("R101", "SyncBN")],
+)
 def test_pretrained_resnet_renames_to_detectron2s_resnet(backbone, norm):
     """The pre-training's body (torchvision names) renamed for detectron2 fits detectron2's ResNet key for
     key and shape for shape: the key list is detectron2's own (tests/data, written with detectron2)."""

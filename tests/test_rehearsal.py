@@ -2,6 +2,7 @@
 Snakemake with its arithmetic simulated; its outputs, identities and labels apart from a real tree
 beside it; the loop's SIGTERM / resume and divergence paths with the rehearsal engine; the paper
 grid planned in full with the switch."""
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,11 @@ def planned_jobs(proc) -> dict[str, int]:
 
 def files(root: Path) -> dict[str, tuple[int, str]]:
     """Every file under root -> (mtime ns, sha256)."""
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +132,14 @@ def test_every_table_claims_row_figure_and_report_category_says_rehearsal(rehear
 
 def test_simulated_ap_is_the_documented_function_of_the_papers_numbers():
     rows = rehearsal._published()
-    run = {"backbone": "R50", "norm": "GN", "data": "coco_full", "schedule": "6x", "iterations": 540000,
-           "recipe": {"task": "mask_rcnn", "iters_per_x": 90000}}
+    run = {
+        "backbone": "R50",
+        "norm": "GN",
+        "data": "coco_full",
+        "schedule": "6x",
+        "iterations": 540000,
+        "recipe": {"task": "mask_rcnn", "iters_per_x": 90000},
+    }
     rand, pre = {**run, "init": "random", "init_kind": "random"}, {**run, "init": "imagenet", "init_kind": "staged"}
     end = rehearsal.simulated_stats(rand, 540000, False, ["bbox", "segm"], rows)
     assert end["bbox"]["AP"] == pytest.approx(41.3)  # Table 1, R50 GN random 6x
@@ -246,14 +256,18 @@ def test_real_identities_stay_and_rehearsal_ones_differ():
 
 
 def test_paper_grid_with_the_switch_plans_all_1470_jobs_with_compressed_walltimes(tmp_path):
-    proc = snakemake(["--configfile", str(ROOT / "config.yaml"), "--config", "rehearsal=true", "-n"],
-                     cwd=tmp_path, check=True)
+    proc = snakemake(
+        ["--configfile", str(ROOT / "config.yaml"), "--config", "rehearsal=true", "-n"], cwd=tmp_path, check=True
+    )
     jobs_ = planned_jobs(proc)
     assert jobs_["total"] == 1470 and jobs_["train_segment"] + jobs_["train_final"] == 726
     res = re.findall(r"rule train_segment:.*?resources: ([^\n]*)", proc.stdout, re.S)
     assert res and all("gpu=8" in r and "runtime=3," in r and "--signal=TERM@60" in r for r in res)
-    cpu = snakemake(["--configfile", str(ROOT / "config.yaml"), "--config", 'rehearsal={"request": "cpu"}', "-n"],
-                    cwd=tmp_path, check=True)
+    cpu = snakemake(
+        ["--configfile", str(ROOT / "config.yaml"), "--config", 'rehearsal={"request": "cpu"}', "-n"],
+        cwd=tmp_path,
+        check=True,
+    )
     res = re.findall(r"rule (?:train_segment|evaluate):.*?resources: ([^\n]*)", cpu.stdout, re.S)
     assert res and all("gpu=0," in r for r in res) and planned_jobs(cpu)["total"] == 1470
 
@@ -270,16 +284,19 @@ def test_a_rehearsal_beside_a_finished_real_tree_neither_reads_nor_touches_it(mo
     dry = run_tree(tree, cfg, "--config", "rehearsal=true", "-n")
     assert planned_jobs(dry) == real_plan  # nothing taken from the real tree
     inputs = [p for line in re.findall(r"^\s+input: (.*)$", dry.stdout, re.M) for p in line.split(", ")]
-    assert inputs and all(p.startswith(("work/rehearsal/", "results/rehearsal/")) or p.endswith("published.csv")
-                          for p in inputs), inputs
+    assert inputs and all(
+        p.startswith(("work/rehearsal/", "results/rehearsal/")) or p.endswith("published.csv") for p in inputs
+    ), inputs
     run_tree(tree, cfg, "--config", "rehearsal=true")
     P = jobs.load(str(next((tree / "work" / "rehearsal" / "specs").glob("*.json"))))
     keys = [f"train_segment/{s.family}/{s.line}/{s.end}" for s in P.plan.segments.values()]
     keys += [f"evaluate/{m.family}/{m.line}/{m.iteration}" for m in P.plan.milestones.values()]
     for key in keys:
         spec = jobs.spec(P, key)
-        paths = [spec.get(k) for k in ("dataset", "output", "resume_dir", "checkpoint", "start_checkpoint",
-                                       "init_weights", "init_cost")] + [spec["live"]["dir"]]
+        paths = [
+            spec.get(k)
+            for k in ("dataset", "output", "resume_dir", "checkpoint", "start_checkpoint", "init_weights", "init_cost")
+        ] + [spec["live"]["dir"]]
         assert all(p.startswith(("work/rehearsal/", "results/rehearsal/")) for p in paths if p), (key, paths)
     for k in ("work", "results"):
         now = {p: v for p, v in files(tree / k).items() if not p.startswith("rehearsal/")}
@@ -300,11 +317,13 @@ def test_a_rehearsal_training_job_imports_no_detection_library(tmp_path):
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(rehearsal_segment_spec(tmp_path, 1e9)))
     script = ROOT / "workflow_scripts" / "train.py"
-    code = (f"import runpy, sys\nsys.argv = [{str(script)!r}, '--spec', {str(spec_file)!r}]\n"
-            f"try:\n    runpy.run_path({str(script)!r}, run_name='__main__')\nexcept SystemExit as e:\n"
-            "    assert not e.code, e.code\n"
-            "print('HEAVY', sorted(m for m in ('torchvision', 'pycocotools', 'detectron2', 'matplotlib', "
-            "'torch._dynamo', 'torch._inductor') if m in sys.modules))\n")
+    code = (
+        f"import runpy, sys\nsys.argv = [{str(script)!r}, '--spec', {str(spec_file)!r}]\n"
+        f"try:\n    runpy.run_path({str(script)!r}, run_name='__main__')\nexcept SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print('HEAVY', sorted(m for m in ('torchvision', 'pycocotools', 'detectron2', 'matplotlib', "
+        "'torch._dynamo', 'torch._inductor') if m in sys.modules))\n"
+    )
     proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "HEAVY []" in proc.stdout and "done: wrote" in proc.stdout

@@ -1,4 +1,5 @@
 """How rules start their scripts and what they ask the scheduler for (rethink.resources)."""
+
 from __future__ import annotations
 
 import copy
@@ -74,8 +75,11 @@ def test_evaluation_cost_follows_the_table_and_the_val_set():
     train_h = summary.planned_hours(p.grid, p)
     hours, fraction = evalcost.overhead(cfg, p, train_h)
     # by hand: every milestone's predicted seconds on its eval GPU
-    by_hand = sum(evalcost.seconds(cfg, p.run(p.lines[(m.family, m.line)].owner), tta) / 3600
-                  for ms, tta in ((p.milestones, False), (p.tta_milestones, True)) for m in ms.values())
+    by_hand = sum(
+        evalcost.seconds(cfg, p.run(p.lines[(m.family, m.line)].owner), tta) / 3600
+        for ms, tta in ((p.milestones, False), (p.tta_milestones, True))
+        for m in ms.values()
+    )
     assert hours == pytest.approx(by_hand) and fraction == pytest.approx(hours / train_h)
     assert 0 < fraction < 0.05  # the estimates: the periodic evaluations cost about 1% of training
     slower = copy.deepcopy(cfg)
@@ -117,8 +121,10 @@ def test_resources_that_vary_per_run_stay_callables():
     job_resources = JobResources(cfg, plan.Plan(grid.build(cfg, "config.yaml")))
     ev = job_resources.eval_resources()
     assert callable(ev["gpu"]) and callable(ev["cpus_per_task"])
-    counts = {val(ev["gpu"], WC(family=m.family, line=m.line, iter=f"{m.iteration:07d}"))
-              for m in job_resources.plan.milestones.values()}
+    counts = {
+        val(ev["gpu"], WC(family=m.family, line=m.line, iter=f"{m.iteration:07d}"))
+        for m in job_resources.plan.milestones.values()
+    }
     assert counts == {1, 2}
     assert job_resources.train_resources()["gpu"] == 8  # one count for every training job: a plain number
 

@@ -4,6 +4,7 @@
 Hand-made metrics files (written with rethink.metrics.write) with known values; the tables,
 the published join and the figures' drawn data are checked against them.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,12 +34,28 @@ def record(init, line, iteration, runs, ap, *, diverged=False, mask=None, lr=0.0
     box.update(AP=ap, AP50=ap + 20, AP75=ap + 4)
     stats = {} if diverged else {"bbox": box, "segm": {**box, "AP": mask if mask is not None else ap - 4}}
     rec = {
-        "family": FAMILY[init], "line": line, "iteration": iteration, "runs": runs, "owner": runs[-1],
-        "task": "mask_rcnn", "backbone": "R50", "norm": "GN", "init": init, "data": "coco_full", "seed": 0,
-        "variant": None, "lr": lr, "samples_seen": {"images": iteration * 16, "instances": iteration * 16 * 7,
-                                                     "pixels": iteration * 16 * 1e6},
-        "pretrain_samples": PRETRAIN if init != "random" else None, "wall_seconds": 1.0, "device_seconds": 8.0,
-        "gpus": 8, "eval_seconds": 1.0, "diverged": diverged, "stats": stats, "engine": "detectron2",
+        "family": FAMILY[init],
+        "line": line,
+        "iteration": iteration,
+        "runs": runs,
+        "owner": runs[-1],
+        "task": "mask_rcnn",
+        "backbone": "R50",
+        "norm": "GN",
+        "init": init,
+        "data": "coco_full",
+        "seed": 0,
+        "variant": None,
+        "lr": lr,
+        "samples_seen": {"images": iteration * 16, "instances": iteration * 16 * 7, "pixels": iteration * 16 * 1e6},
+        "pretrain_samples": PRETRAIN if init != "random" else None,
+        "wall_seconds": 1.0,
+        "device_seconds": 8.0,
+        "gpus": 8,
+        "eval_seconds": 1.0,
+        "diverged": diverged,
+        "stats": stats,
+        "engine": "detectron2",
     }
     if schedules:
         rec["schedules"] = schedules
@@ -49,8 +66,10 @@ def rid(init, sched):
     return f"R50-GN-{init}-coco_full-{sched}-s0"
 
 
-SCHED = {"2x": {"iterations": 180000, "lr_drops": [120000, 160000]},
-         "3x": {"iterations": 270000, "lr_drops": [210000, 250000]}}
+SCHED = {
+    "2x": {"iterations": 180000, "lr_drops": [120000, 160000]},
+    "3x": {"iterations": 270000, "lr_drops": [210000, 250000]},
+}
 
 
 def write_family(results: Path, init: str, trunk_ap: dict, tails: dict, diverged_tail: str | None = None):
@@ -59,22 +78,42 @@ def write_family(results: Path, init: str, trunk_ap: dict, tails: dict, diverged
     schedules = {rid(init, s): SCHED[s] for s in SCHED}
     for it, ap in trunk_ap.items():
         through = [r for r, s in zip(runs, ("2x", "3x")) if it <= SCHED[s]["lr_drops"][0]]
-        M.write(record(init, "trunk", it, through, ap, schedules=schedules),
-                results / "metrics" / FAMILY[init] / "trunk" / f"iter_{it:07d}.json")
+        M.write(
+            record(init, "trunk", it, through, ap, schedules=schedules),
+            results / "metrics" / FAMILY[init] / "trunk" / f"iter_{it:07d}.json",
+        )
     for sched, pts in tails.items():
         for it, ap in pts.items():
-            M.write(record(init, sched, it, [rid(init, sched)], ap, diverged=(sched == diverged_tail),
-                           lr=0.002, schedules=schedules),
-                    results / "metrics" / FAMILY[init] / sched / f"iter_{it:07d}.json")
+            M.write(
+                record(
+                    init,
+                    sched,
+                    it,
+                    [rid(init, sched)],
+                    ap,
+                    diverged=(sched == diverged_tail),
+                    lr=0.002,
+                    schedules=schedules,
+                ),
+                results / "metrics" / FAMILY[init] / sched / f"iter_{it:07d}.json",
+            )
 
 
 @pytest.fixture
 def results(tmp_path):
     r = tmp_path / "results"
-    write_family(r, "random", {60000: 20.0, 120000: 30.0, 210000: 33.0},
-                 {"2x": {160000: 36.0, 180000: 37.5}, "3x": {250000: 39.0, 270000: 40.1}})
-    write_family(r, "imagenet", {60000: 33.0, 120000: 35.0, 210000: 36.0},
-                 {"2x": {160000: 39.5, 180000: 40.0}, "3x": {250000: 40.5, 270000: 41.2}})
+    write_family(
+        r,
+        "random",
+        {60000: 20.0, 120000: 30.0, 210000: 33.0},
+        {"2x": {160000: 36.0, 180000: 37.5}, "3x": {250000: 39.0, 270000: 40.1}},
+    )
+    write_family(
+        r,
+        "imagenet",
+        {60000: 33.0, 120000: 35.0, 210000: 36.0},
+        {"2x": {160000: 39.5, 180000: 40.0}, "3x": {250000: 40.5, 270000: 41.2}},
+    )
     return r
 
 
@@ -120,19 +159,65 @@ def test_table_cells_and_delta(results):
 
 def test_published_join_picks_the_right_number(tmp_path):
     pub = PUB.load()
-    assert PUB.lookup(pub, task="mask_rcnn", backbone="R101", norm="GN", init="imagenet", data="coco_full",
-                    metric="bbox_AP", schedule="4x") == 42.3
-    assert PUB.lookup(pub, task="mask_rcnn", backbone="R101", norm="GN", init="random", data="coco_full",
-                    metric="segm_AP75", best=True) == 39.7
-    assert PUB.lookup(pub, task="mask_rcnn", backbone="R50", norm="GN", init="random", data="coco_3_5k",
-                    metric="bbox_AP", schedule="6x") == 9.3  # paper gives no schedule: any matches
-    assert math.isnan(PUB.lookup(pub, task="mask_rcnn", backbone="R18", norm="GN", init="random",
-                               data="synthetic", metric="bbox_AP", schedule="2x"))
+    assert (
+        PUB.lookup(
+            pub,
+            task="mask_rcnn",
+            backbone="R101",
+            norm="GN",
+            init="imagenet",
+            data="coco_full",
+            metric="bbox_AP",
+            schedule="4x",
+        )
+        == 42.3
+    )
+    assert (
+        PUB.lookup(
+            pub,
+            task="mask_rcnn",
+            backbone="R101",
+            norm="GN",
+            init="random",
+            data="coco_full",
+            metric="segm_AP75",
+            best=True,
+        )
+        == 39.7
+    )
+    assert (
+        PUB.lookup(
+            pub,
+            task="mask_rcnn",
+            backbone="R50",
+            norm="GN",
+            init="random",
+            data="coco_3_5k",
+            metric="bbox_AP",
+            schedule="6x",
+        )
+        == 9.3
+    )  # paper gives no schedule: any matches
+    assert math.isnan(
+        PUB.lookup(
+            pub,
+            task="mask_rcnn",
+            backbone="R18",
+            norm="GN",
+            init="random",
+            data="synthetic",
+            metric="bbox_AP",
+            schedule="2x",
+        )
+    )
     # a copy with the paper's own spelling (coco_3.5k, voc_mAP50) loads to the same names
     original = tmp_path / "published.csv"
     text = PUB.DEFAULT_PATH.read_text()
-    original.write_text(text.replace("coco_3_5k", "coco_3.5k").replace("voc_AP50", "voc_mAP50")
-                        .replace(",voc,", ",voc_07trainval_12train,"))
+    original.write_text(
+        text.replace("coco_3_5k", "coco_3.5k")
+        .replace("voc_AP50", "voc_mAP50")
+        .replace(",voc,", ",voc_07trainval_12train,")
+    )
     raw = PUB.load(original)
     assert "coco_3_5k" in set(raw.data) and "voc_AP50" in set(raw.metric) and "voc" in set(raw.data)
     assert "coco_3.5k" not in set(raw.data)
@@ -143,8 +228,18 @@ def test_truncated_json_names_the_file(results):
     bad.write_text(bad.read_text()[:100])
     with pytest.raises(M.MetricsError, match="iter_0270000.json"):
         C.collect(results)
-    proc = subprocess.run([PY, str(ROOT / "workflow_scripts" / "collect.py"), "--results", str(results),
-                           "--out", str(results / "metrics.csv")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            PY,
+            str(ROOT / "workflow_scripts" / "collect.py"),
+            "--results",
+            str(results),
+            "--out",
+            str(results / "metrics.csv"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "iter_0270000.json" in proc.stderr
     assert not (results / "metrics.csv").exists()
 
@@ -160,8 +255,13 @@ def test_duplicate_milestone_is_an_error(results):
 
 def test_diverged_run_is_marked_and_not_plotted(tmp_path):
     r = tmp_path / "results"
-    write_family(r, "random", {60000: 20.0, 120000: 30.0, 210000: 33.0},
-                 {"2x": {160000: 36.0, 180000: 37.5}, "3x": {250000: float("nan")}}, diverged_tail="3x")
+    write_family(
+        r,
+        "random",
+        {60000: 20.0, 120000: 30.0, 210000: 33.0},
+        {"2x": {160000: 36.0, 180000: 37.5}, "3x": {250000: float("nan")}},
+        diverged_tail="3x",
+    )
     df = C.collect(r)
     bad = df[df.run_id == rid("random", "3x")]
     assert bad.run_diverged.all() and bad[bad.iteration == 250000].diverged.all()
@@ -183,8 +283,11 @@ def test_diverged_run_is_marked_and_not_plotted(tmp_path):
 def test_report_cli_writes_every_target(results):
     out = results / "metrics.csv"
     C.write_csv(C.collect(results), out)
-    proc = subprocess.run([PY, str(ROOT / "workflow_scripts" / "report.py"), "--metrics", str(out),
-                           "--results", str(results)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [PY, str(ROOT / "workflow_scripts" / "report.py"), "--metrics", str(out), "--results", str(results)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     names = ["convergence", "samples_seen"]  # COCO-full runs only: no less-data figure
     assert R.figures_for(zip(["mask_rcnn"], ["coco_full"])) == names
@@ -320,7 +423,9 @@ def test_table3_from_the_paper_grid(tmp_path):
     fin = df[df.final & (df.run_id == "X152-GN-random-coco_full-9x-s0-cascade")].set_index("test_aug")
     cascade, tta = rows[list(expect)[2]], rows[list(expect)[3]]
     assert cascade[0].ours == pytest.approx(fin.loc[False, "bbox_AP"])
-    assert tta[0].ours == pytest.approx(fin.loc[True, "bbox_AP"]) and tta[1].ours == pytest.approx(fin.loc[True, "segm_AP"])
+    assert tta[0].ours == pytest.approx(fin.loc[True, "bbox_AP"]) and tta[1].ours == pytest.approx(
+        fin.loc[True, "segm_AP"]
+    )
     assert tta[0].ours != cascade[0].ours
     # the pre-trained cascade model was evaluated with TTA only in the paper: its plain row is ours alone
     extra = rows[("cascade_mask_rcnn X152 GN coco_full cascade", "imagenet", "6x", "yes", "no")]
@@ -346,7 +451,9 @@ def write_seed(results: Path, init: str, seed: int, final_3x: float):
         r = record(init, line, it, through, ap, schedules=schedules)
         return {**r, "family": fam, "seed": seed, "owner": through[-1]}
 
-    M.write(rec("trunk", 60000, [runs["2x"], runs["3x"]], 20.0), results / "metrics" / fam / "trunk" / "iter_0060000.json")
+    M.write(
+        rec("trunk", 60000, [runs["2x"], runs["3x"]], 20.0), results / "metrics" / fam / "trunk" / "iter_0060000.json"
+    )
     M.write(rec("2x", 180000, [runs["2x"]], 37.0), results / "metrics" / fam / "2x" / "iter_0180000.json")
     M.write(rec("3x", 270000, [runs["3x"]], final_3x), results / "metrics" / fam / "3x" / "iter_0270000.json")
 
@@ -365,7 +472,7 @@ def test_several_seeds_show_mean_spread_and_the_difference_with_its_error(result
     assert rnd.text() == "40.1 \u00b1 0.4 [n=3] (39.5, +0.6)"
     delta = tabs["table2"].cell(["R50 GN coco_full", "\u0394 random \u2212 imagenet", ""], "AP bbox")
     assert delta.ours == pytest.approx(40.1 - 41.2)
-    assert delta.std == pytest.approx(math.sqrt(0.4 ** 2 / 3 + 0.2 ** 2 / 3))
+    assert delta.std == pytest.approx(math.sqrt(0.4**2 / 3 + 0.2**2 / 3))
     assert delta.text().startswith("\u22121.1 \u00b1 0.3 [n=3]")
     tidy = T.to_frame(tabs["table1"])
     row = tidy[(tidy.init == "random") & (tidy.column == "3x")].iloc[0]
@@ -387,8 +494,14 @@ def test_several_seeds_show_mean_spread_and_the_difference_with_its_error(result
 def write_lone_run(results: Path, init: str, data: str, sched: str, iterations: int, ap: float, ap75=None):
     """A run without siblings (its own family and line), one final milestone."""
     run = f"R50-GN-{init}-{data}-{sched}-s0"
-    rec = record(init, sched, iterations, [run], ap, schedules={run: {"iterations": iterations,
-                                                                     "lr_drops": [iterations - 20000]}})
+    rec = record(
+        init,
+        sched,
+        iterations,
+        [run],
+        ap,
+        schedules={run: {"iterations": iterations, "lr_drops": [iterations - 20000]}},
+    )
     rec.update(family=run, data=data)
     if ap75 is not None:
         rec["stats"]["bbox"]["AP75"] = ap75
@@ -409,7 +522,9 @@ def test_claims_on_a_partial_paper_grid(results):
     v = _verdicts(C.collect(results))
     assert list(v) == ["a", "b", "c", "d", "e1", "e2", "f"]
     # (a) at the first common trunk evaluation (60k): 33.0 pre-trained vs 20.0 from scratch
-    assert v["a"].verdict == "reproduced" and "iteration 60,000: imagenet 33.0 vs random 20.0 (+13.0)" in v["a"].numbers[0]
+    assert (
+        v["a"].verdict == "reproduced" and "iteration 60,000: imagenet 33.0 vs random 20.0 (+13.0)" in v["a"].numbers[0]
+    )
     # (b) 40.1 (3x) vs 41.2 (3x), one seed: margin 1.0 AP, 40.1 < 40.2
     assert v["b"].verdict == "not reproduced" and "m = 1.0: below" in v["b"].numbers[0]
     assert v["c"].verdict == "reproduced" and "random 25.9 (220k) vs imagenet 26.0 (60k)" in v["c"].numbers[0]
@@ -431,7 +546,7 @@ def test_claims_use_the_seed_spread_and_refute_what_fails(results):
     v = _verdicts(C.collect(results))
     # 40.1 ± 0.4 vs 41.2 ± 1.0, n = 3 each: m = 2 x 0.62 = 1.2 AP, and 40.1 >= 41.2 - 1.2 (with the
     # fixed 1.0 AP of one seed it would be below)
-    se = math.sqrt(0.4 ** 2 / 3 + 1.0 ** 2 / 3)
+    se = math.sqrt(0.4**2 / 3 + 1.0**2 / 3)
     assert f"m = {2 * se:.1f}: within" in v["b"].numbers[0] and v["b"].verdict == "reproduced"
     assert v["d"].verdict == "not reproduced" and "(+1.9)" in v["d"].numbers[0]
     md = __import__("rethink.claims", fromlist=["x"]).to_markdown(list(v.values()))

@@ -3,6 +3,7 @@
 `figures`, from a checkout, a working directory, a config file, a workdir and a results folder whose
 names hold spaces, quotes, `$`, backquotes and command substitutions: every job runs, the literal
 folders hold the results, and no command in any of those names is executed."""
+
 from __future__ import annotations
 
 import shutil
@@ -22,9 +23,9 @@ def hostile(module_tmp):
     checkout.mkdir()
     for name in ("Snakefile", "rules", "workflow_scripts", "schemas", "profiles", "envs", "report", "config.yaml"):
         src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, checkout / name,
-                                                              **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                                 if src.is_dir() else {}))
+        (shutil.copytree if src.is_dir() else shutil.copy2)(
+            src, checkout / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {})
+        )
     shutil.copytree(ROOT / "results" / "paper", checkout / "results" / "paper")
     tree = base / f"tree {HOSTILE}"
     tree.mkdir()
@@ -34,8 +35,24 @@ def hostile(module_tmp):
     cfg_file = write_yaml(tree / f"my config {HOSTILE}.yaml", cfg)
 
     def snake(*args):
-        cmd = ["timeout", "-k", "10", "1800", PY, "-m", "snakemake", "--snakefile", str(checkout / "Snakefile"),
-               "--directory", str(tree), "--cores", "2", *args, "--configfile", str(cfg_file)]
+        cmd = [
+            "timeout",
+            "-k",
+            "10",
+            "1800",
+            PY,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(checkout / "Snakefile"),
+            "--directory",
+            str(tree),
+            "--cores",
+            "2",
+            *args,
+            "--configfile",
+            str(cfg_file),
+        ]
         return subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
 
     procs = {"run": snake(), "grid": snake("grid"), "figures": snake("figures")}
@@ -50,8 +67,10 @@ def test_every_job_runs(hostile):
     for rule in ("prepare_data", "pretrain", "train_segment", "train_final", "evaluate", "collect", "report"):
         assert f"rule {rule}:" in out or f"localrule {rule}:" in out, rule
     work, results = tree / cfg["workdir"], tree / cfg["results"]
-    assert sorted(p.name for p in (work / "models").iterdir()) == ["R18-GN-imagenet-synthetic-2x-s0",
-                                                                  "R18-GN-random-synthetic-2x-s0"]
+    assert sorted(p.name for p in (work / "models").iterdir()) == [
+        "R18-GN-imagenet-synthetic-2x-s0",
+        "R18-GN-random-synthetic-2x-s0",
+    ]
     assert len(list((results / "metrics").rglob("*.json"))) >= 4
     assert (results / "metrics.csv").stat().st_size > 0 and (results / "tables" / "table1.md").exists()
     assert (results / "grid.csv").exists()  # written by `snakemake grid`

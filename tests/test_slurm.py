@@ -29,9 +29,16 @@ PROFILE = REPO / "profiles" / "slurm"
 VENV_BIN = str(Path(sys.executable).parent)
 # The profile's polling suits hours-long jobs; tests poll every second instead
 # (the plugin still backs off +10 s per poll without news).
-FAST_POLL = ["--seconds-between-status-checks", "1",
-             "--slurm-init-seconds-before-status-checks", "1",
-             "--latency-wait", "5", "--max-status-checks-per-second", "1"]
+FAST_POLL = [
+    "--seconds-between-status-checks",
+    "1",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--latency-wait",
+    "5",
+    "--max-status-checks-per-second",
+    "1",
+]
 
 
 def job_env(cluster, **extra) -> dict:
@@ -50,8 +57,7 @@ def run_snakemake(args, cwd, env, timeout=150) -> subprocess.CompletedProcess:
 
 
 def explain(proc, cluster=None) -> str:
-    parts = [f"rc={proc.returncode}", "--- stdout", proc.stdout[-4000:],
-             "--- stderr", proc.stderr[-8000:]]
+    parts = [f"rc={proc.returncode}", "--- stdout", proc.stdout[-4000:], "--- stderr", proc.stderr[-8000:]]
     if cluster is not None:
         parts.append(cluster.debug_info(tail=20))
     return "\n".join(parts)
@@ -76,8 +82,17 @@ def test_skip_reason_is_explicit(monkeypatch):
 def test_cluster_schedules_gpus(slurm_cluster):
     c = slurm_cluster
     out = c.root / "gpu-job.out"
-    jid = c.run("sbatch", "--parsable", "--gres=gpu:1", "-t", "2", "-o", str(out),
-                "--wrap", "echo GPUS=$SLURM_GPUS_ON_NODE CVD=$CUDA_VISIBLE_DEVICES").stdout.strip()
+    jid = c.run(
+        "sbatch",
+        "--parsable",
+        "--gres=gpu:1",
+        "-t",
+        "2",
+        "-o",
+        str(out),
+        "--wrap",
+        "echo GPUS=$SLURM_GPUS_ON_NODE CVD=$CUDA_VISIBLE_DEVICES",
+    ).stdout.strip()
     assert c.wait_job(jid) == "COMPLETED", c.debug_info()
     info = c.job_info(jid)
     assert "gres:gpu:1" in info.get("TresPerNode", ""), info["_raw"]
@@ -86,14 +101,14 @@ def test_cluster_schedules_gpus(slurm_cluster):
 
     # GPUs are a real constraint: while a 2-GPU job runs, a 1-GPU job must wait
     # for Resources (CPUs are free: 2 cores, 1 per job).
-    big = c.run("sbatch", "--parsable", "--gres=gpu:2", "-t", "2", "-o", "/dev/null",
-                "--wrap", "sleep 8").stdout.strip()
+    big = c.run(
+        "sbatch", "--parsable", "--gres=gpu:2", "-t", "2", "-o", "/dev/null", "--wrap", "sleep 8"
+    ).stdout.strip()
     deadline = time.monotonic() + 20
     while c.job_info(big)["JobState"] != "RUNNING":
         assert time.monotonic() < deadline, c.debug_info()
         time.sleep(0.2)
-    small = c.run("sbatch", "--parsable", "--gres=gpu:1", "-t", "2", "-o", "/dev/null",
-                  "--wrap", "true").stdout.strip()
+    small = c.run("sbatch", "--parsable", "--gres=gpu:1", "-t", "2", "-o", "/dev/null", "--wrap", "true").stdout.strip()
     deadline = time.monotonic() + 6  # a few scheduler passes (sched_interval=2)
     while True:
         waiting = c.job_info(small)
@@ -193,10 +208,10 @@ def test_toy_workflow_through_profile(slurm_cluster, tmp_path):
     for r in results:
         info = c.job_info(r["job"])
         assert info["JobState"] == "COMPLETED", info["_raw"]
-        assert "gres:gpu:1" in info["_raw"], info["_raw"]           # TresPerJob (--gpus=1)
-        assert info["TimeLimit"] == "00:03:00", info["_raw"]         # runtime=3
-        assert info["MinMemoryNode"] == "600M", info["_raw"]         # mem_mb=600
-        assert info["CPUs/Task"] == "2", info["_raw"]                # cpus_per_task=2
+        assert "gres:gpu:1" in info["_raw"], info["_raw"]  # TresPerJob (--gpus=1)
+        assert info["TimeLimit"] == "00:03:00", info["_raw"]  # runtime=3
+        assert info["MinMemoryNode"] == "600M", info["_raw"]  # mem_mb=600
+        assert info["CPUs/Task"] == "2", info["_raw"]  # cpus_per_task=2
     prep = next(i for i in ids if i not in {r["job"] for r in results})
     assert c.job_info(prep)["TimeLimit"] == "00:02:00"
     assert "gpu" not in c.job_info(prep).get("TresPerJob", "")
@@ -216,14 +231,13 @@ rule broken:
 def test_failing_rule_reports_slurm_log(slurm_cluster, tmp_path):
     c = slurm_cluster
     (tmp_path / "Snakefile").write_text(FAIL_SNAKEFILE)
-    proc = run_snakemake(["--profile", str(PROFILE), "--retries", "0", *FAST_POLL],
-                         tmp_path, job_env(c), timeout=90)
+    proc = run_snakemake(["--profile", str(PROFILE), "--retries", "0", *FAST_POLL], tmp_path, job_env(c), timeout=90)
     text = proc.stdout + proc.stderr
     assert proc.returncode not in (0, 124, 137), explain(proc, c)
     (jid,) = slurm_ids(text)
     log = tmp_path / ".snakemake" / "slurm_logs" / "rule_broken" / f"{jid}.log"
-    error = text[text.index("Error in rule broken"):]
-    assert f"log: {log}" in error, error[:3000]          # the error block names the log
+    error = text[text.index("Error in rule broken") :]
+    assert f"log: {log}" in error, error[:3000]  # the error block names the log
     assert "SLURM status is: 'FAILED'" in error, error[:3000]
     assert log.is_file() and "about to fail" in log.read_text()
     assert not (tmp_path / "never.txt").exists()
@@ -234,7 +248,7 @@ def test_failing_rule_reports_slurm_log(slurm_cluster, tmp_path):
 # every step in a folder that is NOT a declared output (snakemake deletes the outputs
 # of failed jobs), SIGTERM/SIGUSR1 -> checkpoint and exit 3 so SLURM marks the job
 # FAILED and snakemake's retry resubmits it.
-RESUME_TOY = r'''
+RESUME_TOY = r"""
 import json, os, signal, sys, time
 ckpt_dir, out, n, step_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 os.makedirs(ckpt_dir, exist_ok=True)
@@ -264,7 +278,7 @@ while len(state["steps"]) < n:
     save()
 with open(out, "w") as f:
     json.dump(state, f)
-'''
+"""
 
 RESUME_SNAKEFILE = """\
 rule all:
@@ -286,10 +300,23 @@ def test_interrupted_job_resumes_from_checkpoint(slurm_cluster, tmp_path):
     (tmp_path / "resume_toy.py").write_text(RESUME_TOY)
     (tmp_path / "Snakefile").write_text(RESUME_SNAKEFILE % (n_steps, step_s))
     state_file = tmp_path / "checkpoints" / "segment" / "state.json"
-    cmd = ["timeout", "-k", "10", "150", sys.executable, "-m", "snakemake",
-           "--profile", str(PROFILE), "--retries", "2", *FAST_POLL]
-    sm = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(c), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        "150",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        str(PROFILE),
+        "--retries",
+        "2",
+        *FAST_POLL,
+    ]
+    sm = subprocess.Popen(
+        cmd, cwd=tmp_path, env=job_env(c), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         # wait for a few steps of the first attempt, then deliver what SLURM delivers
         # at `--signal=TERM@60`: SIGTERM to the job's steps (not the batch shell)
@@ -316,12 +343,12 @@ def test_interrupted_job_resumes_from_checkpoint(slurm_cluster, tmp_path):
 
     final = json.loads((tmp_path / "segment.json").read_text())
     steps = [s for s, _ in final["steps"]]
-    assert steps == list(range(n_steps)), steps      # nothing repeated, nothing lost
+    assert steps == list(range(n_steps)), steps  # nothing repeated, nothing lost
     assert len(final["jobs"]) == 2 and final["jobs"][0] == first_job, final["jobs"]
     second_job = final["jobs"][1]
     by_job = {j: [s for s, jj in final["steps"] if jj == j] for j in final["jobs"]}
     assert 4 <= len(by_job[first_job]) < n_steps, by_job
-    assert by_job[second_job][0] == len(by_job[first_job]), by_job   # resumed, not restarted
+    assert by_job[second_job][0] == len(by_job[first_job]), by_job  # resumed, not restarted
     first = c.job_info(first_job)
     assert first["JobState"] == "FAILED" and first["ExitCode"].startswith("1:"), first["_raw"]
     assert c.job_info(second_job)["JobState"] == "COMPLETED"

@@ -19,6 +19,7 @@ ledger, rethink.ledger: where each attempt resumed from and got to): at most a c
 and the step under way per fault that kills a trainer, nothing for unfaulted jobs and for those
 that outlived the killed Snakemake. The waits are bounded by progress.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,18 +71,38 @@ class Campaign(Supervisor):
     """The supervisor (the documented command) in `cwd`, and what the test saw of SLURM."""
 
     def __init__(self, cluster: SlurmCluster, cwd: Path):
-        super().__init__(cluster, cwd, ["--poll", "2", "--lost-after", str(LOST_AFTER_S), "--profile",
-                                        str(ROOT / "profiles" / "slurm"), "-j", "8", "--configfile", "tiny.yaml",
-                                        *FAST_POLL],
-                         env=switches.environment(nan_at=NAN_AT, nan_line=f"{NAN_FAMILY}/{NAN_LINE}",
-                                                  sleep=ITER_SLEEP))
+        super().__init__(
+            cluster,
+            cwd,
+            [
+                "--poll",
+                "2",
+                "--lost-after",
+                str(LOST_AFTER_S),
+                "--profile",
+                str(ROOT / "profiles" / "slurm"),
+                "-j",
+                "8",
+                "--configfile",
+                "tiny.yaml",
+                *FAST_POLL,
+            ],
+            env=switches.environment(nan_at=NAN_AT, nan_line=f"{NAN_FAMILY}/{NAN_LINE}", sleep=ITER_SLEEP),
+        )
         self.doubles: list[tuple[float, str]] = []  # (time, comment) two copies running at once
         self.faults: list[dict] = []
 
 
 def _train(jobs, min_s=0, max_s=10**9, exclude=()):
-    return [j for j in jobs if j["state"] == "RUNNING" and j["comment"].startswith("rule_train_")
-            and min_s <= j["seconds"] <= max_s and j["id"] not in exclude and j["comment"] not in exclude]
+    return [
+        j
+        for j in jobs
+        if j["state"] == "RUNNING"
+        and j["comment"].startswith("rule_train_")
+        and min_s <= j["seconds"] <= max_s
+        and j["id"] not in exclude
+        and j["comment"] not in exclude
+    ]
 
 
 def test_campaign_survives_every_fault(cluster, tmp_path):
@@ -108,10 +129,14 @@ def _drive(camp, cluster, tmp_path, cfg, p, paths):
         injector.step(time.monotonic())
     wall = time.monotonic() - t0
     text = camp.text()
-    report = (f"{wall:.0f} s, {camp.starts} start(s), faults {json.dumps(camp.faults)}\n{text[-8000:]}\n"
-              f"{cluster.debug_info(tail=15)}")
-    print(f"\ncampaign with faults: {wall:.0f} s; faults: {json.dumps(camp.faults)}\nsupervisor:\n"
-          + "\n".join(ln for ln in text.splitlines() if ln.startswith(("slurm_run", "=====", "Error in rule"))))
+    report = (
+        f"{wall:.0f} s, {camp.starts} start(s), faults {json.dumps(camp.faults)}\n{text[-8000:]}\n"
+        f"{cluster.debug_info(tail=15)}"
+    )
+    print(
+        f"\ncampaign with faults: {wall:.0f} s; faults: {json.dumps(camp.faults)}\nsupervisor:\n"
+        + "\n".join(ln for ln in text.splitlines() if ln.startswith(("slurm_run", "=====", "Error in rule")))
+    )
     assert not injector.pending, f"faults never injected: {injector.pending}\n{report}"
     assert not camp.doubles, f"two copies of a segment ran at once: {camp.doubles}\n{report}"
     # the diverged line stops nothing: its segments end marked diverged, and Snakemake finishes,
@@ -152,8 +177,10 @@ class _Injector:
         if self.node_back_at and now >= self.node_back_at:
             cluster.node_up(self.node_back_at_node)
             self.node_back_at = None
-        assert now - self.progress < IDLE_LIMIT_S, (f"no progress for {IDLE_LIMIT_S} s; faults left {self.pending}\n"
-                                                    f"{camp.text()[-6000:]}\n{cluster.debug_info(tail=15)}")
+        assert now - self.progress < IDLE_LIMIT_S, (
+            f"no progress for {IDLE_LIMIT_S} s; faults left {self.pending}\n"
+            f"{camp.text()[-6000:]}\n{cluster.debug_info(tail=15)}"
+        )
         if not self.pending or self.node_back_at or now - self.last_fault < 5:
             return
         picked = self._pick(jobs)
@@ -168,8 +195,11 @@ class _Injector:
                 continue  # the outage hits a running Snakemake, not the supervisor between two of them
             # a victim with a resume checkpoint (every 2 iterations, ITER_SLEEP s each) and iterations
             # left; for the walltime, one that just started a long segment (SLURM signals within 30 s)
-            victims = _train(jobs, min_s=10, exclude=self.hit) if fault != "walltime" else \
-                [j for j in _train(jobs, max_s=8, exclude=self.hit) if j["comment"].endswith("_0000008")]
+            victims = (
+                _train(jobs, min_s=10, exclude=self.hit)
+                if fault != "walltime"
+                else [j for j in _train(jobs, max_s=8, exclude=self.hit) if j["comment"].endswith("_0000008")]
+            )
             if victims:
                 return fault, victims[0]
         return None
@@ -179,8 +209,16 @@ class _Injector:
         self.hit.add(v["id"])
         # preemption and a node failure hit every job on the node
         on_node = [j for j in _train(jobs) if j["node"] == v["node"]] if fault in ("preempt", "node_down") else [v]
-        camp.faults.append({"fault": fault, "job": v["id"], "node": v["node"], "t": round(now - self.t0),
-                            "victims": [j["comment"] for j in on_node], "victim_ids": [j["id"] for j in on_node]})
+        camp.faults.append(
+            {
+                "fault": fault,
+                "job": v["id"],
+                "node": v["node"],
+                "t": round(now - self.t0),
+                "victims": [j["comment"] for j in on_node],
+                "victim_ids": [j["id"] for j in on_node],
+            }
+        )
         self.pending.remove(fault)
         self.progress = self.last_fault = now
         if fault == "requeue":
@@ -240,8 +278,13 @@ def _check_retrained(camp, tmp_path, cfg, p, running_at_kill: set) -> None:
     allowed = Counter()
     for f in camp.faults:
         for i in f["victim_ids"]:
-            allowed[i] += {"requeue": period + 1, "preempt": period + 1, "node_down": period + 1, "walltime": 1,
-                           "controller": period + 1}.get(f["fault"], 0)
+            allowed[i] += {
+                "requeue": period + 1,
+                "preempt": period + 1,
+                "node_down": period + 1,
+                "walltime": 1,
+                "controller": period + 1,
+            }.get(f["fault"], 0)
     print(f"iterations trained again, per SLURM job: {dict(per_job)} (allowed {dict(allowed)})")
     for job_id, n in per_job.items():
         assert n <= allowed[job_id], (job_id, n, allowed, camp.faults)

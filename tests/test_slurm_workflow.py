@@ -3,6 +3,7 @@
 run, asks SLURM for the resources its rules declare, and a training segment that SLURM signals
 mid-way (as at its walltime) checkpoints, is resubmitted and resumes without losing or
 repeating an iteration."""
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,16 @@ from rethink.resources import JobResources
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-FAST_POLL = ["--seconds-between-status-checks", "1", "--slurm-init-seconds-before-status-checks", "1",
-             "--latency-wait", "5", "--max-status-checks-per-second", "1"]
+FAST_POLL = [
+    "--seconds-between-status-checks",
+    "1",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--latency-wait",
+    "5",
+    "--max-status-checks-per-second",
+    "1",
+]
 
 
 def slurm_config() -> dict:
@@ -58,8 +67,24 @@ def test_tiny_grid_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     target = p.segments_of_run(next(iter(p.grid.runs)))[0]
     resume_dir = remote / paths.resume_dir(target.family, target.line, target.end)
     env = cluster.job_env(**switches.environment(sleep=1.0))
-    cmd = ["timeout", "-k", "10", "900", sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-           "--profile", str(ROOT / "profiles" / "slurm"), "-j", "4", "--configfile", "tiny.yaml", *FAST_POLL]
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        "900",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--profile",
+        str(ROOT / "profiles" / "slurm"),
+        "-j",
+        "4",
+        "--configfile",
+        "tiny.yaml",
+        *FAST_POLL,
+    ]
     log = open(tmp_path / "snakemake.out", "w")
     sm = subprocess.Popen(cmd, cwd=remote, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     signalled = None
@@ -108,10 +133,14 @@ def test_tiny_grid_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     # margin x attempt, + 10 min): attempt 1, or 2 for the job that was signalled and resubmitted
     validated = config.validate(cfg, "slurm.yaml")
     res = JobResources(validated, plan.Plan(grid.build(validated, "slurm.yaml")))
-    declared = {f"{m // 60:02d}:{m % 60:02d}:00" for s in res.plan.segments.values()
-                for m in (res.train_runtime_min(s, 1), res.train_runtime_min(s, 2))}
+    declared = {
+        f"{m // 60:02d}:{m % 60:02d}:00"
+        for s in res.plan.segments.values()
+        for m in (res.train_runtime_min(s, 1), res.train_runtime_min(s, 2))
+    }
     assert all(i["TimeLimit"] in declared for i in train), ([i["TimeLimit"] for i in train], declared)
     assert any(i["TimeLimit"] == min(declared) for i in train)
+
     def tres(info):  # TresPerJob (--gpus), TresPerNode (--gres), ReqTRES/AllocTRES
         return " ".join(v for k, v in info.items() if "tres" in k.lower())
 

@@ -5,6 +5,7 @@ loads (names and shapes of _vgg16_pkl_names, values torchvision's, conv1_1 trans
 detectron2's BGR 0-255 minus VGG_CAFFE_MEAN input, the 1000-way classifier dropped); anything
 else is a clear error. Real torch / torchvision, no network (a published download is served
 from localhost), no detectron2 (the engine's module imports without it)."""
+
 from __future__ import annotations
 
 import functools
@@ -34,10 +35,15 @@ CONF_COST = {"iterations": 450000, "images": 128116500, "instances": 128116500, 
 
 
 def _spec(tmp_path: Path, source: str, backbone="VGG16", norm="none") -> dict:
-    return {"init": "imagenet", "backbone": backbone, "norm": norm, "source": source,
-            "cost_record": dict(CONF_COST),
-            "output": str(tmp_path / "init" / "imagenet" / f"{backbone}-{norm}.pkl"),
-            "cost": str(tmp_path / "results" / "init" / "imagenet" / f"{backbone}-{norm}.json")}
+    return {
+        "init": "imagenet",
+        "backbone": backbone,
+        "norm": norm,
+        "source": source,
+        "cost_record": dict(CONF_COST),
+        "output": str(tmp_path / "init" / "imagenet" / f"{backbone}-{norm}.pkl"),
+        "cost": str(tmp_path / "results" / "init" / "imagenet" / f"{backbone}-{norm}.json"),
+    }
 
 
 def _load_blobs(path) -> dict:
@@ -71,15 +77,20 @@ def staged(tv_vgg16, module_tmp):
     spec = _spec(out, str(path))
     t = time.perf_counter()
     cost = stage.stage(spec)
-    print(f"\nstaged a torchvision VGG16 .pth ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f}s")
+    print(
+        f"\nstaged a torchvision VGG16 .pth ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f}s"
+    )
     return spec, cost, _load_blobs(spec["output"])
 
 
 def test_engine_module_imports_without_detectron2():
-    code = ("import sys; "
-            "from rethink.engines.detectron2_backbones import _vgg16_pkl_names; import rethink.engines.detectron2_engine, rethink.stage; "
-            "assert not any(m == 'detectron2' or m.startswith('detectron2.') for m in sys.modules), 'detectron2 imported'; "
-            "print(len(_vgg16_pkl_names()))")
+    code = (
+        "import sys; "
+        "from rethink.engines.detectron2_backbones import _vgg16_pkl_names; "
+        "import rethink.engines.detectron2_engine, rethink.stage; "
+        "assert not any(m == 'detectron2' or m.startswith('detectron2.') for m in sys.modules), 'detectron2 imported'; "
+        "print(len(_vgg16_pkl_names()))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "30"  # 13 convs + fc6 + fc7, weight and bias each
@@ -94,10 +105,12 @@ def test_staged_blobs_are_what_the_engine_reads(tv_vgg16, staged):
     assert [k.split(".")[1] for k in convs] == "0 2 5 7 10 12 14 17 19 21 24 26 28".split()
     names = [f"conv{b}_{i}" for b, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)]
     for tv, c2 in zip(convs, names):
-        b = tv[:-len("weight")] + "bias"
+        b = tv[: -len("weight")] + "bias"
         assert blobs[f"{c2}_w"].shape == tuple(state[tv].shape) and blobs[f"{c2}_b"].shape == tuple(state[b].shape)
         if c2 != "conv1_1":  # conv1_1: the documented input transform (test_conv1_1_...)
-            assert np.array_equal(blobs[f"{c2}_w"], state[tv].numpy()) and np.array_equal(blobs[f"{c2}_b"], state[b].numpy())
+            assert np.array_equal(blobs[f"{c2}_w"], state[tv].numpy()) and np.array_equal(
+                blobs[f"{c2}_b"], state[b].numpy()
+            )
     # fc6/fc7: the box head's fc1 (512 x 7 x 7 -> FC_DIM) and fc2 (FC_DIM -> FC_DIM) of d2config.VGG16
     fc, res = d2config.VGG16["MODEL.ROI_BOX_HEAD.FC_DIM"], d2config.VGG16["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"]
     assert blobs["fc6_w"].shape == (fc, 512 * res * res) == (4096, 25088) and blobs["fc7_w"].shape == (fc, fc)
@@ -129,8 +142,9 @@ def test_conv1_1_gives_torchvisions_output_on_detectron2s_input(tv_vgg16, staged
     mean, std = torch.tensor(tv_tf.mean, dtype=torch.float64), torch.tensor(tv_tf.std, dtype=torch.float64)
     x_t = (rgb / 255 - mean[:, None, None]) / std[:, None, None]  # torchvision's ToTensor + Normalize
     bgr = rgb.flip(1)  # detectron2's INPUT.FORMAT "BGR"
-    x_d = (bgr - torch.tensor(d2config.VGG_CAFFE_MEAN, dtype=torch.float64)[:, None, None]) \
-        / torch.tensor(d2config.UNIT_STD, dtype=torch.float64)[:, None, None]
+    x_d = (bgr - torch.tensor(d2config.VGG_CAFFE_MEAN, dtype=torch.float64)[:, None, None]) / torch.tensor(
+        d2config.UNIT_STD, dtype=torch.float64
+    )[:, None, None]
     w_t, b_t = state["features.0.weight"].double(), state["features.0.bias"].double()
     w_d, b_d = torch.from_numpy(blobs["conv1_1_w"]).double(), torch.from_numpy(blobs["conv1_1_b"]).double()
     y_t = torch.nn.functional.conv2d(x_t, w_t, b_t, padding=1)
@@ -162,7 +176,10 @@ def test_not_vgg16_is_a_clear_error(tmp_path, tv_vgg16):
     assert "none of VGG16's 30 tensors (features.0.weight, features.0.bias, ..., classifier.3.bias)" in msg
     assert "tensors VGG16 does not have: conv1.weight, bn1.weight" in msg and "vgg16_bn" not in msg
     partial = {k: v for k, v in state.items() if k not in ("features.28.bias", "classifier.3.weight")}
-    with pytest.raises(stage.StageError, match=r"x\.pth: not torchvision's VGG16 .*: missing features\.28\.bias, classifier\.3\.weight$"):
+    with pytest.raises(
+        stage.StageError,
+        match=r"x\.pth: not torchvision's VGG16 .*: missing features\.28\.bias, classifier\.3\.weight$",
+    ):
         stage.vgg16_blobs_from_torchvision(partial, "x.pth")
     assert not Path(_spec(tmp_path, "")["output"]).exists()
     assert list(Path(_spec(tmp_path, "")["output"]).parent.iterdir()) == []  # temp files removed
@@ -171,14 +188,21 @@ def test_not_vgg16_is_a_clear_error(tmp_path, tv_vgg16):
     with pytest.raises(stage.StageError, match=r"x\.pth: not torchvision's VGG16 .*BatchNorm buffers: vgg16_bn\?"):
         stage.vgg16_blobs_from_torchvision(bn, "x.pth")
     small_fc = {**state, "classifier.0.weight": torch.zeros(4096, 512)}
-    with pytest.raises(stage.StageError, match=r"classifier\.0\.weight \(fc6_w\) has shape \(4096, 512\), VGG16 needs \(4096, 25088\)"):
+    with pytest.raises(
+        stage.StageError, match=r"classifier\.0\.weight \(fc6_w\) has shape \(4096, 512\), VGG16 needs \(4096, 25088\)"
+    ):
         stage.vgg16_blobs_from_torchvision(small_fc, "x.pth")
     # a torch file for a ResNet field; a torch file that is no state dict
-    with pytest.raises(stage.StageError, match=r"weights\.R50-GN: .*resnet18\.pth is a torch file; staging converts only torchvision's VGG16"):
+    with pytest.raises(
+        stage.StageError,
+        match=r"weights\.R50-GN: .*resnet18\.pth is a torch file; staging converts only torchvision's VGG16",
+    ):
         stage.stage(_spec(tmp_path, str(r18), backbone="R50", norm="GN"))
     notsd = tmp_path / "list.pth"
     torch.save([torch.zeros(2)], notsd)
-    with pytest.raises(stage.StageError, match=r"list\.pth: a torch file, but not a state dict of tensors \(holds a list\)"):
+    with pytest.raises(
+        stage.StageError, match=r"list\.pth: a torch file, but not a state dict of tensors \(holds a list\)"
+    ):
         stage.stage(_spec(tmp_path, notsd.as_uri()))
 
 
@@ -199,17 +223,26 @@ def test_torchvision_sources_resolve():
     assert stage.resolve_source("torchvision://vgg16") == ("url", torchvision.models.VGG16_Weights.IMAGENET1K_V1.url)
     assert stage.TORCHVISION_MODELS["vgg16"]["url"] == "https://download.pytorch.org/models/vgg16-397923af.pth"
     assert stage.TORCHVISION_MODELS["vgg16"]["weights"] == str(torchvision.models.VGG16_Weights.IMAGENET1K_V1)
-    with pytest.raises(stage.StageError, match=r"unknown torchvision model 'vgg16_bn' in 'torchvision://vgg16_bn' \(known: torchvision://vgg16\)"):
+    with pytest.raises(
+        stage.StageError,
+        match=r"unknown torchvision model 'vgg16_bn' in 'torchvision://vgg16_bn' \(known: torchvision://vgg16\)",
+    ):
         stage.resolve_source("torchvision://vgg16_bn")
-    with pytest.raises(stage.StageError, match=r"inits\.imagenet\.weights\.VGG16-none: unknown torchvision model 'resnet50'"):
+    with pytest.raises(
+        stage.StageError, match=r"inits\.imagenet\.weights\.VGG16-none: unknown torchvision model 'resnet50'"
+    ):
         stage.stage(_spec(Path("/nonexistent"), "torchvision://resnet50"))
 
 
 def test_published_cost_is_torchvisions_documented_recipe():
     cost = stage.TORCHVISION_MODELS["vgg16"]["cost"]
     images = 90 * 1_281_167  # 90 epochs of ImageNet-1k
-    assert cost == {"iterations": 90 * math.ceil(1_281_167 / 256), "images": images, "instances": images,
-                    "pixels": images * 224 * 224}
+    assert cost == {
+        "iterations": 90 * math.ceil(1_281_167 / 256),
+        "images": images,
+        "instances": images,
+        "pixels": images * 224 * 224,
+    }
     assert cost["iterations"] == 450_450 and cost["images"] == 115_305_030
     assert "recipe" in torchvision.models.VGG16_Weights.IMAGENET1K_V1.meta  # what the numbers are derived from
     assert stage.TORCHVISION_MODELS["vgg16"]["cost_basis"].startswith("derived from the recipe")
@@ -220,6 +253,7 @@ def localhost(tmp_path):
     """An HTTP server on 127.0.0.1 serving tmp_path/www (no network needed)."""
     www = tmp_path / "www"
     www.mkdir()
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -260,6 +294,10 @@ def test_torchvision_download_is_hash_checked_converted_and_costed(tmp_path, tv_
     (www / bad).symlink_to(www / "other.pth")
     monkeypatch.setitem(stage.TORCHVISION_MODELS["vgg16"], "url", f"{base}/{bad}")
     spec = _spec(tmp_path / "bad", "torchvision://vgg16")
-    with pytest.raises(stage.StageError, match=r"VGG16-none: http://127\.0\.0\.1:\d+/vgg16-397923af\.pth downloaded with sha256 [0-9a-f]{64}, not the published file's 397923af\.\.\.: a corrupt or changed download"):
+    with pytest.raises(
+        stage.StageError,
+        match=r"VGG16-none: http://127\.0\.0\.1:\d+/vgg16-397923af\.pth downloaded with sha256 [0-9a-f]{64}, "
+        r"not the published file's 397923af\.\.\.: a corrupt or changed download",
+    ):
         stage.stage(spec)
     assert not Path(spec["output"]).exists() and list(Path(spec["output"]).parent.iterdir()) == []

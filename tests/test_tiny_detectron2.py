@@ -5,6 +5,7 @@ detectron2, tables and figures; then nothing left to do.
 
 detectron2 is on no package index: without it this module is skipped with the reason printed
 (about 7 minutes on 2 cores where it is installed)."""
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,18 @@ try:
     import detectron2  # noqa: F401
     from detectron2 import _C  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the environment
-    pytest.skip(f"detectron2 is not importable ({e}); see rethink.engines.detectron2_engine.INSTALL_HINT",
-                allow_module_level=True)
+    pytest.skip(
+        f"detectron2 is not importable ({e}); see rethink.engines.detectron2_engine.INSTALL_HINT",
+        allow_module_level=True,
+    )
 
-ARGS = ["--profile", str(ROOT / "profiles" / "tiny"),
-        "--configfile", str(ROOT / "configs" / "tiny.yaml"), str(ROOT / "configs" / "tiny_detectron2.yaml")]
+ARGS = [
+    "--profile",
+    str(ROOT / "profiles" / "tiny"),
+    "--configfile",
+    str(ROOT / "configs" / "tiny.yaml"),
+    str(ROOT / "configs" / "tiny_detectron2.yaml"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +91,9 @@ def test_kept_model_loads_with_detectron2s_checkpointer(tiny_d2):
     for run_id in ("R18-GN-imagenet-synthetic-3x-s0", "R18-GN-random-synthetic-3x-s0"):
         spec = JobSpecs(paths).train_spec(paths.plan.final_segment(run_id))
         state = torch.load(paths.model(run_id), weights_only=True)
-        model = get_engine("detectron2").build_model(spec["run"], "cpu", dataset=json.loads(open(spec["dataset"]).read()))
+        model = get_engine("detectron2").build_model(
+            spec["run"], "cpu", dataset=json.loads(open(spec["dataset"]).read())
+        )
         DetectionCheckpointer(model).load(paths.model(run_id))
         got = model.state_dict()
         assert all(torch.equal(got[k], v) for k, v in state["model"].items()), run_id

@@ -1,4 +1,5 @@
 """The torchvision engine (Mask R-CNN + FPN with GN / SyncBN / BN) on a tiny synthetic COCO set."""
+
 from __future__ import annotations
 
 import copy

@@ -1,5 +1,6 @@
 """The warm interpreter (workflow_scripts/warm.py): a job forked from a process with torch imported
 behaves as the same job started cold (output, exit status, folder, environment, signals)."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from conftest import ROOT, script_module
 
 WARM = ROOT / "workflow_scripts" / "warm.py"
 
-JOB = r'''
+JOB = r"""
 import os, signal, sys, time
 print("preloaded", "torch" in sys.modules, "cwd", os.getcwd(), "var", os.environ.get("RETHINK_TEST_VAR"))
 print("stdin", sys.stdin.read().strip())
@@ -30,7 +31,7 @@ if sys.argv[1] == "wait":
     for _ in range(600):
         time.sleep(0.1)
 sys.exit(int(sys.argv[2]))
-'''
+"""
 
 
 @pytest.fixture
@@ -63,12 +64,22 @@ def job(tmp_path: Path, warm_dir: Path, *args, warm=True, **kw) -> subprocess.Po
     (tmp_path / "job.py").write_text(JOB)
     cmd = [sys.executable, *([str(WARM)] if warm else []), "job.py", *args]
     env = {**os.environ, "RETHINK_WARM_DIR": str(warm_dir), "RETHINK_TEST_VAR": "seen"}
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def servers(warm_dir: Path) -> list[int]:
-    return [int(p) for log in warm_dir.glob("*.log") for p in re.findall(r"warm interpreter (\d+) serving", log.read_text())]
+    return [
+        int(p) for log in warm_dir.glob("*.log") for p in re.findall(r"warm interpreter (\d+) serving", log.read_text())
+    ]
 
 
 def test_a_warm_job_is_the_cold_job(tmp_path, warm_dir):
@@ -105,8 +116,11 @@ def test_signals_reach_the_job_and_a_killed_command_ends_it(tmp_path, warm_dir):
     p.kill()  # SIGKILL: the command cannot forward it; the server ends the job when its socket closes
     p.wait(timeout=60)
     deadline = time.monotonic() + 60
-    while Path(f"/proc/{forked}").exists() and Path(f"/proc/{forked}/status").read_text().find("zombie") < 0 \
-            and time.monotonic() < deadline:
+    while (
+        Path(f"/proc/{forked}").exists()
+        and Path(f"/proc/{forked}/status").read_text().find("zombie") < 0
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.1)
     assert not Path(f"/proc/{forked}").exists() or "zombie" in Path(f"/proc/{forked}/status").read_text()
 

@@ -1,6 +1,7 @@
 """The whole pipeline through the real Snakemake on a shrunk copy of the embedded default:
 synthetic data -> pre-training -> training segments (trunk + tails) -> COCO evaluation ->
 metrics table -> tables and figures; then the rebuild from cached results."""
+
 from __future__ import annotations
 
 import io
@@ -108,7 +109,10 @@ def test_tables_and_figures_exist(tiny_run):
     claims = pd.read_csv(work / "results" / "tables" / "claims.csv", keep_default_na=False).set_index("claim")
     assert list(claims.index) == ["a", "b", "c", "d", "e1", "e2", "f"]
     for c in ("a", "b", "e1"):
-        assert claims.loc[c, "verdict"] in ("reproduced", "not reproduced") and "R18 GN synthetic" in claims.loc[c, "numbers"]
+        assert (
+            claims.loc[c, "verdict"] in ("reproduced", "not reproduced")
+            and "R18 GN synthetic" in claims.loc[c, "numbers"]
+        )
     for c in ("c", "d", "e2", "f"):
         assert claims.loc[c, "verdict"] == "not enough runs" and claims.loc[c, "missing"]
 
@@ -160,7 +164,8 @@ def test_figures_target_builds_a_partial_grid(tiny_run, tmp_path):
     # snapshot written at parse time, and the figures rule's own log
     assert sorted(d.name for d in (partial / "work").iterdir()) == ["identity", "logs", "specs"]
     assert [str(f.relative_to(partial / "work")) for f in (partial / "work" / "logs").rglob("*.log")] == [
-        "logs/report/figures.log"]
+        "logs/report/figures.log"
+    ]
     assert "report:" in (partial / "work" / "logs" / "report" / "figures.log").read_text()
 
 
@@ -209,6 +214,7 @@ def test_measured_speeds_overlay_changes_no_result(tiny_run, tmp_path):
 def _copy_tree(src: Path, dst: Path) -> Path:
     """A copy of a finished tiny tree; its large files (models, weights: replaced, never written
     in place) are hard links, so the copy is cheap and editing a small file leaves `src` alone."""
+
     def copy(a, b):
         return os.link(a, b) if os.path.getsize(a) > 1 << 20 else shutil.copy2(a, b)
 
@@ -339,10 +345,19 @@ def test_faster_coco_eval_gives_pycocotools_stats_on_a_trained_model(tiny_run, m
         polys = [[v + (dx if i % 2 == 0 else dy) for i, v in enumerate(poly)] for poly in a["segmentation"]]
         rle = mask_util.merge(mask_util.frPyObjects(polys, *size[a["image_id"]]))
         rle["counts"] = rle["counts"].decode()  # as the engines write them
-        results.append({"image_id": a["image_id"], "category_id": a["category_id"], "score": float(rng.uniform()),
-                        "bbox": [x + dx, y + dy, w, h], "segmentation": rle})
-    stats = {b: evaluate.evaluate_results(manifest, results, "mask_rcnn", log=io.StringIO(), backend=b)
-             for b in ("pycocotools", "faster_coco_eval")}
+        results.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "score": float(rng.uniform()),
+                "bbox": [x + dx, y + dy, w, h],
+                "segmentation": rle,
+            }
+        )
+    stats = {
+        b: evaluate.evaluate_results(manifest, results, "mask_rcnn", log=io.StringIO(), backend=b)
+        for b in ("pycocotools", "faster_coco_eval")
+    }
     ours, theirs = stats["pycocotools"], stats["faster_coco_eval"]
     assert set(ours) == set(theirs) == {"bbox", "segm"}
     for iou_type in ours:

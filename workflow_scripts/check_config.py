@@ -8,6 +8,7 @@ is not there), this names the file, the line and the column. Then the files merg
 
 Exit 0 with a one-line summary, or 1 with the error (file, field, value) on stderr.
 """
+
 import argparse
 import sys
 
@@ -29,8 +30,10 @@ if __name__ == "__main__":
         try:
             cli = parse_config(a.config)
         except ValueError as e:
-            sys.exit(f"--config {' '.join(a.config)}: {e} (a key is a top-level field; a nested one is given as "
-                     f"a mapping: recipe='{{\"batch\": 4}}')")
+            sys.exit(
+                f"--config {' '.join(a.config)}: {e} (a key is a top-level field; a nested one is given as "
+                f"a mapping: recipe='{{\"batch\": 4}}')"
+            )
         update_config(merged, cli)
         merged.pop(sources.CONFIRM, None)
         cfg, grid, source = sources.checked(merged, cli, a.configfiles)

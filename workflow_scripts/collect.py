@@ -8,6 +8,7 @@ run's total iterations and LR drops where the metrics records do not carry them.
 --planned it works on a partial grid: it reads whatever metrics JSONs exist; with --planned (the
 collect rule) it reads exactly the config's planned metrics files, the rule's input.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,10 @@ def main(argv=None) -> int:
     except (MetricsError, C.CollectError, ConfigError, OSError, ValueError) as e:
         print(f"collect: error: {e}", file=sys.stderr)
         return 1
-    print(f"collect: {len(files)} metrics files -> {len(df)} rows, {df.run_id.nunique()} runs -> {a.out} "
-          f"({time.perf_counter() - t0:.2f} s)")
+    print(
+        f"collect: {len(files)} metrics files -> {len(df)} rows, {df.run_id.nunique()} runs -> {a.out} "
+        f"({time.perf_counter() - t0:.2f} s)"
+    )
     return 0
 
 

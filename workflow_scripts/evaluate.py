@@ -1,4 +1,5 @@
 """evaluate rule: COCO evaluation of one milestone checkpoint -> one metrics JSON (rethink.evaluate)."""
+
 import sys
 
 from rethink.cli import job
@@ -16,7 +17,11 @@ if __name__ == "__main__":
         except (evaluate.EvaluationError, CheckpointError, DatasetError, MetricsError) as e:
             sys.exit(f"evaluate: error: {e}")
         # COCO stats have AP; VOC's has AP50 only (rethink.evaluate), shown as such
-        ap_ = {(t if "AP" in s else f"{t} AP50"): round(s.get("AP", s.get("AP50", float("nan"))), 2)
-               for t, s in record["stats"].items()}
-        print(f"evaluate: {spec['family']}/{spec['line']} iter {spec['iteration']}: AP {ap_} "
-              f"({record['eval_seconds']:.1f} s) -> {spec['output']}")
+        ap_ = {
+            (t if "AP" in s else f"{t} AP50"): round(s.get("AP", s.get("AP50", float("nan"))), 2)
+            for t, s in record["stats"].items()
+        }
+        print(
+            f"evaluate: {spec['family']}/{spec['line']} iter {spec['iteration']}: AP {ap_} "
+            f"({record['eval_seconds']:.1f} s) -> {spec['output']}"
+        )

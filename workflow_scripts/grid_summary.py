@@ -4,6 +4,7 @@ the measured-speeds overlay <results>/campaign/measured_speeds.yaml.
 
     grid_summary.py --config <workdir>/specs/config-<hash>.json [--speeds]    (the snapshot, rethink.jobs)
 """
+
 import argparse
 import sys
 

@@ -32,6 +32,7 @@ def user_config_dir() -> Path:
     """Snakemake's user profile folder, found the way snakemake finds it."""
     try:  # what snakemake itself uses (installed with snakemake); optional
         from platformdirs import AppDirs
+
         return Path(AppDirs("snakemake", "snakemake").user_config_dir)
     except ImportError:  # same rule on Linux without platformdirs
         pass
@@ -54,15 +55,22 @@ def same_tree(a: Path, b: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", default="slurm", help="profile name (default: slurm)")
-    ap.add_argument("--source", type=Path, default=REPO / "profiles" / "slurm",
-                    help="profile folder to install (default: profiles/slurm of this repo)")
-    ap.add_argument("--dest-dir", type=Path, default=None,
-                    help="profile folder to install into (default: $XDG_CONFIG_HOME/snakemake "
-                         "or ~/.config/snakemake)")
-    ap.add_argument("--copy", action="store_true",
-                    help="copy the files instead of symlinking the folder")
-    ap.add_argument("--force", action="store_true",
-                    help="replace a different existing profile (kept as <name>.bak-<time>)")
+    ap.add_argument(
+        "--source",
+        type=Path,
+        default=REPO / "profiles" / "slurm",
+        help="profile folder to install (default: profiles/slurm of this repo)",
+    )
+    ap.add_argument(
+        "--dest-dir",
+        type=Path,
+        default=None,
+        help="profile folder to install into (default: $XDG_CONFIG_HOME/snakemake or ~/.config/snakemake)",
+    )
+    ap.add_argument("--copy", action="store_true", help="copy the files instead of symlinking the folder")
+    ap.add_argument(
+        "--force", action="store_true", help="replace a different existing profile (kept as <name>.bak-<time>)"
+    )
     args = ap.parse_args(argv)
 
     src = args.source.resolve()
@@ -75,18 +83,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if dest.is_symlink() or dest.exists():
         is_link = dest.is_symlink()
-        identical = (is_link and dest.resolve() == src) or (
-            dest.is_dir() and not is_link and same_tree(src, dest))
+        identical = (is_link and dest.resolve() == src) or (dest.is_dir() and not is_link and same_tree(src, dest))
         if identical and is_link != args.copy:
             print(f"profile '{args.name}' already installed ({how}): {dest} -> {src}")
             return 0
         if not identical and not args.force:
-            what = (f"a symlink to {os.readlink(dest)}" if is_link
-                    else "a different profile" if dest.is_dir() else "a file")
-            print(f"refusing to overwrite {dest}: it is {what}.\n"
-                  f"Compare it with {src}, then rerun with --force (the old one is kept "
-                  f"as {dest.name}.bak-<time>) or install under another --name.",
-                  file=sys.stderr)
+            what = (
+                f"a symlink to {os.readlink(dest)}" if is_link else "a different profile" if dest.is_dir() else "a file"
+            )
+            print(
+                f"refusing to overwrite {dest}: it is {what}.\n"
+                f"Compare it with {src}, then rerun with --force (the old one is kept "
+                f"as {dest.name}.bak-<time>) or install under another --name.",
+                file=sys.stderr,
+            )
             return 1
         if is_link or identical:
             # nothing is lost: a symlink, or a copy identical to the source
@@ -106,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         dest.symlink_to(src, target_is_directory=True)
     print(f"installed profile '{args.name}' ({how}): {dest} -> {src}")
     where = (dest / "profile.yaml") if args.copy else (src / "profile.yaml")
-    print(f"next: set slurm_partition / slurm_account in {where} if your cluster needs "
-          f"them, then check with: snakemake --profile {args.name} -n")
+    print(
+        f"next: set slurm_partition / slurm_account in {where} if your cluster needs "
+        f"them, then check with: snakemake --profile {args.name} -n"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """prepare_data / prepare_pretrain_data rules: make a dataset and write its manifest (rethink.data)."""
+
 import sys
 import time
 
@@ -14,5 +15,7 @@ if __name__ == "__main__":
         except data.DatasetError as e:
             sys.exit(f"prepare_data: error: {e}")
         n = manifest.get("num_images", manifest.get("num_train_images"))
-        print(f"prepare_data: {manifest['name']} ({manifest['kind']}, {n} train images) -> {spec['output']} "
-              f"in {time.time() - t0:.1f} s")
+        print(
+            f"prepare_data: {manifest['name']} ({manifest['kind']}, {n} train images) -> {spec['output']} "
+            f"in {time.time() - t0:.1f} s"
+        )

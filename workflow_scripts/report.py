@@ -8,6 +8,7 @@ Writes every table and the figures the grid can draw (rethink.report_targets: ta
 runs are still written). The config (optional) gives the planned runs, for the figures and the
 "partial: N of M runs done" note; without it, the runs that have metrics decide both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ def main(argv=None) -> int:
     ap.add_argument("--job", help="the job's name (the rule's), for its ledger row (rethink.ledger)")
     ap.add_argument("--config", help="config YAML or snapshot (planned runs, for the partial-grid note)")
     ap.add_argument("--published", help="the paper's numbers (default results/paper/published.csv)")
-    ap.add_argument("--pretrain", choices=["band", "shift"], default="band",
-                    help="pre-training in the convergence plots: a band (default) or shift the curves")
+    ap.add_argument(
+        "--pretrain",
+        choices=["band", "shift"],
+        default="band",
+        help="pre-training in the convergence plots: a band (default) or shift the curves",
+    )
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -63,8 +68,10 @@ def main(argv=None) -> int:
     except (C.CollectError, PUB.PublishedError, ConfigError, OSError, ValueError, RuntimeError) as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 1
-    print(f"report: the tables and figures under {a.results}/tables and {a.results}/figures "
-          f"({time.perf_counter() - t0:.2f} s)")
+    print(
+        f"report: the tables and figures under {a.results}/tables and {a.results}/figures "
+        f"({time.perf_counter() - t0:.2f} s)"
+    )
     return 0
 
 

@@ -31,6 +31,7 @@ While Snakemake runs, a watchdog restarts it (from step 2, at most ``--max-resta
   * it ended with an error after ``sbatch`` failed (the controller unreachable for all retries).
 Exit status: Snakemake's last one (2: another supervisor is alive).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,20 @@ HEARTBEAT_S = 30
 SLURM_TOOLS = {"squeue", "sacct", "scontrol", "sbatch", "scancel", "sinfo", "sh"}
 LOST_AFTER_S = 300  # > the plugin's longest wait between status checks (180 s) + latency-wait (60 s)
 STATE = Path(".snakemake") / "slurm_run.json"
-ACTIVE = {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-          "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}  # not PREEMPTED: final under
+ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "COMPLETING",
+    "CONFIGURING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+}  # not PREEMPTED: final under
 # PreemptMode=CANCEL, where the plugin (2.8.0) takes it for running forever: the watchdog then restarts
 
 
@@ -103,8 +116,11 @@ def incomplete_marks(root: Path) -> dict[str, str | None]:
 
 def own_active(jobs: dict[str, dict], root: Path, marked: set) -> dict[str, dict]:
     here = str(root.resolve())
-    return {i: j for i, j in jobs.items() if j["state"] in ACTIVE
-            and (i in marked or (j["workdir"] == here and j["comment"].startswith("rule_")))}
+    return {
+        i: j
+        for i, j in jobs.items()
+        if j["state"] in ACTIVE and (i in marked or (j["workdir"] == here and j["comment"].startswith("rule_")))
+    }
 
 
 def whole_checkpoint(path: str) -> bool:
@@ -136,11 +152,14 @@ class Supervisor:
             except (ValueError, OSError):
                 other = {}
             age = time.time() - self.state.stat().st_mtime
-            alive = age < 4 * HEARTBEAT_S and (other.get("host") != socket.gethostname()
-                                               or _pid_alive(int(other.get("pid", 0))))
+            alive = age < 4 * HEARTBEAT_S and (
+                other.get("host") != socket.gethostname() or _pid_alive(int(other.get("pid", 0)))
+            )
             if alive and other.get("pid") != os.getpid():
-                say(f"another supervisor of {self.root} is alive (pid {other.get('pid')} on host "
-                    f"{other.get('host')}, heartbeat {age:.0f} s ago); not starting a second one")
+                say(
+                    f"another supervisor of {self.root} is alive (pid {other.get('pid')} on host "
+                    f"{other.get('host')}, heartbeat {age:.0f} s ago); not starting a second one"
+                )
                 return False
         other = _snakemake_here(self.root)
         if other:
@@ -165,8 +184,10 @@ class Supervisor:
                 say(f"sending SIGTERM to {len(left)} leftover job(s): {' '.join(sorted(left))}")
                 subprocess.run(["scancel", "--signal=TERM", "--full", *left], check=False)
             else:
-                say(f"waiting for {len(left)} leftover job(s) of a previous Snakemake to end (they keep "
-                    f"their work): " + ", ".join(f"{i} {j['comment']}" for i, j in sorted(left.items())))
+                say(
+                    f"waiting for {len(left)} leftover job(s) of a previous Snakemake to end (they keep "
+                    f"their work): " + ", ".join(f"{i} {j['comment']}" for i, j in sorted(left.items()))
+                )
         t0, waited = time.monotonic(), bool(left)
         while left:
             time.sleep(self.a.poll)
@@ -175,8 +196,12 @@ class Supervisor:
         if waited:
             say(f"leftover jobs ended after {time.monotonic() - t0:.0f} s")
         marks, jobs = incomplete_marks(self.root), slurm_jobs(self.a.poll)  # a job that completes unmarks its outputs
-        keep = [p for p, j in marks.items() if os.path.exists(p) and (
-            (j in jobs and jobs[j]["state"] == "COMPLETED") or (j not in jobs and whole_checkpoint(p)))]
+        keep = [
+            p
+            for p, j in marks.items()
+            if os.path.exists(p)
+            and ((j in jobs and jobs[j]["state"] == "COMPLETED") or (j not in jobs and whole_checkpoint(p)))
+        ]
         if keep:
             say(f"keeping {len(keep)} output(s) that leftover jobs completed: " + ", ".join(keep))
             self.snakemake("--cleanup-metadata", *keep, stdout=subprocess.DEVNULL).wait()
@@ -207,8 +232,10 @@ class Supervisor:
             if silent < self.a.lost_after or own_active(slurm_jobs(self.a.poll), self.root, set()):
                 continue
             if proc.poll() is None:
-                say(f"snakemake (pid {proc.pid}) lost track of its jobs: silent for {silent:.0f} s, no job of "
-                    "this directory queued or running in SLURM, nothing running locally; restarting it")
+                say(
+                    f"snakemake (pid {proc.pid}) lost track of its jobs: silent for {silent:.0f} s, no job of "
+                    "this directory queued or running in SLURM, nothing running locally; restarting it"
+                )
                 proc.kill()  # SIGKILL: none of its jobs is alive; what they left is judged as after a crash
                 proc.wait()
                 return proc.returncode, "lost its jobs"
@@ -267,8 +294,13 @@ def _snakemake_here(root: Path) -> int | None:
 
     for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
         cmd = " ".join(proc.info["cmdline"] or ())
-        if "snakemake" in cmd and "--target-jobs" not in cmd and "slurm_run.py" not in cmd \
-                and proc.info["cwd"] == str(root.resolve()) and proc.info["pid"] != os.getpid():
+        if (
+            "snakemake" in cmd
+            and "--target-jobs" not in cmd
+            and "slurm_run.py" not in cmd
+            and proc.info["cwd"] == str(root.resolve())
+            and proc.info["pid"] != os.getpid()
+        ):
             return proc.info["pid"]
     return None
 
@@ -280,11 +312,16 @@ def _newest(logdir: Path, before: set) -> Path | None:
 
 def parse(argv: list[str]):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    ap.add_argument("--cancel-leftovers", action="store_true",
-                    help="SIGTERM a dead Snakemake's jobs instead of waiting for them")
-    ap.add_argument("--lost-after", type=float, default=LOST_AFTER_S,
-                    help=f"restart a Snakemake silent this long with no job of this directory in SLURM and "
-                         f"nothing running locally (seconds, default {LOST_AFTER_S})")
+    ap.add_argument(
+        "--cancel-leftovers", action="store_true", help="SIGTERM a dead Snakemake's jobs instead of waiting for them"
+    )
+    ap.add_argument(
+        "--lost-after",
+        type=float,
+        default=LOST_AFTER_S,
+        help=f"restart a Snakemake silent this long with no job of this directory in SLURM and "
+        f"nothing running locally (seconds, default {LOST_AFTER_S})",
+    )
     ap.add_argument("--max-restarts", type=int, default=5, help="default 5")
     ap.add_argument("--poll", type=float, default=30.0, help="seconds between checks (default 30)")
     return ap.parse_known_args(argv)

@@ -1,4 +1,5 @@
 """stage_weights rule: copy or download pre-trained weights, check them, write their cost (rethink.stage)."""
+
 import sys
 
 from rethink.cli import job

@@ -9,12 +9,15 @@ output is a checkpoint marked diverged and stderr says so; rethink.segment); 143
 SIGTERM / SIGUSR1 after writing a resume checkpoint (rerun to resume); 1 any other error (one line
 on stderr).
 """
+
 import sys
 
 from rethink.cli import job
 
 if __name__ == "__main__":
-    with job("train", __doc__, ("engine", "run", "family", "line", "start", "end", "schedule", "dataset", "output")) as spec:
+    with job(
+        "train", __doc__, ("engine", "run", "family", "line", "start", "end", "schedule", "dataset", "output")
+    ) as spec:
         from rethink import loop, segment  # torch: inside the job's ledger row (rethink.ledger)
 
         sys.exit(loop.main_cli(spec, segment.train_segment))

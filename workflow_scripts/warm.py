@@ -18,6 +18,7 @@ code or a new environment, jobs start a new server instead of running stale code
 cannot start (a read-only /tmp, no fork) makes the job run cold, in this process, with a line
 saying why.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -38,8 +39,14 @@ HERE = Path(__file__).resolve().parent
 IDLE_S = 120
 START_S = 120  # how long a job waits for a starting server (imports on a loaded machine)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "GOTO_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 DEFAULT_THREADS = 0  # torch's intra-op threads in the server, as a cold interpreter would have them
 
 
@@ -77,8 +84,15 @@ def _start_server(path: str):
         log = open(path + ".log", "ab")
         # the server's own thread settings are torch's defaults; each job sets its own (_child)
         env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", path], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, start_new_session=True, close_fds=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", path],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
         deadline = time.monotonic() + START_S
         while time.monotonic() < deadline:
             s = _connect(path)

@@ -12,6 +12,7 @@ Fault kinds (each as SLURM or the login node does it; SlurmCluster's fault metho
                 its saved state
 A diverging run is not injected here: the rehearsal's `diverge` setting makes one (rethink.rehearsal).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,16 @@ ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("requeue", "preempt", "node_down", "walltime", "kill9", "controller")
 NODE_BACK_S = 20
 CONTROLLER_DOWN_S = 65
-FAST_POLL = ["--seconds-between-status-checks", "1", "--slurm-init-seconds-before-status-checks", "1",
-             "--max-status-checks-per-second", "1",
-             "--latency-wait", "5"]
+FAST_POLL = [
+    "--seconds-between-status-checks",
+    "1",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--max-status-checks-per-second",
+    "1",
+    "--latency-wait",
+    "5",
+]
 
 
 class Supervisor:
@@ -41,8 +49,13 @@ class Supervisor:
     def __init__(self, cluster: SlurmCluster, cwd: Path, args: list[str], env: dict | None = None):
         self.cluster, self.cwd = cluster, Path(cwd)
         self.env = cluster.job_env(**(env or {}))
-        self.cmd = [sys.executable, str(ROOT / "workflow_scripts" / "slurm_run.py"), "--snakefile",
-                    str(ROOT / "Snakefile"), *args]
+        self.cmd = [
+            sys.executable,
+            str(ROOT / "workflow_scripts" / "slurm_run.py"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            *args,
+        ]
         self.log = open(self.cwd / "supervisor.out", "a")
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -55,8 +68,9 @@ class Supervisor:
 
     def kill9(self) -> None:
         """The login node's processes die: the supervisor and its Snakemake, by their PIDs."""
-        kids = [k for k in psutil.Process(self.proc.pid).children(recursive=True)
-                if "snakemake" in " ".join(k.cmdline())]
+        kids = [
+            k for k in psutil.Process(self.proc.pid).children(recursive=True) if "snakemake" in " ".join(k.cmdline())
+        ]
         self.cluster.kill9(self.proc)
         for k in kids:
             k.kill()
@@ -68,8 +82,9 @@ class Supervisor:
 
 
 def training(jobs: list[dict], exclude=()) -> list[dict]:
-    return [j for j in jobs if j["state"] == "RUNNING" and j["comment"].startswith("rule_train_")
-            and j["id"] not in exclude]
+    return [
+        j for j in jobs if j["state"] == "RUNNING" and j["comment"].startswith("rule_train_") and j["id"] not in exclude
+    ]
 
 
 class FaultInjector:
@@ -93,7 +108,7 @@ class FaultInjector:
     def training_ids(self) -> set[str]:
         """SLURM ids of the jobs whose open ledger row says they have begun training."""
         out = set()
-        for f in (self.rows.glob("train_*/*.json") if self.rows and self.rows.is_dir() else ()):
+        for f in self.rows.glob("train_*/*.json") if self.rows and self.rows.is_dir() else ():
             try:
                 row = json.loads(f.read_text())
             except (OSError, ValueError):
@@ -125,8 +140,13 @@ class FaultInjector:
         v = self.rng.choice(victims) if victims else {"id": "", "node": "", "comment": ""}
         self.hit.add(v["id"])
         on_node = [j["comment"] for j in training(jobs) if j["node"] == v["node"]]
-        entry = {"fault": kind, "t": round(now), "job": v["id"], "node": v["node"],
-                 "victims": on_node if kind in ("preempt", "node_down") else [v["comment"]]}
+        entry = {
+            "fault": kind,
+            "t": round(now),
+            "job": v["id"],
+            "node": v["node"],
+            "victims": on_node if kind in ("preempt", "node_down") else [v["comment"]],
+        }
         if kind == "requeue":
             self.cluster.requeue(v["id"])
         elif kind == "preempt":

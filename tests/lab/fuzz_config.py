@@ -13,6 +13,7 @@ Each returns an Outcome: "accepted", "refused" (a message naming the source, the
 (refused by Snakemake's own config loader before the workflow runs: README, "Bad input"),
 "loader-crash" (Snakemake's loader itself failing on a YTE template, before the workflow runs) or a failure
 ("traceback", "unclear", "hang", "late", "stray-file", "mismatch")."""
+
 from __future__ import annotations
 
 import copy
@@ -32,30 +33,95 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
 
-BASES = {name: yaml.safe_load((ROOT / rel).read_text())
-         for name, rel in (("tiny", "configs/tiny.yaml"), ("paper", "config.yaml"))}
+BASES = {
+    name: yaml.safe_load((ROOT / rel).read_text())
+    for name, rel in (("tiny", "configs/tiny.yaml"), ("paper", "config.yaml"))
+}
 FAILURES = ("traceback", "unclear", "hang", "late", "stray-file", "mismatch")
 TMP = "{TMP}"  # replaced by the example's own folder (absolute paths stay inside it)
 
 # ------------------------------------------------------------------ values
-PATHS = ["", " ", "/", "//", ".", "..", "../..", "~", "~/x", "a b", "w d/$(touch PWNED)", "`touch PWNED`", "x'y\"z",
-         "work\nother", "tab\there", "nul\x00", "é/名前", "\u202eevil", f"{TMP}/abs dir", f"{TMP}/a_file",
-         "work/../../..", "-rf", "--help", "C:\\work", "results/tiny", "work/tiny", "x" * 300]
+PATHS = [
+    "",
+    " ",
+    "/",
+    "//",
+    ".",
+    "..",
+    "../..",
+    "~",
+    "~/x",
+    "a b",
+    "w d/$(touch PWNED)",
+    "`touch PWNED`",
+    "x'y\"z",
+    "work\nother",
+    "tab\there",
+    "nul\x00",
+    "é/名前",
+    "\u202eevil",
+    f"{TMP}/abs dir",
+    f"{TMP}/a_file",
+    "work/../../..",
+    "-rf",
+    "--help",
+    "C:\\work",
+    "results/tiny",
+    "work/tiny",
+    "x" * 300,
+]
 SCALARS = st.one_of(
-    st.integers(-10**6, 10**6),
-    st.sampled_from([0, -1, 1, 2, 3, 2**31, 2**63, 10**30, -10**30]),
+    st.integers(-(10**6), 10**6),
+    st.sampled_from([0, -1, 1, 2, 3, 2**31, 2**63, 10**30, -(10**30)]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([float("nan"), float("inf"), float("-inf"), -0.0, 1e-300, 1e300, 0.5]),
-    st.booleans(), st.none(),
+    st.booleans(),
+    st.none(),
     st.text(max_size=12),
-    st.sampled_from(["R99", "GN", "BN", "SyncBN", "R18", "R50", "2x", "3x", "random", "imagenet", "synthetic",
-                     "coco", "voc", "mask_rcnn", "faster_rcnn", "keypoint_rcnn", "1e3", "yes", "no", "null",
-                     "true", "0x10", "1_000", ".inf", "3x3", "{a: 1}", "[1, 2]", "*alias", "&anchor", "!!python/none"]),
+    st.sampled_from(
+        [
+            "R99",
+            "GN",
+            "BN",
+            "SyncBN",
+            "R18",
+            "R50",
+            "2x",
+            "3x",
+            "random",
+            "imagenet",
+            "synthetic",
+            "coco",
+            "voc",
+            "mask_rcnn",
+            "faster_rcnn",
+            "keypoint_rcnn",
+            "1e3",
+            "yes",
+            "no",
+            "null",
+            "true",
+            "0x10",
+            "1_000",
+            ".inf",
+            "3x3",
+            "{a: 1}",
+            "[1, 2]",
+            "*alias",
+            "&anchor",
+            "!!python/none",
+        ]
+    ),
     st.sampled_from(PATHS),
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.text(max_size=8), st.integers(-3, 3)), inner, max_size=3)),
-    max_leaves=6)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=8), st.integers(-3, 3)), inner, max_size=3),
+    ),
+    max_leaves=6,
+)
 
 
 def paths_of(node, prefix=()):
@@ -80,11 +146,11 @@ def _misspell(draw, key: str) -> str:
     i = draw(st.integers(0, len(key) - 1))
     how = draw(st.sampled_from(["drop", "double", "swap", "upper", "dash", "plural"]))
     if how == "drop":
-        return key[:i] + key[i + 1:] or key + "_"
+        return key[:i] + key[i + 1 :] or key + "_"
     if how == "double":
         return key[:i] + key[i] + key[i:]
     if how == "swap" and i + 1 < len(key):
-        return key[:i] + key[i + 1] + key[i] + key[i + 2:]
+        return key[:i] + key[i + 1] + key[i] + key[i + 2 :]
     if how == "upper":
         return key.upper()
     if how == "dash":
@@ -93,8 +159,23 @@ def _misspell(draw, key: str) -> str:
 
 
 def _number_mutation(draw, value):
-    return draw(st.sampled_from([0, -value, value * 10**draw(st.integers(1, 12)), value + 0.5, float("nan"),
-                                 float("inf"), -1, str(value), [value], None, True]))
+    return draw(
+        st.sampled_from(
+            [
+                0,
+                -value,
+                value * 10 ** draw(st.integers(1, 12)),
+                value + 0.5,
+                float("nan"),
+                float("inf"),
+                -1,
+                str(value),
+                [value],
+                None,
+                True,
+            ]
+        )
+    )
 
 
 @st.composite
@@ -104,8 +185,24 @@ def mutation(draw, cfg: dict):
     path = draw(st.sampled_from(paths)) if paths else ()
     parent = _get(cfg, path[:-1]) if path else cfg
     key = path[-1] if path else None
-    op = draw(st.sampled_from(["set", "set", "delete", "misspell", "unknown", "number", "list", "type",
-                               "nudge", "nudge", "nudge", "nudge"]))
+    op = draw(
+        st.sampled_from(
+            [
+                "set",
+                "set",
+                "delete",
+                "misspell",
+                "unknown",
+                "number",
+                "list",
+                "type",
+                "nudge",
+                "nudge",
+                "nudge",
+                "nudge",
+            ]
+        )
+    )
     if not path:
         op = "unknown"
     value = parent[key] if path else None
@@ -117,16 +214,20 @@ def mutation(draw, cfg: dict):
         parent[_misspell(draw, key)] = parent.pop(key)
     elif op == "unknown":
         target = parent if isinstance(parent, dict) else cfg
-        target[draw(st.one_of(st.text(min_size=1, max_size=10), st.sampled_from(["eval_perod", "recipie", "seed"])))] = draw(VALUES)
+        target[
+            draw(st.one_of(st.text(min_size=1, max_size=10), st.sampled_from(["eval_perod", "recipie", "seed"])))
+        ] = draw(VALUES)
     elif op == "nudge":  # a plausible edit, mostly accepted: a number a little off, a list reordered or cut
         if isinstance(value, bool) or value is None:
             parent[key] = not value
         elif isinstance(value, int):
-            parent[key] = max(0, value + draw(st.integers(-2, 3))) if value < 10 else value * draw(st.sampled_from([1, 2, 3]))
+            parent[key] = (
+                max(0, value + draw(st.integers(-2, 3))) if value < 10 else value * draw(st.sampled_from([1, 2, 3]))
+            )
         elif isinstance(value, float):
             parent[key] = value * draw(st.sampled_from([0.5, 0.9, 1.1, 2.0]))
         elif isinstance(value, list) and value:
-            parent[key] = draw(st.permutations(value))[:draw(st.integers(1, len(value)))]
+            parent[key] = draw(st.permutations(value))[: draw(st.integers(1, len(value)))]
         elif isinstance(value, dict) and len(value) > 1:
             del value[draw(st.sampled_from(sorted(value, key=str)))]
         elif isinstance(value, str):
@@ -136,8 +237,9 @@ def mutation(draw, cfg: dict):
     elif op == "list" and isinstance(value, list):
         how = draw(st.sampled_from(["empty", "huge", "duplicate", "nested"]))
         huge = (value[:100] * draw(st.sampled_from([50, 2000])))[:5000]  # one huge list, not a huge list of them
-        parent[key] = ([] if how == "empty" else huge if how == "huge"
-                       else value + value[:1] if how == "duplicate" else [value])
+        parent[key] = (
+            [] if how == "empty" else huge if how == "huge" else value + value[:1] if how == "duplicate" else [value]
+        )
     else:  # the value's type changes
         parent[key] = draw(st.sampled_from([str(value), [value], {"value": value}, None, 1, 1.5, True]))
     return f"{op} {'.'.join(map(str, path))}"
@@ -146,6 +248,7 @@ def mutation(draw, cfg: dict):
 @dataclass
 class Example:
     """A config as it reaches Snakemake: files (name -> text), a profile, `--config` entries."""
+
     base: str
     mutations: list[str]
     files: dict[str, str]
@@ -154,8 +257,10 @@ class Example:
     profile: dict | None = None
 
     def __str__(self) -> str:
-        return (f"base {self.base}; {'; '.join(self.mutations)}; configfiles {self.configfiles}; --config {self.cli}; "
-                f"profile {self.profile}\n" + "\n".join(f"--- {n}:\n{t[:1500]}" for n, t in self.files.items()))
+        return (
+            f"base {self.base}; {'; '.join(self.mutations)}; configfiles {self.configfiles}; --config {self.cli}; "
+            f"profile {self.profile}\n" + "\n".join(f"--- {n}:\n{t[:1500]}" for n, t in self.files.items())
+        )
 
     def write(self, folder: Path) -> list[str]:
         """Write the files under `folder`; returns Snakemake's arguments."""
@@ -199,8 +304,9 @@ def examples(draw, bases=("tiny", "paper")):
             if k not in top and k in under:
                 under[k] = cfg[k]
         under = {k: v for k, v in under.items() if k in cfg or k not in keys}
-        return Example(base, muts + [f"layered over {top}"], {"a.yaml": _dump(under), "b.yaml": _dump(over)},
-                       ["a.yaml", "b.yaml"])
+        return Example(
+            base, muts + [f"layered over {top}"], {"a.yaml": _dump(under), "b.yaml": _dump(over)}, ["a.yaml", "b.yaml"]
+        )
     if how in ("cli", "profile"):
         movable = [k for k in keys if isinstance(k, str) and _IDENT.match(k)]
         moved = draw(st.lists(st.sampled_from(movable), unique=True, min_size=1, max_size=2)) if movable else []
@@ -209,8 +315,9 @@ def examples(draw, bases=("tiny", "paper")):
         files = {"c.yaml": _dump(rest)}
         if how == "cli":
             return Example(base, muts + [f"--config {moved}"], files, ["c.yaml"], cli=entries)
-        return Example(base, muts + [f"profile config: {moved}"], files, [],
-                       profile={"configfile": ["c.yaml"], "config": entries})
+        return Example(
+            base, muts + [f"profile config: {moved}"], files, [], profile={"configfile": ["c.yaml"], "config": entries}
+        )
     text = _dump(cfg)
     if how == "text":
         edit = draw(st.sampled_from(["duplicate", "yte", "tab", "truncate", "empty", "list", "bom", "json"]))
@@ -222,7 +329,7 @@ def examples(draw, bases=("tiny", "paper")):
         elif edit == "tab":
             text = text.replace("\n  ", "\n\t", 1)
         elif edit == "truncate":
-            text = text[:draw(st.integers(0, len(text)))]
+            text = text[: draw(st.integers(0, len(text)))]
         elif edit == "empty":
             text = ""
         elif edit == "list":
@@ -345,14 +452,17 @@ def _every_job(snap: Path, plan, job_resources) -> None:
     train, ev = job_resources.train_resources(), job_resources.eval_resources()
     job_resources.launchers(sys.executable)
     job_resources.single(sys.executable)
-    for (f, ln, it) in list(plan.segments)[:20] + list(plan.milestones)[:20]:
+    for f, ln, it in list(plan.segments)[:20] + list(plan.milestones)[:20]:
         wc = SimpleNamespace(family=f, line=ln, iter=str(it))
         for res in (train if (f, ln, it) in plan.segments else ev).values():
             if callable(res):
                 res(wc, 3) if res.__code__.co_argcount == 2 else res(wc)
 
 
-LOADER_MESSAGES = ("Config file is not valid JSON or YAML", "Config file must be given as JSON or YAML with keys at top level")
+LOADER_MESSAGES = (
+    "Config file is not valid JSON or YAML",
+    "Config file must be given as JSON or YAML with keys at top level",
+)
 
 
 def _listing(folder: Path) -> set[str]:
@@ -363,10 +473,21 @@ def real(example: Example, folder: Path, timeout: float = 300) -> Outcome:
     """The real `snakemake -n` on the example, in `folder` (a fresh, empty one)."""
     args = example.write(folder)
     before = _listing(folder)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(folder), "-n", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(folder),
+        "-n",
+        *args,
+    ]
     try:
-        proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=_limit_memory)
+        proc = subprocess.run(
+            cmd, cwd=folder, capture_output=True, text=True, timeout=timeout, preexec_fn=_limit_memory
+        )
     except subprocess.TimeoutExpired:
         return Outcome("hang", f"no answer in {timeout} s")
     out = proc.stdout + proc.stderr
@@ -378,8 +499,12 @@ def real(example: Example, folder: Path, timeout: float = 300) -> Outcome:
         except Exception:  # noqa: BLE001
             pass
         roots = [str(Path(cfg[k])) for k in ("workdir", "results")] if isinstance(cfg, dict) else []
-        stray = [p for p in new if not any(p == r or p.startswith(r.rstrip("/") + "/") or r in (".", "")
-                                               for r in roots) and not any(r.startswith(p + "/") for r in roots)]
+        stray = [
+            p
+            for p in new
+            if not any(p == r or p.startswith(r.rstrip("/") + "/") or r in (".", "") for r in roots)
+            and not any(r.startswith(p + "/") for r in roots)
+        ]
         if stray:
             return Outcome("stray-file", f"written outside workdir and results: {sorted(stray)[:5]}")
         return Outcome("accepted", out[-500:])

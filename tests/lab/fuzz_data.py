@@ -11,6 +11,7 @@ a readable header is named when a loader reads it: prepare reads headers only, R
 "traceback" (any other exception), "unclear" (a refusal that names no file or field), "late" (an
 accepted set that a loader, a training step or an evaluation then fails on), "uncounted" (skip dropped
 something that validation.json does not count), "memory" (MemoryError under bench/fuzz.py's limit)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 FAILURES = ("traceback", "unclear", "late", "uncounted", "memory")
-CATS = [{"id": 1, "name": "cup", "supercategory": "x"}, {"id": 7, "name": "dog", "supercategory": "x"},
-        {"id": 3, "name": "person", "supercategory": "x", "keypoints": ["left_hand", "right_hand"], "skeleton": []}]
+CATS = [
+    {"id": 1, "name": "cup", "supercategory": "x"},
+    {"id": 7, "name": "dog", "supercategory": "x"},
+    {"id": 3, "name": "person", "supercategory": "x", "keypoints": ["left_hand", "right_hand"], "skeleton": []},
+]
 SIZES = {"a.jpg": (64, 48), "b.png": (40, 56), "c.jpg": (48, 48), "v.jpg": (64, 48), "w.png": (32, 40)}
 
 
@@ -39,8 +43,16 @@ def _poly(x, y, w, h):
 
 def _ann(aid, image_id, cat, box, **kw):
     x, y, w, h = box
-    return {"id": aid, "image_id": image_id, "category_id": cat, "bbox": [x, y, w, h], "area": float(w * h),
-            "iscrowd": 0, "segmentation": _poly(*box), **kw}
+    return {
+        "id": aid,
+        "image_id": image_id,
+        "category_id": cat,
+        "bbox": [x, y, w, h],
+        "area": float(w * h),
+        "iscrowd": 0,
+        "segmentation": _poly(*box),
+        **kw,
+    }
 
 
 def _rle(h, w):
@@ -55,32 +67,91 @@ def _rle(h, w):
 def base_set() -> dict:
     """{"train": COCO dict, "val": COCO dict}: polygons, a compressed and an uncompressed crowd RLE,
     keypoints of a keypoint category, non-contiguous category ids."""
-    imgs = lambda names, first: [{"id": first + i, "file_name": n, "width": SIZES[n][0], "height": SIZES[n][1]}  # noqa: E731
-                                 for i, n in enumerate(names)]
-    train = {"info": {}, "images": imgs(["a.jpg", "b.png", "c.jpg"], 1), "categories": copy.deepcopy(CATS),
-             "annotations": [_ann(1, 1, 1, [2, 3, 20, 20]), _ann(2, 1, 7, [30, 5, 30, 15]),
-                             _ann(3, 1, 7, [0, 0, 20, 12], iscrowd=1, segmentation=_rle(48, 64)),
-                             _ann(4, 2, 3, [5, 5, 20, 30], keypoints=[8, 10, 2, 20, 30, 1]),
-                             _ann(5, 3, 1, [1, 1, 40, 40], iscrowd=1,
-                                  segmentation={"size": [48, 48], "counts": [100, 300, 48 * 48 - 400]}),
-                             _ann(6, 3, 7, [10, 10, 20, 20])]}
-    val = {"info": {}, "images": imgs(["v.jpg", "w.png"], 10), "categories": copy.deepcopy(CATS),
-           "annotations": [_ann(1, 10, 1, [4, 4, 40, 30]), _ann(2, 11, 7, [2, 2, 20, 30])]}
+
+    def imgs(names, first):
+        return [
+            {"id": first + i, "file_name": n, "width": SIZES[n][0], "height": SIZES[n][1]} for i, n in enumerate(names)
+        ]
+
+    train = {
+        "info": {},
+        "images": imgs(["a.jpg", "b.png", "c.jpg"], 1),
+        "categories": copy.deepcopy(CATS),
+        "annotations": [
+            _ann(1, 1, 1, [2, 3, 20, 20]),
+            _ann(2, 1, 7, [30, 5, 30, 15]),
+            _ann(3, 1, 7, [0, 0, 20, 12], iscrowd=1, segmentation=_rle(48, 64)),
+            _ann(4, 2, 3, [5, 5, 20, 30], keypoints=[8, 10, 2, 20, 30, 1]),
+            _ann(
+                5, 3, 1, [1, 1, 40, 40], iscrowd=1, segmentation={"size": [48, 48], "counts": [100, 300, 48 * 48 - 400]}
+            ),
+            _ann(6, 3, 7, [10, 10, 20, 20]),
+        ],
+    }
+    val = {
+        "info": {},
+        "images": imgs(["v.jpg", "w.png"], 10),
+        "categories": copy.deepcopy(CATS),
+        "annotations": [_ann(1, 10, 1, [4, 4, 40, 30]), _ann(2, 11, 7, [2, 2, 20, 30])],
+    }
     return {"train": train, "val": val}
 
 
 BASE = base_set()
 NASTY = st.one_of(
-    st.sampled_from([0, -1, 1, 2**31, 2**63, -2**63, 10**30, 1.5, -0.0, float("nan"), float("inf"), float("-inf"),
-                     True, False, None, "", "1", "a.jpg", "../a.jpg", "/etc/passwd", "a b.jpg", "名前.png", "x\x00y",
-                     [], {}, [1, 2], [0, 0, 0, 0], [1, 1, 1e308, 1e308], [-5, -5, 2, 2], [1, 2, 3], ["1", 2, 3, 4],
-                     [[1, 2, 3]], [[1, 2, 3, 4, 5, 6, 7]], [[0, 0, 1e300, 0, 1e300, 1e300]], [[]], [[float("nan")] * 6],
-                     {"counts": "garbage!", "size": [48, 64]}, {"counts": "", "size": [48, 64]},
-                     {"counts": [1, 2], "size": [48, 64]}, {"counts": [-1, 3073], "size": [48, 64]},
-                     {"counts": "PPP1", "size": [2**31, 2]}, {"counts": [3072], "size": [48, 64]},
-                     {"size": [48, 64]}, {"counts": None}]),
-    st.integers(-10**9, 10**9), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
-    st.lists(st.floats(-1e4, 1e4), max_size=8))
+    st.sampled_from(
+        [
+            0,
+            -1,
+            1,
+            2**31,
+            2**63,
+            -(2**63),
+            10**30,
+            1.5,
+            -0.0,
+            float("nan"),
+            float("inf"),
+            float("-inf"),
+            True,
+            False,
+            None,
+            "",
+            "1",
+            "a.jpg",
+            "../a.jpg",
+            "/etc/passwd",
+            "a b.jpg",
+            "名前.png",
+            "x\x00y",
+            [],
+            {},
+            [1, 2],
+            [0, 0, 0, 0],
+            [1, 1, 1e308, 1e308],
+            [-5, -5, 2, 2],
+            [1, 2, 3],
+            ["1", 2, 3, 4],
+            [[1, 2, 3]],
+            [[1, 2, 3, 4, 5, 6, 7]],
+            [[0, 0, 1e300, 0, 1e300, 1e300]],
+            [[]],
+            [[float("nan")] * 6],
+            {"counts": "garbage!", "size": [48, 64]},
+            {"counts": "", "size": [48, 64]},
+            {"counts": [1, 2], "size": [48, 64]},
+            {"counts": [-1, 3073], "size": [48, 64]},
+            {"counts": "PPP1", "size": [2**31, 2]},
+            {"counts": [3072], "size": [48, 64]},
+            {"size": [48, 64]},
+            {"counts": None},
+        ]
+    ),
+    st.integers(-(10**9), 10**9),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.floats(-1e4, 1e4), max_size=8),
+)
 FILE_EDITS = ["truncate_header", "truncate_pixels", "text", "empty", "gone", "exif6", "resize", "directory", "swap"]
 
 
@@ -123,10 +194,24 @@ def examples(draw):
             item = draw(st.sampled_from(items))
             if not isinstance(item, dict):
                 continue
-            key = draw(st.sampled_from({"annotations": ["id", "image_id", "category_id", "bbox", "area", "segmentation",
-                                                        "keypoints", "iscrowd"],
-                                        "images": ["id", "file_name", "width", "height"],
-                                        "categories": ["id", "keypoints", "name"]}[section]))
+            key = draw(
+                st.sampled_from(
+                    {
+                        "annotations": [
+                            "id",
+                            "image_id",
+                            "category_id",
+                            "bbox",
+                            "area",
+                            "segmentation",
+                            "keypoints",
+                            "iscrowd",
+                        ],
+                        "images": ["id", "file_name", "width", "height"],
+                        "categories": ["id", "keypoints", "name"],
+                    }[section]
+                )
+            )
             how = draw(st.sampled_from(["set", "delete", "copy"]))
             if how == "delete":
                 item.pop(key, None)
@@ -175,7 +260,7 @@ def _write_images(folder: Path, edits: dict) -> None:
             im.save(path)
         if edit in ("truncate_header", "truncate_pixels"):
             data = path.read_bytes()
-            path.write_bytes(data[:12] if edit == "truncate_header" else data[:max(len(data) // 2, 100)])
+            path.write_bytes(data[:12] if edit == "truncate_header" else data[: max(len(data) // 2, 100)])
         elif edit == "text":
             path.write_text("not an image\n")
         elif edit == "empty":
@@ -232,9 +317,19 @@ def check(ex: DataExample, folder: Path, mode: str, train: bool) -> Outcome:
     ann = {s: root / "annotations" / f"{s}.json" for s in ("train", "val")}
     for s in ("train", "val"):
         ann[s].write_text(json.dumps(ex.coco[s], allow_nan=True))
-    spec = {"kind": "coco", "root": str(root), "train_images": "train", "train_annotations": "annotations/train.json",
-            "val_images": "val", "val_annotations": "annotations/val.json", "num_images": None, "subset_seed": 0,
-            "on_bad_data": mode, "name": "fz", "output": str(folder / "data" / "fz" / "dataset.json")}
+    spec = {
+        "kind": "coco",
+        "root": str(root),
+        "train_images": "train",
+        "train_annotations": "annotations/train.json",
+        "val_images": "val",
+        "val_annotations": "annotations/val.json",
+        "num_images": None,
+        "subset_seed": 0,
+        "on_bad_data": mode,
+        "name": "fz",
+        "output": str(folder / "data" / "fz" / "dataset.json"),
+    }
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # its summary line (the job log's)
             manifest = data.prepare(spec)
@@ -243,7 +338,9 @@ def check(ex: DataExample, folder: Path, mode: str, train: bool) -> Outcome:
         named = str(ann["train"].resolve()) in msg or str(ann["val"].resolve()) in msg or "datasets.fz." in msg
         return Outcome("refused" if named and "Traceback" not in msg else "unclear", msg)
     except Exception as e:  # noqa: BLE001
-        return Outcome("memory" if isinstance(e, MemoryError) else "traceback", "".join(traceback.format_exception(e))[-3000:])
+        return Outcome(
+            "memory" if isinstance(e, MemoryError) else "traceback", "".join(traceback.format_exception(e))[-3000:]
+        )
     report = json.loads((folder / "data" / "fz" / REPORT).read_text())
     problems = sum(p["count"] for r in report["splits"].values() for p in r["problems"].values())
     dropped = sum(r["dropped"]["images"] + r["dropped"]["annotations"] for r in report["splits"].values())
@@ -277,13 +374,18 @@ def later(manifest: dict, train: bool) -> Outcome | None:
                 if "masks" in t:
                     assert tuple(t["masks"].shape[1:]) == (im["height"], im["width"]), (t["masks"].shape, im)
         gt = json.loads(Path(manifest["val"]["annotations"]).read_text())
-        results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-                   for a in gt["annotations"] if not a.get("iscrowd")]
+        results = [
+            {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in gt["annotations"]
+            if not a.get("iscrowd")
+        ]
         evaluate.coco_evaluate(gt, results, ["bbox"], log=open("/dev/null", "w"))
         if train:
             _train_step(manifest)
     except Exception as e:  # noqa: BLE001
-        return Outcome("memory" if isinstance(e, MemoryError) else "late", "".join(traceback.format_exception(e))[-3000:])
+        return Outcome(
+            "memory" if isinstance(e, MemoryError) else "late", "".join(traceback.format_exception(e))[-3000:]
+        )
     return None
 
 
@@ -295,8 +397,15 @@ def _train_step(manifest: dict) -> None:
     from rethink.engines import torchvision_engine as tv
 
     cfg = config.load(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
-    recipe = {**cfg["recipe"], "task": "mask_rcnn" if manifest.get("masks", True) else "faster_rcnn",
-              "batch": 1, "min_size_train": [48], "max_size_train": 64, "min_size_test": 48, "max_size_test": 64}
+    recipe = {
+        **cfg["recipe"],
+        "task": "mask_rcnn" if manifest.get("masks", True) else "faster_rcnn",
+        "batch": 1,
+        "min_size_train": [48],
+        "max_size_train": 64,
+        "min_size_test": 48,
+        "max_size_test": 64,
+    }
     run = {"seed": 0, "backbone": "R18", "norm": "GN", "recipe": recipe, "num_classes": len(manifest["categories"])}
     eng = tv.TorchvisionEngine()
     model = eng.build_model(run, torch.device("cpu"), dataset=manifest)

@@ -61,8 +61,7 @@ SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
 CLUSTER_NAME = "rethink-test"
 PARTITION = "debug"
-CLIENTS = ("srun", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "sacct",
-           "sstat", "salloc", "sacctmgr", "sshare")
+CLIENTS = ("srun", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "sacct", "sstat", "salloc", "sacctmgr", "sshare")
 N_GPUS = 2
 FAKE_CPUS = 8
 CRED_EXPIRE = 10  # s; SLURM holds a requeued job for this + 1 s before it may start again (default 120)
@@ -93,19 +92,26 @@ def skip_reason(install: bool = True) -> str | None:
     if os.name != "posix":
         return "SLURM tests need Linux"
     if os.geteuid() != 0:
-        return ("SLURM tests need root (they start munged as the munge user and "
-                "slurmd as root); run pytest as root or in the CI container")
+        return (
+            "SLURM tests need root (they start munged as the munge user and "
+            "slurmd as root); run pytest as root or in the CI container"
+        )
     if _missing() and install and not os.environ.get("RETHINK_SLURM_NO_INSTALL"):
         try:
-            subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True, timeout=900,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.run(
+                ["bash", str(INSTALL_SCRIPT)],
+                check=True,
+                timeout=900,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         except (subprocess.SubprocessError, OSError) as e:
             out = getattr(e, "stdout", "") or ""
             return f"SLURM packages missing and {INSTALL_SCRIPT} failed: {e}\n{out[-2000:]}"
     missing = _missing()
     if missing:
-        return (f"SLURM/munge binaries not found: {', '.join(missing)} "
-                f"(install with: sudo bash .ci/slurm.sh)")
+        return f"SLURM/munge binaries not found: {', '.join(missing)} (install with: sudo bash .ci/slurm.sh)"
     try:
         pwd.getpwnam("munge")
     except KeyError:
@@ -121,8 +127,7 @@ def _free_port() -> int:
 
 def _node_line(real_memory_fraction: float = 0.8) -> tuple[str, str, int]:
     """(node name, NodeName=... line, RealMemory) from ``slurmd -C``."""
-    out = subprocess.run([_which("slurmd"), "-C"], check=True, capture_output=True,
-                         text=True, timeout=30).stdout
+    out = subprocess.run([_which("slurmd"), "-C"], check=True, capture_output=True, text=True, timeout=30).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("NodeName="))
     name = line.split()[0].split("=", 1)[1]
     m = re.search(r"RealMemory=(\d+)", line)
@@ -147,9 +152,17 @@ class SlurmCluster(Faults):
       node, partition, n_gpus
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, *, min_job_age: int = 600,
-                 def_mem_per_cpu: int = 512, start_timeout: float = 60.0, nodes: int = 1,
-                 gpus_per_node: int = N_GPUS, preemption: bool = False):
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        *,
+        min_job_age: int = 600,
+        def_mem_per_cpu: int = 512,
+        start_timeout: float = 60.0,
+        nodes: int = 1,
+        gpus_per_node: int = N_GPUS,
+        preemption: bool = False,
+    ):
         self._own_root = root is None
         self.root = Path(root or tempfile.mkdtemp(prefix="rethink-slurm-"))
         self.min_job_age = min_job_age
@@ -187,14 +200,17 @@ class SlurmCluster(Faults):
         node_lines, gres_lines = self._node_lines(node_line, gres_range)
         for n in self.nodes:
             (r / "spool" / n).mkdir(exist_ok=True)
-        partitions = f"PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP"
+        partitions = (
+            f"PartitionName={self.partition} Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP"
+        )
         if self.preemption:  # a higher tier on the same nodes: its jobs requeue ours (PreemptMode=REQUEUE)
-            partitions += (f" PriorityTier=1\nPartitionName={URGENT} Nodes={','.join(self.nodes)} MaxTime=INFINITE "
-                           "State=UP PriorityTier=10 PreemptMode=OFF")
+            partitions += (
+                f" PriorityTier=1\nPartitionName={URGENT} Nodes={','.join(self.nodes)} MaxTime=INFINITE "
+                "State=UP PriorityTier=10 PreemptMode=OFF"
+            )
             node_lines = f"PreemptType=preempt/partition_prio\nPreemptMode=REQUEUE\n{node_lines}"
         self.conf.write_text(self._slurm_conf(node_lines, partitions))
-        (self.conf.parent / "gres.conf").write_text(
-            "AutoDetect=off\n" + gres_lines)
+        (self.conf.parent / "gres.conf").write_text("AutoDetect=off\n" + gres_lines)
         # an empty cgroup.conf silences warnings on some builds
         (self.conf.parent / "cgroup.conf").write_text("")
         self._write_client_wrappers()
@@ -244,7 +260,7 @@ StateSaveLocation={r}/state
 SlurmdSpoolDir={r}/spool/%n
 SlurmctldPidFile={r}/run/slurmctld.pid
 SlurmdPidFile={r}/run/slurmd-%n.pid
-SlurmctldLogFile={self.logs['slurmctld']}
+SlurmctldLogFile={self.logs["slurmctld"]}
 SlurmdLogFile={r}/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
@@ -312,7 +328,8 @@ SchedulerParameters=sched_interval=2,bf_interval=2
             lines = "\n".join(
                 f"NodeName={n} NodeHostname={self.node} NodeAddr=127.0.0.1 Port={self.slurmd_ports[n]} "
                 f"CPUs={FAKE_CPUS} RealMemory={self.real_memory} Gres=gpu:{self.n_gpus} State=UNKNOWN"
-                for n in self.nodes)
+                for n in self.nodes
+            )
         self.logs.pop("slurmd", None)
         for n in self.nodes:
             self.logs["slurmd" if self.n_nodes == 1 else f"slurmd-{n}"] = self.root / "log" / f"slurmd-{n}.log"
@@ -322,9 +339,15 @@ SchedulerParameters=sched_interval=2,bf_interval=2
     def _spawn(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
         out = open(self.root / "log" / f"{name}.stdout", "ab")
         self._log_handles.append(out)
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, env=self.env,
-                             start_new_session=True, **kw)
+        p = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+            **kw,
+        )
         self.procs[name] = p
         return p
 
@@ -333,8 +356,9 @@ SchedulerParameters=sched_interval=2,bf_interval=2
         while time.monotonic() < deadline:
             for name, p in self.procs.items():
                 if p.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {p.returncode} while waiting "
-                                       f"for {what}\n{self.debug_info()}")
+                    raise RuntimeError(
+                        f"{name} exited with {p.returncode} while waiting for {what}\n{self.debug_info()}"
+                    )
             if check():
                 return
             time.sleep(0.2)
@@ -342,8 +366,7 @@ SchedulerParameters=sched_interval=2,bf_interval=2
 
     def _ok(self, argv: list[str]) -> bool:
         try:
-            return subprocess.run(argv, env=self.env, capture_output=True,
-                                  timeout=10).returncode == 0
+            return subprocess.run(argv, env=self.env, capture_output=True, timeout=10).returncode == 0
         except subprocess.SubprocessError:
             return False
 
@@ -353,15 +376,13 @@ SchedulerParameters=sched_interval=2,bf_interval=2
         ``--export=ALL``, so jobs, and the ``python``/``snakemake`` their rules call,
         see the same virtualenv as the test."""
         env = dict(self.env)
-        env["PATH"] = os.pathsep.join(
-            [str(self.bindir), str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["PATH"] = os.pathsep.join([str(self.bindir), str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
     def run(self, *argv, check=True, timeout=30) -> subprocess.CompletedProcess:
         """Run a SLURM client command against this cluster; returns CompletedProcess."""
-        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
-                              check=check, timeout=timeout)
+        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True, check=check, timeout=timeout)
 
     def start(self) -> SlurmCluster:
         """Start munged, slurmctld, slurmd; on any failure stop what was started."""
@@ -379,20 +400,31 @@ SchedulerParameters=sched_interval=2,bf_interval=2
         self._write_files()
         munge = pwd.getpwnam("munge")
         mdir = self.munge_dir
-        self._spawn("munged", [
-            _which("munged"), "-F", "--force",
-            f"--socket={self.munge_socket}", f"--key-file={mdir / 'munge.key'}",
-            f"--pid-file={mdir / 'munged.pid'}", f"--seed-file={mdir / 'munged.seed'}",
-            f"--log-file={mdir / 'munged.log'}",  # also copied to stdout -> logs['munged']
-        ], user=munge.pw_uid, group=munge.pw_gid, extra_groups=[])
+        self._spawn(
+            "munged",
+            [
+                _which("munged"),
+                "-F",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={mdir / 'munge.key'}",
+                f"--pid-file={mdir / 'munged.pid'}",
+                f"--seed-file={mdir / 'munged.seed'}",
+                f"--log-file={mdir / 'munged.log'}",  # also copied to stdout -> logs['munged']
+            ],
+            user=munge.pw_uid,
+            group=munge.pw_gid,
+            extra_groups=[],
+        )
         self._wait("munged socket", self.munge_socket.exists)
         self.slurmctld_binary = _which("slurmctld")
         self._spawn("slurmctld", [self.slurmctld_binary, "-D", "-c", "-f", str(self.conf)])
-        self._wait("slurmctld (scontrol ping)",
-                   lambda: "UP" in self.run("scontrol", "ping", check=False).stdout)
+        self._wait("slurmctld (scontrol ping)", lambda: "UP" in self.run("scontrol", "ping", check=False).stdout)
         for n in self.nodes:
-            self._spawn(self._slurmd_name(n), [_which("slurmd"), "-D", "-f", str(self.conf)]
-                        + (["-N", n] if self.n_nodes > 1 else []))
+            self._spawn(
+                self._slurmd_name(n),
+                [_which("slurmd"), "-D", "-f", str(self.conf)] + (["-N", n] if self.n_nodes > 1 else []),
+            )
         self._wait("nodes idle", self._node_ready)
         return self
 
@@ -502,8 +534,10 @@ try:  # the pytest fixture; the module also works without pytest
             cluster.start()
         except Exception as e:  # a broken setup is a failure, not a skip
             pytest.fail(f"could not start SLURM test cluster: {e}", pytrace=False)
-        print(f"\nSLURM test cluster up: SLURM_CONF={cluster.conf}; logs: "
-              + ", ".join(str(p) for p in cluster.logs.values()))
+        print(
+            f"\nSLURM test cluster up: SLURM_CONF={cluster.conf}; logs: "
+            + ", ".join(str(p) for p in cluster.logs.values())
+        )
         yield cluster
         cluster.stop()
 except ImportError:  # pragma: no cover

@@ -5,6 +5,7 @@ Pre-emption needs a cluster started with ``preemption=True`` (a higher-tier part
 nodes, PreemptType=preempt/partition_prio, PreemptMode=REQUEUE); node faults name a node of
 ``cluster.nodes``. A requeued or pre-empted job waits CRED_EXPIRE + 1 s before it starts again.
 """
+
 from __future__ import annotations
 
 import signal
@@ -23,7 +24,7 @@ class Faults:
         for j in jobs:
             days, _, hms = j["time"].rpartition("-")
             parts = [int(x) for x in hms.split(":") if x.isdigit()]
-            j["seconds"] = int(days or 0) * 86400 + sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
+            j["seconds"] = int(days or 0) * 86400 + sum(v * 60**i for i, v in enumerate(reversed(parts)))
         return jobs
 
     def running(self, comment: str = "") -> list[dict[str, str]]:
@@ -40,8 +41,25 @@ class Faults:
         `node`'s GPUs: SLURM preempts (PreemptMode=REQUEUE) what runs there. Returns its job id."""
         if not self.preemption:
             raise RuntimeError("preempt(): start the cluster with preemption=True")
-        return self.run("sbatch", "--parsable", "-p", self.urgent, "-w", node, f"--gres=gpu:{self.n_gpus}", "-c", "1",
-                        "--mem", "100", "-t", "5", "-o", "/dev/null", "--wrap", f"sleep {int(seconds)}").stdout.strip()
+        return self.run(
+            "sbatch",
+            "--parsable",
+            "-p",
+            self.urgent,
+            "-w",
+            node,
+            f"--gres=gpu:{self.n_gpus}",
+            "-c",
+            "1",
+            "--mem",
+            "100",
+            "-t",
+            "5",
+            "-o",
+            "/dev/null",
+            "--wrap",
+            f"sleep {int(seconds)}",
+        ).stdout.strip()
 
     def node_down(self, node: str, reason: str = "fault injected") -> None:
         """The node fails: SLURM kills its jobs and requeues them (JobRequeue, the default); it stays
@@ -73,8 +91,7 @@ class Faults:
     def start_controller(self) -> None:
         """slurmctld again, from its saved state (no -c): running jobs and the queue survive."""
         self._spawn("slurmctld", [self.slurmctld_binary, "-D", "-f", str(self.conf)])
-        self._wait("slurmctld back (scontrol ping)",
-                   lambda: "UP" in self.run("scontrol", "ping", check=False).stdout)
+        self._wait("slurmctld back (scontrol ping)", lambda: "UP" in self.run("scontrol", "ping", check=False).stdout)
 
     @staticmethod
     def kill9(proc: subprocess.Popen) -> None:

@@ -2,6 +2,7 @@
 every annotation of a split when its dataset is prepared; its docstring says what each checks, and
 PROBLEMS there names each kind): category, keypoints, bbox, iscrowd, area, and the segmentation's
 polygons or RLE (rle_string_runs decodes pycocotools' compressed RLE strings)."""
+
 from __future__ import annotations
 
 import math
@@ -51,21 +52,30 @@ def annotation_problems(a: dict, im: dict, cat_ids: dict, masks: bool):
     seg = a.get("segmentation")
     if not seg:
         if masks and not a.get("iscrowd", 0):
-            yield "segmentation_missing", "segmentation", (f"{seg!r}: none, while this is a mask set (other "
-                                                           f"non-crowd annotations have one)")
+            yield (
+                "segmentation_missing",
+                "segmentation",
+                (f"{seg!r}: none, while this is a mask set (other non-crowd annotations have one)"),
+            )
     elif isinstance(seg, list):
         for k, poly in enumerate(seg):
             if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and are_numbers(poly)):
                 n = len(poly) if isinstance(poly, list) else type(poly).__name__
-                yield "polygon_malformed", f"segmentation[{k}]", (f"polygon of {n} values: not an even number >= 6 "
-                                                                  f"of finite numbers")
+                yield (
+                    "polygon_malformed",
+                    f"segmentation[{k}]",
+                    (f"polygon of {n} values: not an even number >= 6 of finite numbers"),
+                )
                 break
             # pycocotools rasterises a polygon along its edges: a point far outside the image costs
             # memory in proportion to its distance (1e10 px exhausts any machine)
             xs, ys = poly[0::2], poly[1::2]
             if min(xs) < -tx or min(ys) < -ty or max(xs) > W + tx or max(ys) > H + ty:
-                yield "polygon_outside", f"segmentation[{k}]", (f"a point of x {min(xs)}..{max(xs)}, y {min(ys)}.."
-                                                                f"{max(ys)} lies past the {W}x{H} image")
+                yield (
+                    "polygon_outside",
+                    f"segmentation[{k}]",
+                    (f"a point of x {min(xs)}..{max(xs)}, y {min(ys)}..{max(ys)} lies past the {W}x{H} image"),
+                )
                 break
     elif isinstance(seg, dict):
         counts, size = seg.get("counts"), seg.get("size")
@@ -76,11 +86,19 @@ def annotation_problems(a: dict, im: dict, cat_ids: dict, masks: bool):
             if runs is None:
                 yield "rle_malformed", "segmentation.counts", "not a compressed RLE string (pycocotools' encoding)"
             elif sum(runs) != H * W:
-                yield "rle_malformed", "segmentation.counts", f"the runs sum to {sum(runs)}, not {H}x{W} = {H * W} pixels"
+                yield (
+                    "rle_malformed",
+                    "segmentation.counts",
+                    f"the runs sum to {sum(runs)}, not {H}x{W} = {H * W} pixels",
+                )
         if size != [H, W]:
             yield "rle_malformed", "segmentation.size", f"{size!r} is not the image's [height, width] [{H}, {W}]"
     else:
-        yield "polygon_malformed", "segmentation", f"a {type(seg).__name__}, neither polygons (a list) nor an RLE (a dict)"
+        yield (
+            "polygon_malformed",
+            "segmentation",
+            f"a {type(seg).__name__}, neither polygons (a list) nor an RLE (a dict)",
+        )
 
 
 def rle_string_runs(s: str) -> list[int] | None:

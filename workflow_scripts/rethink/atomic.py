@@ -1,6 +1,7 @@
 """The one atomic write: a temp file in the target's folder, then os.replace, so a reader sees the
 whole file or none, and a process killed while writing leaves the old file (and at most a hidden
 `.<name>.*.tmp`). Standard library only: the workflow imports it when it parses the config."""
+
 from __future__ import annotations
 
 import contextlib

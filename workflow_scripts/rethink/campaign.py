@@ -8,6 +8,7 @@ fields of its identity that changed since its results were made (rethink.identit
 checkpoints a new evaluation needs are gone. A real run stops on it unless the user confirms with
 `--config confirm_rerun=true`.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,12 @@ def redone(paths: Paths, segments: list[Segment]) -> list[Segment]:
     for seg in segments:
         later = [it for it in done.get((seg.family, seg.line), []) if it >= seg.end]
         if seg.line == TRUNK:
-            later += [it for (fam, ln), its in done.items() if fam == seg.family and ln != TRUNK
-                      and plan.lines[(fam, ln)].start >= seg.end for it in its]
+            later += [
+                it
+                for (fam, ln), its in done.items()
+                if fam == seg.family and ln != TRUNK and plan.lines[(fam, ln)].start >= seg.end
+                for it in its
+            ]
         if later:
             out.append(seg)
     return out
@@ -68,11 +73,16 @@ def predicted_segments(identities: IdentityFiles) -> list[Segment]:
     out = []
     for (family, line), its in done.items():
         stale = bool(stale_reasons(identities, family, line))
-        missing = [m.iteration for m in plan.line_milestones[(family, line)]
-                   if m.iteration not in its and not os.path.exists(paths.checkpoint(family, line, m.iteration))]
+        missing = [
+            m.iteration
+            for m in plan.line_milestones[(family, line)]
+            if m.iteration not in its and not os.path.exists(paths.checkpoint(family, line, m.iteration))
+        ]
         need = plan.lines[(family, line)].end if stale else max([m for m in missing if m < max(its)], default=0)
-        segs = sorted((s for s in plan.segments.values() if s.family == family and s.line == line and s.end <= need),
-                      key=lambda s: s.end)
+        segs = sorted(
+            (s for s in plan.segments.values() if s.family == family and s.line == line and s.end <= need),
+            key=lambda s: s.end,
+        )
         out += [s for s in segs if not os.path.exists(paths.checkpoint(s.family, s.line, s.end))]
     return redone(paths, downstream(plan, out))
 
@@ -90,8 +100,10 @@ def downstream(plan, segments: list[Segment]) -> list[Segment]:
         for (fam, ln), tail in plan.lines.items():
             if fam == family and ln != TRUNK and tail.start > start:
                 first[(fam, ln)] = min(tail.start, first.get((fam, ln), tail.start))
-    return sorted((s for s in plan.segments.values() if (s.family, s.line) in first and s.end > first[(s.family, s.line)]),
-                  key=lambda s: (s.family, s.line, s.end))
+    return sorted(
+        (s for s in plan.segments.values() if (s.family, s.line) in first and s.end > first[(s.family, s.line)]),
+        key=lambda s: (s.family, s.line, s.end),
+    )
 
 
 def warning(identities: IdentityFiles, segments: list[Segment]) -> tuple[str, float]:
@@ -111,12 +123,22 @@ def warning(identities: IdentityFiles, segments: list[Segment]) -> tuple[str, fl
         first = min(segs, key=lambda s: s.start)
         upstream = first.start_from and first.start_from[0] != line and (family, first.start_from[0]) in by_line
         reasons = stale_reasons(identities, family, line) or (
-            [f"starts from {family}/{first.start_from[0]} at iteration {first.start_from[1]}, which is retrained "
-             "(Snakemake redoes every job downstream of a redone one)"] if upstream else
-            ["the checkpoints that new evaluations need are gone (temporary): retrained from the last one kept"])
-        lines.append(f"  {family}/{line}: {len(segs)} segment(s), {iters:,} iterations, {hours:,.1f} GPU-h "
-                     f"(runs: {', '.join(runs)})")
-        lines += [f"      {r}" for r in reasons[:12]] + ([f"      ... {len(reasons) - 12} more"] if len(reasons) > 12 else [])
-    head = (f"this plan retrains finished work: {len(segments)} training segment(s) of {len(by_line)} line(s), "
-            f"{total:,.1f} GPU-hours at stake")
+            [
+                f"starts from {family}/{first.start_from[0]} at iteration {first.start_from[1]}, which is retrained "
+                "(Snakemake redoes every job downstream of a redone one)"
+            ]
+            if upstream
+            else ["the checkpoints that new evaluations need are gone (temporary): retrained from the last one kept"]
+        )
+        lines.append(
+            f"  {family}/{line}: {len(segs)} segment(s), {iters:,} iterations, {hours:,.1f} GPU-h "
+            f"(runs: {', '.join(runs)})"
+        )
+        lines += [f"      {r}" for r in reasons[:12]] + (
+            [f"      ... {len(reasons) - 12} more"] if len(reasons) > 12 else []
+        )
+    head = (
+        f"this plan retrains finished work: {len(segments)} training segment(s) of {len(by_line)} line(s), "
+        f"{total:,.1f} GPU-hours at stake"
+    )
     return "\n".join([head, *lines]), total

@@ -19,7 +19,8 @@ A checkpoint is one ``torch.save`` file (loadable with ``weights_only=True``) ho
                     :func:`diverged_output`) where the run diverged; model and optimizer are empty
 
 Writes are atomic (a temp file in the same folder, fsync, os.replace), so a reader sees a whole
-checkpoint or none; the checksum catches what the file system or a copy damaged afterwards. Segment outputs are written by the loop; resume checkpoints live in a segment's
+checkpoint or none; the checksum catches what the file system or a copy damaged afterwards. Segment outputs
+are written by the loop; resume checkpoints live in a segment's
 resume folder as ``iter_<7 digits>.pth``. Anything unreadable raises :class:`CheckpointError` naming
 the file.
 
@@ -28,6 +29,7 @@ workflow's own pre-training (``BACKBONE_FORMAT``, torchvision names; :func:`read
 renamed for detectron2 by :func:`torchvision_resnet_to_detectron2`), and a Mask R-CNN's weights
 mapped into a cascade (:func:`map_into_cascade`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +45,19 @@ from .atomic import atomic_file
 
 FORMAT = "rethink-checkpoint/1"
 BACKBONE_FORMAT = "rethink-backbone/1"  # rethink.pretrain's output: {"format", "backbone", "norm", "model", ...}
-REQUIRED = ("format", "model", "optimizer", "iteration", "counters", "wall_seconds", "device_seconds",
-            "run_id", "family", "line", "rng")
+REQUIRED = (
+    "format",
+    "model",
+    "optimizer",
+    "iteration",
+    "counters",
+    "wall_seconds",
+    "device_seconds",
+    "run_id",
+    "family",
+    "line",
+    "rng",
+)
 COUNTERS = ("images", "instances", "pixels")
 RESUME_RE = re.compile(r"iter_(\d{7})\.pth")
 
@@ -54,8 +67,10 @@ class CheckpointError(RuntimeError):
 
 
 CHECKSUM = "checksum"
-DAMAGED_HINT = ("delete it and run snakemake again: the job that wrote it runs again (a dry run shows "
-                "which, and a run stops to ask before it retrains finished work)")
+DAMAGED_HINT = (
+    "delete it and run snakemake again: the job that wrote it runs again (a dry run shows "
+    "which, and a run stops to ask before it retrains finished work)"
+)
 
 
 def digest(obj) -> str:
@@ -105,16 +120,23 @@ def verify(state, path: str | Path) -> None:
     want = state[CHECKSUM]
     got = digest({k: v for k, v in state.items() if k != CHECKSUM})
     if got != want:
-        raise CheckpointError(f"{path}: damaged: its content does not match its checksum (sha256 {got[:12]}..., "
-                              f"written as {str(want)[:12]}...); {DAMAGED_HINT}")
+        raise CheckpointError(
+            f"{path}: damaged: its content does not match its checksum (sha256 {got[:12]}..., "
+            f"written as {str(want)[:12]}...); {DAMAGED_HINT}"
+        )
 
 
 def rng_state() -> dict:
     st = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"name": st[0], "keys": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
-                  "has_gauss": int(st[3]), "cached_gaussian": float(st[4])},
+        "numpy": {
+            "name": st[0],
+            "keys": torch.from_numpy(st[1].astype(np.int64)),
+            "pos": int(st[2]),
+            "has_gauss": int(st[3]),
+            "cached_gaussian": float(st[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -125,8 +147,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -153,8 +176,10 @@ def load(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, wrong magic ...
-        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}; {DAMAGED_HINT}") from None
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint (truncated or corrupt?): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}; {DAMAGED_HINT}"
+        ) from None
     verify(state, path)
     validate(state, path)
     return state
@@ -202,10 +227,23 @@ def diverged_output(spec: dict, info: dict) -> dict:
     no weights, the segment's end iteration, family, line and identity, so the segments after it
     and the evaluations of its milestones read it like any output and record the run as diverged
     without training or predicting."""
-    return {"format": FORMAT, "model": {}, "optimizer": {}, "iteration": int(spec["end"]),
-            "counters": {k: 0 for k in COUNTERS}, "wall_seconds": 0.0, "device_seconds": 0.0, "gpus": 0,
-            "run_id": spec["run"]["run_id"], "family": spec["family"], "line": spec["line"],
-            "engine": spec.get("engine"), "identity": spec.get("identity"), "rng": {}, "diverged": dict(info)}
+    return {
+        "format": FORMAT,
+        "model": {},
+        "optimizer": {},
+        "iteration": int(spec["end"]),
+        "counters": {k: 0 for k in COUNTERS},
+        "wall_seconds": 0.0,
+        "device_seconds": 0.0,
+        "gpus": 0,
+        "run_id": spec["run"]["run_id"],
+        "family": spec["family"],
+        "line": spec["line"],
+        "engine": spec.get("engine"),
+        "identity": spec.get("identity"),
+        "rng": {},
+        "diverged": dict(info),
+    }
 
 
 # ---------------------------------------------------------------------------- resume folders
@@ -262,8 +300,9 @@ STANDARD_CLS_SCORE = "roi_heads.box_predictor.cls_score."
 STANDARD_BBOX_PRED = "roi_heads.box_predictor.bbox_pred."
 
 
-def map_into_cascade(source: dict, target: dict, stages: int, box_head: str, cls_score: str,
-                     bbox_pred: str) -> tuple[dict[str, str], list[str], list[str], list[str]]:
+def map_into_cascade(
+    source: dict, target: dict, stages: int, box_head: str, cls_score: str, bbox_pred: str
+) -> tuple[dict[str, str], list[str], list[str], list[str]]:
     """How a Mask R-CNN state dict (`source`) fills a cascade model's (`target`, `stages` stages),
     for both engines' switch of architecture (engine.load_converted). `box_head`, `cls_score` and
     `bbox_pred` say where the cascade model keeps stage k's parts, with "{k}" for the stage (e.g.
@@ -275,10 +314,15 @@ def map_into_cascade(source: dict, target: dict, stages: int, box_head: str, cls
     neither model, a shape that differs, a target tensor nothing fills, a source that is no Mask
     R-CNN) is a problem. Returns (target name -> source name, target names left at their init,
     source names dropped, problems)."""
-    if not any(k.startswith(STANDARD_BOX_HEAD) for k in source) or not any(k.startswith(STANDARD_CLS_SCORE)
-                                                                          for k in source):
-        return {}, list(target), [], [f"the state dict is not a Mask R-CNN's: no {STANDARD_BOX_HEAD}* / "
-                                      f"{STANDARD_CLS_SCORE}* tensors"]
+    if not any(k.startswith(STANDARD_BOX_HEAD) for k in source) or not any(
+        k.startswith(STANDARD_CLS_SCORE) for k in source
+    ):
+        return (
+            {},
+            list(target),
+            [],
+            [f"the state dict is not a Mask R-CNN's: no {STANDARD_BOX_HEAD}* / {STANDARD_CLS_SCORE}* tensors"],
+        )
     plan: dict[str, str] = {}
     dropped: list[str] = []
     problems: list[str] = []
@@ -298,10 +342,10 @@ def map_into_cascade(source: dict, target: dict, stages: int, box_head: str, cls
             take(key, key)
         elif key.startswith(STANDARD_BOX_HEAD):
             for k in range(stages):
-                take(box_head.format(k=k) + key[len(STANDARD_BOX_HEAD):], key)
+                take(box_head.format(k=k) + key[len(STANDARD_BOX_HEAD) :], key)
         elif key.startswith(STANDARD_CLS_SCORE):
             for k in range(stages):
-                take(cls_score.format(k=k) + key[len(STANDARD_CLS_SCORE):], key)
+                take(cls_score.format(k=k) + key[len(STANDARD_CLS_SCORE) :], key)
         elif key.startswith(STANDARD_BBOX_PRED):
             dropped.append(key)
         else:
@@ -321,15 +365,17 @@ def read_backbone_weights(path: str | Path, run: dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: unreadable backbone weights (truncated or corrupt?): "
-                              f"{type(e).__name__}; {DAMAGED_HINT}") from None
+        raise CheckpointError(
+            f"{path}: unreadable backbone weights (truncated or corrupt?): {type(e).__name__}; {DAMAGED_HINT}"
+        ) from None
     verify(state, path)
     if not isinstance(state, dict) or state.get("format") != BACKBONE_FORMAT:
         raise CheckpointError(f"{path}: not rethink backbone weights (format {BACKBONE_FORMAT!r})")
     for key in ("backbone", "norm"):
         if state[key] != run[key]:
-            raise CheckpointError(f"{path}: weights are for {key} {state[key]!r}, run "
-                                  f"{run.get('run_id')} has {key} {run[key]!r}")
+            raise CheckpointError(
+                f"{path}: weights are for {key} {state[key]!r}, run {run.get('run_id')} has {key} {run[key]!r}"
+            )
     return state["model"]
 
 
@@ -362,7 +408,8 @@ def torchvision_resnet_to_detectron2(state: dict) -> dict:
         elif m := _TV_BLOCK.fullmatch(key):
             stage, block, part, leaf = m.groups()
             part = {"downsample.0": "shortcut", "downsample.1": "shortcut.norm"}.get(part) or (
-                f"conv{part[2:]}.norm" if part.startswith("bn") else part)
+                f"conv{part[2:]}.norm" if part.startswith("bn") else part
+            )
             out[f"res{int(stage) + 1}.{block}.{part}.{leaf}"] = value
         else:
             raise ValueError(f"{key}: not a key of a torchvision ResNet body")
@@ -382,6 +429,9 @@ def fit_problems(source: dict, target: dict) -> list[str]:
     skip = lambda k: k.endswith("num_batches_tracked")  # noqa: E731
     problems = [f"{k}: not in the weights" for k in target if k not in source and not skip(k)]
     problems += [f"{k}: not in the model" for k in source if k not in target and not skip(k)]
-    problems += [f"{k}: shape {tuple(source[k].shape)} in the weights, {tuple(target[k].shape)} in the model"
-                 for k in source if k in target and tuple(source[k].shape) != tuple(target[k].shape)]
+    problems += [
+        f"{k}: shape {tuple(source[k].shape)} in the weights, {tuple(target[k].shape)} in the model"
+        for k in source
+        if k in target and tuple(source[k].shape) != tuple(target[k].shape)
+    ]
     return problems

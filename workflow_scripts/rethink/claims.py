@@ -19,6 +19,7 @@ A claim about "every setting that has both inits" is reproduced when every such 
 not reproduced when one fails, and lacks runs when no setting has both. The tiny default gets
 verdicts from its tiny runs: whatever its data says (they are not evidence about COCO).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,6 +54,7 @@ class Verdict:
 @dataclass
 class Side:
     """A (group, init)'s best finished result of one metric over its schedules."""
+
     mean: float
     std: float
     n: int
@@ -110,23 +112,29 @@ def _catch_up(fin, v: Verdict, where, metric="bbox_AP", needs: str = "") -> Verd
         m = margin(r, p)
         ok = r.mean >= p.mean - m
         results.append(ok)
-        v.numbers.append(f"{label}: {RANDOM} {r.text()} vs {init} {p.text()}, m = {m:.1f}: "
-                         f"{'within' if ok else 'below'}")
+        v.numbers.append(
+            f"{label}: {RANDOM} {r.text()} vs {init} {p.text()}, m = {m:.1f}: {'within' if ok else 'below'}"
+        )
     if not results and needs:
         v.missing.append(needs)
     return _decide(v, results)
 
 
 def early(df: pd.DataFrame, fin: pd.DataFrame) -> Verdict:
-    v = Verdict("a", "ImageNet pre-training speeds up convergence, especially early on in training",
-                f"at the first iteration both inits were evaluated (the shared trunk, mean over seeds), "
-                f"pre-trained bbox AP >= random + {EARLY_GAP:.0f} AP, in every setting with both inits")
+    v = Verdict(
+        "a",
+        "ImageNet pre-training speeds up convergence, especially early on in training",
+        f"at the first iteration both inits were evaluated (the shared trunk, mean over seeds), "
+        f"pre-trained bbox AP >= random + {EARLY_GAP:.0f} AP, in every setting with both inits",
+    )
     results = []
     trunk = df[(df.line == "trunk") & ~df.diverged & ~df.test_aug & df.bbox_AP.map(is_finite)]
     for group, init in _pairs(fin, lambda g: kind_of(g[0], g[3]) == "main"):
         sel = trunk[(trunk[GROUP] == pd.Series(group, index=GROUP)).all(axis=1)]
-        curves = {i: sel[sel.init == i].drop_duplicates(["family", "iteration"]).groupby("iteration").bbox_AP.mean()
-                  for i in (RANDOM, init)}
+        curves = {
+            i: sel[sel.init == i].drop_duplicates(["family", "iteration"]).groupby("iteration").bbox_AP.mean()
+            for i in (RANDOM, init)
+        }
         common = sorted(set(curves[RANDOM].index) & set(curves[init].index))
         label = setting_label(*group)
         if not common:
@@ -142,9 +150,12 @@ def early(df: pd.DataFrame, fin: pd.DataFrame) -> Verdict:
 
 
 def small_data(fin: pd.DataFrame) -> Verdict:
-    v = Verdict("d", "ImageNet pre-training helps when the target data is much smaller (1k and 3.5k COCO "
-                     "images): training from scratch overfits",
-                f"on coco_1k and on coco_3_5k: pre-trained best bbox AP >= random best + {SMALL_DATA_GAP:.0f} AP")
+    v = Verdict(
+        "d",
+        "ImageNet pre-training helps when the target data is much smaller (1k and 3.5k COCO "
+        "images): training from scratch overfits",
+        f"on coco_1k and on coco_3_5k: pre-trained best bbox AP >= random best + {SMALL_DATA_GAP:.0f} AP",
+    )
     results, measured = [], set()
     for data in ("coco_3_5k", "coco_1k"):
         pairs = _pairs(fin, lambda g, d=data: g[3] == d)
@@ -155,8 +166,9 @@ def small_data(fin: pd.DataFrame) -> Verdict:
                 continue
             measured.add(data)
             results.append(p.mean - r.mean >= SMALL_DATA_GAP)
-            v.numbers.append(f"{setting_label(*group)}: {init} {p.text()} vs {RANDOM} {r.text()} "
-                             f"({p.mean - r.mean:+.1f})")
+            v.numbers.append(
+                f"{setting_label(*group)}: {init} {p.text()} vs {RANDOM} {r.text()} ({p.mean - r.mean:+.1f})"
+            )
         if not pairs:
             v.missing.append(f"{data}: finished random and pre-trained runs")
     if all(results) and measured != {"coco_3_5k", "coco_1k"}:
@@ -165,10 +177,13 @@ def small_data(fin: pd.DataFrame) -> Verdict:
 
 
 def localisation(fin: pd.DataFrame) -> Verdict:
-    v = Verdict("e1", "Localisation-sensitive metrics gain at least as much from training from scratch: "
-                      "the AP75 gap is no worse than the AP gap",
-                "on each side's best finished schedule (by bbox AP), in every setting with both inits: "
-                "(random - pre-trained) at bbox AP75 >= (random - pre-trained) at bbox AP - margin")
+    v = Verdict(
+        "e1",
+        "Localisation-sensitive metrics gain at least as much from training from scratch: "
+        "the AP75 gap is no worse than the AP gap",
+        "on each side's best finished schedule (by bbox AP), in every setting with both inits: "
+        "(random - pre-trained) at bbox AP75 >= (random - pre-trained) at bbox AP - margin",
+    )
     results = []
     for group, init in _pairs(fin, lambda g: kind_of(g[0], g[3]) == "main"):
         r, p = _best(fin, group, RANDOM), _best(fin, group, init)
@@ -190,56 +205,124 @@ def check(df: pd.DataFrame) -> list[Verdict]:
     fin = finals(df)
     main = lambda g: kind_of(g[0], g[3]) == "main" and g[1] != "VGG16"  # noqa: E731
     out = [early(df, fin)]
-    out.append(_catch_up(fin, Verdict(
-        "b", "Training from random initialization can catch up with ImageNet pre-training, given enough "
-             "iterations (Table 2: 41.3 vs 41.1 bbox AP, R50 GN)",
-        "in every setting with both inits: random's best bbox AP over its schedules >= pre-trained's best - margin"),
-        main, needs="a setting with random and pre-trained runs"))
-    out.append(_catch_up(fin, Verdict(
-        "c", "ImageNet pre-training shows no regularisation benefit with 10k COCO images and the same "
-             "hyper-parameters for both (25.9 from scratch vs 26.0 AP)",
-        "on coco_10k: random's best bbox AP >= pre-trained's best - margin"),
-        lambda g: g[3] == "coco_10k", needs="coco_10k: finished random and pre-trained runs"))
+    out.append(
+        _catch_up(
+            fin,
+            Verdict(
+                "b",
+                "Training from random initialization can catch up with ImageNet pre-training, given enough "
+                "iterations (Table 2: 41.3 vs 41.1 bbox AP, R50 GN)",
+                "in every setting with both inits: random's best bbox AP over its schedules "
+                ">= pre-trained's best - margin",
+            ),
+            main,
+            needs="a setting with random and pre-trained runs",
+        )
+    )
+    out.append(
+        _catch_up(
+            fin,
+            Verdict(
+                "c",
+                "ImageNet pre-training shows no regularisation benefit with 10k COCO images and the same "
+                "hyper-parameters for both (25.9 from scratch vs 26.0 AP)",
+                "on coco_10k: random's best bbox AP >= pre-trained's best - margin",
+            ),
+            lambda g: g[3] == "coco_10k",
+            needs="coco_10k: finished random and pre-trained runs",
+        )
+    )
     out.append(small_data(fin))
     out.append(localisation(fin))
-    out.append(_catch_up(fin, Verdict(
-        "e2", "Keypoint detection, which is sensitive to localisation, also catches up from scratch (Figure 6)",
-        "on keypoint runs: random's best keypoint AP >= pre-trained's best - margin"),
-        lambda g: g[0] == "keypoint_rcnn", metric="keypoints_AP", needs="keypoint_rcnn: finished random and "
-                                                                       "pre-trained runs"))
-    out.append(_catch_up(fin, Verdict(
-        "f", "The same holds without normalisation: VGG16 Faster R-CNN from scratch reaches the pre-trained "
-             "result (35.2 vs 35.6 AP)",
-        "on VGG16 (norm none): random's best bbox AP >= pre-trained's best - margin"),
-        lambda g: g[1] == "VGG16", needs="VGG16 none coco_full: finished random and pre-trained runs"))
+    out.append(
+        _catch_up(
+            fin,
+            Verdict(
+                "e2",
+                "Keypoint detection, which is sensitive to localisation, also catches up from scratch (Figure 6)",
+                "on keypoint runs: random's best keypoint AP >= pre-trained's best - margin",
+            ),
+            lambda g: g[0] == "keypoint_rcnn",
+            metric="keypoints_AP",
+            needs="keypoint_rcnn: finished random and pre-trained runs",
+        )
+    )
+    out.append(
+        _catch_up(
+            fin,
+            Verdict(
+                "f",
+                "The same holds without normalisation: VGG16 Faster R-CNN from scratch reaches the pre-trained "
+                "result (35.2 vs 35.6 AP)",
+                "on VGG16 (norm none): random's best bbox AP >= pre-trained's best - margin",
+            ),
+            lambda g: g[1] == "VGG16",
+            needs="VGG16 none coco_full: finished random and pre-trained runs",
+        )
+    )
     return out
 
 
 def to_frame(verdicts: list[Verdict]) -> pd.DataFrame:
-    return pd.DataFrame([{"claim": v.claim, "paper": v.paper, "rule": v.rule, "numbers": "; ".join(v.numbers),
-                          "verdict": v.verdict, "missing": "; ".join(v.missing)} for v in verdicts], columns=COLUMNS)
+    return pd.DataFrame(
+        [
+            {
+                "claim": v.claim,
+                "paper": v.paper,
+                "rule": v.rule,
+                "numbers": "; ".join(v.numbers),
+                "verdict": v.verdict,
+                "missing": "; ".join(v.missing),
+            }
+            for v in verdicts
+        ],
+        columns=COLUMNS,
+    )
 
 
 def to_markdown(verdicts: list[Verdict]) -> str:
-    lines = ["# The paper's claims, checked on our runs", "",
-             "| claim | the paper says | rule | numbers | verdict | missing |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# The paper's claims, checked on our runs",
+        "",
+        "| claim | the paper says | rule | numbers | verdict | missing |",
+        "|---|---|---|---|---|---|",
+    ]
     for v in verdicts:
-        cells = [v.claim, v.paper, v.rule, "<br>".join(v.numbers) or "\u2014", f"**{v.verdict}**",
-                 "<br>".join(v.missing) or "\u2014"]
+        cells = [
+            v.claim,
+            v.paper,
+            v.rule,
+            "<br>".join(v.numbers) or "\u2014",
+            f"**{v.verdict}**",
+            "<br>".join(v.missing) or "\u2014",
+        ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines += ["", f"margin: two standard errors of the difference where both sides have 2+ seeds, else "
-                  f"{FIXED_MARGIN:.1f} AP (one seed has no spread). Definitions: rethink/claims.py."]
+    lines += [
+        "",
+        f"margin: two standard errors of the difference where both sides have 2+ seeds, else "
+        f"{FIXED_MARGIN:.1f} AP (one seed has no spread). Definitions: rethink/claims.py.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def to_latex(verdicts: list[Verdict]) -> str:
     from .tables import _tex_escape
 
-    out = ["% The paper's claims, checked on our runs", r"\begin{tabular}{llp{5cm}l}", r"\toprule",
-           r"claim & verdict & numbers & missing \\", r"\midrule"]
+    out = [
+        "% The paper's claims, checked on our runs",
+        r"\begin{tabular}{llp{5cm}l}",
+        r"\toprule",
+        r"claim & verdict & numbers & missing \\",
+        r"\midrule",
+    ]
     for v in verdicts:
-        out.append(" & ".join(_tex_escape(x) for x in (
-            v.claim, v.verdict, "; ".join(v.numbers) or "\u2014", "; ".join(v.missing) or "\u2014")) + r" \\")
+        out.append(
+            " & ".join(
+                _tex_escape(x)
+                for x in (v.claim, v.verdict, "; ".join(v.numbers) or "\u2014", "; ".join(v.missing) or "\u2014")
+            )
+            + r" \\"
+        )
     out += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(out) + "\n"
 
@@ -254,9 +337,13 @@ def write(df: pd.DataFrame, folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / "claims.md", folder / "claims.tex", folder / "claims.csv"]
-    paths[0].write_text(to_markdown(verdicts).replace("# The paper's claims", "# REHEARSAL (simulated, not "
-                                                      "measured): the paper's claims", 1) if in_table(df)
-                        else to_markdown(verdicts))
+    paths[0].write_text(
+        to_markdown(verdicts).replace(
+            "# The paper's claims", "# REHEARSAL (simulated, not measured): the paper's claims", 1
+        )
+        if in_table(df)
+        else to_markdown(verdicts)
+    )
     paths[1].write_text(to_latex(verdicts))
     to_frame(verdicts).to_csv(paths[2], index=False)
     return paths

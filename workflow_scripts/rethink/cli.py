@@ -1,6 +1,7 @@
 """What every rule's script shares: the job's spec, from `--config <snapshot> --job <key>` as the
 rules pass it (rethink.jobs), or from `--spec <JSON or file>` by hand; and the job's ledger row
 (rethink.ledger), opened when the job starts and closed with its exit status (`job`, `recorded`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -64,17 +65,27 @@ def _row_fields(specs, key: str, spec: dict) -> dict:
     """What the ledger row of job `key` (its spec `spec`, of the snapshot's JobSpecs `specs`) says
     about it (rethink.ledger.ROW_FIELDS)."""
     rule = key.split("/")[0]
-    out = {"rule": rule, "job": key, "identity": spec.get("identity"), "gpus": 0,
-           "rehearsal": bool(specs.cfg.get("rehearsal", False))}
+    out = {
+        "rule": rule,
+        "job": key,
+        "identity": spec.get("identity"),
+        "gpus": 0,
+        "rehearsal": bool(specs.cfg.get("rehearsal", False)),
+    }
     if "family" in spec and "line" in spec:
         from .resources import REHEARSAL_SIGNAL_S, SIGNAL_GRACE_S
 
         recipe = spec["run"]["recipe"]
         it_from, it_to = (spec["start"], spec["end"]) if "start" in spec else (spec["iteration"],) * 2
-        out.update(run=specs.plan.payer(spec["family"], spec["line"], it_to), family=spec["family"],
-                   line=spec["line"], from_iter=it_from, to_iter=it_to,
-                   gpus=int(recipe.get("gpus" if "start" in spec else "eval_gpus", 0)),
-                   signal_s=(REHEARSAL_SIGNAL_S if out["rehearsal"] else SIGNAL_GRACE_S) if "start" in spec else None)
+        out.update(
+            run=specs.plan.payer(spec["family"], spec["line"], it_to),
+            family=spec["family"],
+            line=spec["line"],
+            from_iter=it_from,
+            to_iter=it_to,
+            gpus=int(recipe.get("gpus" if "start" in spec else "eval_gpus", 0)),
+            signal_s=(REHEARSAL_SIGNAL_S if out["rehearsal"] else SIGNAL_GRACE_S) if "start" in spec else None,
+        )
     elif rule == "pretrain":
         out.update(to_iter=spec.get("iterations"), gpus=int(spec.get("gpus", 0)))
     return out

@@ -38,6 +38,7 @@ Columns (one line each; NaN / empty = unknown or undefined):
 Rows are sorted by (run_id, iteration, test_aug). Every stat column is always present, so the CSV
 header does not depend on which evaluations ran.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,12 +51,42 @@ from .atomic import atomic_file
 from .grid import parse_run_id
 
 STAT_COLUMNS = [f"{t}_{s}" for t, names in M.STAT_NAMES.items() for s in names]
-ID_COLUMNS = ["run_id", "family", "line", "iteration", "task", "backbone", "norm", "init", "data",
-              "schedule", "seed", "variant", "train_aug", "test_aug"]
+ID_COLUMNS = [
+    "run_id",
+    "family",
+    "line",
+    "iteration",
+    "task",
+    "backbone",
+    "norm",
+    "init",
+    "data",
+    "schedule",
+    "seed",
+    "variant",
+    "train_aug",
+    "test_aug",
+]
 RUN_COLUMNS = ["iterations", "lr_drops", "final"]
-COST_COLUMNS = ["lr", "images", "instances", "pixels", "pretrain_iterations", "pretrain_images",
-                "pretrain_instances", "pretrain_pixels", "wall_seconds", "device_seconds", "gpus",
-                "eval_seconds", "engine", "diverged", "run_diverged", "rehearsal", "source"]
+COST_COLUMNS = [
+    "lr",
+    "images",
+    "instances",
+    "pixels",
+    "pretrain_iterations",
+    "pretrain_images",
+    "pretrain_instances",
+    "pretrain_pixels",
+    "wall_seconds",
+    "device_seconds",
+    "gpus",
+    "eval_seconds",
+    "engine",
+    "diverged",
+    "run_diverged",
+    "rehearsal",
+    "source",
+]
 COLUMNS = ID_COLUMNS + RUN_COLUMNS + COST_COLUMNS + STAT_COLUMNS
 PRETRAIN_KEYS = ["iterations", "images", "instances", "pixels"]
 
@@ -73,19 +104,48 @@ def metrics_files(results: str | os.PathLike) -> list[Path]:
 def planned_runs(cfg: dict, source: str = "config") -> pd.DataFrame:
     """The config's runs: run_id, family, schedule, iterations, lr_drops (";"-joined).
     `cfg` is a config dict (validated here; defaults filled). The plan rides along in
-    ``.attrs["plan"]`` (the validated config in ``.attrs["config"]``): collect asks it which runs pass through each checkpoint."""
+    ``.attrs["plan"]`` (the validated config in ``.attrs["config"]``): collect asks it which runs pass
+    through each checkpoint."""
     from . import config as rconfig
     from . import grid as rgrid
     from .plan import Plan
 
     cfg = rconfig.validate(cfg, source)
     g = rgrid.build(cfg, source)
-    rows = [{"run_id": r.run_id, "family": r.family, "schedule": r.schedule_name, "iterations": r.iterations,
-             "lr_drops": ";".join(str(d) for d in r.schedule.lr_drops), "task": r.task,
-             "backbone": r.backbone, "norm": r.norm, "init": r.init, "data": r.data, "seed": r.seed,
-             "variant": r.variant or ""} for r in g.runs.values()]
-    df = pd.DataFrame(rows, columns=["run_id", "family", "schedule", "iterations", "lr_drops", "task",
-                                     "backbone", "norm", "init", "data", "seed", "variant"])
+    rows = [
+        {
+            "run_id": r.run_id,
+            "family": r.family,
+            "schedule": r.schedule_name,
+            "iterations": r.iterations,
+            "lr_drops": ";".join(str(d) for d in r.schedule.lr_drops),
+            "task": r.task,
+            "backbone": r.backbone,
+            "norm": r.norm,
+            "init": r.init,
+            "data": r.data,
+            "seed": r.seed,
+            "variant": r.variant or "",
+        }
+        for r in g.runs.values()
+    ]
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "run_id",
+            "family",
+            "schedule",
+            "iterations",
+            "lr_drops",
+            "task",
+            "backbone",
+            "norm",
+            "init",
+            "data",
+            "seed",
+            "variant",
+        ],
+    )
     df.attrs["plan"] = Plan(g)
     df.attrs["config"] = cfg
     return df
@@ -110,8 +170,10 @@ def runs_of(record: dict, source: str, plan=None) -> list[str]:
             return list(runs)
     if record.get("runs"):
         return list(record["runs"])
-    raise CollectError(f"{source}: checkpoint {record['family']}/{record['line']}@{record['iteration']} is not in "
-                       "the configured grid and the file names no runs; collect it with the config it was made with")
+    raise CollectError(
+        f"{source}: checkpoint {record['family']}/{record['line']}@{record['iteration']} is not in "
+        "the configured grid and the file names no runs; collect it with the config it was made with"
+    )
 
 
 def rows_of(record: dict, source: str, plan=None) -> list[dict]:
@@ -135,28 +197,44 @@ def rows_of(record: dict, source: str, plan=None) -> list[dict]:
             if ids[key] != record[key]:
                 raise CollectError(f"{source}: run {rid} has {key} {ids[key]!r} but the record says {record[key]!r}")
         sch = schedules.get(rid) or {}
-        out.append({
-            "run_id": rid, "family": record["family"], "line": record["line"], "iteration": record["iteration"],
-            "task": record["task"], "backbone": record["backbone"], "norm": record["norm"], "init": record["init"],
-            "data": record["data"], "schedule": ids["schedule"], "seed": int(record["seed"]),
-            "variant": record["variant"] or "",
-            "train_aug": bool(record.get("train_aug", False)), "test_aug": bool(record.get("test_aug", False)),
-            "iterations": _num(sch.get("iterations")),
-            "lr_drops": ";".join(str(int(d)) for d in sch["lr_drops"]) if "lr_drops" in sch else "",
-            "lr": _num(record["lr"]),
-            **{k: _num(samples.get(k)) for k in M.COUNTERS},
-            **{f"pretrain_{k}": _num(pre.get(k)) for k in PRETRAIN_KEYS},
-            "wall_seconds": _num(record["wall_seconds"]), "device_seconds": _num(record["device_seconds"]),
-            "gpus": _num(record["gpus"]), "eval_seconds": _num(record["eval_seconds"]),
-            "engine": record["engine"], "diverged": bool(record["diverged"]),
-            "rehearsal": bool(record.get("rehearsal", False)), "source": source,
-            **stats,
-        })
+        out.append(
+            {
+                "run_id": rid,
+                "family": record["family"],
+                "line": record["line"],
+                "iteration": record["iteration"],
+                "task": record["task"],
+                "backbone": record["backbone"],
+                "norm": record["norm"],
+                "init": record["init"],
+                "data": record["data"],
+                "schedule": ids["schedule"],
+                "seed": int(record["seed"]),
+                "variant": record["variant"] or "",
+                "train_aug": bool(record.get("train_aug", False)),
+                "test_aug": bool(record.get("test_aug", False)),
+                "iterations": _num(sch.get("iterations")),
+                "lr_drops": ";".join(str(int(d)) for d in sch["lr_drops"]) if "lr_drops" in sch else "",
+                "lr": _num(record["lr"]),
+                **{k: _num(samples.get(k)) for k in M.COUNTERS},
+                **{f"pretrain_{k}": _num(pre.get(k)) for k in PRETRAIN_KEYS},
+                "wall_seconds": _num(record["wall_seconds"]),
+                "device_seconds": _num(record["device_seconds"]),
+                "gpus": _num(record["gpus"]),
+                "eval_seconds": _num(record["eval_seconds"]),
+                "engine": record["engine"],
+                "diverged": bool(record["diverged"]),
+                "rehearsal": bool(record.get("rehearsal", False)),
+                "source": source,
+                **stats,
+            }
+        )
     return out
 
 
-def collect(results: str | os.PathLike, planned: pd.DataFrame | None = None,
-            files: list[Path] | None = None) -> pd.DataFrame:
+def collect(
+    results: str | os.PathLike, planned: pd.DataFrame | None = None, files: list[Path] | None = None
+) -> pd.DataFrame:
     """Read every metrics JSON under `results` (or `files`) into the tidy table.
 
     `planned` (from :func:`planned_runs`) fills the runs' total iterations and LR drops where
@@ -169,9 +247,11 @@ def collect(results: str | os.PathLike, planned: pd.DataFrame | None = None,
     for path in files:
         record = M.read(path)
         if rehearsal is not None and bool(record.get("rehearsal", False)) != rehearsal:
-            raise CollectError(f"{path}: a {'rehearsal' if record.get('rehearsal') else 'real'} metrics file, but the "
-                               f"config is {'a rehearsal' if rehearsal else 'a real campaign'}: the two never mix "
-                               "(rethink.rehearsal)")
+            raise CollectError(
+                f"{path}: a {'rehearsal' if record.get('rehearsal') else 'real'} metrics file, but the "
+                f"config is {'a rehearsal' if rehearsal else 'a real campaign'}: the two never mix "
+                "(rethink.rehearsal)"
+            )
         try:
             rel = str(Path(path).relative_to(results))
         except ValueError:
@@ -179,15 +259,18 @@ def collect(results: str | os.PathLike, planned: pd.DataFrame | None = None,
         rows += rows_of(record, rel, planned.attrs.get("plan") if planned is not None else None)
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("final", "run_diverged")])
     if df.empty:
-        df = df.astype({"iteration": "int64", "seed": "int64", "diverged": "bool", "train_aug": "bool",
-                        "test_aug": "bool"})
+        df = df.astype(
+            {"iteration": "int64", "seed": "int64", "diverged": "bool", "train_aug": "bool", "test_aug": "bool"}
+        )
     dup = df[df.duplicated(["run_id", "iteration", "test_aug"], keep=False)]
     if not dup.empty:
         first = dup.iloc[0]
-        others = dup[(dup.run_id == first.run_id) & (dup.iteration == first.iteration)
-                     & (dup.test_aug == first.test_aug)].source.tolist()
-        raise CollectError(f"run {first.run_id} iteration {first.iteration} appears in several metrics files: "
-                           + ", ".join(others))
+        others = dup[
+            (dup.run_id == first.run_id) & (dup.iteration == first.iteration) & (dup.test_aug == first.test_aug)
+        ].source.tolist()
+        raise CollectError(
+            f"run {first.run_id} iteration {first.iteration} appears in several metrics files: " + ", ".join(others)
+        )
     if planned is not None and not planned.empty and not df.empty:
         p = planned.set_index("run_id")
         known = df.run_id.map(p["iterations"]).astype(float)
@@ -210,8 +293,7 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read metrics.csv back with the right types; a missing column is an error naming the file."""
     try:
         text_cols = ["variant", "lr_drops", "engine", "source", "line", "family", "schedule", "run_id"]
-        df = pd.read_csv(path, keep_default_na=False, na_values=["", "NaN", "nan"],
-                         dtype={c: str for c in text_cols})
+        df = pd.read_csv(path, keep_default_na=False, na_values=["", "NaN", "nan"], dtype={c: str for c in text_cols})
     except FileNotFoundError:
         raise CollectError(f"{path}: no such metrics table (run collect first)") from None
     except pd.errors.EmptyDataError:

@@ -5,6 +5,7 @@ types, names and ranges and supplies defaults; :mod:`rethink.grid` checks what a
 cannot (LR drops inside the schedule, axis values that exist, run ids that collide).
 Every error names the config file, the field and the value.
 """
+
 from __future__ import annotations
 
 import copy
@@ -113,15 +114,19 @@ def _check_moved_fields(config: dict, source: str) -> None:
     places = [("recipe", config.get("recipe"), None)]
     experiments = config.get("experiments")
     if isinstance(experiments, dict):
-        places += [(f"experiments.{name}.recipe", (exp or {}).get("recipe"), name)
-                   for name, exp in experiments.items() if isinstance(exp, dict)]
+        places += [
+            (f"experiments.{name}.recipe", (exp or {}).get("recipe"), name)
+            for name, exp in experiments.items()
+            if isinstance(exp, dict)
+        ]
     for where, recipe, exp in places:
         if isinstance(recipe, dict) and recipe.get("tta"):  # false: harmless (a validated config has it)
             target = f"experiments.{exp}.test_aug" if exp else "experiments.<name>.test_aug"
             raise ConfigError(
                 f"{source}: {where}.tta: test-time augmentation is evaluation-only, not part of how a run "
                 f"trains; set {target}: true instead (the run trains once and its final checkpoint is "
-                f"evaluated with and without it)")
+                f"evaluated with and without it)"
+            )
 
 
 def blame(source, field) -> str:
@@ -143,7 +148,10 @@ def _check_paths(config: dict, source: str) -> None:
         if not isinstance(value, str):
             continue  # the schema says so
         if not value.strip():
-            raise ConfigError(f"{blame(source, [key])}: {key}: value {value!r}: an empty path (its files would go to the filesystem root)")
+            raise ConfigError(
+                f"{blame(source, [key])}: {key}: value {value!r}: an empty path "
+                "(its files would go to the filesystem root)"
+            )
         if _CONTROL.search(value):
             raise ConfigError(f"{blame(source, [key])}: {key}: value {value!r}: a path with a control character")
         if os.path.normpath(value) in ("/", "//"):
@@ -169,7 +177,9 @@ def validate(config: dict, source: str = "config") -> dict:
     _check_moved_fields(config, source)
     schema = load_schema()
     validator = _validator_class()(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(
+        validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path)))
+    )
     if errors:
         # the deepest error of the first failing field is the most specific one
         best = jsonschema.exceptions.best_match(errors)
@@ -233,8 +243,10 @@ def _unique_mapping(loader, node, deep=False):
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if isinstance(key, (str, int, float, bool)) and key in first:
-            raise ConfigError(f"{key_node.start_mark.name}: line {line}, column {key_node.start_mark.column + 1}: key {key!r} "
-                              f"is given twice in one mapping (first on line {first[key]}); YAML would keep only the last")
+            raise ConfigError(
+                f"{key_node.start_mark.name}: line {line}, column {key_node.start_mark.column + 1}: key {key!r} "
+                f"is given twice in one mapping (first on line {first[key]}); YAML would keep only the last"
+            )
         first.setdefault(key, line)
     return _SafeLoader.construct_mapping(loader, node, deep)
 
@@ -292,13 +304,16 @@ def check_file(path: str | Path) -> dict:
     if data is None:
         raise ConfigError(f"{path}: an empty file; a config file is a mapping of fields (eval_period: 20, ...)")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of fields (eval_period: 20, ...), "
-                          f"got {type(data).__name__} {str(data)[:60]!r}")
+        raise ConfigError(
+            f"{path}: top level must be a mapping of fields (eval_period: 20, ...), "
+            f"got {type(data).__name__} {str(data)[:60]!r}"
+        )
     if YTE_KEY in data:
         raise ConfigError(
             f"{path}: {YTE_KEY}: value {data[YTE_KEY]!r}: a YTE template; Snakemake evaluates the Python code "
             f"in such a file while loading it, so the workflow takes plain YAML only. Render it yourself "
-            f"after reading it (yte < {Path(path).name} > plain.yaml) and pass the rendered file")
+            f"after reading it (yte < {Path(path).name} > plain.yaml) and pass the rendered file"
+        )
     return data
 
 

@@ -18,6 +18,7 @@ the cost table (<results>/tables/cost.{md,csv,tex}) and the measured-speeds over
   with `--configfile`; both lists are left out of every result's identity (rethink.identity), so
   passing it redoes nothing.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -60,8 +61,12 @@ def attempts(plan: Plan | None, df: pd.DataFrame) -> pd.DataFrame:
 def measured_spi(df: pd.DataFrame, by: str = "run") -> pd.Series:
     """Measured seconds per iteration per `by` value: the training attempts' time from first to
     last iteration over the iterations they did."""
-    t = df[df["rule"].isin(ledger.TRAIN_RULES) & (df["iters_done"] > 0) & df["first_iter"].notna()
-           & df["last_iter"].notna()]
+    t = df[
+        df["rule"].isin(ledger.TRAIN_RULES)
+        & (df["iters_done"] > 0)
+        & df["first_iter"].notna()
+        & df["last_iter"].notna()
+    ]
     if t.empty:
         return pd.Series(dtype=float)
     g = t.assign(secs=t["last_iter"] - t["first_iter"]).groupby(by)
@@ -90,16 +95,22 @@ def _done_segments(plan: Plan, paths, df: pd.DataFrame) -> set:
     evaluation at or after their end on their line."""
     done_jobs = set(df.loc[df["outcome"] == "done", "job"])
     out = set()
-    evaluated = {(m.family, m.line): m.iteration for m in plan.milestones.values()
-                 if os.path.exists(paths.metrics(m.family, m.line, m.iteration))}
+    evaluated = {
+        (m.family, m.line): m.iteration
+        for m in plan.milestones.values()
+        if os.path.exists(paths.metrics(m.family, m.line, m.iteration))
+    }
     finals = {(plan.run(r).family, *plan.run_lines[r][-1][::2]): r for r in plan.grid.runs}
     for key, seg in plan.segments.items():
         job = f"train_segment/{seg.family}/{seg.line}/{seg.end:07d}"
         final_run = finals.get((seg.family, seg.line, seg.end))
-        if job in done_jobs or (final_run and f"train_final/{final_run}" in done_jobs) or \
-                os.path.exists(paths.checkpoint(seg.family, seg.line, seg.end)) or \
-                (final_run and os.path.exists(paths.model(final_run))) or \
-                evaluated.get((seg.family, seg.line), -1) >= seg.end:
+        if (
+            job in done_jobs
+            or (final_run and f"train_final/{final_run}" in done_jobs)
+            or os.path.exists(paths.checkpoint(seg.family, seg.line, seg.end))
+            or (final_run and os.path.exists(paths.model(final_run)))
+            or evaluated.get((seg.family, seg.line), -1) >= seg.end
+        ):
             out.add(key)
     return out
 
@@ -125,8 +136,12 @@ def eta(plan: Plan, paths, df: pd.DataFrame) -> dict:
     span = (df["start"] + df["elapsed_s"]).max() - df["start"].min() if len(df) else 0.0
     average = float((df["elapsed_s"] * df["devices"]).sum() / span) if len(df) and span > 0 else 0.0
     slots = running or average
-    return {"left_gpu_hours": left, "devices_running": running, "devices_average": average,
-            "hours": left / slots if slots > 0 else float("nan")}
+    return {
+        "left_gpu_hours": left,
+        "devices_running": running,
+        "devices_average": average,
+        "hours": left / slots if slots > 0 else float("nan"),
+    }
 
 
 def cost_table(plan: Plan | None, df: pd.DataFrame) -> pd.DataFrame:
@@ -134,15 +149,24 @@ def cost_table(plan: Plan | None, df: pd.DataFrame) -> pd.DataFrame:
     `snakemake grid` predicts them), spent and wasted (the ledger). Without a plan (a report built
     without its config) only the total, with nothing planned."""
     a = attempts(plan, df) if len(df) else None
-    total = {"experiment": "all jobs", "spent_gpu_h": float(a["gpu_hours"].sum()) if a is not None else 0.0,
-             "wasted_gpu_h": float(a["wasted_gpu_hours"].sum()) if a is not None else 0.0}
+    total = {
+        "experiment": "all jobs",
+        "spent_gpu_h": float(a["gpu_hours"].sum()) if a is not None else 0.0,
+        "wasted_gpu_h": float(a["wasted_gpu_hours"].sum()) if a is not None else 0.0,
+    }
     if plan is None:
-        return _shares(pd.DataFrame([{**total, "runs": df["run"].nunique() if len(df) else 0,
-                                      "planned_gpu_h": float("nan")}], columns=COST_COLUMNS[:5]))
+        return _shares(
+            pd.DataFrame(
+                [{**total, "runs": df["run"].nunique() if len(df) else 0, "planned_gpu_h": float("nan")}],
+                columns=COST_COLUMNS[:5],
+            )
+        )
     grid, cfg = plan.grid, plan.grid.config
     runs = per_run(plan, df) if len(df) else pd.DataFrame(columns=["gpu_hours_spent", "gpu_hours_wasted"])
-    planned = {r: gpu_hours(plan.trained_iterations[r], seconds_per_iter(plan, run), run.recipe["gpus"])
-               for r, run in grid.runs.items()}
+    planned = {
+        r: gpu_hours(plan.trained_iterations[r], seconds_per_iter(plan, run), run.recipe["gpus"])
+        for r, run in grid.runs.items()
+    }
     for milestones, tta in ((plan.milestones, False), (plan.tta_milestones, True)):
         for ms in milestones.values():
             run_id = plan.payer(ms.family, ms.line, ms.iteration)
@@ -153,9 +177,15 @@ def cost_table(plan: Plan | None, df: pd.DataFrame) -> pd.DataFrame:
         if not spec.get("enabled", True):
             continue
         ids = [r for r, run in grid.runs.items() if exp in run.experiments]
-        rows.append({"experiment": exp, "runs": len(ids), "planned_gpu_h": sum(planned[r] for r in ids),
-                     "spent_gpu_h": float(runs["gpu_hours_spent"].reindex(ids).fillna(0).sum()),
-                     "wasted_gpu_h": float(runs["gpu_hours_wasted"].reindex(ids).fillna(0).sum())})
+        rows.append(
+            {
+                "experiment": exp,
+                "runs": len(ids),
+                "planned_gpu_h": sum(planned[r] for r in ids),
+                "spent_gpu_h": float(runs["gpu_hours_spent"].reindex(ids).fillna(0).sum()),
+                "wasted_gpu_h": float(runs["gpu_hours_wasted"].reindex(ids).fillna(0).sum()),
+            }
+        )
     rows.append({**total, "runs": len(grid.runs), "planned_gpu_h": sum(planned.values())})
     return _shares(pd.DataFrame(rows, columns=COST_COLUMNS[:5]))
 
@@ -178,14 +208,19 @@ def write_cost_table(table: pd.DataFrame, folder, rehearsal: bool = False, n_att
     """tables/cost.{md,csv,tex}."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    title = ("REHEARSAL (simulated jobs): " if rehearsal else "") + \
-        "Campaign cost: GPU-hours planned, spent and wasted per experiment"
-    note = ("Simulated GPU-hours: each job's start-up as it was, the rest of its wall time x the compression. "
-            if rehearsal else "") + (
-            f"From the ledger ({n_attempts} job attempts, <results>/campaign/jobs.csv). An experiment counts every "
-            "run it names (a run in two experiments counts in both); `all jobs` also counts data, pre-training and "
-            "report jobs. Wasted: iterations trained again after a fault, at the measured seconds per iteration. "
-            "A CPU training or evaluation job counts as one device.")
+    title = (
+        "REHEARSAL (simulated jobs): " if rehearsal else ""
+    ) + "Campaign cost: GPU-hours planned, spent and wasted per experiment"
+    note = (
+        "Simulated GPU-hours: each job's start-up as it was, the rest of its wall time x the compression. "
+        if rehearsal
+        else ""
+    ) + (
+        f"From the ledger ({n_attempts} job attempts, <results>/campaign/jobs.csv). An experiment counts every "
+        "run it names (a run in two experiments counts in both); `all jobs` also counts data, pre-training and "
+        "report jobs. Wasted: iterations trained again after a fault, at the measured seconds per iteration. "
+        "A CPU training or evaluation job counts as one device."
+    )
     shown = table.copy()
     for c in ("planned_gpu_h", "spent_gpu_h", "wasted_gpu_h"):
         shown[c] = shown[c].map(_hours)
@@ -200,9 +235,22 @@ def write_cost_table(table: pd.DataFrame, folder, rehearsal: bool = False, n_att
         return str(s).replace("_", r"\_").replace("%", r"\%").replace("\u2014", "---")
 
     body = [" & ".join(tex(v) for v in r) + r" \\" for r in shown.itertuples(index=False)]
-    (folder / "cost.tex").write_text("\n".join([f"% {tex(title)}", r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
-                                                r"\toprule", " & ".join(tex(h) for h in head) + r" \\", r"\midrule",
-                                                *body, r"\bottomrule", r"\end{tabular}", f"% {tex(note)}"]) + "\n")
+    (folder / "cost.tex").write_text(
+        "\n".join(
+            [
+                f"% {tex(title)}",
+                r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
+                r"\toprule",
+                " & ".join(tex(h) for h in head) + r" \\",
+                r"\midrule",
+                *body,
+                r"\bottomrule",
+                r"\end{tabular}",
+                f"% {tex(note)}",
+            ]
+        )
+        + "\n"
+    )
     table.assign(rehearsal=rehearsal).to_csv(folder / "cost.csv", index=False, float_format="%.6g")
     return [folder / f"cost.{e}" for e in ("md", "csv", "tex")]
 
@@ -222,21 +270,38 @@ def overlay(grid: Grid, df: pd.DataFrame, min_iterations: int = 20) -> dict:
     for k, s in spi.items():
         if iters[k] < min_iterations:
             continue
-        new = {"backbone": k[0], "norm": k[1], "gpus": k[2], "seconds": round(float(s), 4),
-               "source": f"measured by the ledger {today}: {int(iters[k])} iterations, "
-                         f"{int((train['key'] == k).sum())} job attempts"}
+        new = {
+            "backbone": k[0],
+            "norm": k[1],
+            "gpus": k[2],
+            "seconds": round(float(s), 4),
+            "source": f"measured by the ledger {today}: {int(iters[k])} iterations, "
+            f"{int((train['key'] == k).sum())} job attempts",
+        }
         _replace(entries, new, ("backbone", "norm", "gpus"))
     ev_entries = [dict(e) for e in cfg.get("eval_seconds", [])]
     ev = df[df["rule"].isin(EVAL_RULES) & df["run"].isin(list(runs)) & df["first_iter"].notna()]
     if len(ev):
-        images = ev.apply(lambda r: evalcost.val_images(cfg, runs[r["run"]].data)
-                          * evalcost.passes(runs[r["run"]], r["rule"] == "evaluate_tta"), axis=1)
-        ev = ev.assign(setup=ev["first_iter"] - ev["start"], per_image=(ev["end"] - ev["first_iter"]) / images,
-                       key=[(runs[r].backbone, int(g)) for r, g in zip(ev["run"], ev["gpus"].fillna(0))])
+        images = ev.apply(
+            lambda r: (
+                evalcost.val_images(cfg, runs[r["run"]].data)
+                * evalcost.passes(runs[r["run"]], r["rule"] == "evaluate_tta")
+            ),
+            axis=1,
+        )
+        ev = ev.assign(
+            setup=ev["first_iter"] - ev["start"],
+            per_image=(ev["end"] - ev["first_iter"]) / images,
+            key=[(runs[r].backbone, int(g)) for r, g in zip(ev["run"], ev["gpus"].fillna(0))],
+        )
         for k, g in ev.groupby("key"):
-            new = {"backbone": k[0], "gpus": k[1], "seconds_per_image": round(float(g["per_image"].median()), 5),
-                   "setup_seconds": round(float(g["setup"].median()), 2),
-                   "source": f"measured by the ledger {today}: median of {len(g)} evaluations"}
+            new = {
+                "backbone": k[0],
+                "gpus": k[1],
+                "seconds_per_image": round(float(g["per_image"].median()), 5),
+                "setup_seconds": round(float(g["setup"].median()), 2),
+                "source": f"measured by the ledger {today}: median of {len(g)} evaluations",
+            }
             _replace(ev_entries, new, ("backbone", "gpus"))
     return {"seconds_per_iter": entries, "eval_seconds": ev_entries}
 
@@ -258,9 +323,11 @@ def _replace(entries: list[dict], new: dict, keys: tuple) -> None:
 def write_overlay(path, data: dict, source: str) -> str:
     import yaml
 
-    head = (f"# Measured speeds from the campaign ledger of {source}, written {datetime.date.today()}.\n"
-            "# Review, then pass it after your config:  snakemake --configfile <your config> <this file> ...\n"
-            "# Walltime requests and GPU-hour predictions follow it; no result's identity changes.\n")
+    head = (
+        f"# Measured speeds from the campaign ledger of {source}, written {datetime.date.today()}.\n"
+        "# Review, then pass it after your config:  snakemake --configfile <your config> <this file> ...\n"
+        "# Walltime requests and GPU-hour predictions follow it; no result's identity changes.\n"
+    )
     with atomic_file(path) as f:
         f.write(head + yaml.safe_dump(data, sort_keys=False, width=200))
     return str(path)

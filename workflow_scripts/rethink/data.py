@@ -15,7 +15,8 @@ as COCO-format JSON plus a *manifest*, ``<workdir>/data/<name>/dataset.json``::
 A path in the manifest that lies inside the manifest's own folder is written relative to that
 folder (so a copied or moved work tree reads its own copy of the data, never the original's);
 any other path (a COCO set on disk) is absolute. :func:`load_manifest` returns every path
-absolute. An image's file is ``<split.images>/<image.file_name>``. The manifest is written last and atomically, so a dataset
+absolute. An image's file is ``<split.images>/<image.file_name>``. The manifest is written last and
+atomically, so a dataset
 whose manifest exists is complete.
 
 Kinds (config ``datasets.<name>.kind``):
@@ -73,6 +74,7 @@ classification (pre-training set, prepare_pretrain_data)
     "num_images", "classes", "class_names", "image_size", "seed"}``; read it with
     :func:`load_classification`.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,12 +96,12 @@ from .voc import VOC_CLASSES, image_set_entry, voc_as_coco
 
 SCHEMA = "rethink-dataset/1"
 
+
 def prepare_synthetic(spec: dict, out_dir: Path) -> dict:
     lo_hi = spec.get("image_size", [128, 192])
     if len(lo_hi) != 2 or min(lo_hi) < 16:
         raise DatasetError(f"datasets.{spec['name']}.image_size: {lo_hi!r} must be [min, max], each >= 16 pixels")
-    spec = {"train_size": 64, "val_size": 16, "categories": 3, "max_objects": 4, "seed": 0, **spec,
-            "image_size": lo_hi}
+    spec = {"train_size": 64, "val_size": 16, "categories": 3, "max_objects": 4, "seed": 0, **spec, "image_size": lo_hi}
     splits = {}
     for split in ("train", "val"):
         images, ann, n = make_synthetic_split(spec, split, out_dir, SCHEMA)
@@ -137,9 +139,15 @@ def prepare_classification(spec: dict, out_dir: Path) -> dict:
     with atomic_file(path, "wb") as f:
         np.savez(f, images=images, labels=labels)
     return {
-        "schema": SCHEMA, "name": spec["name"], "kind": "classification", "images_file": str(path.resolve()),
-        "num_images": n, "classes": classes, "class_names": [category_name(k) for k in range(1, classes + 1)],
-        "image_size": size, "seed": seed,
+        "schema": SCHEMA,
+        "name": spec["name"],
+        "kind": "classification",
+        "images_file": str(path.resolve()),
+        "num_images": n,
+        "classes": classes,
+        "class_names": [category_name(k) for k in range(1, classes + 1)],
+        "image_size": size,
+        "seed": seed,
     }
 
 
@@ -183,8 +191,12 @@ def check_dataset_paths(name: str, spec: dict) -> list[str]:
     if not Path(root).is_dir():
         return [f"{field}.root: folder {root} does not exist (cwd {os.getcwd()})"]
     if kind == "coco":
-        for key, want_dir in (("train_images", True), ("train_annotations", False), ("val_images", True),
-                              ("val_annotations", False)):
+        for key, want_dir in (
+            ("train_images", True),
+            ("train_annotations", False),
+            ("val_images", True),
+            ("val_annotations", False),
+        ):
             rel = spec.get(key)
             if not rel:
                 problems.append(f"{field}.{key}: required for kind coco")
@@ -252,23 +264,39 @@ def prepare_coco(spec: dict, out_dir: Path) -> dict:
     if num is not None:
         n_train = len(data["images"])
         if num > n_train:
-            raise DatasetError(f"datasets.{name}.num_images: {num} is more than the {n_train} images of {paths['train']}")
+            raise DatasetError(
+                f"datasets.{name}.num_images: {num} is more than the {n_train} images of {paths['train']}"
+            )
         keep = set(subset_image_ids([im["id"] for im in data["images"]], num, spec.get("subset_seed", 0)))
-        sub = {**{k: v for k, v in data.items() if k not in ("images", "annotations")},
-               "images": [im for im in data["images"] if im["id"] in keep],
-               "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+        sub = {
+            **{k: v for k, v in data.items() if k not in ("images", "annotations")},
+            "images": [im for im in data["images"] if im["id"] in keep],
+            "annotations": [a for a in data["annotations"] if a["image_id"] in keep],
+        }
         sub.setdefault("info", {})
-        sub["info"] = {**sub["info"], "rethink_subset": {"source": str(paths["train"]), "num_images": num,
-                                                          "subset_seed": spec.get("subset_seed", 0)}}
+        sub["info"] = {
+            **sub["info"],
+            "rethink_subset": {
+                "source": str(paths["train"]),
+                "num_images": num,
+                "subset_seed": spec.get("subset_seed", 0),
+            },
+        }
         data = sub
     val = _load_coco(paths["val"], f"datasets.{name}.val_annotations")
     images = {s: _resolve(root, spec[f"{s}_images"]).resolve() for s in ("train", "val")}
     checked, masks = validate_data.validate(
-        name, {"train": (data, images["train"], paths["train"]), "val": (val, images["val"], paths["val"])},
-        data["categories"], spec.get("on_bad_data", "error"), out_dir)
+        name,
+        {"train": (data, images["train"], paths["train"]), "val": (val, images["val"], paths["val"])},
+        data["categories"],
+        spec.get("on_bad_data", "error"),
+        out_dir,
+    )
     # the prepared JSON: a subset, or a split with something dropped or renumbered; else the original
-    written = {"train": out_dir / (f"train_n{num}_s{spec.get('subset_seed', 0)}.json" if num is not None else "train.json"),
-               "val": out_dir / "val.json"}
+    written = {
+        "train": out_dir / (f"train_n{num}_s{spec.get('subset_seed', 0)}.json" if num is not None else "train.json"),
+        "val": out_dir / "val.json",
+    }
     splits = {}
     for s in ("train", "val"):
         coco, changed = checked[s]
@@ -287,7 +315,8 @@ def check_task(manifest: dict, task: str) -> None:
         raise DatasetError(
             f"dataset {manifest.get('name')!r} ({manifest.get('source_kind')}) has no masks (not every non-crowd "
             f"annotation has a segmentation; see validation.json beside its manifest): task {task} needs them; "
-            f"use task faster_rcnn, or a dataset with masks")
+            f"use task faster_rcnn, or a dataset with masks"
+        )
 
 
 # ----------------------------------------------------------------------------- VOC
@@ -299,8 +328,14 @@ def prepare_voc(spec: dict, out_dir: Path) -> dict:
     root = Path(spec["root"]).resolve()
     cats = [{"id": i + 1, "name": c} for i, c in enumerate(VOC_CLASSES)]
     # problems are named by the image-set lists the split was converted from
-    converted = {s: (voc_as_coco(root, spec[f"{s}_annotations"], f"datasets.{name}.{s}_annotations", SCHEMA), root,
-                     f"{root} {spec[f'{s}_annotations']}") for s in ("train", "val")}
+    converted = {
+        s: (
+            voc_as_coco(root, spec[f"{s}_annotations"], f"datasets.{name}.{s}_annotations", SCHEMA),
+            root,
+            f"{root} {spec[f'{s}_annotations']}",
+        )
+        for s in ("train", "val")
+    }
     checked, _ = validate_data.validate(name, converted, cats, spec.get("on_bad_data", "error"), out_dir, masks=False)
     splits = {}
     for split, (coco, _) in checked.items():
@@ -336,7 +371,13 @@ def prepare(spec: dict) -> dict:
     return manifest
 
 
-_PATH_FIELDS = (("images_file",), ("train", "images"), ("train", "annotations"), ("val", "images"), ("val", "annotations"))
+_PATH_FIELDS = (
+    ("images_file",),
+    ("train", "images"),
+    ("train", "annotations"),
+    ("val", "images"),
+    ("val", "annotations"),
+)
 
 
 def _paths(manifest: dict, fn) -> dict:
@@ -368,8 +409,11 @@ def load_manifest(path) -> dict:
         raise DatasetError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(m, dict) or "kind" not in m:
         raise DatasetError(f"{path}: not a dataset manifest (no 'kind')")
-    need = ["images_file", "num_images", "classes"] if m["kind"] == "classification" else \
-        ["train", "val", "categories", "source_kind"]
+    need = (
+        ["images_file", "num_images", "classes"]
+        if m["kind"] == "classification"
+        else ["train", "val", "categories", "source_kind"]
+    )
     missing = [k for k in need if k not in m]
     if missing:
         raise DatasetError(f"{path}: manifest lacks {', '.join(missing)}")

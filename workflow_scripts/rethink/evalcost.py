@@ -9,6 +9,7 @@ guess, generous on a GPU). The val set sizes are the datasets' own: a synthetic 
 COCO val2017's 5,000 images for every COCO set (the subsets only shrink the train set), VOC 2012
 val's 5,823.
 """
+
 from __future__ import annotations
 
 from .grid import Run

@@ -22,6 +22,7 @@ COCOEvaluator does the same):
   curve (VOC2010+), or VOC2007's 11-point AP when the val lists are VOC2007's; mean over the
   classes that have a non-difficult ground-truth object.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,8 +70,10 @@ def _quiet():
 # of pycocotools' evaluation with the same API and, on the project's tests, the same stats
 # (tests/test_workflow.py compares them on a trained model's predictions; bench/bench_cocoeval.py
 # times both).
-BACKENDS = {"pycocotools": ("pycocotools.coco", "COCO", "pycocotools.cocoeval", "COCOeval"),
-            "faster_coco_eval": ("faster_coco_eval", "COCO", "faster_coco_eval", "COCOeval_faster")}
+BACKENDS = {
+    "pycocotools": ("pycocotools.coco", "COCO", "pycocotools.cocoeval", "COCOeval"),
+    "faster_coco_eval": ("faster_coco_eval", "COCO", "faster_coco_eval", "COCOeval_faster"),
+}
 
 
 def backend_classes(backend: str):
@@ -82,7 +85,9 @@ def backend_classes(backend: str):
     except KeyError:
         raise EvaluationError(f"coco_eval {backend!r} is not one of {', '.join(BACKENDS)}") from None
     try:
-        return getattr(importlib.import_module(coco_mod), coco_name), getattr(importlib.import_module(eval_mod), eval_name)
+        return getattr(importlib.import_module(coco_mod), coco_name), getattr(
+            importlib.import_module(eval_mod), eval_name
+        )
     except ImportError as e:
         raise EvaluationError(f"coco_eval {backend!r}: {e} (pip install {backend.replace('_', '-')})") from None
 
@@ -114,15 +119,19 @@ def load_gt(gt, ignore_difficult: bool = False, backend: str = "pycocotools"):
 def _empty_results(coco_gt):
     """A result set with no detection (what loadRes([]) would be if it could), of coco_gt's class."""
     dt = type(coco_gt)()
-    dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": copy.deepcopy(coco_gt.dataset["categories"]),
-                  "annotations": []}
+    dt.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+        "annotations": [],
+    }
     with _quiet():
         dt.createIndex()
     return dt
 
 
-def coco_evaluate(gt, results: list[dict], iou_types, ignore_difficult: bool = False,
-                  log=sys.stdout, backend: str = "pycocotools") -> dict:
+def coco_evaluate(
+    gt, results: list[dict], iou_types, ignore_difficult: bool = False, log=sys.stdout, backend: str = "pycocotools"
+) -> dict:
     """COCO evaluation of `results` (COCO result dicts) against the ground truth `gt` (a JSON
     path, a dict, or a COCO object of the backend). Returns {iou_type: {stat name: percent or NaN}}."""
     _, COCOeval = backend_classes(backend)
@@ -149,14 +158,18 @@ def coco_evaluate(gt, results: list[dict], iou_types, ignore_difficult: bool = F
         if iou_type == "keypoints" and results:
             k = len(results[0]["keypoints"]) // 3
             if k != COCO_NUM_KEYPOINTS:
-                raise EvaluationError(f"keypoints: {k} keypoints per result; only COCO's {COCO_NUM_KEYPOINTS} have OKS sigmas")
+                raise EvaluationError(
+                    f"keypoints: {k} keypoints per result; only COCO's {COCO_NUM_KEYPOINTS} have OKS sigmas"
+                )
         with contextlib.redirect_stdout(log):
             print(f"--- {iou_type} ---")
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
         n = len(metrics.STAT_NAMES[iou_type])  # faster_coco_eval may append more (its extra_calc)
-        out[iou_type] = metrics.stats_from_cocoeval(iou_type, list(ev.stats)[:n] if backend != "pycocotools" else ev.stats)
+        out[iou_type] = metrics.stats_from_cocoeval(
+            iou_type, list(ev.stats)[:n] if backend != "pycocotools" else ev.stats
+        )
     return out
 
 
@@ -221,16 +234,20 @@ def _voc_07(gt_data: dict) -> bool:
     return bool(ids) and all(i.startswith("VOC2007/") for i in ids)
 
 
-def evaluate_results(manifest: dict, results: list[dict], task: str, log=sys.stdout,
-                     backend: str = "pycocotools") -> dict:
+def evaluate_results(
+    manifest: dict, results: list[dict], task: str, log=sys.stdout, backend: str = "pycocotools"
+) -> dict:
     """Every stat of `task` on the val set of a dataset manifest (rethink.data)."""
     voc = manifest.get("source_kind") == "voc"
     gt = load_gt(manifest["val"]["annotations"], ignore_difficult=voc, backend=backend)
     stats = coco_evaluate(gt, results, iou_types_for(task), log=log, backend=backend)
     if voc:
         stats["voc"] = {"AP50": voc_ap50(gt, results, use_07_metric=_voc_07(gt.dataset))}
-        print(f"VOC AP50 ({'11-point, VOC2007' if _voc_07(gt.dataset) else 'area, VOC2010+'}): "
-              f"{stats['voc']['AP50']:.2f}", file=log)
+        print(
+            f"VOC AP50 ({'11-point, VOC2007' if _voc_07(gt.dataset) else 'area, VOC2010+'}): "
+            f"{stats['voc']['AP50']:.2f}",
+            file=log,
+        )
     return stats
 
 
@@ -309,21 +326,21 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
 
         run = {**run, "recipe": {**run["recipe"], "tta": True}}
         sizes, cap = test_aug_sizes(run["recipe"])
-        print(f"test-time augmentation: shorter sides {sizes}, longer side at most {cap}, each also flipped",
-              file=log)
+        print(f"test-time augmentation: shorter sides {sizes}, longer side at most {cap}, each also flipped", file=log)
     state = checkpoint.load(spec["checkpoint"])
     meta = checkpoint.metadata(state)
     if meta.get("engine") == "rehearsal":  # (its weights would not fit anyway)
         raise EvaluationError(f"{spec['checkpoint']}: a rehearsal checkpoint; a real evaluation never reads one")
     if int(meta["iteration"]) != int(spec["iteration"]):
-        raise EvaluationError(f"{spec['checkpoint']}: checkpoint is at iteration {meta['iteration']}, "
-                              f"the milestone is {spec['iteration']}")
+        raise EvaluationError(
+            f"{spec['checkpoint']}: checkpoint is at iteration {meta['iteration']}, "
+            f"the milestone is {spec['iteration']}"
+        )
     diverged = bool(meta.get("diverged", False))  # a checkpoint that says so gets no model and no stats
     stats: dict = {}
     row = ledger.current()  # the job's ledger row: when inference began and ended
     if diverged:
-        print(f"{spec['checkpoint']}: the run diverged ({meta['diverged']}); recorded as diverged, no stats",
-              file=log)
+        print(f"{spec['checkpoint']}: the run diverged ({meta['diverged']}); recorded as diverged, no stats", file=log)
     else:
         engine = get_engine(spec["engine"])
         use_gpu = torch.cuda.is_available() and int(run["recipe"].get("eval_gpus", 1)) > 0
@@ -337,8 +354,9 @@ def evaluate(spec: dict, log=sys.stdout) -> dict:
         with torch.no_grad():
             results = engine.predict(model, run, manifest, device)
         print(f"{len(results)} detections on {manifest['num_val_images']} val images ({device})", file=log)
-        stats = evaluate_results(manifest, results, run["recipe"]["task"], log=log,
-                                 backend=spec.get("coco_eval", "pycocotools"))
+        stats = evaluate_results(
+            manifest, results, run["recipe"]["task"], log=log, backend=spec.get("coco_eval", "pycocotools")
+        )
     if row is not None and not diverged:
         row.update(last_iter=time.time())
     record = build_record(spec, meta, stats, time.time() - t0, diverged)

@@ -20,6 +20,7 @@ Runs marked diverged are never drawn as curves; the panel names them instead. Wh
 several seeds, each seed's curve is drawn thin inside a band of mean ± sample std over the seeds.
 Each plot function returns what it drew (panel -> curves), so tests can check the data.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,15 @@ from .tables import GROUP, kind_of  # noqa: E402
 
 PRETRAINED_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b"]
 RANDOM_COLOR = "#d62728"
-RC = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
-      "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.dpi": 150}
+RC = {
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "figure.dpi": 150,
+}
 
 
 def primary_metric(task: str, data: str) -> str:
@@ -92,14 +100,13 @@ def _groups(df: pd.DataFrame, kinds: set[str]) -> list[tuple]:
         return []
     keys = []
     for k in df[GROUP + ["train_aug"]].drop_duplicates().itertuples(index=False):
-        key = tuple(k)[:len(GROUP)]
+        key = tuple(k)[: len(GROUP)]
         if kind_of(k.task, k.data, k.train_aug) in kinds and key not in keys:
             keys.append(key)
     return sorted(keys, key=group_order)
 
 
-def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: str = "band",
-               unit: float = 1e3) -> dict:
+def draw_panel(ax, g: pd.DataFrame, group: tuple, pub: pd.DataFrame, pretrain: str = "band", unit: float = 1e3) -> dict:
     """One convergence panel (x in iterations / `unit`); returns {"curves", "diverged", "paper"}."""
     panel = _Panel(ax, g, group, pub, unit)
     ok = g[~g.run_diverged & ~g.diverged]
@@ -156,16 +163,23 @@ class _Panel:
         tail = gr[gr.line != "trunk"].sort_values("iteration")
         branch = gr[gr.line == "trunk"].sort_values("iteration").tail(1)
         if not tail.empty:
-            self._curve(pd.concat([branch, tail]), shift, style,
-                        {"init": init, "line": str(tail.line.iloc[0]), "run_id": rid})
+            self._curve(
+                pd.concat([branch, tail]), shift, style, {"init": init, "line": str(tail.line.iloc[0]), "run_id": rid}
+            )
         last = gr.sort_values("iteration").iloc[-1]
         end_it = float(last.iterations) if is_finite(last.iterations) else float(last.iteration)
         self.xmax = max(self.xmax, end_it + shift)
         c, x_last = style["color"], (last.iteration + shift) / self.unit
         if bool(last.final):
             self.ax.plot(x_last, last[self.metric], "o", color=c, ms=3.5, zorder=3)
-            self.ax.annotate(str(last.schedule), (x_last, last[self.metric]), textcoords="offset points",
-                             xytext=(2, 3 if init == RANDOM else -8), fontsize=6, color=c)
+            self.ax.annotate(
+                str(last.schedule),
+                (x_last, last[self.metric]),
+                textcoords="offset points",
+                xytext=(2, 3 if init == RANDOM else -8),
+                fontsize=6,
+                color=c,
+            )
         self.drops |= _lr_drops(gr, last, shift)
         self._paper_star(last, init, end_it, shift, c)
 
@@ -175,8 +189,15 @@ class _Panel:
         task, backbone, norm, data, variant = self.group
         if variant:
             return
-        key = {"task": task, "backbone": backbone, "norm": norm, "init": init, "data": data,
-               "schedule": str(last.schedule), "metric": self.metric}
+        key = {
+            "task": task,
+            "backbone": backbone,
+            "norm": norm,
+            "init": init,
+            "data": data,
+            "schedule": str(last.schedule),
+            "metric": self.metric,
+        }
         paper = pubmod.lookup(self.pub, **key)
         if not is_finite(paper):
             return
@@ -189,25 +210,39 @@ class _Panel:
         """Each pre-trained init's pre-training as a band from 0 along the x axis, with a note."""
         for k, (init, p) in enumerate(sorted(pre_iters.items())):
             pre = self.g[self.g.init == init].iloc[0]
-            self.ax.fill_between([0, min(p, self.xmax) / self.unit], 0, 0.035,
-                                 transform=self.ax.get_xaxis_transform(), color=self.colors[init], alpha=0.25, lw=0)
+            self.ax.fill_between(
+                [0, min(p, self.xmax) / self.unit],
+                0,
+                0.035,
+                transform=self.ax.get_xaxis_transform(),
+                color=self.colors[init],
+                alpha=0.25,
+                lw=0,
+            )
             txt = f"{init} pre-training: {human(p)} iter"
             if is_finite(pre.pretrain_images):
                 txt += f", {human(pre.pretrain_images)} images"
             if p > self.xmax:
                 txt += " (beyond axis)"
-            self.ax.text(0.01, 0.045 + 0.05 * k, txt, transform=self.ax.transAxes, fontsize=6,
-                         color=self.colors[init])
+            self.ax.text(0.01, 0.045 + 0.05 * k, txt, transform=self.ax.transAxes, fontsize=6, color=self.colors[init])
 
     def label(self, shifted: bool) -> None:
         """The diverged runs' names, axes labels, title and grid."""
         ax = self.ax
         if self.drawn["diverged"]:
-            ax.text(0.01, 0.97, "diverged: " + ", ".join(self.drawn["diverged"]), transform=ax.transAxes,
-                    fontsize=6, va="top", color="0.3")
+            ax.text(
+                0.01,
+                0.97,
+                "diverged: " + ", ".join(self.drawn["diverged"]),
+                transform=ax.transAxes,
+                fontsize=6,
+                va="top",
+                color="0.3",
+            )
         ax.set_xlim(left=min(0, ax.get_xlim()[0]))
-        ax.set_xlabel(("iterations (k)" if self.unit == 1e3 else "iterations")
-                      + (" incl. pre-training" if shifted else ""))
+        ax.set_xlabel(
+            ("iterations (k)" if self.unit == 1e3 else "iterations") + (" incl. pre-training" if shifted else "")
+        )
         ax.set_ylabel(_label(self.metric))
         ax.set_title(setting_label(*self.group))
         ax.grid(alpha=0.25, lw=0.5)
@@ -237,57 +272,69 @@ def _seed_bands(ax, gi: pd.DataFrame, metric: str, init: str, color, shift: floa
         x = pts.index.to_numpy(float)
         lo, hi = (pts["mean"] - pts["std"]).to_numpy(float), (pts["mean"] + pts["std"]).to_numpy(float)
         ax.fill_between((x + shift) / unit, lo, hi, color=color, alpha=0.2, lw=0)
-        drawn["bands"].append({"init": init, "line": str(line), "x": list(x), "lo": list(lo), "hi": list(hi),
-                               "n": [int(n) for n in pts["count"]]})
+        drawn["bands"].append(
+            {
+                "init": init,
+                "line": str(line),
+                "x": list(x),
+                "lo": list(lo),
+                "hi": list(hi),
+                "n": [int(n) for n in pts["count"]],
+            }
+        )
 
 
 def _legend(fig, inits, ncol: int = 5) -> None:
     from matplotlib.lines import Line2D
 
     colors = _colors(inits)
-    handles = [Line2D([], [], color=c, lw=1.5, label="random init" if i == RANDOM else f"pre-trained ({i})")
-               for i, c in colors.items()]
-    handles += [Line2D([], [], marker="o", ls="", color="0.3", ms=4, label="schedule end (ours)"),
-                Line2D([], [], marker="*", ls="", mfc="none", mec="0.3", ms=7, label="paper"),
-                Line2D([], [], color="0.6", ls=":", label="LR drop")]
-    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
+    handles = [
+        Line2D([], [], color=c, lw=1.5, label="random init" if i == RANDOM else f"pre-trained ({i})")
+        for i, c in colors.items()
+    ]
+    handles += [
+        Line2D([], [], marker="o", ls="", color="0.3", ms=4, label="schedule end (ours)"),
+        Line2D([], [], marker="*", ls="", mfc="none", mec="0.3", ms=7, label="paper"),
+        Line2D([], [], color="0.6", ls=":", label="LR drop"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, 0.0))
 
 
 def _placeholder(title: str, lines: list[str]):
     fig, ax = plt.subplots(figsize=(6.5, 2.8))
     ax.axis("off")
     ax.set_title(title)
-    ax.text(0.02, 0.9, "\n".join(lines), va="top", ha="left", fontsize=7, family="monospace",
-            transform=ax.transAxes)
+    ax.text(0.02, 0.9, "\n".join(lines), va="top", ha="left", fontsize=7, family="monospace", transform=ax.transAxes)
     return fig
 
 
 def _paper_lines(pub: pd.DataFrame, sources: list[str]) -> list[str]:
     p = pub[pub.source.isin(sources)]
-    return [f"{r.source}: {r.task} {r.backbone} {r.norm} {r.init} {r.data} {r.schedule or ''} {r.metric} = {r.value:g}"
-            for r in p.itertuples(index=False)][:20]
+    return [
+        f"{r.source}: {r.task} {r.backbone} {r.norm} {r.init} {r.data} {r.schedule or ''} {r.metric} = {r.value:g}"
+        for r in p.itertuples(index=False)
+    ][:20]
 
 
 def convergence(df, pub, kinds, title, pretrain="band", note="", empty_sources=()) -> tuple[plt.Figure, dict]:
     groups = _groups(df, kinds)
     if not groups:
-        fig = _placeholder(title, ["no metrics of ours for this figure yet", "paper:"]
-                           + _paper_lines(pub, list(empty_sources)))
+        fig = _placeholder(
+            title, ["no metrics of ours for this figure yet", "paper:"] + _paper_lines(pub, list(empty_sources))
+        )
         return fig, {}
     with plt.rc_context(RC):
         ncol = min(2, len(groups))
         nrow = math.ceil(len(groups) / ncol)
         unit = 1e3 if df.iteration.max() >= 10_000 else 1.0
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol if ncol > 1 else 5.0, 2.7 * nrow + 0.8),
-                                 squeeze=False)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol if ncol > 1 else 5.0, 2.7 * nrow + 0.8), squeeze=False)
         drawn = {}
         for ax, group in zip(axes.flat, groups):
             sel = df
             for col, v in zip(GROUP, group):
                 sel = sel[sel[col] == v]
             drawn[setting_label(*group)] = draw_panel(ax, sel, group, pub, pretrain, unit)
-        for ax in list(axes.flat)[len(groups):]:
+        for ax in list(axes.flat)[len(groups) :]:
             ax.axis("off")
         _legend(fig, df.init.unique(), ncol=3 if ncol == 1 else 5)
         fig.suptitle(title + (f"\n[{note}]" if note else ""), fontsize=9)
@@ -328,8 +375,16 @@ def samples_seen(df, pub, note="") -> tuple[plt.Figure, dict]:
                         x = j + (k - (len(inits) - 1) / 2) * width
                         ax.bar(x, pre, width * 0.95, color=colors[init], alpha=0.35, hatch="///", lw=0)
                         ax.bar(x, fine, width * 0.95, bottom=pre, color=colors[init])
-                        drawn[label].append({"init": init, "schedule": s, "counter": counter,
-                                             "pretrain": pre, "finetune": fine, "partial": not bool(r.final)})
+                        drawn[label].append(
+                            {
+                                "init": init,
+                                "schedule": s,
+                                "counter": counter,
+                                "pretrain": pre,
+                                "finetune": fine,
+                                "partial": not bool(r.final),
+                            }
+                        )
                 ax.set_xticks(range(len(scheds)))
                 ax.set_xticklabels(scheds)
                 ax.set_title(counter, pad=12)
@@ -338,8 +393,10 @@ def samples_seen(df, pub, note="") -> tuple[plt.Figure, dict]:
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
         from matplotlib.patches import Patch
 
-        handles = [Patch(color=c, label=("random init" if i == RANDOM else f"fine-tuning ({i})")) for i, c in
-                   _colors(df.init.unique()).items()]
+        handles = [
+            Patch(color=c, label=("random init" if i == RANDOM else f"fine-tuning ({i})"))
+            for i, c in _colors(df.init.unique()).items()
+        ]
         handles.append(Patch(facecolor="0.8", hatch="///", label="pre-training"))
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
         fig.suptitle(title + (f"\n[{note}]" if note else ""), fontsize=9)
@@ -372,8 +429,9 @@ def _rehearsal_save(fig, folder, name: str) -> list[Path]:
     return save(fig, folder, name)
 
 
-def build_all(df: pd.DataFrame, pub: pd.DataFrame, folder, planned=None, pretrain="band",
-              names=FIGURES) -> dict[str, dict]:
+def build_all(
+    df: pd.DataFrame, pub: pd.DataFrame, folder, planned=None, pretrain="band", names=FIGURES
+) -> dict[str, dict]:
     """Write the figures `names` (rethink.report_targets.figures_for); returns {figure name: what it drew}."""
     from .rehearsal import in_table
 
@@ -382,15 +440,26 @@ def build_all(df: pd.DataFrame, pub: pd.DataFrame, folder, planned=None, pretrai
     df = df[~df.test_aug]  # curves and counts: the plain evaluations (a TTA row is one more point)
     drawn = {}
     fig, drawn["convergence"] = convergence(
-        df, pub, {"main", "keypoints", "enhanced"},
+        df,
+        pub,
+        {"main", "keypoints", "enhanced"},
         "Convergence: random init vs pre-trained (paper Figures 1, 3, 4, 6; Table 3 runs)",
-        pretrain, note, empty_sources=["table1"])
+        pretrain,
+        note,
+        empty_sources=["table1"],
+    )
     write(fig, folder, "convergence")
     fig, drawn["samples_seen"] = samples_seen(df, pub, note)
     write(fig, folder, "samples_seen")
     if "less_data" in names:
         fig, drawn["less_data"] = convergence(
-            df, pub, {"less_data", "voc"}, "Less data and VOC (paper Figures 7, 8)", pretrain, note,
-            empty_sources=["figure7", "figure8"])
+            df,
+            pub,
+            {"less_data", "voc"},
+            "Less data and VOC (paper Figures 7, 8)",
+            pretrain,
+            note,
+            empty_sources=["figure7", "figure8"],
+        )
         write(fig, folder, "less_data")
     return drawn

@@ -5,6 +5,7 @@ with a full recipe. Its id (e.g. ``R50-GN-random-coco_full-6x-s0``) is its folde
 wildcard and its label in every table. Runs that differ only in their schedule form a
 family, which shares its constant-LR trunk (see :mod:`rethink.plan`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -110,9 +111,16 @@ class Run:
     def settings(self) -> dict:
         """Everything that decides what this run trains (its identity, besides the id)."""
         return {
-            "backbone": self.backbone, "norm": self.norm, "init": self.init, "data": self.data,
-            "schedule": self.schedule_name, "iterations": self.iterations, "seed": self.seed,
-            "variant": self.variant, "share_trunk": self.share_trunk, "recipe": self.recipe,
+            "backbone": self.backbone,
+            "norm": self.norm,
+            "init": self.init,
+            "data": self.data,
+            "schedule": self.schedule_name,
+            "iterations": self.iterations,
+            "seed": self.seed,
+            "variant": self.variant,
+            "share_trunk": self.share_trunk,
+            "recipe": self.recipe,
         }
 
     def to_dict(self) -> dict:
@@ -234,7 +242,8 @@ def _check_plan_size(config: dict, source: str, runs: list[Run]) -> None:
         raise ConfigError(
             f"{source}: eval_period {eval_period} and max_segment_iters {seg} would plan up to {jobs:,} training and "
             f"evaluation jobs for {len(runs)} runs; the limit is {MAX_JOBS:,} (raise eval_period or "
-            f"max_segment_iters, or check the schedules for an extra zero)")
+            f"max_segment_iters, or check the schedules for an extra zero)"
+        )
 
 
 def _check_batches(config: dict, source: str, runs: Iterable[Run], origin: dict) -> None:
@@ -244,19 +253,25 @@ def _check_batches(config: dict, source: str, runs: Iterable[Run], origin: dict)
         batch, gpus = int(run.recipe["batch"]), int(run.recipe["gpus"])
         where = f"{source}: experiments.{origin[run.run_id]}"
         if gpus > 1 and batch % gpus:
-            raise ConfigError(f"{where}: recipe.batch {batch} cannot be split evenly over recipe.gpus {gpus} "
-                              f"(run {run.run_id}): make the batch a multiple of the GPUs")
+            raise ConfigError(
+                f"{where}: recipe.batch {batch} cannot be split evenly over recipe.gpus {gpus} "
+                f"(run {run.run_id}): make the batch a multiple of the GPUs"
+            )
         data = config["datasets"][run.data]
         if data["kind"] == "voc" and run.recipe["task"] in ("mask_rcnn", "cascade_mask_rcnn"):
             # known from the config (VOC is boxes only); a COCO set's masks are known once prepare_data
             # has read its JSON, and a mask task on a boxes-only one stops when training starts
-            raise ConfigError(f"{where}: recipe.task: value {run.recipe['task']!r}: dataset {run.data} is VOC, "
-                              f"boxes only (run {run.run_id}); use task faster_rcnn")
+            raise ConfigError(
+                f"{where}: recipe.task: value {run.recipe['task']!r}: dataset {run.data} is VOC, "
+                f"boxes only (run {run.run_id}); use task faster_rcnn"
+            )
         field = "train_size" if data["kind"] == "synthetic" else "num_images"
         size = data.get(field)
         if size is not None and int(size) < batch:
-            raise ConfigError(f"{source}: datasets.{run.data}.{field}: value {size}: fewer training images than "
-                              f"one batch (recipe.batch {batch} of run {run.run_id})")
+            raise ConfigError(
+                f"{source}: datasets.{run.data}.{field}: value {size}: fewer training images than "
+                f"one batch (recipe.batch {batch} of run {run.run_id})"
+            )
 
 
 def build(config: dict, source: str = "config") -> Grid:
@@ -304,9 +319,20 @@ def _runs_of(config: dict, source: str, exp_name: str, exp: dict, defaults: dict
         rid = make_run_id(backbone, norm, init, data, sched, seed, variant)
         fam = f"{backbone}-{norm}-{init}-{data}-s{seed}" + (f"-{variant}" if variant else "") if share else rid
         yield Run(
-            run_id=rid, family=fam, experiments=(exp_name,), backbone=backbone, norm=norm, init=init,
-            data=data, schedule_name=sched, seed=seed, variant=variant, share_trunk=share,
-            recipe_json=recipe_json, iterations=iterations, test_aug=bool(exp.get("test_aug", False)),
+            run_id=rid,
+            family=fam,
+            experiments=(exp_name,),
+            backbone=backbone,
+            norm=norm,
+            init=init,
+            data=data,
+            schedule_name=sched,
+            seed=seed,
+            variant=variant,
+            share_trunk=share,
+            recipe_json=recipe_json,
+            iterations=iterations,
+            test_aug=bool(exp.get("test_aug", False)),
         )
 
 
@@ -317,24 +343,32 @@ def _check_enabled(config: dict, source: str) -> None:
 
 def _check_run_length(where: str, length: dict, sched: str, recipe: dict, iterations: int) -> None:
     if iterations > MAX_RUN_ITERATIONS:
-        what = (f"axes.schedule.{sched}.iterations" if "iterations" in length
-                else f"axes.schedule.{sched}.x ({length['x']}) x recipe.iters_per_x ({recipe['iters_per_x']})")
-        raise ConfigError(f"{where}: {what} gives {iterations:,} iterations; a run may have at most "
-                          f"{MAX_RUN_ITERATIONS:,} (the paper's longest has 810,000)")
+        what = (
+            f"axes.schedule.{sched}.iterations"
+            if "iterations" in length
+            else f"axes.schedule.{sched}.x ({length['x']}) x recipe.iters_per_x ({recipe['iters_per_x']})"
+        )
+        raise ConfigError(
+            f"{where}: {what} gives {iterations:,} iterations; a run may have at most "
+            f"{MAX_RUN_ITERATIONS:,} (the paper's longest has 810,000)"
+        )
 
 
 def _check_vgg16_heads(where: str, backbone: str, recipe: dict, defaults: dict) -> None:
     if backbone == "VGG16" and recipe["head_channels"] != defaults["head_channels"]:
-        raise ConfigError(f"{where}.recipe.head_channels: {recipe['head_channels']}, but backbone VGG16 has "
-                          f"no FPN (its heads read conv5's 512 channels); set head_channels: "
-                          f"{defaults['head_channels']} in this experiment's recipe")
+        raise ConfigError(
+            f"{where}.recipe.head_channels: {recipe['head_channels']}, but backbone VGG16 has "
+            f"no FPN (its heads read conv5's 512 channels); set head_channels: "
+            f"{defaults['head_channels']} in this experiment's recipe"
+        )
 
 
 def _check_same_settings(old: Run, run: Run, where: str, old_exp: str) -> None:
     """A run id made by two experiments must mean one run."""
     if old.settings() != run.settings():
         diff = _recipe_diff(old.recipe, run.recipe) or [
-            k for k in run.settings() if old.settings()[k] != run.settings()[k]]
+            k for k in run.settings() if old.settings()[k] != run.settings()[k]
+        ]
         raise ConfigError(
             f"{where}: run id {run.run_id} is also made by experiment {old_exp} with "
             f"different settings ({', '.join(diff)}); give one of them a variant"
@@ -360,8 +394,10 @@ def _check_nodes(config: dict, source: str, runs: Iterable[Run]) -> None:
     for run in runs:
         gpus = run.recipe["gpus"]
         if nodes > 1 and gpus > 1 and gpus % nodes:
-            raise ConfigError(f"{source}: resources.nodes: {nodes} nodes cannot share the {gpus} GPUs of run "
-                              f"{run.run_id} evenly (recipe.gpus)")
+            raise ConfigError(
+                f"{source}: resources.nodes: {nodes} nodes cannot share the {gpus} GPUs of run "
+                f"{run.run_id} evenly (recipe.gpus)"
+            )
 
 
 def _check_seconds_per_iter(grid: Grid, source: str) -> None:

@@ -19,6 +19,7 @@ More hooks come first: a caller's `extra_hooks` (rethink.loop.train), and those 
 point, $RETHINK_HOOKS (from_extension), which production code leaves unset; the tests' switches (a NaN
 loss, a slow iteration: tests/switches.py) come in through these two.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -92,21 +93,30 @@ class DivergenceGuard(HookBase):
                 info = json.loads(text)
             except ValueError:
                 info = {}
-            raise Diverged(f"{self.trainer.who}: diverged before ({text}); change the recipe, or delete "
-                           f"{self.marker} to train this segment again", info if isinstance(info, dict) else {})
+            raise Diverged(
+                f"{self.trainer.who}: diverged before ({text}); change the recipe, or delete "
+                f"{self.marker} to train this segment again",
+                info if isinstance(info, dict) else {},
+            )
 
     def after_forward(self) -> None:
         t = self.trainer
         if math.isfinite(t.loss_value):
             return
         parts = ", ".join(f"{k}={v.item():.4g}" for k, v in t.losses.items())
-        info = {"run": t.run["run_id"], "family": t.family, "line": t.line, "iteration": t.iter,
-                "loss": str(t.loss_value)}
+        info = {
+            "run": t.run["run_id"],
+            "family": t.family,
+            "line": t.line,
+            "iteration": t.iter,
+            "loss": str(t.loss_value),
+        }
         if self.marker is not None and t.dist.main:
             self.marker.parent.mkdir(parents=True, exist_ok=True)
             self.marker.write_text(json.dumps(info) + "\n")
-        raise Diverged(f"{t.who}: non-finite loss {t.loss_value} at iteration {t.iter} ({parts}); "
-                       f"training stopped", info)
+        raise Diverged(
+            f"{t.who}: non-finite loss {t.loss_value} at iteration {t.iter} ({parts}); training stopped", info
+        )
 
 
 class Counters(HookBase):
@@ -160,8 +170,10 @@ class StopOnSignal(HookBase):
         path = t.save_resume()
         name = signal.Signals(t.stop_signal).name
         t.log(f"stopped by {name} after iteration {t.iter} of {t.end}; resume checkpoint {path}")
-        raise Preempted(f"{t.who}: stopped by {name} at iteration {t.iter}; resume checkpoint in {t.resume_dir}",
-                        128 + int(t.stop_signal))
+        raise Preempted(
+            f"{t.who}: stopped by {name} at iteration {t.iter}; resume checkpoint in {t.resume_dir}",
+            128 + int(t.stop_signal),
+        )
 
 
 class Logger(HookBase):
@@ -181,8 +193,10 @@ class Logger(HookBase):
         ips = (t.iter - self.it_last) * t.batch_total / max(now - self.t_last, 1e-9)
         eta = (t.end - t.iter) * (now - self.t_last) / max(t.iter - self.it_last, 1)
         parts = " ".join(f"{k}={v.item():.4f}" for k, v in t.losses.items())
-        t.log(f"iter {t.iter}/{t.end} loss {t.loss_value:.4f} ({parts}) lr {t.lr:.6g} {ips:.2f} img/s "
-              f"eta {datetime.timedelta(seconds=int(max(eta, 0)))}")
+        t.log(
+            f"iter {t.iter}/{t.end} loss {t.loss_value:.4f} ({parts}) lr {t.lr:.6g} {ips:.2f} img/s "
+            f"eta {datetime.timedelta(seconds=int(max(eta, 0)))}"
+        )
         self.t_last, self.it_last = now, t.iter
 
 
@@ -207,8 +221,12 @@ class LiveCurves(HookBase):
         if self.curves is None or (t.iter % self.period and t.iter != t.end):
             return
         now = time.perf_counter()
-        scalars = {"lr": t.lr, "total_loss": t.loss_value, **{k: v.item() for k, v in t.losses.items()},
-                   "time": (now - self.t_last) / max(t.iter - self.it_last, 1)}
+        scalars = {
+            "lr": t.lr,
+            "total_loss": t.loss_value,
+            **{k: v.item() for k, v in t.losses.items()},
+            "time": (now - self.t_last) / max(t.iter - self.it_last, 1),
+        }
         self.curves.write(t.iter, scalars)
         self.t_last, self.it_last = now, t.iter
 

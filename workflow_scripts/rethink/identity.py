@@ -22,6 +22,7 @@ result changes:
   contents are kept beside the file (`<name>.<hash>.json`), so a warning can say which field changed,
   old -> new.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,8 +55,7 @@ RECIPE_DEFAULTS = {"amp": False, "head_channels": 256}
 
 
 def result_recipe(recipe: dict) -> dict:
-    return {k: v for k, v in recipe.items()
-            if k not in OPERATIONAL_RECIPE and RECIPE_DEFAULTS.get(k, object()) != v}
+    return {k: v for k, v in recipe.items() if k not in OPERATIONAL_RECIPE and RECIPE_DEFAULTS.get(k, object()) != v}
 
 
 def dataset_definition(dataset: dict) -> dict:
@@ -71,8 +71,13 @@ def line_identity(settings: dict, schedule: dict, engine: str, dataset: dict, in
     settings["recipe"] = result_recipe(settings["recipe"])
     for k in ("run_id", "family"):  # names, not content (the family is the file's folder)
         settings.pop(k, None)
-    return {"engine": engine, "run": settings, "schedule": schedule, "dataset": dataset_definition(dataset),
-            "init": {k: v for k, v in init.items() if k not in OPERATIONAL_INIT}}
+    return {
+        "engine": engine,
+        "run": settings,
+        "schedule": schedule,
+        "dataset": dataset_definition(dataset),
+        "init": {k: v for k, v in init.items() if k not in OPERATIONAL_INIT},
+    }
 
 
 def flatten(obj, prefix: str = "") -> dict:
@@ -87,8 +92,11 @@ def flatten(obj, prefix: str = "") -> dict:
 def diff(old: dict, new: dict) -> list[str]:
     """'field: old -> new' for every leaf that differs."""
     a, b = flatten(old), flatten(new)
-    return [f"{k}: {json.dumps(a.get(k, '(absent)'))} -> {json.dumps(b.get(k, '(absent)'))}"
-            for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
+    return [
+        f"{k}: {json.dumps(a.get(k, '(absent)'))} -> {json.dumps(b.get(k, '(absent)'))}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "(absent)") != b.get(k, "(absent)")
+    ]
 
 
 class Store:
@@ -145,4 +153,3 @@ class Store:
             if rec.get("hash") == h:
                 return rec.get("content")
         return None
-

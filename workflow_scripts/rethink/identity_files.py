@@ -6,6 +6,7 @@ The rules take these files as inputs, so Snakemake's mtime comparison redoes exa
 whose identity changed; every job's spec carries its line's hash (rethink.job_specs), and
 every checkpoint and metrics JSON records it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -47,8 +48,12 @@ def line_settings(cfg: dict, plan: Plan, family: str, line: str) -> tuple[dict, 
     sched = run.schedule
     settings = run_settings(cfg, run)
     schedule = {
-        "iterations": sched.iterations, "base_lr": sched.base_lr, "lr_drops": list(sched.lr_drops),
-        "drop_factor": sched.drop_factor, "warmup_iters": sched.warmup_iters, "warmup_factor": sched.warmup_factor,
+        "iterations": sched.iterations,
+        "base_lr": sched.base_lr,
+        "lr_drops": list(sched.lr_drops),
+        "drop_factor": sched.drop_factor,
+        "warmup_iters": sched.warmup_iters,
+        "warmup_factor": sched.warmup_factor,
     }
     if line == TRUNK:
         settings.update(run_id=f"{family}-trunk", schedule=TRUNK, iterations=None)
@@ -76,8 +81,13 @@ class IdentityFiles:
         settings, schedule = line_settings(self.cfg, self.plan, family, line)
         if line == TRUNK:  # constant LR: where the trunk ends changes none of its checkpoints
             schedule = {k: v for k, v in schedule.items() if k != "iterations"}
-        content = identity.line_identity(settings, schedule, self.cfg["engine"], self.cfg["datasets"][run.data],
-                                         self._init_definition(run.init, run.backbone, run.norm))
+        content = identity.line_identity(
+            settings,
+            schedule,
+            self.cfg["engine"],
+            self.cfg["datasets"][run.data],
+            self._init_definition(run.init, run.backbone, run.norm),
+        )
         content = rehearsal.identity(self.cfg, content, family)
         return path, self.store.ensure(path, content, lambda: list(self.recorded_identities(family, line).values()))
 
@@ -107,8 +117,12 @@ class IdentityFiles:
 
     def init_identity(self, init: str, backbone: str, norm: str) -> str:
         path = self.store.path("init", f"{init}-{backbone}-{norm}")
-        self.store.ensure(path, rehearsal.identity(self.cfg, {"init": self._init_definition(init, backbone, norm),
-                                                              "backbone": backbone, "norm": norm}))
+        self.store.ensure(
+            path,
+            rehearsal.identity(
+                self.cfg, {"init": self._init_definition(init, backbone, norm), "backbone": backbone, "norm": norm}
+            ),
+        )
         return path
 
     def table_identity(self) -> str:
@@ -145,8 +159,9 @@ class IdentityFiles:
         except (OSError, UnicodeDecodeError, csv.Error):
             return []
         planned = set(self.paths.all_metrics())
-        return sorted(p for p in (f"{self.paths.results}/{s}" for s in sources if s)
-                      if p in planned and not os.path.exists(p))
+        return sorted(
+            p for p in (f"{self.paths.results}/{s}" for s in sources if s) if p in planned and not os.path.exists(p)
+        )
 
     def _init_definition(self, init: str, backbone: str | None, norm: str | None) -> dict:
         spec = {k: v for k, v in self.cfg["inits"][init].items() if k not in identity.OPERATIONAL_INIT}

@@ -6,6 +6,7 @@ A training segment and an evaluation are both jobs on one line of training: what
 (the engine, the run's settings at the iteration they handle, the line, its dataset, identity hash
 and live curves) is `line_job`; each adds its own fields.
 """
+
 from __future__ import annotations
 
 from . import rehearsal
@@ -34,23 +35,42 @@ class JobSpecs:
         return {"name": data, **self.cfg["datasets"][data], "output": self.paths.dataset(data), **extra}
 
     def pretrain_data_spec(self, init: str) -> dict:
-        return {**self.cfg["inits"][init], "name": f"pretrain-{init}", "kind": "classification",
-                "output": self.paths.pretrain_dataset(init), **rehearsal.spec(self.cfg)}
+        return {
+            **self.cfg["inits"][init],
+            "name": f"pretrain-{init}",
+            "kind": "classification",
+            "output": self.paths.pretrain_dataset(init),
+            **rehearsal.spec(self.cfg),
+        }
 
     def pretrain_spec(self, init: str, backbone: str, norm: str) -> dict:
-        return {"init": init, "backbone": backbone, "norm": norm, **self.cfg["inits"][init],
-                "dataset": self.paths.pretrain_dataset(init), **self._init_outputs(init, backbone, norm),
-                **rehearsal.spec(self.cfg)}
+        return {
+            "init": init,
+            "backbone": backbone,
+            "norm": norm,
+            **self.cfg["inits"][init],
+            "dataset": self.paths.pretrain_dataset(init),
+            **self._init_outputs(init, backbone, norm),
+            **rehearsal.spec(self.cfg),
+        }
 
     def stage_spec(self, init: str, backbone: str, norm: str) -> dict:
         spec = self.cfg["inits"][init]
-        return {"init": init, "backbone": backbone, "norm": norm,
-                "source": spec["weights"][f"{backbone}-{norm}"], "cost_record": spec.get("cost", {}),
-                **self._init_outputs(init, backbone, norm), **rehearsal.spec(self.cfg)}
+        return {
+            "init": init,
+            "backbone": backbone,
+            "norm": norm,
+            "source": spec["weights"][f"{backbone}-{norm}"],
+            "cost_record": spec.get("cost", {}),
+            **self._init_outputs(init, backbone, norm),
+            **rehearsal.spec(self.cfg),
+        }
 
     def _init_outputs(self, init: str, backbone: str, norm: str) -> dict:
-        return {"output": self.paths.init_weights(init, backbone, norm),
-                "cost": self.paths.init_cost(init, backbone, norm)}
+        return {
+            "output": self.paths.init_weights(init, backbone, norm),
+            "cost": self.paths.init_cost(init, backbone, norm),
+        }
 
     # ------------------------------------------------------------------ jobs on a line of training
     def live(self, family: str, line: str, iteration: int) -> dict:
@@ -83,8 +103,10 @@ class JobSpecs:
         """A training segment's input files: the dataset, the line's identity file, and the
         checkpoint it starts from or else the init's weights (none for a random init)."""
         run = self.plan.run(seg.owner)
-        inputs = {"dataset": self.paths.dataset(run.data),
-                  "identity": self.identities.line_identity(seg.family, seg.line)[0]}
+        inputs = {
+            "dataset": self.paths.dataset(run.data),
+            "identity": self.identities.line_identity(seg.family, seg.line)[0],
+        }
         if seg.start_from is not None:
             inputs["start"] = self.paths.checkpoint_file(seg.family, seg.start_from[0], seg.start_from[1])
         else:
@@ -114,7 +136,8 @@ class JobSpecs:
             from .resources import seconds_per_iter
 
             settings["rehearsal"], spec["log_period"] = rehearsal.training(
-                self.cfg, seg, run.recipe, seconds_per_iter(self.plan, run))
+                self.cfg, seg, run.recipe, seconds_per_iter(self.plan, run)
+            )
             settings["recipe"] = {**settings["recipe"], "gpus": 0}
         start_task = task_at(run.recipe, seg.start - 1) if seg.start_from is not None else None
         if start_task is not None and start_task != settings["recipe"]["task"]:
@@ -131,8 +154,10 @@ class JobSpecs:
         whenever the checkpoint does, since training needed it. The line's identity file (under
         workdir too) is an input: the workflow writes it whenever it parses the config, so it always exists."""
         run = self.plan.run(self.plan.lines[(ms.family, ms.line)].owner)
-        inputs = {"checkpoint": self.paths.checkpoint_file(ms.family, ms.line, ms.iteration),
-                  "identity": self.identities.line_identity(ms.family, ms.line)[0]}
+        inputs = {
+            "checkpoint": self.paths.checkpoint_file(ms.family, ms.line, ms.iteration),
+            "identity": self.identities.line_identity(ms.family, ms.line)[0],
+        }
         cost = self.paths.init_cost(run.init, run.backbone, run.norm)
         if cost:
             inputs["init_cost"] = cost
@@ -157,10 +182,15 @@ class JobSpecs:
             from .evalcost import seconds
             from .resources import seconds_per_iter
 
-            spec.update(rehearsal.spec(
-                self.cfg, seconds_per_iter=lambda: seconds_per_iter(self.plan, run),
-                gpus=lambda: int(run.recipe["gpus"]), trunk=lambda: ms.line == TRUNK,
-                eval_seconds=lambda: seconds(self.cfg, run, tta)))
+            spec.update(
+                rehearsal.spec(
+                    self.cfg,
+                    seconds_per_iter=lambda: seconds_per_iter(self.plan, run),
+                    gpus=lambda: int(run.recipe["gpus"]),
+                    trunk=lambda: ms.line == TRUNK,
+                    eval_seconds=lambda: seconds(self.cfg, run, tta),
+                )
+            )
         if self.cfg.get("coco_eval", "pycocotools") != "pycocotools":  # the default keeps older specs as they were
             spec["coco_eval"] = self.cfg["coco_eval"]
         if tta:

@@ -16,6 +16,7 @@ job queued before an edit reads the configuration it was planned with.
 By hand: `python workflow_scripts/train.py --config <snapshot> --job <key> --print-spec` prints the
 spec; `--spec <file or JSON>` runs a spec as given (tests, debugging).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,15 +35,24 @@ RULES = {
     "prepare_pretrain_data": (("init",), lambda specs, init: specs.pretrain_data_spec(init)),
     "pretrain": (("init", "backbone", "norm"), lambda specs, *a: specs.pretrain_spec(*a)),
     "stage_weights": (("init", "backbone", "norm"), lambda specs, *a: specs.stage_spec(*a)),
-    "train_segment": (("family", "line", "iter"),
-                      lambda specs, f, ln, it: specs.train_spec(specs.plan.segment(f, ln, int(it)))),
-    "train_final": (("run",), lambda specs, run: specs.train_spec(specs.plan.final_segment(run),
-                                                                  output=specs.paths.model(run))),
-    "evaluate": (("family", "line", "iter"),
-                 lambda specs, f, ln, it: specs.eval_spec(specs.plan.milestone(f, ln, int(it)))),
-    "evaluate_tta": (("family", "line", "iter"),
-                     lambda specs, f, ln, it: specs.eval_spec(specs.plan.tta_milestone(f, ln, int(it)), tta=True)),
+    "train_segment": (
+        ("family", "line", "iter"),
+        lambda specs, f, ln, it: specs.train_spec(specs.plan.segment(f, ln, int(it))),
+    ),
+    "train_final": (
+        ("run",),
+        lambda specs, run: specs.train_spec(specs.plan.final_segment(run), output=specs.paths.model(run)),
+    ),
+    "evaluate": (
+        ("family", "line", "iter"),
+        lambda specs, f, ln, it: specs.eval_spec(specs.plan.milestone(f, ln, int(it))),
+    ),
+    "evaluate_tta": (
+        ("family", "line", "iter"),
+        lambda specs, f, ln, it: specs.eval_spec(specs.plan.tta_milestone(f, ln, int(it)), tta=True),
+    ),
 }
+
 
 class JobError(ValueError):
     pass

@@ -33,6 +33,7 @@ Writing a row costs well under 10 ms (bench/bench_ledger.py). `snakemake grid`, 
 timeline (rethink.costs, rethink.timeline) and the campaign benchmark read the rows with `frame`.
 Standard library only at import: every job imports it before its heavy modules.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,11 +55,35 @@ SIGNAL_SLACK_S = 90  # SLURM signals up to 60 s before the lead the job asked fo
 # the plan counts it (rethink.grid.gpu_hours); other rules count their GPUs, 0 on a CPU
 DEVICE_RULES = ("train_segment", "train_final", "evaluate", "evaluate_tta", "pretrain")
 TRAIN_RULES = ("train_segment", "train_final")
-OUTCOMES = ("done", "timed out", "pre-empted", "interrupted", "diverged", "failed", "killed", "node failure",
-            "running")
-ROW_FIELDS = ("rule", "job", "run", "family", "line", "from_iter", "to_iter", "identity", "gpus", "rehearsal",
-              "slurm_job_id", "slurm_restart", "node", "host", "pid", "pid_start", "start", "first_iter", "last_iter", "resumed_from",
-              "iter_reached", "last_checkpoint", "signal_s", "end", "exit_code", "outcome")
+OUTCOMES = ("done", "timed out", "pre-empted", "interrupted", "diverged", "failed", "killed", "node failure", "running")
+ROW_FIELDS = (
+    "rule",
+    "job",
+    "run",
+    "family",
+    "line",
+    "from_iter",
+    "to_iter",
+    "identity",
+    "gpus",
+    "rehearsal",
+    "slurm_job_id",
+    "slurm_restart",
+    "node",
+    "host",
+    "pid",
+    "pid_start",
+    "start",
+    "first_iter",
+    "last_iter",
+    "resumed_from",
+    "iter_reached",
+    "last_checkpoint",
+    "signal_s",
+    "end",
+    "exit_code",
+    "outcome",
+)
 
 
 def rows_dir(results: str) -> Path:
@@ -69,9 +94,10 @@ def process_start(pid: int | str = "self") -> float | None:
     """When process `pid` started (epoch seconds), from /proc; None where /proc cannot tell."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat[stat.rindex(")") + 2:].split()[19])
-        boot = next(float(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines()
-                    if ln.startswith("btime "))
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+        boot = next(
+            float(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime ")
+        )
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
@@ -117,8 +143,9 @@ def _slurm_end_time(env) -> float | None:
     import subprocess
 
     try:
-        out = subprocess.run(["squeue", "-h", "-j", str(env["SLURM_JOB_ID"]), "-o", "%e"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["squeue", "-h", "-j", str(env["SLURM_JOB_ID"]), "-o", "%e"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return datetime.datetime.fromisoformat(out).timestamp()
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
@@ -149,9 +176,15 @@ class Row:
         self.lock = threading.Lock()
         self.fields = {k: None for k in ROW_FIELDS}
         self.fields.update(
-            slurm_job_id=env.get("SLURM_JOB_ID"), slurm_restart=int(env.get("SLURM_RESTART_COUNT") or 0),
-            node=env.get("SLURMD_NODENAME") or socket.gethostname(), host=socket.gethostname(), pid=os.getpid(),
-            pid_start=process_start(), start=job_start(env), rehearsal=False)
+            slurm_job_id=env.get("SLURM_JOB_ID"),
+            slurm_restart=int(env.get("SLURM_RESTART_COUNT") or 0),
+            node=env.get("SLURMD_NODENAME") or socket.gethostname(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pid_start=process_start(),
+            start=job_start(env),
+            rehearsal=False,
+        )
         self.fields.update(fields)
         name = "+".join(str(self.fields["job"]).split("/")[1:]) or "job"
         stamp = f"{int(self.fields['start'] * 1000)}-{self.fields['node']}-{self.fields['pid']}"
@@ -183,8 +216,11 @@ class Row:
         self._stop.set()
         now = time.time()
         diverged = exit_code == 0 and self._diverged
-        self.fields.update(end=now, exit_code=int(exit_code), outcome="diverged" if diverged else
-                           outcome_of(exit_code, self.env, now, self.fields.get("signal_s")))
+        self.fields.update(
+            end=now,
+            exit_code=int(exit_code),
+            outcome="diverged" if diverged else outcome_of(exit_code, self.env, now, self.fields.get("signal_s")),
+        )
         self.flush()
 
 
@@ -257,8 +293,11 @@ def read_rows(results: str) -> list[dict]:
         if r.get("slurm_job_id"):
             requeued.setdefault(r["slurm_job_id"], []).append(int(r.get("slurm_restart") or 0))
     for r in rows:
-        if r["outcome"] == "killed" and r.get("slurm_job_id") and \
-                max(requeued[r["slurm_job_id"]]) > int(r.get("slurm_restart") or 0):
+        if (
+            r["outcome"] == "killed"
+            and r.get("slurm_job_id")
+            and max(requeued[r["slurm_job_id"]]) > int(r.get("slurm_restart") or 0)
+        ):
             r["outcome"] = "node failure"
     return rows
 
@@ -274,7 +313,8 @@ def _maybe_alive(rec: dict) -> bool:
 def frame(results: str, rows: list[dict] | None = None, scale: float = 1.0):
     """The ledger as a DataFrame, one row per job attempt in start order, with derived columns:
     attempt (1, 2, ... per job and identity), elapsed_s (wall seconds from start to end, so far for
-    a running job), wall_s, devices (its GPUs; a CPU training or evaluation job counts as one), gpu_hours, iters_done, first_iter_s, seconds_per_iter, start_utc,
+    a running job), wall_s, devices (its GPUs; a CPU training or evaluation job counts as one), gpu_hours,
+    iters_done, first_iter_s, seconds_per_iter, start_utc,
     end_utc. With `scale` (a rehearsal's compression) wall_s, gpu_hours and seconds_per_iter are
     simulated: a job's start-up to its first iteration (or evaluation) as it was, the compressed
     rest x scale. start, end and first_iter_s stay wall-clock."""

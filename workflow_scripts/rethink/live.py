@@ -17,6 +17,7 @@ JSON lines of those steps appear again (as in detectron2, a reader keeps the las
 iteration). These files are evidence for watching, not results: nothing reads them back, and
 losing them loses no result.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,9 @@ class LiveCurves:
         """One line of metrics.json and one TensorBoard scalar per key, at step `iteration`."""
         line = json.dumps({"iteration": int(iteration), **scalars}) + "\n"
         for d, w in zip(self.dirs, self.writers):
-            with open(d / METRICS_FILE, "a") as f:  # one short append per line: concurrent writers interleave whole lines
+            with open(
+                d / METRICS_FILE, "a"
+            ) as f:  # one short append per line: concurrent writers interleave whole lines
                 f.write(line)
             for k, v in scalars.items():
                 w.add_scalar(k, v, int(iteration))
@@ -55,8 +58,12 @@ class LiveCurves:
 
 def evaluation_scalars(record: dict) -> dict[str, float]:
     """detectron2's keys for a metrics record's stats: {"bbox/AP": ..., "segm/AP75": ...}."""
-    return {f"{task}/{k}": float(v) for task, stats in record["stats"].items() for k, v in stats.items()
-            if isinstance(v, (int, float))}
+    return {
+        f"{task}/{k}": float(v)
+        for task, stats in record["stats"].items()
+        for k, v in stats.items()
+        if isinstance(v, (int, float))
+    }
 
 
 def write_evaluation(spec: dict, record: dict) -> None:

@@ -13,6 +13,7 @@ left: the finished output (rethink.loop then trains nothing) or its newest resum
 holder deletes the resume folder, lock file included, when it finishes, so the waiter checks that
 the lock it got is still the file at the path, else it locks the new one.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -31,8 +32,9 @@ class SegmentBusy(RuntimeError):
 
 
 class SegmentLock:
-    def __init__(self, resume_dir: str | os.PathLike, who: str, log=print, wait_s: float | None = None,
-                 poll_s: float = 5.0):
+    def __init__(
+        self, resume_dir: str | os.PathLike, who: str, log=print, wait_s: float | None = None, poll_s: float = 5.0
+    ):
         self.path = Path(resume_dir) / LOCK_NAME
         self.who, self.log, self.fd = who, log, None
         self.wait_s, self.poll_s = wait_s, poll_s
@@ -53,10 +55,13 @@ class SegmentLock:
                     raise SegmentBusy(
                         f"{self.who}: another trainer holds this segment ({holder}; lock {self.path}) after "
                         f"{waited:.0f} s of waiting: two trainers would write the same checkpoints. Wait for it "
-                        "to end, or end it (kill that pid on that host); its lock goes with it") from None
+                        "to end, or end it (kill that pid on that host); its lock goes with it"
+                    ) from None
                 if not told:
-                    self.log(f"another trainer holds this segment ({holder}; lock {self.path}): waiting for it "
-                             "to end, then taking over what it left")
+                    self.log(
+                        f"another trainer holds this segment ({holder}; lock {self.path}): waiting for it "
+                        "to end, then taking over what it left"
+                    )
                     told = True
                 time.sleep(self.poll_s)
                 continue
@@ -64,8 +69,10 @@ class SegmentLock:
                 os.close(fd)
                 if e.errno not in (errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOLCK):
                     raise
-                self.log(f"WARNING: {self.path}: the file system has no flock ({e.strerror}); "
-                         "nothing stops a second trainer of this segment")
+                self.log(
+                    f"WARNING: {self.path}: the file system has no flock ({e.strerror}); "
+                    "nothing stops a second trainer of this segment"
+                )
                 return self
             if _same_file(fd, self.path):
                 break

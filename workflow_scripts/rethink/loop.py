@@ -52,6 +52,7 @@ rethink.processes. ``train(..., extra_hooks)`` adds hooks, and so does the one e
 ``$RETHINK_HOOKS=<file.py>:<function>`` (rethink.hooks.from_extension), which no production code
 sets: that is how tests switch on a NaN or a slow iteration, in-process or in a job (tests/switches.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,9 +87,14 @@ def seed_everything(seed: int) -> None:
 
 
 def schedule_from_spec(s: dict) -> Schedule:
-    return Schedule(iterations=int(s["iterations"]), base_lr=float(s["base_lr"]),
-                    lr_drops=tuple(int(d) for d in s["lr_drops"]), drop_factor=float(s["drop_factor"]),
-                    warmup_iters=int(s["warmup_iters"]), warmup_factor=float(s["warmup_factor"]))
+    return Schedule(
+        iterations=int(s["iterations"]),
+        base_lr=float(s["base_lr"]),
+        lr_drops=tuple(int(d) for d in s["lr_drops"]),
+        drop_factor=float(s["drop_factor"]),
+        warmup_iters=int(s["warmup_iters"]),
+        warmup_factor=float(s["warmup_factor"]),
+    )
 
 
 def is_norm(module: torch.nn.Module) -> bool:
@@ -140,8 +146,9 @@ class Trainer:
         self.recipe = self.run["recipe"]
         self.start, self.end = int(spec["start"]), int(spec["end"])
         if not 0 <= self.start < self.end:
-            raise ValueError(f"segment {self.family}/{self.line}: start {self.start} and end {self.end} "
-                             "do not make a segment")
+            raise ValueError(
+                f"segment {self.family}/{self.line}: start {self.start} and end {self.end} do not make a segment"
+            )
         self.sched = schedule_from_spec(spec["schedule"])
         self.resume_dir = spec.get("resume_dir")
         self.batch_total = int(self.recipe["batch"])
@@ -194,15 +201,18 @@ class Trainer:
         for s in hooks.STOP_SIGNALS:
             stack.callback(signal.signal, s, signal.signal(s, self._on_signal))
         if self.batch_total % self.dist.world:
-            raise ValueError(f"{self.who}: recipe.batch {self.batch_total} is not divisible by "
-                             f"{self.dist.world} processes")
+            raise ValueError(
+                f"{self.who}: recipe.batch {self.batch_total} is not divisible by {self.dist.world} processes"
+            )
         return None
 
     def before_train(self) -> None:
         for h in self.hooks:
             h.before_train()
-        self.log(f"training iterations {self.iter} -> {self.end} of schedule {self.sched.iterations} "
-                 f"(batch {self.batch_total} on {self.dist.world} process(es), {self.dist.device})")
+        self.log(
+            f"training iterations {self.iter} -> {self.end} of schedule {self.sched.iterations} "
+            f"(batch {self.batch_total} on {self.dist.world} process(es), {self.dist.device})"
+        )
 
     def _run_iterations(self) -> None:
         step = getattr(self.engine, "iterations_in", lambda batch: 1)  # iterations a batch stands for
@@ -231,16 +241,24 @@ class Trainer:
         except checkpoint.CheckpointError as e:
             self.log(f"WARNING: {e}; training the segment again")
             return None
-        if (state["iteration"], state["family"], state.get("identity")) != (self.end, self.family,
-                                                                             self.spec.get("identity")):
+        if (state["iteration"], state["family"], state.get("identity")) != (
+            self.end,
+            self.family,
+            self.spec.get("identity"),
+        ):
             return None
-        self.log(f"done: {out} was written by another trainer of this segment (iteration {self.end}); "
-                 "nothing to train")
+        self.log(f"done: {out} was written by another trainer of this segment (iteration {self.end}); nothing to train")
         if not state.get("diverged"):  # (a diverged one keeps its marker there for the grid summary)
             shutil.rmtree(self.resume_dir, ignore_errors=True)  # as _finish: the lock made it again
-        return {"iteration": self.end, "history": [], "counters": state["counters"], "taken_over": True,
-                **({"diverged": state["diverged"]} if state.get("diverged") else {}),
-                "wall_seconds": state["wall_seconds"], "device_seconds": state["device_seconds"]}
+        return {
+            "iteration": self.end,
+            "history": [],
+            "counters": state["counters"],
+            "taken_over": True,
+            **({"diverged": state["diverged"]} if state.get("diverged") else {}),
+            "wall_seconds": state["wall_seconds"],
+            "device_seconds": state["device_seconds"],
+        }
 
     def _on_signal(self, signum, frame):  # no printing here: a signal may interrupt a print
         self.stop_signal = signum
@@ -276,8 +294,12 @@ class Trainer:
         if hasattr(engine, "build_optimizer"):  # the rehearsal's (torch.optim's start-up imports torch's compiler)
             return engine.build_optimizer(model, recipe)
         if hasattr(engine, "optimizer_param_groups"):  # an engine may group parameters its own way
-            return torch.optim.SGD(engine.optimizer_param_groups(model, self.run), lr=0.0,
-                                   momentum=recipe["momentum"], weight_decay=recipe["weight_decay"])
+            return torch.optim.SGD(
+                engine.optimizer_param_groups(model, self.run),
+                lr=0.0,
+                momentum=recipe["momentum"],
+                weight_decay=recipe["weight_decay"],
+            )
         return build_optimizer(model, recipe)
 
     def _start_state(self, model: torch.nn.Module) -> tuple[dict | None, bool]:
@@ -292,8 +314,9 @@ class Trainer:
         if spec.get("start_checkpoint"):
             return self._read_start_checkpoint(spec["start_checkpoint"]), True
         if self.start != 0:
-            raise ValueError(f"{self.who}: segment starts at iteration {self.start} but the spec names no "
-                             "start_checkpoint")
+            raise ValueError(
+                f"{self.who}: segment starts at iteration {self.start} but the spec names no start_checkpoint"
+            )
         if spec.get("init_weights"):
             self.engine.load_init_weights(model, spec["init_weights"], self.run)
             self.log(f"random init + pre-trained backbone from {spec['init_weights']}")
@@ -308,12 +331,15 @@ class Trainer:
         if state["iteration"] != self.start:
             raise checkpoint.CheckpointError(
                 f"{path}: holds iteration {state['iteration']}, but segment "
-                f"{self.family}/{self.line} starts at iteration {self.start}")
+                f"{self.family}/{self.line} starts at iteration {self.start}"
+            )
         if state["family"] != self.family:
             raise checkpoint.CheckpointError(f"{path}: belongs to family {state['family']}, not {self.family}")
         if state.get("diverged"):  # nothing to train from
-            raise Diverged(f"{self.who}: its start checkpoint {path} is marked diverged "
-                           f"({state['diverged']}); not trained", {**state["diverged"], "inherited_from": path})
+            raise Diverged(
+                f"{self.who}: its start checkpoint {path} is marked diverged ({state['diverged']}); not trained",
+                {**state["diverged"], "inherited_from": path},
+            )
         self.log(f"starting from {path} (iteration {self.start})")
         return state
 
@@ -333,7 +359,8 @@ class Trainer:
             except (RuntimeError, ValueError, KeyError) as e:
                 raise checkpoint.CheckpointError(
                     f"{state.get('_path', self.spec.get('start_checkpoint'))}: does not fit the model/optimizer of "
-                    f"{self.who}: {str(e).splitlines()[0]}") from None
+                    f"{self.who}: {str(e).splitlines()[0]}"
+                ) from None
 
     def _restore_progress(self, state: dict | None) -> None:
         """Iteration, counters, seconds and RNG states from the start state (else the segment's
@@ -349,8 +376,11 @@ class Trainer:
             checkpoint.set_rng_state(rngs[d.rank])
         else:
             seed_everything(seed * 1000003 + int(state["iteration"]) * 101 + d.rank)
-        self.base = {"counters": dict(state["counters"]), "wall_seconds": float(state["wall_seconds"]),
-                     "device_seconds": float(state["device_seconds"])}
+        self.base = {
+            "counters": dict(state["counters"]),
+            "wall_seconds": float(state["wall_seconds"]),
+            "device_seconds": float(state["device_seconds"]),
+        }
         self.iter = int(state["iteration"])
 
     # ------------------------------------------------------------------ one iteration
@@ -365,8 +395,9 @@ class Trainer:
             self.losses = self.engine.losses(self.model, self.batch)
         self.loss = sum(v.float() for v in self.losses.values())
         if self.dist.world > 1:
-            vec = torch.stack([self.loss.detach().float(),
-                               torch.tensor(1.0 if self.stop_signal else 0.0, device=self.loss.device)])
+            vec = torch.stack(
+                [self.loss.detach().float(), torch.tensor(1.0 if self.stop_signal else 0.0, device=self.loss.device)]
+            )
             dist.all_reduce(vec)
             self.loss_value = vec[0].item() / self.dist.world
             if vec[1].item() > 0 and self.stop_signal is None:
@@ -399,7 +430,10 @@ class Trainer:
             "wall_seconds": self.base["wall_seconds"] + wall,
             "device_seconds": self.base["device_seconds"] + (gpus_total * wall if d.cuda else sums[-1]),
             "gpus": gpus_total,
-            "run_id": self.run["run_id"], "family": self.family, "line": self.line, "engine": self.spec["engine"],
+            "run_id": self.run["run_id"],
+            "family": self.family,
+            "line": self.line,
+            "engine": self.spec["engine"],
             "identity": self.spec.get("identity"),  # hash of what determined it (rethink.identity)
             "rng": rngs,
             **({"grad_scaler": self.amp.state_dict()} if self.amp.scaler is not None else {}),
@@ -421,12 +455,15 @@ class Trainer:
         summary = {"iteration": self.end, "history": self.history.records}
         if ckpt is not None:
             checkpoint.save(self.spec["output"], ckpt)
-            summary.update(counters=ckpt["counters"], wall_seconds=ckpt["wall_seconds"],
-                           device_seconds=ckpt["device_seconds"])
+            summary.update(
+                counters=ckpt["counters"], wall_seconds=ckpt["wall_seconds"], device_seconds=ckpt["device_seconds"]
+            )
             if self.resume_dir and Path(self.resume_dir).exists():
                 shutil.rmtree(self.resume_dir)
-            self.log(f"done: wrote {self.spec['output']} (iteration {self.end}, {ckpt['counters']['images']} "
-                     f"images seen, {time.perf_counter() - self.t0:.1f} s this segment)")
+            self.log(
+                f"done: wrote {self.spec['output']} (iteration {self.end}, {ckpt['counters']['images']} "
+                f"images seen, {time.perf_counter() - self.t0:.1f} s this segment)"
+            )
         return summary
 
 

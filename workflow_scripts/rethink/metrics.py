@@ -37,6 +37,7 @@ Fields (all required unless marked optional):
     compression     (optional) the rehearsal's simulated seconds per wall second
     created         ISO time of writing
 """
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,29 @@ BOX_STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", 
 KEYPOINT_STATS = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
 STAT_NAMES = {"bbox": BOX_STATS, "segm": BOX_STATS, "keypoints": KEYPOINT_STATS, "voc": ["AP50"]}
 REQUIRED = [
-    "schema", "family", "line", "iteration", "owner", "task", "backbone", "norm", "init", "data",
-    "seed", "variant", "lr", "samples_seen", "pretrain_samples", "wall_seconds", "device_seconds", "gpus",
-    "eval_seconds", "diverged", "stats", "engine", "created",
+    "schema",
+    "family",
+    "line",
+    "iteration",
+    "owner",
+    "task",
+    "backbone",
+    "norm",
+    "init",
+    "data",
+    "seed",
+    "variant",
+    "lr",
+    "samples_seen",
+    "pretrain_samples",
+    "wall_seconds",
+    "device_seconds",
+    "gpus",
+    "eval_seconds",
+    "diverged",
+    "stats",
+    "engine",
+    "created",
 ]
 COUNTERS = ["images", "instances", "pixels"]
 

@@ -5,6 +5,7 @@ The rules (rules/*.smk) ask this module for their inputs, outputs and logs; the 
 under `workdir` (data, weights, checkpoints, resume state, logs), small ones under `results`
 (metrics, tables, figures), so copying `results/` off a cluster is enough to rebuild the report.
 """
+
 from __future__ import annotations
 
 import os
@@ -107,8 +108,9 @@ class Paths:
 
     def all_metrics(self) -> list[str]:
         """Every metrics JSON of the plan: plain, then with test-time augmentation."""
-        return ([self.metrics(m.family, m.line, m.iteration) for m in self.plan.milestones.values()]
-                + [self.metrics(m.family, m.line, m.iteration, tta=True) for m in self.plan.tta_milestones.values()])
+        return [self.metrics(m.family, m.line, m.iteration) for m in self.plan.milestones.values()] + [
+            self.metrics(m.family, m.line, m.iteration, tta=True) for m in self.plan.tta_milestones.values()
+        ]
 
     @property
     def metrics_table(self) -> str:

@@ -14,6 +14,7 @@ metrics JSON. The last segment of a run writes the run's model, which is kept. T
 milestone of a run whose experiment sets `test_aug` is evaluated a second time, with test-time
 augmentation.
 """
+
 from __future__ import annotations
 
 import math
@@ -128,7 +129,8 @@ class Plan:
     def _add_milestones(self, line: Line, branch_points: list[int]) -> None:
         for it in self._eval_points(line, branch_points):
             self.milestones[(line.family, line.name, it)] = Milestone(
-                line.family, line.name, it, self.runs_through(line.family, line.name, it))
+                line.family, line.name, it, self.runs_through(line.family, line.name, it)
+            )
 
     # ----------------------------------------------------------------- queries
     def run(self, run_id: str) -> Run:
@@ -150,8 +152,10 @@ class Plan:
         try:
             return self.tta_milestones[(family, line, int(iteration))]
         except KeyError:
-            raise KeyError(f"no evaluation with test-time augmentation of family {family}, line {line} at "
-                           f"iteration {iteration} (only final checkpoints of runs with test_aug)") from None
+            raise KeyError(
+                f"no evaluation with test-time augmentation of family {family}, line {line} at "
+                f"iteration {iteration} (only final checkpoints of runs with test_aug)"
+            ) from None
 
     @cached_property
     def line_milestones(self) -> dict[tuple[str, str], list[Milestone]]:
@@ -178,9 +182,10 @@ class Plan:
         run = self.run(run_id)
         out = []
         for line, a, b in self.run_lines[run_id]:
-            out += sorted((s for s in self.segments.values()
-                           if s.family == run.family and s.line == line and a < s.end <= b),
-                          key=lambda s: s.end)
+            out += sorted(
+                (s for s in self.segments.values() if s.family == run.family and s.line == line and a < s.end <= b),
+                key=lambda s: s.end,
+            )
         return out
 
     def milestones_of_run(self, run_id: str) -> list[Milestone]:

@@ -7,6 +7,7 @@ scales exactly as one that never stopped. Backward and the optimizer step stay i
 weights; a step whose scaled gradients are not finite is skipped by the scaler, while a loss that
 is not finite still stops the run (rethink.hooks.DivergenceGuard). Evaluation runs in float32.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -14,6 +14,7 @@ Outputs (spec from rethink.job_specs.JobSpecs.pretrain_spec):
 Schedule: linear warm-up over the first 10% of the iterations (factor 0.1), LR x0.1 at 75%.
 Inputs are normalised with the same mean/std as torchvision's detection transform.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,7 +52,7 @@ class ClassificationStream:
         idx = torch.tensor(sampling.batch_indices(self.seed, i, self.batch, len(self.labels), self.rank, self.world))
         images = self.images[idx]
         flips = torch.from_numpy(np.random.default_rng([self.seed, i, 1]).random(self.batch) < 0.5)
-        flips = flips[self.rank * len(idx):(self.rank + 1) * len(idx)]
+        flips = flips[self.rank * len(idx) : (self.rank + 1) * len(idx)]
         images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
         self.iteration += 1
         return {"iteration": i, "images": images, "labels": self.labels[idx]}
@@ -71,8 +72,9 @@ class ClassificationTask:
 
     def train_stream(self, run: dict, dataset: dict, start_iter: int, rank: int = 0, world: int = 1):
         images, labels = load_classification(dataset)
-        return ClassificationStream(images, labels, int(run["seed"]), int(run["recipe"]["batch"]), start_iter,
-                                    rank, world)
+        return ClassificationStream(
+            images, labels, int(run["seed"]), int(run["recipe"]["batch"]), start_iter, rank, world
+        )
 
     def losses(self, model, batch: dict) -> dict:
         device = next(model.parameters()).device
@@ -91,15 +93,37 @@ def loop_spec(spec: dict) -> dict:
     out = Path(spec["output"])
     return {
         "engine": "pretrain",
-        "run": {"run_id": rid, "family": rid, "backbone": spec["backbone"], "norm": spec["norm"],
-                "init": "random", "seed": int(spec.get("seed", 0)),
-                "recipe": {"batch": int(spec["batch"]), "momentum": 0.9, "weight_decay": 1e-4,
-                           "checkpoint_period": max(1, iters // 4), "gpus": int(spec.get("gpus", 0))}},
-        "family": rid, "line": "pretrain", "start": 0, "end": iters,
-        "schedule": {"iterations": iters, "base_lr": float(spec["base_lr"]),
-                     "lr_drops": [int(iters * 0.75)] if iters >= 4 else [], "drop_factor": 0.1,
-                     "warmup_iters": iters // 10, "warmup_factor": 0.1},
-        "init_kind": "random", "start_checkpoint": None, "init_weights": None, "dataset": spec["dataset"],
+        "run": {
+            "run_id": rid,
+            "family": rid,
+            "backbone": spec["backbone"],
+            "norm": spec["norm"],
+            "init": "random",
+            "seed": int(spec.get("seed", 0)),
+            "recipe": {
+                "batch": int(spec["batch"]),
+                "momentum": 0.9,
+                "weight_decay": 1e-4,
+                "checkpoint_period": max(1, iters // 4),
+                "gpus": int(spec.get("gpus", 0)),
+            },
+        },
+        "family": rid,
+        "line": "pretrain",
+        "start": 0,
+        "end": iters,
+        "schedule": {
+            "iterations": iters,
+            "base_lr": float(spec["base_lr"]),
+            "lr_drops": [int(iters * 0.75)] if iters >= 4 else [],
+            "drop_factor": 0.1,
+            "warmup_iters": iters // 10,
+            "warmup_factor": 0.1,
+        },
+        "init_kind": "random",
+        "start_checkpoint": None,
+        "init_weights": None,
+        "dataset": spec["dataset"],
         # the full training checkpoint (classifier + optimizer) stays beside the weights until they are written
         "output": str(out.with_name(f".{out.name}.train.pth")),
         "resume_dir": str(out.with_name(f".{out.name}.resume")),
@@ -114,8 +138,8 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch: int = 256
     device = next(model.parameters()).device
     correct = 0
     for lo in range(0, len(labels), batch):
-        logits = model(normalize(images[lo:lo + batch].to(device)))
-        correct += int((logits.argmax(1).cpu() == labels[lo:lo + batch]).sum())
+        logits = model(normalize(images[lo : lo + batch].to(device)))
+        correct += int((logits.argmax(1).cpu() == labels[lo : lo + batch]).sum())
     return correct / max(len(labels), 1)
 
 
@@ -149,14 +173,28 @@ def pretrain(spec: dict) -> dict:
     images, labels = load_classification(dataset)
     acc = accuracy(model, images, labels)
     body = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    checkpoint.atomic_torch_save({"format": checkpoint.BACKBONE_FORMAT, "backbone": spec["backbone"], "norm": spec["norm"],
-                                  "model": body, "iterations": int(done["iteration"]), "train_accuracy": acc},
-                                 spec["output"])
-    cost = {"iterations": int(done["iteration"]), **{k: int(done["counters"][k]) for k in checkpoint.COUNTERS},
-            "train_accuracy": acc}
+    checkpoint.atomic_torch_save(
+        {
+            "format": checkpoint.BACKBONE_FORMAT,
+            "backbone": spec["backbone"],
+            "norm": spec["norm"],
+            "model": body,
+            "iterations": int(done["iteration"]),
+            "train_accuracy": acc,
+        },
+        spec["output"],
+    )
+    cost = {
+        "iterations": int(done["iteration"]),
+        **{k: int(done["counters"][k]) for k in checkpoint.COUNTERS},
+        "train_accuracy": acc,
+    }
     if spec.get("cost"):
         write_json_atomic(spec["cost"], cost, indent=1, sort_keys=True)
     full.unlink(missing_ok=True)
-    print(f"pretrain {lspec['run']['run_id']}: train accuracy {acc:.3f} (chance {1 / int(dataset['classes']):.3f}) "
-          f"after {cost['iterations']} iterations, {cost['images']} images -> {spec['output']}", flush=True)
+    print(
+        f"pretrain {lspec['run']['run_id']}: train accuracy {acc:.3f} (chance {1 / int(dataset['classes']):.3f}) "
+        f"after {cost['iterations']} iterations, {cost['images']} images -> {spec['output']}",
+        flush=True,
+    )
     return cost

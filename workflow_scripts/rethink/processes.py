@@ -1,6 +1,7 @@
 """The training processes of one job: one per device under torchrun (WORLD_SIZE, RANK, LOCAL_RANK),
 their process group (nccl on GPU, gloo on CPU) and the two reductions the loop needs; the process
 determinism switch. A single process (no torchrun) needs no group: every reduction is local."""
+
 from __future__ import annotations
 
 import datetime
@@ -31,8 +32,9 @@ class Processes:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if gpus > 0 and not torch.cuda.is_available():
-            raise RuntimeError(f"the recipe asks for {gpus} GPU(s) but CUDA is not available "
-                               f"(set recipe.gpus: 0 to train on CPU)")
+            raise RuntimeError(
+                f"the recipe asks for {gpus} GPU(s) but CUDA is not available (set recipe.gpus: 0 to train on CPU)"
+            )
         self.cuda = gpus > 0
         self.device = torch.device(f"cuda:{self.local_rank}" if self.cuda else "cpu")
         if self.cuda:

@@ -18,6 +18,7 @@ schedule (Figures 7, 8: no length given) matches our run of the paper's iteratio
 paper gives them (10k images: 60k / 220k; VOC: 18k / 144k), any run of that setting otherwise
 (1k, 3.5k images).
 """
+
 from __future__ import annotations
 
 import math
@@ -88,9 +89,21 @@ def aug_flags(tag: str) -> tuple[bool, bool]:
     return AUG_TAGS[0] in parts, AUG_TAGS[1] in parts
 
 
-def lookup(pub: pd.DataFrame, *, task: str, backbone: str, norm: str, init: str, data: str, metric: str,
-           schedule: str | None = None, best: bool = False, iterations: float | None = None,
-           train_aug: bool = False, test_aug: bool = False) -> float:
+def lookup(
+    pub: pd.DataFrame,
+    *,
+    task: str,
+    backbone: str,
+    norm: str,
+    init: str,
+    data: str,
+    metric: str,
+    schedule: str | None = None,
+    best: bool = False,
+    iterations: float | None = None,
+    train_aug: bool = False,
+    test_aug: bool = False,
+) -> float:
     """The paper's number for one cell, or NaN.
 
     best=True asks for Table 2's 'best' row. Otherwise, in this order:
@@ -100,8 +113,14 @@ def lookup(pub: pd.DataFrame, *, task: str, backbone: str, norm: str, init: str,
     * the exact schedule;
     * a paper row with no schedule (Figures 7, 8): where the paper gives its iterations, only a
       run of that many `iterations` matches (unknown iterations: any)."""
-    m = pub[(pub.task == task) & (pub.backbone == backbone) & (pub.norm == norm) & (pub.init == init)
-            & (pub.data == data) & (pub.metric == metric)]
+    m = pub[
+        (pub.task == task)
+        & (pub.backbone == backbone)
+        & (pub.norm == norm)
+        & (pub.init == init)
+        & (pub.data == data)
+        & (pub.metric == metric)
+    ]
     if m.empty:
         return float("nan")
     if best:
@@ -138,5 +157,17 @@ def join(finals: pd.DataFrame, pub: pd.DataFrame, metric: str, best: bool = Fals
     """For each row of `finals` (one per run: task, backbone, norm, init, data, schedule), the paper's
     value of `metric` (NaN where the paper has none). With best=True every row is matched to
     Table 2's 'best' row (callers pass only the longest schedule per setting)."""
-    return finals.apply(lambda r: lookup(pub, task=r.task, backbone=r.backbone, norm=r.norm, init=r.init,
-                                         data=r.data, metric=metric, schedule=r.schedule, best=best), axis=1)
+    return finals.apply(
+        lambda r: lookup(
+            pub,
+            task=r.task,
+            backbone=r.backbone,
+            norm=r.norm,
+            init=r.init,
+            data=r.data,
+            metric=metric,
+            schedule=r.schedule,
+            best=best,
+        ),
+        axis=1,
+    )

@@ -35,6 +35,7 @@ iteration, to rehearse a diverging run. ``slow``: the named family trains that m
 than its ``seconds_per_iter`` while its walltimes stay as computed from it, to rehearse an estimate
 that is too short (a walltime hit); it changes no result, so no identity.
 """
+
 from __future__ import annotations
 
 import csv
@@ -99,7 +100,9 @@ def spec(cfg: dict, **values) -> dict:
     """A rehearsal job's spec part {"rehearsal": {compression, each of `values` called}} ({} in a
     real campaign, whose specs stay as they were; the values are functions, called only here)."""
     rh = settings(cfg)
-    return {} if rh is None else {"rehearsal": {"compression": rh["compression"], **{k: f() for k, f in values.items()}}}
+    return (
+        {} if rh is None else {"rehearsal": {"compression": rh["compression"], **{k: f() for k, f in values.items()}}}
+    )
 
 
 def training(cfg: dict, seg, recipe: dict, seconds_per_iter: float) -> tuple[dict, int]:
@@ -113,21 +116,25 @@ def training(cfg: dict, seg, recipe: dict, seconds_per_iter: float) -> tuple[dic
         out["diverge_at"] = rh["diverge"][seg.family]
     if seg.family in rh.get("slow", {}):
         out["slow"] = rh["slow"][seg.family]
-    out["stride"] = stride(seg.start, seg.end, recipe["checkpoint_period"], seconds_per_iter * out.get("slow", 1.0),
-                           rh["compression"])
+    out["stride"] = stride(
+        seg.start, seg.end, recipe["checkpoint_period"], seconds_per_iter * out.get("slow", 1.0), rh["compression"]
+    )
     return out, out["stride"] * max(1, seg.iterations // out["stride"] // 10)
 
 
 def banner(rh: dict) -> str:
     """The line every rehearsal job prints first."""
-    return (f"{LABEL}: compression {rh['compression']:g} (simulated seconds / wall seconds); "
-            "no result of this job is a measurement")
+    return (
+        f"{LABEL}: compression {rh['compression']:g} (simulated seconds / wall seconds); "
+        "no result of this job is a measurement"
+    )
 
 
 def in_table(df) -> bool:
     """Whether a metrics table (rethink.collect) holds rehearsal rows."""
-    return "rehearsal" in getattr(df, "columns", ()) and bool(df["rehearsal"].astype(str).str.lower()
-                                                               .isin(["true", "1"]).any())
+    return "rehearsal" in getattr(df, "columns", ()) and bool(
+        df["rehearsal"].astype(str).str.lower().isin(["true", "1"]).any()
+    )
 
 
 # ---------------------------------------------------------------------------- pacing and losses
@@ -159,8 +166,22 @@ def losses_at(iteration: int, iters_per_x: int) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- simulated AP
 FALLBACK = {"bbox": 40.0, "segm": 35.0, "keypoints": 64.0, "voc": 80.0}  # a setting the paper has no number of
-RATIO = {"AP50": 1.55, "AP75": 1.08, "APs": 0.55, "APm": 1.08, "APl": 1.3, "AR1": 0.8, "AR10": 1.25,
-         "AR100": 1.32, "ARs": 0.8, "ARm": 1.4, "ARl": 1.6, "AR": 1.1, "AR50": 1.3, "AR75": 1.15}
+RATIO = {
+    "AP50": 1.55,
+    "AP75": 1.08,
+    "APs": 0.55,
+    "APm": 1.08,
+    "APl": 1.3,
+    "AR1": 0.8,
+    "AR10": 1.25,
+    "AR100": 1.32,
+    "ARs": 0.8,
+    "ARm": 1.4,
+    "ARl": 1.6,
+    "AR": 1.1,
+    "AR50": 1.3,
+    "AR75": 1.15,
+}
 TAU_X = {"random": 1.5, "pretrained": 0.5}  # curve time constant, in multiples of iters_per_x
 TRUNK_FACTOR = 0.85  # before any LR drop the paper's curves sit ~15% below their schedule's end
 
@@ -227,17 +248,24 @@ def evaluation(spec: dict, iou_types, log) -> tuple[dict, dict, float]:
     print(banner(rh), file=log, flush=True)
     meta = checkpoint.metadata(checkpoint.load(spec["checkpoint"]))
     if meta.get("engine") != ENGINE:
-        raise checkpoint.CheckpointError(f"{spec['checkpoint']}: not a rehearsal checkpoint (engine {meta.get('engine')!r}); "
-                              "a rehearsal evaluates only what the rehearsal trained")
+        raise checkpoint.CheckpointError(
+            f"{spec['checkpoint']}: not a rehearsal checkpoint (engine {meta.get('engine')!r}); "
+            "a rehearsal evaluates only what the rehearsal trained"
+        )
     seconds = float(rh["eval_seconds"])
     time.sleep(seconds / rh["compression"])
     run = spec["run"]
     trained = float(meta["iteration"]) * float(rh["seconds_per_iter"])  # simulated training seconds
     meta.update(wall_seconds=trained, device_seconds=trained * max(int(rh["gpus"]), 1), gpus=int(rh["gpus"]))
-    stats = {} if meta.get("diverged") else simulated_stats(
-        run, int(spec["iteration"]), bool(rh.get("trunk")), iou_types)
-    print(f"simulated evaluation: {seconds:.0f} s at full scale, slept {seconds / rh['compression']:.3f} s; "
-          f"AP from rethink.rehearsal.simulated_stats", file=log, flush=True)
+    stats = (
+        {} if meta.get("diverged") else simulated_stats(run, int(spec["iteration"]), bool(rh.get("trunk")), iou_types)
+    )
+    print(
+        f"simulated evaluation: {seconds:.0f} s at full scale, slept {seconds / rh['compression']:.3f} s; "
+        f"AP from rethink.rehearsal.simulated_stats",
+        file=log,
+        flush=True,
+    )
     return meta, stats, seconds
 
 
@@ -250,15 +278,25 @@ def prepare_data(spec: dict) -> dict:
     print(banner(rh), flush=True)
     kind = spec.get("kind")
     if kind in ("classification", "pretrain"):
-        m = {"kind": "classification", "images_file": "rehearsal-no-images", "num_images": int(spec.get("train_size", 1)),
-             "classes": int(spec.get("classes", 1))}
+        m = {
+            "kind": "classification",
+            "images_file": "rehearsal-no-images",
+            "num_images": int(spec.get("train_size", 1)),
+            "classes": int(spec.get("classes", 1)),
+        }
     else:
         train = {"synthetic": spec.get("train_size"), "coco": spec.get("num_images") or 118287, "voc": 16551}.get(kind)
-        m = {"kind": "coco", "source_kind": kind, "categories": [],
-             "train": {"images": "rehearsal-no-images", "annotations": "rehearsal-no-annotations"},
-             "val": {"images": "rehearsal-no-images", "annotations": "rehearsal-no-annotations"},
-             "num_train_images": int(train or 1), "num_val_images": int(rh.get("val_images") or 1),
-             "keypoints": bool(spec.get("keypoints", False)), "masks": kind != "voc"}
+        m = {
+            "kind": "coco",
+            "source_kind": kind,
+            "categories": [],
+            "train": {"images": "rehearsal-no-images", "annotations": "rehearsal-no-annotations"},
+            "val": {"images": "rehearsal-no-images", "annotations": "rehearsal-no-annotations"},
+            "num_train_images": int(train or 1),
+            "num_val_images": int(rh.get("val_images") or 1),
+            "keypoints": bool(spec.get("keypoints", False)),
+            "masks": kind != "voc",
+        }
     m.update(name=spec["name"], rehearsal=True)
     Path(spec["output"]).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(spec["output"], m, indent=1, sort_keys=True)
@@ -273,11 +311,25 @@ def init_weights(spec: dict) -> dict:
 
     rh = spec["rehearsal"]
     print(banner(rh), flush=True)
-    write_json_atomic(spec["output"], {"format": WEIGHTS_FORMAT, "rehearsal": True, "init": spec["init"],
-                                       "backbone": spec["backbone"], "norm": spec["norm"]}, indent=1)
+    write_json_atomic(
+        spec["output"],
+        {
+            "format": WEIGHTS_FORMAT,
+            "rehearsal": True,
+            "init": spec["init"],
+            "backbone": spec["backbone"],
+            "norm": spec["norm"],
+        },
+        indent=1,
+    )
     if "iterations" in spec:  # a pre-training
         n = int(spec["iterations"]) * int(spec["batch"])
-        cost = {"iterations": int(spec["iterations"]), "images": n, "instances": n, "pixels": n * int(spec.get("image_size", 1)) ** 2}
+        cost = {
+            "iterations": int(spec["iterations"]),
+            "images": n,
+            "instances": n,
+            "pixels": n * int(spec.get("image_size", 1)) ** 2,
+        }
     else:
         record = spec.get("cost_record") or {}
         cost = {k: record.get(k) for k in ("iterations", "images", "instances", "pixels")}
@@ -292,7 +344,9 @@ def read_weights(path: str) -> dict:
     try:
         rec = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{path}: not rehearsal weights ({type(e).__name__}); a rehearsal never loads real weights") from None
+        raise ValueError(
+            f"{path}: not rehearsal weights ({type(e).__name__}); a rehearsal never loads real weights"
+        ) from None
     if not isinstance(rec, dict) or rec.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path}: not rehearsal weights (no format {WEIGHTS_FORMAT!r})")
     return rec

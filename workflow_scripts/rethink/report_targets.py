@@ -8,6 +8,7 @@ grid with COCO-subset or VOC runs (a figure is never a text placeholder for runs
 not have). `entries` adds each file's caption and category for `snakemake --report`;
 `final_targets` and `report_entries` are those of one config's plan (the rules ask for them).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -64,12 +65,24 @@ def entries(results: str, captions: str = "report", figure_names=FIGURES) -> lis
     out = []
     for t in TABLES:
         for ext in TABLE_FORMATS:
-            out.append({"path": f"{results}/tables/{t}.{ext}", "category": "Tables", "subcategory": t,
-                        "caption": f"{captions}/table_{t}.rst" if ext == "csv" else None})
+            out.append(
+                {
+                    "path": f"{results}/tables/{t}.{ext}",
+                    "category": "Tables",
+                    "subcategory": t,
+                    "caption": f"{captions}/table_{t}.rst" if ext == "csv" else None,
+                }
+            )
     for f in figure_names:
         for ext in FIGURE_FORMATS:
-            out.append({"path": f"{results}/figures/{f}.{ext}", "category": "Figures", "subcategory": f,
-                        "caption": f"{captions}/figure_{f}.rst" if ext == "png" else None})
+            out.append(
+                {
+                    "path": f"{results}/figures/{f}.{ext}",
+                    "category": "Figures",
+                    "subcategory": f,
+                    "caption": f"{captions}/figure_{f}.rst" if ext == "png" else None,
+                }
+            )
     return out
 
 

@@ -1,7 +1,8 @@
 """What each job asks the scheduler for, and how a training job starts its processes.
 
 GPUs, CPUs and memory per job (or per node), walltime from the plan's iterations and the config's
-seconds_per_iter (training) or from rethink.evalcost (evaluation), and the launcher line: the plain interpreter, torch.distributed.run for several
+seconds_per_iter (training) or from rethink.evalcost (evaluation), and the launcher line: the plain
+interpreter, torch.distributed.run for several
 GPUs, srun + c10d rendezvous for several nodes. The rules pass these to Snakemake (rules/train.smk,
 rules/evaluate.smk); docs/slurm.md says how they map onto SLURM.
 
@@ -9,6 +10,7 @@ A rehearsal (rethink.rehearsal) asks for the same GPUs, CPUs and memory (`reques
 GPU (`request: cpu`), for walltimes divided by its compression plus REHEARSAL_START_MIN, with the
 SIGTERM REHEARSAL_SIGNAL_S before their end, and starts every training job as one process.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -57,7 +59,8 @@ class JobResources:
         return lambda wc: self.launcher(self.segment_of(wc), python)
 
     def launcher(self, seg: Segment, python: str) -> str:
-        """How the training script starts: the interpreter (or the warm one: single()) for one GPU or the CPU; one process per
+        """How the training script starts: the interpreter (or the warm one: single()) for one GPU or the
+        CPU; one process per
         GPU (torch.distributed.run) for several; with `resources.nodes` > 1, one such launcher per
         node through srun, meeting at the job's first node (c10d rendezvous)."""
         gpus = self.plan.run(seg.owner).recipe["gpus"]
@@ -66,10 +69,12 @@ class JobResources:
             return self.single(python)
         python = shlex.quote(python)  # a checkout path may hold spaces or shell characters
         if nodes > 1:
-            return (f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {python} -m torch.distributed.run "
-                    f"--nnodes={nodes} --nproc_per_node={gpus // nodes} --rdzv_backend=c10d "
-                    '--rdzv_id="$SLURM_JOB_ID" '
-                    '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500"')
+            return (
+                f"srun --ntasks-per-node=1 --kill-on-bad-exit=1 {python} -m torch.distributed.run "
+                f"--nnodes={nodes} --nproc_per_node={gpus // nodes} --rdzv_backend=c10d "
+                '--rdzv_id="$SLURM_JOB_ID" '
+                '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500"'
+            )
         return f"{python} -m torch.distributed.run --standalone --nproc_per_node={gpus}"
 
     def single(self, python: str) -> str:
@@ -112,8 +117,11 @@ class JobResources:
             "mem_mb": lambda wc: max(res["min_mem_mb"], res["mem_mb_per_gpu"] * per_node(wc)),
         }
         if multi_node:
-            out.update(nodes=lambda wc: self._nodes(gpus(wc)), tasks=lambda wc: self._nodes(gpus(wc)),
-                       gres=lambda wc: f"gpu:{per_node(wc)}" if gpus(wc) else "")
+            out.update(
+                nodes=lambda wc: self._nodes(gpus(wc)),
+                tasks=lambda wc: self._nodes(gpus(wc)),
+                gres=lambda wc: f"gpu:{per_node(wc)}" if gpus(wc) else "",
+            )
         else:
             out["gpu"] = gpus
         return out
@@ -132,6 +140,7 @@ class JobResources:
         """Per-job resources of an evaluation: `recipe.eval_gpus`, and a walltime of the predicted
         evaluation time (rethink.evalcost: start-up + val images x seconds per image x passes) x
         runtime_margin x attempt, plus 10 minutes."""
+
         def runtime(wc, attempt):
             return self.eval_runtime_min(self._line_run(wc), tta, attempt)
 

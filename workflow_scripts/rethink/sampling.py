@@ -1,6 +1,7 @@
 """Which images make batch i: a function of (seed, i) alone, so a resumed or segmented run sees the
 batches of one that never stopped. Every engine's train stream and the tiny pre-training draw their
 batches here; rethink.loop only consumes them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,8 +42,13 @@ def iteration_loader(ds, start_iter: int, workers: int, seed: int, rank: int = 0
     # its own generator: a DataLoader draws its workers' base seed from the global torch RNG
     # otherwise, which would shift the RNG (RoI sampling) of a resumed run against an unbroken one
     loader = torch.utils.data.DataLoader(
-        ds, sampler=IterationSampler(start_iter), batch_size=None, collate_fn=_identity, num_workers=workers,
-        persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+        ds,
+        sampler=IterationSampler(start_iter),
+        batch_size=None,
+        collate_fn=_identity,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
         timeout=LOADER_TIMEOUT_S if workers > 0 else 0,
         generator=torch.Generator().manual_seed(seed_mix(seed, start_iter, rank)),
     )
@@ -101,7 +107,7 @@ class GroupedBatches:
             raise ValueError(f"batch {self.batch} is not divisible by {world} processes")
         per = self.batch // world
         epoch, k = divmod(int(iteration), self.per_epoch)
-        return [int(i) for i in self._plan(epoch)[k][rank * per:(rank + 1) * per]]
+        return [int(i) for i in self._plan(epoch)[k][rank * per : (rank + 1) * per]]
 
 
 def batch_indices(seed: int, iteration: int, batch: int, n: int, rank: int = 0, world: int = 1) -> list[int]:

@@ -5,6 +5,7 @@ The paper lowers the LR by `drop_factor` at fixed distances from the end of the 
 how the LR of a given iteration is computed; the plan, the training loop and the tests
 all ask it.
 """
+
 from __future__ import annotations
 
 import bisect

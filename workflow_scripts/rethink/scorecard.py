@@ -17,6 +17,7 @@ figures bench/bench_campaign.py prints after a rehearsal and a user reads after 
 - **overhead**: seconds from a training job's start (SLURM's start of the allocation) to its
   first iteration, median and max, in wall seconds (never scaled).
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -26,6 +27,7 @@ from .plan import Plan
 from .resources import seconds_per_iter
 
 FINISHED = ("done", "diverged")  # outcomes of a job that ended with its output
+
 
 def critical_path_s(plan: Plan) -> float:
     """Seconds of the longest chain a run's results wait for: its segments one after another, then
@@ -43,8 +45,9 @@ def work_s(plan: Plan) -> float:
     cfg = plan.grid.config
     total = sum(s.iterations * seconds_per_iter(plan, plan.run(s.owner)) for s in plan.segments.values())
     for milestones, tta in ((plan.milestones, False), (plan.tta_milestones, True)):
-        total += sum(evalcost.seconds(cfg, plan.run(plan.lines[(m.family, m.line)].owner), tta)
-                     for m in milestones.values())
+        total += sum(
+            evalcost.seconds(cfg, plan.run(plan.lines[(m.family, m.line)].owner), tta) for m in milestones.values()
+        )
     return total
 
 
@@ -55,8 +58,10 @@ def unavoidable_iterations(df: pd.DataFrame) -> pd.Series:
     train = df[df["rule"].isin(ledger.TRAIN_RULES) & df["resumed_from"].notna()]
     for _, g in train.groupby(["job", train["identity"].fillna("")], sort=False):
         for a in list(g.index)[:-1]:
-            saved = max(float(df.at[a, "resumed_from"]), float(df.at[a, "last_checkpoint"])
-                        if pd.notna(df.at[a, "last_checkpoint"]) else 0.0)
+            saved = max(
+                float(df.at[a, "resumed_from"]),
+                float(df.at[a, "last_checkpoint"]) if pd.notna(df.at[a, "last_checkpoint"]) else 0.0,
+            )
             out[a] = max(0, int(df.at[a, "iter_reached"] - saved))
     return out
 
@@ -70,18 +75,33 @@ def score(plan: Plan, sim: pd.DataFrame, planned_jobs: int, slots: int, compress
     faults = sim.loc[~ended, "outcome"].value_counts().to_dict()
     wasted = int(ledger.wasted_iterations(sim).sum())
     unavoidable = int(unavoidable_iterations(sim).sum())
-    span_h = float((sim["start"] + sim["elapsed_s"]).max() - sim["start"].min()) * compression / 3600 if len(sim) else 0.0
+    span_h = (
+        float((sim["start"] + sim["elapsed_s"]).max() - sim["start"].min()) * compression / 3600 if len(sim) else 0.0
+    )
     bound_h = max(critical_path_s(plan), work_s(plan) / max(slots, 1)) / 3600.0
     spent = float(sim.loc[sim["rule"].isin(ledger.DEVICE_RULES), "gpu_hours"].sum())
-    planned = sum(s.iterations * seconds_per_iter(plan, plan.run(s.owner)) * max(plan.run(s.owner).recipe["gpus"], 1)
-                  for s in plan.segments.values()) / 3600.0
+    planned = (
+        sum(
+            s.iterations * seconds_per_iter(plan, plan.run(s.owner)) * max(plan.run(s.owner).recipe["gpus"], 1)
+            for s in plan.segments.values()
+        )
+        / 3600.0
+    )
     first = sim.loc[sim["rule"].isin(ledger.TRAIN_RULES), "first_iter_s"].dropna()
     return {
-        "jobs_planned": planned_jobs, "jobs_done": done, "jobs_diverged": diverged, "attempts": len(sim), "faults": faults,
-        "wasted_iterations": wasted, "unavoidable_iterations": unavoidable,
+        "jobs_planned": planned_jobs,
+        "jobs_done": done,
+        "jobs_diverged": diverged,
+        "attempts": len(sim),
+        "faults": faults,
+        "wasted_iterations": wasted,
+        "unavoidable_iterations": unavoidable,
         "waste": (wasted / unavoidable) if unavoidable else (1.0 if wasted == 0 else float("inf")),
-        "makespan_h": span_h, "lower_bound_h": bound_h, "makespan": span_h / bound_h if bound_h else float("nan"),
-        "gpu_hours_spent": spent, "gpu_hours_planned": planned,
+        "makespan_h": span_h,
+        "lower_bound_h": bound_h,
+        "makespan": span_h / bound_h if bound_h else float("nan"),
+        "gpu_hours_spent": spent,
+        "gpu_hours_planned": planned,
         "overhead_median_s": float(first.median()) if len(first) else float("nan"),
         "overhead_max_s": float(first.max()) if len(first) else float("nan"),
     }

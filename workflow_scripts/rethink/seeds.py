@@ -14,6 +14,7 @@ A difference between two settings (random init minus pre-trained) is reported wi
 error of a difference of means, sqrt(s_a^2 / n_a + s_b^2 / n_b), NaN unless both sides have two
 seeds or more (one seed gives no estimate of the spread, and none is invented).
 """
+
 from __future__ import annotations
 
 import math
@@ -88,5 +89,8 @@ def standard_error(sa: float, na: int, sb: float, nb: int) -> float:
 def difference(a, b, stat: str) -> tuple[float, float]:
     """(mean of a - mean of b, its standard error) for two rows of :func:`finals`."""
     return float(a[stat]) - float(b[stat]), standard_error(
-        float(a.get(std_of(stat), math.nan)), int(a.get("n", 1) or 0),
-        float(b.get(std_of(stat), math.nan)), int(b.get("n", 1) or 0))
+        float(a.get(std_of(stat), math.nan)),
+        int(a.get("n", 1) or 0),
+        float(b.get(std_of(stat), math.nan)),
+        int(b.get("n", 1) or 0),
+    )

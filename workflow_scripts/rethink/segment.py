@@ -8,6 +8,7 @@ a diverged run costs the campaign its own GPU time only: the segments after it p
 seconds, its evaluations record ``diverged: true`` (rethink.evaluate), and collect, the tables and
 the report are built with the run shown as diverged, while every other run goes on.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,9 +40,13 @@ def mark_diverged(spec: dict, e: Diverged) -> dict:
         checkpoint.save(spec["output"], checkpoint.diverged_output(spec, e.info))
         marker = os.path.join(spec["resume_dir"], DIVERGED_MARKER) if spec.get("resume_dir") else None
         again = f"delete {spec['output']}" + (f" and {marker}" if marker and os.path.exists(marker) else "")
-        print(f"diverged: {e}; wrote {spec['output']} marked diverged: the run's evaluations record it as "
-              f"diverged and its later segments are not trained (to train this segment again with the same "
-              f"recipe, {again})", file=sys.stderr, flush=True)
+        print(
+            f"diverged: {e}; wrote {spec['output']} marked diverged: the run's evaluations record it as "
+            f"diverged and its later segments are not trained (to train this segment again with the same "
+            f"recipe, {again})",
+            file=sys.stderr,
+            flush=True,
+        )
         row = ledger.current()
         if row is not None:
             row.mark_diverged()

@@ -1,6 +1,7 @@
 """A setting: (task, backbone, norm, data, variant), the key of a table's row group and of a
 figure's panel (rethink.seeds.GROUP); its label, its place in the paper's order, and the inits in
 the paper's order (random first). Shared by rethink.tables, rethink.figures and rethink.claims."""
+
 from __future__ import annotations
 
 import re

@@ -7,6 +7,7 @@ Snakefile's config.yaml), then the `--config` entries, which come from the comma
 command line gives none, from the last profile whose `config:` sets them. An error names the part that
 set the field: the file(s), the command line, or the profile.
 """
+
 from __future__ import annotations
 
 import os

@@ -22,6 +22,7 @@ containers, so a staged file cannot run code. The cost JSON is
 its file name, as torch.hub checks): that file's own cost as torchvision documents it, with
 "cost_basis" saying where the numbers come from (TORCHVISION_MODELS).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,11 +56,17 @@ TORCHVISION_MODELS = {
     "vgg16": {
         "weights": "VGG16_Weights.IMAGENET1K_V1",
         "url": "https://download.pytorch.org/models/vgg16-397923af.pth",
-        "cost": {"iterations": 90 * 5005, "images": 90 * IMAGENET_TRAIN_IMAGES,
-                 "instances": 90 * IMAGENET_TRAIN_IMAGES, "pixels": 90 * IMAGENET_TRAIN_IMAGES * 224 * 224},
-        "cost_basis": ("derived from the recipe torchvision documents for VGG16_Weights.IMAGENET1K_V1 "
-                       "(references/classification#alexnet-and-vgg: 90 epochs of ImageNet-1k, 256 images per "
-                       "iteration, 224x224 crops); torchvision publishes no training log for this file"),
+        "cost": {
+            "iterations": 90 * 5005,
+            "images": 90 * IMAGENET_TRAIN_IMAGES,
+            "instances": 90 * IMAGENET_TRAIN_IMAGES,
+            "pixels": 90 * IMAGENET_TRAIN_IMAGES * 224 * 224,
+        },
+        "cost_basis": (
+            "derived from the recipe torchvision documents for VGG16_Weights.IMAGENET1K_V1 "
+            "(references/classification#alexnet-and-vgg: 90 epochs of ImageNet-1k, 256 images per "
+            "iteration, 224x224 crops); torchvision publishes no training log for this file"
+        ),
     },
 }
 
@@ -77,12 +84,14 @@ class StageError(RuntimeError):
 def resolve_source(source: str) -> tuple[str, str]:
     """("file", local path) or ("url", http(s) URL) for a configured weights source."""
     if source.startswith(DETECTRON2_PREFIX):
-        return "url", DETECTRON2_URL + source[len(DETECTRON2_PREFIX):]
+        return "url", DETECTRON2_URL + source[len(DETECTRON2_PREFIX) :]
     if source.startswith(TORCHVISION_PREFIX):
-        name = source[len(TORCHVISION_PREFIX):]
+        name = source[len(TORCHVISION_PREFIX) :]
         if name not in TORCHVISION_MODELS:
-            raise StageError(f"unknown torchvision model {name!r} in {source!r} (known: "
-                             f"{', '.join(TORCHVISION_PREFIX + n for n in TORCHVISION_MODELS)})")
+            raise StageError(
+                f"unknown torchvision model {name!r} in {source!r} (known: "
+                f"{', '.join(TORCHVISION_PREFIX + n for n in TORCHVISION_MODELS)})"
+            )
         return "url", TORCHVISION_MODELS[name]["url"]
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme in ("http", "https"):
@@ -90,18 +99,25 @@ def resolve_source(source: str) -> tuple[str, str]:
     if parsed.scheme == "file":
         return "file", urllib.request.url2pathname(parsed.path)
     if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
-        raise StageError(f"unsupported URL scheme {parsed.scheme!r} in {source!r} "
-                         f"(use a path, file://, http(s)://, detectron2:// or torchvision://)")
+        raise StageError(
+            f"unsupported URL scheme {parsed.scheme!r} in {source!r} "
+            f"(use a path, file://, http(s)://, detectron2:// or torchvision://)"
+        )
     return "file", source
 
 
 class _WeightsUnpickler(pickle.Unpickler):
     ALLOWED = {
-        ("collections", "OrderedDict"), ("_codecs", "encode"),  # protocol-2 pickles encode bytes so
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),  # protocol-2 pickles encode bytes so
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module, name):
@@ -157,7 +173,7 @@ def load_torch_state_dict(path: str | Path, label: str | None = None) -> dict:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise StageError(f"{label}: a torch file, but not a state dict of tensors (holds a {type(obj).__name__})")
     if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
 
 
@@ -246,8 +262,11 @@ def vgg16_blobs_from_torchvision(state: dict, label: str) -> dict:
     elif missing:
         problems.append(f"missing {', '.join(missing)}")
     if extra:
-        bn = (" (BatchNorm buffers: vgg16_bn? the paper's VGG16 has no BN)"
-              if any(k.startswith("features.") and k.endswith("running_mean") for k in extra) else "")
+        bn = (
+            " (BatchNorm buffers: vgg16_bn? the paper's VGG16 has no BN)"
+            if any(k.startswith("features.") and k.endswith("running_mean") for k in extra)
+            else ""
+        )
         problems.append(f"tensors VGG16 does not have: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}{bn}")
     for tv, c2 in names.items():
         if tv in state and tuple(state[tv].shape) != shapes[c2]:
@@ -262,9 +281,11 @@ def vgg16_blobs_from_torchvision(state: dict, label: str) -> dict:
 def _convert_torch_file(path: str, label: str) -> dict:
     """The staged pickle for a torch file at `path`: {"blobs": caffe VGG16 blobs, "conversion": how}."""
     blobs = vgg16_blobs_from_torchvision(load_torch_state_dict(path, label), label)
-    return {"blobs": blobs,
-            "conversion": "torchvision VGG16 state dict -> caffe VGG16 blobs (rethink.stage): conv1_1 for "
-                          "BGR 0-255 input minus d2config.VGG_CAFFE_MEAN; classifier.6 dropped"}
+    return {
+        "blobs": blobs,
+        "conversion": "torchvision VGG16 state dict -> caffe VGG16 blobs (rethink.stage): conv1_1 for "
+        "BGR 0-255 input minus d2config.VGG_CAFFE_MEAN; classifier.6 dropped",
+    }
 
 
 # ------------------------------------------------------------------ staging
@@ -314,9 +335,11 @@ def stage(spec: dict) -> dict:
     try:
         sha256 = _fetch(kind, where, fd, field)
         published = published_torchvision_model(sha256)
-        if source.startswith(TORCHVISION_PREFIX) and published != source[len(TORCHVISION_PREFIX):]:
-            raise StageError(f"{field}: {where} downloaded with sha256 {sha256}, not the published file's "
-                             f"{_hash_prefix(where)}...: a corrupt or changed download")
+        if source.startswith(TORCHVISION_PREFIX) and published != source[len(TORCHVISION_PREFIX) :]:
+            raise StageError(
+                f"{field}: {where} downloaded with sha256 {sha256}, not the published file's "
+                f"{_hash_prefix(where)}...: a corrupt or changed download"
+            )
         staged = _converted(tmp, converted, spec["backbone"], f"{field}: {source}") if is_torch_file(tmp) else tmp
         try:
             check_weights_pickle(staged)
@@ -352,8 +375,10 @@ def _fetch(kind: str, where: str, fd: int, field: str) -> str:
 def _converted(tmp: str, converted: str, backbone: str, label: str) -> str:
     """A torch file at `tmp` (torchvision's VGG16 only) converted to the staged pickle at `converted`."""
     if backbone != "VGG16":
-        raise StageError(f"{label} is a torch file; staging converts only torchvision's VGG16 "
-                         f"(for VGG16 fields); {backbone} needs detectron2's pickled weights")
+        raise StageError(
+            f"{label} is a torch file; staging converts only torchvision's VGG16 "
+            f"(for VGG16 fields); {backbone} needs detectron2's pickled weights"
+        )
     obj = _convert_torch_file(tmp, label)
     with open(converted, "wb") as f:
         pickle.dump(obj, f, protocol=4)

@@ -2,6 +2,7 @@
 stick-figure persons with COCO's 17 keypoints) as COCO-format splits, and the classification set of
 the tiny pre-training. What they look like: rethink.data's docstring (kind synthetic, classification).
 Image i of a split depends only on (seed, split, i). rethink.data writes the manifests."""
+
 from __future__ import annotations
 
 import math
@@ -16,24 +17,63 @@ from .atomic import write_json_atomic
 
 SHAPES = ["circle", "rectangle", "triangle", "pentagon", "star", "hexagon", "ellipse", "diamond"]
 PALETTE = [  # RGB, one per category id (1-based: PALETTE[k - 1]); categories beyond cycle hues
-    (220, 40, 40), (40, 190, 60), (40, 80, 230), (230, 200, 30), (200, 50, 210), (30, 200, 210),
-    (240, 130, 20), (140, 90, 40), (120, 120, 255), (255, 120, 170), (100, 100, 100), (170, 230, 120),
+    (220, 40, 40),
+    (40, 190, 60),
+    (40, 80, 230),
+    (230, 200, 30),
+    (200, 50, 210),
+    (30, 200, 210),
+    (240, 130, 20),
+    (140, 90, 40),
+    (120, 120, 255),
+    (255, 120, 170),
+    (100, 100, 100),
+    (170, 230, 120),
 ]
 
 KEYPOINT_NAMES = [
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
-    "right_knee", "left_ankle", "right_ankle",
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
 ]
 # COCO's person skeleton (1-based keypoint indices), as in person_keypoints_*.json
 SKELETON = [
-    [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],
-    [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7],
+    [16, 14],
+    [14, 12],
+    [17, 15],
+    [15, 13],
+    [12, 13],
+    [6, 12],
+    [7, 13],
+    [6, 7],
+    [6, 8],
+    [7, 9],
+    [8, 10],
+    [9, 11],
+    [2, 3],
+    [1, 2],
+    [1, 3],
+    [2, 4],
+    [3, 5],
+    [4, 6],
+    [5, 7],
 ]
 _SPLITS = {"train": 0, "val": 1}  # the split's part of an image's seed
 PERSON_COLOR = (210, 150, 110)
-
-
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -121,8 +161,7 @@ def _paint(img: np.ndarray, mask: np.ndarray, color, rng: np.random.Generator) -
 
 def _overlaps(box, boxes, margin=2.0) -> bool:
     x0, y0, x1, y1 = box
-    return any(x0 < b[2] + margin and b[0] < x1 + margin and y0 < b[3] + margin and b[1] < y1 + margin
-               for b in boxes)
+    return any(x0 < b[2] + margin and b[0] < x1 + margin and y0 < b[3] + margin and b[1] < y1 + margin for b in boxes)
 
 
 def _place(rel: np.ndarray, h: int, w: int, rng, taken, tries=25):
@@ -240,9 +279,18 @@ def _synthetic_image(seed: int, split: str, index: int, spec: dict):
 
 def instance_categories(spec: dict) -> list[dict]:
     if spec.get("keypoints"):
-        return [{"id": 1, "name": "person", "supercategory": "person", "keypoints": list(KEYPOINT_NAMES),
-                 "skeleton": [list(s) for s in SKELETON]}]
-    return [{"id": k, "name": category_name(k), "supercategory": "shape"} for k in range(1, int(spec["categories"]) + 1)]
+        return [
+            {
+                "id": 1,
+                "name": "person",
+                "supercategory": "person",
+                "keypoints": list(KEYPOINT_NAMES),
+                "skeleton": [list(s) for s in SKELETON],
+            }
+        ]
+    return [
+        {"id": k, "name": category_name(k), "supercategory": "shape"} for k in range(1, int(spec["categories"]) + 1)
+    ]
 
 
 def make_synthetic_split(spec: dict, split: str, out_dir: Path, version: str) -> tuple[Path, Path, int]:
@@ -264,8 +312,11 @@ def make_synthetic_split(spec: dict, split: str, out_dir: Path, version: str) ->
         for a in objs:
             anns.append({"id": len(anns) + 1, "image_id": image_id, **a})
     coco = {
-        "info": {"description": f"rethink synthetic {'person keypoints' if spec.get('keypoints') else 'shapes'}, "
-                                f"{split}", "seed": seed, "version": version},
+        "info": {
+            "description": f"rethink synthetic {'person keypoints' if spec.get('keypoints') else 'shapes'}, {split}",
+            "seed": seed,
+            "version": version,
+        },
         "licenses": [],
         "images": images,
         "annotations": anns,

@@ -27,6 +27,7 @@ table1 and table2.
 Runs with several seeds: mean ± sample standard deviation over the seeds that did not diverge,
 with n (rethink.seeds); a Δ row's ± is the standard error of the difference.
 """
+
 from __future__ import annotations
 
 import math
@@ -106,12 +107,16 @@ def _groups(fin: pd.DataFrame, pub: pd.DataFrame, kind: str, tasks: set[str] | N
     keys = []
     if not fin.empty:
         for key in fin[GROUP + AUG].drop_duplicates().itertuples(index=False):
-            if kind_of(key.task, key.data, key.train_aug, key.test_aug) == kind and (tasks is None or key.task in tasks):
-                if tuple(key)[:len(GROUP)] not in keys:
-                    keys.append(tuple(key)[:len(GROUP)])
+            if kind_of(key.task, key.data, key.train_aug, key.test_aug) == kind and (
+                tasks is None or key.task in tasks
+            ):
+                if tuple(key)[: len(GROUP)] not in keys:
+                    keys.append(tuple(key)[: len(GROUP)])
     p = pub[pub.source.isin(pub_sources)]
     for r in p.itertuples(index=False):
-        if kind_of(r.task, r.data, *pubmod.aug_flags(r.schedule)) != kind or (tasks is not None and r.task not in tasks):
+        if kind_of(r.task, r.data, *pubmod.aug_flags(r.schedule)) != kind or (
+            tasks is not None and r.task not in tasks
+        ):
             continue
         key = (r.task, r.backbone, r.norm, r.data, "")
         if key not in keys:
@@ -136,21 +141,41 @@ def _cell(row, pub, group, init, metric, schedule=None, best=False, any_schedule
     paper = math.nan
     if not variant:  # a variant is a recipe the paper's row does not describe
         if any_schedule and row is None:
-            m = pub[(pub.task == task) & (pub.backbone == backbone) & (pub.norm == norm) & (pub.init == init)
-                    & (pub.data == data) & (pub.metric == metric)]
+            m = pub[
+                (pub.task == task)
+                & (pub.backbone == backbone)
+                & (pub.norm == norm)
+                & (pub.init == init)
+                & (pub.data == data)
+                & (pub.metric == metric)
+            ]
             paper = float(m.value.iloc[0]) if not m.empty else math.nan
         else:
-            paper = pubmod.lookup(pub, task=task, backbone=backbone, norm=norm, init=init, data=data,
-                                  metric=metric, schedule=row["schedule"] if any_schedule else schedule, best=best,
-                                  iterations=row["iterations"] if any_schedule else None)
+            paper = pubmod.lookup(
+                pub,
+                task=task,
+                backbone=backbone,
+                norm=norm,
+                init=init,
+                data=data,
+                metric=metric,
+                schedule=row["schedule"] if any_schedule else schedule,
+                best=best,
+                iterations=row["iterations"] if any_schedule else None,
+            )
     if row is None:
         return Cell(paper=paper)
     return _ours(row, metric, paper)
 
 
 def _ours(row, metric: str, paper: float) -> Cell:
-    return Cell(ours=float(row[metric]), paper=paper, status=row["status"],
-                std=float(row.get(std_of(metric), math.nan)), n=int(row.get("n", 1) or 1))
+    return Cell(
+        ours=float(row[metric]),
+        paper=paper,
+        status=row["status"],
+        std=float(row.get(std_of(metric), math.nan)),
+        n=int(row.get("n", 1) or 1),
+    )
 
 
 def _longest(sel: pd.DataFrame):
@@ -164,24 +189,36 @@ def _longest(sel: pd.DataFrame):
 
 
 # --------------------------------------------------------------------------- tables
-NOTE_CELLS = (f"Cells: ours (paper, ours {MINUS} paper); {DASH} = no number; \u2020 = run not finished "
-              "(latest milestone shown); diverged = training stopped on a non-finite loss. With several "
-              "seeds: mean \u00b1 sample standard deviation [n = seeds]; on a \u0394 row, \u00b1 is the "
-              "standard error of the difference.")
+NOTE_CELLS = (
+    f"Cells: ours (paper, ours {MINUS} paper); {DASH} = no number; \u2020 = run not finished "
+    "(latest milestone shown); diverged = training stopped on a non-finite loss. With several "
+    "seeds: mean \u00b1 sample standard deviation [n = seeds]; on a \u0394 row, \u00b1 is the "
+    "standard error of the difference."
+)
 
 
 def by_schedule(fin, pub, name, title, kind, metric, pub_sources, tasks=None) -> Table:
     groups = _groups(fin, pub, kind, tasks, pub_sources)
     scheds = set(pub[pub.source.isin(pub_sources) & (pub.metric == metric)].schedule) - {"", "best"}
     if not fin.empty:
-        scheds |= {s for s, t, d in zip(fin.schedule, fin.task, fin.data)
-                   if kind_of(t, d) == kind and (tasks is None or t in tasks)}
+        scheds |= {
+            s
+            for s, t, d in zip(fin.schedule, fin.task, fin.data)
+            if kind_of(t, d) == kind and (tasks is None or t in tasks)
+        }
     scheds = pubmod.sort_schedules(scheds)
     t = Table(name, title, ["setting", "init"], scheds, notes=[NOTE_CELLS])
     for group in groups:
         inits = set(fin[(fin[GROUP] == pd.Series(group, index=GROUP)).all(axis=1)].init) if not fin.empty else set()
-        inits |= set(pub[(pub.task == group[0]) & (pub.backbone == group[1]) & (pub.norm == group[2])
-                         & (pub.data == group[3]) & pub.source.isin(pub_sources)].init)
+        inits |= set(
+            pub[
+                (pub.task == group[0])
+                & (pub.backbone == group[1])
+                & (pub.norm == group[2])
+                & (pub.data == group[3])
+                & pub.source.isin(pub_sources)
+            ].init
+        )
         for init in inits_in_order(inits):
             sel = _select(fin, group, init)
             cells = []
@@ -195,15 +232,29 @@ def by_schedule(fin, pub, name, title, kind, metric, pub_sources, tasks=None) ->
 def table2(fin, pub) -> Table:
     metrics = ["bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75"]
     header = ["AP bbox", "AP50 bbox", "AP75 bbox", "AP mask", "AP50 mask", "AP75 mask"]
-    t = Table("table2", "Table 2: longest schedule per setting, random init vs pre-trained",
-              ["setting", "init", "schedule"], header,
-              notes=[NOTE_CELLS, f"schedule = the longest finished schedule of ours (paper: its 'best', "
-                                 f"the longest it shows); {chr(0x394)} = random {MINUS} pre-trained."])
+    t = Table(
+        "table2",
+        "Table 2: longest schedule per setting, random init vs pre-trained",
+        ["setting", "init", "schedule"],
+        header,
+        notes=[
+            NOTE_CELLS,
+            f"schedule = the longest finished schedule of ours (paper: its 'best', "
+            f"the longest it shows); {chr(0x394)} = random {MINUS} pre-trained.",
+        ],
+    )
     groups = _groups(fin, pub, "main", {"mask_rcnn", "cascade_mask_rcnn"}, ["table2"])
     for group in groups:
         inits = set(fin[(fin[GROUP] == pd.Series(group, index=GROUP)).all(axis=1)].init) if not fin.empty else set()
-        inits |= set(pub[(pub.source == "table2") & (pub.task == group[0]) & (pub.backbone == group[1])
-                         & (pub.norm == group[2]) & (pub.data == group[3])].init)
+        inits |= set(
+            pub[
+                (pub.source == "table2")
+                & (pub.task == group[0])
+                & (pub.backbone == group[1])
+                & (pub.norm == group[2])
+                & (pub.data == group[3])
+            ].init
+        )
         by_init = {}
         for init in inits_in_order(inits):
             row = _longest(_select(fin, group, init))
@@ -216,23 +267,47 @@ def table2(fin, pub) -> Table:
                     continue
                 delta = []
                 for r, p in zip(by_init[RANDOM], cells):
-                    st = "diverged" if "diverged" in (r.status, p.status) else (
-                        "partial" if "partial" in (r.status, p.status) else "")
-                    delta.append(Cell(ours=r.ours - p.ours, paper=r.paper - p.paper, status=st, signed=True,
-                                      std=standard_error(r.std, r.n, p.std, p.n), n=min(r.n, p.n)))
+                    st = (
+                        "diverged"
+                        if "diverged" in (r.status, p.status)
+                        else ("partial" if "partial" in (r.status, p.status) else "")
+                    )
+                    delta.append(
+                        Cell(
+                            ours=r.ours - p.ours,
+                            paper=r.paper - p.paper,
+                            status=st,
+                            signed=True,
+                            std=standard_error(r.std, r.n, p.std, p.n),
+                            n=min(r.n, p.n),
+                        )
+                    )
                 t.rows.append(([setting_label(*group), f"{chr(0x394)} {RANDOM} {MINUS} {init}", ""], delta))
     return t
 
 
 def single_metric(fin, pub, name, title, kind, metric, pub_sources) -> Table:
     """One row per (setting, init): our longest schedule and its number (less data, VOC)."""
-    t = Table(name, title, ["setting", "init", "schedule", "paper iterations"], [metric],
-              notes=[NOTE_CELLS, "schedule = our longest finished schedule; the paper gives iterations, not "
-                                 "schedules, for these experiments."])
+    t = Table(
+        name,
+        title,
+        ["setting", "init", "schedule", "paper iterations"],
+        [metric],
+        notes=[
+            NOTE_CELLS,
+            "schedule = our longest finished schedule; the paper gives iterations, not "
+            "schedules, for these experiments.",
+        ],
+    )
     for group in _groups(fin, pub, kind, None, pub_sources):
         inits = set(fin[(fin[GROUP] == pd.Series(group, index=GROUP)).all(axis=1)].init) if not fin.empty else set()
-        p = pub[(pub.task == group[0]) & (pub.backbone == group[1]) & (pub.norm == group[2])
-                & (pub.data == group[3]) & pub.source.isin(pub_sources)]
+        p = pub[
+            (pub.task == group[0])
+            & (pub.backbone == group[1])
+            & (pub.norm == group[2])
+            & (pub.data == group[3])
+            & pub.source.isin(pub_sources)
+        ]
         inits |= set(p.init)
         for init in inits_in_order(inits):
             row = _longest(_select(fin, group, init))
@@ -250,30 +325,57 @@ def table3(fin, pub) -> Table:
     evaluated with (or without) test-time augmentation, longest schedule first; then our
     enhanced runs the paper has no row for."""
     metrics = ["bbox_AP", "segm_AP"]
-    t = Table("table3", "Table 3: enhanced baselines (train/test augmentation, ResNeXt-152, cascade)",
-              ["model", "init", "schedule", "train aug", "test aug"], ["AP bbox", "AP mask"],
-              notes=[NOTE_CELLS, "train aug = shorter side sampled from [640, 800] in training; test aug = "
-                                 "multi-scale + flip at test time (an evaluation of the same checkpoint)."])
-    mine = fin[[kind_of(r.task, r.data, r.train_aug, r.test_aug) == "enhanced"
-                for r in fin.itertuples(index=False)]] if not fin.empty else fin
+    t = Table(
+        "table3",
+        "Table 3: enhanced baselines (train/test augmentation, ResNeXt-152, cascade)",
+        ["model", "init", "schedule", "train aug", "test aug"],
+        ["AP bbox", "AP mask"],
+        notes=[
+            NOTE_CELLS,
+            "train aug = shorter side sampled from [640, 800] in training; test aug = "
+            "multi-scale + flip at test time (an evaluation of the same checkpoint).",
+        ],
+    )
+    mine = (
+        fin[[kind_of(r.task, r.data, r.train_aug, r.test_aug) == "enhanced" for r in fin.itertuples(index=False)]]
+        if not fin.empty
+        else fin
+    )
     used: set = set()
 
     def add(task, backbone, norm, data, variant, init, train_aug, test_aug, sel):
         row = _longest(sel)
         cells = []
         for m in metrics:
-            paper = pubmod.lookup(pub, task=task, backbone=backbone, norm=norm, init=init, data=data, metric=m,
-                                  schedule=None if row is None else row["schedule"],
-                                  train_aug=train_aug, test_aug=test_aug)
-            cells.append(Cell(paper=paper) if row is None else
-                         _ours(row, m, paper))
+            paper = pubmod.lookup(
+                pub,
+                task=task,
+                backbone=backbone,
+                norm=norm,
+                init=init,
+                data=data,
+                metric=m,
+                schedule=None if row is None else row["schedule"],
+                train_aug=train_aug,
+                test_aug=test_aug,
+            )
+            cells.append(Cell(paper=paper) if row is None else _ours(row, m, paper))
         if row is not None:
             used.add(row.name)
             variant = row["variant"]
         yes = {True: "yes", False: "no"}
-        t.rows.append(([setting_label(task, backbone, norm, data, variant), init,
-                        row["schedule"] if row is not None else DASH, yes[bool(train_aug)], yes[bool(test_aug)]],
-                       cells))
+        t.rows.append(
+            (
+                [
+                    setting_label(task, backbone, norm, data, variant),
+                    init,
+                    row["schedule"] if row is not None else DASH,
+                    yes[bool(train_aug)],
+                    yes[bool(test_aug)],
+                ],
+                cells,
+            )
+        )
 
     p = pub[pub.source == "table3"]
     for key, _ in p.groupby(["task", "backbone", "norm", "init", "data", "schedule"], sort=False):
@@ -281,9 +383,16 @@ def table3(fin, pub) -> Table:
         train_aug, test_aug = pubmod.aug_flags(tag)
         sel = mine
         if not sel.empty:
-            sel = sel[(sel.task == task) & (sel.backbone == backbone) & (sel.norm == norm) & (sel.init == init)
-                      & (sel.data == data) & (sel.train_aug == train_aug) & (sel.test_aug == test_aug)
-                      & ~sel.index.isin(used)]
+            sel = sel[
+                (sel.task == task)
+                & (sel.backbone == backbone)
+                & (sel.norm == norm)
+                & (sel.init == init)
+                & (sel.data == data)
+                & (sel.train_aug == train_aug)
+                & (sel.test_aug == test_aug)
+                & ~sel.index.isin(used)
+            ]
         add(task, backbone, norm, data, "", init, train_aug, test_aug, sel)
     if not mine.empty:
         rest = mine[~mine.index.isin(used)]
@@ -307,14 +416,30 @@ def build_all(df: pd.DataFrame, pub: pd.DataFrame) -> dict[str, Table]:
 def _build_all(df: pd.DataFrame, pub: pd.DataFrame) -> dict[str, Table]:
     fin = finals(df)
     return {
-        "table1": by_schedule(fin, pub, "table1", "Table 1: bbox AP by schedule, random init vs pre-trained",
-                              "main", "bbox_AP", ["table1"], tasks={"mask_rcnn", "cascade_mask_rcnn", "faster_rcnn"}),
+        "table1": by_schedule(
+            fin,
+            pub,
+            "table1",
+            "Table 1: bbox AP by schedule, random init vs pre-trained",
+            "main",
+            "bbox_AP",
+            ["table1"],
+            tasks={"mask_rcnn", "cascade_mask_rcnn", "faster_rcnn"},
+        ),
         "table2": table2(fin, pub),
         "table3": table3(fin, pub),
-        "keypoints": by_schedule(fin, pub, "keypoints", "Keypoint AP by schedule (paper Figure 6)",
-                                 "keypoints", "keypoints_AP", ["figure6"]),
-        "less_data": single_metric(fin, pub, "less_data", "Less data: bbox AP with 35k/10k/3.5k/1k COCO images "
-                                   "(paper Figures 7, 8)", "less_data", "bbox_AP", ["figure7", "figure8"]),
+        "keypoints": by_schedule(
+            fin, pub, "keypoints", "Keypoint AP by schedule (paper Figure 6)", "keypoints", "keypoints_AP", ["figure6"]
+        ),
+        "less_data": single_metric(
+            fin,
+            pub,
+            "less_data",
+            "Less data: bbox AP with 35k/10k/3.5k/1k COCO images (paper Figures 7, 8)",
+            "less_data",
+            "bbox_AP",
+            ["figure7", "figure8"],
+        ),
         "voc": single_metric(fin, pub, "voc", "PASCAL VOC: AP50 (paper Figure 8)", "voc", "voc_AP50", ["figure8"]),
     }
 
@@ -332,16 +457,31 @@ def to_markdown(t: Table) -> str:
 
 
 def _tex_escape(s: str) -> str:
-    for a, b in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 (MINUS, "$-$"), (DASH, "---"), ("\u00b1", r"$\pm$"), ("\u2020", r"$^\dagger$"), (chr(0x394), r"$\Delta$")]:
+    for a, b in [
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        (MINUS, "$-$"),
+        (DASH, "---"),
+        ("\u00b1", r"$\pm$"),
+        ("\u2020", r"$^\dagger$"),
+        (chr(0x394), r"$\Delta$"),
+    ]:
         s = s.replace(a, b)
     return s
 
 
 def to_latex(t: Table) -> str:
     head = t.label_header + t.header
-    out = [f"% {t.title}", r"\begin{tabular}{" + "l" * len(t.label_header) + "c" * len(t.header) + "}",
-           r"\toprule", " & ".join(_tex_escape(h) for h in head) + r" \\", r"\midrule"]
+    out = [
+        f"% {t.title}",
+        r"\begin{tabular}{" + "l" * len(t.label_header) + "c" * len(t.header) + "}",
+        r"\toprule",
+        " & ".join(_tex_escape(h) for h in head) + r" \\",
+        r"\midrule",
+    ]
     if t.rehearsal:
         out.insert(3, rf"\multicolumn{{{len(head)}}}{{l}}{{REHEARSAL (simulated, not measured)}} \\")
     for labels, cells in t.rows:
@@ -355,8 +495,19 @@ def to_frame(t: Table) -> pd.DataFrame:
     recs = []
     for labels, cells in t.rows:
         for col, c in zip(t.header, cells):
-            recs.append({**dict(zip(t.label_header, labels)), "column": col, "ours": c.ours, "std": c.std,
-                         "n": c.n, "paper": c.paper, "diff": c.diff, "status": c.status, "cell": c.text(minus="-")})
+            recs.append(
+                {
+                    **dict(zip(t.label_header, labels)),
+                    "column": col,
+                    "ours": c.ours,
+                    "std": c.std,
+                    "n": c.n,
+                    "paper": c.paper,
+                    "diff": c.diff,
+                    "status": c.status,
+                    "cell": c.text(minus="-"),
+                }
+            )
     df = pd.DataFrame(recs, columns=t.label_header + ["column", "ours", "std", "n", "paper", "diff", "status", "cell"])
     if t.rehearsal:
         df["rehearsal"] = True

@@ -3,6 +3,7 @@ coloured by how it ended, one lane per run (training attempts full height, evalu
 bar inside the lane), jobs of no run (data, pre-training, collect, report) in a lane of their own,
 as Nextflow's -with-timeline. Drawn from the ledger (rethink.ledger.frame) with one `barh` call
 per outcome, so 1,470 attempts draw in a second or two (bench/bench_ledger.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,17 @@ import pandas as pd
 
 from .atomic import atomic_file
 
-COLOURS = {"done": "#4c9a2a", "running": "#1f77b4", "pre-empted": "#ff7f0e", "timed out": "#d62728",
-           "node failure": "#8c564b", "killed": "#9467bd", "interrupted": "#bcbd22", "failed": "#e377c2",
-           "diverged": "#000000"}
+COLOURS = {
+    "done": "#4c9a2a",
+    "running": "#1f77b4",
+    "pre-empted": "#ff7f0e",
+    "timed out": "#d62728",
+    "node failure": "#8c564b",
+    "killed": "#9467bd",
+    "interrupted": "#bcbd22",
+    "failed": "#e377c2",
+    "diverged": "#000000",
+}
 OTHER = "(jobs of no run)"
 
 
@@ -38,8 +47,16 @@ def draw(df: pd.DataFrame, out, title: str = "Campaign timeline") -> str:
         for evals, height in ((False, 0.8), (True, 0.35)):
             sel = (df["outcome"] == outcome) & (is_eval == evals)
             if sel.any():
-                ax.barh(y[sel], width[sel], left=left[sel], height=height, color=colour, edgecolor="white", linewidth=0.4,
-                        label=outcome if not evals or not ((df["outcome"] == outcome) & ~is_eval).any() else None)
+                ax.barh(
+                    y[sel],
+                    width[sel],
+                    left=left[sel],
+                    height=height,
+                    color=colour,
+                    edgecolor="white",
+                    linewidth=0.4,
+                    label=outcome if not evals or not ((df["outcome"] == outcome) & ~is_eval).any() else None,
+                )
     ax.set_yticks(range(len(lanes)), lanes, fontsize=6 if len(lanes) > 30 else 8)
     ax.invert_yaxis()
     ax.set_xlabel(f"{unit} since the first job started (evaluations: thin bars)")

@@ -37,6 +37,7 @@ objects are background), and an annotation of an unknown image. Either way the r
 every problem kind (PROBLEMS), its first EXAMPLES examples (image id, file, field, message), what
 was dropped and how many ids were renumbered; one summary line goes to the job log.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -78,7 +79,7 @@ PROBLEMS = {
     "polygon_malformed": "a polygon is not a list of an even number >= 6 of finite numbers",
     "polygon_outside": "a polygon point lies past the image (beyond the bbox tolerance)",
     "rle_malformed": "an RLE's counts is not a string or list of integers whose runs cover the image, or its size "
-                     "is not the image's [h, w]",
+    "is not the image's [h, w]",
 }
 
 
@@ -145,21 +146,34 @@ class Split:
         by_id: dict = {}
         for i, im in enumerate(images):
             if not isinstance(im, dict) or not is_int(im.get("id")):
-                self.add("image_record", None, f"images[{i}].id", f"{im.get('id') if isinstance(im, dict) else im!r} "
-                         f"is not an integer id")
+                self.add(
+                    "image_record",
+                    None,
+                    f"images[{i}].id",
+                    f"{im.get('id') if isinstance(im, dict) else im!r} is not an integer id",
+                )
                 self.bad_images.add(("index", i))
                 continue
             bad = [k for k in ("width", "height") if not (is_int(im.get(k)) and im[k] > 0)]
             if not isinstance(im.get("file_name"), str) or not im["file_name"]:
                 bad.insert(0, "file_name")
             if im["id"] in by_id:
-                self.add("image_id_duplicate", im, "id", f"id {im['id']} is also the id of {by_id[im['id']].get('file_name')}")
+                self.add(
+                    "image_id_duplicate",
+                    im,
+                    "id",
+                    f"id {im['id']} is also the id of {by_id[im['id']].get('file_name')}",
+                )
                 self.bad_images.add(im["id"])
                 continue
             by_id[im["id"]] = im
             for k in bad:
-                self.add("image_record", im, k, f"{im.get(k)!r} is not a "
-                         + ("file name" if k == "file_name" else "positive integer"))
+                self.add(
+                    "image_record",
+                    im,
+                    k,
+                    f"{im.get(k)!r} is not a " + ("file name" if k == "file_name" else "positive integer"),
+                )
             if bad:
                 self.bad_images.add(im["id"])
         self._check_headers([im for iid, im in by_id.items() if iid not in self.bad_images])
@@ -201,14 +215,21 @@ class Split:
                 self.rotated += orientation in SWAPS_SIDES
                 if (w, h) != (im["width"], im["height"]):
                     turned = f" after EXIF orientation {orientation}" if orientation != 1 else ""
-                    self.add("image_size_mismatch", im, "width/height",
-                             f"the file is {w}x{h}{turned}, the record says width {im['width']}, height {im['height']}")
+                    self.add(
+                        "image_size_mismatch",
+                        im,
+                        "width/height",
+                        f"the file is {w}x{h}{turned}, the record says width {im['width']}, height {im['height']}",
+                    )
                     self.bad_images.add(im["id"])
 
     def cleaned(self) -> tuple[dict, dict]:
         """(the split without what is bad, renumbered if needed; counts of what was dropped)."""
-        images = [im for i, im in enumerate(self.coco["images"])
-                  if ("index", i) not in self.bad_images and not (isinstance(im, dict) and im.get("id") in self.bad_images)]
+        images = [
+            im
+            for i, im in enumerate(self.coco["images"])
+            if ("index", i) not in self.bad_images and not (isinstance(im, dict) and im.get("id") in self.bad_images)
+        ]
         # a duplicate id drops both records: which of them the annotations meant is unknown
         kept = {im["id"] for im in images}
         anns = [a for j, a in enumerate(self.coco["annotations"]) if j not in self.bad_anns and a["image_id"] in kept]
@@ -217,16 +238,24 @@ class Split:
             self.renumbered = len(anns)
         if self.crowd_filled:
             anns = [a if "iscrowd" in a else {**a, "iscrowd": 0} for a in anns]
-        dropped = {"images": len(self.coco["images"]) - len(images),
-                   "annotations": len(self.coco["annotations"]) - len(anns)}
+        dropped = {
+            "images": len(self.coco["images"]) - len(images),
+            "annotations": len(self.coco["annotations"]) - len(anns),
+        }
         return {**self.coco, "images": images, "annotations": anns}, dropped
 
     def report(self, dropped: dict) -> dict:
-        return {"annotations_file": self.ann_path, "images_dir": str(self.images_dir),
-                "images": len(self.coco["images"]), "annotations": len(self.coco["annotations"]),
-                "problems": {k: {"count": self.counts[k], "examples": self.examples[k]} for k in sorted(self.counts)},
-                "dropped": dropped, "renumbered_annotation_ids": self.renumbered, "exif_rotated_images": self.rotated,
-                "iscrowd_filled": self.crowd_filled}
+        return {
+            "annotations_file": self.ann_path,
+            "images_dir": str(self.images_dir),
+            "images": len(self.coco["images"]),
+            "annotations": len(self.coco["annotations"]),
+            "problems": {k: {"count": self.counts[k], "examples": self.examples[k]} for k in sorted(self.counts)},
+            "dropped": dropped,
+            "renumbered_annotation_ids": self.renumbered,
+            "exif_rotated_images": self.rotated,
+            "iscrowd_filled": self.crowd_filled,
+        }
 
 
 def validate(name: str, splits: dict, categories: list, on_bad_data: str, out_dir, masks: bool | None = None):
@@ -263,26 +292,37 @@ def validate(name: str, splits: dict, categories: list, on_bad_data: str, out_di
             changed = bool(s.renumber or s.crowd_filled or dropped["images"] or dropped["annotations"])
             out[split] = (cleaned if changed else s.coco, changed)
         reports[split] = s.report(dropped)
-    report = {"dataset": name, "on_bad_data": on_bad_data, "masks": bool(masks), "problem_kinds": PROBLEMS,
-              "splits": reports}
+    report = {
+        "dataset": name,
+        "on_bad_data": on_bad_data,
+        "masks": bool(masks),
+        "problem_kinds": PROBLEMS,
+        "splits": reports,
+    }
     write_json_atomic(Path(out_dir) / REPORT, report, indent=1, sort_keys=True)
     print(f"prepare_data: {name}: validation: {summary(report)} (report {Path(out_dir) / REPORT})", flush=True)
     emptied = [s for s in checked.values() if s.coco["images"] and not out[s.name][0]["images"]]
     if emptied:
-        raise DatasetError(f"{emptied[0].ann_path}: on_bad_data skip dropped every one of its "
-                           f"{len(emptied[0].coco['images'])} images (see {Path(out_dir) / REPORT})")
+        raise DatasetError(
+            f"{emptied[0].ann_path}: on_bad_data skip dropped every one of its "
+            f"{len(emptied[0].coco['images'])} images (see {Path(out_dir) / REPORT})"
+        )
     bad = [s for s in checked.values() if s.counts]
     if bad and on_bad_data == "error":
         counts = "; ".join(f"{s.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(s.counts.items())) for s in bad)
-        raise DatasetError(f"{bad[0].first} ({counts}; every problem is in {Path(out_dir) / REPORT}; "
-                           f"fix the data, or set datasets.{name}.on_bad_data: skip to drop the bad images)")
+        raise DatasetError(
+            f"{bad[0].first} ({counts}; every problem is in {Path(out_dir) / REPORT}; "
+            f"fix the data, or set datasets.{name}.on_bad_data: skip to drop the bad images)"
+        )
     return out, bool(masks)
 
 
 def _check_categories(categories, ann_path) -> None:
     """A list of mappings with integer ids, each given once; raises DatasetError naming the file."""
     if not isinstance(categories, list):
-        raise DatasetError(f"{ann_path}: categories: {type(categories).__name__} {str(categories)[:60]!r} is not a list")
+        raise DatasetError(
+            f"{ann_path}: categories: {type(categories).__name__} {str(categories)[:60]!r} is not a list"
+        )
     for i, c in enumerate(categories):
         if not (isinstance(c, dict) and is_int(c.get("id"))):
             raise DatasetError(f"{ann_path}: categories[{i}]: {str(c)[:80]} has no integer id")

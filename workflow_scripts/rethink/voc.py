@@ -1,6 +1,7 @@
 """PASCAL VOC XML -> COCO JSON, for the voc kind of dataset (rethink.data, whose docstring says how):
 boxes only, the 20 VOC classes in VOC_CLASSES order as ids 1..20, boxes as detectron2's VOC loader
 reads them, difficult objects kept with ``difficult: 1``."""
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -9,8 +10,25 @@ from pathlib import Path
 from .validate_data import DatasetError
 
 VOC_CLASSES = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
     "tvmonitor",
 ]
 
@@ -41,8 +59,15 @@ def voc_as_coco(root: Path, entries, field: str, version: str) -> dict:
             if size is None:
                 raise DatasetError(f"{field}: {xml_path}: no <size>")
             image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": f"{year}/JPEGImages/{vid}.jpg", "voc_id": f"{year}/{vid}",
-                           "width": int(size.findtext("width")), "height": int(size.findtext("height"))})
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": f"{year}/JPEGImages/{vid}.jpg",
+                    "voc_id": f"{year}/{vid}",
+                    "width": int(size.findtext("width")),
+                    "height": int(size.findtext("height")),
+                }
+            )
             for obj in tree.findall("object"):
                 cls = (obj.findtext("name") or "").strip()
                 if cls not in VOC_CLASSES:
@@ -52,8 +77,22 @@ def voc_as_coco(root: Path, entries, field: str, version: str) -> dict:
                 x0, y0 = x0 - 1.0, y0 - 1.0  # detectron2's VOC loader: 1-based inclusive -> 0-based
                 w, h = x1 - x0, y1 - y0
                 difficult = int(obj.findtext("difficult") or 0)
-                anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": VOC_CLASSES.index(cls) + 1,
-                             "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 0, "difficult": difficult})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": image_id,
+                        "category_id": VOC_CLASSES.index(cls) + 1,
+                        "bbox": [x0, y0, w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                        "difficult": difficult,
+                    }
+                )
     cats = [{"id": i + 1, "name": c, "supercategory": "voc"} for i, c in enumerate(VOC_CLASSES)]
-    return {"info": {"description": f"PASCAL VOC {entries} as COCO (boxes only)", "version": version},
-            "licenses": [], "images": images, "annotations": anns, "categories": cats}
+    return {
+        "info": {"description": f"PASCAL VOC {entries} as COCO (boxes only)", "version": version},
+        "licenses": [],
+        "images": images,
+        "annotations": anns,
+        "categories": cats,
+    }

@@ -34,6 +34,7 @@ augmentation sizes). Outside engines/, the workflow reaches an engine through ge
 both build alike through shared.py, with two stated exceptions (tests/test_module_graph.py); no
 engine imports another's modules. Importing this package (or shared.py) imports no torch.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,8 +51,9 @@ class Engine(Protocol):
     """Every engine's methods. An engine refuses what it cannot do with an error naming the run (or
     the file)."""
 
-    def build_model(self, run: dict, device: torch.device | str, distributed: bool = False,
-                    dataset: dict | None = None) -> torch.nn.Module:
+    def build_model(
+        self, run: dict, device: torch.device | str, distributed: bool = False, dataset: dict | None = None
+    ) -> torch.nn.Module:
         """The run's model, randomly initialised as detectron2 does it (MSRA fill; nothing frozen from
         scratch), on `device`. `distributed`: several processes will train it (the loop wraps it in
         DDP itself). `dataset`: the manifest, for the number of categories (and keypoints). Norm

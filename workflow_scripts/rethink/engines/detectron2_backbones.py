@@ -14,6 +14,7 @@ restricted unpickler (rethink.stage.check_weights_pickle); the workflow's own pr
 (torchvision names) renamed into detectron2's ResNet (load_torchvision_resnet).
 detectron2 is imported inside the functions, so this module imports without it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -122,8 +123,10 @@ def load_vgg16_pkl(model, path: str, run: dict) -> int:
     if not isinstance(data, dict):
         raise RuntimeError(f"{path}: not a dict of VGG16 blobs (got {type(data).__name__})")
     if not any(k in data for k in _vgg16_pkl_names() if k.startswith("conv")):
-        raise RuntimeError(f"{path}: no backbone weight of run {run.get('run_id', '?')} was loaded from it "
-                           f"(not caffe VGG16 blobs conv1_1_w ... conv5_3_b?)")
+        raise RuntimeError(
+            f"{path}: no backbone weight of run {run.get('run_id', '?')} was loaded from it "
+            f"(not caffe VGG16 blobs conv1_1_w ... conv5_3_b?)"
+        )
     state = model.state_dict()
     loaded = 0
     with torch.no_grad():
@@ -132,8 +135,10 @@ def load_vgg16_pkl(model, path: str, run: dict) -> int:
                 continue
             value = torch.as_tensor(np.asarray(data[c2]))
             if tuple(value.shape) != tuple(state[d2].shape):
-                raise RuntimeError(f"{path}: {c2} has shape {tuple(value.shape)}, {d2} of run "
-                                   f"{run.get('run_id', '?')} needs {tuple(state[d2].shape)}")
+                raise RuntimeError(
+                    f"{path}: {c2} has shape {tuple(value.shape)}, {d2} of run "
+                    f"{run.get('run_id', '?')} needs {tuple(state[d2].shape)}"
+                )
             state[d2].copy_(value.to(state[d2].dtype))
             loaded += 1
     return loaded
@@ -151,7 +156,8 @@ def load_torchvision_resnet(bottom_up, path: str, run: dict) -> int:
     target = bottom_up.state_dict()
     problems = fit_problems(state, target)
     if problems:
-        raise CheckpointError(f"{who}: weights do not fit detectron2's {run['backbone']}-{run['norm']}: "
-                              f"{first_problems(problems)}")
+        raise CheckpointError(
+            f"{who}: weights do not fit detectron2's {run['backbone']}-{run['norm']}: {first_problems(problems)}"
+        )
     bottom_up.load_state_dict(state, strict=False)  # fit_problems checked every key but the BN counters
     return sum(k in target for k in state)

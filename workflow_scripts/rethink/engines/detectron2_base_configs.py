@@ -5,6 +5,7 @@ Transcribed data (and norm_fields, the four norm keys): rethink.engines.detectro
 run against them; tests/test_detectron2_config.py (tests/test_detectron2_engine.py with detectron2)
 checks them.
 """
+
 from __future__ import annotations
 
 from .shared import TEST_AUG_MAX_SIZE, TEST_AUG_MIN_SIZES
@@ -56,8 +57,12 @@ _COMMON = {
 
 
 def norm_fields(norm: str) -> dict:
-    return {"MODEL.RESNETS.NORM": norm, "MODEL.FPN.NORM": norm, "MODEL.ROI_BOX_HEAD.NORM": norm,
-            "MODEL.ROI_MASK_HEAD.NORM": norm}
+    return {
+        "MODEL.RESNETS.NORM": norm,
+        "MODEL.FPN.NORM": norm,
+        "MODEL.ROI_BOX_HEAD.NORM": norm,
+        "MODEL.ROI_MASK_HEAD.NORM": norm,
+    }
 
 
 # Key fields of the base configs, as get_cfg() + merge_from_file() resolves them at DETECTRON2_COMMIT
@@ -65,20 +70,23 @@ def norm_fields(norm: str) -> dict:
 # Fields the translation sets beyond these keep detectron2's defaults (listed in DEFAULTS).
 BASE_CONFIGS: dict[str, dict] = {
     GN_PRETRAINED: {
-        **_COMMON, **norm_fields("GN"),
+        **_COMMON,
+        **norm_fields("GN"),
         "MODEL.WEIGHTS": "catalog://ImageNetPretrained/FAIR/R-50-GN",
         "MODEL.RESNETS.STRIDE_IN_1X1": False,
         "TEST.PRECISE_BN.ENABLED": False,
     },
     GN_SCRATCH: {
-        **_COMMON, **norm_fields("GN"),
+        **_COMMON,
+        **norm_fields("GN"),
         "MODEL.WEIGHTS": "",
         "MODEL.BACKBONE.FREEZE_AT": 0,
         "MODEL.RESNETS.STRIDE_IN_1X1": False,
         "TEST.PRECISE_BN.ENABLED": False,
     },
     SYNCBN: {
-        **_COMMON, **norm_fields("SyncBN"),
+        **_COMMON,
+        **norm_fields("SyncBN"),
         "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
         "MODEL.RESNETS.STRIDE_IN_1X1": True,
         "TEST.PRECISE_BN.ENABLED": True,
@@ -147,8 +155,11 @@ DEFAULTS = {
     # 3 stages matching at IoU 0.5 / 0.6 / 0.7 (the first must equal IOU_THRESHOLDS[0]), each
     # stage's box deltas scaled by its weights (Cai & Vasconcelos)
     "MODEL.ROI_BOX_CASCADE_HEAD.IOUS": [0.5, 0.6, 0.7],
-    "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS": [[10.0, 10.0, 5.0, 5.0], [20.0, 20.0, 10.0, 10.0],
-                                                    [30.0, 30.0, 15.0, 15.0]],
+    "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS": [
+        [10.0, 10.0, 5.0, 5.0],
+        [20.0, 20.0, 10.0, 10.0],
+        [30.0, 30.0, 15.0, 15.0],
+    ],
     "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS": 17,
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN": 2000,
     "MODEL.RPN.PRE_NMS_TOPK_TEST": 1000,

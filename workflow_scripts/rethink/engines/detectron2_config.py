@@ -39,6 +39,7 @@ from detectron2 commit 02b5c4e in rethink.engines.detectron2_base_configs, updat
 :func:`overrides`), so the translation is checkable without detectron2; the detectron2 engine builds
 the real CfgNode from the same overrides.
 """
+
 from __future__ import annotations
 
 import copy
@@ -83,8 +84,12 @@ BACKBONES = {
     "R50": {"MODEL.RESNETS.DEPTH": 50},
     "R101": {"MODEL.RESNETS.DEPTH": 101},
     # ResNeXt-152 32x8d (a C2 model: stride in the 3x3 conv)
-    "X152": {"MODEL.RESNETS.DEPTH": 152, "MODEL.RESNETS.NUM_GROUPS": 32, "MODEL.RESNETS.WIDTH_PER_GROUP": 8,
-             "MODEL.RESNETS.STRIDE_IN_1X1": False},
+    "X152": {
+        "MODEL.RESNETS.DEPTH": 152,
+        "MODEL.RESNETS.NUM_GROUPS": 32,
+        "MODEL.RESNETS.WIDTH_PER_GROUP": 8,
+        "MODEL.RESNETS.STRIDE_IN_1X1": False,
+    },
 }
 
 # the project's norm names -> detectron2's get_norm() names
@@ -160,8 +165,10 @@ def _schedule_fields(schedule) -> dict:
     if schedule is None:
         return {}
     if not isinstance(schedule, dict):  # rethink.schedule.Schedule
-        schedule = {k: getattr(schedule, k) for k in
-                    ("iterations", "base_lr", "lr_drops", "drop_factor", "warmup_iters", "warmup_factor")}
+        schedule = {
+            k: getattr(schedule, k)
+            for k in ("iterations", "base_lr", "lr_drops", "drop_factor", "warmup_iters", "warmup_factor")
+        }
     return {
         "SOLVER.BASE_LR": float(schedule["base_lr"]),
         "SOLVER.STEPS": [int(s) for s in schedule["lr_drops"]],
@@ -205,8 +212,9 @@ def overrides(run: dict, schedule=None, weights: str | None = None, dataset: dic
     _check(run)
     recipe = run["recipe"]
     if is_random_init(run) and weights:
-        raise D2ConfigError(f"run {run.get('run_id', '?')}: init {run['init']!r} is random, but weights {weights!r} "
-                            "were given")
+        raise D2ConfigError(
+            f"run {run.get('run_id', '?')}: init {run['init']!r} is random, but weights {weights!r} were given"
+        )
     out: dict = {}
     out.update(norm_fields(NORMS[run["norm"]]))
     out.update(_init_fields(run, weights))
@@ -257,15 +265,21 @@ def _resnet_fields(run: dict) -> dict:
     """The ResNet(-Xt) of the run's backbone and the FPN width, which the RPN and the RoI heads'
     convs share (recipe.head_channels; 256: detectron2's defaults)."""
     width = int(run["recipe"]["head_channels"])
-    return {**BACKBONES[run["backbone"]], "MODEL.FPN.OUT_CHANNELS": width, "MODEL.ROI_BOX_HEAD.CONV_DIM": width,
-            "MODEL.ROI_MASK_HEAD.CONV_DIM": width}
+    return {
+        **BACKBONES[run["backbone"]],
+        "MODEL.FPN.OUT_CHANNELS": width,
+        "MODEL.ROI_BOX_HEAD.CONV_DIM": width,
+        "MODEL.ROI_MASK_HEAD.CONV_DIM": width,
+    }
 
 
 def _task_fields(run: dict, dataset: dict | None) -> dict:
     """The heads of the recipe's task and the number of classes (the dataset's; 1 for keypoints)."""
     task = run["recipe"].get("task", "mask_rcnn")
-    out: dict = {"MODEL.MASK_ON": task in ("mask_rcnn", "cascade_mask_rcnn"),
-                 "MODEL.KEYPOINT_ON": task == "keypoint_rcnn"}
+    out: dict = {
+        "MODEL.MASK_ON": task in ("mask_rcnn", "cascade_mask_rcnn"),
+        "MODEL.KEYPOINT_ON": task == "keypoint_rcnn",
+    }
     if task == "cascade_mask_rcnn":
         out["MODEL.ROI_HEADS.NAME"] = "CascadeROIHeads"
         out["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"] = True

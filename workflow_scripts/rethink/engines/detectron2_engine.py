@@ -14,7 +14,8 @@ What each interface method does (see rethink/engines/__init__.py):
   built on the CPU under a fork of the RNG seeded with the run's seed (detectron2's own init:
   MSRA fill, nothing frozen for scratch; ImageNet runs freeze stem + res2, FREEZE_AT 2, as
   detectron2's configs), then moved to `device`. `dataset` (the manifest) gives the number of
-  classes (COCO's 80 without it). The CfgNode rides along as model.rethink_cfg. Norm "SyncBN" is torch's SyncBatchNorm (detectron2's "SyncBN") on
+  classes (COCO's 80 without it). The CfgNode rides along as model.rethink_cfg. Norm "SyncBN" is torch's
+  SyncBatchNorm (detectron2's "SyncBN") on
   GPU and detectron2's NaiveSyncBatchNorm ("naiveSyncBN_N": works with gloo, allows different
   batch sizes per process, as the RoI heads have) on CPU.
 * load_init_weights: the workflow's own pre-training (init kind pretrain: torchvision-named
@@ -48,6 +49,7 @@ engines/detectron2_backbones.py.
   dicts with detectron2's instances_to_coco_json (category ids mapped back to the dataset's);
   with several processes each predicts its share and all get the whole list.
 """
+
 from __future__ import annotations
 
 import logging
@@ -137,7 +139,9 @@ def _split(dataset: dict, split: str) -> tuple[str, str]:
     entry = dataset.get(split)
     name = dataset.get("name", "?")
     if not isinstance(entry, dict) or "images" not in entry or "annotations" not in entry:
-        raise D2ConfigError(f"dataset manifest {name!r}: field {split!r} must be {{images, annotations}}, got {entry!r}")
+        raise D2ConfigError(
+            f"dataset manifest {name!r}: field {split!r} must be {{images, annotations}}, got {entry!r}"
+        )
     if not os.path.isfile(entry["annotations"]):
         raise D2ConfigError(f"dataset manifest {name!r}: {split}.annotations {entry['annotations']} does not exist")
     if not os.path.isdir(entry["images"]):
@@ -168,8 +172,9 @@ def register(run: dict, dataset: dict) -> tuple[str, str]:
         if dataset.get("keypoints"):
             from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_FLIP_MAP, COCO_PERSON_KEYPOINT_NAMES
 
-            MetadataCatalog.get(name).set(keypoint_names=COCO_PERSON_KEYPOINT_NAMES,
-                                          keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP)
+            MetadataCatalog.get(name).set(
+                keypoint_names=COCO_PERSON_KEYPOINT_NAMES, keypoint_flip_map=COCO_PERSON_KEYPOINT_FLIP_MAP
+            )
         _registered[name] = key
     return names
 
@@ -219,8 +224,14 @@ class Detectron2Engine:
     name = "detectron2"
 
     # ------------------------------------------------------------------ config
-    def config(self, run: dict, schedule=None, weights: str | None = None, dataset: dict | None = None,
-               device: torch.device | str | None = None):
+    def config(
+        self,
+        run: dict,
+        schedule=None,
+        weights: str | None = None,
+        dataset: dict | None = None,
+        device: torch.device | str | None = None,
+    ):
         """The run's detectron2 CfgNode (frozen). `device` (cuda/cpu) only picks MODEL.DEVICE and,
         for SyncBN on CPU, the CPU-capable sync BN; the dict of d2config.resolved() is the rest."""
         require_detectron2()
@@ -235,8 +246,12 @@ class Detectron2Engine:
             dev = torch.device(device)
             cfg.MODEL.DEVICE = dev.type
             if dev.type != "cuda":
-                for key in ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
-                            "MODEL.ROI_MASK_HEAD.NORM"):
+                for key in (
+                    "MODEL.RESNETS.NORM",
+                    "MODEL.FPN.NORM",
+                    "MODEL.ROI_BOX_HEAD.NORM",
+                    "MODEL.ROI_MASK_HEAD.NORM",
+                ):
                     if _get(cfg, key) == "SyncBN":
                         _set(cfg, key, "naiveSyncBN_N")
         cfg.freeze()
@@ -282,8 +297,7 @@ class Detectron2Engine:
                 check_weights_pickle(path)
             except StageError as e:
                 raise CheckpointError(f"{path} (run {run.get('run_id', '?')}): {e}") from None
-        before = {k: v.detach().clone() for k, v in m.backbone.bottom_up.state_dict().items()
-                  if k.endswith("weight")}
+        before = {k: v.detach().clone() for k, v in m.backbone.bottom_up.state_dict().items() if k.endswith("weight")}
         DetectionCheckpointer(m).load(path)
         after = m.backbone.bottom_up.state_dict()
         changed = [k for k, v in before.items() if not torch.equal(v, after[k].to(v.device))]
@@ -306,26 +320,37 @@ class Detectron2Engine:
         if (from_task, to_task) not in CONVERSIONS:
             raise ValueError(
                 f"{who}: the detectron2 engine cannot convert a {from_task!r} checkpoint into a {to_task!r} "
-                f"model (known switches: {', '.join(f'{a} -> {b}' for a, b in CONVERSIONS)})")
+                f"model (known switches: {', '.join(f'{a} -> {b}' for a, b in CONVERSIONS)})"
+            )
         m = unwrap(model)
         stages = getattr(m.roi_heads, "num_cascade_stages", None)
         if not stages:
-            raise ValueError(f"{who}: task {to_task!r}, but the model's RoI heads "
-                             f"({type(m.roi_heads).__name__}) are not a cascade")
+            raise ValueError(
+                f"{who}: task {to_task!r}, but the model's RoI heads ({type(m.roi_heads).__name__}) are not a cascade"
+            )
         target = m.state_dict()
         plan, fresh, dropped, problems = map_into_cascade(
-            state_dict, target, stages, box_head="roi_heads.box_head.{k}.",
-            cls_score="roi_heads.box_predictor.{k}.cls_score.", bbox_pred="roi_heads.box_predictor.{k}.bbox_pred.")
+            state_dict,
+            target,
+            stages,
+            box_head="roi_heads.box_head.{k}.",
+            cls_score="roi_heads.box_predictor.{k}.cls_score.",
+            bbox_pred="roi_heads.box_predictor.{k}.bbox_pred.",
+        )
         if problems:
-            raise ValueError(f"{who}: the {from_task} checkpoint does not fit its {to_task} model "
-                             f"({run.get('backbone', '?')}-{run.get('norm', '?')}): {first_problems(problems)}")
+            raise ValueError(
+                f"{who}: the {from_task} checkpoint does not fit its {to_task} model "
+                f"({run.get('backbone', '?')}-{run.get('norm', '?')}): {first_problems(problems)}"
+            )
         with torch.no_grad():
             for t, s in plan.items():
                 target[t].copy_(state_dict[s].to(device=target[t].device, dtype=target[t].dtype))
         copied = sum(1 for t, s in plan.items() if t == s)
-        return (f"{copied} tensors copied by name, {len(plan) - copied} mapped into "
-                f"{stages} cascade stages (box head + classifier), {len(fresh)} fresh (class-agnostic box "
-                f"regressors), {len(dropped)} dropped (class-specific box regressor)")
+        return (
+            f"{copied} tensors copied by name, {len(plan) - copied} mapped into "
+            f"{stages} cascade stages (box head + classifier), {len(fresh)} fresh (class-agnostic box "
+            f"regressors), {len(dropped)} dropped (class-specific box regressor)"
+        )
 
     def optimizer_param_groups(self, model, run: dict) -> list[dict]:
         """Parameter groups as detectron2's build_optimizer makes them: no weight decay on norm
@@ -335,8 +360,12 @@ class Detectron2Engine:
         require_detectron2()
         from detectron2.solver.build import get_default_optimizer_params
 
-        return get_default_optimizer_params(unwrap(model), base_lr=run["recipe"]["base_lr"],
-                                            weight_decay=run["recipe"]["weight_decay"], weight_decay_norm=0.0)
+        return get_default_optimizer_params(
+            unwrap(model),
+            base_lr=run["recipe"]["base_lr"],
+            weight_decay=run["recipe"]["weight_decay"],
+            weight_decay_norm=0.0,
+        )
 
     # ------------------------------------------------------------------ data
     def train_stream(self, run: dict, dataset: dict, start_iter: int, rank: int = 0, world: int = 1):
@@ -346,16 +375,20 @@ class Detectron2Engine:
         cfg = self.config(run, None, None, dataset)
         register(run, dataset)
         min_kp = cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0
-        dicts = get_detection_dataset_dicts(list(cfg.DATASETS.TRAIN), filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                                            min_keypoints=min_kp)
+        dicts = get_detection_dataset_dicts(
+            list(cfg.DATASETS.TRAIN), filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, min_keypoints=min_kp
+        )
         if not dicts:
             raise D2ConfigError(f"dataset {dataset.get('name')!r}: no training image with annotations")
-        groups = aspect_groups((d["width"], d["height"]) for d in dicts) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+        groups = (
+            aspect_groups((d["width"], d["height"]) for d in dicts) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+        )
         # serialised into one buffer, as detectron2's loaders do: forked workers share it instead
         # of copying 118k Python dicts each
         dicts = DatasetFromList(dicts, copy=False, serialize=True)
-        ds = SeededBatches(dicts, DatasetMapper(cfg, is_train=True), run["seed"], cfg.SOLVER.IMS_PER_BATCH, rank, world,
-                           groups=groups)
+        ds = SeededBatches(
+            dicts, DatasetMapper(cfg, is_train=True), run["seed"], cfg.SOLVER.IMS_PER_BATCH, rank, world, groups=groups
+        )
         return iteration_loader(ds, start_iter, int(cfg.DATALOADER.NUM_WORKERS), run["seed"], rank)
 
     @staticmethod
@@ -389,7 +422,9 @@ class Detectron2Engine:
         meta = MetadataCatalog.get(val_name)
         to_dataset_id = {v: k for k, v in getattr(meta, "thing_dataset_id_to_contiguous_id", {}).items()}
         if not to_dataset_id:
-            raise RuntimeError(f"detectron2 metadata of {val_name} has no category id map ({dataset['val']['annotations']})")
+            raise RuntimeError(
+                f"detectron2 metadata of {val_name} has no category id map ({dataset['val']['annotations']})"
+            )
         net = m
         if cfg.TEST.AUG.ENABLED:
             from detectron2.modeling import GeneralizedRCNNWithTTA
@@ -416,4 +451,3 @@ class Detectron2Engine:
             torch.distributed.all_gather_object(parts, results)
             results = [r for part in parts for r in part]
         return results
-

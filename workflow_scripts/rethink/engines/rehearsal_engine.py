@@ -20,6 +20,7 @@ torch only, never torchvision, detectron2 or pycocotools.
   pixels of a training image at ``min_size_train[0]`` x ``max_size_train``.
 * Evaluation does not predict: rethink.evaluate hands a rehearsal to rethink.rehearsal.evaluation.
 """
+
 from __future__ import annotations
 
 import time
@@ -64,8 +65,10 @@ class RehearsalSGD:
             p.add_(self.state[k], alpha=-g["lr"])
 
     def state_dict(self) -> dict:
-        return {"state": {k: v.clone() for k, v in self.state.items()},
-                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]}
+        return {
+            "state": {k: v.clone() for k, v in self.state.items()},
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.state = {int(k): v.clone() for k, v in state["state"].items()}
@@ -78,9 +81,12 @@ class RehearsalEngine:
 
     def build_model(self, run: dict, device, distributed: bool = False, dataset: dict | None = None):
         rh = run["rehearsal"]
-        print(f"{rehearsal.banner(rh)}; {rh['seconds_per_iter']:g} s/iteration simulated "
-              f"(config seconds_per_iter), {rh['seconds_per_iter'] / rh['compression']:.3g} s slept per iteration; "
-              f"{rh['gpus']} GPU(s) simulated on one CPU process", flush=True)
+        print(
+            f"{rehearsal.banner(rh)}; {rh['seconds_per_iter']:g} s/iteration simulated "
+            f"(config seconds_per_iter), {rh['seconds_per_iter'] / rh['compression']:.3g} s slept per iteration; "
+            f"{rh['gpus']} GPU(s) simulated on one CPU process",
+            flush=True,
+        )
         self.run = run
         return RehearsalModel().to(device)
 
@@ -128,8 +134,11 @@ class RehearsalEngine:
     def count(self, batch) -> dict:
         recipe = self.run["recipe"]
         n = int(batch["images"])
-        return {"images": n, "instances": n * INSTANCES_PER_IMAGE,
-                "pixels": n * int(recipe["min_size_train"][0]) * int(recipe["max_size_train"])}
+        return {
+            "images": n,
+            "instances": n * INSTANCES_PER_IMAGE,
+            "pixels": n * int(recipe["min_size_train"][0]) * int(recipe["max_size_train"]),
+        }
 
     def predict(self, model, run: dict, dataset: dict, device):
         raise NotImplementedError("a rehearsal predicts nothing: rethink.rehearsal.evaluation simulates the stats")

@@ -4,6 +4,7 @@ by them) and the sizes of test-time augmentation (both engines predict at them; 
 its cost estimate count them). Engine-neutral: plain Python, no torch, no detectron2, so the
 planning (rethink.evalcost) imports it at no cost.
 """
+
 from __future__ import annotations
 
 # VGG16 (configuration "D") up to conv5_3 without pool5: stride 16, 512 channels. Its conv blocks:

@@ -34,6 +34,7 @@
 :func:`convert_mask_rcnn_state` maps a Mask R-CNN state dict onto a cascade model (the switch of
 architecture inside a run, engines.load_converted).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -88,17 +89,45 @@ class CascadeRoIHeads(RoIHeads):
     are ``box_heads[t]`` and ``box_predictors[t]``; ``box_coder`` and ``proposal_matcher`` are stage
     0's (torchvision's select_training_samples uses them)."""
 
-    def __init__(self, box_roi_pool, box_heads, box_predictors, *, batch_size_per_image: int,
-                 positive_fraction: float, score_thresh: float, nms_thresh: float, detections_per_img: int,
-                 mask_roi_pool=None, mask_head=None, mask_predictor=None,
-                 stage_ious=STAGE_IOUS, stage_weights=STAGE_BOX_WEIGHTS):
+    def __init__(
+        self,
+        box_roi_pool,
+        box_heads,
+        box_predictors,
+        *,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        score_thresh: float,
+        nms_thresh: float,
+        detections_per_img: int,
+        mask_roi_pool=None,
+        mask_head=None,
+        mask_predictor=None,
+        stage_ious=STAGE_IOUS,
+        stage_weights=STAGE_BOX_WEIGHTS,
+    ):
         if not len(box_heads) == len(box_predictors) == len(stage_ious) == len(stage_weights):
-            raise ValueError(f"cascade: {len(box_heads)} box heads, {len(box_predictors)} predictors, "
-                             f"{len(stage_ious)} IoU thresholds and {len(stage_weights)} box weights; "
-                             f"one of each per stage")
-        super().__init__(box_roi_pool, None, None, stage_ious[0], stage_ious[0], batch_size_per_image,
-                         positive_fraction, stage_weights[0], score_thresh, nms_thresh, detections_per_img,
-                         mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor)
+            raise ValueError(
+                f"cascade: {len(box_heads)} box heads, {len(box_predictors)} predictors, "
+                f"{len(stage_ious)} IoU thresholds and {len(stage_weights)} box weights; "
+                f"one of each per stage"
+            )
+        super().__init__(
+            box_roi_pool,
+            None,
+            None,
+            stage_ious[0],
+            stage_ious[0],
+            batch_size_per_image,
+            positive_fraction,
+            stage_weights[0],
+            score_thresh,
+            nms_thresh,
+            detections_per_img,
+            mask_roi_pool=mask_roi_pool,
+            mask_head=mask_head,
+            mask_predictor=mask_predictor,
+        )
         del self.box_head, self.box_predictor  # one per stage instead
         self.box_heads = nn.ModuleList(box_heads)
         self.box_predictors = nn.ModuleList(box_predictors)
@@ -118,12 +147,19 @@ class CascadeRoIHeads(RoIHeads):
         features as the standard head) and fresh cascade predictors."""
         cls_score = standard.box_predictor.cls_score
         predictors = [cascade_predictor(cls_score.in_features, cls_score.out_features) for _ in box_heads]
-        return cls(standard.box_roi_pool, list(box_heads), predictors,
-                   batch_size_per_image=standard.fg_bg_sampler.batch_size_per_image,
-                   positive_fraction=standard.fg_bg_sampler.positive_fraction,
-                   score_thresh=standard.score_thresh, nms_thresh=standard.nms_thresh,
-                   detections_per_img=standard.detections_per_img, mask_roi_pool=standard.mask_roi_pool,
-                   mask_head=standard.mask_head, mask_predictor=standard.mask_predictor)
+        return cls(
+            standard.box_roi_pool,
+            list(box_heads),
+            predictors,
+            batch_size_per_image=standard.fg_bg_sampler.batch_size_per_image,
+            positive_fraction=standard.fg_bg_sampler.positive_fraction,
+            score_thresh=standard.score_thresh,
+            nms_thresh=standard.nms_thresh,
+            detections_per_img=standard.detections_per_img,
+            mask_roi_pool=standard.mask_roi_pool,
+            mask_head=standard.mask_head,
+            mask_predictor=standard.mask_predictor,
+        )
 
     @contextlib.contextmanager
     def _stage(self, t: int):
@@ -189,8 +225,9 @@ class CascadeRoIHeads(RoIHeads):
                     loss_cls = loss_box = class_logits.sum() * 0.0 + box_regression.sum() * 0.0
                 else:
                     # class-agnostic deltas, repeated per class: fastrcnn_loss picks the same 4 for any label
-                    loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression.repeat(1, num_classes),
-                                                       labels, regression_targets)
+                    loss_cls, loss_box = fastrcnn_loss(
+                        class_logits, box_regression.repeat(1, num_classes), labels, regression_targets
+                    )
                 losses[f"loss_classifier_stage{t}"] = loss_cls
                 losses[f"loss_box_reg_stage{t}"] = loss_box
             else:
@@ -203,8 +240,11 @@ class CascadeRoIHeads(RoIHeads):
             # probabilities (its softmax gives them back) and the last stage's agnostic deltas per class
             with self._stage(self.num_stages - 1):
                 boxes, scores, labels = self.postprocess_detections(
-                    mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), box_regression.repeat(1, num_classes),
-                    proposals, image_shapes)
+                    mean.clamp_min(torch.finfo(mean.dtype).tiny).log(),
+                    box_regression.repeat(1, num_classes),
+                    proposals,
+                    image_shapes,
+                )
             result = [{"boxes": b, "labels": lb, "scores": s} for b, s, lb in zip(boxes, scores, labels)]
 
         if self.has_mask():
@@ -215,10 +255,17 @@ class CascadeRoIHeads(RoIHeads):
                 pos_matched_idxs = [m[i] for m, i in zip(matched0, pos)]
             else:
                 mask_proposals = [r["boxes"] for r in result]
-            mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
+            mask_logits = self.mask_predictor(
+                self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes))
+            )
             if self.training:
-                losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_proposals, [tg["masks"] for tg in targets],
-                                                    [tg["labels"] for tg in targets], pos_matched_idxs)
+                losses["loss_mask"] = maskrcnn_loss(
+                    mask_logits,
+                    mask_proposals,
+                    [tg["masks"] for tg in targets],
+                    [tg["labels"] for tg in targets],
+                    pos_matched_idxs,
+                )
             else:
                 for mask_prob, r in zip(maskrcnn_inference(mask_logits, [r["labels"] for r in result]), result):
                     r["masks"] = mask_prob
@@ -230,17 +277,24 @@ def convert_mask_rcnn_state(target: dict, source: dict) -> tuple[dict, str]:
     rethink.checkpoint.map_into_cascade (the stages' parts under BOX_HEADS / BOX_PREDICTORS).
     Returns the state dict to load (strict) and a one-line report; raises ValueError listing what
     does not fit."""
-    stages = len({k[len(BOX_HEADS):].split(".")[0] for k in target if k.startswith(BOX_HEADS)})
+    stages = len({k[len(BOX_HEADS) :].split(".")[0] for k in target if k.startswith(BOX_HEADS)})
     if not stages:
         raise ValueError("the model has no cascade box heads (roi_heads.box_heads.*)")
     plan, fresh, dropped, problems = map_into_cascade(
-        source, target, stages, box_head=BOX_HEADS + "{k}.", cls_score=BOX_PREDICTORS + "{k}.cls_score.",
-        bbox_pred=BOX_PREDICTORS + "{k}.bbox_pred.")
+        source,
+        target,
+        stages,
+        box_head=BOX_HEADS + "{k}.",
+        cls_score=BOX_PREDICTORS + "{k}.cls_score.",
+        bbox_pred=BOX_PREDICTORS + "{k}.bbox_pred.",
+    )
     if problems:
         raise ValueError(f"{len(problems)} tensor(s) do not fit: {first_problems(problems)}")
     by_name = sum(1 for t, s in plan.items() if t == s)
     into_stages = len({s for t, s in plan.items() if t != s})
-    report = (f"{by_name} tensors copied by name, {into_stages} of the box head and classifier copied into each of "
-              f"{stages} stages, {len(fresh)} tensors of the class-agnostic box regressors freshly initialised, "
-              f"{len(dropped)} tensors of the class-specific {STANDARD_BBOX_PRED[:-1]} dropped")
+    report = (
+        f"{by_name} tensors copied by name, {into_stages} of the box head and classifier copied into each of "
+        f"{stages} stages, {len(fresh)} tensors of the class-agnostic box regressors freshly initialised, "
+        f"{len(dropped)} tensors of the class-specific {STANDARD_BBOX_PRED[:-1]} dropped"
+    )
     return {**target, **{t: source[s] for t, s in plan.items()}}, report

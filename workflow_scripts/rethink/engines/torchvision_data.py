@@ -7,6 +7,7 @@ Keypoints: the number of keypoints is the length of the ``keypoints`` names of t
 keypoint category; train targets carry ``keypoints`` [N, K, 3] (x, y, v; v = 0 not labelled), a
 horizontal flip mirrors x and swaps left_*/right_* keypoints.
 """
+
 from __future__ import annotations
 
 import json
@@ -136,8 +137,9 @@ class CocoSplit:
             if with_keypoints:
                 kp = a.get("keypoints") or [0.0] * (3 * k)
                 if len(kp) != 3 * k:
-                    raise ValueError(f"{self.ann_path}: annotation {a.get('id')}: {len(kp) // 3} keypoints, "
-                                     f"the category has {k}")
+                    raise ValueError(
+                        f"{self.ann_path}: annotation {a.get('id')}: {len(kp) // 3} keypoints, the category has {k}"
+                    )
                 kps.append(kp)
             if with_masks:
                 seg = a["segmentation"]
@@ -148,11 +150,12 @@ class CocoSplit:
                 else:
                     rle = seg
                 masks.append(mask_util.decode(rle))
-        t = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-             "labels": torch.tensor(labels, dtype=torch.int64)}
+        t = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+        }
         if with_masks:
-            t["masks"] = (torch.from_numpy(np.stack(masks)) if masks
-                          else torch.zeros((0, h, w), dtype=torch.uint8))
+            t["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8)
         if with_keypoints:
             t["keypoints"] = torch.tensor(kps, dtype=torch.float32).reshape(-1, k, 3)
         return t
@@ -186,13 +189,15 @@ class TrainStream:
         self.keypoints = recipe["task"] == "keypoint_rcnn"
         # as detectron2's loader (DATALOADER.FILTER_EMPTY_ANNOTATIONS): training draws only images
         # with an annotation that is not crowd; both engines see the same images
-        self.keep = [i for i, im in enumerate(split.images)
-                     if any(not a.get("iscrowd") for a in split.anns[im["id"]])]
+        self.keep = [i for i, im in enumerate(split.images) if any(not a.get("iscrowd") for a in split.anns[im["id"]])]
         if not self.keep:
             raise ValueError(f"{split.ann_path}: the train split has no image with a (non-crowd) annotation")
         self.dropped = len(split) - len(self.keep)
-        self.sampler = GroupedBatches(self.seed, self.batch, aspect_groups(
-            (split.images[i]["width"], split.images[i]["height"]) for i in self.keep))
+        self.sampler = GroupedBatches(
+            self.seed,
+            self.batch,
+            aspect_groups((split.images[i]["width"], split.images[i]["height"]) for i in self.keep),
+        )
 
     def indices(self, iteration: int) -> list[int]:
         """Train-split indices of this process's share of batch `iteration`."""
@@ -233,5 +238,4 @@ class TrainStream:
                     tgt["keypoints"] = flip_keypoints(tgt["keypoints"], w, self.split.flip_indices)
             images.append(img)
             targets.append(tgt)
-        return {"iteration": i, "images": images, "targets": targets, "min_size": min_size,
-                "max_size": self.max_size}
+        return {"iteration": i, "images": images, "targets": targets, "min_size": min_size, "max_size": self.max_size}

@@ -22,6 +22,7 @@ threshold (torchvision.ops.batched_nms) and the best detections_per_image kept. 
 keeps its own mask (and keypoints) from the pass that produced it; detectron2 instead re-runs the
 mask head on the merged boxes at every augmentation and averages.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,12 +67,16 @@ class TorchvisionEngine:
         elif "num_classes" in run:
             num_classes = int(run["num_classes"])
         else:
-            raise ValueError(f"run {run.get('run_id')}: build_model needs the dataset manifest (dataset=...) "
-                             f"to know the number of categories")
+            raise ValueError(
+                f"run {run.get('run_id')}: build_model needs the dataset manifest (dataset=...) "
+                f"to know the number of categories"
+            )
         if run["recipe"]["task"] == "keypoint_rcnn" and not num_keypoints:
             where = f"dataset {dataset.get('name')!r}" if dataset is not None else f"run {run.get('run_id')}"
-            raise ValueError(f"{where}: task keypoint_rcnn needs a keypoint dataset (a category with 'keypoints' "
-                             f"names, e.g. datasets.<name>.keypoints: true)")
+            raise ValueError(
+                f"{where}: task keypoint_rcnn needs a keypoint dataset (a category with 'keypoints' "
+                f"names, e.g. datasets.<name>.keypoints: true)"
+            )
         device = torch.device(device)
         return detector(run, num_classes, device.type, num_keypoints=num_keypoints).to(device)
 
@@ -101,8 +106,11 @@ class TorchvisionEngine:
         loader processes (the same batches: each is a function of seed and iteration)."""
         stream = TrainStream(CocoSplit(dataset, "train"), run, start_iter, rank, world)
         if stream.dropped and rank == 0:
-            print(f"train: {stream.dropped} of {len(stream.split)} images have no non-crowd annotation and are "
-                  "not drawn (as detectron2's FILTER_EMPTY_ANNOTATIONS)", flush=True)
+            print(
+                f"train: {stream.dropped} of {len(stream.split)} images have no non-crowd annotation and are "
+                "not drawn (as detectron2's FILTER_EMPTY_ANNOTATIONS)",
+                flush=True,
+            )
         workers = int(run["recipe"].get("num_workers", 0))
         return stream if workers == 0 else iteration_loader(stream, start_iter, workers, run["seed"], rank)
 
@@ -120,9 +128,11 @@ class TorchvisionEngine:
         for im in batch["images"]:
             h, w = resized_hw(im.shape[-2], im.shape[-1], batch["min_size"], batch["max_size"])
             pixels += h * w
-        return {"images": len(batch["images"]),
-                "instances": int(sum(len(t["boxes"]) for t in batch["targets"])),
-                "pixels": int(pixels)}
+        return {
+            "images": len(batch["images"]),
+            "instances": int(sum(len(t["boxes"]) for t in batch["targets"])),
+            "pixels": int(pixels),
+        }
 
     @torch.no_grad()
     def predict(self, model, run: dict, dataset: dict, device, batch_size: int = 2) -> list[dict]:
@@ -172,7 +182,7 @@ def _detections(out: dict, width: int, flip: bool, flip_indices: list[int]) -> d
         if flip:
             masks = masks.flip(-1)
         masks = masks.cpu().numpy().astype(np.uint8)
-        det["rles"] = (list(mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))) if len(masks) else [])
+        det["rles"] = list(mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))) if len(masks) else []
     if "keypoints" in out:
         kps = out["keypoints"].detach().float().cpu()
         if flip:
@@ -205,8 +215,12 @@ def _coco_results(split: CocoSplit, image_id: int, det: dict, limit: int) -> lis
     labels = det["labels"].tolist()
     for k in range(min(len(scores), limit)):
         x1, y1, x2, y2 = det["boxes"][k].tolist()
-        r = {"image_id": image_id, "category_id": split.cat_ids[labels[k] - 1],
-             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[k])}
+        r = {
+            "image_id": image_id,
+            "category_id": split.cat_ids[labels[k] - 1],
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": float(scores[k]),
+        }
         if "rles" in det:
             rle = det["rles"][k]
             r["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}

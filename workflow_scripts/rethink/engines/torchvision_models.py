@@ -19,6 +19,7 @@ Initialisation is detectron2's for training from scratch: MSRA (kaiming normal, 
 every conv in the ResNet and the heads, Xavier-like fill (kaiming uniform, a=1) in the FPN, norm
 weights 1 and biases 0, and nothing frozen (all 5 stages trainable).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,9 @@ BACKBONES = (*RESNETS, "VGG16")
 FPN_STRIDES = (4, 8, 16, 32)  # feature maps '0'..'3' (ResNet stages 2-5) that the RoI poolers read
 KEYPOINT_HEAD = [512] * 8  # detectron2's ROI_KEYPOINT_HEAD.CONV_DIMS
 # VGG16 up to conv5_3 (rethink.engines.shared.VGG16_BLOCKS) as torchvision's layer list: "M" a max-pool
-VGG16_LAYERS = [layer for b, widths in enumerate(VGG16_BLOCKS, 1)
-                for layer in (*widths, *(["M"] if b < len(VGG16_BLOCKS) else []))]
+VGG16_LAYERS = [
+    layer for b, widths in enumerate(VGG16_BLOCKS, 1) for layer in (*widths, *(["M"] if b < len(VGG16_BLOCKS) else []))
+]
 VGG_STRIDE = 16
 VGG_FC_DIM = 4096  # fc6 and fc7 of the box head, as VGG16's classifier
 VGG_ANCHOR_SIZES = (32, 64, 128, 256, 512)
@@ -126,8 +128,12 @@ class VGG16Classifier(nn.Module):
     def __init__(self, norm: str = "none", device_type: str = "cpu", num_classes: int = 1000):
         super().__init__()
         self.features = VGG16Body(norm, device_type).features
-        self.fc = nn.Sequential(nn.MaxPool2d(kernel_size=2, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                nn.Linear(VGG16Body.out_channels, num_classes))
+        self.fc = nn.Sequential(
+            nn.MaxPool2d(kernel_size=2, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(VGG16Body.out_channels, num_classes),
+        )
 
     def forward(self, x):
         return self.fc(self.features(x))
@@ -194,8 +200,10 @@ def detector(run: dict, num_classes: int, device_type: str = "cpu", num_keypoint
     kwargs = _detector_kwargs(recipe, num_classes)
     if run["backbone"] == "VGG16":
         if task != "faster_rcnn":
-            raise NotImplementedError(f"{where}: backbone VGG16 has task faster_rcnn only in the torchvision engine "
-                                      f"(the paper's section 5.1), not {task!r}")
+            raise NotImplementedError(
+                f"{where}: backbone VGG16 has task faster_rcnn only in the torchvision engine "
+                f"(the paper's section 5.1), not {task!r}"
+            )
         return vgg16_faster_rcnn(run["norm"], device_type, **kwargs)
     model = _fpn_detector(run, device_type, num_keypoints, kwargs)
     for pooler in model.roi_heads.modules():
@@ -231,10 +239,12 @@ def _fpn_detector(run: dict, device_type: str, num_keypoints: int | None, kwargs
         return FasterRCNN(backbone, **kwargs)
     if task == "keypoint_rcnn":
         if not num_keypoints:
-            raise ValueError(f"run {run.get('run_id', '?')}: task keypoint_rcnn needs the number of keypoints "
-                             "(a keypoint dataset)")
-        return KeypointRCNN(backbone, num_keypoints=int(num_keypoints),
-                            keypoint_head=keypoint_head(width, norm, device_type), **kwargs)
+            raise ValueError(
+                f"run {run.get('run_id', '?')}: task keypoint_rcnn needs the number of keypoints (a keypoint dataset)"
+            )
+        return KeypointRCNN(
+            backbone, num_keypoints=int(num_keypoints), keypoint_head=keypoint_head(width, norm, device_type), **kwargs
+        )
     mask_head = MaskRCNNHeads(width, [width] * 4, 1, norm_layer=nl)
     _msra_fill(mask_head)
     model = MaskRCNN(backbone, mask_head=mask_head, **kwargs)
@@ -263,19 +273,27 @@ def vgg16_faster_rcnn(norm: str, device_type: str = "cpu", **kwargs) -> FasterRC
     box_head = TwoMLPHead(VGG16Body.out_channels * 7 * 7, VGG_FC_DIM)
     _xavier_fill_linear(box_head)
     predictor = FastRCNNPredictor(VGG_FC_DIM, kwargs.pop("num_classes"))
-    model = FasterRCNN(backbone, rpn_anchor_generator=anchors, box_roi_pool=pooler, box_head=box_head,
-                       box_predictor=predictor, **kwargs)
+    model = FasterRCNN(
+        backbone,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=pooler,
+        box_head=box_head,
+        box_predictor=predictor,
+        **kwargs,
+    )
     fix_pooler_scales(model.roi_heads.box_roi_pool, (VGG_STRIDE,))
     return model
 
 
 def fix_pooler_scales(pooler: MultiScaleRoIAlign, strides=FPN_STRIDES) -> None:
-    """Give a RoI pooler the true strides of its maps (the FPN's, or `strides`). Left alone, torchvision infers them from the first
+    """Give a RoI pooler the true strides of its maps (the FPN's, or `strides`). Left alone, torchvision
+    infers them from the first
     batch it sees (feature size / unpadded image size, rounded to a power of 2) and caches them;
     on small images the padding to a multiple of 32 makes that guess wrong for some levels, and the
     result would depend on which batch came first (so a resumed run would differ from a straight one)."""
     scales = [1.0 / s for s in strides[: len(pooler.featmap_names)]]
     pooler.scales = scales
     k_min, k_max = int(math.log2(strides[0])), int(math.log2(strides[len(scales) - 1]))
-    pooler.map_levels = initLevelMapper(k_min, k_max, canonical_scale=pooler.canonical_scale,
-                                        canonical_level=pooler.canonical_level)
+    pooler.map_levels = initLevelMapper(
+        k_min, k_max, canonical_scale=pooler.canonical_scale, canonical_level=pooler.canonical_level
+    )

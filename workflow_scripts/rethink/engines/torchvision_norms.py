@@ -8,6 +8,7 @@ ResNet, FPN and heads accept as ``norm_layer``. "SyncBN" is torch's SyncBatchNor
 :class:`NaiveSyncBatchNorm` on CPU (torch's SyncBatchNorm refuses CPU tensors); both normalise with the
 statistics of the whole batch across all processes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -91,4 +92,3 @@ def norm_layer(name: str, device_type: str = "cpu"):
     if name == "none":
         return nn.Identity
     raise ValueError(f"unknown norm {name!r} (known: {', '.join(NORMS)})")
-
