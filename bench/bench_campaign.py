@@ -165,23 +165,7 @@ def main() -> int:
     sup = None
     try:
         planned = planned_jobs(cwd, cluster.job_env())
-        sup = Supervisor(
-            cluster,
-            cwd,
-            [
-                "--poll",
-                "2",
-                "--lost-after",
-                "60",
-                "--profile",
-                str(ROOT / "profiles" / "slurm"),
-                "-j",
-                str(SLOTS),
-                "--configfile",
-                "campaign.yaml",
-                *FAST_POLL,
-            ],
-        )
+        sup = _supervisor(cluster, cwd)
         validated = rconfig.validate(cfg, "campaign.yaml")
         plan = Plan(rgrid.build(validated, "campaign.yaml"))
         bound_s = max(scorecard.critical_path_s(plan), scorecard.work_s(plan) / SLOTS) / compression
@@ -206,6 +190,28 @@ def main() -> int:
     if not a.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if ok else 1
+
+
+def _supervisor(cluster: SlurmCluster, cwd: Path) -> Supervisor:
+    """The supervisor of the documented command (slurm_run.py --profile profiles/slurm -j SLOTS on
+    campaign.yaml), with fast status polling."""
+    return Supervisor(
+        cluster,
+        cwd,
+        [
+            "--poll",
+            "2",
+            "--lost-after",
+            "60",
+            "--profile",
+            str(ROOT / "profiles" / "slurm"),
+            "-j",
+            str(SLOTS),
+            "--configfile",
+            "campaign.yaml",
+            *FAST_POLL,
+        ],
+    )
 
 
 def _watch(sup: Supervisor, faults: FaultInjector, t0: float) -> int:

@@ -79,6 +79,34 @@ def one_evaluation(engine, spec: dict, ckpt: str, device) -> dict:
     return {"setup": t1 - t0, "predict": t2 - t1, "cocoeval": t3 - t2, "detections": len(results)}
 
 
+def reference_s_per_iter(engine, spec: dict, full: dict, ckpt: str, iters: int) -> float:
+    """The reference: training iterations of the same model, (time to 2 + iters) - (time to 2), so
+    model build, the first iterations (warm-up) and the checkpoint cancel out. Leaves the
+    checkpoint at `ckpt`."""
+    took = {}
+    for end in (2, 2 + iters):
+        t = time.perf_counter()
+        loop.train(engine, {**spec, "end": end, "output": ckpt, "resume_dir": None, "log_period": 1000}, full)
+        took[end] = time.perf_counter() - t
+    return (took[2 + iters] - took[2]) / iters
+
+
+def timed_evaluations(engine, run: dict, full: dict, ckpt: str, device, counts: list[int]) -> list[tuple]:
+    """(n, one_evaluation's times) for each val-set size n in `counts`, after a warm-up on the first."""
+    rows = []
+    one_evaluation(engine, {"run": run, "manifest": subset(full, counts[0])}, ckpt, device)  # warm-up
+    for n in counts:
+        r = one_evaluation(engine, {"run": run, "manifest": subset(full, n)}, ckpt, device)
+        rows.append((n, r))
+        print(
+            f"{n:>5} images: setup {r['setup']:.2f} s, predict {r['predict']:.2f} s, "
+            f"COCOeval {r['cocoeval']:.2f} s, "
+            f"{r['detections']} detections",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", choices=["tiny", "paper"], default="tiny")
@@ -101,25 +129,8 @@ def main() -> None:
         full = data.load_manifest(spec["dataset"])
         engine = get_engine(spec["engine"])
         ckpt = str(tmp / "model.pth")
-        # the reference: training iterations of the same model, (time to 2 + iters) - (time to 2), so
-        # model build, the first iterations (warm-up) and the checkpoint cancel out
-        took = {}
-        for end in (2, 2 + args.iters):
-            t = time.perf_counter()
-            loop.train(engine, {**spec, "end": end, "output": ckpt, "resume_dir": None, "log_period": 1000}, full)
-            took[end] = time.perf_counter() - t
-        s_per_iter = (took[2 + args.iters] - took[2]) / args.iters
-        rows = []
-        one_evaluation(engine, {"run": spec["run"], "manifest": subset(full, args.counts[0])}, ckpt, device)  # warm-up
-        for n in args.counts:
-            r = one_evaluation(engine, {"run": spec["run"], "manifest": subset(full, n)}, ckpt, device)
-            rows.append((n, r))
-            print(
-                f"{n:>5} images: setup {r['setup']:.2f} s, predict {r['predict']:.2f} s, "
-                f"COCOeval {r['cocoeval']:.2f} s, "
-                f"{r['detections']} detections",
-                flush=True,
-            )
+        s_per_iter = reference_s_per_iter(engine, spec, full, ckpt, args.iters)
+        rows = timed_evaluations(engine, spec["run"], full, ckpt, device, args.counts)
         ns = np.array([n for n, _ in rows], dtype=float)
         ts = np.array([r["predict"] + r["cocoeval"] for _, r in rows])
         per_image, fixed = np.polyfit(ns, ts, 1) if len(rows) > 1 else (ts[0] / ns[0], 0.0)

@@ -43,55 +43,52 @@ def spawn_until(cmd: list[str], marker: str | None, cwd: Path) -> tuple[float, f
     return first, time.perf_counter() - t0
 
 
+def prepare(tmp: str) -> str:
+    """Run the workflow in `tmp` up to the first trunk segment of FAMILY and its evaluation (rehearsal,
+    compression 1e9); returns the config snapshot its jobs read."""
+    metrics = f"results/rehearsal/metrics/{FAMILY}/trunk/iter_0020000.json"
+    prep = subprocess.run(
+        [
+            PY,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            tmp,
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            "--cores",
+            "1",
+            "--notemp",
+            metrics,
+            "--config",
+            'rehearsal={"compression": 1000000000}',
+        ],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+    )
+    if prep.returncode:
+        sys.exit(f"preparing the rehearsal failed:\n{prep.stderr[-3000:]}")
+    return str(next((Path(tmp) / "work" / "rehearsal" / "specs").glob("config-*.json")))
+
+
+def job_command(script: str, snap: str, job: str) -> list[str]:
+    """A cold job as a rule starts it: workflow_scripts/<script> --config <snapshot> --job <job>."""
+    return [PY, str(ROOT / "workflow_scripts" / script), "--config", snap, "--job", job]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=7, help="cold starts of each job (default 7)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_rehearsal_") as tmp:
         tree = Path(tmp)
-        metrics = f"results/rehearsal/metrics/{FAMILY}/trunk/iter_0020000.json"
-        prep = subprocess.run(
-            [
-                PY,
-                "-m",
-                "snakemake",
-                "--snakefile",
-                str(ROOT / "Snakefile"),
-                "--directory",
-                tmp,
-                "--configfile",
-                str(ROOT / "config.yaml"),
-                "--cores",
-                "1",
-                "--notemp",
-                metrics,
-                "--config",
-                'rehearsal={"compression": 1000000000}',
-            ],
-            cwd=tmp,
-            capture_output=True,
-            text=True,
-        )
-        if prep.returncode:
-            sys.exit(f"preparing the rehearsal failed:\n{prep.stderr[-3000:]}")
-        snap = str(next((tree / "work" / "rehearsal" / "specs").glob("config-*.json")))
+        snap = prepare(tmp)
         ckpt = tree / "work" / "rehearsal" / "checkpoints" / FAMILY / "trunk" / "iter_0020000.pth"
-        train = [
-            PY,
-            str(ROOT / "workflow_scripts" / "train.py"),
-            "--config",
-            snap,
-            "--job",
-            f"train_segment/{FAMILY}/trunk/20000",
-        ]
-        evaluate = [
-            PY,
-            str(ROOT / "workflow_scripts" / "evaluate.py"),
-            "--config",
-            snap,
-            "--job",
-            f"evaluate/{FAMILY}/trunk/20000",
-        ]
+        train = job_command("train.py", snap, f"train_segment/{FAMILY}/trunk/20000")
+        evaluate = job_command("evaluate.py", snap, f"evaluate/{FAMILY}/trunk/20000")
         ref = [PY, "-c", "import torch"]
         first, train_end, eval_end, ref_end = [], [], [], []
         for _ in range(a.n):

@@ -41,6 +41,28 @@ def plausible_ap(iteration: int, run, pretrained: bool, rng: random.Random) -> f
     return round(ap + rng.uniform(-0.2, 0.2), 2)
 
 
+def pretrain_samples(init: dict) -> dict:
+    """A pre-trained init's samples seen in pre-training: its `cost`, else its iterations x batch."""
+    cost = init.get("cost") or {}
+    its = cost.get("iterations", init.get("iterations", 0))
+    imgs = cost.get("images", its * init.get("batch", 256))
+    return {
+        "iterations": its,
+        "images": imgs,
+        "instances": cost.get("instances", imgs),
+        "pixels": cost.get("pixels", imgs * 224 * 224),
+    }
+
+
+def samples_seen(iteration: int, batch: int) -> dict:
+    """Fine-tuning's samples seen at `iteration` (7 instances and 800 x 1200 pixels per image)."""
+    return {
+        "images": iteration * batch,
+        "instances": iteration * batch * 7,
+        "pixels": iteration * batch * 800 * 1200,
+    }
+
+
 def write_grid_metrics(cfg: dict, results: str | Path, seed: int = 0, only=None, source="config") -> int:
     """One metrics JSON per milestone of the config's plan under `results`; returns how many.
     `only(milestone) -> bool` writes a subset (a partial grid)."""
@@ -60,17 +82,7 @@ def write_grid_metrics(cfg: dict, results: str | Path, seed: int = 0, only=None,
         box = {s: (ap if s == "AP" else ap * 1.5 if s == "AP50" else ap * 1.1) for s in M.BOX_STATS}
         seg = {s: v * 0.9 for s, v in box.items()}
         batch = run.recipe["batch"]
-        pre = None
-        if pretrained:
-            cost = init.get("cost") or {}
-            its = cost.get("iterations", init.get("iterations", 0))
-            imgs = cost.get("images", its * init.get("batch", 256))
-            pre = {
-                "iterations": its,
-                "images": imgs,
-                "instances": cost.get("instances", imgs),
-                "pixels": cost.get("pixels", imgs * 224 * 224),
-            }
+        pre = pretrain_samples(init) if pretrained else None
         record = {
             "family": ms.family,
             "line": ms.line,
@@ -85,11 +97,7 @@ def write_grid_metrics(cfg: dict, results: str | Path, seed: int = 0, only=None,
             "seed": run.seed,
             "variant": run.variant,
             "lr": run.schedule.lr(ms.iteration - 1),
-            "samples_seen": {
-                "images": ms.iteration * batch,
-                "instances": ms.iteration * batch * 7,
-                "pixels": ms.iteration * batch * 800 * 1200,
-            },
+            "samples_seen": samples_seen(ms.iteration, batch),
             "pretrain_samples": pre,
             "wall_seconds": ms.iteration * 0.34,
             "device_seconds": ms.iteration * 0.34 * 8,
