@@ -178,6 +178,10 @@ def _number_mutation(draw, value):
     )
 
 
+# what mutation does to a value, drawn with these weights (a plausible nudge most often)
+OPS = ["set", "set", "delete", "misspell", "unknown", "number", "list", "type", "nudge", "nudge", "nudge", "nudge"]
+
+
 @st.composite
 def mutation(draw, cfg: dict):
     """Apply one mutation to `cfg` in place; returns its description."""
@@ -185,24 +189,7 @@ def mutation(draw, cfg: dict):
     path = draw(st.sampled_from(paths)) if paths else ()
     parent = _get(cfg, path[:-1]) if path else cfg
     key = path[-1] if path else None
-    op = draw(
-        st.sampled_from(
-            [
-                "set",
-                "set",
-                "delete",
-                "misspell",
-                "unknown",
-                "number",
-                "list",
-                "type",
-                "nudge",
-                "nudge",
-                "nudge",
-                "nudge",
-            ]
-        )
-    )
+    op = draw(st.sampled_from(OPS))
     if not path:
         op = "unknown"
     value = parent[key] if path else None

@@ -174,6 +174,14 @@ def _paths(node, prefix=()):
     return out
 
 
+# the fields a targeted edit picks from, per section of a COCO split
+TARGETED_FIELDS = {
+    "annotations": ["id", "image_id", "category_id", "bbox", "area", "segmentation", "keypoints", "iscrowd"],
+    "images": ["id", "file_name", "width", "height"],
+    "categories": ["id", "keypoints", "name"],
+}
+
+
 @st.composite
 def examples(draw):
     coco = copy.deepcopy(BASE)
@@ -186,61 +194,56 @@ def examples(draw):
             ex.mutations.append(f"file {name}: {ex.files[name]}")
             continue
         split = draw(st.sampled_from(["train", "val"]))
-        if kind == "targeted":  # a field the checks are about, given a value of the wrong shape
-            section = draw(st.sampled_from(["annotations", "images", "categories"]))
-            items = coco[split].get(section)
-            if not isinstance(items, list) or not items:
-                continue
-            item = draw(st.sampled_from(items))
-            if not isinstance(item, dict):
-                continue
-            key = draw(
-                st.sampled_from(
-                    {
-                        "annotations": [
-                            "id",
-                            "image_id",
-                            "category_id",
-                            "bbox",
-                            "area",
-                            "segmentation",
-                            "keypoints",
-                            "iscrowd",
-                        ],
-                        "images": ["id", "file_name", "width", "height"],
-                        "categories": ["id", "keypoints", "name"],
-                    }[section]
-                )
-            )
-            how = draw(st.sampled_from(["set", "delete", "copy"]))
-            if how == "delete":
-                item.pop(key, None)
-            elif how == "copy":  # another record's value: duplicate ids, a box of another image
-                other = draw(st.sampled_from(items))
-                if isinstance(other, dict) and key in other:
-                    item[key] = copy.deepcopy(other[key])
-            else:
-                item[key] = copy.deepcopy(draw(NASTY))  # sampled_from gives one object: a copy per use
-            ex.mutations.append(f"{split}.{section}[].{key}: {how}")
-            continue
-        paths = _paths(coco[split])
-        if not paths:
-            continue
-        path = draw(st.sampled_from(paths))
-        node = coco[split]
-        for p in path[:-1]:
-            node = node[p]
-        op = draw(st.sampled_from(["set", "delete", "duplicate", "empty"]))
-        if op == "delete":
-            del node[path[-1]]
-        elif op == "duplicate" and isinstance(node, list):
-            node.append(copy.deepcopy(node[path[-1]]))
-        elif op == "empty" and isinstance(node[path[-1]], (list, dict)):
-            node[path[-1]] = type(node[path[-1]])()
-        else:
-            node[path[-1]] = copy.deepcopy(draw(NASTY))
-        ex.mutations.append(f"{split}.{'.'.join(map(str, path))}: {op}")
+        edit = _targeted_edit if kind == "targeted" else _json_edit
+        done = edit(draw, coco, split)
+        if done is not None:
+            ex.mutations.append(done)
     return ex
+
+
+def _targeted_edit(draw, coco: dict, split: str) -> str | None:
+    """A field the checks are about, given a value of the wrong shape, deleted or copied from another
+    record; returns what was done (None: nothing to edit)."""
+    section = draw(st.sampled_from(["annotations", "images", "categories"]))
+    items = coco[split].get(section)
+    if not isinstance(items, list) or not items:
+        return None
+    item = draw(st.sampled_from(items))
+    if not isinstance(item, dict):
+        return None
+    key = draw(st.sampled_from(TARGETED_FIELDS[section]))
+    how = draw(st.sampled_from(["set", "delete", "copy"]))
+    if how == "delete":
+        item.pop(key, None)
+    elif how == "copy":  # another record's value: duplicate ids, a box of another image
+        other = draw(st.sampled_from(items))
+        if isinstance(other, dict) and key in other:
+            item[key] = copy.deepcopy(other[key])
+    else:
+        item[key] = copy.deepcopy(draw(NASTY))  # sampled_from gives one object: a copy per use
+    return f"{split}.{section}[].{key}: {how}"
+
+
+def _json_edit(draw, coco: dict, split: str) -> str | None:
+    """Any node of the split's JSON set to a nasty value, deleted, duplicated or emptied; returns what
+    was done (None: nothing to edit)."""
+    paths = _paths(coco[split])
+    if not paths:
+        return None
+    path = draw(st.sampled_from(paths))
+    node = coco[split]
+    for p in path[:-1]:
+        node = node[p]
+    op = draw(st.sampled_from(["set", "delete", "duplicate", "empty"]))
+    if op == "delete":
+        del node[path[-1]]
+    elif op == "duplicate" and isinstance(node, list):
+        node.append(copy.deepcopy(node[path[-1]]))
+    elif op == "empty" and isinstance(node[path[-1]], (list, dict)):
+        node[path[-1]] = type(node[path[-1]])()
+    else:
+        node[path[-1]] = copy.deepcopy(draw(NASTY))
+    return f"{split}.{'.'.join(map(str, path))}: {op}"
 
 
 def _write_images(folder: Path, edits: dict) -> None:
