@@ -52,7 +52,7 @@ def same_tree(a: Path, b: Path) -> bool:
     return all(same_tree(a / d, b / d) for d in cmp.common_dirs)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", default="slurm", help="profile name (default: slurm)")
     ap.add_argument(
@@ -71,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--force", action="store_true", help="replace a different existing profile (kept as <name>.bak-<time>)"
     )
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
     src = args.source.resolve()
     if not (src / "profile.yaml").is_file():
         print(f"error: {src} has no profile.yaml", file=sys.stderr)
