@@ -58,47 +58,57 @@ def annotation_problems(a: dict, im: dict, cat_ids: dict, masks: bool):
                 (f"{seg!r}: none, while this is a mask set (other non-crowd annotations have one)"),
             )
     elif isinstance(seg, list):
-        for k, poly in enumerate(seg):
-            if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and are_numbers(poly)):
-                n = len(poly) if isinstance(poly, list) else type(poly).__name__
-                yield (
-                    "polygon_malformed",
-                    f"segmentation[{k}]",
-                    (f"polygon of {n} values: not an even number >= 6 of finite numbers"),
-                )
-                break
-            # pycocotools rasterises a polygon along its edges: a point far outside the image costs
-            # memory in proportion to its distance (1e10 px exhausts any machine)
-            xs, ys = poly[0::2], poly[1::2]
-            if min(xs) < -tx or min(ys) < -ty or max(xs) > W + tx or max(ys) > H + ty:
-                yield (
-                    "polygon_outside",
-                    f"segmentation[{k}]",
-                    (f"a point of x {min(xs)}..{max(xs)}, y {min(ys)}..{max(ys)} lies past the {W}x{H} image"),
-                )
-                break
+        yield from polygon_problems(seg, W, H, tx, ty)
     elif isinstance(seg, dict):
-        counts, size = seg.get("counts"), seg.get("size")
-        if not (isinstance(counts, str) or (isinstance(counts, list) and all(is_int(c) and c >= 0 for c in counts))):
-            yield "rle_malformed", "segmentation.counts", "not an RLE string or a list of non-negative integers"
-        else:
-            runs = counts if isinstance(counts, list) else rle_string_runs(counts)
-            if runs is None:
-                yield "rle_malformed", "segmentation.counts", "not a compressed RLE string (pycocotools' encoding)"
-            elif sum(runs) != H * W:
-                yield (
-                    "rle_malformed",
-                    "segmentation.counts",
-                    f"the runs sum to {sum(runs)}, not {H}x{W} = {H * W} pixels",
-                )
-        if size != [H, W]:
-            yield "rle_malformed", "segmentation.size", f"{size!r} is not the image's [height, width] [{H}, {W}]"
+        yield from rle_problems(seg, W, H)
     else:
         yield (
             "polygon_malformed",
             "segmentation",
             f"a {type(seg).__name__}, neither polygons (a list) nor an RLE (a dict)",
         )
+
+
+def polygon_problems(seg: list, W: int, H: int, tx: float, ty: float):
+    """The first problem of a segmentation's polygons (image W x H, tolerance tx, ty px), if any."""
+    for k, poly in enumerate(seg):
+        if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and are_numbers(poly)):
+            n = len(poly) if isinstance(poly, list) else type(poly).__name__
+            yield (
+                "polygon_malformed",
+                f"segmentation[{k}]",
+                (f"polygon of {n} values: not an even number >= 6 of finite numbers"),
+            )
+            break
+        # pycocotools rasterises a polygon along its edges: a point far outside the image costs
+        # memory in proportion to its distance (1e10 px exhausts any machine)
+        xs, ys = poly[0::2], poly[1::2]
+        if min(xs) < -tx or min(ys) < -ty or max(xs) > W + tx or max(ys) > H + ty:
+            yield (
+                "polygon_outside",
+                f"segmentation[{k}]",
+                (f"a point of x {min(xs)}..{max(xs)}, y {min(ys)}..{max(ys)} lies past the {W}x{H} image"),
+            )
+            break
+
+
+def rle_problems(seg: dict, W: int, H: int):
+    """The problems of an RLE segmentation: its counts, and its size against the W x H image."""
+    counts, size = seg.get("counts"), seg.get("size")
+    if not (isinstance(counts, str) or (isinstance(counts, list) and all(is_int(c) and c >= 0 for c in counts))):
+        yield "rle_malformed", "segmentation.counts", "not an RLE string or a list of non-negative integers"
+    else:
+        runs = counts if isinstance(counts, list) else rle_string_runs(counts)
+        if runs is None:
+            yield "rle_malformed", "segmentation.counts", "not a compressed RLE string (pycocotools' encoding)"
+        elif sum(runs) != H * W:
+            yield (
+                "rle_malformed",
+                "segmentation.counts",
+                f"the runs sum to {sum(runs)}, not {H}x{W} = {H * W} pixels",
+            )
+    if size != [H, W]:
+        yield "rle_malformed", "segmentation.size", f"{size!r} is not the image's [height, width] [{H}, {W}]"
 
 
 def rle_string_runs(s: str) -> list[int] | None:

@@ -143,6 +143,13 @@ class Split:
         anns = self.coco.get("annotations")
         if not isinstance(images, list) or not isinstance(anns, list):
             raise DatasetError(f"{self.ann_path}: 'images' and 'annotations' must be lists")
+        by_id = self._check_images(images)
+        self._check_headers([im for iid, im in by_id.items() if iid not in self.bad_images])
+        self._check_annotations(anns, by_id, categories, masks)
+
+    def _check_images(self, images: list) -> dict:
+        """The image records' ids, sides and file names; returns id -> record of the first record of
+        each integer id (the bad among them in bad_images)."""
         by_id: dict = {}
         for i, im in enumerate(images):
             if not isinstance(im, dict) or not is_int(im.get("id")):
@@ -176,7 +183,11 @@ class Split:
                 )
             if bad:
                 self.bad_images.add(im["id"])
-        self._check_headers([im for iid, im in by_id.items() if iid not in self.bad_images])
+        return by_id
+
+    def _check_annotations(self, anns: list, by_id: dict, categories, masks: bool) -> None:
+        """Each annotation against its image record (not those of an image already bad); ids to
+        renumber, iscrowd to fill."""
         cat_ids = {c["id"]: len(c.get("keypoints") or ()) for c in categories}  # -> keypoints per object
         bad_records = set(self.bad_images)  # their annotations are not checked further
         ids_seen: set = set()
