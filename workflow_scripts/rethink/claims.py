@@ -200,67 +200,66 @@ def localisation(fin: pd.DataFrame) -> Verdict:
     return _decide(v, results)
 
 
-def check(df: pd.DataFrame) -> list[Verdict]:
-    """Every claim's verdict on a metrics table (rethink.collect's columns)."""
-    fin = finals(df)
+def random_catches_up(fin: pd.DataFrame) -> Verdict:
     main = lambda g: kind_of(g[0], g[3]) == "main" and g[1] != "VGG16"  # noqa: E731
-    out = [early(df, fin)]
-    out.append(
-        _catch_up(
-            fin,
-            Verdict(
-                "b",
-                "Training from random initialization can catch up with ImageNet pre-training, given enough "
-                "iterations (Table 2: 41.3 vs 41.1 bbox AP, R50 GN)",
-                "in every setting with both inits: random's best bbox AP over its schedules "
-                ">= pre-trained's best - margin",
-            ),
-            main,
-            needs="a setting with random and pre-trained runs",
-        )
+    v = Verdict(
+        "b",
+        "Training from random initialization can catch up with ImageNet pre-training, given enough "
+        "iterations (Table 2: 41.3 vs 41.1 bbox AP, R50 GN)",
+        "in every setting with both inits: random's best bbox AP over its schedules >= pre-trained's best - margin",
     )
-    out.append(
-        _catch_up(
-            fin,
-            Verdict(
-                "c",
-                "ImageNet pre-training shows no regularisation benefit with 10k COCO images and the same "
-                "hyper-parameters for both (25.9 from scratch vs 26.0 AP)",
-                "on coco_10k: random's best bbox AP >= pre-trained's best - margin",
-            ),
-            lambda g: g[3] == "coco_10k",
-            needs="coco_10k: finished random and pre-trained runs",
-        )
+    return _catch_up(fin, v, main, needs="a setting with random and pre-trained runs")
+
+
+def no_regularisation(fin: pd.DataFrame) -> Verdict:
+    v = Verdict(
+        "c",
+        "ImageNet pre-training shows no regularisation benefit with 10k COCO images and the same "
+        "hyper-parameters for both (25.9 from scratch vs 26.0 AP)",
+        "on coco_10k: random's best bbox AP >= pre-trained's best - margin",
     )
-    out.append(small_data(fin))
-    out.append(localisation(fin))
-    out.append(
-        _catch_up(
-            fin,
-            Verdict(
-                "e2",
-                "Keypoint detection, which is sensitive to localisation, also catches up from scratch (Figure 6)",
-                "on keypoint runs: random's best keypoint AP >= pre-trained's best - margin",
-            ),
-            lambda g: g[0] == "keypoint_rcnn",
-            metric="keypoints_AP",
-            needs="keypoint_rcnn: finished random and pre-trained runs",
-        )
+    return _catch_up(fin, v, lambda g: g[3] == "coco_10k", needs="coco_10k: finished random and pre-trained runs")
+
+
+def keypoints_catch_up(fin: pd.DataFrame) -> Verdict:
+    v = Verdict(
+        "e2",
+        "Keypoint detection, which is sensitive to localisation, also catches up from scratch (Figure 6)",
+        "on keypoint runs: random's best keypoint AP >= pre-trained's best - margin",
     )
-    out.append(
-        _catch_up(
-            fin,
-            Verdict(
-                "f",
-                "The same holds without normalisation: VGG16 Faster R-CNN from scratch reaches the pre-trained "
-                "result (35.2 vs 35.6 AP)",
-                "on VGG16 (norm none): random's best bbox AP >= pre-trained's best - margin",
-            ),
-            lambda g: g[1] == "VGG16",
-            needs="VGG16 none coco_full: finished random and pre-trained runs",
-        )
+    return _catch_up(
+        fin,
+        v,
+        lambda g: g[0] == "keypoint_rcnn",
+        metric="keypoints_AP",
+        needs="keypoint_rcnn: finished random and pre-trained runs",
     )
-    return out
+
+
+def without_normalisation(fin: pd.DataFrame) -> Verdict:
+    v = Verdict(
+        "f",
+        "The same holds without normalisation: VGG16 Faster R-CNN from scratch reaches the pre-trained "
+        "result (35.2 vs 35.6 AP)",
+        "on VGG16 (norm none): random's best bbox AP >= pre-trained's best - margin",
+    )
+    return _catch_up(
+        fin, v, lambda g: g[1] == "VGG16", needs="VGG16 none coco_full: finished random and pre-trained runs"
+    )
+
+
+def check(df: pd.DataFrame) -> list[Verdict]:
+    """Every claim's verdict on a metrics table (rethink.collect's columns), in the paper's order."""
+    fin = finals(df)
+    return [
+        early(df, fin),
+        random_catches_up(fin),
+        no_regularisation(fin),
+        small_data(fin),
+        localisation(fin),
+        keypoints_catch_up(fin),
+        without_normalisation(fin),
+    ]
 
 
 def to_frame(verdicts: list[Verdict]) -> pd.DataFrame:
