@@ -206,6 +206,29 @@ class CascadeRoIHeads(RoIHeads):
             matched.append(g[idx] if g.numel() else torch.zeros_like(p))
         return labels, self.box_coders[t].encode(matched, proposals)
 
+    def _stage_losses(self, t: int, class_logits, box_regression, proposals, labels, regression_targets) -> dict:
+        """Stage t's classification and box regression losses (zero, with a gradient, when no proposal is left)."""
+        if sum(len(p) for p in proposals) == 0:  # nothing left to train this stage on
+            loss_cls = loss_box = class_logits.sum() * 0.0 + box_regression.sum() * 0.0
+        else:
+            # class-agnostic deltas, repeated per class: fastrcnn_loss picks the same 4 for any label
+            loss_cls, loss_box = fastrcnn_loss(
+                class_logits, box_regression.repeat(1, class_logits.shape[-1]), labels, regression_targets
+            )
+        return {f"loss_classifier_stage{t}": loss_cls, f"loss_box_reg_stage{t}": loss_box}
+
+    def _detections(self, probs: list, deltas: torch.Tensor, proposals, image_shapes) -> list[dict]:
+        """The boxes, labels and scores of the stages' averaged class probabilities `probs` and the last
+        stage's deltas (per class)."""
+        mean = torch.stack(probs).mean(0)
+        # torchvision's postprocess takes logits and per-class deltas: log of the averaged
+        # probabilities (its softmax gives them back) and the last stage's agnostic deltas per class
+        with self._stage(self.num_stages - 1):
+            boxes, scores, labels = self.postprocess_detections(
+                mean.clamp_min(torch.finfo(mean.dtype).tiny).log(), deltas, proposals, image_shapes
+            )
+        return [{"boxes": b, "labels": lb, "scores": s} for b, s, lb in zip(boxes, scores, labels)]
+
     def forward(self, features, proposals, image_shapes, targets=None):
         if self.training:
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
@@ -221,31 +244,15 @@ class CascadeRoIHeads(RoIHeads):
             class_logits, box_regression = self._run_stage(t, features, proposals, image_shapes)
             num_classes = class_logits.shape[-1]
             if self.training:
-                if sum(len(p) for p in proposals) == 0:  # nothing left to train this stage on
-                    loss_cls = loss_box = class_logits.sum() * 0.0 + box_regression.sum() * 0.0
-                else:
-                    # class-agnostic deltas, repeated per class: fastrcnn_loss picks the same 4 for any label
-                    loss_cls, loss_box = fastrcnn_loss(
-                        class_logits, box_regression.repeat(1, num_classes), labels, regression_targets
-                    )
-                losses[f"loss_classifier_stage{t}"] = loss_cls
-                losses[f"loss_box_reg_stage{t}"] = loss_box
+                losses.update(
+                    self._stage_losses(t, class_logits, box_regression, proposals, labels, regression_targets)
+                )
             else:
                 probs.append(F.softmax(class_logits, -1))
 
         result: list[dict[str, torch.Tensor]] = []
         if not self.training:
-            mean = torch.stack(probs).mean(0)
-            # torchvision's postprocess takes logits and per-class deltas: log of the averaged
-            # probabilities (its softmax gives them back) and the last stage's agnostic deltas per class
-            with self._stage(self.num_stages - 1):
-                boxes, scores, labels = self.postprocess_detections(
-                    mean.clamp_min(torch.finfo(mean.dtype).tiny).log(),
-                    box_regression.repeat(1, num_classes),
-                    proposals,
-                    image_shapes,
-                )
-            result = [{"boxes": b, "labels": lb, "scores": s} for b, s, lb in zip(boxes, scores, labels)]
+            result = self._detections(probs, box_regression.repeat(1, num_classes), proposals, image_shapes)
 
         if self.has_mask():
             if self.training:
