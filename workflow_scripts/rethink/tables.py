@@ -318,13 +318,15 @@ def single_metric(fin, pub, name, title, kind, metric, pub_sources) -> Table:
     return t
 
 
+TABLE3_METRICS = ["bbox_AP", "segm_AP"]
+
+
 def table3(fin, pub) -> Table:
     """Paper Table 3: the enhanced baselines (train-time scale augmentation, ResNeXt-152, cascade,
     test-time augmentation). One row per paper row, in the paper's order, matched to our run of
     the same task, backbone, norm, init and data that trained with scale augmentation and was
     evaluated with (or without) test-time augmentation, longest schedule first; then our
     enhanced runs the paper has no row for."""
-    metrics = ["bbox_AP", "segm_AP"]
     t = Table(
         "table3",
         "Table 3: enhanced baselines (train/test augmentation, ResNeXt-152, cascade)",
@@ -342,41 +344,6 @@ def table3(fin, pub) -> Table:
         else fin
     )
     used: set = set()
-
-    def add(task, backbone, norm, data, variant, init, train_aug, test_aug, sel):
-        row = _longest(sel)
-        cells = []
-        for m in metrics:
-            paper = pubmod.lookup(
-                pub,
-                task=task,
-                backbone=backbone,
-                norm=norm,
-                init=init,
-                data=data,
-                metric=m,
-                schedule=None if row is None else row["schedule"],
-                train_aug=train_aug,
-                test_aug=test_aug,
-            )
-            cells.append(Cell(paper=paper) if row is None else _ours(row, m, paper))
-        if row is not None:
-            used.add(row.name)
-            variant = row["variant"]
-        yes = {True: "yes", False: "no"}
-        t.rows.append(
-            (
-                [
-                    setting_label(task, backbone, norm, data, variant),
-                    init,
-                    row["schedule"] if row is not None else DASH,
-                    yes[bool(train_aug)],
-                    yes[bool(test_aug)],
-                ],
-                cells,
-            )
-        )
-
     p = pub[pub.source == "table3"]
     for key, _ in p.groupby(["task", "backbone", "norm", "init", "data", "schedule"], sort=False):
         task, backbone, norm, init, data, tag = key
@@ -393,13 +360,50 @@ def table3(fin, pub) -> Table:
                 & (sel.test_aug == test_aug)
                 & ~sel.index.isin(used)
             ]
-        add(task, backbone, norm, data, "", init, train_aug, test_aug, sel)
+        _table3_row(t, pub, used, task, backbone, norm, data, "", init, train_aug, test_aug, sel)
     if not mine.empty:
         rest = mine[~mine.index.isin(used)]
         for key, sel in rest.groupby(GROUP + ["init"] + AUG, sort=False):
             task, backbone, norm, data, variant, init, train_aug, test_aug = key
-            add(task, backbone, norm, data, variant, init, train_aug, test_aug, sel)
+            _table3_row(t, pub, used, task, backbone, norm, data, variant, init, train_aug, test_aug, sel)
     return t
+
+
+def _table3_row(t: Table, pub, used: set, task, backbone, norm, data, variant, init, train_aug, test_aug, sel) -> None:
+    """A row of Table 3: our longest run in `sel` (its index added to `used`; none: the paper's
+    numbers alone) beside the paper's numbers of that setting and augmentation."""
+    row = _longest(sel)
+    cells = []
+    for m in TABLE3_METRICS:
+        paper = pubmod.lookup(
+            pub,
+            task=task,
+            backbone=backbone,
+            norm=norm,
+            init=init,
+            data=data,
+            metric=m,
+            schedule=None if row is None else row["schedule"],
+            train_aug=train_aug,
+            test_aug=test_aug,
+        )
+        cells.append(Cell(paper=paper) if row is None else _ours(row, m, paper))
+    if row is not None:
+        used.add(row.name)
+        variant = row["variant"]
+    yes = {True: "yes", False: "no"}
+    t.rows.append(
+        (
+            [
+                setting_label(task, backbone, norm, data, variant),
+                init,
+                row["schedule"] if row is not None else DASH,
+                yes[bool(train_aug)],
+                yes[bool(test_aug)],
+            ],
+            cells,
+        )
+    )
 
 
 def build_all(df: pd.DataFrame, pub: pd.DataFrame) -> dict[str, Table]:
