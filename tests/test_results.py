@@ -22,6 +22,7 @@ from rethink import figures as F
 from rethink import metrics as M
 from rethink import published as PUB
 from rethink import report_targets as R
+from rethink import table_format as TF
 from rethink import tables as T
 
 PY = sys.executable
@@ -151,9 +152,9 @@ def test_table_cells_and_delta(results):
     assert rnd.ours == pytest.approx(40.1) and pre.ours == pytest.approx(41.2)
     assert delta.ours == pytest.approx(40.1 - 41.2) and delta.paper == pytest.approx(41.3 - 41.1)
     assert t2.cell(["R50 GN coco_full", "random", "3x"], "AP mask").ours == pytest.approx(36.1)
-    md = (T.write(t1, results / "tables")[0]).read_text()
+    md = (TF.write(t1, results / "tables")[0]).read_text()
     assert "40.1 (39.5, +0.6)" in md
-    tidy = T.to_frame(t2)
+    tidy = TF.to_frame(t2)
     assert {"ours", "paper", "diff", "status"} <= set(tidy.columns)
 
 
@@ -360,7 +361,7 @@ def test_less_data_table_and_figure(tmp_path):
     t = T.build_all(df, pub)["less_data"]
     cell = t.cell(["R50 GN coco_10k", "random", "2x", "220k"], "bbox_AP")
     assert (cell.ours, cell.paper) == (24.0, 25.9)
-    assert "coco_10k" not in T.to_markdown(T.build_all(df, pub)["table1"])
+    assert "coco_10k" not in TF.to_markdown(T.build_all(df, pub)["table1"])
     assert R.figures_for(zip(df.task, df.data)) == R.FIGURES
     drawn = F.build_all(df, pub, r / "figures", pretrain="shift")
     assert "R50 GN coco_10k" in drawn["less_data"] and not drawn["convergence"]
@@ -432,7 +433,7 @@ def test_table3_from_the_paper_grid(tmp_path):
     assert math.isnan(extra[0].paper) and math.isfinite(extra[0].ours)
     tabs = T.build_all(df, PUB.load())
     for name in ("table1", "table2"):
-        assert "X152" not in T.to_markdown(tabs[name]) and "train_aug" not in T.to_markdown(tabs[name]), name
+        assert "X152" not in TF.to_markdown(tabs[name]) and "train_aug" not in TF.to_markdown(tabs[name]), name
     # curves: the Table 3 runs get panels, the TTA evaluations are not points on them
     drawn = F.build_all(df, PUB.load(), r / "figures")
     panel = drawn["convergence"]["cascade_mask_rcnn X152 GN coco_full cascade"]
@@ -474,13 +475,13 @@ def test_several_seeds_show_mean_spread_and_the_difference_with_its_error(result
     assert delta.ours == pytest.approx(40.1 - 41.2)
     assert delta.std == pytest.approx(math.sqrt(0.4**2 / 3 + 0.2**2 / 3))
     assert delta.text().startswith("\u22121.1 \u00b1 0.3 [n=3]")
-    tidy = T.to_frame(tabs["table1"])
+    tidy = TF.to_frame(tabs["table1"])
     row = tidy[(tidy.init == "random") & (tidy.column == "3x")].iloc[0]
     assert row.n == 3 and row["std"] == pytest.approx(0.4)
     # the 2x tails of seeds 1, 2 all end at 37.0 beside seed 0's 37.5: n=3, a real (small) spread
     two = tabs["table1"].cell(["R50 GN coco_full", "random"], "2x")
     assert two.n == 3 and two.std == pytest.approx(float(pd.Series([37.5, 37.0, 37.0]).std()))
-    assert "\\pm" in T.to_latex(tabs["table1"])
+    assert "\\pm" in TF.to_latex(tabs["table1"])
     # the convergence figure: a band of mean ± std where two or more seeds reached an iteration
     _, drawn = F.convergence(df, PUB.load(), {"main"}, "t")
     bands = {(b["init"], b["line"]): b for b in drawn["R50 GN coco_full"]["bands"]}

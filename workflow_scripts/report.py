@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from rethink import claims, costs, report_targets
+from rethink import claims, costs, report_targets, table_format
 from rethink import collect as C
 from rethink import figures as F
 from rethink import published as PUB
@@ -30,7 +30,7 @@ def build(metrics: str, results: str, planned=None, published: str | None = None
     df = C.read_csv(metrics)
     pub = PUB.load(published or PUB.DEFAULT_PATH)
     for table in T.build_all(df, pub).values():
-        T.write(table, Path(results) / "tables")
+        table_format.write(table, Path(results) / "tables")
     claims.write(df, Path(results) / "tables")
     costs.write_for(results, planned.attrs.get("plan") if planned is not None else None)  # from the ledger
     settings = zip(planned.task, planned.data) if planned is not None else zip(df.task, df.data)

@@ -305,7 +305,7 @@ def to_markdown(verdicts: list[Verdict]) -> str:
 
 
 def to_latex(verdicts: list[Verdict]) -> str:
-    from .tables import _tex_escape
+    from .table_format import _tex_escape
 
     out = [
         "% The paper's claims, checked on our runs",
