@@ -15,12 +15,12 @@ from test_loop import first_segment, tiny_specs
 from torch import nn
 
 from rethink import checkpoint, data, loop, metrics, synthetic
-from rethink.checkpoint import BACKBONE_FORMAT
 from rethink.engines import get_engine
 from rethink.engines import torchvision_models as models
 from rethink.engines.torchvision_data import CocoSplit, flip_keypoints, keypoint_flip_indices
 from rethink.engines.torchvision_engine import _merge, inference_passes
 from rethink.evaluate import evaluate_results
+from rethink.weights import BACKBONE_FORMAT
 
 
 def short_spec(p, iterations: int = 2, **extra) -> dict:

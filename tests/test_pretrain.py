@@ -92,8 +92,8 @@ D2_KEYS = json.loads((ROOT / "tests" / "data" / "detectron2_resnet_keys.json").r
 def test_pretrained_resnet_renames_to_detectron2s_resnet(backbone, norm):
     """The pre-training's body (torchvision names) renamed for detectron2 fits detectron2's ResNet key for
     key and shape for shape: the key list is detectron2's own (tests/data, written with detectron2)."""
-    from rethink.checkpoint import fit_problems, torchvision_resnet_to_detectron2
     from rethink.engines import torchvision_models as models
+    from rethink.weights import fit_problems, torchvision_resnet_to_detectron2
 
     body = {k: v for k, v in models.resnet(backbone, norm).state_dict().items() if not k.startswith("fc.")}
     renamed = torchvision_resnet_to_detectron2(body)
@@ -109,7 +109,7 @@ def test_pretrained_resnet_renames_to_detectron2s_resnet(backbone, norm):
 
 
 def test_renaming_refuses_what_is_not_a_resnet_body():
-    from rethink.checkpoint import torchvision_resnet_to_detectron2
+    from rethink.weights import torchvision_resnet_to_detectron2
 
     with pytest.raises(ValueError, match="fc.weight"):
         torchvision_resnet_to_detectron2({"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)})
@@ -139,7 +139,7 @@ def test_weights_load_into_detectron2s_backbone(pretrained):
     """Where detectron2 is installed: the tiny pre-training's file loads into the detectron2 engine's
     R18-GN with every backbone tensor equal to the file's; another norm is refused naming the file."""
     pytest.importorskip("detectron2", reason="detectron2 is not installed (the cluster engine's tests need it)")
-    from rethink.checkpoint import torchvision_resnet_to_detectron2
+    from rethink.weights import torchvision_resnet_to_detectron2
 
     spec, p = pretrained["spec"], pretrained["specs"]
     run = next(r for r in p.plan.grid.runs.values() if r.init == pretrained["init"])

@@ -219,13 +219,14 @@ def test_config_rehearsal_diverge_stops_the_run_through_the_loops_guard(tmp_path
 
 def test_a_real_engine_never_takes_rehearsal_weights_and_collect_never_mixes(tmp_path, rehearsed):
     from rethink import checkpoint
+    from rethink.weights import read_backbone_weights
 
     weights = next((rehearsed / "work" / "rehearsal" / "init").rglob("*.pth"))
     with pytest.raises(ValueError, match="not rehearsal weights"):
         rehearsal.read_weights(str(ROOT / "config.yaml"))
     assert rehearsal.read_weights(str(weights))["rehearsal"] is True
     with pytest.raises(checkpoint.CheckpointError, match="unreadable backbone weights"):  # what the real engines read
-        checkpoint.read_backbone_weights(weights, {"backbone": "R18", "norm": "GN"})
+        read_backbone_weights(weights, {"backbone": "R18", "norm": "GN"})
     # a rehearsal metrics JSON where a real campaign expects its own: collect names it
     real = collect.planned_runs(tiny_config())
     src = next((rehearsed / "results" / "rehearsal" / "metrics").rglob("iter_*.json"))

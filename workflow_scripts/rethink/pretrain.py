@@ -7,7 +7,7 @@ Outputs (spec from rethink.job_specs.JobSpecs.pretrain_spec):
     spec["output"]  the backbone weights: {"format": "rethink-backbone/1", "backbone", "norm",
                     "model": the body's state_dict (no classifier, torchvision names), "iterations",
                     "train_accuracy"}; each engine's load_init_weights reads them with
-                    rethink.checkpoint.read_backbone_weights (the detectron2 engine renames them)
+                    rethink.weights.read_backbone_weights (the detectron2 engine renames them)
     spec["cost"]    {"iterations", "images", "instances", "pixels", "train_accuracy"}: what the
                     pre-training saw (images = instances for classification)
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, loop, sampling
+from . import checkpoint, loop, sampling, weights
 from .atomic import write_json_atomic
 from .data import load_classification, load_manifest
 from .engines.torchvision_models import classifier
@@ -175,7 +175,7 @@ def pretrain(spec: dict) -> dict:
     body = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     checkpoint.atomic_torch_save(
         {
-            "format": checkpoint.BACKBONE_FORMAT,
+            "format": weights.BACKBONE_FORMAT,
             "backbone": spec["backbone"],
             "norm": spec["norm"],
             "model": body,

@@ -63,7 +63,7 @@ class Engine(Protocol):
 
     def load_init_weights(self, model: torch.nn.Module, path: str, run: dict) -> None:
         """The pre-trained init's backbone weights into a fresh model (a .pth the pretrain rule
-        wrote: rethink.checkpoint.read_backbone_weights; or a staged ImageNet .pkl for detectron2).
+        wrote: rethink.weights.read_backbone_weights; or a staged ImageNet .pkl for detectron2).
         The loop calls it at iteration 0 of a spec with init_weights."""
         ...
 

@@ -20,14 +20,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..checkpoint import (
-    CheckpointError,
-    first_problems,
-    fit_problems,
-    read_backbone_weights,
-    torchvision_resnet_to_detectron2,
-)
+from ..checkpoint import CheckpointError
 from ..stage import StageError, check_weights_pickle
+from ..weights import first_problems, fit_problems, read_backbone_weights, torchvision_resnet_to_detectron2
 from .detectron2_config import D2ConfigError
 from .shared import VGG16_BLOCKS
 
@@ -146,7 +141,7 @@ def load_vgg16_pkl(model, path: str, run: dict) -> int:
 
 def load_torchvision_resnet(bottom_up, path: str, run: dict) -> int:
     """The workflow's own pre-trained ResNet body (rethink.pretrain, torchvision names) -> detectron2's
-    ResNet `bottom_up`, renamed by rethink.checkpoint.torchvision_resnet_to_detectron2 and loaded only
+    ResNet `bottom_up`, renamed by rethink.weights.torchvision_resnet_to_detectron2 and loaded only
     if every tensor fits (errors name the file, the run and the first keys). Returns the tensors loaded."""
     who = f"{path} (run {run.get('run_id', '?')})"
     try:

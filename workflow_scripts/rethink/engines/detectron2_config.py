@@ -149,7 +149,7 @@ def weights_style(run: dict) -> str | None:
     default's "imagenet") starts from torchvision-named weights trained on torchvision's input
     normalisation: "torchvision", with the config detectron2's tools/convert-torchvision-to-d2.py
     prescribes for such weights (RGB input, torchvision's mean and std, STRIDE_IN_1X1 False); the
-    engine renames the keys (rethink.checkpoint.torchvision_resnet_to_detectron2). Decided by
+    engine renames the keys (rethink.weights.torchvision_resnet_to_detectron2). Decided by
     the run (not by the weights' file name), so the model that build_model makes before the
     weights are loaded is the one they fit."""
     if is_random_init(run):

@@ -40,7 +40,7 @@ engines/detectron2_backbones.py.
   images, at the same scales and flips, as one that never stopped, at no cost (no skipping).
 * load_converted(model, state_dict, from_task, run): the switch to cascade inside a run (Table 3
   from scratch: Mask R-CNN until cascade_from_iter, CascadeROIHeads after), mapped by
-  rethink.checkpoint.map_into_cascade.
+  rethink.weights.map_into_cascade.
 * optimizer_param_groups(model, run) (optional for the loop): detectron2's parameter groups,
   no weight decay on norm layers, frozen parameters left out.
 * losses: model(batch) in train mode inside a detectron2 EventStorage (its RPN and RoI heads
@@ -59,14 +59,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import (
-    CheckpointError,
-    first_problems,
-    map_into_cascade,
-    unwrap,
-)
+from ..checkpoint import CheckpointError, unwrap
 from ..sampling import GroupedBatches, aspect_groups, batch_indices, iteration_loader, seed_mix
 from ..stage import StageError, check_weights_pickle
+from ..weights import first_problems, map_into_cascade
 from . import detectron2_config as d2config
 from .detectron2_backbones import load_torchvision_resnet, load_vgg16_pkl, register_vgg16_backbone
 from .detectron2_base_configs import DETECTRON2_COMMIT
@@ -311,7 +307,7 @@ class Detectron2Engine:
     def load_converted(self, model, state_dict: dict, from_task: str, run: dict) -> str:
         """A checkpoint of another architecture into this run's model (the loop calls it for a
         segment whose start_task differs): today Mask R-CNN -> Cascade Mask R-CNN, mapped by
-        rethink.checkpoint.map_into_cascade. Returns a one-line report; raises ValueError naming
+        rethink.weights.map_into_cascade. Returns a one-line report; raises ValueError naming
         the run and the tasks if the pair is not a known switch or the state dict does not fit
         (another backbone, another number of classes, ...). Nothing is copied unless everything
         fits."""

@@ -47,7 +47,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
 from torchvision.ops import boxes as box_ops
 
-from ..checkpoint import STANDARD_BBOX_PRED, first_problems, map_into_cascade
+from ..weights import STANDARD_BBOX_PRED, first_problems, map_into_cascade
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
 STAGE_BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
@@ -281,7 +281,7 @@ class CascadeRoIHeads(RoIHeads):
 
 def convert_mask_rcnn_state(target: dict, source: dict) -> tuple[dict, str]:
     """A Mask R-CNN state dict `source` mapped onto a cascade model's state dict `target` by
-    rethink.checkpoint.map_into_cascade (the stages' parts under BOX_HEADS / BOX_PREDICTORS).
+    rethink.weights.map_into_cascade (the stages' parts under BOX_HEADS / BOX_PREDICTORS).
     Returns the state dict to load (strict) and a one-line report; raises ValueError listing what
     does not fit."""
     stages = len({k[len(BOX_HEADS) :].split(".")[0] for k in target if k.startswith(BOX_HEADS)})

@@ -30,8 +30,9 @@ import math
 import numpy as np
 import torch
 
-from ..checkpoint import load_backbone_weights, unwrap
+from ..checkpoint import unwrap
 from ..sampling import iteration_loader
+from ..weights import load_backbone_weights
 from .shared import test_aug_sizes
 from .torchvision_data import CocoSplit, TrainStream, keypoint_names
 from .torchvision_models import detector
