@@ -1,3 +1,4 @@
+# over 400 lines: one realistic COCO set made here, then each of its bad variants, one test per property
 """COCO-format sets as people have them (rethink.validate_data, called by rethink.data.prepare):
 a realistic set made here (PIL images of several modes, an EXIF-rotated JPEG, a subfolder,
 non-contiguous category ids, crowd RLEs of both kinds, an annotation id 0) prepares and is

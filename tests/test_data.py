@@ -1,3 +1,4 @@
+# over 400 lines: every dataset kind's preparation and the weight staging, over shared builders of fake sets
 """Datasets (rethink.data) and weight staging (rethink.stage): synthetic sets, COCO subsets,
 VOC conversion, the classification set, path checks, and the prepare_data CLI."""
 

@@ -1,3 +1,4 @@
+# over 400 lines: the detectron2 config checked field by field against detectron2's own paper configs
 """The run -> detectron2 config translation (rethink.engines.detectron2_config), checked field by field against
 detectron2's own configs for the paper (paper/detectron2_configs.json: get_cfg + merge_from_file
 at detectron2 commit 02b5c4e). Needs no detectron2: it checks the flat dict d2config.resolved(),

@@ -1,3 +1,4 @@
+# over 400 lines: the data fuzzer in one piece: its strategies and its check of one example
 """The data fuzzer's parts, shared by tests/test_fuzz_data.py (a bounded, seeded run in CI) and
 bench/fuzz.py (the long campaign): Hypothesis strategies that mutate a small COCO set (its JSON: ids,
 bbox, polygons, RLEs, keypoints, categories, sizes; its image files: truncated, not images, EXIF

@@ -1,3 +1,4 @@
+# over 400 lines: the three figures share one drawing vocabulary (RC, colours, legend, the convergence panel)
 """The paper's figures from the metrics table: PNG (150 dpi) and PDF under <results>/figures/.
 
     convergence   AP vs iterations (k), random init vs pre-trained, one panel per (task, backbone,

@@ -1,3 +1,4 @@
+# over 400 lines: the runs a config asks for and the checks that refuse what it may not ask, one pass
 """The experiment grid: a validated config -> the runs it asks for.
 
 A run is one training of one model: (backbone, norm, init, data, schedule, seed[, variant]),
