@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 step loop_paper 150 "$py" bench/bench_loop.py --scale paper --gpus 1 --iters 30 --repeats 1
 if "$py" -c "import detectron2" 2>/dev/null; then
-    step train_speed 330 "$py" bench/bench_gpu.py --iters 40 --out "$out/train_speed.json"
+    step train_speed 330 "$py" bench/bench_gpu.py --iters 25 --out "$out/train_speed.json"  # x2 rounds (bench_gpu)
     step eval_cost 200 "$py" bench/bench_eval.py --scale paper --gpus 1 --engine detectron2 --counts 100 500 --iters 20
 else
     echo "== detectron2 cannot be imported: train_speed skipped; eval_cost with the torchvision engine"
