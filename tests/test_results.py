@@ -7,7 +7,6 @@ the published join and the figures' drawn data are checked against them.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -316,9 +315,7 @@ def test_figure_draws_branches_and_paper_markers(results):
 
 
 def test_partial_grid_note_and_planned_runs(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "bench_report.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = script_module("bench_report", ROOT / "bench")
     from rethink import config as rconfig
 
     cfg = rconfig.load(ROOT / "configs" / "tiny.yaml")
@@ -396,9 +393,7 @@ def test_table3_from_the_paper_grid(tmp_path):
     """Every Table 3 row of the paper gets our run: R101/X152 with train aug, X152 cascade, and
     the cascade model's evaluation with test-time augmentation (a second file of the same
     checkpoint), from scratch and pre-trained. No Table 3 run leaks into Tables 1 and 2."""
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "bench_report.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = script_module("bench_report", ROOT / "bench")
     from rethink import config as rconfig
 
     cfg = rconfig.load(ROOT / "config.yaml")
