@@ -5,13 +5,14 @@ PYTHON ?= python3
 
 .PHONY: install tiny test lint bench
 
-# the pinned requirements, then the project's own packages (rethink, rethink_lab: pyproject.toml),
-# editable: `import rethink` works from any folder with this venv, and an edit needs no reinstall
-$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
+# the pinned requirements, then the project's own packages (rethink, rethink_lab: pyproject.toml) and
+# profiles/slurm's executor (workflow_scripts/slurm_direct), editable: `import rethink` works from
+# any folder with this venv, and an edit needs no reinstall
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml workflow_scripts/slurm_direct/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-test.txt
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q --no-deps -e . -e workflow_scripts/slurm_direct
 	touch $@
 
 install: $(VENV)/.installed

@@ -32,7 +32,7 @@ VENV_BIN = str(Path(sys.executable).parent)
 FAST_POLL = [
     "--seconds-between-status-checks",
     "1",
-    "--slurm-init-seconds-before-status-checks",
+    "--slurm-direct-init-seconds-before-status-checks",
     "1",
     "--latency-wait",
     "5",
@@ -177,34 +177,60 @@ rule all:
     input: expand("train_{i}.json", i=[1, 2])
 
 rule prepare:
-    output: "data.txt"
+    output: "data.json"
     resources: runtime=2, mem_mb=300, cpus_per_task=1
-    shell: "echo data > {output}"
+    run:
+        import json, runpy
+        json.dump(runpy.run_path("probe.py")["ancestry"](), open(output[0], "w"))
 
 rule train:
-    input: "data.txt"
-    output: "train_{i}.json"
+    input: "data.json"
+    output: json="train_{i}.json", chain="chain_{i}.json"
     resources: gpu=1, runtime=3, mem_mb=600, cpus_per_task=2
     shell:
+        "python probe.py > {output.chain} && "
         "python -c 'import json, os, sys; json.dump(dict("
         "job=os.environ.get(\\"SLURM_JOB_ID\\"), gpus=os.environ.get(\\"SLURM_GPUS_ON_NODE\\"), "
-        "cvd=os.environ.get(\\"CUDA_VISIBLE_DEVICES\\"), prefix=sys.prefix), open(\\"{output}\\", \\"w\\"))'"
+        "cvd=os.environ.get(\\"CUDA_VISIBLE_DEVICES\\"), prefix=sys.prefix), open(\\"{output.json}\\", \\"w\\"))'"
+"""
+# The command lines of a job's processes, from itself up to SLURM's slurmstepd.
+PROBE = """\
+import json, os, sys
+
+def ancestry():
+    chain, pid = [], os.getpid()
+    while pid > 1:
+        if open(f"/proc/{pid}/comm").read().strip() == "slurmstepd":
+            break
+        chain.append(open(f"/proc/{pid}/cmdline").read().replace("\\0", " ").strip())
+        pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    return chain
+
+if __name__ == "__main__":
+    json.dump(ancestry(), sys.stdout)
 """
 
 
 def test_toy_workflow_through_profile(slurm_cluster, tmp_path):
     c = slurm_cluster
     (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE)
+    (tmp_path / "probe.py").write_text(PROBE)
     proc = run_snakemake(["--profile", str(PROFILE), *FAST_POLL], tmp_path, job_env(c))
     assert proc.returncode == 0, explain(proc, c)
     ids = slurm_ids(proc.stderr + proc.stdout)
     assert len(ids) == 3, explain(proc)
 
     results = [json.loads((tmp_path / f"train_{i}.json").read_text()) for i in (1, 2)]
-    assert (tmp_path / "data.txt").read_text() == "data\n"
     for r in results:
         assert r["job"] in ids and r["gpus"] == "1", r
         assert Path(r["prefix"]).resolve() == Path(sys.prefix).resolve(), r  # same venv
+    # profiles/slurm's executor (slurm-direct): a shell rule's batch job runs its command with no
+    # Snakemake in between; a `run:` rule needs a Snakemake on the node, and has one
+    for i in (1, 2):
+        chain = json.loads((tmp_path / f"chain_{i}.json").read_text())
+        assert chain and not any("snakemake" in cmd for cmd in chain), chain
+    prepared = json.loads((tmp_path / "data.json").read_text())
+    assert any("-m snakemake" in cmd and "--mode remote" in cmd for cmd in prepared), prepared
     for r in results:
         info = c.job_info(r["job"])
         assert info["JobState"] == "COMPLETED", info["_raw"]
@@ -350,6 +376,8 @@ def test_interrupted_job_resumes_from_checkpoint(slurm_cluster, tmp_path):
     assert 4 <= len(by_job[first_job]) < n_steps, by_job
     assert by_job[second_job][0] == len(by_job[first_job]), by_job  # resumed, not restarted
     first = c.job_info(first_job)
-    assert first["JobState"] == "FAILED" and first["ExitCode"].startswith("1:"), first["_raw"]
+    # the batch job runs the command itself (profiles/slurm: slurm-direct), so SLURM records the
+    # command's own exit status (the toy's 3 after SIGTERM), not a Snakemake's 1
+    assert first["JobState"] == "FAILED" and first["ExitCode"].startswith("3:"), first["_raw"]
     assert c.job_info(second_job)["JobState"] == "COMPLETED"
     assert "gres:gpu:1" in first["_raw"]

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 FAST_POLL = [
     "--seconds-between-status-checks",
     "1",
-    "--slurm-init-seconds-before-status-checks",
+    "--slurm-direct-init-seconds-before-status-checks",
     "1",
     "--latency-wait",
     "5",

@@ -34,7 +34,7 @@ CONTROLLER_DOWN_S = 65
 FAST_POLL = [
     "--seconds-between-status-checks",
     "1",
-    "--slurm-init-seconds-before-status-checks",
+    "--slurm-direct-init-seconds-before-status-checks",
     "1",
     "--max-status-checks-per-second",
     "1",

@@ -1,0 +1,100 @@
+"""Snakemake's SLURM executor (snakemake-executor-plugin-slurm, subclassed), whose batch job runs a
+shell rule's command itself.
+
+With the plain SLURM executor every job starts Snakemake twice on the compute node: the batch
+script runs ``snakemake --executor slurm-jobstep``, which parses the Snakefile and runs ``srun ...
+snakemake`` again for the job's one shell command. Each start imports Snakemake and its plugins and
+parses the workflow (about 3 s on a 2-core machine, README: Campaign rehearsal). Here the batch
+script is that ``srun`` line with the command itself:
+
+    srun -n1 --cpu-bind=q --cpus-per-task=N [--gpus=G] --nodes=1 bash -c 'set -euo pipefail; <command>'
+
+(the srun options are the jobstep executor's own, so a job gets the same CPUs, GPUs, node and
+signals: ``--signal`` still reaches the step). What the Snakemake on the node did before the
+command is done on the submitting host instead, just before sbatch, as Snakemake's local executor
+does it (``job.prepare()``: the existing output removed, the output and log folders made, the
+inputs waited for); after the job, the submitting Snakemake checks the outputs as before (with
+``--latency-wait``). Everything else is the SLURM executor's: submission, status polling,
+cancellation, the options (``--slurm-direct-<option>`` for ``--slurm-<option>``).
+
+A job runs the plain way (Snakemake on the node) where the direct way would skip something Snakemake
+does there: a rule without a ``shell:`` command (``script:``, ``run:``, wrappers), a group job, an
+array job (``--slurm-direct-array-jobs``), a benchmark or shadow directive, a software deployment
+method (``--sdm conda`` / apptainer / env-modules), or ``--slurm-direct-plain``.
+"""
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from snakemake.shell import shell
+from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
+from snakemake_executor_plugin_slurm import ExecutorSettings as SlurmExecutorSettings
+from snakemake_executor_plugin_slurm import common_settings  # noqa: F401  (the plugin interface reads it here)
+from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting
+
+GPU_RESOURCES = ("gpus", "gpu", "nvidia_gpu")
+
+
+@dataclass
+class ExecutorSettings(SlurmExecutorSettings):
+    plain: bool = field(
+        default=False,
+        metadata={
+            "help": "Run every job the plain way, through a Snakemake started on the node, instead of "
+            "a shell rule's command in the batch job itself (srun ... bash -c <command>).",
+            "env_var": False,
+            "required": False,
+        },
+    )
+
+
+class Executor(SlurmExecutor):
+    def plain_reason(self, job):
+        """Why `job` runs the plain way (Snakemake on the node), or None: it runs directly."""
+        if self.workflow.executor_settings.plain:
+            return "--slurm-direct-plain"
+        if job.is_group():
+            return "a group job"
+        if not job.rule.shellcmd:
+            return "no shell command"
+        if job.name in self.array_jobs or "all" in self.array_jobs:
+            return "an array job"
+        if job.benchmark or job.rule.shadow_depth:
+            return "a benchmark or shadow directive"
+        if self.workflow.deployment_settings.deployment_method:
+            return "a software deployment method"
+        return None
+
+    def run_job(self, job):
+        if self.plain_reason(job) is None:
+            # what the Snakemake on the node did (snakemake.executors.local does the same)
+            self.workflow.async_run(job.prepare())
+        super().run_job(job)
+
+    def format_job_exec(self, job) -> str:
+        reason = self.plain_reason(job)
+        if reason is not None:
+            self.logger.debug(f"{job.name}: Snakemake on the node ({reason})")
+            return super().format_job_exec(job)
+        gpu = any(job.resources.get(key) for key in GPU_RESOURCES)
+        shell_exec = job.resources.get("shell_exec") or shell.get_executable() or "bash"
+        command = (shell._get_process_prefix(shell_exec) + job.shellcmd).strip()
+        srun = " ".join(
+            part
+            for part in (
+                "srun -n1 --cpu-bind=q",
+                get_cpu_setting(job, gpu),
+                get_gpu_setting(job),
+                get_node_setting(job),
+                shlex.quote(shell_exec),
+                "-c",
+                shlex.quote(command),
+            )
+            if part
+        )
+        if self.workflow.executor_settings.pass_command_as_script:
+            return srun  # the batch script's text, as it is
+        # `sbatch --wrap="<this>"` through a shell: the SLURM executor escapes the double quotes,
+        # backslashes, `$` and backquotes must reach the batch script unexpanded as well
+        return re.sub(r"([\\$`])", r"\\\1", srun)
