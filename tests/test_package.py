@@ -23,6 +23,25 @@ def test_the_packages_import_from_any_folder(tmp_path):
     assert out.stdout.split() == [str(PKG / "__init__.py"), str(LAB / "__init__.py")]
 
 
+def test_snakemake_finds_the_profiles_executor_from_any_folder(tmp_path):
+    """profiles/slurm's `executor: slurm-direct` (workflow_scripts/slurm_direct, a project of its own):
+    Snakemake lists executor plugins with pkgutil.iter_modules, which sees a folder on sys.path but not
+    an editable install's import hook (what `rethink` has)."""
+    code = (
+        "from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry as R; "
+        "p = R().get_plugin('slurm-direct'); import sys; print(sys.modules[p.executor.__module__].__file__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env={})
+    assert out.returncode == 0, out.stderr
+    direct = ROOT / "workflow_scripts" / "slurm_direct"
+    assert out.stdout.strip() == str(direct / "snakemake_executor_plugin_slurm_direct" / "__init__.py")
+    assert "slurm_direct" in (ROOT / "Makefile").read_text()  # `make install` installs it
+    profile = (ROOT / "profiles" / "slurm" / "profile.yaml").read_text()
+    assert re.search(r"^executor: slurm-direct\b", profile, re.M)
+    # every plugin option of the profile is one slurm-direct has (the SLURM plugin's, renamed)
+    assert not re.search(r"^slurm-(?!direct-)", profile, re.M)
+
+
 def test_pyproject_installs_every_package_folder():
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert tool["package-dir"] == {"rethink": "workflow_scripts/rethink", "rethink_lab": "tests/lab"}

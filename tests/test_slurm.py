@@ -188,7 +188,7 @@ rule train:
     output: json="train_{i}.json", chain="chain_{i}.json"
     resources: gpu=1, runtime=3, mem_mb=600, cpus_per_task=2
     shell:
-        "python probe.py > {output.chain} && "
+        "python probe.py > {output.chain} && echo \\"$SLURM_JOB_ID\\" > {output.chain}.id && "
         "python -c 'import json, os, sys; json.dump(dict("
         "job=os.environ.get(\\"SLURM_JOB_ID\\"), gpus=os.environ.get(\\"SLURM_GPUS_ON_NODE\\"), "
         "cvd=os.environ.get(\\"CUDA_VISIBLE_DEVICES\\"), prefix=sys.prefix), open(\\"{output.json}\\", \\"w\\"))'"
@@ -229,6 +229,8 @@ def test_toy_workflow_through_profile(slurm_cluster, tmp_path):
     for i in (1, 2):
         chain = json.loads((tmp_path / f"chain_{i}.json").read_text())
         assert chain and not any("snakemake" in cmd for cmd in chain), chain
+        # `$` in a command reaches the batch job unexpanded (the login node has no SLURM_JOB_ID)
+        assert (tmp_path / f"chain_{i}.json.id").read_text().strip() == results[i - 1]["job"]
     prepared = json.loads((tmp_path / "data.json").read_text())
     assert any("-m snakemake" in cmd and "--mode remote" in cmd for cmd in prepared), prepared
     for r in results:

@@ -46,7 +46,10 @@ import time
 from pathlib import Path
 
 HEARTBEAT_S = 30
-SLURM_TOOLS = {"squeue", "sacct", "scontrol", "sbatch", "scancel", "sinfo", "sh"}
+# What Snakemake runs itself, which is no rule: the SLURM commands (through `sh`), and the solvers of
+# its ILP job scheduler (pulp runs `cbc` at every job selection; with a thousand jobs to choose from,
+# often enough that a Snakemake which had lost its jobs was never seen idle: bench_campaign, full grid)
+SNAKEMAKE_TOOLS = {"squeue", "sacct", "scontrol", "sbatch", "scancel", "sinfo", "sh", "cbc", "glpsol", "highs"}
 LOST_AFTER_S = 300  # > the plugin's longest wait between status checks (180 s) + latency-wait (60 s)
 STATE = Path(".snakemake") / "slurm_run.json"
 ACTIVE = {
@@ -271,7 +274,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _busy_children(pid: int) -> bool:
-    """A child of Snakemake other than its SLURM commands: a local rule running."""
+    """A child of Snakemake other than the tools it runs itself (SNAKEMAKE_TOOLS): a local rule running."""
     import psutil
 
     try:
@@ -280,7 +283,7 @@ def _busy_children(pid: int) -> bool:
         return False
     for k in kids:
         try:
-            if k.name() not in SLURM_TOOLS:
+            if k.name() not in SNAKEMAKE_TOOLS:
                 return True
         except psutil.Error:
             continue
