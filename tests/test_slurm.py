@@ -297,13 +297,16 @@ def save():
 save()
 print(f"resume-toy: job {job} starts at step {len(state['steps'])}", flush=True)
 while len(state["steps"]) < n:
-    if stop:
+    if stop:  # the resume checkpoint takes a while to write, as a real one does
+        print(f"resume-toy: signal {stop[0]} at step {len(state['steps'])}", flush=True)
+        time.sleep(1.0)
         save()
-        print(f"resume-toy: signal {stop[0]}, checkpoint at step {len(state['steps'])}", flush=True)
+        print(f"resume-toy: checkpoint at step {len(state['steps'])}", flush=True)
         sys.exit(3)
     time.sleep(step_s)
     state["steps"].append([len(state["steps"]), job])
-    save()
+    if len(state["steps"]) % 5 == 0:  # periodic checkpoints
+        save()
 with open(out, "w") as f:
     json.dump(state, f)
 """
@@ -318,7 +321,7 @@ rule segment:
         runtime=5, mem_mb=300, cpus_per_task=1, gpu=1,
         # SLURM sends SIGTERM 60 s before the time limit: checkpoint and exit
         slurm_extra="--signal=TERM@60"
-    shell: "python resume_toy.py {params.ckpt} {output} %d %s"
+    shell: "python resume_toy.py {params.ckpt} {output} %d %s >> segment.log 2>&1"
 """
 
 
@@ -377,6 +380,12 @@ def test_interrupted_job_resumes_from_checkpoint(slurm_cluster, tmp_path):
     by_job = {j: [s for s, jj in final["steps"] if jj == j] for j in final["jobs"]}
     assert 4 <= len(by_job[first_job]) < n_steps, by_job
     assert by_job[second_job][0] == len(by_job[first_job]), by_job  # resumed, not restarted
+    # the resume checkpoint was written whole after SIGTERM (not only the periodic one before it):
+    # the job's shell outlives its command, so SLURM does not end the step while it writes
+    log = (tmp_path / "segment.log").read_text()
+    stopped = re.search(r"signal 15 at step (\d+)", log)
+    assert stopped and f"checkpoint at step {stopped.group(1)}" in log, log
+    assert by_job[second_job][0] == int(stopped.group(1)), (log, by_job)
     first = c.job_info(first_job)
     # the batch job runs the command itself (profiles/slurm: slurm-direct), so SLURM records the
     # command's own exit status (the toy's 3 after SIGTERM), not a Snakemake's 1

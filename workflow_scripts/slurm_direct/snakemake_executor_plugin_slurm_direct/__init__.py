@@ -7,10 +7,12 @@ snakemake`` again for the job's one shell command. Each start imports Snakemake 
 parses the workflow (about 3 s on a 2-core machine, README: Campaign rehearsal). Here the batch
 script is that ``srun`` line with the command itself:
 
-    srun -n1 --cpu-bind=q --cpus-per-task=N [--gpus=G] --nodes=1 bash -c 'set -euo pipefail; <command>'
+    srun -n1 --cpu-bind=q --cpus-per-task=N [--gpus=G] --nodes=1 \
+        bash -c 'trap : TERM USR1 USR2; set -euo pipefail; <command>'
 
 (the srun options are the jobstep executor's own, so a job gets the same CPUs, GPUs, node and
-signals: ``--signal`` still reaches the step). What the Snakemake on the node did before the
+signals: ``--signal`` still reaches the step; the trap keeps the shell alive, to exit with the
+command's status, while the command handles the signal). What the Snakemake on the node did before the
 command is done on the submitting host instead, just before sbatch, as Snakemake's local executor
 does it (``job.prepare()``: the existing output removed, the output and log folders made, the
 inputs waited for); after the job, the submitting Snakemake checks the outputs as before (with
@@ -34,6 +36,7 @@ from snakemake_executor_plugin_slurm import common_settings  # noqa: F401  (the 
 from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting
 
 GPU_RESOURCES = ("gpus", "gpu", "nvidia_gpu")
+SIGNALS = "TERM USR1 USR2"  # what SLURM sends a job before it ends it (`--signal`, pre-emption, walltime)
 
 
 @dataclass
@@ -79,7 +82,10 @@ class Executor(SlurmExecutor):
             return super().format_job_exec(job)
         gpu = any(job.resources.get(key) for key in GPU_RESOURCES)
         shell_exec = job.resources.get("shell_exec") or shell.get_executable() or "bash"
-        command = (shell._get_process_prefix(shell_exec) + job.shellcmd).strip()
+        # SLURM signals every process of the step (pre-emption, walltime, `--signal`); a shell that
+        # died of it would end the step, and SLURM would kill the command while it writes its resume
+        # checkpoint. With a trap the shell waits for the command, then exits with its status.
+        command = (f"trap : {SIGNALS}; " + shell._get_process_prefix(shell_exec) + job.shellcmd).strip()
         srun = " ".join(
             part
             for part in (
