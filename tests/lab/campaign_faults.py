@@ -122,7 +122,9 @@ class FaultInjector:
 
     def poll(self, now: float) -> list[dict]:
         jobs = self.cluster.jobs()
-        active = Counter(j["comment"] for j in jobs if j["state"] in ("RUNNING", "COMPLETING"))
+        active = Counter(  # Snakemake's jobs (comment rule_<rule>_wildcards_<...>), not the pre-empting ones
+            j["comment"] for j in jobs if j["state"] in ("RUNNING", "COMPLETING") and j["comment"].startswith("rule_")
+        )
         self.doubles += [(now, c) for c, n in active.items() if n > 1]
         if self.node_back and now >= self.node_back[0]:
             self.cluster.node_up(self.node_back[1])
