@@ -293,6 +293,21 @@ def test_a_trainer_that_waited_for_one_that_finished_takes_its_output(tmp_path):
     assert not Path(spec["resume_dir"]).exists()
 
 
+def test_a_slurm_job_requeued_after_it_finished_takes_its_output(tmp_path, monkeypatch):
+    """SLURM requeued a training job just as its command ended (a fault of the campaign test, 0.17 s
+    after): the same job id starts again with SLURM_RESTART_COUNT 1, finds the valid output it wrote,
+    and trains nothing instead of the whole segment. A first start still trains."""
+    p = tiny_specs(tmp_path)
+    spec = spec_of(p, first_segment(p), end=2, deterministic=False)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    segment.train_segment(spec)
+    before = checkpoint.load(spec["output"])
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    got = segment.train_segment(spec)
+    assert got.get("taken_over") and got["iteration"] == 2 and got["history"] == [], got
+    assert checkpoint.load(spec["output"])["counters"] == before["counters"]
+
+
 # ------------------------------------------------------------------------------ resume: SIGKILL, SIGTERM
 @pytest.fixture(scope="module")
 def resume_scenario(module_tmp):

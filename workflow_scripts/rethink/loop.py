@@ -30,7 +30,8 @@ rethink.sampling):
 * One trainer per segment: rank 0 holds an exclusive lock on ``<resume_dir>/.lock`` (rethink.lock)
   from before the start state is read; a second trainer of the same segment waits while the first
   lives, then resumes from what it left, or, where it finished, takes its valid output (iteration
-  ``end``, this family and identity) and trains nothing.
+  ``end``, this family and identity) and trains nothing; so does a SLURM job requeued after its
+  command finished (SLURM_RESTART_COUNT > 0).
 * recipe.amp: the forward pass under autocast (rethink.precision; float16 + GradScaler on CUDA,
   bfloat16 on CPU), the scaler's state in every checkpoint.
 * A step is one iteration, except for an engine with ``iterations_in(batch)`` (the rehearsal's,
@@ -195,7 +196,11 @@ class Trainer:
             self.log = lambda msg: print(f"[{self.who}] {msg}", flush=True)
             if self.resume_dir:  # one trainer per segment, held until the segment ends
                 lock = stack.enter_context(SegmentLock(self.resume_dir, self.who, self.log))
-        taken = self._output_of_another_trainer() if lock is not None and lock.waited_s > 0 else None
+        # Snakemake removes a job's output before the job starts: one that exists now was written for
+        # this job, by a trainer this one waited for, or by this SLURM job before SLURM requeued it
+        # (a requeue or pre-emption that struck as the command ended: the same job id starts again)
+        again = os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
+        taken = self._output_of_another_trainer() if lock is not None and (lock.waited_s > 0 or again) else None
         if self.dist.sum([1.0 if taken else 0.0])[0]:
             return taken or {"iteration": self.end, "history": []}
         for s in hooks.STOP_SIGNALS:
@@ -231,8 +236,9 @@ class Trainer:
             h.close()
 
     def _output_of_another_trainer(self) -> dict | None:
-        """The segment's output when it exists as this trainer gets the lock after waiting for it:
-        the trainer it waited for (a leftover job of a dead Snakemake) finished it. Taken when valid."""
+        """The segment's output when it exists as this trainer gets the lock after waiting for it (the
+        trainer it waited for, a leftover job of a dead Snakemake, finished it), or as a SLURM job
+        requeued after its command had finished starts again. Taken when valid."""
         out = self.spec.get("output")
         if not out or not os.path.exists(out):
             return None
