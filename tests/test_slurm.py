@@ -186,12 +186,14 @@ rule prepare:
 rule train:
     input: "data.json"
     output: json="train_{i}.json", chain="chain_{i}.json"
+    threads: 2
     resources: gpu=1, runtime=3, mem_mb=600, cpus_per_task=2
     shell:
         "python probe.py > {output.chain} && echo \\"$SLURM_JOB_ID\\" > {output.chain}.id && "
         "python -c 'import json, os, sys; json.dump(dict("
         "job=os.environ.get(\\"SLURM_JOB_ID\\"), gpus=os.environ.get(\\"SLURM_GPUS_ON_NODE\\"), "
-        "cvd=os.environ.get(\\"CUDA_VISIBLE_DEVICES\\"), prefix=sys.prefix), open(\\"{output.json}\\", \\"w\\"))'"
+        "cvd=os.environ.get(\\"CUDA_VISIBLE_DEVICES\\"), omp=os.environ.get(\\"OMP_NUM_THREADS\\"), "
+        "prefix=sys.prefix), open(\\"{output.json}\\", \\"w\\"))'"
 """
 # The command lines of a job's processes, from itself up to SLURM's slurmstepd.
 PROBE = """\
@@ -223,6 +225,7 @@ def test_toy_workflow_through_profile(slurm_cluster, tmp_path):
     results = [json.loads((tmp_path / f"train_{i}.json").read_text()) for i in (1, 2)]
     for r in results:
         assert r["job"] in ids and r["gpus"] == "1", r
+        assert r["omp"] == "2", r  # the job's threads, as Snakemake's shell() sets them
         assert Path(r["prefix"]).resolve() == Path(sys.prefix).resolve(), r  # same venv
     # profiles/slurm's executor (slurm-direct): a shell rule's batch job runs its command with no
     # Snakemake in between; a `run:` rule needs a Snakemake on the node, and has one

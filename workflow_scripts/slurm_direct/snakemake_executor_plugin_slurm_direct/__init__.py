@@ -8,11 +8,12 @@ parses the workflow (about 3 s on a 2-core machine, README: Campaign rehearsal).
 script is that ``srun`` line with the command itself:
 
     srun -n1 --cpu-bind=q --cpus-per-task=N [--gpus=G] --nodes=1 \
-        bash -c 'trap : TERM USR1 USR2; set -euo pipefail; <command>'
+        bash -c 'trap : TERM USR1 USR2; export OMP_NUM_THREADS=N ...; set -euo pipefail; <command>'
 
 (the srun options are the jobstep executor's own, so a job gets the same CPUs, GPUs, node and
 signals: ``--signal`` still reaches the step; the trap keeps the shell alive, to exit with the
-command's status, while the command handles the signal). What the Snakemake on the node did before the
+command's status, while the command handles the signal; the exports are what Snakemake's shell()
+sets: the job's threads for OpenMP and BLAS, its tmpdir). What the Snakemake on the node did before the
 command is done on the submitting host instead, just before sbatch, as Snakemake's local executor
 does it (``job.prepare()``: the existing output removed, the output and log folders made, the
 inputs waited for); after the job, the submitting Snakemake checks the outputs as before (with
@@ -29,6 +30,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from snakemake.common.tbdstring import TBDString
 from snakemake.shell import shell
 from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
 from snakemake_executor_plugin_slurm import ExecutorSettings as SlurmExecutorSettings
@@ -36,6 +38,10 @@ from snakemake_executor_plugin_slurm import common_settings  # noqa: F401  (the 
 from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting
 
 GPU_RESOURCES = ("gpus", "gpu", "nvidia_gpu")
+# what Snakemake's shell() sets for a job's command (snakemake/shell.py): its threads, its tmpdir
+THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+THREAD_VARS += ("VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+TMP_VARS = ("TMPDIR", "TMP", "TEMPDIR", "TEMP")
 SIGNALS = "TERM USR1 USR2"  # what SLURM sends a job before it ends it (`--signal`, pre-emption, walltime)
 
 
@@ -75,6 +81,16 @@ class Executor(SlurmExecutor):
             self.workflow.async_run(job.prepare())
         super().run_job(job)
 
+    @staticmethod
+    def environment(job) -> str:
+        """The variables Snakemake's shell() sets for a job's command, as an `export` (the thread
+        counts decide how torch and BLAS split work, and so a result's last bits)."""
+        env = {var: str(job.threads) for var in THREAD_VARS}
+        tmpdir = job.resources.get("tmpdir")
+        if tmpdir and not isinstance(tmpdir, TBDString):  # (unset: the node's own, as Snakemake's)
+            env.update(dict.fromkeys(TMP_VARS, str(tmpdir)))
+        return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+
     def format_job_exec(self, job) -> str:
         reason = self.plain_reason(job)
         if reason is not None:
@@ -85,7 +101,7 @@ class Executor(SlurmExecutor):
         # SLURM signals every process of the step (pre-emption, walltime, `--signal`); a shell that
         # died of it would end the step, and SLURM would kill the command while it writes its resume
         # checkpoint. With a trap the shell waits for the command, then exits with its status.
-        command = (f"trap : {SIGNALS}; " + shell._get_process_prefix(shell_exec) + job.shellcmd).strip()
+        command = f"trap : {SIGNALS}; {self.environment(job)}; " + shell._get_process_prefix(shell_exec) + job.shellcmd
         srun = " ".join(
             part
             for part in (
