@@ -22,8 +22,9 @@ cancellation, the options (``--slurm-direct-<option>`` for ``--slurm-<option>``)
 
 A job runs the plain way (Snakemake on the node) where the direct way would skip something Snakemake
 does there: a rule without a ``shell:`` command (``script:``, ``run:``, wrappers), a group job, an
-array job (``--slurm-direct-array-jobs``), a benchmark or shadow directive, a software deployment
-method (``--sdm conda`` / apptainer / env-modules), or ``--slurm-direct-plain``.
+MPI job (an ``mpi`` resource), an array job (``--slurm-direct-array-jobs``), a benchmark or shadow
+directive, a software deployment method (``--sdm conda`` / apptainer / env-modules), or
+``--slurm-direct-plain``.
 """
 
 import re
@@ -67,6 +68,8 @@ class Executor(SlurmExecutor):
             return "a group job"
         if not job.rule.shellcmd:
             return "no shell command"
+        if "mpi" in job.resources.keys():  # its command starts its own tasks (the jobstep's rule)
+            return "an MPI job"
         if job.name in self.array_jobs or "all" in self.array_jobs:
             return "an array job"
         if job.benchmark or job.rule.shadow_depth:
