@@ -38,7 +38,6 @@ from snakemake_executor_plugin_slurm import ExecutorSettings as SlurmExecutorSet
 from snakemake_executor_plugin_slurm import common_settings  # noqa: F401  (the plugin interface reads it here)
 from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting
 
-GPU_RESOURCES = ("gpus", "gpu", "nvidia_gpu")
 # what Snakemake's shell() sets for a job's command (snakemake/shell.py): its threads, its tmpdir
 THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 THREAD_VARS += ("VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -99,7 +98,7 @@ class Executor(SlurmExecutor):
         if reason is not None:
             self.logger.debug(f"{job.name}: Snakemake on the node ({reason})")
             return super().format_job_exec(job)
-        gpu = any(job.resources.get(key) for key in GPU_RESOURCES)
+        gpus = get_gpu_setting(job)  # the jobstep's reading of the gpu resources: "--gpus=N" or ""
         shell_exec = job.resources.get("shell_exec") or shell.get_executable() or "bash"
         # SLURM signals every process of the step (pre-emption, walltime, `--signal`); a shell that
         # died of it would end the step, and SLURM would kill the command while it writes its resume
@@ -109,8 +108,8 @@ class Executor(SlurmExecutor):
             part
             for part in (
                 "srun -n1 --cpu-bind=q",
-                get_cpu_setting(job, gpu),
-                get_gpu_setting(job),
+                get_cpu_setting(job, bool(gpus)),
+                gpus,
                 get_node_setting(job),
                 shlex.quote(shell_exec),
                 "-c",
