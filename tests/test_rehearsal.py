@@ -256,6 +256,23 @@ def test_real_identities_stay_and_rehearsal_ones_differ():
     assert slow_min == JobResources(fake, fake_ids.plan).train_runtime_min(seg, 1)
 
 
+def test_a_rehearsal_jobs_ledger_row_counts_the_gpus_it_simulates():
+    """A rehearsal trains on the CPU (its spec's recipe asks for 0 GPUs, whatever `request` says), so
+    its ledger row (rethink.cli) names the GPUs of the job it simulates: the campaign's simulated
+    GPU-hours (rethink.scorecard) count 8 per R50 segment, as the plan does, not one device."""
+    from rethink import cli
+
+    cfg = config.validate(load_yaml(ROOT / "config.yaml") | {"rehearsal": {"request": "cpu"}})
+    specs = JobSpecs(Paths(cfg, Plan(grid.build(cfg))))
+    run = next(r for r in specs.plan.grid.runs.values() if r.backbone == "R50")
+    seg = specs.plan.final_segment(run.run_id)
+    spec = specs.train_spec(seg)
+    assert spec["run"]["recipe"]["gpus"] == 0 and run.recipe["gpus"] == 8
+    assert cli._row_fields(specs, "train_segment/x", spec)["gpus"] == 8
+    ms = next(m for m in specs.plan.milestones.values() if m.family == seg.family)
+    assert cli._row_fields(specs, "evaluate/x", specs.eval_spec(ms))["gpus"] == run.recipe["eval_gpus"]
+
+
 def test_paper_grid_with_the_switch_plans_all_1470_jobs_with_compressed_walltimes(tmp_path):
     proc = snakemake(
         ["--configfile", str(ROOT / "config.yaml"), "--config", "rehearsal=true", "-n"], cwd=tmp_path, check=True

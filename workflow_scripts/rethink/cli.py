@@ -83,7 +83,11 @@ def _row_fields(specs, key: str, spec: dict) -> dict:
             line=spec["line"],
             from_iter=it_from,
             to_iter=it_to,
-            gpus=int(recipe.get("gpus" if "start" in spec else "eval_gpus", 0)),
+            gpus=int(
+                spec["run"]["rehearsal"]["gpus"]  # a rehearsal trains on the CPU: the GPUs it simulates
+                if "rehearsal" in spec["run"]
+                else recipe.get("gpus" if "start" in spec else "eval_gpus", 0)
+            ),
             signal_s=(REHEARSAL_SIGNAL_S if out["rehearsal"] else SIGNAL_GRACE_S) if "start" in spec else None,
         )
     elif rule == "pretrain":

@@ -17,7 +17,8 @@ Fields (jobs.csv has one column each, in ROW_FIELDS order, then the derived ones
                                      for the work (a trunk segment's: the run the plan charges it to)
     from_iter, to_iter               the segment's iterations (an evaluation: its milestone both)
     identity                         hash of what determines the result (rethink.identity)
-    gpus                             the GPUs the job asked for (0: CPU)
+    gpus                             the GPUs the job asked for (0: CPU); a rehearsal's training
+                                     job: the GPUs of the job it simulates (it trains on the CPU)
     slurm_job_id, slurm_restart, node (SLURM's name for it), host, pid, pid_start (when that process started)
     start                            the job's start (SLURM_JOB_START_TIME under SLURM, else the start
                                      of the job's command), epoch seconds
