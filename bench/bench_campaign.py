@@ -31,6 +31,7 @@ import argparse
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,8 +145,14 @@ def _args() -> argparse.Namespace:
     return ap.parse_args()
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> int:
     a = _args()
+    for s in (signal.SIGINT, signal.SIGTERM):  # (SIGINT too: a shell starts a background job ignoring it)
+        signal.signal(s, _interrupted)  # so `finally` stops the cluster's daemons and the supervisor
     reason = skip_reason()
     if reason:
         print(f"bench_campaign: cannot start the private SLURM cluster: {reason}")
