@@ -18,6 +18,12 @@ A checkpoint is one ``torch.save`` file (loadable with ``weights_only=True``) ho
     diverged        (only in the output of a segment that diverged, or started from one that did:
                     :func:`diverged_output`) where the run diverged; model and optimizer are empty
 
+A checkpoint that holds no tensor is one JSON object of the same fields instead: the rehearsal's
+(rethink.rehearsal: its model is 4 numbers, its RNG states Python's and numpy's) and a diverged
+output (no weights). Writing and reading it needs no torch, so a rehearsal job never imports torch;
+:func:`load` tells the two encodings apart by the file's first byte, and a real engine refuses a
+rehearsal checkpoint by its ``engine`` (rethink.evaluate).
+
 Writes are atomic (a temp file in the same folder, fsync, os.replace), so a reader sees a whole
 checkpoint or none; the checksum catches what the file system or a copy damaged afterwards. Segment outputs
 are written by the loop; resume checkpoints live in a segment's
@@ -32,14 +38,19 @@ between architectures: rethink.weights (rethink.pretrain writes backbone weights
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .atomic import atomic_file
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "rethink-checkpoint/1"
 REQUIRED = (
@@ -75,9 +86,10 @@ def digest(obj) -> str:
     keys in sorted order, tensors by dtype, shape and bytes, other values by their repr (a tuple
     and a list alike: weights-only loading may return either)."""
     h = hashlib.sha256()
+    torch = sys.modules.get("torch")  # (not imported: there is no tensor to meet)
 
     def feed(x):
-        if isinstance(x, torch.Tensor):
+        if torch is not None and isinstance(x, torch.Tensor):
             t = x.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
             if t.numel():
@@ -106,8 +118,31 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     if isinstance(obj, dict):
         content = {k: v for k, v in obj.items() if k != CHECKSUM}
         obj = {**content, CHECKSUM: digest(content)}
+    import torch
+
     with atomic_file(path, "wb", fsync=True) as f:
         torch.save(obj, f)
+
+
+def holds_tensors(obj) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, dict):
+        return any(holds_tensors(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(holds_tensors(v) for v in obj)
+    return False
+
+
+def atomic_json_save(state: dict, path: str | Path) -> None:
+    """A checkpoint without tensors as one JSON object (atomic, fsync), with its `checksum` of the
+    content as JSON reads it back (lists for tuples, string keys)."""
+    content = json.loads(json.dumps({k: v for k, v in state.items() if k != CHECKSUM}))
+    with atomic_file(path, "w", fsync=True) as f:
+        json.dump({**content, CHECKSUM: digest(content)}, f)
 
 
 def verify(state, path: str | Path) -> None:
@@ -123,19 +158,27 @@ def verify(state, path: str | Path) -> None:
         )
 
 
-def rng_state() -> dict:
+def rng_state(with_torch: bool = True) -> dict:
+    """The process's RNG states; without torch's (`with_torch` false: an engine that uses no torch,
+    the rehearsal's) numbers only."""
     st = np.random.get_state()
+    keys = st[1].astype(np.int64)
     state = {
         "python": random.getstate(),
         "numpy": {
             "name": st[0],
-            "keys": torch.from_numpy(st[1].astype(np.int64)),
+            "keys": keys.tolist(),
             "pos": int(st[2]),
             "has_gauss": int(st[3]),
             "cached_gaussian": float(st[4]),
         },
-        "torch": torch.get_rng_state(),
     }
+    if not with_torch:
+        return state
+    import torch
+
+    state["numpy"]["keys"] = torch.from_numpy(keys)
+    state["torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -144,12 +187,14 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
-    np.random.set_state(
-        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    keys = n["keys"].numpy() if hasattr(n["keys"], "numpy") else np.asarray(n["keys"], dtype=np.int64)
+    np.random.set_state((n["name"], keys.astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "torch" in state:
+        import torch
+
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
 
 
 def _as_tuple(x):
@@ -157,11 +202,15 @@ def _as_tuple(x):
 
 
 def save(path: str | Path, state: dict) -> None:
-    """Write a checkpoint (see the module docstring for its fields) atomically."""
+    """Write a checkpoint (see the module docstring for its fields) atomically: torch.save's
+    encoding, or JSON for one that holds no tensor."""
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise ValueError(f"checkpoint for {path} lacks field(s) {', '.join(missing)}")
-    atomic_torch_save(state, path)
+    if holds_tensors(state):
+        atomic_torch_save(state, path)
+    else:
+        atomic_json_save(state, path)
 
 
 def load(path: str | Path, map_location="cpu") -> dict:
@@ -171,8 +220,15 @@ def load(path: str | Path, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, wrong magic ...
+        with path.open("rb") as f:
+            as_json = f.read(1) == b"{"
+        if as_json:  # (a torch file starts with a zip's or a pickle's magic)
+            state = json.loads(path.read_text())
+        else:
+            import torch
+
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, wrong magic, broken JSON ...
         raise CheckpointError(
             f"{path}: unreadable checkpoint (truncated or corrupt?): {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}; {DAMAGED_HINT}"

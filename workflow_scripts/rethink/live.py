@@ -6,8 +6,10 @@ Per run id, in ``<workdir>/tb/<run_id>/``:
   line: training lines ``{"iteration", "lr", "total_loss", <each loss term>, "time",
   "data_time"?}``, evaluation lines ``{"iteration", "bbox/AP", "bbox/AP50", ..., "segm/AP", ...}``
   (detectron2's ``<task>/<metric>`` keys).
-* TensorBoard event files (torch.utils.tensorboard) with the same scalars, so
-  ``tensorboard --logdir <workdir>/tb`` shows one curve per run across all its segments.
+* TensorBoard event files with the same scalars, so ``tensorboard --logdir <workdir>/tb`` shows one
+  curve per run across all its segments. Written with TensorBoard's own event writer, the one
+  torch.utils.tensorboard's SummaryWriter wraps, so writing them needs no torch (a rehearsal job
+  imports none: rethink.rehearsal).
 
 A segment on a shared trunk writes into the folder of every run that passes through it, and an
 evaluation into the folder of every run whose curve holds that checkpoint, so each run's folder
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 METRICS_FILE = "metrics.json"
@@ -31,23 +34,33 @@ class LiveCurves:
     """Writers for the runs `run_ids` under `root` (main process only; see the module docstring)."""
 
     def __init__(self, root: str | os.PathLike, run_ids, purge_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.dirs = [Path(root) / r for r in run_ids]
         for d in self.dirs:
             d.mkdir(parents=True, exist_ok=True)
-        self.writers = [SummaryWriter(str(d), purge_step=purge_step) for d in self.dirs]
+        self.writers = [EventFileWriter(str(d)) for d in self.dirs]
+        if purge_step is not None:  # what SummaryWriter(purge_step=...) writes: TensorBoard then drops
+            for w in self.writers:  # the steps from purge_step on that earlier files hold
+                w.add_event(Event(wall_time=time.time(), step=int(purge_step), file_version="brain.Event:2"))
+                start = SessionLog(status=SessionLog.START)
+                w.add_event(Event(wall_time=time.time(), step=int(purge_step), session_log=start))
 
     def write(self, iteration: int, scalars: dict[str, float]) -> None:
         """One line of metrics.json and one TensorBoard scalar per key, at step `iteration`."""
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
         line = json.dumps({"iteration": int(iteration), **scalars}) + "\n"
         for d, w in zip(self.dirs, self.writers):
             with open(
                 d / METRICS_FILE, "a"
             ) as f:  # one short append per line: concurrent writers interleave whole lines
                 f.write(line)
-            for k, v in scalars.items():
-                w.add_scalar(k, v, int(iteration))
+            for k, v in scalars.items():  # a scalar event each, as SummaryWriter.add_scalar writes it
+                summary = Summary(value=[Summary.Value(tag=k, simple_value=float(v))])
+                w.add_event(Event(wall_time=time.time(), step=int(iteration), summary=summary))
             w.flush()
 
     def close(self) -> None:

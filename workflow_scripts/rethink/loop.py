@@ -39,6 +39,9 @@ rethink.sampling):
   checkpoint period or the segment's end).
 * DDP through torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on CPU; each process gets batch / world
   images; only rank 0 writes checkpoints and logs.
+* An engine with ``uses_torch = False`` (the rehearsal's: its model, losses and optimizer are plain
+  numbers with the few methods the loop calls) trains in one process on the CPU without torch: no
+  torch seed, RNG state or deterministic mode, and its checkpoints are JSON (rethink.checkpoint).
 
 Spec keys besides those of train_spec (all optional):
     log_period      log every N iterations (default 20; the last iteration always)
@@ -64,27 +67,32 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
 from . import checkpoint, hooks
 from .hooks import Diverged, Preempted
 from .lock import SegmentBusy, SegmentLock
 from .paths import DIVERGED_MARKER
 from .precision import MixedPrecision
-from .processes import Processes, set_deterministic
+from .processes import Processes, deterministic
 from .schedule import Schedule
+
+if TYPE_CHECKING:
+    import torch
 
 EXIT_DIVERGED = Diverged.exit_code
 
 
 # ---------------------------------------------------------------------------- helpers
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, with_torch: bool = True) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    if with_torch:
+        import torch
+
+        torch.manual_seed(seed)
 
 
 def schedule_from_spec(s: dict) -> Schedule:
@@ -101,12 +109,16 @@ def schedule_from_spec(s: dict) -> Schedule:
 def is_norm(module: torch.nn.Module) -> bool:
     """Normalization modules, whatever the engine built (their parameters get no weight decay, as in
     detectron2)."""
+    import torch
+
     nn = torch.nn
     return isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm))
 
 
 def build_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.SGD:
     """SGD; norm parameters without weight decay (detectron2's WEIGHT_DECAY_NORM = 0)."""
+    import torch
+
     decay, no_decay, seen = [], [], set()
     for module in model.modules():
         for p in module.parameters(recurse=False):
@@ -143,6 +155,7 @@ class Trainer:
 
     def __init__(self, engine, spec: dict, dataset: dict, extra_hooks=()):
         self.engine, self.spec, self.dataset = engine, spec, dataset
+        self.uses_torch = bool(getattr(engine, "uses_torch", True))
         self.run, self.family, self.line = spec["run"], spec["family"], spec["line"]
         self.recipe = self.run["recipe"]
         self.start, self.end = int(spec["start"]), int(spec["end"])
@@ -189,8 +202,9 @@ class Trainer:
             h.before_start()
         self.dist = Processes(int(self.recipe.get("gpus", 0)))
         stack.callback(self.dist.close)
-        stack.callback(set_deterministic, torch.are_deterministic_algorithms_enabled())
-        set_deterministic(bool(self.spec.get("deterministic")) or os.environ.get("RETHINK_DETERMINISTIC") == "1")
+        if self.uses_torch:
+            on = bool(self.spec.get("deterministic")) or os.environ.get("RETHINK_DETERMINISTIC") == "1"
+            stack.enter_context(deterministic(on))
         lock = None
         if self.dist.main:
             self.log = lambda msg: print(f"[{self.who}] {msg}", flush=True)
@@ -274,7 +288,7 @@ class Trainer:
         """Model and optimizer at the segment's start: the newest valid resume checkpoint, else the
         start checkpoint, else a fresh init (+ pre-trained backbone weights)."""
         d, recipe = self.dist, self.recipe
-        seed_everything(int(self.run["seed"]))
+        seed_everything(int(self.run["seed"]), self.uses_torch)
         model = self.engine.build_model(self.run, d.device, distributed=d.world > 1, dataset=self.dataset)
         model.to(d.device)
         optimizer = self._build_optimizer(model)
@@ -300,6 +314,8 @@ class Trainer:
         if hasattr(engine, "build_optimizer"):  # the rehearsal's (torch.optim's start-up imports torch's compiler)
             return engine.build_optimizer(model, recipe)
         if hasattr(engine, "optimizer_param_groups"):  # an engine may group parameters its own way
+            import torch
+
             return torch.optim.SGD(
                 engine.optimizer_param_groups(model, self.run),
                 lr=0.0,
@@ -375,13 +391,13 @@ class Trainer:
         if state is None:
             self.iter = self.start
             if d.rank:
-                seed_everything(seed + d.rank)  # same init everywhere (DDP broadcasts), other sampling
+                seed_everything(seed + d.rank, self.uses_torch)  # same init everywhere (DDP broadcasts), other sampling
             return
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if len(rngs) == d.world:
             checkpoint.set_rng_state(rngs[d.rank])
         else:
-            seed_everything(seed * 1000003 + int(state["iteration"]) * 101 + d.rank)
+            seed_everything(seed * 1000003 + int(state["iteration"]) * 101 + d.rank, self.uses_torch)
         self.base = {
             "counters": dict(state["counters"]),
             "wall_seconds": float(state["wall_seconds"]),
@@ -401,6 +417,9 @@ class Trainer:
             self.losses = self.engine.losses(self.model, self.batch)
         self.loss = sum(v.float() for v in self.losses.values())
         if self.dist.world > 1:
+            import torch
+            import torch.distributed as dist
+
             vec = torch.stack(
                 [self.loss.detach().float(), torch.tensor(1.0 if self.stop_signal else 0.0, device=self.loss.device)]
             )
@@ -422,7 +441,7 @@ class Trainer:
         now = time.perf_counter()
         cpu = time.process_time() - self.cpu0
         sums = d.sum([self.counts[k] for k in checkpoint.COUNTERS] + [cpu])
-        rngs = d.gather(checkpoint.rng_state())
+        rngs = d.gather(checkpoint.rng_state(self.uses_torch))
         if not d.main:
             return None
         wall = now - self.t0

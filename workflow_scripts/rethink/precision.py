@@ -6,28 +6,34 @@ scaling). The scaler's state (scale, growth tracker) travels in every checkpoint
 scales exactly as one that never stopped. Backward and the optimizer step stay in float32 master
 weights; a step whose scaled gradients are not finite is skipped by the scaler, while a loss that
 is not finite still stops the run (rethink.hooks.DivergenceGuard). Evaluation runs in float32.
+Off, it imports no torch (an engine that uses none: the rehearsal's).
 """
 
 from __future__ import annotations
 
 import contextlib
 
-import torch
-
 
 class MixedPrecision:
     def __init__(self, enabled: bool, device):
         self.enabled = bool(enabled)
+        self.scaler = None
+        if not self.enabled:
+            return
+        import torch
+
         self.device_type = torch.device(device).type
         self.dtype = torch.float16 if self.device_type == "cuda" else torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda") if self.enabled and self.device_type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.device_type == "cuda" else None
 
     def autocast(self):
         if not self.enabled:
             return contextlib.nullcontext()
+        import torch
+
         return torch.autocast(self.device_type, dtype=self.dtype)
 
-    def backward_and_step(self, loss: torch.Tensor, optimizer) -> None:
+    def backward_and_step(self, loss, optimizer) -> None:
         if self.scaler is None:
             loss.backward()
             optimizer.step()

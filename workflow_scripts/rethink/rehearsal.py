@@ -145,7 +145,7 @@ def stride(start: int, end: int, checkpoint_period: int, seconds_per_iter: float
     """Simulated iterations per step of the loop: the largest divisor of gcd(start, end,
     checkpoint_period) whose step sleeps at most MAX_STEP_SECONDS. Every resume checkpoint, LR
     boundary (segments end at the drops) and the segment's end falls on a step's end, and the
-    loop's per-step cost (a few hundred microseconds of torch) is paid once per stride, not per
+    loop's per-step cost (its hooks, a few hundred microseconds) is paid once per stride, not per
     iteration: a 20k-iteration segment of config.yaml is 4 steps, not 20,000."""
     g = math.gcd(math.gcd(int(start), int(end)), int(checkpoint_period)) or 1
     fits = max(1, int(MAX_STEP_SECONDS * compression / max(seconds_per_iter, 1e-12)))

@@ -1,9 +1,15 @@
 """The rehearsal engine (rethink.rehearsal): the one training loop's engine when the arithmetic is
 simulated. Same interface as the torchvision and detectron2 engines (engines/__init__.py); imports
-torch only, never torchvision, detectron2 or pycocotools.
+no torch (nor torchvision, detectron2 or pycocotools): a cold rehearsal job pays Python's and
+numpy's start-up, not torch's (``uses_torch = False``: rethink.loop then sets no torch seed, RNG
+state or deterministic mode, and its checkpoints are JSON, rethink.checkpoint).
 
-* Model: one parameter vector of 4 numbers (zeros; a pre-trained init sets it to ones, read from
-  the rehearsal's own weights file, rethink.rehearsal.read_weights, which no real engine reads).
+* Model: one parameter vector of 4 numbers (numpy; zeros; a pre-trained init sets it to ones, read
+  from the rehearsal's own weights file, rethink.rehearsal.read_weights, which no real engine
+  reads). Model, losses and optimizer are plain numbers with the few methods the loop calls of a
+  torch module, tensor and optimizer: ``to``, ``train``, ``state_dict`` / ``load_state_dict``
+  (lists of floats); a loss's ``float``, ``item``, ``+`` and ``backward``; SGD's ``param_groups``,
+  ``zero_grad``, ``step``.
 * Batches: {"iteration": i, "iterations": n, "images": images this process trains in them}: one
   batch stands for the n iterations up to the next multiple of the spec's stride
   (rethink.rehearsal.stride), which the loop advances by (``iterations_in``); each is handed out
@@ -11,11 +17,10 @@ torch only, never torchvision, detectron2 or pycocotools.
   (sleeps under a millisecond carried to the next batch), so a segment takes its simulated time
   divided by the compression (times ``slow`` for a family config rehearsal.slow names).
 * Losses: rethink.rehearsal.losses_at(iteration) plus ``loss_param = 0.5 * ||w - 1||^2 / 4`` of
-  the parameter, which SGD trains (one SGD step per batch): its value depends on the optimizer
-  state that checkpoints carry, so a resume that lost state shows in the loss. With ``diverge_at``
-  (config rehearsal.diverge) the loss of the batch holding that iteration is NaN, which the loop's
-  divergence guard stops on. The optimizer is RehearsalSGD (torch.optim.SGD's update without its
-  start-up cost).
+  the parameter, which SGD trains (one SGD step per batch, torch.optim.SGD's update with momentum
+  and weight decay): its value depends on the optimizer state that checkpoints carry, so a resume
+  that lost state shows in the loss. With ``diverge_at`` (config rehearsal.diverge) the loss of the
+  batch holding that iteration is NaN, which the loop's divergence guard stops on.
 * Counts: the recipe's images per iteration, 7 instances per image (COCO's mean is 7.3) and the
   pixels of a training image at ``min_size_train[0]`` x ``max_size_train``.
 * Evaluation does not predict: rethink.evaluate hands a rehearsal to rethink.rehearsal.evaluation.
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import time
 
-import torch
+import numpy as np
 
 from .. import rehearsal
 
@@ -33,51 +38,102 @@ PARAMS = 4
 INSTANCES_PER_IMAGE = 7
 
 
-class RehearsalModel(torch.nn.Module):
+class RehearsalModel:
+    """The simulated model: the parameter vector `w` and its gradient `grad` (set by a loss's backward)."""
+
     def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(PARAMS))
+        self.w = np.zeros(PARAMS)
+        self.grad = None
+
+    def to(self, device) -> RehearsalModel:
+        return self
+
+    def train(self, mode: bool = True) -> RehearsalModel:
+        return self
+
+    def eval(self) -> RehearsalModel:
+        return self
+
+    def state_dict(self) -> dict:
+        return {"w": self.w.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """As torch's: RuntimeError for other keys or another shape (the loop names the checkpoint)."""
+        w = np.asarray(state["w"], dtype=np.float64)
+        if set(state) != {"w"} or w.shape != (PARAMS,):
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for RehearsalModel: keys {sorted(state)}, w of shape {w.shape}, "
+                f"expected only w of shape ({PARAMS},)"
+            )
+        self.w = w.copy()
+
+
+class Loss:
+    """A simulated loss term: its value and, for the parameter's term, the gradient of `model`'s `w`."""
+
+    def __init__(self, value: float, model: RehearsalModel | None = None, grad=None):
+        self.value, self.model, self.grad = float(value), model, grad
+
+    def float(self) -> Loss:
+        return self
+
+    def item(self) -> float:
+        return self.value
+
+    def __float__(self) -> float:
+        return self.value
+
+    def __add__(self, other) -> Loss:
+        if not isinstance(other, Loss):  # sum() starts from 0
+            return Loss(self.value + float(other), self.model, self.grad)
+        grads = [g for g in (self.grad, other.grad) if g is not None]
+        return Loss(self.value + other.value, self.model or other.model, sum(grads) if grads else None)
+
+    __radd__ = __add__
+
+    def __mul__(self, factor: float) -> Loss:
+        return Loss(self.value * factor, self.model, None if self.grad is None else self.grad * factor)
+
+    def backward(self) -> None:
+        if self.model is not None:
+            self.model.grad = self.grad
 
 
 class RehearsalSGD:
-    """SGD with momentum and weight decay (torch.optim.SGD's update) on the rehearsal's parameters in
-    plain tensor ops: torch.optim's first optimizer imports torch's compiler (torch._dynamo), about a
-    second of a cold job's start-up, which a rehearsal job is meant to show cheap. The loop uses
-    param_groups, zero_grad, step, state_dict and load_state_dict, as of any optimizer."""
+    """SGD with momentum and weight decay (torch.optim.SGD's update) on the model's parameter
+    vector. The loop uses param_groups, zero_grad, step, state_dict and load_state_dict."""
 
-    def __init__(self, params, momentum: float, weight_decay: float):
-        self.param_groups = [{"params": list(params), "lr": 0.0, "momentum": momentum, "weight_decay": weight_decay}]
-        self.state: dict[int, torch.Tensor] = {}  # parameter index -> momentum buffer
+    def __init__(self, model: RehearsalModel, momentum: float, weight_decay: float):
+        self.model = model
+        self.param_groups = [{"lr": 0.0, "momentum": momentum, "weight_decay": weight_decay}]
+        self.buf = None  # the momentum buffer
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.param_groups[0]["params"]:
-            p.grad = None
+        self.model.grad = None
 
-    @torch.no_grad()
     def step(self) -> None:
-        g = self.param_groups[0]
-        for k, p in enumerate(g["params"]):
-            if p.grad is None:
-                continue
-            d = p.grad + g["weight_decay"] * p
-            buf = self.state.get(k)
-            self.state[k] = d.clone() if buf is None else buf.mul_(g["momentum"]).add_(d)
-            p.add_(self.state[k], alpha=-g["lr"])
+        g, m = self.param_groups[0], self.model
+        if m.grad is None:
+            return
+        d = m.grad + g["weight_decay"] * m.w
+        self.buf = d.copy() if self.buf is None else self.buf * g["momentum"] + d
+        m.w = m.w - g["lr"] * self.buf
 
     def state_dict(self) -> dict:
         return {
-            "state": {k: v.clone() for k, v in self.state.items()},
-            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
+            "state": {} if self.buf is None else {"0": {"momentum_buffer": self.buf.tolist()}},
+            "param_groups": [dict(self.param_groups[0])],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.state = {int(k): v.clone() for k, v in state["state"].items()}
-        for g, saved in zip(self.param_groups, state["param_groups"]):
-            g.update(saved)
+        st = state["state"]
+        self.buf = np.asarray(st["0"]["momentum_buffer"], dtype=np.float64) if st else None
+        self.param_groups[0].update(state["param_groups"][0])
 
 
 class RehearsalEngine:
     name = rehearsal.ENGINE
+    uses_torch = False
 
     def build_model(self, run: dict, device, distributed: bool = False, dataset: dict | None = None):
         rh = run["rehearsal"]
@@ -88,15 +144,14 @@ class RehearsalEngine:
             flush=True,
         )
         self.run = run
-        return RehearsalModel().to(device)
+        return RehearsalModel()
 
     def build_optimizer(self, model, recipe: dict) -> RehearsalSGD:
-        return RehearsalSGD(model.parameters(), float(recipe["momentum"]), float(recipe["weight_decay"]))
+        return RehearsalSGD(model, float(recipe["momentum"]), float(recipe["weight_decay"]))
 
     def load_init_weights(self, model, path: str, run: dict) -> None:
         rehearsal.read_weights(path)  # refuses anything but the rehearsal's own weights file
-        with torch.no_grad():
-            model.w.fill_(1.0)
+        model.w = np.ones(PARAMS)
 
     def load_converted(self, model, state_dict: dict, from_task: str, run: dict) -> str:
         model.load_state_dict(state_dict)
@@ -124,8 +179,8 @@ class RehearsalEngine:
         run = self.run
         i = int(batch["iteration"])
         terms = rehearsal.losses_at(i, int(run["recipe"]["iters_per_x"]))
-        out = {k: torch.tensor(v) for k, v in terms.items()}
-        out["loss_param"] = 0.5 * ((model.w - 1.0) ** 2).mean()
+        out = {k: Loss(v) for k, v in terms.items()}
+        out["loss_param"] = Loss(0.5 * float(np.mean((model.w - 1.0) ** 2)), model, (model.w - 1.0) / PARAMS)
         at = run["rehearsal"].get("diverge_at")
         if at is not None and i <= at < i + int(batch["iterations"]):
             out["loss_param"] = out["loss_param"] * float("nan")
