@@ -39,7 +39,7 @@ rethink.sampling):
   checkpoint period or the segment's end).
 * DDP through torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on CPU; each process gets batch / world
   images; only rank 0 writes checkpoints and logs.
-* An engine with ``uses_torch = False`` (the rehearsal's: its model, losses and optimizer are plain
+* An engine whose ``uses_torch()`` is False (the rehearsal's: its model, losses and optimizer are plain
   numbers with the few methods the loop calls) trains in one process on the CPU without torch: no
   torch seed, RNG state or deterministic mode, and its checkpoints are JSON (rethink.checkpoint).
 
@@ -155,7 +155,7 @@ class Trainer:
 
     def __init__(self, engine, spec: dict, dataset: dict, extra_hooks=()):
         self.engine, self.spec, self.dataset = engine, spec, dataset
-        self.uses_torch = bool(getattr(engine, "uses_torch", True))
+        self.uses_torch = engine.uses_torch() if hasattr(engine, "uses_torch") else True
         self.run, self.family, self.line = spec["run"], spec["family"], spec["line"]
         self.recipe = self.run["recipe"]
         self.start, self.end = int(spec["start"]), int(spec["end"])

@@ -120,6 +120,12 @@ class OptionalEngineMethods(Protocol):
         (detectron2's get_default_optimizer_params). Without it: rethink.loop.build_optimizer."""
         ...
 
+    def uses_torch(self) -> bool:
+        """False where the engine's model, losses and optimizer are plain numbers (the rehearsal's):
+        the loop then imports no torch (no torch seed, RNG state or deterministic mode; JSON
+        checkpoints, rethink.checkpoint). Without it: True."""
+        ...
+
     def iterations_in(self, batch: Any) -> int:
         """The iterations `batch` stands for, which the loop advances by (the rehearsal's: never past
         a checkpoint period or the segment's end). Without it: 1."""

@@ -1,7 +1,7 @@
 """The rehearsal engine (rethink.rehearsal): the one training loop's engine when the arithmetic is
 simulated. Same interface as the torchvision and detectron2 engines (engines/__init__.py); imports
 no torch (nor torchvision, detectron2 or pycocotools): a cold rehearsal job pays Python's and
-numpy's start-up, not torch's (``uses_torch = False``: rethink.loop then sets no torch seed, RNG
+numpy's start-up, not torch's (``uses_torch()`` False: rethink.loop then sets no torch seed, RNG
 state or deterministic mode, and its checkpoints are JSON, rethink.checkpoint).
 
 * Model: one parameter vector of 4 numbers (numpy; zeros; a pre-trained init sets it to ones, read
@@ -133,7 +133,10 @@ class RehearsalSGD:
 
 class RehearsalEngine:
     name = rehearsal.ENGINE
-    uses_torch = False
+
+    @staticmethod
+    def uses_torch() -> bool:
+        return False
 
     def build_model(self, run: dict, device, distributed: bool = False, dataset: dict | None = None):
         rh = run["rehearsal"]
