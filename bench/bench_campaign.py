@@ -45,8 +45,8 @@ from rethink import grid as rgrid
 from rethink import ledger, metrics, scorecard
 from rethink.paths import Paths
 from rethink.plan import Plan
-from rethink_lab.campaign_faults import FAST_POLL, KINDS, FaultInjector, Supervisor
-from rethink_lab.slurm_cluster import SlurmCluster, skip_reason
+from rethink_lab.campaign_faults import KINDS, FaultInjector, Supervisor
+from rethink_lab.slurm_cluster import FAST_POLL, SlurmCluster, skip_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 

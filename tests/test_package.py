@@ -42,6 +42,27 @@ def test_snakemake_finds_the_profiles_executor_from_any_folder(tmp_path):
     assert not re.search(r"^slurm-(?!direct-)", profile, re.M)
 
 
+def test_slurm_direct_caps_the_wait_between_status_checks():
+    """The SLURM executor waits 10 s longer after each status check that saw no job end, up to 180 s;
+    slurm-direct's max_seconds_between_status_checks caps that (the lab's FAST_POLL: 1 s)."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm_direct import Executor, ExecutorSettings
+
+    ex = object.__new__(Executor)  # (its __init__ starts the status thread: only the wait is tested)
+    ex._next_seconds_between_status_checks = None
+    polling = SimpleNamespace(seconds_between_status_checks=1)
+    ex.workflow = SimpleNamespace(executor_settings=ExecutorSettings(max_seconds_between_status_checks=5))
+    ex.workflow.remote_execution_settings = polling
+    assert ex.next_seconds_between_status_checks == 1
+    ex.next_seconds_between_status_checks = 40
+    assert ex.next_seconds_between_status_checks == 5
+    ex.workflow.executor_settings = ExecutorSettings()  # the SLURM executor's own cap stays
+    ex.next_seconds_between_status_checks = 170
+    assert ex.next_seconds_between_status_checks == 170
+    assert ExecutorSettings().max_seconds_between_status_checks == 180
+
+
 def test_pyproject_installs_every_package_folder():
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert tool["package-dir"] == {"rethink": "workflow_scripts/rethink", "rethink_lab": "tests/lab"}

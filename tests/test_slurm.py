@@ -21,24 +21,13 @@ from pathlib import Path
 import pytest
 
 from rethink_lab import slurm_cluster as cluster_module
+from rethink_lab.slurm_cluster import FAST_POLL
 
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = REPO / "profiles" / "slurm"
 VENV_BIN = str(Path(sys.executable).parent)
-# The profile's polling suits hours-long jobs; tests poll every second instead
-# (the plugin still backs off +10 s per poll without news).
-FAST_POLL = [
-    "--seconds-between-status-checks",
-    "1",
-    "--slurm-direct-init-seconds-before-status-checks",
-    "1",
-    "--latency-wait",
-    "5",
-    "--max-status-checks-per-second",
-    "1",
-]
 
 
 def job_env(cluster, **extra) -> dict:

@@ -34,8 +34,8 @@ import switches
 from conftest import ROOT, small_tiny_config, write_yaml
 from rethink import config, grid, ledger, metrics, plan
 from rethink.paths import Paths
-from rethink_lab.campaign_faults import FAST_POLL, KINDS, Supervisor
-from rethink_lab.slurm_cluster import SlurmCluster, skip_reason
+from rethink_lab.campaign_faults import KINDS, Supervisor
+from rethink_lab.slurm_cluster import FAST_POLL, SlurmCluster, skip_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

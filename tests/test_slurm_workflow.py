@@ -19,19 +19,9 @@ from conftest import ROOT, small_tiny_config, snakemake, write_yaml
 from rethink import config, grid, metrics, plan
 from rethink.paths import Paths
 from rethink.resources import JobResources
+from rethink_lab.slurm_cluster import FAST_POLL
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-FAST_POLL = [
-    "--seconds-between-status-checks",
-    "1",
-    "--slurm-direct-init-seconds-before-status-checks",
-    "1",
-    "--latency-wait",
-    "5",
-    "--max-status-checks-per-second",
-    "1",
-]
 
 
 def slurm_config() -> dict:

@@ -31,16 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("requeue", "preempt", "node_down", "walltime", "kill9", "controller")
 NODE_BACK_S = 20
 CONTROLLER_DOWN_S = 65
-FAST_POLL = [
-    "--seconds-between-status-checks",
-    "1",
-    "--slurm-direct-init-seconds-before-status-checks",
-    "1",
-    "--max-status-checks-per-second",
-    "1",
-    "--latency-wait",
-    "5",
-]
 
 
 class Supervisor:

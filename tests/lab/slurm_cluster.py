@@ -65,6 +65,21 @@ CLIENTS = ("srun", "sbatch", "squeue", "scontrol", "scancel", "sinfo", "sacct", 
 N_GPUS = 2
 FAKE_CPUS = 8
 CRED_EXPIRE = 10  # s; SLURM holds a requeued job for this + 1 s before it may start again (default 120)
+# Snakemake's status polling in the lab: the profile's suits hours-long jobs (first check after 40 s,
+# then 10 s longer after each check that saw no job end, up to 180 s); jobs here last seconds, so
+# every second, and never longer (slurm-direct's cap: without it a 7 s job is seen done after 12 s)
+FAST_POLL = [
+    "--seconds-between-status-checks",
+    "1",
+    "--slurm-direct-init-seconds-before-status-checks",
+    "1",
+    "--slurm-direct-max-seconds-between-status-checks",
+    "1",
+    "--max-status-checks-per-second",
+    "1",
+    "--latency-wait",
+    "5",
+]
 URGENT = "urgent"  # the higher-priority partition of a cluster with preemption
 
 

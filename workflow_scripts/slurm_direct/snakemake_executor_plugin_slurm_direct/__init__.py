@@ -25,6 +25,13 @@ does there: a rule without a ``shell:`` command (``script:``, ``run:``, wrappers
 MPI job (an ``mpi`` resource), an array job (``--slurm-direct-array-jobs``), a benchmark or shadow
 directive, a software deployment method (``--sdm conda`` / apptainer / env-modules), or
 ``--slurm-direct-plain``.
+
+Status checks: the SLURM executor waits ``--slurm-direct-init-seconds-before-status-checks`` after
+a check that saw a job end, and 10 s longer after each that saw none, up to 180 s.
+``--slurm-direct-max-seconds-between-status-checks`` caps that wait. On a real campaign the growth
+costs little (a segment runs for hours); in a rehearsal, whose jobs last seconds of wall time, each
+second of waiting is ``compression`` seconds of simulated campaign: a 7 s job checked after 1 s and
+then 11 s later starts its successor 12 s after it started (bench/bench_campaign.py, README).
 """
 
 import re
@@ -37,6 +44,7 @@ from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
 from snakemake_executor_plugin_slurm import ExecutorSettings as SlurmExecutorSettings
 from snakemake_executor_plugin_slurm import common_settings  # noqa: F401  (the plugin interface reads it here)
 from snakemake_executor_plugin_slurm_jobstep import get_cpu_setting, get_gpu_setting, get_node_setting
+from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 
 # what Snakemake's shell() sets for a job's command (snakemake/shell.py): its threads, its tmpdir
 THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -56,9 +64,28 @@ class ExecutorSettings(SlurmExecutorSettings):
             "required": False,
         },
     )
+    max_seconds_between_status_checks: int = field(
+        default=180,
+        metadata={
+            "help": "The longest wait between two status checks: the SLURM executor waits 10 s longer "
+            "after each check that saw no job end, up to this (its own cap: 180). A rehearsal, whose "
+            "jobs last seconds, wants a few seconds.",
+            "env_var": False,
+            "required": False,
+        },
+    )
 
 
 class Executor(SlurmExecutor):
+    @property
+    def next_seconds_between_status_checks(self):
+        return RemoteExecutor.next_seconds_between_status_checks.fget(self)
+
+    @next_seconds_between_status_checks.setter
+    def next_seconds_between_status_checks(self, value):
+        cap = self.workflow.executor_settings.max_seconds_between_status_checks
+        RemoteExecutor.next_seconds_between_status_checks.fset(self, value if value is None else min(value, cap))
+
     def plain_reason(self, job):
         """Why `job` runs the plain way (Snakemake on the node), or None: it runs directly."""
         if self.workflow.executor_settings.plain:
