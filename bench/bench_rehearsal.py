@@ -8,7 +8,8 @@ R50-GN-random-coco_full-s0 and its evaluation; then, n times each, interleaved, 
 `workflow_scripts/train.py --config <snapshot> --job train_segment/...` from process start to its
 first iteration (the loop's "training iterations" line) and to its exit, a cold
 `workflow_scripts/evaluate.py ... --job evaluate/...` to its exit, and the reference
-`python -c "import torch"` (the floor of any job of the one loop). Prints the median and max of each
+`python -c "import torch"` (the floor of a real job; a rehearsal job imports no torch since its
+engine trains plain numbers: rethink.engines.rehearsal_engine). Prints the median and max of each
 and the ratio of the medians to the reference. Goal (issue: dress rehearsal): median < 3 s.
 """
 
