@@ -403,6 +403,19 @@ def test_stop_signal_in_process_stops_with_its_exit_code_and_resumes(tmp_path, s
     assert summary["history"][0]["iteration"] == ck["iteration"] and summary["iteration"] == 4
 
 
+def test_a_stop_signal_in_the_last_step_finishes_the_segment(tmp_path, capsys):
+    """A pre-emption or walltime signal that arrives during the segment's last step: the output is
+    written and the segment ends done. (A resume checkpoint at the segment's end is outside
+    [start, end): the next attempt resumed a checkpoint period earlier; the whole grid's rehearsal
+    found it, 4,000 iterations trained again.)"""
+    p = tiny_specs(tmp_path)
+    spec = spec_of(p, first_segment(p), end=4)
+    summary = segment.train_segment(spec, [StopAfter(4)])
+    assert summary["iteration"] == 4 and checkpoint.load(spec["output"])["iteration"] == 4
+    assert not Path(spec["resume_dir"]).exists()
+    assert "SIGTERM in the segment's last step: finishing it" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------ branch: trunk + tail
 def test_trunk_then_tail_gives_the_standalone_lr_schedule(tmp_path):
     p = tiny_specs(tmp_path)  # 2x = 8 (first drop at 4), 3x = 12 (first drop at 8): trunk 0 -> 8

@@ -161,11 +161,16 @@ class StopOnSignal(HookBase):
     """SIGTERM / SIGUSR1 / SIGINT: the current iteration finishes, a resume checkpoint is written and
     the run stops (Preempted, exit code 128 + signal) after a log line saying where. Any process's
     signal stops all (the trainer reduces `trainer.stop_signal` with the loss). The handlers are
-    the trainer's from its start to its end (it restores the old ones)."""
+    the trainer's from its start to its end (it restores the old ones). A signal during the
+    segment's last step lets the segment finish: its output is written (as fast as a resume
+    checkpoint, which at the segment's end no attempt could resume from) and the job ends done."""
 
     def after_step(self) -> None:
         t = self.trainer
         if t.stop_signal is None:
+            return
+        if t.iter >= t.end:
+            t.log(f"{signal.Signals(t.stop_signal).name} in the segment's last step: finishing it")
             return
         path = t.save_resume()
         name = signal.Signals(t.stop_signal).name
