@@ -5,6 +5,7 @@ attempt wrote past its checkpoint, as torch's SummaryWriter(purge_step=...) does
 from __future__ import annotations
 
 import json
+import time
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -16,6 +17,9 @@ def test_a_resumed_writer_purges_the_steps_after_its_start(tmp_path):
     for i in range(1, 6):  # an attempt pre-empted after step 5, its last checkpoint at step 3
         first.write(i, {"total_loss": float(i), "lr": 0.02})
     first.close()
+    # a resumed attempt starts later: TensorBoard reads a folder's event files in name order, and a
+    # name starts with its creation second (then host, pid and a per-process counter)
+    time.sleep(1.1)
     again = LiveCurves(tmp_path, ["a", "b"], purge_step=4)
     for i in (4, 5, 6):
         again.write(i, {"total_loss": 10.0 * i, "lr": 0.02})

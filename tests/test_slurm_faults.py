@@ -41,7 +41,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 NAN_FAMILY, NAN_LINE, NAN_AT = "R18-GN-random-synthetic-s0", "2x", 10
 NAN_RUN = "R18-GN-random-synthetic-2x-s0"
-ITER_SLEEP = 4.0
+ITER_SLEEP = 6.0  # s per iteration: segments long enough for every fault to find a victim (with the
+# status polled every second the campaign took 163 s at 4 s and ended before the kill -9 and the outage)
 FAULTS = KINDS
 LOST_AFTER_S = 100  # s; the supervisor restarts a Snakemake silent this long with no job in SLURM (default 300)
 IDLE_LIMIT_S = 420  # no new job, result or fault for this long: the campaign is stuck
